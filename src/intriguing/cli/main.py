@@ -1,0 +1,73 @@
+"""The ``intriguing`` command: a click group whose subcommands load lazily.
+
+Subcommands live in their own modules (``intriguing.cli.<name>``) and are imported only when run, so
+``intriguing --help`` is instant and one broken optional dependency cannot break every command.
+User mistakes (:class:`intriguing.errors.IntriguingError`) become a one-line ``Error: ...`` on stderr
+and exit code 2; click's own usage errors also exit with 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+import click
+
+from intriguing.errors import IntriguingError
+
+# name -> "module:attribute" of a click.Command; add a line to register a new subcommand.
+COMMANDS: dict[str, str] = {
+    "zoo": "intriguing.cli.zoo_cmds:zoo",
+    "train": "intriguing.cli.zoo_cmds:train",
+    "eval": "intriguing.cli.zoo_cmds:eval_cmd",
+    "data": "intriguing.cli.data_cmds:data",
+}
+
+
+class UserError(click.ClickException):
+    """A user mistake reported as one line with exit code 2."""
+
+    exit_code = 2
+
+
+class LazyGroup(click.Group):
+    """A group that imports each subcommand's module on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module_name, attr = target.split(":")
+        command = getattr(importlib.import_module(module_name), attr)
+        if not isinstance(command, click.Command):
+            raise TypeError(f"{target} is not a click command")
+        return command
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except IntriguingError as exc:
+            raise UserError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="intriguing")
+def cli() -> None:
+    """Reproduce, measure and extend 'Intriguing properties of neural networks' (Szegedy et al. 2014)."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``intriguing`` console script."""
+    try:
+        cli.main(args=argv, prog_name="intriguing")
+    except KeyboardInterrupt:
+        click.echo("interrupted; rerun the same command to resume where it stopped", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

