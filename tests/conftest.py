@@ -22,7 +22,9 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if os.environ.get("INTRIGUING_RUN_SLOW") == "1":
         return
-    skip_slow = pytest.mark.skip(reason="slow experiment: set INTRIGUING_RUN_SLOW=1 (see benchmarks/)")
+    skip_slow = pytest.mark.skip(
+        reason="slow experiment: set INTRIGUING_RUN_SLOW=1 (see benchmarks/)"
+    )
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip_slow)
@@ -32,7 +34,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def mnist_dir() -> Path:
     """The real MNIST IDX files; tests that need them are skipped where they are absent."""
     path = Path(os.environ.get("INTRIGUING_DATA_DIR", SHARED_MNIST))
-    if not (path / "train-images-idx3-ubyte.gz").exists() and not (path / "train-images-idx3-ubyte").exists():
+    if (
+        not (path / "train-images-idx3-ubyte.gz").exists()
+        and not (path / "train-images-idx3-ubyte").exists()
+    ):
         pytest.skip(f"real MNIST not found in {path}")
     return path
 

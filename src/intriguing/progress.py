@@ -42,7 +42,9 @@ def make_progress() -> Progress:
     )
 
 
-def track(items: Iterable[T], *, total: int | None = None, description: str = "working") -> Iterator[T]:
+def track(
+    items: Iterable[T], *, total: int | None = None, description: str = "working"
+) -> Iterator[T]:
     """Iterate over ``items`` while showing a progress bar with an ETA."""
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]

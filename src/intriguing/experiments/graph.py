@@ -1,0 +1,207 @@
+"""A graph of cached, resumable experiment steps.
+
+An experiment (a table of the paper, say) is declared as data: a set of :class:`Step` objects, each
+with a unique key, JSON-serialisable parameters, the keys it depends on and a function that computes
+a JSON-serialisable result from its parameters and its dependencies' results. :func:`run_graph`
+executes the steps in dependency order inside a :class:`RunStore` (a results directory):
+
+- every finished step is written atomically to ``<root>/steps/<key>.json`` before the next starts,
+  so a killed run loses at most the step in flight;
+- a rerun skips every step whose stored *fingerprint* matches (a hash of the step's key, params,
+  code version and its dependencies' fingerprints), so it continues where it stopped;
+- changing a step's parameters invalidates it and everything downstream, nothing else.
+
+Steps must be deterministic given their params (seeds live in params), which makes a resumed run's
+results equal to an uninterrupted run's. Large artefacts (images, checkpoints) go to files under
+:meth:`RunStore.artifact_dir`; the JSON result records their relative paths.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from intriguing._io import atomic_write_json
+from intriguing.errors import IntriguingError
+from intriguing.progress import make_progress
+
+StepFn = Callable[["StepContext"], Any]
+
+_SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.'=+-]*(/[A-Za-z0-9][A-Za-z0-9_.'=+-]*)*$")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One unit of cached work.
+
+    Attributes:
+        key: unique name such as ``"attack/softmax1/shard-003"``; ``/`` makes sub-folders.
+        fn: computes the result from a :class:`StepContext`; must be deterministic given ``params``.
+        params: JSON-serialisable settings (including seeds); part of the fingerprint.
+        deps: keys of the steps whose results ``fn`` reads.
+        version: bump it when ``fn``'s code changes meaning, to invalidate stored results.
+    """
+
+    key: str
+    fn: StepFn
+    params: Mapping[str, Any] = field(default_factory=dict)
+    deps: tuple[str, ...] = ()
+    version: str = "1"
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What a step function sees: its params, its dependencies' results, and where to put files."""
+
+    step: Step
+    deps: Mapping[str, Any]
+    store: RunStore
+
+    @property
+    def params(self) -> Mapping[str, Any]:
+        return self.step.params
+
+    def artifact_dir(self) -> Path:
+        """A directory private to this step for large artefacts (created on demand)."""
+        return self.store.artifact_dir(self.step.key)
+
+
+class RunStore:
+    """A results directory holding one JSON record per finished step."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def record_path(self, key: str) -> Path:
+        return self.root / "steps" / f"{key}.json"
+
+    def artifact_dir(self, key: str) -> Path:
+        path = self.root / "artifacts" / key
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def load(self, key: str) -> dict[str, Any] | None:
+        """The stored record of ``key``, or None if absent or unreadable (then it is recomputed)."""
+        path = self.record_path(key)
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+            return None
+        if not isinstance(record, dict) or record.get("key") != key or "result" not in record:
+            return None
+        return record
+
+    def save(self, key: str, fingerprint: str, result: Any, elapsed_s: float) -> None:
+        record = {
+            "key": key,
+            "fingerprint": fingerprint,
+            "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "elapsed_s": round(elapsed_s, 3),
+            "result": result,
+        }
+        atomic_write_json(self.record_path(key), record)
+
+    def results(self) -> dict[str, Any]:
+        """Every stored step's result by key (what reports render from)."""
+        out: dict[str, Any] = {}
+        steps_root = self.root / "steps"
+        for path in sorted(steps_root.rglob("*.json")):
+            key = path.relative_to(steps_root).with_suffix("").as_posix()
+            record = self.load(key)
+            if record is not None:
+                out[key] = record["result"]
+        return out
+
+
+def _canonical(obj: Any, what: str = "step parameters") -> str:
+    try:
+        return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise IntriguingError(
+            f"{what} must be finite JSON values (use None for NaN): {exc}"
+        ) from None
+
+
+def _as_stored(result: Any, key: str) -> Any:
+    """The result exactly as it will read back from disk (tuples become lists, and so on)."""
+    _canonical(result, f"the result of step {key!r}")
+    return json.loads(json.dumps(result, allow_nan=False))
+
+
+def fingerprint(step: Step, dep_fingerprints: Iterable[str]) -> str:
+    """Hash of the step's identity, params, version and its dependencies' fingerprints."""
+    payload = _canonical([step.key, step.version, dict(step.params), sorted(dep_fingerprints)])
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+
+
+def topological_order(steps: Iterable[Step]) -> list[Step]:
+    """Steps sorted so every step comes after its dependencies (stable in declaration order)."""
+    by_key: dict[str, Step] = {}
+    for step in steps:
+        if not _SAFE_KEY.match(step.key):
+            raise IntriguingError(f"step key {step.key!r} must be letters, digits, '_.-=+' and '/'")
+        if step.key in by_key:
+            raise IntriguingError(f"two steps share the key {step.key!r}")
+        by_key[step.key] = step
+    order: list[Step] = []
+    state: dict[str, int] = {}  # 1 visiting, 2 done
+
+    def visit(key: str, chain: tuple[str, ...]) -> None:
+        if state.get(key) == 2:
+            return
+        if state.get(key) == 1:
+            raise IntriguingError(f"dependency cycle: {' -> '.join((*chain, key))}")
+        if key not in by_key:
+            raise IntriguingError(f"step {chain[-1]!r} depends on unknown step {key!r}")
+        state[key] = 1
+        for dep in by_key[key].deps:
+            visit(dep, (*chain, key))
+        state[key] = 2
+        order.append(by_key[key])
+
+    for key in by_key:
+        visit(key, ())
+    return order
+
+
+def run_graph(
+    steps: Iterable[Step],
+    store: RunStore,
+    *,
+    description: str = "experiment",
+    on_step: Callable[[Step, bool], None] | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) ``steps`` in ``store``; return every step's result by key.
+
+    ``on_step(step, cached)`` is called after each step, with ``cached`` True when it was reused.
+    """
+    ordered = topological_order(steps)
+    results: dict[str, Any] = {}
+    prints: dict[str, str] = {}
+    with make_progress() as bar:
+        task = bar.add_task(description, total=len(ordered))
+        for step in ordered:
+            fp = fingerprint(step, (prints[d] for d in step.deps))
+            prints[step.key] = fp
+            record = store.load(step.key)
+            cached = record is not None and record.get("fingerprint") == fp
+            if record is not None and cached:
+                results[step.key] = record["result"]
+            else:
+                bar.update(task, description=f"{description}: {step.key}")
+                ctx = StepContext(step=step, deps={d: results[d] for d in step.deps}, store=store)
+                start = time.perf_counter()
+                result = _as_stored(step.fn(ctx), step.key)
+                store.save(step.key, fp, result, time.perf_counter() - start)
+                results[step.key] = result
+            if on_step is not None:
+                on_step(step, cached)
+            bar.advance(task)
+    return results

@@ -1,0 +1,161 @@
+"""The cached step graph: order, caching, invalidation, and resuming after a real kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from intriguing.errors import IntriguingError
+from intriguing.experiments import RunStore, Step, StepContext, run_graph
+
+CALLS: list[str] = []
+
+
+def _square(ctx: StepContext) -> Any:
+    CALLS.append(ctx.step.key)
+    return {"value": ctx.params["x"] ** 2}
+
+
+def _total(ctx: StepContext) -> Any:
+    CALLS.append(ctx.step.key)
+    return {"value": sum(d["value"] for d in ctx.deps.values()), "parts": (1, 2)}
+
+
+def _graph(x_b: int = 3) -> list[Step]:
+    return [
+        Step("total", _total, deps=("sq/a", "sq/b")),  # declared before its deps on purpose
+        Step("sq/a", _square, params={"x": 2}),
+        Step("sq/b", _square, params={"x": x_b}),
+    ]
+
+
+@pytest.fixture(autouse=True)
+def _reset_calls() -> None:
+    CALLS.clear()
+
+
+def test_runs_dependencies_first_and_passes_results(tmp_path: Path) -> None:
+    results = run_graph(_graph(), RunStore(tmp_path))
+    assert CALLS == ["sq/a", "sq/b", "total"]
+    assert results["total"] == {"value": 13, "parts": [1, 2]}  # tuples come back as stored: lists
+
+
+def test_second_run_reuses_every_step(tmp_path: Path) -> None:
+    first = run_graph(_graph(), RunStore(tmp_path))
+    CALLS.clear()
+    second = run_graph(_graph(), RunStore(tmp_path))
+    assert CALLS == []
+    assert second == first
+
+
+def test_changed_params_invalidate_the_step_and_its_dependents_only(tmp_path: Path) -> None:
+    run_graph(_graph(), RunStore(tmp_path))
+    CALLS.clear()
+    results = run_graph(_graph(x_b=4), RunStore(tmp_path))
+    assert CALLS == ["sq/b", "total"]
+    assert results["total"]["value"] == 20
+
+
+def test_corrupt_record_is_recomputed(tmp_path: Path) -> None:
+    store = RunStore(tmp_path)
+    run_graph(_graph(), store)
+    store.record_path("sq/a").write_text('{"key": "sq/a", "resu')  # truncated by a crash
+    CALLS.clear()
+    run_graph(_graph(), store)
+    assert CALLS == ["sq/a"]  # same params, same fingerprint: 'total' still matches and is reused
+    assert store.results()["total"]["value"] == 13
+
+
+def test_failure_keeps_finished_steps(tmp_path: Path) -> None:
+    def boom(ctx: StepContext) -> Any:
+        raise RuntimeError("killed")
+
+    steps = [*_graph()[1:], Step("total", boom, deps=("sq/a", "sq/b"))]
+    with pytest.raises(RuntimeError):
+        run_graph(steps, RunStore(tmp_path))
+    CALLS.clear()
+    results = run_graph(_graph(), RunStore(tmp_path))
+    assert CALLS == ["total"]
+    assert results["total"]["value"] == 13
+
+
+@pytest.mark.parametrize(
+    ("steps", "message"),
+    [
+        ([Step("a", _square, deps=("b",)), Step("b", _square, deps=("a",))], "cycle"),
+        ([Step("a", _square, deps=("missing",))], "unknown step 'missing'"),
+        ([Step("a", _square), Step("a", _square)], "share the key"),
+        ([Step("../escape", _square)], "step key"),
+        ([Step("a", _square, params={"x": float("nan")})], "finite JSON"),
+    ],
+)
+def test_bad_graphs_are_refused_with_a_clear_error(
+    tmp_path: Path, steps: list[Step], message: str
+) -> None:
+    with pytest.raises(IntriguingError, match=message):
+        run_graph(steps, RunStore(tmp_path))
+
+
+def test_unstorable_result_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(IntriguingError, match="result of step 'a'"):
+        run_graph([Step("a", lambda ctx: {"x": object()})], RunStore(tmp_path))
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import random, sys, time
+    from intriguing.experiments import RunStore, Step, run_graph
+
+    def noisy_sum(ctx):
+        rng = random.Random(ctx.params["seed"])
+        time.sleep(float(sys.argv[2]))  # not a param: the resumed run must match the stored steps
+        prior = sum(d["value"] for d in ctx.deps.values())
+        return {"value": prior + rng.random()}
+
+    steps = [Step("s0", noisy_sum, params={"seed": 0})]
+    for i in range(1, 6):
+        steps.append(Step(f"s{i}", noisy_sum, params={"seed": i}, deps=(f"s{i-1}",)))
+    run_graph(steps, RunStore(sys.argv[1]))
+    """
+)
+
+
+def test_real_kill_then_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
+    script = tmp_path / "graph_script.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "INTRIGUING_NO_PROGRESS": "1"}
+    killed_dir, clean_dir = tmp_path / "killed", tmp_path / "clean"
+
+    proc = subprocess.Popen([sys.executable, str(script), str(killed_dir), "0.4"], env=env)
+    deadline = time.monotonic() + 60
+    while not (killed_dir / "steps" / "s1.json").exists():
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = {p.stem for p in (killed_dir / "steps").glob("*.json")}
+    assert "s1" in finished and "s5" not in finished
+    before = {k: (killed_dir / "steps" / f"{k}.json").read_text() for k in finished}
+
+    subprocess.run([sys.executable, str(script), str(killed_dir), "0"], env=env, check=True)
+    subprocess.run([sys.executable, str(script), str(clean_dir), "0"], env=env, check=True)
+
+    def values(root: Path) -> dict[str, Any]:
+        return {
+            p.stem: json.loads(p.read_text())["result"] for p in (root / "steps").glob("*.json")
+        }
+
+    for key, text in before.items():  # finished steps were reused, not recomputed
+        assert (killed_dir / "steps" / f"{key}.json").read_text() == text
+    assert values(killed_dir) == values(clean_dir)
+    assert len(values(clean_dir)) == 6
