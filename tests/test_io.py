@@ -1,0 +1,44 @@
+"""Atomic writes and JSON reading."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from intriguing._io import atomic_path, atomic_write_json, read_json
+from intriguing.errors import IntriguingError
+
+
+def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> None:
+    target = tmp_path / "result.json"
+    atomic_write_json(target, {"a": 1})
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed mid-write")
+    assert read_json(target) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
+
+
+def test_written_files_are_readable_by_others(tmp_path: Path) -> None:
+    atomic_write_json(tmp_path / "r.json", [1, 2])
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_nan_is_refused_rather_than_written_as_invalid_json(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        atomic_write_json(tmp_path / "r.json", {"x": float("nan")})
+    assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.parametrize(("content", "message"), [(None, "not found"), ('{"a": ', "not valid JSON")])
+def test_read_json_errors_are_one_line(tmp_path: Path, content: str | None, message: str) -> None:
+    path = tmp_path / "r.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(IntriguingError, match=message) as info:
+        read_json(path)
+    assert "\n" not in str(info.value)
