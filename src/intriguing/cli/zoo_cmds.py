@@ -1,0 +1,162 @@
+"""``intriguing zoo`` / ``train`` / ``eval``: list, train and evaluate the paper's MNIST models."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from intriguing.cli.options import data_options, json_option, seed_option
+
+
+def _percent(value: Any) -> str:
+    return f"{100 * float(value):.2f}%" if isinstance(value, int | float) else "-"
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the zoo as JSON instead of a table.")
+def zoo(as_json: bool) -> None:
+    """List the model zoo: names, descriptions and the paper's numbers."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from intriguing.models import list_entries
+
+    entries = list_entries()
+    if as_json:
+        rows = [_entry_dict(e) for e in entries]
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title="intriguing model zoo (Szegedy et al. 2014, §4.2)", show_lines=False)
+    for column in ("name", "description", "split", "paper train err", "paper test err", "paper distortion"):
+        table.add_column(column, overflow="fold")
+    for entry in entries:
+        paper = entry.paper
+        train_err = paper.get("train_error", paper.get("err_p1" if entry.train_split == "p1" else "err_p2"))
+        table.add_row(
+            entry.name + (f" ({', '.join(entry.aliases)})" if entry.aliases else ""),
+            entry.description,
+            entry.train_split,
+            _percent(train_err),
+            _percent(paper.get("test_error")),
+            str(paper.get("distortion", "-")),
+        )
+    Console(width=max(120, Console().width)).print(table)
+
+
+def _entry_dict(entry: Any) -> dict[str, Any]:
+    return {
+        "name": entry.name,
+        "aliases": list(entry.aliases),
+        "description": entry.description,
+        "train_split": entry.train_split,
+        "hidden_layer": entry.hidden_layer,
+        "paper": dict(entry.paper),
+        "train_config": entry.train_config.to_dict(),
+    }
+
+
+def _echo_log(line: str) -> None:
+    click.echo(line, err=True)
+
+
+@click.command()
+@click.argument("name")
+@data_options
+@seed_option
+@json_option
+@click.option("--retrain", is_flag=True, help="Train again even if a cached checkpoint exists.")
+def train(
+    name: str, dataset: str, data_dir: Path | None, seed: int, json_path: Path | None, retrain: bool
+) -> None:
+    """Train zoo model NAME (or reuse its cached checkpoint) and report its errors."""
+    from intriguing.models import get_entry
+    from intriguing.training import train_model
+
+    get_entry(name)  # unknown names fail before any data is loaded
+    trained = train_model(name, dataset=dataset, data_dir=data_dir, seed=seed, retrain=retrain, log=_echo_log)
+    metrics = trained.metrics
+    result = {
+        "model": trained.name,
+        "dataset": dataset,
+        "seed": seed,
+        "train_split": trained.sidecar.get("train_split"),
+        "train_error": metrics.get("train_error"),
+        "test_error": metrics.get("test_error"),
+        "wall_time_s": metrics.get("wall_time_s"),
+        "cpu_time_s": metrics.get("cpu_time_s"),
+        "cached": trained.cached,
+        "checkpoint": str(trained.path),
+        "paper": dict(get_entry(name).paper),
+    }
+    _report(result, json_path)
+
+
+@click.command("eval")
+@click.argument("name", required=False)
+@data_options
+@seed_option
+@json_option
+@click.option(
+    "--checkpoint",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Evaluate this checkpoint (.safetensors or its .json sidecar) instead of the cached model.",
+)
+def eval_cmd(
+    name: str | None,
+    dataset: str,
+    data_dir: Path | None,
+    seed: int,
+    json_path: Path | None,
+    checkpoint: Path | None,
+) -> None:
+    """Evaluate zoo model NAME (trained and cached if needed) on train, test, P1 and P2."""
+    from intriguing.data import load_mnist
+    from intriguing.errors import InvalidInputError
+    from intriguing.models import get_entry
+    from intriguing.training import error_rate, load_checkpoint, train_model
+
+    if checkpoint is None and name is None:
+        raise InvalidInputError("give a model NAME or --checkpoint PATH (see `intriguing zoo`)")
+    if checkpoint is not None:
+        trained = load_checkpoint(checkpoint)
+        if name is not None and get_entry(name).name != trained.name:
+            raise InvalidInputError(f"{checkpoint} holds {trained.name!r}, not {name!r}")
+    else:
+        get_entry(str(name))
+        trained = train_model(str(name), dataset=dataset, data_dir=data_dir, seed=seed, log=_echo_log)
+    data = load_mnist(data_dir, dataset=dataset)
+    errors = {split: error_rate(trained.model, *data.split(split)) for split in ("train", "test", "p1", "p2")}
+    result = {
+        "model": trained.name,
+        "dataset": dataset,
+        "checkpoint": str(trained.path),
+        "train_split": trained.sidecar.get("train_split"),
+        **{f"{split}_error": value for split, value in errors.items()},
+        "paper": dict(get_entry(trained.name).paper),
+    }
+    _report(result, json_path)
+
+
+def _report(result: dict[str, Any], json_path: Path | None) -> None:
+    """Print ``result`` as aligned ``key: value`` lines; also write it as JSON if asked."""
+    from intriguing._io import atomic_write_json
+
+    for key, value in result.items():
+        if key == "paper":
+            shown = ", ".join(f"{k} {v}" for k, v in value.items()) or "-"
+        elif key.endswith("_error") and isinstance(value, float):
+            shown = _percent(value)
+        elif isinstance(value, float):
+            shown = f"{value:.1f}"
+        else:
+            shown = str(value)
+        click.echo(f"{key:>12}: {shown}")
+    if json_path is not None:
+        atomic_write_json(json_path, result)
+        click.echo(f"wrote {json_path}", err=True)
+    sys.stdout.flush()

@@ -1,0 +1,204 @@
+"""``load_model``: a trained zoo model, trained and cached on first use (like robustbench's).
+
+>>> from intriguing.training import load_model
+>>> model = load_model("N100-100-10")       # trains (minutes) the first time, then loads (ms)
+>>> logits = model(images)                  # images (N, 1, 28, 28) in [0, 1] -> logits (N, 10)
+
+The model is trained on its registered split (``train``, ``p1`` or ``p2``) of the chosen dataset
+with its registered :class:`TrainConfig` (seed replaced by ``seed``), evaluated on the test set, and
+stored in the checkpoint cache (:mod:`.checkpoint`). Explicit files load with
+:func:`load_checkpoint`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from intriguing.errors import CheckpointError
+from intriguing.training.checkpoint import (
+    cache_key,
+    checkpoint_paths,
+    load_weights,
+    read_sidecar,
+    save_checkpoint,
+    seeded,
+    training_lock,
+    weights_path_for,
+)
+from intriguing.training.config import TrainConfig
+from intriguing.training.trainer import LogFn, error_rate, train
+
+if TYPE_CHECKING:
+    from intriguing.data import MNIST
+    from intriguing.models import ZooEntry
+
+logger = logging.getLogger("intriguing.training")
+
+
+@dataclass
+class TrainedModel:
+    """A trained model and where it came from.
+
+    Attributes:
+        model: the network, in eval mode.
+        name: canonical zoo name.
+        path: the safetensors weights file.
+        sidecar: the checkpoint's JSON sidecar (config, dataset identity, metrics, versions, ...).
+        cached: True when the checkpoint already existed (nothing was trained).
+    """
+
+    model: nn.Module
+    name: str
+    path: Path
+    sidecar: dict[str, Any]
+    cached: bool
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """``{"train_error", "test_error", "wall_time_s", ...}`` recorded at training time."""
+        return dict(self.sidecar.get("metrics", {}))
+
+
+def train_model(
+    name: str,
+    dataset: str = "mnist",
+    data_dir: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+    *,
+    retrain: bool = False,
+    log: LogFn | None = None,
+) -> TrainedModel:
+    """Return zoo model ``name`` trained on ``dataset``, from the cache or by training it now.
+
+    Args:
+        name: a zoo name or alias (``intriguing zoo`` lists them).
+        dataset: ``"mnist"`` (the paper's data) or ``"mnist-5k"`` (small offline subset).
+        data_dir: directory of the MNIST IDX files (see :func:`intriguing.data.load_mnist`).
+        seed: seeds initialisation, minibatch order and dropout (part of the cache key).
+        retrain: train and overwrite even if a cached checkpoint exists.
+        log: receives one line per epoch (default: the ``intriguing.training`` logger).
+
+    Returns:
+        :class:`TrainedModel` with the model in eval mode.
+
+    Raises:
+        UnknownModelError: ``name`` is not in the zoo.
+        DataError, InvalidInputError: the dataset cannot be loaded.
+        CheckpointError: a cached checkpoint is corrupt (delete it or pass ``retrain=True``).
+    """
+    from intriguing.data import load_mnist
+    from intriguing.data.mnist import published_identity
+    from intriguing.models import get_entry
+
+    entry = get_entry(name)
+    # The full MNIST's identity is known without reading it (every file is MD5-verified), so a
+    # cached checkpoint loads offline and without parsing the data.
+    data = None if dataset == "mnist" else load_mnist(data_dir, dataset=dataset)
+    identity = published_identity() if data is None else data.identity
+    config = entry.train_config.replace(seed=seed)
+    with seeded(seed):
+        model = entry.build()
+    key = cache_key(entry.name, repr(model), config, entry.train_split, identity)
+    weights, _ = checkpoint_paths(entry.name, key)
+    log = log or logger.info
+    if weights.exists() and not retrain:
+        return _load_cached(model, entry.name, weights)
+    with training_lock(weights, on_wait=log):
+        if weights.exists() and not retrain:  # another process trained it while we waited
+            return _load_cached(model, entry.name, weights)
+        if data is None:
+            data = load_mnist(data_dir, dataset=dataset)
+        return _train_and_save(entry, model, data, config, key, weights, log)
+
+
+def _load_cached(model: nn.Module, name: str, weights: Path) -> TrainedModel:
+    sidecar = read_sidecar(weights)
+    load_weights(model, weights, sidecar["weights_sha256"])
+    model.eval()
+    return TrainedModel(model, name, weights, sidecar, cached=True)
+
+
+def _train_and_save(
+    entry: ZooEntry,
+    model: nn.Module,
+    data: MNIST,
+    config: TrainConfig,
+    key: str,
+    weights: Path,
+    log: LogFn,
+) -> TrainedModel:
+    """Train ``model`` on its split, evaluate it on the test set, write the checkpoint."""
+    seed = config.seed
+    identity = data.identity
+    images, labels = data.split(entry.train_split)
+    metrics = train(model, images, labels, config, log=log, description=entry.name)
+    test_images, test_labels = data.split("test")
+    sidecar = {
+        "model": entry.name,
+        "key": key,
+        "dataset": identity,
+        "train_split": entry.train_split,
+        "seed": seed,
+        "config": config.to_dict(),
+        "architecture": repr(model),
+        "metrics": {
+            "train_error": metrics.train_error,
+            "test_error": error_rate(model, test_images, test_labels),
+            "loss": metrics.loss,
+            "wall_time_s": metrics.wall_time_s,
+            "cpu_time_s": metrics.cpu_time_s,
+            "torch_threads": torch.get_num_threads(),
+            "steps": metrics.steps,
+            "converged": metrics.converged,
+        },
+        "history": metrics.history,
+    }
+    sidecar = save_checkpoint(model, weights, sidecar)
+    model.eval()
+    return TrainedModel(model, entry.name, weights, sidecar, cached=False)
+
+
+def load_model(
+    name: str,
+    dataset: str = "mnist",
+    data_dir: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+) -> nn.Module:
+    """The trained zoo model ``name`` in eval mode, training and caching it first if needed.
+
+    Images in, logits out: ``(N, 1, 28, 28)`` float32 in [0, 1] -> ``(N, 10)``. Training shows a
+    progress bar; a full-MNIST model takes from seconds (softmax) to a few minutes (Conv, AE400-10).
+    See :func:`train_model` for the arguments and errors.
+    """
+    return train_model(name, dataset=dataset, data_dir=data_dir, seed=seed).model
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> TrainedModel:
+    """Load a checkpoint from an explicit path (its ``.safetensors`` or ``.json`` file).
+
+    The sidecar names the model, which must be registered in the zoo (register custom models
+    before loading them).
+
+    Raises:
+        CheckpointError: missing/corrupt files, checksum mismatch, weights that do not fit.
+        UnknownModelError: the sidecar names a model that is not registered.
+    """
+    from intriguing.models import get_entry
+
+    weights = weights_path_for(Path(path))
+    if not Path(path).exists():
+        raise CheckpointError(f"{path}: checkpoint not found; check the path")
+    sidecar = read_sidecar(weights)
+    entry = get_entry(str(sidecar["model"]))
+    with seeded(int(sidecar.get("seed", 0))):
+        model = entry.build()
+    load_weights(model, weights, sidecar["weights_sha256"])
+    model.eval()
+    return TrainedModel(model, entry.name, weights, sidecar, cached=True)

@@ -1,0 +1,209 @@
+"""Checkpoints: safetensors weights + a JSON sidecar, in a content-addressed cache.
+
+A checkpoint is two files in :func:`intriguing.paths.models_dir` (or anywhere, for explicit paths):
+
+- ``<slug>-<key>.safetensors``: the model's ``state_dict`` (safetensors; never pickle);
+- ``<slug>-<key>.json``: the sidecar: model name, full :class:`TrainConfig`, training split, dataset
+  identity (:attr:`intriguing.data.MNIST.identity`), seed, metrics (train/test error, wall time),
+  library versions, creation time, and the SHA-256 of the weights file.
+
+``key`` is a SHA-256 (first 20 hex digits) of everything that determines the weights: model name,
+architecture (``repr`` of the untrained module), config (seed included), training split and dataset
+identity. The same request therefore finds the same files; any change trains anew. Both files are
+written atomically, weights first, so a sidecar only ever points at complete weights. A truncated,
+corrupt or mismatched checkpoint raises :class:`~intriguing.errors.CheckpointError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import platform
+import re
+from collections.abc import Callable, Iterator
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from intriguing._io import atomic_path, atomic_write_json
+from intriguing.errors import CheckpointError
+from intriguing.paths import models_dir
+from intriguing.training.config import TrainConfig
+
+FORMAT_VERSION = 1
+# Bump when a change to the training code changes the weights it produces: old cache entries are
+# then no longer found (they stay on disk) and models are retrained.
+TRAINER_VERSION = 2
+WEIGHTS_SUFFIX = ".safetensors"
+SIDECAR_SUFFIX = ".json"
+
+
+def cache_key(
+    name: str, architecture: str, config: TrainConfig, train_split: str, dataset: dict[str, Any]
+) -> str:
+    """20 hex digits of SHA-256 over the canonical JSON of everything that fixes the weights."""
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "trainer_version": TRAINER_VERSION,
+        "model": name,
+        "architecture": architecture,
+        "config": config.to_dict(),
+        "train_split": train_split,
+        "dataset": dataset,
+    }
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
+
+
+def slug(name: str) -> str:
+    """A file-name-safe form of a model name (``"M1'"`` -> ``"M1p"``)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name.replace("'", "p"))
+
+
+def checkpoint_paths(name: str, key: str, directory: Path | None = None) -> tuple[Path, Path]:
+    """``(weights, sidecar)`` paths of a cache entry (``directory`` defaults to ``models_dir()``)."""
+    base = (directory if directory is not None else models_dir()) / f"{slug(name)}-{key}"
+    return base.with_suffix(WEIGHTS_SUFFIX), base.with_suffix(SIDECAR_SUFFIX)
+
+
+def sidecar_path_for(path: Path) -> Path:
+    """The sidecar belonging to a weights (or sidecar) path."""
+    return path.with_suffix(SIDECAR_SUFFIX)
+
+
+def weights_path_for(path: Path) -> Path:
+    """The weights file belonging to a sidecar (or weights) path."""
+    return path.with_suffix(WEIGHTS_SUFFIX)
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of Python and the libraries that influence the weights."""
+    versions = {"python": platform.python_version(), "torch": torch.__version__}
+    for package in ("numpy", "safetensors", "intriguing"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "unknown"
+    return versions
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_checkpoint(model: nn.Module, weights_path: Path, sidecar: dict[str, Any]) -> dict[str, Any]:
+    """Write ``model``'s weights (safetensors) and ``sidecar`` (JSON) atomically.
+
+    Adds ``format_version``, ``weights_file``, ``weights_sha256``, ``versions`` and ``created`` to
+    the sidecar, and returns the completed sidecar.
+    """
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(weights_path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt", "model": str(sidecar.get("model", ""))})
+    full = {
+        "format_version": FORMAT_VERSION,
+        **sidecar,
+        "weights_file": weights_path.name,
+        "weights_sha256": file_sha256(weights_path),
+        "versions": library_versions(),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
+    atomic_write_json(sidecar_path_for(weights_path), full)
+    return full
+
+
+def read_sidecar(path: Path) -> dict[str, Any]:
+    """The sidecar of a checkpoint given its weights or sidecar path.
+
+    Raises:
+        CheckpointError: the sidecar is missing, not JSON, or lacks required fields.
+    """
+    sidecar_file = sidecar_path_for(Path(path))
+    if not sidecar_file.is_file():
+        raise CheckpointError(f"{sidecar_file}: checkpoint sidecar not found; pass a checkpoint written by intriguing")
+    try:
+        data = json.loads(sidecar_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{sidecar_file}: corrupt sidecar ({exc}); delete the checkpoint and retrain") from None
+    missing = [k for k in ("model", "config", "weights_sha256") if not isinstance(data, dict) or k not in data]
+    if missing:
+        raise CheckpointError(f"{sidecar_file}: sidecar lacks {missing}; delete the checkpoint and retrain")
+    return data
+
+
+def load_weights(model: nn.Module, path: Path, expected_sha256: str | None = None) -> nn.Module:
+    """Load safetensors weights from ``path`` into ``model`` (strict: same keys and shapes).
+
+    Raises:
+        CheckpointError: missing, truncated or corrupt file, checksum mismatch, or weights that do
+            not fit the model.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint weights not found; retrain or pass another path")
+    if expected_sha256 is not None and file_sha256(path) != expected_sha256:
+        raise CheckpointError(
+            f"{path}: weights do not match the checksum in the sidecar (corrupt or truncated); "
+            "delete the checkpoint and retrain"
+        )
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable safetensors file ({message}); delete it and retrain") from None
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise CheckpointError(f"{path}: weights do not fit the model ({first}); retrain it") from None
+    return model
+
+
+@contextlib.contextmanager
+def training_lock(weights_path: Path, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold an exclusive lock for training the checkpoint ``weights_path`` (POSIX ``flock``).
+
+    Two processes asking for the same uncached model then train it once: the second waits and
+    finds the checkpoint afterwards. Without ``fcntl`` (Windows) no lock is taken.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - non-POSIX
+        yield
+        return
+    lock_path = weights_path.with_suffix(".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+b") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait(f"waiting for another process that is training {weights_path.name}")
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run a block with the global torch RNG seeded by ``seed``; restore the RNG afterwards."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
