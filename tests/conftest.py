@@ -13,7 +13,7 @@ SHARED_MNIST = REPO_ROOT.parent / "shared" / "data" / "mnist"
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    torch.set_num_threads(1)  # small models: more threads only add synchronisation overhead
     os.environ.setdefault("INTRIGUING_NO_PROGRESS", "1")
     if SHARED_MNIST.is_dir():
         os.environ.setdefault("INTRIGUING_DATA_DIR", str(SHARED_MNIST))

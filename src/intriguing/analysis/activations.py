@@ -1,0 +1,279 @@
+"""Activations phi(x) of any layer of any ``nn.Module``, captured with a forward hook (paper §3).
+
+Section 3 of Szegedy et al. (2014) studies ``phi(x)``, the activation vector of one layer, over an
+"image set" (the MNIST test set, the ImageNet validation set). This module computes it for any
+``torch.nn.Module`` and any sub-module chosen by its dotted name (``model.named_modules()``):
+
+- images are fed in batches; the forward pass stops as soon as the chosen layer has produced its
+  output (the layers above it are never run);
+- each output is flattened to ``(B, D)`` (a convolutional map ``(B, C, H, W)`` gives
+  ``D = C * H * W``) or, with ``reduce="mean"``/``"max"``, pooled over space to ``(B, C)``;
+- the result is an ``(N, D)`` float32 array in memory or, for large image sets, a float16/float32
+  ``.npy`` file written atomically and memory-mapped back.
+
+Images must be float tensors in ``[0, 1]`` with no NaN (the project's convention); anything else is an
+:class:`~intriguing.errors.InvalidInputError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+import torch
+from rich.progress import Progress, TaskID
+from torch import nn
+
+from intriguing._io import atomic_path
+from intriguing.errors import IntriguingError, InvalidInputError
+from intriguing.progress import make_progress
+
+Reduce = Literal["flatten", "mean", "max"]
+REDUCTIONS: tuple[str, ...] = ("flatten", "mean", "max")
+STORE_DTYPES: tuple[str, ...] = ("float16", "float32")
+
+
+class ImageSource(Protocol):
+    """Anything that can hand out image batches: ``len()`` images, ``batch(start, stop)`` of them.
+
+    ``batch`` returns a float32 tensor ``(stop - start, C, H, W)`` with values in ``[0, 1]``.
+    A plain ``torch.Tensor`` of images is accepted wherever an ``ImageSource`` is.
+    """
+
+    def __len__(self) -> int: ...
+
+    def batch(self, start: int, stop: int) -> torch.Tensor: ...
+
+
+class TensorSource:
+    """An :class:`ImageSource` over an in-memory image tensor ``(N, C, H, W)``."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        if not isinstance(images, torch.Tensor) or images.ndim != 4:
+            shape = (
+                tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            )
+            raise InvalidInputError(f"images must be a tensor of shape (N, C, H, W), got {shape}")
+        self.images = images
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def batch(self, start: int, stop: int) -> torch.Tensor:
+        return self.images[start:stop]
+
+
+class _StopForwardError(Exception):
+    """Raised inside the hook to stop the forward pass once the chosen layer has run."""
+
+
+def layer_names(model: nn.Module) -> list[str]:
+    """Dotted names of all sub-modules of ``model`` (the root itself excluded), in forward order."""
+    return [name for name, _ in model.named_modules() if name]
+
+
+def get_layer(model: nn.Module, name: str) -> nn.Module:
+    """The sub-module called ``name``; an unknown name raises an error listing the valid ones."""
+    modules = dict(model.named_modules())
+    if not name or name not in modules:
+        names = layer_names(model)
+        shown = ", ".join(names[:40]) + (", ..." if len(names) > 40 else "")
+        raise InvalidInputError(f"layer {name!r} not found in the model; available layers: {shown}")
+    return modules[name]
+
+
+def check_images(images: torch.Tensor, *, where: str = "images") -> torch.Tensor:
+    """Return ``images`` as float32 after checking shape ``(B, C, H, W)``, finiteness and ``[0, 1]``."""
+    if not isinstance(images, torch.Tensor) or images.ndim != 4:
+        raise InvalidInputError(f"{where} must be a tensor of shape (N, C, H, W)")
+    if not images.is_floating_point():
+        raise InvalidInputError(f"{where} must be floating point in [0, 1], got {images.dtype}")
+    images = images.float()
+    if not bool(torch.isfinite(images).all()):
+        raise InvalidInputError(f"{where} contain NaN or infinite values; clean the data first")
+    lo, hi = float(images.min()), float(images.max())
+    if lo < 0.0 or hi > 1.0:
+        raise InvalidInputError(f"{where} must lie in [0, 1], found values in [{lo:.3g}, {hi:.3g}]")
+    return images
+
+
+def _run_model(model: nn.Module, batch: torch.Tensor) -> None:
+    """One forward pass; a model that cannot take these images is a one-line user error."""
+    try:
+        model(batch)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InvalidInputError(
+            f"the model failed on images of shape {tuple(batch.shape[1:])}: {first}"
+        ) from None
+
+
+def _as_source(images: torch.Tensor | ImageSource) -> ImageSource:
+    return TensorSource(images) if isinstance(images, torch.Tensor) else images
+
+
+def _flatten_output(output: object, reduce: Reduce) -> torch.Tensor:
+    """``(B, ...)`` layer output -> ``(B, D)`` float32 (first tensor of a tuple output)."""
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        output = output[0]
+    if not isinstance(output, torch.Tensor):
+        raise InvalidInputError(f"the chosen layer returned {type(output).__name__}, not a tensor")
+    out = output.detach().float()
+    if reduce != "flatten" and out.ndim > 2:
+        spatial = out.flatten(2)
+        out = spatial.mean(dim=2) if reduce == "mean" else spatial.amax(dim=2)
+    return out.reshape(out.shape[0], -1)
+
+
+def iter_activations(
+    model: nn.Module,
+    layer: str,
+    images: torch.Tensor | ImageSource,
+    *,
+    batch_size: int = 500,
+    reduce: Reduce = "flatten",
+) -> Iterator[torch.Tensor]:
+    """Yield ``phi(x)`` of ``layer`` batch by batch as float32 tensors ``(B, D)``.
+
+    The model runs under ``torch.inference_mode`` in eval mode (dropout off); its previous
+    train/eval mode is restored afterwards. The hook stops each forward pass at ``layer``.
+    """
+    if reduce not in REDUCTIONS:
+        raise InvalidInputError(f"unknown reduce {reduce!r}; choose one of {', '.join(REDUCTIONS)}")
+    if batch_size < 1:
+        raise InvalidInputError(f"batch size must be at least 1, got {batch_size}")
+    module = get_layer(model, layer)
+    source = _as_source(images)
+    captured: list[torch.Tensor] = []
+
+    def hook(_module: nn.Module, _inputs: object, output: object) -> None:
+        captured.append(_flatten_output(output, reduce))
+        raise _StopForwardError
+
+    was_training = model.training
+    handle = module.register_forward_hook(hook)
+    model.eval()
+    try:
+        for start in range(0, len(source), batch_size):
+            batch = check_images(source.batch(start, min(start + batch_size, len(source))))
+            captured.clear()
+            with torch.inference_mode(), contextlib.suppress(_StopForwardError):
+                _run_model(model, batch)
+            if not captured:
+                raise InvalidInputError(
+                    f"layer {layer!r} was never called in the model's forward pass"
+                )
+            yield captured[0]
+    finally:
+        handle.remove()
+        model.train(was_training)
+
+
+def compute_activations(
+    model: nn.Module,
+    layer: str,
+    images: torch.Tensor | ImageSource,
+    *,
+    batch_size: int = 500,
+    reduce: Reduce = "flatten",
+    out_path: str | os.PathLike[str] | None = None,
+    dtype: str = "float32",
+    description: str = "activations",
+) -> np.ndarray:
+    """``phi(x)`` for every image: an ``(N, D)`` array (row ``i`` belongs to image ``i``).
+
+    Args:
+        model: any module; run in eval mode.
+        layer: dotted sub-module name (see :func:`layer_names`).
+        images: ``(N, C, H, W)`` float tensor in ``[0, 1]``, or an :class:`ImageSource`.
+        batch_size: images per forward pass.
+        reduce: ``"flatten"`` keeps every coordinate; ``"mean"``/``"max"`` pool conv maps per channel.
+        out_path: if given, stream the rows into this ``.npy`` file (atomic: written to a temporary
+            file, renamed when complete) and return it memory-mapped read-only.
+        dtype: ``"float32"`` or ``"float16"`` (storage type of the array).
+        description: progress-bar label.
+
+    Raises:
+        InvalidInputError: unknown layer, bad images, empty image set, NaN activations.
+    """
+    if dtype not in STORE_DTYPES:
+        raise InvalidInputError(f"unknown dtype {dtype!r}; choose one of {', '.join(STORE_DTYPES)}")
+    source = _as_source(images)
+    n = len(source)
+    if n == 0:
+        raise InvalidInputError("the image set is empty")
+    batches = iter_activations(model, layer, source, batch_size=batch_size, reduce=reduce)
+    with make_progress() as bar:
+        task = bar.add_task(description, total=n)
+        first = next(batches)
+        bar.advance(task, first.shape[0])
+        rest = _progress_batches(batches, bar, task)
+        if out_path is None:
+            phi = np.concatenate([first.numpy(), *(b.numpy() for b in rest)], axis=0)
+            result = phi.astype(dtype, copy=False)
+            _check_finite(result, layer)
+            return result
+        return _stream_to_npy(first, rest, n, Path(out_path), dtype, layer)
+
+
+def _progress_batches(
+    batches: Iterator[torch.Tensor], bar: Progress, task: TaskID
+) -> Iterator[torch.Tensor]:
+    for batch in batches:
+        yield batch
+        bar.advance(task, batch.shape[0])
+
+
+def _check_finite(phi: np.ndarray, layer: str) -> None:
+    if not np.isfinite(phi).all():
+        raise InvalidInputError(f"activations of layer {layer!r} contain NaN or infinite values")
+
+
+def _stream_to_npy(
+    first: torch.Tensor,
+    rest: Iterator[torch.Tensor],
+    n: int,
+    path: Path,
+    dtype: str,
+    layer: str,
+) -> np.ndarray:
+    """Write ``(n, D)`` rows into ``path`` atomically and return it memory-mapped (read-only)."""
+    dim = int(first.shape[1])
+    with atomic_path(path) as tmp:
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(n, dim))
+        row = 0
+        for batch in _chain(first, rest):
+            values = batch.numpy()
+            if not np.isfinite(values).all():
+                raise InvalidInputError(
+                    f"activations of layer {layer!r} contain NaN or infinite values"
+                )
+            array[row : row + values.shape[0]] = values
+            row += values.shape[0]
+        array.flush()
+        del array
+    return load_activations(path)
+
+
+def _chain(first: torch.Tensor, rest: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
+    yield first
+    yield from rest
+
+
+def load_activations(path: str | os.PathLike[str]) -> np.ndarray:
+    """Memory-map an activation file written by :func:`compute_activations` (read-only, ``(N, D)``)."""
+    try:
+        array = np.load(Path(path), mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise IntriguingError(f"{path}: activation file not found") from None
+    except (ValueError, OSError) as exc:
+        raise IntriguingError(
+            f"{path}: not a valid .npy activation file ({exc}); delete it"
+        ) from None
+    if array.ndim != 2:
+        raise IntriguingError(f"{path}: expected a 2-D (N, D) array, found shape {array.shape}")
+    return array

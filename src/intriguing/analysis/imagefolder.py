@@ -1,0 +1,172 @@
+"""A folder of images as an image set for unit analysis (the ImageNet-style path of §3, Figures 3-4).
+
+The paper's Figures 3 and 4 take the AlexNet validation set as the "image set". Here any folder of
+image files (searched recursively, sorted by relative path) can play that role:
+
+- images are decoded lazily with Pillow, batch by batch, to float32 ``(B, C, H, W)`` in ``[0, 1]``
+  (``C = 3`` for ``mode="RGB"``, ``1`` for ``"L"``);
+- with ``size=S`` each image is resized so that its shorter side is ``S`` and centre-cropped to
+  ``S x S``; without it all images must already share one size;
+- an optional labels file maps images to classes, one ``<relative path or file name> <label>`` per
+  line (comma, tab or space separated; ``#`` starts a comment). Labels may be integers or names;
+  names are numbered in sorted order.
+
+The label-free metric needs a pixel embedding of every image; :meth:`ImageFolderSource.thumbnails`
+gives small ``side x side`` versions so that it stays cheap for large sets.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from intriguing.errors import DataError, InvalidInputError
+from intriguing.progress import track
+
+IMAGE_SUFFIXES: frozenset[str] = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+)
+MODES: tuple[str, ...] = ("RGB", "L")
+
+
+def find_images(folder: str | os.PathLike[str]) -> list[Path]:
+    """Image files under ``folder`` (recursive), sorted by their path relative to it."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise InvalidInputError(f"{folder}: not a directory; pass a folder of images")
+    files = sorted(
+        (p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
+        key=lambda p: p.relative_to(root).as_posix(),
+    )
+    if not files:
+        raise InvalidInputError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return files
+
+
+class ImageFolderSource:
+    """Lazily decoded images of a folder; an :class:`~intriguing.analysis.activations.ImageSource`."""
+
+    def __init__(
+        self, folder: str | os.PathLike[str], *, size: int | None = None, mode: str = "RGB"
+    ) -> None:
+        if mode not in MODES:
+            raise InvalidInputError(
+                f"unknown image mode {mode!r}; choose one of {', '.join(MODES)}"
+            )
+        if size is not None and size < 1:
+            raise InvalidInputError(f"image size must be at least 1, got {size}")
+        self.root = Path(folder)
+        self.files = find_images(folder)
+        self.size = size
+        self.mode = mode
+        self._shape: tuple[int, int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def names(self) -> list[str]:
+        """Paths relative to the folder, in image order."""
+        return [p.relative_to(self.root).as_posix() for p in self.files]
+
+    def _open(self, index: int) -> Image.Image:
+        path = self.files[index]
+        try:
+            with Image.open(path) as handle:
+                image = handle.convert(self.mode)
+        except (UnidentifiedImageError, OSError) as exc:
+            raise DataError(
+                f"{path}: cannot read the image ({exc}); remove or replace it"
+            ) from None
+        if self.size is not None:
+            return _resize_centre_crop(image, self.size)
+        if self._shape is None:
+            self._shape = image.size
+        elif image.size != self._shape:
+            raise InvalidInputError(
+                f"{path}: size {image.size[0]}x{image.size[1]} differs from "
+                f"{self._shape[0]}x{self._shape[1]}; pass --image-size to resize all images"
+            )
+        return image
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        """Image ``index`` as float32 ``(C, H, W)`` in ``[0, 1]``."""
+        array = np.asarray(self._open(int(index)), dtype=np.float32) / 255.0
+        return array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)
+
+    def batch(self, start: int, stop: int) -> torch.Tensor:
+        """Images ``start:stop`` as a float32 tensor ``(B, C, H, W)`` in ``[0, 1]``."""
+        return torch.from_numpy(np.stack([self[i] for i in range(start, stop)]))
+
+    def thumbnails(self, side: int = 32) -> np.ndarray:
+        """Every image resized to ``side x side``, flattened: float32 ``(N, C * side * side)``."""
+        out = []
+        for i in track(range(len(self)), description="thumbnails"):
+            small = self._open(i).resize((side, side), Image.Resampling.BILINEAR)
+            out.append(np.asarray(small, dtype=np.float32).reshape(-1) / 255.0)
+        return np.stack(out)
+
+
+def _resize_centre_crop(image: Image.Image, size: int) -> Image.Image:
+    """Resize so the shorter side is ``size``, then crop the central ``size x size`` square."""
+    width, height = image.size
+    scale = size / min(width, height)
+    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+    image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+def read_labels(path: str | os.PathLike[str], names: list[str]) -> tuple[np.ndarray, list[str]]:
+    """Labels of the images ``names`` (relative paths) from a labels file.
+
+    Returns ``(labels (N,) int64, class names)``; class ``i`` is ``class_names[i]``.
+    Every image needs a label (matched by relative path, else by unique file name).
+    """
+    entries = _parse_label_lines(Path(path))
+    by_base: dict[str, str | None] = {}
+    for key, label in entries.items():
+        base = key.rsplit("/", 1)[-1]
+        by_base[base] = None if base in by_base and by_base[base] != label else label
+    raw: list[str] = []
+    for name in names:
+        value: str | None = entries.get(name)
+        if value is None:
+            value = by_base.get(name.rsplit("/", 1)[-1])
+        if value is None:
+            raise InvalidInputError(
+                f"{path}: no label for image {name!r}; add a line '{name} <label>'"
+            )
+        raw.append(value)
+    if all(re.fullmatch(r"\d+", v) for v in raw):
+        ints = np.array([int(v) for v in raw], dtype=np.int64)
+        return ints, [str(i) for i in range(int(ints.max()) + 1)]
+    classes = sorted(set(raw))
+    index = {c: i for i, c in enumerate(classes)}
+    return np.array([index[v] for v in raw], dtype=np.int64), classes
+
+
+def _parse_label_lines(path: Path) -> dict[str, str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InvalidInputError(f"{path}: labels file not found") from None
+    except (UnicodeDecodeError, IsADirectoryError, PermissionError) as exc:
+        raise InvalidInputError(f"{path}: cannot read the labels file ({exc})") from None
+    entries: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = [p for p in re.split(r"[,\t ]+", line) if p]
+        if len(parts) != 2:
+            raise InvalidInputError(f"{path}:{number}: expected '<image> <label>', got {line!r}")
+        entries[parts[0].removeprefix("./")] = parts[1]
+    if not entries:
+        raise InvalidInputError(f"{path}: the labels file has no entries")
+    return entries

@@ -1,0 +1,327 @@
+"""The sandwich: certified lower bounds on the minimum adversarial distortion beside an attack's
+upper bounds (joins the paper's section 4.1 attack and section 4.3 spectral bound).
+
+For an image ``x`` of label ``y`` that the network classifies correctly, with logits ``z(x)``:
+
+- **Global form.** If ``z`` is ``L``-Lipschitz (``L`` the product bound of
+  :func:`~intriguing.analysis.lipschitz.network_bounds`), each margin ``z_y - z_j`` is
+  ``sqrt(2) L``-Lipschitz (``||e_y - e_j|| = sqrt 2``), so no perturbation with
+  ``||r||_2 < (z_y - max_{j != y} z_j) / (sqrt(2) L)`` can change the class.
+- **Pairwise form.** If the network ends with a linear layer ``z = W h(x) + b`` and ``h`` is
+  ``L_h``-Lipschitz, then ``z_y - z_j = (W_y - W_j) h + (b_y - b_j)`` is
+  ``||W_y - W_j||_2 L_h``-Lipschitz, so the class cannot change within
+  ``min_{j != y} (z_y - z_j) / (||W_y - W_j||_2 L_h)``. This is never smaller than the global form.
+
+Both radii bound the *unconstrained* minimum ``||r||_2``; the paper's box-constrained minimum (``x + r``
+in ``[0, 1]``) is at least as large, and any successful attack's distortion is at least that. So
+``certified <= true minimum <= attack distortion`` on every correctly classified example, and the
+ratio ``attack / certified`` measures how loose the global spectral bound is. Distances are reported
+in the paper's distortion measure (RMS per pixel: ``||r||_2 / sqrt(n)``, ``n`` values per image).
+Logits and margins are computed in float64 on a float64 copy of the model.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from intriguing.analysis.lipschitz import NetworkBound, sequential_layers
+from intriguing.errors import InvalidInputError
+
+QUANTILES: tuple[float, ...] = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
+
+
+class AttackLike(Protocol):
+    """What the sandwich needs from an attack result: per-example ``distortion`` and ``success``."""
+
+    distortion: torch.Tensor
+    success: torch.Tensor
+
+
+Attack = Callable[[nn.Module, torch.Tensor, torch.Tensor], AttackLike]
+
+
+@dataclass
+class CertifiedRadii:
+    """Per-example certified radii, as RMS distortion (``(N,)`` float64 numpy arrays).
+
+    ``correct``: the float64 model classifies the example correctly (radii are 0 otherwise).
+    ``margin``: ``z_y - max_{j != y} z_j``. ``pairwise`` is ``None`` when the network does not end
+    with a linear layer.
+    """
+
+    correct: np.ndarray
+    margin: np.ndarray
+    global_: np.ndarray
+    pairwise: np.ndarray | None
+    lipschitz: float
+    lipschitz_features: float | None
+
+
+def certified_radii(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    bound: NetworkBound,
+    *,
+    layers: Sequence[nn.Module | tuple[str, nn.Module]] | None = None,
+) -> CertifiedRadii:
+    """Certified lower bounds on the minimum distortion of each ``(image, label)``.
+
+    Args:
+        model: the network (logits out); the same one ``bound`` was computed for.
+        images: ``(N, *input_shape)`` float in ``[0, 1]``.
+        labels: ``(N,)`` int64 in ``[0, K)``.
+        bound: :func:`~intriguing.analysis.lipschitz.network_bounds` of ``model``.
+        layers: the layers in call order, for non-Sequential models (as for ``network_bounds``).
+
+    Returns:
+        :class:`CertifiedRadii` (RMS distortion units).
+    """
+    _check_inputs(images, labels, bound)
+    double = copy.deepcopy(model).double().eval()
+    with torch.no_grad():
+        logits = double(images.double().cpu())
+    if logits.dim() != 2 or int(labels.max()) >= logits.shape[1]:
+        raise InvalidInputError(
+            f"model must return (N, K) logits with K > max label, got {tuple(logits.shape)}"
+        )
+    labels = labels.cpu()
+    true_logit = logits.gather(1, labels[:, None])
+    others = logits.scatter(1, labels[:, None], -math.inf)
+    margin = (true_logit[:, 0] - others.max(dim=1).values).numpy()
+    correct = margin > 0
+    n_values = math.prod(images.shape[1:])
+    to_rms = 1.0 / math.sqrt(n_values)
+    lipschitz = bound.lipschitz
+    global_ = np.where(correct, margin / (math.sqrt(2.0) * lipschitz), 0.0) * to_rms
+    pairwise, l_features = _pairwise(model, layers, bound, logits, labels)
+    if pairwise is not None:
+        pairwise = np.where(correct, pairwise, 0.0) * to_rms
+    return CertifiedRadii(
+        correct=correct,
+        margin=margin,
+        global_=global_,
+        pairwise=pairwise,
+        lipschitz=lipschitz,
+        lipschitz_features=l_features,
+    )
+
+
+def _check_inputs(images: torch.Tensor, labels: torch.Tensor, bound: NetworkBound) -> None:
+    if tuple(images.shape[1:]) != tuple(bound.input_shape):
+        raise InvalidInputError(
+            f"images have shape {tuple(images.shape[1:])} per example, the bound was computed for "
+            f"{tuple(bound.input_shape)}"
+        )
+    if labels.shape != (images.shape[0],) or labels.dtype != torch.int64:
+        raise InvalidInputError(
+            f"labels must be int64 of shape ({images.shape[0]},), got {tuple(labels.shape)}"
+        )
+    if not torch.isfinite(images).all() or images.min() < 0 or images.max() > 1:
+        raise InvalidInputError("images must be finite and in [0, 1]")
+    if images.shape[0] == 0:
+        raise InvalidInputError("no images given")
+    if int(labels.min()) < 0:
+        raise InvalidInputError("labels must be non-negative class indices")
+
+
+def _pairwise(
+    model: nn.Module,
+    layers: Sequence[nn.Module | tuple[str, nn.Module]] | None,
+    bound: NetworkBound,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+) -> tuple[np.ndarray | None, float | None]:
+    """``min_j (z_y - z_j) / (||W_y - W_j|| L_h)`` in L2 units, if the network ends linearly."""
+    named = sequential_layers(model, layers)
+    if [name for name, _ in named] != [layer.name for layer in bound.layers]:
+        raise InvalidInputError(
+            "the bound was computed for other layers than this model's; recompute it"
+        )
+    last = _last_linear_index(bound)
+    if last is None:
+        return None, None
+    linear = named[last][1]
+    if not isinstance(linear, nn.Linear) or linear.out_features != logits.shape[1]:
+        return None, None
+    l_features = math.prod(layer.upper for layer in bound.layers[:last])
+    weight = linear.weight.detach().double().cpu()
+    # (K, K) ||W_y - W_j||, computed directly (the matmul shortcut loses precision)
+    pair_norms = torch.cdist(weight, weight, compute_mode="donot_use_mm_for_euclid_dist")
+    diff_norms = pair_norms[labels]  # (N, K)
+    gaps = logits.gather(1, labels[:, None]) - logits  # (N, K)
+    ratio = gaps / (diff_norms * l_features)
+    ratio = torch.where(diff_norms > 0, ratio, torch.where(gaps > 0, math.inf, 0.0))
+    ratio.scatter_(1, labels[:, None], math.inf)  # j = y is no competitor
+    return ratio.min(dim=1).values.numpy(), l_features
+
+
+def _last_linear_index(bound: NetworkBound) -> int | None:
+    """Index of the last Linear layer if every layer after it is an identity map."""
+    for index in range(len(bound.layers) - 1, -1, -1):
+        layer = bound.layers[index]
+        if layer.kind == "Linear":
+            return index
+        if not layer.identity:
+            return None
+    return None
+
+
+@dataclass
+class SandwichResult:
+    """Certified radii beside an attack's distortions, per example, with ratio quantiles.
+
+    ``ratio_global`` / ``ratio_pairwise``: ``attack distortion / certified radius`` over the examples
+    that are correctly classified and successfully attacked (``used``).
+    ``violations``: examples where a certified radius exceeds the attack's distortion (must be 0).
+    """
+
+    radii: CertifiedRadii
+    attack_distortion: np.ndarray
+    attack_success: np.ndarray
+    used: np.ndarray
+    ratio_global: np.ndarray
+    ratio_pairwise: np.ndarray | None
+    violations: int
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready counts, mean distortions and ratio quantiles."""
+        used = self.used
+        out: dict[str, Any] = {
+            "examples": len(used),
+            "correct": int(self.radii.correct.sum()),
+            "attack_success": int(self.attack_success.sum()),
+            "used": int(used.sum()),
+            "violations": self.violations,
+            "lipschitz_upper": self.radii.lipschitz,
+            "lipschitz_features": self.radii.lipschitz_features,
+            "mean_attack_distortion": _mean(self.attack_distortion[used]),
+            "mean_certified_global": _mean(self.radii.global_[used]),
+            "mean_certified_pairwise": (
+                _mean(self.radii.pairwise[used]) if self.radii.pairwise is not None else None
+            ),
+            "ratio_global_quantiles": _quantiles(self.ratio_global),
+            "ratio_pairwise_quantiles": (
+                _quantiles(self.ratio_pairwise) if self.ratio_pairwise is not None else None
+            ),
+        }
+        return out
+
+    def per_example(self) -> list[dict[str, Any]]:
+        """One JSON-ready row per example."""
+        rows = []
+        pairwise = self.radii.pairwise
+        for i in range(len(self.used)):
+            rows.append(
+                {
+                    "correct": bool(self.radii.correct[i]),
+                    "margin": float(self.radii.margin[i]),
+                    "certified_global": float(self.radii.global_[i]),
+                    "certified_pairwise": float(pairwise[i]) if pairwise is not None else None,
+                    "attack_distortion": float(self.attack_distortion[i]),
+                    "attack_success": bool(self.attack_success[i]),
+                }
+            )
+        return rows
+
+
+def sandwich_markdown(summary: dict[str, Any]) -> str:
+    """Quantiles of ``attack distortion / certified radius`` (a :meth:`SandwichResult.summary`) as Markdown."""
+    quantiles = summary["ratio_global_quantiles"] or {}
+    lines = ["| form | " + " | ".join(quantiles) + " |", "|---|" + "---:|" * len(quantiles)]
+    for form in ("global", "pairwise"):
+        values = summary[f"ratio_{form}_quantiles"]
+        if values:
+            lines.append(f"| {form} | " + " | ".join(f"{v:.3g}" for v in values.values()) + " |")
+    lines.append("")
+    lines.append(
+        f"{summary['used']} of {summary['examples']} examples (correctly classified and successfully "
+        f"attacked); certified > attack on {summary['violations']}; certified Lipschitz bound "
+        f"{summary['lipschitz_upper']:.4g}."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def _mean(values: np.ndarray) -> float | None:
+    return float(values.mean()) if values.size else None
+
+
+def _quantiles(values: np.ndarray) -> dict[str, float] | None:
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return None
+    return {f"q{round(q * 100):02d}": float(np.quantile(finite, q)) for q in QUANTILES}
+
+
+def sandwich(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    bound: NetworkBound,
+    *,
+    attack: Attack | None = None,
+    attack_result: AttackLike | None = None,
+    layers: Sequence[nn.Module | tuple[str, nn.Module]] | None = None,
+) -> SandwichResult:
+    """Certified radii and an (untargeted) attack's distortions on the same examples.
+
+    Args:
+        model, images, labels, bound, layers: as for :func:`certified_radii`.
+        attack: ``attack(model, images, labels) -> result`` with ``.distortion`` and ``.success``;
+            by default :class:`intriguing.attacks.LBFGS` with its default (untargeted) settings.
+        attack_result: an already computed result on these examples (then ``attack`` is unused).
+
+    Returns:
+        :class:`SandwichResult`.
+    """
+    radii = certified_radii(model, images, labels, bound, layers=layers)
+    if attack_result is None:
+        attack = attack or _default_attack()
+        attack_result = attack(model, images, labels)
+    distortion = attack_result.distortion.detach().double().cpu().numpy()
+    success = attack_result.success.detach().cpu().numpy().astype(bool)
+    if distortion.shape != (images.shape[0],) or success.shape != (images.shape[0],):
+        raise InvalidInputError("attack result must hold one distortion and success flag per image")
+    used = radii.correct & success
+    ratio_global = _ratios(distortion, radii.global_, used)
+    ratio_pairwise = (
+        _ratios(distortion, radii.pairwise, used) if radii.pairwise is not None else None
+    )
+    certified = radii.pairwise if radii.pairwise is not None else radii.global_
+    certified = np.maximum(certified, radii.global_)
+    violations = int((certified[used] > distortion[used]).sum())
+    return SandwichResult(
+        radii=radii,
+        attack_distortion=distortion,
+        attack_success=success,
+        used=used,
+        ratio_global=ratio_global,
+        ratio_pairwise=ratio_pairwise,
+        violations=violations,
+    )
+
+
+def _ratios(distortion: np.ndarray, certified: np.ndarray, used: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore"):
+        return distortion[used] / certified[used]
+
+
+def _default_attack() -> Attack:
+    import importlib
+
+    try:
+        lbfgs = importlib.import_module("intriguing.attacks").LBFGS
+    except (ImportError, AttributeError) as exc:
+        raise InvalidInputError(
+            f"the L-BFGS attack is not available ({exc}); pass attack=..."
+        ) from None
+    attack: Attack = lbfgs()
+    return attack

@@ -1,0 +1,54 @@
+"""Adversarial attacks (paper section 4.1) and the paper's noise baselines.
+
+- :class:`LBFGS` / :func:`lbfgs_attack`: the batched box-constrained L-BFGS minimum-distortion attack;
+- :class:`AttackResult`: its structured result (adversarial images, success, distortion, ...);
+- :func:`gaussian_noise`, :func:`amplify`: the baselines of Tables 2 and 4;
+- :func:`rms_distortion`, :func:`l2_distance`, :func:`success_mask`: measures;
+- the checks of :mod:`intriguing.attacks.checks`, reusable by other analyses;
+- :class:`BoxLBFGS`, :func:`minimize_box`: the batched projected L-BFGS optimiser itself.
+"""
+
+from __future__ import annotations
+
+from intriguing.attacks.base import Attack
+from intriguing.attacks.checks import (
+    AttackWarning,
+    check_eval_mode,
+    check_images,
+    check_labels,
+    check_logits,
+    warn_zero_gradients,
+)
+from intriguing.attacks.lbfgs import LBFGS, lbfgs_attack
+from intriguing.attacks.losses import LOSSES, attack_loss
+from intriguing.attacks.metrics import l2_distance, rms_distortion, success_mask
+from intriguing.attacks.noise import Perturbed, amplify, gaussian_noise
+from intriguing.attacks.optim import BoxLBFGS, minimize_box
+from intriguing.attacks.result import AttackResult
+from intriguing.attacks.targets import TARGET_CHOICES, all_targets, choose_targets
+
+__all__ = [
+    "LBFGS",
+    "LOSSES",
+    "TARGET_CHOICES",
+    "Attack",
+    "AttackResult",
+    "AttackWarning",
+    "BoxLBFGS",
+    "Perturbed",
+    "all_targets",
+    "amplify",
+    "attack_loss",
+    "check_eval_mode",
+    "check_images",
+    "check_labels",
+    "check_logits",
+    "choose_targets",
+    "gaussian_noise",
+    "l2_distance",
+    "lbfgs_attack",
+    "minimize_box",
+    "rms_distortion",
+    "success_mask",
+    "warn_zero_gradients",
+]

@@ -1,0 +1,201 @@
+"""Base class of the attacks: input checks, device handling, re-verification and the result.
+
+An attack is configured with keyword-only settings in its constructor and called with the data
+(foolbox v3 style)::
+
+    attack = LBFGS(mode="targeted", target="next")
+    result = attack(model, images, labels)        # -> AttackResult
+
+The base class guarantees, whatever the subclass does:
+
+- refused inputs: images outside [0, 1], NaN, wrong shapes, mismatched labels/targets, a model in
+  training mode, outputs that look like probabilities (see :mod:`intriguing.attacks.checks`);
+- every returned image is inside [0, 1] exactly (clipped; the optimiser already stays in the box);
+- every success is re-verified by running the model on the returned images, and the result's
+  ``success``, ``predicted``, ``distortion`` and ``l2`` come from that final pass, not from the
+  optimiser's bookkeeping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from intriguing.attacks.checks import (
+    AttackWarning,
+    check_eval_mode,
+    check_images,
+    check_labels,
+    check_logits,
+    model_device,
+)
+from intriguing.attacks.metrics import l2_distance, rms_distortion, success_mask
+from intriguing.attacks.result import AttackResult
+from intriguing.errors import InvalidInputError
+
+MODES = ("untargeted", "targeted")
+
+
+@dataclass
+class RawAttack:
+    """What a subclass's :meth:`Attack.run` returns, one row per example (``N`` rows).
+
+    Attributes:
+        adversarial: ``(N, *image_shape)`` candidate images (clipped to [0, 1] by the base class).
+        claimed: ``(N,)`` bool, the subclass's own success flags (checked against re-verification).
+        c: ``(N,)`` float64 constants; iterations, grad_evals: ``(N,)`` int64 counters;
+        targets: ``(N,)`` int64 targets of the returned examples (``-1`` untargeted).
+    """
+
+    adversarial: torch.Tensor
+    claimed: torch.Tensor
+    c: torch.Tensor
+    iterations: torch.Tensor
+    grad_evals: torch.Tensor
+    targets: torch.Tensor
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(count)`` (restored afterwards); ``None``: as is."""
+    if count is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class Attack(ABC):
+    """An attack on any ``nn.Module`` mapping images ``(N, ...)`` in [0, 1] to logits ``(N, K)``.
+
+    Subclasses set :attr:`mode` and implement :meth:`run`; :meth:`settings` lists their options.
+    """
+
+    mode: str = "untargeted"
+    batch_size: int = 512
+    threads: int | None = None
+
+    def settings(self) -> dict[str, Any]:
+        """The attack's settings as a JSON-serialisable dict (stored in every result)."""
+        return {"attack": type(self).__name__, "mode": self.mode}
+
+    @abstractmethod
+    def run(
+        self,
+        model: nn.Module,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        targets: torch.Tensor | None,
+        clean_logits: torch.Tensor,
+    ) -> RawAttack:
+        """Attack validated ``images`` (on the model's device) with validated labels/targets."""
+
+    def __call__(
+        self,
+        model: nn.Module,
+        images: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        *,
+        targets: torch.Tensor | None = None,
+    ) -> AttackResult:
+        """Attack ``images`` ``(N, ...)`` in [0, 1].
+
+        Args:
+            model: an eval-mode ``nn.Module`` returning logits ``(N, K)``.
+            images: the originals.
+            labels: ``(N,)`` true labels; default: the model's predictions on ``images`` (then every
+                original counts as correctly classified).
+            targets: ``(N,)`` target classes for a targeted attack (overriding the target chooser).
+
+        Returns:
+            An :class:`AttackResult` on the device of ``images``.
+
+        Raises:
+            InvalidInputError: bad images, labels, targets, model mode or model outputs.
+        """
+        with torch_threads(self.threads):
+            return self._call(model, images, labels, targets)
+
+    def _call(
+        self,
+        model: nn.Module,
+        images: torch.Tensor,
+        labels: torch.Tensor | None,
+        targets: torch.Tensor | None,
+    ) -> AttackResult:
+        start = time.perf_counter()
+        check_images(images)
+        if not isinstance(model, nn.Module):
+            raise InvalidInputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        check_eval_mode(model)
+        n = int(images.shape[0])
+        device = model_device(model, images.device)
+        x = images.detach().to(device)
+        clean_logits = self.predict(model, x)
+        num_classes = check_logits(clean_logits, n)
+        if labels is None:
+            labels = clean_logits.argmax(1)
+        labels = check_labels(labels, n, num_classes=num_classes).to(device)
+        if targets is not None:
+            if self.mode != "targeted":
+                raise InvalidInputError("targets given to an untargeted attack; construct it with mode='targeted'")
+            targets = check_labels(targets, n, num_classes=num_classes, name="targets").to(device)
+            same = int((targets == labels).sum())
+            if same:
+                raise InvalidInputError(f"{same} target(s) equal their label; choose targets != labels")
+        raw = self.run(model, x, labels, targets, clean_logits)
+        return self._finalize(model, x, labels, raw, start).to(images.device)
+
+    def predict(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """Logits ``(N, K)`` of ``images`` computed in chunks of :attr:`batch_size` without gradients."""
+        with torch.no_grad():
+            chunks = [model(chunk) for chunk in images.split(self.batch_size)]
+        return torch.cat(chunks).detach()
+
+    def _finalize(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        labels: torch.Tensor,
+        raw: RawAttack,
+        start: float,
+    ) -> AttackResult:
+        adversarial = raw.adversarial.detach().reshape(x.shape).to(x.dtype).clamp(0.0, 1.0)
+        logits = self.predict(model, adversarial)
+        targets = raw.targets.to(labels.device)
+        success = success_mask(logits, labels, targets)
+        lost = int((raw.claimed.to(success.device) & ~success).sum())
+        if lost:
+            warnings.warn(
+                f"{lost} example(s) the optimiser counted as adversarial are not on re-verification "
+                "(numerical tie at the decision boundary); they are reported as failures",
+                AttackWarning,
+                stacklevel=3,
+            )
+        return AttackResult(
+            adversarial=adversarial,
+            success=success,
+            distortion=rms_distortion(x, adversarial),
+            l2=l2_distance(x, adversarial),
+            c=raw.c.double(),
+            iterations=raw.iterations.long(),
+            grad_evals=raw.grad_evals.long(),
+            labels=labels,
+            predicted=logits.argmax(1),
+            targets=targets,
+            mode=self.mode,
+            elapsed_s=time.perf_counter() - start,
+            settings=self.settings(),
+        )

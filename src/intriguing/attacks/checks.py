@@ -1,0 +1,136 @@
+"""Input and model checks shared by the attacks and other analyses.
+
+Every check raises a one-line :class:`~intriguing.errors.InvalidInputError` (or warns with an
+:class:`AttackWarning`) naming what is wrong and what to do:
+
+- images: a float tensor, at least 2-D ``(N, ...)``, no NaN/inf, every value inside [0, 1];
+- labels / targets: int64-compatible ``(N,)`` matching the images, each in ``[0, num_classes)``;
+- model: every submodule in eval mode (dropout and batch-norm make training-mode outputs random);
+- outputs: ``(N, K)`` logits with ``K >= 2``; rows that are non-negative and sum to 1 look like
+  probabilities, which flatten the loss (softmax saturates) and are refused;
+- gradients: an input gradient that is exactly zero (saturated model) is warned about.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+from intriguing.errors import InvalidInputError
+
+
+class AttackWarning(UserWarning):
+    """A suspicious but usable situation during an attack (e.g. zero input gradients)."""
+
+
+def check_images(images: object, *, name: str = "images") -> torch.Tensor:
+    """Validate a batch of images ``(N, ...)`` in [0, 1]; returns it unchanged.
+
+    Raises:
+        InvalidInputError: not a floating tensor, fewer than 2 dimensions, empty, NaN/inf, or values
+            outside [0, 1].
+    """
+    if not isinstance(images, torch.Tensor):
+        raise InvalidInputError(f"{name} must be a torch.Tensor, got {type(images).__name__}")
+    if not images.is_floating_point():
+        raise InvalidInputError(
+            f"{name} must be a floating tensor in [0, 1], got {images.dtype}; divide uint8 pixels by 255"
+        )
+    if images.ndim < 2 or images.shape[0] == 0:
+        raise InvalidInputError(
+            f"{name} must have shape (N, ...) with N >= 1, got {tuple(images.shape)}; "
+            "add a batch dimension with images.unsqueeze(0)"
+        )
+    if not bool(torch.isfinite(images).all()):
+        bad = int((~torch.isfinite(images)).flatten(1).any(1).sum())
+        raise InvalidInputError(f"{name} contain NaN or inf in {bad} image(s); clean the input")
+    low, high = float(images.min()), float(images.max())
+    if low < 0.0 or high > 1.0:
+        raise InvalidInputError(
+            f"{name} must lie in [0, 1], found values in [{low:.4g}, {high:.4g}]; "
+            "pass unnormalised pixels scaled to [0, 1]"
+        )
+    return images
+
+
+def check_labels(
+    labels: object, n: int, *, num_classes: int | None = None, name: str = "labels"
+) -> torch.Tensor:
+    """Validate integer labels ``(n,)`` in ``[0, num_classes)``; returns them as int64.
+
+    Raises:
+        InvalidInputError: not an integer tensor, wrong shape, or out of range.
+    """
+    if not isinstance(labels, torch.Tensor):
+        raise InvalidInputError(f"{name} must be a torch.Tensor, got {type(labels).__name__}")
+    if labels.is_floating_point() or labels.dtype == torch.bool or labels.is_complex():
+        raise InvalidInputError(f"{name} must be an integer tensor, got {labels.dtype}")
+    if tuple(labels.shape) != (n,):
+        raise InvalidInputError(
+            f"{name} must have shape ({n},) to match the images, got {tuple(labels.shape)}"
+        )
+    labels = labels.long()
+    if n and int(labels.min()) < 0:
+        raise InvalidInputError(f"{name} must be >= 0, found {int(labels.min())}")
+    if num_classes is not None and n and int(labels.max()) >= num_classes:
+        raise InvalidInputError(
+            f"{name} must be < {num_classes} (the model's number of classes), found {int(labels.max())}"
+        )
+    return labels
+
+
+def check_eval_mode(model: nn.Module) -> None:
+    """Refuse a model with any submodule in training mode.
+
+    Raises:
+        InvalidInputError: ``model.training`` (or a submodule's) is True.
+    """
+    training = [name or type(model).__name__ for name, module in model.named_modules() if module.training]
+    if training:
+        raise InvalidInputError(
+            f"model is in training mode ({training[0]}); call model.eval() before attacking it"
+        )
+
+
+def check_logits(outputs: torch.Tensor, n: int) -> int:
+    """Validate model outputs ``(n, K)``: logits with ``K >= 2``; returns ``K``.
+
+    Raises:
+        InvalidInputError: wrong shape, NaN/inf, or rows that look like probabilities (non-negative
+            and summing to 1), which would make the attack's loss saturate.
+    """
+    if outputs.ndim != 2 or outputs.shape[0] != n or outputs.shape[1] < 2:
+        raise InvalidInputError(
+            f"model must return logits of shape ({n}, K) with K >= 2, got {tuple(outputs.shape)}"
+        )
+    if not bool(torch.isfinite(outputs).all()):
+        raise InvalidInputError("model returned NaN or inf outputs; check the model and its inputs")
+    sums = outputs.double().sum(1)
+    if bool((outputs >= 0).all()) and bool(torch.allclose(sums, torch.ones_like(sums), atol=1e-4)):
+        raise InvalidInputError(
+            "model outputs look like probabilities (non-negative rows summing to 1); "
+            "remove the final softmax so the model returns logits"
+        )
+    return int(outputs.shape[1])
+
+
+def warn_zero_gradients(grad: torch.Tensor, *, where: str = "the clean images") -> int:
+    """Warn when some examples' input gradient ``(N, ...)`` is exactly zero; returns their count."""
+    zero = int((grad.flatten(1).abs().amax(1) == 0).sum())
+    if zero:
+        warnings.warn(
+            f"{zero} example(s) have an exactly zero input gradient at {where} "
+            "(saturated or piecewise-constant model); the attack cannot move them",
+            AttackWarning,
+            stacklevel=3,
+        )
+    return zero
+
+
+def model_device(model: nn.Module, fallback: torch.device) -> torch.device:
+    """The device of the model's first parameter or buffer (``fallback`` when it has none)."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return fallback

@@ -1,0 +1,165 @@
+"""The structured result of an adversarial attack (paper section 4.1).
+
+An :class:`AttackResult` holds one row per attacked image. Tensors live on the device of the attacked
+images; :meth:`AttackResult.save` / :meth:`AttackResult.load` store them as safetensors plus a JSON
+sidecar with the settings and the summary.
+
+Failures are flagged, never hidden: ``success[i]`` is ``False`` and ``adversarial[i]`` is the attack's
+best attempt (the final iterate at the smallest constant ``c`` tried, i.e. the most loss-weighted
+attempt), with its real ``distortion``/``l2``; it is never silently the original image, and summary
+statistics of distortion use successes only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from intriguing._io import atomic_path, atomic_write_json
+from intriguing.errors import IntriguingError
+
+_TENSOR_FIELDS = (
+    "adversarial",
+    "success",
+    "distortion",
+    "l2",
+    "c",
+    "iterations",
+    "grad_evals",
+    "labels",
+    "predicted",
+    "targets",
+)
+
+
+@dataclass
+class AttackResult:
+    """Per-example outcome of an attack on ``N`` images.
+
+    Attributes:
+        adversarial: ``(N, *image_shape)`` float32 in [0, 1] exactly. For a failure: the best attempt.
+        success: ``(N,)`` bool, re-verified by running the model on ``adversarial``: targeted
+            ``argmax f(x') == targets``; untargeted ``argmax f(x') != labels``.
+        distortion: ``(N,)`` float32, the paper's measure ``sqrt(sum (x'-x)^2 / n)`` with ``n`` the
+            number of values per image (784 on MNIST): an RMS per pixel.
+        l2: ``(N,)`` float32, ``||x' - x||_2`` (``= sqrt(n) * distortion``).
+        c: ``(N,)`` float64, the constant of the returned example (``c * ||r||^2 + loss``); NaN when
+            the returned image comes from no optimisation (e.g. an image that was already adversarial).
+        iterations: ``(N,)`` int64, L-BFGS iterations summed over all constants and targets tried.
+        grad_evals: ``(N,)`` int64, model forward+backward evaluations spent on the example.
+        labels: ``(N,)`` int64, the true (or given) labels of the originals.
+        predicted: ``(N,)`` int64, ``argmax f(adversarial)``.
+        targets: ``(N,)`` int64, the target label of the returned example; ``-1`` in untargeted mode.
+        mode: ``"targeted"`` or ``"untargeted"``.
+        elapsed_s: wall-clock seconds the attack took.
+        settings: the attack's settings (JSON-serialisable).
+    """
+
+    adversarial: torch.Tensor
+    success: torch.Tensor
+    distortion: torch.Tensor
+    l2: torch.Tensor
+    c: torch.Tensor
+    iterations: torch.Tensor
+    grad_evals: torch.Tensor
+    labels: torch.Tensor
+    predicted: torch.Tensor
+    targets: torch.Tensor
+    mode: str
+    elapsed_s: float = 0.0
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.success.shape[0])
+
+    @property
+    def success_rate(self) -> float:
+        """Share of examples attacked successfully (0 when there are none)."""
+        return float(self.success.float().mean()) if len(self) else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        """Headline figures: success rate, distortion over successes, throughput, cost per example.
+
+        Returns a JSON-serialisable dict; distortion statistics are ``None`` without successes.
+        """
+        n = len(self)
+        ok = self.success.bool()
+        dist = self.distortion[ok].double()
+        l2 = self.l2[ok].double()
+        has = bool(ok.any())
+        return {
+            "mode": self.mode,
+            "n": n,
+            "successes": int(ok.sum()),
+            "success_rate": self.success_rate,
+            "mean_distortion": float(dist.mean()) if has else None,
+            "median_distortion": float(dist.median()) if has else None,
+            "max_distortion": float(dist.max()) if has else None,
+            "mean_l2": float(l2.mean()) if has else None,
+            "elapsed_s": self.elapsed_s,
+            "examples_per_s": n / self.elapsed_s if self.elapsed_s > 0 else None,
+            "grad_evals_per_example": float(self.grad_evals.double().mean()) if n else 0.0,
+            "iterations_per_example": float(self.iterations.double().mean()) if n else 0.0,
+        }
+
+    def to(self, device: torch.device | str) -> AttackResult:
+        """A copy with every tensor on ``device``."""
+        moved = {name: getattr(self, name).to(device) for name in _TENSOR_FIELDS}
+        return AttackResult(
+            **moved, mode=self.mode, elapsed_s=self.elapsed_s, settings=dict(self.settings)
+        )
+
+    def save(self, path: str | Path) -> Path:
+        """Write the tensors to ``path`` (safetensors) and metadata to ``path`` + ``.json``, atomically.
+
+        Returns the JSON sidecar's path.
+        """
+        target = Path(path)
+        tensors = {name: getattr(self, name).detach().cpu().contiguous() for name in _TENSOR_FIELDS}
+        with atomic_path(target) as tmp:
+            save_file(tensors, str(tmp))
+        sidecar = target.with_name(target.name + ".json")
+        meta = {
+            "mode": self.mode,
+            "elapsed_s": self.elapsed_s,
+            "settings": self.settings,
+            "summary": _json_safe(self.summary()),
+        }
+        atomic_write_json(sidecar, meta)
+        return sidecar
+
+    @classmethod
+    def load(cls, path: str | Path) -> AttackResult:
+        """Read a result written by :meth:`save`; a missing or corrupt file raises IntriguingError."""
+        target = Path(path)
+        sidecar = target.with_name(target.name + ".json")
+        if not target.exists() or not sidecar.exists():
+            raise IntriguingError(f"{target}: attack result or its .json sidecar not found")
+        try:
+            tensors = load_file(str(target))
+            meta = json.loads(sidecar.read_text(encoding="utf-8"))
+        except Exception as exc:  # safetensors raises several types for corrupt files
+            raise IntriguingError(f"{target}: corrupt attack result ({exc}); rerun the attack") from None
+        missing = [name for name in _TENSOR_FIELDS if name not in tensors]
+        if missing:
+            raise IntriguingError(f"{target}: attack result lacks {', '.join(missing)}; rerun the attack")
+        return cls(
+            **{name: tensors[name] for name in _TENSOR_FIELDS},
+            mode=str(meta.get("mode", "")),
+            elapsed_s=float(meta.get("elapsed_s", 0.0)),
+            settings=dict(meta.get("settings", {})),
+        )
+
+
+def _json_safe(obj: dict[str, Any]) -> dict[str, Any]:
+    """Replace non-finite floats by None so the dict is strict JSON."""
+    return {
+        key: (None if isinstance(value, float) and not math.isfinite(value) else value)
+        for key, value in obj.items()
+    }

@@ -1,0 +1,241 @@
+"""``intriguing spectral MODEL``: per-layer frame bounds (Table 5) and the certified/attack sandwich.
+
+MODEL is a zoo name (``intriguing zoo`` lists them; the trained checkpoint is loaded or trained by
+:func:`intriguing.training.load_model`) or ``alexnet`` (torchvision's pretrained AlexNet, when
+torchvision and its weights are present).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from intriguing.cli.options import data_options, json_option, seed_option
+from intriguing.errors import IntriguingError
+
+ALEXNET = "alexnet"
+ALEXNET_INPUT = (3, 224, 224)
+MNIST_INPUT = (1, 28, 28)
+
+
+def load_named_model(
+    name: str, dataset: str, data_dir: Path | None, seed: int
+) -> tuple[Any, Any, tuple[int, ...]]:
+    """``(model, layers or None, input shape)`` for a zoo name or ``alexnet``."""
+    if name == ALEXNET:
+        return (*_load_alexnet(), ALEXNET_INPUT)
+    try:
+        from intriguing.training import load_model
+    except ImportError as exc:
+        raise IntriguingError(f"the model zoo is not available in this install ({exc})") from None
+    return load_model(name, dataset=dataset, data_dir=data_dir, seed=seed), None, MNIST_INPUT
+
+
+def _load_alexnet() -> tuple[Any, list[Any]]:
+    """torchvision's AlexNet with ImageNet weights and its layers in call order."""
+    try:
+        import torchvision
+        from torch import nn
+    except ImportError:
+        raise IntriguingError(
+            "AlexNet skipped: torchvision is not installed (pip install 'intriguing[vision]')"
+        ) from None
+    try:
+        model = torchvision.models.alexnet(weights="DEFAULT").eval()
+    except Exception as exc:  # no cached weights and no network, or a corrupt download
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise IntriguingError(
+            f"AlexNet skipped: its pretrained weights are not available ({first})"
+        ) from None
+    named = [(f"features.{i}", m) for i, m in enumerate(model.features)]
+    named += [("avgpool", model.avgpool), ("flatten", nn.Flatten())]  # AlexNet.forward's flatten
+    named += [(f"classifier.{i}", m) for i, m in enumerate(model.classifier)]
+    return model, named
+
+
+def fmt(value: float | None) -> str:
+    """A bound for the table: 4 significant digits, '-' for none."""
+    if value is None:
+        return "-"
+    if value == 0 or 1e-3 <= abs(value) < 1e5:
+        return f"{value:.4g}"
+    return f"{value:.3e}"
+
+
+def bound_table(bound: Any, title: str) -> Table:
+    """A rich table like the paper's Table 5 (plus the non-linear layers' constants)."""
+    table = Table(title=title)
+    for column in (
+        "layer",
+        "type",
+        "size",
+        "stride",
+        "output",
+        "upper",
+        "exact",
+        "lower",
+        "method",
+    ):
+        table.add_column(
+            column, justify="right" if column in ("upper", "exact", "lower") else "left"
+        )
+    for layer in bound.layers:
+        exact_text = fmt(layer.exact)
+        power = layer.details.get("exact_norm")
+        if power is not None and not power["converged"]:
+            exact_text += "*"
+        table.add_row(
+            layer.name,
+            layer.kind,
+            layer.size,
+            layer.stride,
+            "x".join(map(str, layer.output_shape)),
+            fmt(layer.upper),
+            exact_text,
+            fmt(layer.lower),
+            layer.method,
+        )
+    table.caption = (
+        f"product (certified Lipschitz upper bound) = {fmt(bound.lipschitz)}; "
+        f"with exact norms = {fmt(bound.lipschitz_exact_norms)}. upper: certified; exact: zero-padded "
+        "operator by power iteration (from below; * = not converged); lower: smallest singular value "
+        "of the linear operator bounded by 'upper'"
+    )
+    return table
+
+
+def sandwich_table(summary: dict[str, Any]) -> Table:
+    """Quantiles of attack distortion / certified radius."""
+    table = Table(title="attack distortion / certified lower bound (per example)")
+    table.add_column("form")
+    quantiles = summary["ratio_global_quantiles"] or {}
+    for key in quantiles:
+        table.add_column(key, justify="right")
+    for form in ("global", "pairwise"):
+        values = summary[f"ratio_{form}_quantiles"]
+        if values:
+            table.add_row(form, *(fmt(v) for v in values.values()))
+    table.caption = (
+        f"{summary['used']} of {summary['examples']} examples (correct and attacked); violations "
+        f"(certified > attack): {summary['violations']}; mean attack distortion "
+        f"{fmt(summary['mean_attack_distortion'])}, certified global {fmt(summary['mean_certified_global'])}, "
+        f"pairwise {fmt(summary['mean_certified_pairwise'])}"
+    )
+    return table
+
+
+@click.command("spectral")
+@click.argument("model_name", metavar="MODEL")
+@data_options
+@seed_option
+@json_option
+@click.option(
+    "--sandwich",
+    "n_sandwich",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Also attack the first N test images and compare with the certified lower bounds.",
+)
+@click.option(
+    "--power-iterations",
+    type=click.IntRange(min=1),
+    default=2000,
+    show_default=True,
+    help="Most power iterations (Lanczos: ARPACK iterations) on each zero-padded convolution.",
+)
+@click.option(
+    "--exact-method",
+    type=click.Choice(["power", "lanczos", "none"]),
+    default="power",
+    show_default=True,
+    help="How the exact norm of zero-padded convolutions is found (from below): power iteration, "
+    "ARPACK Lanczos, or not at all (the certified bounds do not need it).",
+)
+@click.option(
+    "--tol",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1e-8,
+    show_default=True,
+    help="Power iteration stops when the estimate changes by less than this (relative); Lanczos: "
+    "ARPACK's relative accuracy.",
+)
+def spectral(
+    model_name: str,
+    dataset: str,
+    data_dir: Path | None,
+    seed: int,
+    json_path: Path | None,
+    n_sandwich: int,
+    power_iterations: int,
+    exact_method: str,
+    tol: float,
+) -> None:
+    """Frame bounds of every layer of MODEL (paper Table 5) and their product.
+
+    MODEL is a zoo name (see 'intriguing zoo'; trained first if not cached) or 'alexnet'
+    (torchvision's pretrained AlexNet, when installed). With --sandwich N, certified lower bounds on
+    the minimum distortion of the first N test images are shown beside the L-BFGS attack's.
+    """
+    from intriguing._io import atomic_write_json
+    from intriguing.analysis.lipschitz import BoundOptions, network_bounds
+
+    if n_sandwich and model_name == ALEXNET:
+        raise IntriguingError("--sandwich works on the MNIST zoo only, not on alexnet")
+    model, layers, input_shape = load_named_model(model_name, dataset, data_dir, seed)
+    options = BoundOptions(power_iterations=power_iterations, tol=tol, exact_method=exact_method)
+    console = Console()
+    if not console.is_terminal:  # files and pipes get the whole table
+        console = Console(width=max(console.width, 130))
+    err = Console(file=sys.stderr)
+    with err.status("computing layer bounds") as status:
+        bound = network_bounds(
+            model,
+            input_shape,
+            layers=layers,
+            options=options,
+            progress=lambda name: status.update(f"bounding layer {name}"),
+        )
+    console.print(bound_table(bound, f"{model_name}: frame bounds per layer (input {input_shape})"))
+    result: dict[str, Any] = {
+        "model": model_name,
+        "dataset": dataset,
+        "seed": seed,
+        "bound": bound.to_dict(),
+    }
+    if n_sandwich:
+        summary, rows = _run_sandwich(model, bound, dataset, data_dir, n_sandwich)
+        console.print(sandwich_table(summary))
+        result["sandwich"] = {"summary": summary, "examples": rows}
+    if json_path is not None:
+        atomic_write_json(json_path, _json_safe(result))
+        err.print(f"wrote {json_path}")
+
+
+def _run_sandwich(
+    model: Any, bound: Any, dataset: str, data_dir: Path | None, count: int
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    from intriguing.analysis.sandwich import sandwich
+    from intriguing.data import load_mnist
+
+    images, labels = load_mnist(data_dir, dataset=dataset).split("test")
+    images, labels = images[:count], labels[:count]
+    result = sandwich(model, images, labels, bound)
+    return result.summary(), result.per_example()
+
+
+def _json_safe(value: Any) -> Any:
+    """Infinite/NaN floats become None (JSON has no infinity)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(item) for item in value]
+    return value

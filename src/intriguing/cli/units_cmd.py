@@ -1,0 +1,418 @@
+"""``intriguing units``: natural basis vs random directions, measured (paper §3, Figures 1-4).
+
+::
+
+    intriguing units MODEL --layer NAME [--directions natural,random,rotation,pca,classmean]
+        [--k 8] [--n-directions 100] [--centre/--no-centre] [--standardise/--no-standardise]
+        [--alphas 0,0.1,...] [--split test] [--json FILE] [--out DIR] [--dataset mnist|mnist-5k]
+        [--data-dir DIR] [--seed 0]
+    intriguing units my_pkg.my_module:make_model --layer features.8 --images DIR [--labels FILE]
+        [--image-size 224] [--mode RGB|L] ...
+
+MODEL is a zoo name (trained or loaded from the checkpoint cache) or ``package.module:factory``, a
+callable returning an ``nn.Module`` that takes images in ``[0, 1]`` (include any normalisation in
+the model). ``--images`` replaces the MNIST split by a folder of images; without ``--labels`` only
+the label-free metric is computed. User mistakes print one ``Error: ...`` line and exit with 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from intriguing.cli.options import data_options, json_option, seed_option
+from intriguing.errors import IntriguingError, InvalidInputError
+
+
+def _parse_list(text: str, what: str) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise InvalidInputError(f"--{what} is empty; give a comma-separated list")
+    return items
+
+
+def _parse_alphas(text: str) -> tuple[float, ...]:
+    if text.strip().lower() in ("", "none"):
+        return ()
+    try:
+        return tuple(float(a) for a in _parse_list(text, "alphas"))
+    except ValueError:
+        raise InvalidInputError(f"--alphas {text!r}: expected comma-separated numbers") from None
+
+
+def load_user_model(spec: str) -> Any:
+    """Build the model named ``package.module:factory`` (the factory is called with no arguments)."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise InvalidInputError(f"model {spec!r}: expected a zoo name or 'package.module:factory'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise InvalidInputError(f"model {spec!r}: cannot import {module_name!r} ({exc})") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise InvalidInputError(f"model {spec!r}: {module_name} has no callable {attr!r}")
+    import torch.nn as nn
+
+    try:
+        model = factory()
+    except Exception as exc:  # a user's factory can fail in any way; report it on one line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise InvalidInputError(
+            f"model {spec!r}: the factory raised {type(exc).__name__}: {first}"
+        ) from None
+    if not isinstance(model, nn.Module):
+        raise InvalidInputError(
+            f"model {spec!r}: the factory returned {type(model).__name__}, not an nn.Module"
+        )
+    return model.eval()
+
+
+def _default_layer(name: str) -> str | None:
+    """The zoo entry's last hidden layer, if the registry records one."""
+    try:
+        from intriguing.models import get_entry
+
+        entry = get_entry(name)
+    except (ImportError, IntriguingError):
+        return None
+    value = getattr(entry, "hidden_layer", None)
+    return value if isinstance(value, str) and value else None
+
+
+def _load_zoo_model(
+    name: str, dataset: str, data_dir: Path | None, model_seed: int
+) -> tuple[Any, dict[str, Any]]:
+    """The trained zoo model (eval mode) and a JSON-ready record of its checkpoint."""
+    from intriguing.training import train_model
+
+    trained = train_model(name, dataset=dataset, data_dir=data_dir, seed=model_seed)
+    metrics = trained.metrics
+    record = {
+        "name": trained.name,
+        "file": trained.path.name,
+        "key": trained.sidecar.get("key"),
+        "weights_sha256": trained.sidecar.get("weights_sha256"),
+        "seed": model_seed,
+        "dataset": dataset,
+        "train_error": metrics.get("train_error"),
+        "test_error": metrics.get("test_error"),
+    }
+    return trained.model, record
+
+
+def _mnist_image_set(
+    dataset: str, data_dir: Path | None, split: str, limit: int | None
+) -> tuple[Any, np.ndarray, np.ndarray, dict[str, Any]]:
+    """``(images tensor, images array, labels, meta)`` of an MNIST split (first ``limit`` images)."""
+    from intriguing.cli.data_cmds import echo_dataset_banner
+    from intriguing.data import load_mnist
+
+    echo_dataset_banner(dataset)
+    data = load_mnist(data_dir, dataset)
+    images, labels = data.split(split)
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    meta = {
+        "image_set": {
+            "kind": "mnist",
+            "dataset": dataset,
+            "split": split,
+            "n_images": len(labels),
+            "identity": data.identity,
+        }
+    }
+    return images, images.numpy(), labels.numpy().astype(np.int64), meta
+
+
+def _folder_image_set(
+    folder: Path, labels_file: Path | None, size: int | None, mode: str, thumb: int
+) -> tuple[Any, Any, np.ndarray | None, np.ndarray, dict[str, Any]]:
+    """``(source, source, labels or None, pixel embedding, meta)`` of an image folder."""
+    from intriguing.analysis.imagefolder import ImageFolderSource, read_labels
+
+    source = ImageFolderSource(folder, size=size, mode=mode)
+    labels, classes = (
+        (None, None) if labels_file is None else read_labels(labels_file, source.names)
+    )
+    meta = {
+        "image_set": {
+            "kind": "folder",
+            "path": str(folder),
+            "n_images": len(source),
+            "labels_file": str(labels_file) if labels_file else None,
+            "classes": classes,
+            "image_size": size,
+            "mode": mode,
+            "pixel_embedding": f"{thumb}x{thumb} thumbnails",
+            "files": source.names,
+        }
+    }
+    return source, source, labels, source.thumbnails(thumb), meta
+
+
+def _print_summary(results: dict[str, Any]) -> None:
+    metrics = results["metrics"]
+    click.echo(
+        f"{results['model']} / {results['layer']}: D = {results['dim']}, "
+        f"{results['n_images']} images, k = {results['config']['k']}"
+    )
+    null = results["null"]
+    click.echo(
+        "null (random k-subsets): "
+        + ", ".join(
+            f"{m} mean {null[m]['mean']:.3f} p95 {null[m]['threshold_p95']:.3f}" for m in metrics
+        )
+    )
+    header = f"{'family':<10} {'n':>4} {'dead':>4} {'tied':>4}" + "".join(
+        f" {m + ' mean':>18} {'>null95':>8}" for m in metrics
+    )
+    click.echo(header)
+    for name, fam in results["families"].items():
+        row = f"{name:<10} {fam['n_directions']:>4} {fam['n_dead']:>4} {fam['n_tied']:>4}"
+        for m in metrics:
+            s = fam["summary"][m]
+            frac = s["vs_null"].get("frac_beyond_null_p95", float("nan"))
+            row += f" {s.get('mean', float('nan')):>18.3f} {frac:>8.2f}"
+        click.echo(row)
+    for c in results["comparisons"]:
+        click.echo(
+            f"{c['a']} vs {c['b']} [{c['metric']}]: mean diff {c['mean_diff']:+.3f}, "
+            f"U = {c['mannwhitney_u']:.0f}, p = {c['p_mannwhitney']:.3g} (perm. p = "
+            f"{c['p_permutation']:.3g}), rank-biserial {c['rank_biserial']:+.3f}"
+        )
+    curve = results.get("rotation_curve")
+    if curve:
+        key = "purity" if "purity" in curve else "pixel_cosine"
+        pairs = ", ".join(
+            f"{a:g}: {v:.3f}" for a, v in zip(curve["alphas"], curve[key]["mean"], strict=True)
+        )
+        click.echo(f"rotation curve ({key} mean by alpha): {pairs}")
+    for kind, path in results.get("figures", {}).items():
+        click.echo(f"figure {kind}: {path}")
+
+
+@click.command("units")
+@click.argument("model")
+@click.option(
+    "--layer",
+    default=None,
+    help="Layer name (dotted sub-module name; zoo default: the last hidden layer). "
+    "A wrong name lists the valid ones.",
+)
+@click.option(
+    "--directions",
+    "directions",
+    default="natural,random,rotation,pca,classmean",
+    show_default=True,
+    help="Comma-separated direction families.",
+)
+@click.option("--k", "k", type=int, default=8, show_default=True, help="Top images per direction.")
+@click.option(
+    "--n-directions", type=int, default=100, show_default=True, help="Directions per family."
+)
+@click.option(
+    "--centre/--no-centre",
+    default=False,
+    show_default=True,
+    help="Subtract the mean activation (changes the PCA axes only; rankings along a fixed v are unchanged).",
+)
+@click.option(
+    "--standardise/--no-standardise",
+    default=False,
+    show_default=True,
+    help="Divide each unit by its standard deviation (changes random/rotated directions).",
+)
+@click.option(
+    "--alphas",
+    default="0,0.05,0.1,0.2,0.3,0.5,0.75,1",
+    show_default=True,
+    help="Rotation powers for the rotation curve ('none' to skip).",
+)
+@click.option(
+    "--n-null", type=int, default=10000, show_default=True, help="Random k-subsets in the null."
+)
+@click.option(
+    "--n-resamples",
+    type=int,
+    default=9999,
+    show_default=True,
+    help="Permutations in the permutation tests between families.",
+)
+@click.option(
+    "--split", default="test", show_default=True, help="MNIST split used as the image set."
+)
+@click.option("--limit", type=int, default=None, help="Use only the first N images of the split.")
+@click.option(
+    "--images",
+    "images_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A folder of images as the image set (instead of MNIST).",
+)
+@click.option(
+    "--labels",
+    "labels_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Labels for --images: lines '<image> <label>'.",
+)
+@click.option(
+    "--image-size",
+    type=int,
+    default=None,
+    help="Resize (shorter side) and centre-crop --images to this size.",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["RGB", "L"]),
+    default="RGB",
+    show_default=True,
+    help="Colour mode for --images.",
+)
+@click.option(
+    "--reduce",
+    type=click.Choice(["flatten", "mean", "max"]),
+    default="flatten",
+    show_default=True,
+    help="Conv feature maps: keep every coordinate, or pool each channel over space.",
+)
+@click.option(
+    "--batch-size", type=int, default=500, show_default=True, help="Images per forward pass."
+)
+@click.option(
+    "--save-activations",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also store phi as a .npy file (float32, or float16 with --float16).",
+)
+@click.option("--float16", is_flag=True, default=False, help="Store activations as float16.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Write the figures (PNG) into this directory.",
+)
+@click.option(
+    "--rows",
+    type=int,
+    default=4,
+    show_default=True,
+    help="Directions per family shown in the figures.",
+)
+@click.option(
+    "--model-seed", type=int, default=0, show_default=True, help="Training seed of a zoo model."
+)
+@data_options
+@seed_option
+@json_option
+def units(
+    model: str,
+    layer: str | None,
+    directions: str,
+    k: int,
+    n_directions: int,
+    centre: bool,
+    standardise: bool,
+    alphas: str,
+    n_null: int,
+    n_resamples: int,
+    split: str,
+    limit: int | None,
+    images_dir: Path | None,
+    labels_file: Path | None,
+    image_size: int | None,
+    mode: str,
+    reduce: str,
+    batch_size: int,
+    save_activations: Path | None,
+    float16: bool,
+    out_dir: Path | None,
+    rows: int,
+    model_seed: int,
+    dataset: str,
+    data_dir: Path | None,
+    seed: int,
+    json_path: Path | None,
+) -> None:
+    """Top-k images along units vs random directions, and how label-coherent they are (§3).
+
+    MODEL is a zoo name (e.g. Conv, N100-100-10) or package.module:factory for your own model
+    (with --images DIR for a folder of images). See docs/units.md for the JSON schema.
+    """
+    from intriguing._io import atomic_write_json
+    from intriguing.analysis.activations import compute_activations
+    from intriguing.analysis.directions import check_family_names
+    from intriguing.analysis.units import UnitsConfig, analyse_units
+    from intriguing.report.units_figures import render_units_figures
+
+    families = check_family_names(_parse_list(directions, "directions"))
+    config = UnitsConfig(
+        families=tuple(families),
+        k=k,
+        n_directions=n_directions,
+        centre=centre,
+        standardise=standardise,
+        seed=seed,
+        alphas=_parse_alphas(alphas),
+        n_null=n_null,
+        n_resamples=n_resamples,
+    )
+    config.check_settings()
+    if labels_file is not None and images_dir is None:
+        raise InvalidInputError("--labels needs --images (a folder of images)")
+    if limit is not None and limit < 2:
+        raise InvalidInputError(f"--limit must be at least 2, got {limit}")
+    user_model = ":" in model
+    checkpoint: dict[str, Any] | None = None
+    if user_model:
+        net = load_user_model(model)
+    else:
+        net, checkpoint = _load_zoo_model(model, dataset, data_dir, model_seed)
+    layer = layer or (None if user_model else _default_layer(model))
+    if not layer:
+        raise InvalidInputError(
+            "--layer is required for this model; a wrong name lists the valid ones"
+        )
+    if images_dir is not None:
+        source, shown, labels, pixels, meta = _folder_image_set(
+            images_dir, labels_file, image_size, mode, 32
+        )
+    else:
+        source, pixels, labels, meta = _mnist_image_set(dataset, data_dir, split, limit)
+        shown = pixels
+    phi = compute_activations(
+        net,
+        layer,
+        source,
+        batch_size=batch_size,
+        reduce=reduce,  # type: ignore[arg-type]
+        out_path=save_activations,
+        dtype="float16" if float16 else "float32",
+    )
+    result = analyse_units(phi, pixels, labels, config)
+    meta = {
+        "model": model,
+        "layer": layer,
+        "reduce": reduce,
+        **meta,
+        "random_directions": "uniform on the unit sphere (normalised standard Gaussian)",
+    }
+    if checkpoint is not None:
+        meta["checkpoint"] = checkpoint
+    payload = result.to_json(meta)
+    if out_dir is not None:
+        stem = f"units-{model.replace(':', '_').replace('/', '_')}-{layer}"
+        payload["figures"] = render_units_figures(
+            payload, shown, out_dir, labels=labels, stem=stem, n_rows=rows
+        )
+    if save_activations is not None:
+        payload["activations_file"] = str(save_activations)
+    if json_path is not None:
+        atomic_write_json(json_path, payload)
+    _print_summary(payload)

@@ -1,0 +1,1 @@
+"""Tables, figures and report sections rendered from stored results only (never recomputed)."""

@@ -1,0 +1,110 @@
+"""``intriguing attack``: summary, JSON, saved result, and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from intriguing.attacks import AttackResult
+from intriguing.cli import attack_cmd
+from intriguing.cli.main import cli
+
+
+def tiny_model() -> nn.Module:
+    """A fixed random linear model on MNIST images (about chance accuracy, logits out)."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 10)).eval()
+
+
+@pytest.fixture
+def patched_loader(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    calls: list[str] = []
+
+    def fake(name: str, dataset: str, data_dir: Path | None) -> nn.Module:
+        calls.append(name)
+        return tiny_model()
+
+    monkeypatch.setattr(attack_cmd, "_load_model", fake)
+    return calls
+
+
+def run(args: list[str]) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, args)
+    return result.exit_code, result.output
+
+
+def test_untargeted_summary_and_json(patched_loader: list[str], mnist_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "attack.json"
+    code, output = run(["attack", "tiny", "--n", "4", "--data-dir", str(mnist_dir), "--json", str(out)])
+    assert code == 0, output
+    assert patched_loader == ["tiny"]
+    assert "success rate        100.0%" in output
+    payload = json.loads(out.read_text())
+    summary = payload["summary"]
+    assert summary["n"] == 4 and summary["success_rate"] == 1.0
+    for key in ("mean_distortion", "median_distortion", "examples_per_s", "grad_evals_per_example"):
+        assert summary[key] > 0
+    assert payload["split"] == "test" and payload["correct_only"] is True
+    assert payload["settings"]["mode"] == "untargeted"
+
+
+def test_targeted_fixed_class_and_saved_result(
+    patched_loader: list[str], mnist_dir: Path, tmp_path: Path
+) -> None:
+    saved = tmp_path / "res.safetensors"
+    code, output = run([
+        "attack", "tiny", "--n", "3", "--mode", "targeted", "--target", "next", "--split", "train",
+        "--all-images", "--data-dir", str(mnist_dir), "--save", str(saved),
+    ])
+    assert code == 0, output
+    result = AttackResult.load(saved)
+    assert torch.equal(result.targets, (result.labels + 1) % 10)
+    assert bool(result.success.all())
+    assert result.settings["target"] == "next"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--target", "next"], "needs mode='targeted'"),
+        (["--mode", "targeted", "--target", "closest"], "unknown target chooser"),
+        (["--mode", "targeted", "--target", "12"], "out of range"),
+        (["--n", "100000"], "lower --n"),
+    ],
+)
+def test_user_mistakes_exit_2_with_one_line(
+    patched_loader: list[str], mnist_dir: Path, args: list[str], message: str
+) -> None:
+    code, output = run(["attack", "tiny", "--data-dir", str(mnist_dir), *args])
+    assert code == 2
+    assert "Error:" in output and message in output
+    assert "Traceback" not in output
+    assert len(output.strip().splitlines()) == 1
+
+
+def test_click_usage_errors_exit_2() -> None:
+    code, output = run(["attack", "tiny", "--n", "0"])
+    assert code == 2 and "Traceback" not in output
+    code, output = run(["attack", "tiny", "--mode", "sideways"])
+    assert code == 2
+
+
+def test_unknown_zoo_model_exits_2(mnist_dir: Path) -> None:
+    code, output = run(["attack", "no-such-model", "--data-dir", str(mnist_dir)])
+    assert code == 2 and "Error:" in output and "Traceback" not in output
+
+
+def test_missing_data_dir_exits_2(patched_loader: list[str], tmp_path: Path) -> None:
+    code, output = run(["attack", "tiny", "--data-dir", str(tmp_path / "nowhere")])
+    assert code == 2 and "Error:" in output and "Traceback" not in output
+
+
+def test_parse_target() -> None:
+    assert attack_cmd.parse_target(None) is None
+    assert attack_cmd.parse_target("7") == 7
+    assert attack_cmd.parse_target("least-likely") == "least-likely"

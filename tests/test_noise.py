@@ -1,0 +1,73 @@
+"""The paper's baselines: Gaussian noise and amplified perturbations (Tables 2 and 4)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from intriguing.attacks import amplify, gaussian_noise, rms_distortion
+from intriguing.errors import InvalidInputError
+
+
+def test_gaussian_noise_has_the_requested_stddev_away_from_the_bounds() -> None:
+    x = torch.full((4, 1, 28, 28), 0.5)
+    out = gaussian_noise(x, 0.05, generator=torch.Generator().manual_seed(0))
+    assert out.images.shape == x.shape
+    torch.testing.assert_close(out.distortion, torch.full((4,), 0.05), rtol=0.05, atol=0)
+    torch.testing.assert_close(out.distortion, rms_distortion(x, out.images))
+
+
+def test_gaussian_noise_is_clipped_and_reports_the_achieved_value() -> None:
+    x = torch.zeros(3, 4000)
+    out = gaussian_noise(x, 1.0, generator=torch.Generator().manual_seed(1))
+    assert float(out.images.min()) == 0.0 and float(out.images.max()) <= 1.0
+    # from 0, negative noise is clipped away and positive noise capped at 1:
+    # E[min(z, 1)^2; z > 0] = (Phi(1) - 1/2 - phi(1)) + (1 - Phi(1)) = 0.0993 + 0.1587 = 0.2580
+    torch.testing.assert_close(out.distortion, torch.full((3,), 0.2580**0.5), rtol=0.03, atol=0)
+
+
+def test_gaussian_noise_is_seeded_and_zero_noise_is_identity() -> None:
+    x = torch.rand(2, 10)
+    a = gaussian_noise(x, 0.1, generator=torch.Generator().manual_seed(5)).images
+    b = gaussian_noise(x, 0.1, generator=torch.Generator().manual_seed(5)).images
+    assert torch.equal(a, b)
+    assert torch.equal(gaussian_noise(x, 0.0).images, x)
+
+
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf")])
+def test_gaussian_noise_rejects_bad_stddev(bad: float) -> None:
+    with pytest.raises(InvalidInputError, match="stddev"):
+        gaussian_noise(torch.rand(2, 3), bad)
+
+
+def test_amplify_rescales_to_the_target_rms() -> None:
+    x = torch.full((3, 50), 0.5)
+    delta = torch.randn(3, 50, generator=torch.Generator().manual_seed(2)) * 0.01
+    out = amplify(x, x + delta, 0.1)
+    torch.testing.assert_close(out.distortion, torch.full((3,), 0.1), rtol=1e-5, atol=0)
+    # the direction is kept: amplified perturbation = 0.1 / rms * delta
+    scale = 0.1 / rms_distortion(x, x + delta)
+    torch.testing.assert_close(out.images - x, delta * scale[:, None], rtol=1e-4, atol=1e-6)
+
+
+def test_amplify_clips_and_reports_less_than_asked() -> None:
+    x = torch.tensor([[0.95, 0.5, 0.5, 0.5]])
+    adv = torch.tensor([[1.0, 0.5, 0.5, 0.49]])
+    out = amplify(x, adv, 0.2)
+    assert float(out.images.max()) <= 1.0 and float(out.images.min()) >= 0.0
+    assert float(out.images[0, 0]) == 1.0
+    assert float(out.distortion[0]) < 0.2
+    # hand-computed: rms(delta) = sqrt((0.05^2 + 0.01^2) / 4); the second entry is not clipped
+    rms = ((0.05**2 + 0.01**2) / 4) ** 0.5
+    expected_last = 0.5 - 0.01 * 0.2 / rms
+    assert float(out.images[0, 3]) == pytest.approx(expected_last, rel=1e-5)
+
+
+def test_amplify_errors() -> None:
+    x = torch.rand(2, 4)
+    with pytest.raises(InvalidInputError, match="cannot be amplified"):
+        amplify(x, x.clone(), 0.1)
+    with pytest.raises(InvalidInputError, match="differ in shape"):
+        amplify(x, torch.rand(2, 5), 0.1)
+    with pytest.raises(InvalidInputError, match=r"must lie in \[0, 1\]"):
+        amplify(x, x + 2.0, 0.1)

@@ -1,0 +1,97 @@
+"""``intriguing spectral``: table, JSON, sandwich, and one-line exit-2 errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from intriguing.cli import spectral_cmd
+from intriguing.cli.main import cli
+from intriguing.errors import UnknownModelError
+
+
+def tiny_model() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 2, 3, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 13 * 13, 10)
+    ).eval()
+
+
+@pytest.fixture
+def fake_zoo(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Serve a small random model for the name 'tiny'; other names are unknown, as in the zoo."""
+
+    def load(
+        name: str, dataset: str, data_dir: Path | None, seed: int
+    ) -> tuple[Any, Any, tuple[int, ...]]:
+        if name != "tiny":
+            raise UnknownModelError(f"unknown model {name!r}; see 'intriguing zoo'")
+        return tiny_model(), None, (1, 28, 28)
+
+    monkeypatch.setattr(spectral_cmd, "load_named_model", load)
+
+
+def test_table_and_json(fake_zoo: None, tmp_path: Path) -> None:
+    out = tmp_path / "bounds.json"
+    result = CliRunner().invoke(cli, ["spectral", "tiny", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "1x3x3x2" in result.output and "product" in result.output
+    data = json.loads(out.read_text())
+    layers = data["bound"]["layers"]
+    assert [layer["kind"] for layer in layers] == ["Conv2d", "ReLU", "Flatten", "Linear"]
+    product = 1.0
+    for layer in layers:
+        product *= layer["upper"]
+    assert data["bound"]["lipschitz_upper"] == pytest.approx(product)
+    assert layers[0]["stride"] == "2"
+
+
+def test_sandwich_option(fake_zoo: None, tmp_path: Path, mnist_dir: Path) -> None:
+    out = tmp_path / "s.json"
+    result = CliRunner().invoke(
+        cli,
+        ["spectral", "tiny", "--sandwich", "5", "--data-dir", str(mnist_dir), "--json", str(out)],
+    )
+    assert result.exit_code == 0, result.output
+    sandwich = json.loads(out.read_text())["sandwich"]
+    assert sandwich["summary"]["examples"] == 5 and len(sandwich["examples"]) == 5
+    assert sandwich["summary"]["violations"] == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["spectral", "nosuch"], "unknown model"),
+        (["spectral", "tiny", "--sandwich", "-1"], "--sandwich"),
+        (["spectral", "tiny", "--tol", "0"], "--tol"),
+        (["spectral", "tiny", "--dataset", "cifar"], "--dataset"),
+        (["spectral", "alexnet", "--sandwich", "3"], "MNIST zoo only"),
+    ],
+)
+def test_user_mistakes_exit_2(fake_zoo: None, args: list[str], message: str) -> None:
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_alexnet_is_skipped_with_a_message_without_torchvision() -> None:
+    if importlib.util.find_spec("torchvision") is not None:
+        pytest.skip("torchvision is installed here")
+    result = CliRunner().invoke(cli, ["spectral", "alexnet"])
+    assert result.exit_code == 2
+    assert "AlexNet skipped" in result.output and "\n" not in result.output.strip()
+
+
+def test_real_zoo_name_is_resolved() -> None:
+    """An unknown zoo name reaches the real registry and is a one-line exit-2 error."""
+    result = CliRunner().invoke(cli, ["spectral", "N100-100-11"])
+    assert result.exit_code == 2
+    assert "Error:" in result.output and "Traceback" not in result.output
