@@ -18,17 +18,6 @@ import click
 from intriguing.cli.options import data_options, json_option
 
 
-def echo_dataset_banner(dataset: str) -> None:
-    """Print the mnist-5k caveat on stderr (bold yellow on a terminal); nothing for ``mnist``.
-
-    Other commands that accept ``--dataset`` can call this before loading data.
-    """
-    if dataset == "mnist-5k":
-        from intriguing.data import MNIST5K_BANNER
-
-        click.secho(MNIST5K_BANNER, err=True, fg="yellow", bold=True)
-
-
 def _class_counts(labels: Any) -> list[int]:
     """Per-class counts (0..9) of an int64 label tensor."""
     return [int(c) for c in labels.bincount(minlength=10).tolist()]
@@ -120,14 +109,10 @@ def info_cmd(dataset: str, data_dir: Path | None, json_path: Path | None) -> Non
     Does not download: run ``intriguing data download`` first if MNIST is missing.
     """
     from intriguing.data import load_mnist
-    from intriguing.data.mnist5k import Mnist5kWarning
 
-    echo_dataset_banner(dataset)
     if dataset == "mnist":
         directory, found_via, rows = _checked_mnist_files(data_dir)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Mnist5kWarning)  # the banner above already said it
-        loaded = load_mnist(data_dir, dataset, download=False)
+    loaded = load_mnist(data_dir, dataset, download=False)
     if dataset != "mnist":
         rows = _mnist5k_rows(loaded.source, loaded.identity)
         directory, found_via = Path(loaded.source).parent, loaded.found_via

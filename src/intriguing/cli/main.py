@@ -18,10 +18,16 @@ from intriguing.errors import IntriguingError
 
 # name -> "module:attribute" of a click.Command; add a line to register a new subcommand.
 COMMANDS: dict[str, str] = {
+    "attack": "intriguing.cli.attack_cmd:attack",
     "zoo": "intriguing.cli.zoo_cmds:zoo",
     "train": "intriguing.cli.zoo_cmds:train",
     "eval": "intriguing.cli.zoo_cmds:eval_cmd",
     "data": "intriguing.cli.data_cmds:data",
+    "units": "intriguing.cli.units_cmd:units",
+    "spectral": "intriguing.cli.spectral_cmd:spectral",
+    "reproduce": "intriguing.cli.reproduce_cmd:reproduce",
+    "report": "intriguing.cli.reproduce_cmd:report",
+    "figure5": "intriguing.cli.reproduce_cmd:figure5",
 }
 
 

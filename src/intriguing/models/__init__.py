@@ -28,6 +28,7 @@ from intriguing.models.registry import (
     register_model,
     unregister_model,
 )
+from intriguing.models.user import load_user_model
 
 __all__ = [
     "UnknownModelError",
@@ -38,6 +39,7 @@ __all__ = [
     "get_entry",
     "linear_softmax",
     "list_entries",
+    "load_user_model",
     "model_names",
     "register_model",
     "sigmoid_mlp",

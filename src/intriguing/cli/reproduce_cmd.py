@@ -1,0 +1,161 @@
+"""``intriguing reproduce`` and ``intriguing report``: the paper's MNIST experiments (§4.2) and their report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from intriguing.cli.options import data_options, seed_option
+from intriguing.errors import IntriguingError
+
+SIZE_CHOICES = ("tiny", "quick", "default", "full")
+
+
+def _summary_tables(doc: dict[str, Any]) -> list[Any]:
+    """Rich tables: per model (Tables 1 and 3) ours beside the paper's, then the claims' verdicts."""
+    from rich.table import Table
+
+    from intriguing.report.render import num, pct
+
+    models = Table(title=f"reproduce ({doc['config']['size']}): ours (paper)")
+    for col in ("table", "model", "test err", "misclassified", "av. min. distortion"):
+        models.add_column(col)
+    for number in ("1", "3"):
+        for r in doc["tables"][f"table{number}"]["rows"]:
+            paper = r["paper"]
+            models.add_row(
+                number,
+                r["model"],
+                f"{pct(r.get('test_error', r.get('err_test')))} ({pct(paper.get('test_error'))})",
+                pct(r["success_rate"]),
+                f"{num(r['mean_distortion'])} ({num(paper.get('distortion'))})",
+            )
+    claims = Table(title="the paper's claims")
+    for col in ("claim", "verdict", "evidence"):
+        claims.add_column(col)
+    for c in doc["claims"]:
+        claims.add_row(c["id"], c["verdict"], c["evidence"])
+    return [models, claims]
+
+
+@click.command()
+@click.option(
+    "--quick", is_flag=True, help="Small subsets (100 examples per model; models cached)."
+)
+@click.option("--full", is_flag=True, help="The paper's full training and test sets (hours).")
+@click.option("--size", type=click.Choice(SIZE_CHOICES), default=None, hidden=True)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Run directory (default: ./reproduce-<size>); rerunning resumes there.",
+)
+@data_options
+@seed_option
+def reproduce(
+    quick: bool,
+    full: bool,
+    size: str | None,
+    out: Path | None,
+    dataset: str,
+    data_dir: Path | None,
+    seed: int,
+) -> None:
+    """Run Tables 1-4 and Figure 7 of the paper on MNIST and write report.md / report.html / results.json.
+
+    Sizes: --quick (100 examples per model), default (5000), --full (every example). Killed runs
+    resume where they stopped when rerun with the same options.
+    """
+    import torch
+
+    from intriguing.experiments.reproduce import run_reproduce
+    from intriguing.experiments.specs import make_spec
+
+    chosen = [
+        name for name, on in (("quick", quick), ("full", full), (size, size is not None)) if on
+    ]
+    if len(chosen) > 1:
+        raise IntriguingError(f"choose one size, got {' and '.join(map(str, chosen))}")
+    size = str(chosen[0]) if chosen else "default"
+    torch.set_num_threads(1)
+    out = out if out is not None else Path(f"reproduce-{size}")
+    if out.exists() and not out.is_dir():
+        raise IntriguingError(f"--out {out} is a file; give a directory")
+    doc = run_reproduce(make_spec(size, seed=seed, dataset=dataset), out, data_dir=data_dir)
+    from rich.console import Console
+
+    console = Console()
+    for table in _summary_tables(doc):
+        console.print(table)
+    click.echo(
+        f"report: {out / 'report.html'} (and report.md, results.json); "
+        f"wall time {doc['timings']['wall_time_s']:.1f} s"
+    )
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+def report(run_dir: Path) -> None:
+    """Re-render report.md and report.html of RUN_DIR from its stored results (nothing recomputed)."""
+    from intriguing.report.render import render_report
+
+    paths = render_report(run_dir)
+    click.echo(f"wrote {paths['markdown']} and {paths['html']}")
+
+
+@click.command()
+@click.argument("model")
+@click.option(
+    "--images",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder of images (read with Pillow); default: the first MNIST test images.",
+)
+@click.option("--n", type=int, default=4, show_default=True, help="Images shown.")
+@click.option(
+    "--image-size", type=int, default=None, help="Resize and centre-crop images to this size."
+)
+@click.option("--mode", type=click.Choice(["RGB", "L"]), default="RGB", show_default=True)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("figure5"),
+    show_default=True,
+    help="Directory for figure5.png, figure5.json and figure5.safetensors.",
+)
+@data_options
+@seed_option
+def figure5(
+    model: str,
+    images: Path | None,
+    n: int,
+    image_size: int | None,
+    mode: str,
+    out: Path,
+    dataset: str,
+    data_dir: Path | None,
+    seed: int,
+) -> None:
+    """Figure 5 for MODEL: original, difference magnified x10, adversarial.
+
+    MODEL is a zoo name, package.module:factory (images in [0, 1] -> logits) or a checkpoint file.
+    """
+    import torch
+
+    from intriguing.experiments.figure5 import load_images, resolve_model, run_figure5
+
+    torch.set_num_threads(1)
+    batch, names = load_images(
+        images, n, size=image_size, mode=mode, dataset=dataset, data_dir=data_dir
+    )
+    net, description = resolve_model(model, dataset=dataset, data_dir=data_dir, seed=seed)
+    doc = run_figure5(
+        net, batch, names, out, description=description, attack_settings={"seed": seed}
+    )
+    summary = doc["summary"]
+    click.echo(
+        f"{out / 'figure5.png'}: {summary['successes']}/{summary['n']} fooled, "
+        f"mean distortion {summary['mean_distortion']}"
+    )

@@ -1,0 +1,373 @@
+"""``reproduce``: the paper's MNIST experiments (§4.2, Tables 1-4, Figure 7) as a resumable graph.
+
+:func:`build_steps` turns a :class:`~intriguing.experiments.specs.ReproduceSpec` into steps::
+
+    model/<m>                               train (or reuse) m; errors on train/test/P1/P2
+    select/<split>/<m>                      first n correctly classified examples of the split
+    attack/<split>/<m>/<mode>/shard-<k>     L-BFGS on examples [k*s, (k+1)*s) of the selection;
+                                            adversarials in artifacts/.../result.safetensors
+    attacks/<split>/<m>/<mode>              shard summary (success, distortion, re-verification)
+    cross/<split>/<m>                       error the examples for m cause on every table model
+    noise/<split>/<stddev>                  Gaussian-noise rows
+    amplify/<split>/<m>                     Table 4's amplified rows
+    figure7                                 images and the stddev-1 noise accuracy
+    tables/table1..table4, claims           assembled from the above
+
+:func:`run_reproduce` runs (or resumes) them in a :class:`RunStore` and writes ``results.json``
+(schema in docs/reproduce.md) and the report. Deterministic given the spec (seeds are in params).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from intriguing._io import atomic_write_json
+from intriguing.experiments import claims as claims_mod
+from intriguing.experiments import steps as st
+from intriguing.experiments import tables as tb
+from intriguing.experiments.graph import RunStore, Step, StepContext, run_graph
+from intriguing.experiments.specs import ReproduceSpec
+
+SCHEMA = "intriguing.reproduce/1"
+RESULTS_FILE = "results.json"
+
+
+def _step(
+    key: str, fn: Callable[[StepContext], Any], params: dict[str, Any], deps: tuple[str, ...] = ()
+) -> Step:
+    return Step(key=key, fn=fn, params=params, deps=deps)
+
+
+def _attack_steps(
+    spec: ReproduceSpec, bench: st.Workbench, split: str, model: str, mode: str, n: int
+) -> tuple[list[Step], str]:
+    """Shards of one model's attack and their summary; returns (steps, summary key)."""
+    select = f"select/{split}/{model}"
+    steps: list[Step] = []
+    for k in range(max(1, math.ceil(n / spec.shard_size))):
+        start, stop = k * spec.shard_size, min(n, (k + 1) * spec.shard_size)
+        steps.append(
+            _step(
+                f"attack/{split}/{model}/{mode}/shard-{k:04d}",
+                partial(st.attack_shard_step, bench),
+                {
+                    "model": model,
+                    "split": split,
+                    "mode": mode,
+                    "start": start,
+                    "stop": stop,
+                    "select": select,
+                    "attack": spec.attack.kwargs(),
+                    "target_seed": st.derived_seed(spec.seed, model, split, start),
+                },
+                (select,),
+            )
+        )
+    summary = f"attacks/{split}/{model}/{mode}"
+    keys = [s.key for s in steps]
+    steps.append(
+        _step(
+            summary,
+            partial(st.attack_summary_step, bench),
+            {"model": model, "split": split, "mode": mode, "shards": keys},
+            tuple(keys),
+        )
+    )
+    return steps, summary
+
+
+def _table_steps(
+    spec: ReproduceSpec,
+    bench: st.Workbench,
+    models: tuple[str, ...],
+    split: str,
+    n: int,
+    modes: tuple[str, ...],
+    noise: tuple[float, ...],
+    noise_n: int,
+    amplify: float | None,
+) -> tuple[list[Step], dict[str, dict[str, str]], dict[str, list[str]]]:
+    """Select/attack/cross/noise/amplify steps of one experiment (Tables 1+2 or 3+4)."""
+    out: list[Step] = []
+    summaries: dict[str, dict[str, str]] = {mode: {} for mode in modes}
+    rows: dict[str, list[str]] = {"cross": [], "noise": [], "amplify": []}
+    model_keys = tuple(f"model/{m}" for m in models)
+    for model in models:
+        out.append(
+            _step(
+                f"select/{split}/{model}",
+                partial(st.select_step, bench),
+                {"model": model, "split": split, "n": n},
+                (f"model/{model}",),
+            )
+        )
+        for mode in modes:
+            shard_steps, summary = _attack_steps(spec, bench, split, model, mode, n)
+            out += shard_steps
+            summaries[mode][model] = summary
+        shards = [s.key for s in out if s.key.startswith(f"attack/{split}/{model}/untargeted/")]
+        common = {
+            "source": model,
+            "split": split,
+            "models": list(models),
+            "summary": summaries["untargeted"][model],
+            "shards": shards,
+        }
+        deps = (summaries["untargeted"][model], *shards, *model_keys)
+        out.append(_step(f"cross/{split}/{model}", partial(st.cross_step, bench), common, deps))
+        rows["cross"].append(f"cross/{split}/{model}")
+        if amplify is not None:
+            key = f"amplify/{split}/{model}"
+            out.append(
+                _step(key, partial(st.amplify_step, bench), {**common, "stddev": amplify}, deps)
+            )
+            rows["amplify"].append(key)
+    for stddev in noise:
+        key = f"noise/{split}/{stddev:g}"
+        out.append(
+            _step(
+                key,
+                partial(st.noise_step, bench),
+                {
+                    "split": split,
+                    "stddev": stddev,
+                    "n": noise_n,
+                    "models": list(models),
+                    "noise_seed": st.derived_seed(spec.seed, "noise", split, stddev),
+                },
+                model_keys,
+            )
+        )
+        rows["noise"].append(key)
+    return out, summaries, rows
+
+
+def build_steps(
+    spec: ReproduceSpec, bench: st.Workbench, split_sizes: dict[str, int]
+) -> list[Step]:
+    """Every step of the run described by ``spec`` (``split_sizes``: examples per split)."""
+    identity = bench.data.identity
+    data_id = {"dataset": identity.get("dataset"), "files": identity.get("files")}
+    steps = [
+        _step(
+            f"model/{m}",
+            partial(st.model_step, bench),
+            {
+                "model": m,
+                "dataset": spec.dataset,
+                "seed": spec.seed,
+                "data": data_id,
+                "checkpoint": st.checkpoint_key(m, identity, spec.seed),
+            },
+        )
+        for m in spec.models()
+    ]
+    t1, t3 = spec.table1, spec.table3
+    modes = ("untargeted", "targeted") if t1.targeted else ("untargeted",)
+    n1 = min(t1.n_examples, split_sizes[t1.split])
+    n3 = min(t3.n_examples, split_sizes[t3.split])
+    s12, sum12, rows12 = _table_steps(
+        spec,
+        bench,
+        t1.models,
+        t1.split,
+        n1,
+        modes,
+        spec.table2.noise_stddevs,
+        min(spec.table2.noise_examples, split_sizes[t1.split]),
+        None,
+    )
+    s34, sum34, rows34 = _table_steps(
+        spec,
+        bench,
+        t3.models,
+        t3.split,
+        n3,
+        ("untargeted",),
+        spec.table4.noise_stddevs,
+        min(spec.table4.noise_examples, split_sizes[t3.split]),
+        spec.table4.amplify_stddev,
+    )
+    steps += s12 + [s for s in s34 if s.key not in {x.key for x in s12}]
+    f7 = spec.figure7
+    f7_deps = tuple(f"attack/{t1.split}/{m}/untargeted/shard-0000" for m in f7.models)
+    steps.append(
+        _step(
+            "figure7",
+            partial(st.figure7_step, bench),
+            {
+                "models": list(f7.models),
+                "split": t1.split,
+                "n_show": f7.n_show,
+                "noise_stddev": f7.noise_stddev,
+                "noise_examples": min(f7.noise_examples, split_sizes["test"]),
+                "noise_seed": st.derived_seed(spec.seed, "figure7"),
+            },
+            (*f7_deps, *(f"model/{m}" for m in f7.models)),
+        )
+    )
+    steps += _assembly_steps(spec, sum12, rows12, sum34, rows34)
+    return steps
+
+
+def _assembly_steps(
+    spec: ReproduceSpec,
+    sum12: dict[str, dict[str, str]],
+    rows12: dict[str, list[str]],
+    sum34: dict[str, dict[str, str]],
+    rows34: dict[str, list[str]],
+) -> list[Step]:
+    t1_models = {m: f"model/{m}" for m in spec.table1.models}
+    t3_models = {m: f"model/{m}" for m in spec.table3.models}
+
+    def table1(ctx: StepContext) -> Any:
+        return tb.table1(
+            {m: ctx.deps[k] for m, k in t1_models.items()},
+            {m: ctx.deps[k] for m, k in sum12["untargeted"].items()},
+            {m: ctx.deps[k] for m, k in sum12.get("targeted", {}).items()},
+        )
+
+    def cross(
+        models: tuple[str, ...], rows: dict[str, list[str]], paper: Any
+    ) -> Callable[[StepContext], Any]:
+        def fn(ctx: StepContext) -> Any:
+            return tb.cross_table(
+                models,
+                {ctx.deps[k]["source"]: ctx.deps[k] for k in rows["cross"]},
+                [ctx.deps[k] for k in rows["noise"]],
+                [ctx.deps[k] for k in rows["amplify"]],
+                paper,
+            )
+
+        return fn
+
+    def table3(ctx: StepContext) -> Any:
+        return tb.table3(
+            {m: ctx.deps[k] for m, k in t3_models.items()},
+            {m: ctx.deps[k] for m, k in sum34["untargeted"].items()},
+        )
+
+    def claims(ctx: StepContext) -> Any:
+        tables = {
+            name: ctx.deps[f"tables/{name}"] for name in ("table1", "table2", "table3", "table4")
+        }
+        return claims_mod.all_claims(tables, ctx.deps["figure7"])
+
+    all12 = tuple(k for v in rows12.values() for k in v)
+    all34 = tuple(k for v in rows34.values() for k in v)
+    return [
+        _step(
+            "tables/table1",
+            table1,
+            {"table": 1},
+            (*t1_models.values(), *(k for d in sum12.values() for k in d.values())),
+        ),
+        _step(
+            "tables/table2", cross(spec.table1.models, rows12, tb.PAPER_TABLE2), {"table": 2}, all12
+        ),
+        _step(
+            "tables/table3",
+            table3,
+            {"table": 3},
+            (*t3_models.values(), *sum34["untargeted"].values()),
+        ),
+        _step(
+            "tables/table4", cross(spec.table3.models, rows34, tb.PAPER_TABLE4), {"table": 4}, all34
+        ),
+        _step(
+            "claims",
+            claims,
+            {"claims": 1},
+            ("tables/table1", "tables/table2", "tables/table3", "tables/table4", "figure7"),
+        ),
+    ]
+
+
+def versions() -> dict[str, str]:
+    """Versions of the pieces that can change the numbers."""
+    import numpy
+
+    from intriguing import __version__
+
+    return {
+        "intriguing": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def assemble(
+    spec: ReproduceSpec,
+    store: RunStore,
+    results: dict[str, Any],
+    identity: dict[str, Any],
+    wall_time_s: float,
+) -> dict[str, Any]:
+    """The ``results.json`` document (schema ``intriguing.reproduce/1``, see docs/reproduce.md)."""
+    step_times: dict[str, float] = {}
+    for key in results:
+        record = store.load(key)
+        if record is not None:
+            step_times[key] = float(record.get("elapsed_s", 0.0))
+    return {
+        "schema": SCHEMA,
+        "config": spec.to_dict(),
+        "dataset": identity,
+        "versions": versions(),
+        "models": {results[k]["model"]: results[k] for k in results if k.startswith("model/")},
+        "tables": {
+            name: results[f"tables/{name}"] for name in ("table1", "table2", "table3", "table4")
+        },
+        "figure7": results["figure7"],
+        "claims": results["claims"],
+        "timings": {
+            "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "wall_time_s": round(wall_time_s, 3),
+            "torch_threads": torch.get_num_threads(),
+            "steps_s": step_times,
+        },
+    }
+
+
+def run_reproduce(
+    spec: ReproduceSpec,
+    out: str | os.PathLike[str],
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    render: bool = True,
+) -> dict[str, Any]:
+    """Run (or resume) the reproduction ``spec`` in ``out``; write results.json and the report.
+
+    Returns the results.json document. A rerun with the same spec and data reuses every finished
+    step; the numbers equal an uninterrupted run's.
+    """
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    bench = st.Workbench(dataset=spec.dataset, data_dir=data_dir, seed=spec.seed)
+    data = bench.data
+    sizes = {"train": len(data.train_labels), "test": len(data.test_labels)}
+    store = RunStore(Path(out))
+    results = run_graph(
+        build_steps(spec, bench, sizes), store, description=f"reproduce ({spec.size})"
+    )
+    document = assemble(spec, store, results, data.identity, time.perf_counter() - start)
+    document = json.loads(json.dumps(document, allow_nan=False))  # exactly as it reads back
+    atomic_write_json(Path(out) / RESULTS_FILE, document)
+    if render:
+        from intriguing.report.render import render_report
+
+        render_report(out)
+    return document

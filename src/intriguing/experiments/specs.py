@@ -1,0 +1,305 @@
+"""The paper's MNIST experiments (Szegedy et al. 2014, §4.2) declared as data.
+
+One frozen dataclass per table / figure says which models, which split, how many examples and which
+noise / amplification rows; :class:`ReproduceSpec` bundles them with the attack settings, the shard
+size and the seed. :func:`make_spec` returns one of the named sizes:
+
+========  ==================  ===================  ==============================================
+size      Tables 1-2 (train)  Tables 3-4 (test)    what it is for
+========  ==================  ===================  ==============================================
+tiny      2 models x 10       2 models x 10        the test suite only (seconds, cheap attack)
+quick     6 models x 100      3 models x 100       a first look; <= 5 min on 2 cores, models cached
+default   6 models x 5000     3 models x 5000      the documented reproduction (<= 60 min)
+full      6 models x 60000    3 models x 10000     the paper's full training and test sets
+========  ==================  ===================  ==============================================
+
+Beside the §4.2 tables a run holds the unit analysis of §3 (:class:`UnitsSpec`: the last hidden layer
+of Conv and N100-100-10 on the test set; tiny: softmax1's pixel layer, the documented pixel-space
+control) and the spectral analysis of §4.3 (:class:`SpectralSpec`: per-layer frame bounds of every
+model, and the certified-vs-attack sandwich of softmax1 and N100-100-10).
+
+"x 100" means the first 100 examples of the split that the model classifies correctly (Table 1's
+"distortion to reach 0% accuracy": each one must end misclassified). The Gaussian-noise rows use
+the first ``noise_examples`` images of the same split whatever the models say.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from intriguing.errors import InvalidInputError
+
+SIZES: tuple[str, ...] = ("tiny", "quick", "default", "full")
+TABLE1_MODELS: tuple[str, ...] = (
+    "softmax1",
+    "softmax2",
+    "softmax3",
+    "N100-100-10",
+    "N200-200-10",
+    "AE400-10",
+)
+TABLE3_MODELS: tuple[str, ...] = ("M1", "M1'", "M2")
+ALL_EXAMPLES = 10**9  # "every example of the split" (the stop index is clipped to what exists)
+
+
+@dataclass(frozen=True)
+class AttackSettings:
+    """Settings of :class:`intriguing.attacks.LBFGS` used for every attack of a run.
+
+    The defaults are the attack's own; the ``tiny`` size lowers them so tests run in seconds.
+    """
+
+    search_steps: int = 10
+    max_iter: int = 100
+    c_rtol: float = 0.05
+    refine: bool = True
+    batch_size: int = 512
+
+    def kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``LBFGS(...)`` (single-threaded, no nested progress bar)."""
+        return {**dataclasses.asdict(self), "threads": 1, "progress": False}
+
+
+@dataclass(frozen=True)
+class Table1Spec:
+    """Table 1: errors and average minimum distortion; the examples of Table 2 come from here too.
+
+    Attributes:
+        models: zoo names attacked (rows of Tables 1 and 2).
+        split: the split distorted (the paper: the training set).
+        n_examples: first correctly classified examples attacked per model.
+        targeted: also run the targeted attack toward a random class (reported beside).
+    """
+
+    models: tuple[str, ...] = TABLE1_MODELS
+    split: str = "train"
+    n_examples: int = 1000
+    targeted: bool = True
+
+
+@dataclass(frozen=True)
+class Table2Spec:
+    """Table 2: cross-model error of Table 1's examples plus Gaussian-noise rows.
+
+    Attributes:
+        noise_stddevs: per-pixel stddevs of the noise rows (the paper: 0.1 and 0.3).
+        noise_examples: images of Table 1's split perturbed per noise row.
+    """
+
+    noise_stddevs: tuple[float, ...] = (0.1, 0.3)
+    noise_examples: int = 1000
+
+
+@dataclass(frozen=True)
+class Table3Spec:
+    """Table 3: models trained on the disjoint halves P1 / P2; the test set is distorted.
+
+    Attributes:
+        models: zoo names (the paper: M1, M1', M2).
+        split: the split distorted (the paper: the test set).
+        n_examples: first correctly classified examples attacked per model.
+    """
+
+    models: tuple[str, ...] = TABLE3_MODELS
+    split: str = "test"
+    n_examples: int = 1000
+
+
+@dataclass(frozen=True)
+class Table4Spec:
+    """Table 4: transfer of Table 3's examples, raw and amplified, against Gaussian noise.
+
+    Attributes:
+        noise_stddevs: the noise rows (the paper: 0.06 and 0.1).
+        amplify_stddev: per-pixel stddev the perturbations are rescaled to (the paper: 0.1).
+        noise_examples: images of Table 3's split perturbed per noise row.
+    """
+
+    noise_stddevs: tuple[float, ...] = (0.06, 0.1)
+    amplify_stddev: float = 0.1
+    noise_examples: int = 1000
+
+
+@dataclass(frozen=True)
+class Figure7Spec:
+    """Figure 7: originals beside their adversarial examples, and heavy Gaussian noise.
+
+    Attributes:
+        models: two Table 1 models whose untargeted examples are shown.
+        n_show: image pairs shown per model.
+        noise_stddev: stddev of the comparison noise (the paper: 1, leaving 51% accuracy).
+        noise_examples: test images on which the noise's accuracy is measured.
+    """
+
+    models: tuple[str, ...] = ("softmax1", "N100-100-10")
+    n_show: int = 8
+    noise_stddev: float = 1.0
+    noise_examples: int = 1000
+
+
+@dataclass(frozen=True)
+class UnitsSpec:
+    """§3: single units against random directions (see docs/units.md).
+
+    Attributes:
+        models: zoo names analysed.
+        layers: one layer name per model, or empty for each zoo entry's ``hidden_layer``.
+        split: the image set (the paper: the MNIST test set).
+        n_images: first images of the split used (clipped to the split).
+        families, k, n_directions, n_null, n_resamples, alphas: as in
+            :class:`intriguing.analysis.units.UnitsConfig` (the seed is derived from the run's).
+    """
+
+    models: tuple[str, ...] = ("Conv", "N100-100-10")
+    layers: tuple[str, ...] = ()
+    split: str = "test"
+    n_images: int = ALL_EXAMPLES
+    families: tuple[str, ...] = ("natural", "random", "rotation", "pca", "classmean")
+    k: int = 8
+    n_directions: int = 100
+    n_null: int = 10000
+    n_resamples: int = 9999
+    alphas: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
+
+    def layer_of(self, model: str) -> str | None:
+        """The layer analysed for ``model`` (None: the zoo entry's last hidden layer)."""
+        return self.layers[self.models.index(model)] if self.layers else None
+
+
+@dataclass(frozen=True)
+class SpectralSpec:
+    """§4.3: frame bounds of every layer (Table 5 analogue) and the certified/attack sandwich.
+
+    Attributes:
+        extra_models: bounded besides every model of the run and of the unit analysis.
+        sandwich_models: models whose certified radii are compared with attack distortions: on the
+            examples of their Table 1 untargeted attack when they have one, else on the first
+            ``sandwich_examples`` test images with a fresh untargeted attack (same settings).
+        sandwich_examples: images of that fresh attack.
+        exact_method, power_iterations: how zero-padded convolutions' exact norms are found
+            (:class:`intriguing.analysis.lipschitz.BoundOptions`).
+    """
+
+    extra_models: tuple[str, ...] = ()
+    sandwich_models: tuple[str, ...] = ("softmax1", "N100-100-10")
+    sandwich_examples: int = 100
+    exact_method: str = "power"
+    power_iterations: int = 2000
+
+
+@dataclass(frozen=True)
+class ReproduceSpec:
+    """Everything a ``reproduce`` run computes; the run's results depend only on this and the data."""
+
+    size: str
+    seed: int = 0
+    dataset: str = "mnist"
+    shard_size: int = 250
+    attack: AttackSettings = field(default_factory=AttackSettings)
+    table1: Table1Spec = field(default_factory=Table1Spec)
+    table2: Table2Spec = field(default_factory=Table2Spec)
+    table3: Table3Spec = field(default_factory=Table3Spec)
+    table4: Table4Spec = field(default_factory=Table4Spec)
+    figure7: Figure7Spec = field(default_factory=Figure7Spec)
+    units: UnitsSpec = field(default_factory=UnitsSpec)
+    spectral: SpectralSpec = field(default_factory=SpectralSpec)
+
+    def __post_init__(self) -> None:
+        if self.shard_size < 1:
+            raise InvalidInputError(f"shard_size must be >= 1, got {self.shard_size}")
+        missing = [m for m in self.figure7.models if m not in self.table1.models]
+        if missing:
+            raise InvalidInputError(f"Figure 7 models {missing} must be among Table 1's models")
+        if self.units.layers and len(self.units.layers) != len(self.units.models):
+            raise InvalidInputError(
+                f"units.layers names {len(self.units.layers)} layers for "
+                f"{len(self.units.models)} models; give one per model or none"
+            )
+        if self.spectral.sandwich_examples < 1:
+            raise InvalidInputError(
+                f"spectral.sandwich_examples must be >= 1, got {self.spectral.sandwich_examples}"
+            )
+
+    def models(self) -> tuple[str, ...]:
+        """Every model the run needs, Table 1's first, without repeats."""
+        return tuple(dict.fromkeys((*self.table1.models, *self.table3.models)))
+
+    def spectral_models(self) -> tuple[str, ...]:
+        """Models whose layers are bounded: the run's, the unit analysis's, then the extras."""
+        return tuple(
+            dict.fromkeys(
+                (
+                    *self.models(),
+                    *self.units.models,
+                    *self.spectral.extra_models,
+                    *self.spectral.sandwich_models,
+                )
+            )
+        )
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (stored in results.json as ``config``)."""
+        return dataclasses.asdict(self)
+
+
+QUICK_UNITS = UnitsSpec(
+    families=("natural", "random", "classmean"),
+    n_directions=25,
+    n_null=1000,
+    n_resamples=999,
+    alphas=(),
+)
+TINY_UNITS = UnitsSpec(
+    models=("softmax1",),
+    layers=("flatten",),
+    families=("natural", "random"),
+    n_directions=8,
+    n_null=200,
+    n_resamples=99,
+    alphas=(),
+)
+
+
+def _sized(size: str, n: int, noise: int, seed: int, dataset: str, **extra: Any) -> ReproduceSpec:
+    return ReproduceSpec(
+        size=size,
+        seed=seed,
+        dataset=dataset,
+        table1=Table1Spec(n_examples=n),
+        table2=Table2Spec(noise_examples=noise),
+        table3=Table3Spec(n_examples=n),
+        table4=Table4Spec(noise_examples=noise),
+        figure7=Figure7Spec(noise_examples=noise),
+        **extra,
+    )
+
+
+def make_spec(size: str = "default", *, seed: int = 0, dataset: str = "mnist") -> ReproduceSpec:
+    """The named size of the reproduction (see the module docstring).
+
+    Raises:
+        InvalidInputError: an unknown size.
+    """
+    if size == "tiny":
+        return ReproduceSpec(
+            size="tiny",
+            seed=seed,
+            dataset=dataset,
+            shard_size=4,
+            attack=AttackSettings(search_steps=5, max_iter=30, c_rtol=0.2, refine=False),
+            table1=Table1Spec(models=("softmax1", "softmax2"), n_examples=10),
+            table2=Table2Spec(noise_examples=50),
+            table3=Table3Spec(models=("softmax2", "softmax3"), n_examples=10),
+            table4=Table4Spec(noise_examples=50),
+            figure7=Figure7Spec(models=("softmax1", "softmax2"), n_show=4, noise_examples=50),
+            units=TINY_UNITS,
+            spectral=SpectralSpec(sandwich_models=("softmax1", "softmax3"), sandwich_examples=10),
+        )
+    if size == "quick":
+        return _sized("quick", 100, 1000, seed, dataset, shard_size=100, units=QUICK_UNITS)
+    if size == "default":
+        return _sized("default", 5000, 10000, seed, dataset, shard_size=500)
+    if size == "full":
+        return _sized("full", ALL_EXAMPLES, ALL_EXAMPLES, seed, dataset, shard_size=1000)
+    raise InvalidInputError(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")

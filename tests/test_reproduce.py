@@ -1,0 +1,270 @@
+"""``intriguing reproduce`` end to end on the tiny config (mnist-5k, 2+2 softmax models, 10 examples).
+
+Oracles: the models' own predictions on the stored adversarial images (re-verification), the RMS
+formula recomputed with numpy, hand-built tables for the claims, and an uninterrupted run for the
+resume test (a real SIGKILL of a subprocess).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from intriguing.attacks import AttackResult
+from intriguing.errors import IntriguingError
+from intriguing.experiments import claims
+from intriguing.experiments.reproduce import run_reproduce
+from intriguing.experiments.specs import SIZES, Figure7Spec, ReproduceSpec, make_spec
+
+DATASET = "mnist-5k"
+
+
+def _run(out: Path, render: bool = True) -> dict[str, Any]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the mnist-5k warning
+        return run_reproduce(make_spec("tiny", dataset=DATASET), out, render=render)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(
+    mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, dict[str, Any]]:
+    out = tmp_path_factory.mktemp("tiny-run")
+    return out, _run(out, render=False)
+
+
+def _without_timings(doc: dict[str, Any]) -> dict[str, Any]:
+    doc = copy.deepcopy(doc)
+    doc.pop("timings")
+    return doc
+
+
+# ------------------------------------------------------------------------------------- specs
+def test_sizes_grow_and_unknown_size_is_refused() -> None:
+    counts = [make_spec(s).table1.n_examples for s in SIZES]
+    assert counts == sorted(counts) and len(set(counts)) == len(counts)
+    assert make_spec("quick").table3.models == ("M1", "M1'", "M2")
+    with pytest.raises(IntriguingError, match="unknown size"):
+        make_spec("huge")
+
+
+def test_spec_rejects_bad_settings() -> None:
+    with pytest.raises(IntriguingError, match="shard_size"):
+        ReproduceSpec(size="x", shard_size=0)
+    with pytest.raises(IntriguingError, match="Figure 7 models"):
+        ReproduceSpec(size="x", figure7=Figure7Spec(models=("M1",)))
+
+
+# ------------------------------------------------------------------------------------- the run
+def test_tiny_run_has_every_table(tiny_run: tuple[Path, dict[str, Any]]) -> None:
+    _, doc = tiny_run
+    assert doc["schema"] == "intriguing.reproduce/1"
+    t1 = doc["tables"]["table1"]["rows"]
+    assert [r["model"] for r in t1] == ["softmax1", "softmax2"]
+    for row in t1 + doc["tables"]["table3"]["rows"]:
+        assert row["n"] == 10
+        assert row["verify_mismatches"] == 0
+        assert row["verified"] == round(row["success_rate"] * row["n"])
+    labels = [r["label"] for r in doc["tables"]["table4"]["rows"]]
+    assert labels == [
+        "softmax2",
+        "softmax3",
+        "noise 0.06",
+        "softmax2 amplified 0.1",
+        "softmax3 amplified 0.1",
+        "noise 0.1",
+    ]
+    assert {c["id"] for c in doc["claims"]} >= {"table1-all-fooled", "table4-amplified"}
+    json.dumps(doc, allow_nan=False)  # strict JSON
+
+
+def _load_model(name: str) -> torch.nn.Module:
+    from intriguing.training import load_model
+
+    return load_model(name, dataset=DATASET)
+
+
+def test_every_counted_adversarial_example_is_reverified(
+    tiny_run: tuple[Path, dict[str, Any]],
+) -> None:
+    """Independently of the run: each success's stored image fools its model; RMS recomputed."""
+    from intriguing.data import load_mnist
+
+    out, _ = tiny_run
+    data = load_mnist(dataset=DATASET)
+    checked = 0
+    for record_path in sorted((out / "steps" / "attack").rglob("shard-*.json")):
+        shard = json.loads(record_path.read_text())["result"]
+        if not shard["artifact"]:
+            continue
+        stored = AttackResult.load(out / shard["artifact"])
+        model = _load_model(shard["model"])
+        with torch.no_grad():
+            pred = model(stored.adversarial).argmax(1).numpy()
+        images, labels = data.split(shard["split"])
+        originals = images[torch.tensor(shard["indices"])].numpy()
+        rms = np.sqrt(
+            ((stored.adversarial.numpy() - originals) ** 2).reshape(len(pred), -1).mean(1)
+        )
+        np.testing.assert_allclose(rms, shard["distortion"], rtol=1e-4, atol=1e-7)
+        for i, ok in enumerate(shard["success"]):
+            assert labels[shard["indices"][i]] == shard["labels"][i]
+            if ok:
+                checked += 1
+                if shard["mode"] == "targeted":
+                    assert pred[i] == shard["targets"][i]
+                else:
+                    assert pred[i] != shard["labels"][i]
+    assert checked >= 50  # tiny: 2 models x 2 modes x 10 + 2 x 10, nearly all successful
+
+
+def test_cross_cell_matches_direct_evaluation(tiny_run: tuple[Path, dict[str, Any]]) -> None:
+    out, doc = tiny_run
+    summary = json.loads((out / "steps/attacks/train/softmax1/untargeted.json").read_text())[
+        "result"
+    ]
+    parts = [AttackResult.load(out / a) for a in summary["artifacts"]]
+    adv = torch.cat([p.adversarial for p in parts])
+    labels = torch.cat([p.labels for p in parts])
+    with torch.no_grad():
+        wrong = (_load_model("softmax2")(adv).argmax(1) != labels).double().mean().item()
+    row = doc["tables"]["table2"]["rows"][0]
+    assert row["label"] == "softmax1"
+    assert row["errors"]["softmax2"] == pytest.approx(wrong)
+    assert row["errors"]["softmax1"] == pytest.approx(summary["success_rate"])
+
+
+def test_noise_rows_are_clipped_below_their_stddev(tiny_run: tuple[Path, dict[str, Any]]) -> None:
+    _, doc = tiny_run
+    for row in doc["tables"]["table2"]["rows"]:
+        if row["kind"] == "noise":
+            assert 0.0 < row["distortion"] < row["stddev"]
+    for row in doc["tables"]["table4"]["rows"]:
+        if row["kind"] == "amplified":
+            assert row["distortion"] <= row["stddev"] + 1e-6
+
+
+def test_rerun_reuses_every_step(
+    tiny_run: tuple[Path, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out, doc = tiny_run
+
+    def boom(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the attack ran again")
+
+    monkeypatch.setattr("intriguing.attacks.LBFGS.__call__", boom)
+    again = _run(out, render=False)
+    assert _without_timings(again) == _without_timings(doc)
+
+
+def test_killed_run_resumes_to_the_same_results(
+    tiny_run: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    """SIGKILL a real subprocess mid-run, rerun the same command: results equal an uninterrupted run."""
+    _, uninterrupted = tiny_run
+    out = tmp_path / "killed"
+    cmd = [
+        sys.executable,
+        "-m",
+        "intriguing.cli.main",
+        "reproduce",
+        "--size",
+        "tiny",
+        "--dataset",
+        DATASET,
+        "--out",
+        str(out),
+    ]
+    env = {**os.environ, "INTRIGUING_NO_PROGRESS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    attack_dir = out / "steps" / "attack"
+    while time.monotonic() < deadline and proc.poll() is None:
+        if attack_dir.exists() and any(attack_dir.rglob("shard-*.json")):
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read()!r}"  # type: ignore[union-attr]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / "results.json").exists()
+    done_before = len(list((out / "steps").rglob("*.json")))
+    resumed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    final = json.loads((out / "results.json").read_text())
+    assert len(list((out / "steps").rglob("*.json"))) > done_before
+    assert _without_timings(final) == _without_timings(uninterrupted)
+    assert (out / "report.html").exists()
+
+
+# ------------------------------------------------------------------------------------- claims
+def _row(model: str, rate: float, dist: float | None) -> dict[str, Any]:
+    return {"model": model, "success_rate": rate, "mean_distortion": dist}
+
+
+def test_every_model_fooled_counts_models() -> None:
+    c = claims.every_model_fooled([_row("a", 1.0, 0.05), _row("b", 1.0, 0.2), _row("c", 0.9, 0.05)])
+    assert (c["holds"], c["total"], c["verdict"]) == (1, 3, "partly")
+    assert claims.every_model_fooled([_row("a", 1.0, 0.149)])["verdict"] == "holds"
+    assert claims.every_model_fooled([])["verdict"] == "n/a"
+
+
+def _table() -> dict[str, Any]:
+    rows = [
+        {
+            "kind": "adversarial",
+            "source": "a",
+            "label": "a",
+            "distortion": 0.06,
+            "errors": {"a": 1.0, "b": 0.30},
+        },
+        {
+            "kind": "adversarial",
+            "source": "b",
+            "label": "b",
+            "distortion": 0.09,
+            "errors": {"a": 0.01, "b": 1.0},
+        },
+        {"kind": "noise", "source": None, "stddev": 0.06, "errors": {"a": 0.02, "b": 0.02}},
+        {"kind": "noise", "source": None, "stddev": 0.1, "errors": {"a": 0.05, "b": 0.03}},
+        {"kind": "amplified", "source": "a", "errors": {"a": 1.0, "b": 0.9}},
+        {"kind": "amplified", "source": "b", "errors": {"a": 0.005, "b": 1.0}},
+    ]
+    return {"columns": ["a", "b"], "rows": rows}
+
+
+def test_transfer_against_nearest_noise() -> None:
+    # a -> b: 0.30 > noise 0.06's 0.02 (holds); b -> a: 0.01 < noise 0.1's 0.05 (fails)
+    c = claims.transfer_beats_noise(_table(), "t", "T")
+    assert (c["holds"], c["total"], c["verdict"]) == (1, 2, "partly")
+
+
+def test_amplified_against_raw() -> None:
+    c = claims.amplified_beats_raw(_table())  # a: 0.9 > 0.30; b: 0.005 < 0.01
+    assert (c["holds"], c["total"]) == (1, 2)
+
+
+def test_model_steps_name_the_checkpoint_they_used(tiny_run: tuple[Path, dict[str, Any]]) -> None:
+    """The checkpoint key in each model step's params (its fingerprint) is the one actually loaded."""
+    out, doc = tiny_run
+    for name, model in doc["models"].items():
+        record = json.loads((out / "steps" / "model" / f"{name}.json").read_text())
+        assert model["checkpoint_key"] is not None
+        assert record["result"]["checkpoint_key"] == model["checkpoint_key"]
+    from intriguing.data import load_mnist
+    from intriguing.experiments.steps import checkpoint_key
+
+    identity = load_mnist(dataset=DATASET).identity
+    assert checkpoint_key("softmax1", identity, 0) == doc["models"]["softmax1"]["checkpoint_key"]

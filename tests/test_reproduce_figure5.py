@@ -1,0 +1,103 @@
+"""Figure 5 for a user's model: a factory from a module, a folder of RGB images, bad input."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from intriguing.attacks import AttackResult
+from intriguing.cli.reproduce_cmd import figure5
+from intriguing.experiments.figure5 import magnified_difference
+
+FACTORY_MODULE = """
+import torch
+from torch import nn
+
+def make():
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+"""
+
+
+def test_magnified_difference_is_shifted_scaled_and_clipped() -> None:
+    x = torch.tensor([0.2, 0.2, 0.2, 0.5]).view(1, 1, 2, 2)
+    adv = torch.tensor([0.21, 0.19, 0.3, 0.0]).view(1, 1, 2, 2)
+    expected = torch.tensor([0.6, 0.4, 1.0, 0.0]).view(1, 1, 2, 2)
+    assert torch.allclose(magnified_difference(x, adv), expected, atol=1e-6)
+
+
+@pytest.fixture()
+def user_setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    (tmp_path / "user_models_f5.py").write_text(FACTORY_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        pixels = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
+        Image.fromarray(pixels, "RGB").save(folder / f"img{i}.png")
+    return tmp_path
+
+
+def test_factory_model_on_rgb_folder(user_setup: Path) -> None:
+    out = user_setup / "out"
+    result = CliRunner().invoke(
+        figure5,
+        [
+            "user_models_f5:make",
+            "--images",
+            str(user_setup / "imgs"),
+            "--n",
+            "5",
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    doc = json.loads((out / "figure5.json").read_text())
+    assert [r["name"] for r in doc["images"]] == ["img0.png", "img1.png", "img2.png"]
+    assert (out / "figure5.png").stat().st_size > 1000
+    stored = AttackResult.load(out / "figure5.safetensors")
+    assert stored.adversarial.shape == (3, 3, 8, 8)
+    model = sys.modules["user_models_f5"].make().eval()
+    with torch.no_grad():
+        pred = model(stored.adversarial).argmax(1)
+    for i, row in enumerate(doc["images"]):
+        if row["success"]:
+            assert int(pred[i]) == row["predicted"] != row["label"]
+    assert sum(r["success"] for r in doc["images"]) >= 2
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["no_such_module_xyz:make"], "cannot import"),
+        (["no-such-zoo-model"], "no-such-zoo-model"),
+        (["softmax1", "--n", "0"], "--n must be at least 1"),
+        (["missing.safetensors"], "checkpoint not found"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(
+    args: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from intriguing.cli import main
+
+    # registered as the group would once COMMANDS has the line (see docs/reproduce.md)
+    monkeypatch.setitem(main.COMMANDS, "figure5", "intriguing.cli.reproduce_cmd:figure5")
+    result = CliRunner().invoke(main.cli, ["figure5", *args, "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_empty_image_folder_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(figure5, ["softmax1", "--images", str(tmp_path / "empty")])
+    assert isinstance(result.exception, Exception) and "no image files" in str(result.exception)
