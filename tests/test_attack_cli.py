@@ -38,9 +38,13 @@ def run(args: list[str]) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
-def test_untargeted_summary_and_json(patched_loader: list[str], mnist_dir: Path, tmp_path: Path) -> None:
+def test_untargeted_summary_and_json(
+    patched_loader: list[str], mnist_dir: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "attack.json"
-    code, output = run(["attack", "tiny", "--n", "4", "--data-dir", str(mnist_dir), "--json", str(out)])
+    code, output = run(
+        ["attack", "tiny", "--n", "4", "--data-dir", str(mnist_dir), "--json", str(out)]
+    )
     assert code == 0, output
     assert patched_loader == ["tiny"]
     assert "success rate        100.0%" in output
@@ -57,10 +61,25 @@ def test_targeted_fixed_class_and_saved_result(
     patched_loader: list[str], mnist_dir: Path, tmp_path: Path
 ) -> None:
     saved = tmp_path / "res.safetensors"
-    code, output = run([
-        "attack", "tiny", "--n", "3", "--mode", "targeted", "--target", "next", "--split", "train",
-        "--all-images", "--data-dir", str(mnist_dir), "--save", str(saved),
-    ])
+    code, output = run(
+        [
+            "attack",
+            "tiny",
+            "--n",
+            "3",
+            "--mode",
+            "targeted",
+            "--target",
+            "next",
+            "--split",
+            "train",
+            "--all-images",
+            "--data-dir",
+            str(mnist_dir),
+            "--save",
+            str(saved),
+        ]
+    )
     assert code == 0, output
     result = AttackResult.load(saved)
     assert torch.equal(result.targets, (result.labels + 1) % 10)

@@ -127,7 +127,9 @@ def mnist_mlp(mnist_dir: Path) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     return model, test_x[keep][:40], test_y[keep][:40]
 
 
-def test_untargeted_misclassifies_every_example(mnist_mlp: tuple[nn.Module, torch.Tensor, torch.Tensor]) -> None:
+def test_untargeted_misclassifies_every_example(
+    mnist_mlp: tuple[nn.Module, torch.Tensor, torch.Tensor],
+) -> None:
     model, x, y = mnist_mlp
     res = LBFGS(progress=False)(model, x, y)
     assert bool(res.success.all())
@@ -143,7 +145,9 @@ def test_untargeted_misclassifies_every_example(mnist_mlp: tuple[nn.Module, torc
     assert bool(torch.isfinite(res.c).all())
 
 
-def test_targeted_choosers_and_reverification(mnist_mlp: tuple[nn.Module, torch.Tensor, torch.Tensor]) -> None:
+def test_targeted_choosers_and_reverification(
+    mnist_mlp: tuple[nn.Module, torch.Tensor, torch.Tensor],
+) -> None:
     model, x, y = mnist_mlp
     x, y = x[:12], y[:12]
     with torch.no_grad():
@@ -244,8 +248,18 @@ def test_result_round_trip(tmp_path: Path) -> None:
     sidecar = res.save(path)
     assert sidecar.exists()
     back = AttackResult.load(path)
-    for name in ("adversarial", "success", "distortion", "l2", "c", "iterations", "grad_evals",
-                 "labels", "predicted", "targets"):
+    for name in (
+        "adversarial",
+        "success",
+        "distortion",
+        "l2",
+        "c",
+        "iterations",
+        "grad_evals",
+        "labels",
+        "predicted",
+        "targets",
+    ):
         assert torch.equal(getattr(back, name), getattr(res, name)), name
     assert back.settings == res.settings and back.mode == "targeted"
     summary = res.summary()

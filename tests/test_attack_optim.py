@@ -21,8 +21,12 @@ def random_box_qps(batch: int, dim: int, seed: int) -> tuple[torch.Tensor, torch
 
 def scipy_box_qp(q: np.ndarray, b: np.ndarray, x0: np.ndarray) -> float:
     res = scipy.optimize.minimize(
-        lambda z: (0.5 * z @ q @ z + b @ z, q @ z + b), x0, jac=True, method="L-BFGS-B",
-        bounds=[(0.0, 1.0)] * len(x0), options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 10000},
+        lambda z: (0.5 * z @ q @ z + b @ z, q @ z + b),
+        x0,
+        jac=True,
+        method="L-BFGS-B",
+        bounds=[(0.0, 1.0)] * len(x0),
+        options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 10000},
     )
     return float(res.fun)
 
@@ -91,7 +95,14 @@ def test_compact_form_equals_explicit_bfgs_with_ring_order_and_c() -> None:
     SS, SYl, YlYl = s @ s.T, s @ yl.T, yl @ yl.T
     dv = (mem[0] @ v[0])[None]
     hv, has = _apply_inverse_hessian(
-        v, dv, torch.tensor([c], dtype=torch.float64), SS[None], SYl[None], YlYl[None], time[None], mem
+        v,
+        dv,
+        torch.tensor([c], dtype=torch.float64),
+        SS[None],
+        SYl[None],
+        YlYl[None],
+        time[None],
+        mem,
     )
     y = yl + 2 * c * s
     order = torch.argsort(time).tolist()
@@ -115,8 +126,14 @@ def test_invalid_pairs_are_ignored() -> None:
     v = torch.randn(1, dim, generator=gen, dtype=torch.float64)
     dv = (mem[0] @ v[0])[None]
     hv, _ = _apply_inverse_hessian(
-        v, dv, torch.zeros(1, dtype=torch.float64), (s @ s.T)[None], (s @ yl.T)[None],
-        (yl @ yl.T)[None], time[None], mem,
+        v,
+        dv,
+        torch.zeros(1, dtype=torch.float64),
+        (s @ s.T)[None],
+        (s @ yl.T)[None],
+        (yl @ yl.T)[None],
+        time[None],
+        mem,
     )
     expected = explicit_bfgs_inverse([(s[0].numpy(), yl[0].numpy())], 0.5) @ v[0].numpy()
     np.testing.assert_allclose(hv[0].numpy(), expected, rtol=1e-9, atol=1e-12)

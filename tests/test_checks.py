@@ -87,7 +87,9 @@ def test_training_mode_is_refused_with_the_fix() -> None:
 
 def test_probability_outputs_are_refused() -> None:
     model = nn.Sequential(nn.Linear(6, 3), nn.Softmax(dim=1)).eval()
-    with pytest.raises(InvalidInputError, match=r"look like probabilities.*remove the final softmax"):
+    with pytest.raises(
+        InvalidInputError, match=r"look like probabilities.*remove the final softmax"
+    ):
         LBFGS(progress=False)(model, torch.rand(4, 6))
     log_probs = nn.Sequential(nn.Linear(6, 3), nn.LogSoftmax(dim=1)).eval()
     result = LBFGS(progress=False)(log_probs, torch.rand(2, 6))  # log-probabilities are logits

@@ -56,4 +56,6 @@ def test_mnist5k_is_announced_on_stderr_and_mnist_is_not(fake_commands: None) ->
 
 def test_every_registered_command_imports() -> None:
     for name in cli_main.COMMANDS:
-        assert isinstance(cli_main.cli.get_command(click.Context(cli_main.cli), name), click.Command)
+        assert isinstance(
+            cli_main.cli.get_command(click.Context(cli_main.cli), name), click.Command
+        )

@@ -34,7 +34,9 @@ def test_nan_is_refused_rather_than_written_as_invalid_json(tmp_path: Path) -> N
     assert not (tmp_path / "r.json").exists()
 
 
-@pytest.mark.parametrize(("content", "message"), [(None, "not found"), ('{"a": ', "not valid JSON")])
+@pytest.mark.parametrize(
+    ("content", "message"), [(None, "not found"), ('{"a": ', "not valid JSON")]
+)
 def test_read_json_errors_are_one_line(tmp_path: Path, content: str | None, message: str) -> None:
     path = tmp_path / "r.json"
     if content is not None:

@@ -137,7 +137,9 @@ def test_unknown_name_without_close_match_lists_all() -> None:
 
 def _tiny() -> nn.Sequential:
     return nn.Sequential(
-        OrderedDict(flatten=nn.Flatten(), fc1=nn.Linear(784, 5), act1=nn.Tanh(), out=nn.Linear(5, 10))
+        OrderedDict(
+            flatten=nn.Flatten(), fc1=nn.Linear(784, 5), act1=nn.Tanh(), out=nn.Linear(5, 10)
+        )
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import warnings
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from intriguing.cli.main import cli
@@ -40,16 +42,24 @@ def test_report_rerenders_without_computing(run_dir: Path, monkeypatch: pytest.M
     monkeypatch.setattr("intriguing.attacks.LBFGS.__call__", boom)
     monkeypatch.setattr("intriguing.experiments.reproduce.run_graph", boom)
     monkeypatch.setattr("intriguing.training.api.train_model", boom)
+    monkeypatch.setattr("intriguing.analysis.units.analyse_units", boom)
+    monkeypatch.setattr("intriguing.analysis.lipschitz.network_bounds", boom)
+    monkeypatch.setattr(importlib.import_module("intriguing.analysis.sandwich"), "sandwich", boom)
+    monkeypatch.setattr("intriguing.report.units_figures.render_units_figures", boom)
+    before = (run_dir / "report.md").read_text()
     for name in ("report.md", "report.html"):
         (run_dir / name).unlink()
     result = CliRunner().invoke(cli, ["report", str(run_dir)])
     assert result.exit_code == 0, result.output
     assert (run_dir / "report.md").exists() and (run_dir / "report.html").exists()
+    md = (run_dir / "report.md").read_text()
+    assert md == before  # same report from the stored results, units and spectral included
+    assert "Unit analysis (§3)" in md and "Spectral analysis (§4.3)" in md
 
 
 def test_html_is_self_contained_with_paper_numbers(run_dir: Path) -> None:
     page = (run_dir / "report.html").read_text()
-    assert page.count('src="data:image/png;base64,') == 4
+    assert page.count('src="data:image/png;base64,') == 6  # 4 + the units step's two figures
     assert not re.search(r'(src|href)="(?!data:)', page)  # nothing external
     assert "(7.4%)" in page and "(0.062)" in page  # softmax1's paper test error and distortion
     assert 'class="flag"' in page
@@ -66,6 +76,83 @@ def test_markdown_lists_claims_and_tables(run_dir: Path) -> None:
     assert (
         "figures/figure7.png" in md and (run_dir / "figures" / "figure7.png").stat().st_size > 1000
     )
+
+
+def test_results_and_report_hold_units_and_spectral_sections(run_dir: Path) -> None:
+    doc = json.loads((run_dir / "results.json").read_text())
+    units = doc["units"]["softmax1"]
+    assert units["schema"] == "intriguing.units/1" and units["layer"] == "flatten"
+    assert units["dim"] == 784 and units["n_images"] == doc["dataset"]["test_size"]
+    assert units["record"] == "steps/units/softmax1.json"
+    assert all("directions" not in fam for fam in units["families"].values())
+    for path in units["figures"].values():
+        assert (run_dir / path).stat().st_size > 1000
+    spectral = doc["spectral"]
+    assert set(spectral["models"]) == {"softmax1", "softmax2", "softmax3"}
+    assert spectral["sandwich"]["softmax1"]["source"] == "table1"
+    assert spectral["sandwich"]["softmax3"]["source"] == "own attack"
+    md = (run_dir / "report.md").read_text()
+    assert "Verdict: softmax1/flatten: natural-basis directions" in md
+    assert "Verdict: softmax1: the certified bound is never above" in md
+    assert "artifacts/units/softmax1/softmax1-topk.png" in md
+    ids = {c["id"]: c for c in doc["claims"]}
+    assert ids["spectral-certified"]["verdict"] == "holds"
+    test = next(c for c in units["comparisons"] if (c["a"], c["b"]) == ("natural", "random"))
+    better = test["p_mannwhitney"] < 0.05 and test["rank_biserial"] > 0
+    assert ids["units-not-privileged"]["verdict"] == ("fails" if better else "holds")
+
+
+def _out_weight(model: torch.nn.Module) -> torch.Tensor:
+    out = model.get_submodule("out")
+    assert isinstance(out, torch.nn.Linear)
+    return out.weight.detach()
+
+
+@pytest.mark.filterwarnings("ignore:.*mnist-5k")
+def test_spectral_bound_of_a_linear_model_is_its_spectral_norm(run_dir: Path) -> None:
+    """Oracle: softmax's Lipschitz constant is the largest singular value of its weight matrix."""
+    from intriguing.training import load_model
+
+    doc = json.loads((run_dir / "results.json").read_text())
+    for name in ("softmax1", "softmax3"):
+        weight = _out_weight(load_model(name, dataset="mnist-5k")).double()
+        singular = torch.linalg.svdvals(weight)
+        entry = doc["spectral"]["models"][name]
+        assert entry["lipschitz_upper"] == pytest.approx(float(singular[0]), rel=1e-9)
+        out = entry["bound"]["layers"][-1]
+        assert out["lower"] == pytest.approx(float(singular[-1]), rel=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:.*mnist-5k")
+def test_sandwich_reuses_table1_attacks_and_certifies_the_exact_linear_radius(
+    run_dir: Path,
+) -> None:
+    """Oracle: on a linear model the pairwise radius is min_j (z_y - z_j) / ||W_y - W_j||."""
+    from intriguing.data import load_mnist
+    from intriguing.training import load_model
+
+    record = json.loads((run_dir / "steps/sandwich/softmax1.json").read_text())["result"]
+    shard = json.loads(
+        (run_dir / "steps/attack/train/softmax1/untargeted/shard-0000.json").read_text()
+    )
+    rows = record["examples"]
+    assert [r["index"] for r in rows[:4]] == shard["result"]["indices"]
+    for row, dist in zip(rows, shard["result"]["distortion"], strict=False):
+        assert row["attack_distortion"] == pytest.approx(dist, rel=1e-6)
+    model = load_model("softmax1", dataset="mnist-5k").double()
+    images, labels = load_mnist(dataset="mnist-5k").split("train")
+    w = _out_weight(model)
+    for row in rows:
+        x, y = images[row["index"]].double().reshape(1, -1), int(labels[row["index"]])
+        z = model(x.reshape(1, 1, 28, 28)).detach()[0]
+        radius = min(
+            float((z[y] - z[j]) / torch.linalg.vector_norm(w[y] - w[j]))
+            for j in range(10)
+            if j != y
+        )
+        assert row["certified_pairwise"] == pytest.approx(radius / 28.0, rel=1e-6)
+        assert row["certified_pairwise"] <= row["attack_distortion"] + 1e-12
+    assert record["summary"]["violations"] == 0
 
 
 def test_cells_flag_notable_differences() -> None:

@@ -82,7 +82,9 @@ def test_weight_penalty_matches_hand_computation(divisor: str, k: float) -> None
     config = TrainConfig(weight_decay={"fc1": 1e-3, "out": 0.5}, decay_divisor=divisor)
     penalty = weight_penalty(decay_terms(model, config))
     k_out = 10.0 if divisor == "units" else k
-    expected = 1e-3 * model.fc1.weight.pow(2).sum() / k + 0.5 * model.out.weight.pow(2).sum() / k_out
+    expected = (
+        1e-3 * model.fc1.weight.pow(2).sum() / k + 0.5 * model.out.weight.pow(2).sum() / k_out
+    )
     assert penalty.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
@@ -133,8 +135,12 @@ def test_sgd_with_dropout_trains_the_conv_net() -> None:
     images, labels = _blobs(100)
     torch.manual_seed(0)
     model = build_model("Conv")
-    metrics = train(model, images, labels, TrainConfig(optimizer="sgd", epochs=5, lr=0.05, batch_size=10,
-                                                          schedule="constant"))
+    metrics = train(
+        model,
+        images,
+        labels,
+        TrainConfig(optimizer="sgd", epochs=5, lr=0.05, batch_size=10, schedule="constant"),
+    )
     assert metrics.train_error < 0.2
     assert math.isfinite(metrics.loss)
 
@@ -146,8 +152,14 @@ def test_training_is_deterministic_given_the_seed(optimizer: str) -> None:
     for _ in range(2):
         torch.manual_seed(1)
         model = build_model("Conv")
-        config = TrainConfig(optimizer=optimizer, iterations=5, epochs=1, lr=1e-3 if optimizer == "adam" else 1.0,
-                             batch_size=20, seed=7)
+        config = TrainConfig(
+            optimizer=optimizer,
+            iterations=5,
+            epochs=1,
+            lr=1e-3 if optimizer == "adam" else 1.0,
+            batch_size=20,
+            seed=7,
+        )
         torch.manual_seed(12345 + len(states))  # unrelated global RNG use must not matter
         train(model, images, labels, config)
         states.append(model.state_dict())
@@ -175,9 +187,15 @@ def test_frozen_prefix_gives_the_same_result_as_full_forward() -> None:
     torch.manual_seed(0)
     plain = build_model("AE400-10")
     plain.fc1.requires_grad_(False)  # optimise the output layer by hand through the full model
-    opt = torch.optim.LBFGS(plain.out.parameters(), max_iter=15, max_eval=15 * 25,
-                            tolerance_grad=1e-7, tolerance_change=1e-10, line_search_fn="strong_wolfe",
-                            history_size=20)
+    opt = torch.optim.LBFGS(
+        plain.out.parameters(),
+        max_iter=15,
+        max_eval=15 * 25,
+        tolerance_grad=1e-7,
+        tolerance_change=1e-10,
+        line_search_fn="strong_wolfe",
+        history_size=20,
+    )
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
@@ -231,7 +249,9 @@ def test_sparse_autoencoder_loss_terms() -> None:
         (torch.zeros(4, 1, 28, 28, dtype=torch.uint8), torch.zeros(4, dtype=torch.int64), "float"),
     ],
 )
-def test_bad_training_data_is_rejected(images: torch.Tensor, labels: torch.Tensor, message: str) -> None:
+def test_bad_training_data_is_rejected(
+    images: torch.Tensor, labels: torch.Tensor, message: str
+) -> None:
     with pytest.raises(InvalidInputError, match=message):
         train(_softmax(), images, labels, TrainConfig(iterations=1))
 

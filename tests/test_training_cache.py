@@ -72,7 +72,9 @@ def test_sidecar_records_everything(trained: api_module.TrainedModel) -> None:
     assert sidecar["model"] == TINY
     assert sidecar["seed"] == 0
     assert sidecar["dataset"] == data.identity
-    assert TrainConfig.from_dict(sidecar["config"]) == TrainConfig(iterations=5, weight_decay={"out": 1e-4})
+    assert TrainConfig.from_dict(sidecar["config"]) == TrainConfig(
+        iterations=5, weight_decay={"out": 1e-4}
+    )
     assert set(sidecar["versions"]) >= {"torch", "numpy", "safetensors", "python"}
     assert sidecar["created"].endswith("+00:00")
     test_error = error_rate(trained.model, data.test_images, data.test_labels)
@@ -111,7 +113,9 @@ def test_model_trained_on_p1_records_its_split() -> None:
     assert result.sidecar["metrics"]["steps"] == 20  # 2000 P1 images / batch 100
 
 
-def test_load_checkpoint_from_an_explicit_path(trained: api_module.TrainedModel, tmp_path: Path) -> None:
+def test_load_checkpoint_from_an_explicit_path(
+    trained: api_module.TrainedModel, tmp_path: Path
+) -> None:
     for path in (trained.path, trained.path.with_suffix(".json")):
         loaded = load_checkpoint(path)
         assert loaded.name == TINY
@@ -126,7 +130,9 @@ def _copy_checkpoint(trained: api_module.TrainedModel, directory: Path) -> Path:
     return weights
 
 
-def test_truncated_weights_raise_checkpoint_error(trained: api_module.TrainedModel, tmp_path: Path) -> None:
+def test_truncated_weights_raise_checkpoint_error(
+    trained: api_module.TrainedModel, tmp_path: Path
+) -> None:
     weights = _copy_checkpoint(trained, tmp_path)
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(CheckpointError, match="checksum") as info:
@@ -158,14 +164,18 @@ def test_flipped_byte_is_detected(trained: api_module.TrainedModel, tmp_path: Pa
         load_checkpoint(weights)
 
 
-def test_corrupt_sidecar_raises_checkpoint_error(trained: api_module.TrainedModel, tmp_path: Path) -> None:
+def test_corrupt_sidecar_raises_checkpoint_error(
+    trained: api_module.TrainedModel, tmp_path: Path
+) -> None:
     weights = _copy_checkpoint(trained, tmp_path)
     weights.with_suffix(".json").write_text("{not json")
     with pytest.raises(CheckpointError, match="corrupt sidecar"):
         load_checkpoint(weights)
 
 
-def test_missing_files_raise_checkpoint_error(trained: api_module.TrainedModel, tmp_path: Path) -> None:
+def test_missing_files_raise_checkpoint_error(
+    trained: api_module.TrainedModel, tmp_path: Path
+) -> None:
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "nothing.safetensors")
     weights = _copy_checkpoint(trained, tmp_path)
@@ -195,7 +205,9 @@ def test_corrupt_cache_entry_fails_clearly_and_retrain_repairs_it(
         with pytest.raises(CheckpointError, match="retrain"):
             load_model(TINY, dataset="mnist-5k")
         repaired = train_model(TINY, dataset="mnist-5k", retrain=True)
-        assert torch.equal(load_model(TINY, dataset="mnist-5k").out.weight, trained.model.out.weight)
+        assert torch.equal(
+            load_model(TINY, dataset="mnist-5k").out.weight, trained.model.out.weight
+        )
         assert repaired.path == trained.path
     finally:
         if trained.path.stat().st_size < len(original):
@@ -243,7 +255,9 @@ def test_concurrent_requests_train_once(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(api_module, "train", counting_train)
     results: list[api_module.TrainedModel] = []
     threads = [
-        threading.Thread(target=lambda: results.append(train_model(TINY, dataset="mnist-5k", seed=5)))
+        threading.Thread(
+            target=lambda: results.append(train_model(TINY, dataset="mnist-5k", seed=5))
+        )
         for _ in range(2)
     ]
     for thread in threads:

@@ -45,7 +45,16 @@ def _assert_one_line_error(result, fragment: str) -> None:  # type: ignore[no-un
 def test_zoo_lists_every_model_with_paper_numbers(runner: CliRunner) -> None:
     result = runner.invoke(cli, ["zoo"])
     assert result.exit_code == 0, result.output
-    for name in ("softmax1", "softmax3", "N100-100-10", "N200-200-10", "AE400-10", "Conv", "M1'", "M2"):
+    for name in (
+        "softmax1",
+        "softmax3",
+        "N100-100-10",
+        "N200-200-10",
+        "AE400-10",
+        "Conv",
+        "M1'",
+        "M2",
+    ):
         assert name in result.output
     assert "7.40%" in result.output  # softmax1's test error in the paper
 
@@ -82,7 +91,9 @@ def test_eval_reports_every_split(runner: CliRunner, tmp_path: Path) -> None:
     assert {"train_error", "test_error", "p1_error", "p2_error"} <= set(data)
     # P1 and P2 halve the training set: the train error is their mean (2000 images each)
     assert data["train_error"] == pytest.approx((data["p1_error"] + data["p2_error"]) / 2)
-    by_path = runner.invoke(cli, ["eval", "--checkpoint", data["checkpoint"], "--dataset", "mnist-5k"])
+    by_path = runner.invoke(
+        cli, ["eval", "--checkpoint", data["checkpoint"], "--dataset", "mnist-5k"]
+    )
     assert by_path.exit_code == 0, by_path.output
     assert f"{100 * data['test_error']:.2f}%" in by_path.output
 

@@ -3,6 +3,7 @@
 - :class:`LBFGS` / :func:`lbfgs_attack`: the batched box-constrained L-BFGS minimum-distortion attack;
 - :class:`AttackResult`: its structured result (adversarial images, success, distortion, ...);
 - :func:`gaussian_noise`, :func:`amplify`: the baselines of Tables 2 and 4;
+- :func:`exact_linear_attack`: the exact minimum-distortion perturbation of a linear model (a QP);
 - :func:`rms_distortion`, :func:`l2_distance`, :func:`success_mask`: measures;
 - the checks of :mod:`intriguing.attacks.checks`, reusable by other analyses;
 - :class:`BoxLBFGS`, :func:`minimize_box`: the batched projected L-BFGS optimiser itself.
@@ -19,6 +20,7 @@ from intriguing.attacks.checks import (
     check_logits,
     warn_zero_gradients,
 )
+from intriguing.attacks.exact_linear import ExactLinearResult, exact_linear_attack
 from intriguing.attacks.lbfgs import LBFGS, lbfgs_attack
 from intriguing.attacks.losses import LOSSES, attack_loss
 from intriguing.attacks.metrics import l2_distance, rms_distortion, success_mask
@@ -35,6 +37,7 @@ __all__ = [
     "AttackResult",
     "AttackWarning",
     "BoxLBFGS",
+    "ExactLinearResult",
     "Perturbed",
     "all_targets",
     "amplify",
@@ -44,6 +47,7 @@ __all__ = [
     "check_labels",
     "check_logits",
     "choose_targets",
+    "exact_linear_attack",
     "gaussian_noise",
     "l2_distance",
     "lbfgs_attack",

@@ -150,11 +150,15 @@ class Attack(ABC):
         labels = check_labels(labels, n, num_classes=num_classes).to(device)
         if targets is not None:
             if self.mode != "targeted":
-                raise InvalidInputError("targets given to an untargeted attack; construct it with mode='targeted'")
+                raise InvalidInputError(
+                    "targets given to an untargeted attack; construct it with mode='targeted'"
+                )
             targets = check_labels(targets, n, num_classes=num_classes, name="targets").to(device)
             same = int((targets == labels).sum())
             if same:
-                raise InvalidInputError(f"{same} target(s) equal their label; choose targets != labels")
+                raise InvalidInputError(
+                    f"{same} target(s) equal their label; choose targets != labels"
+                )
         raw = self.run(model, x, labels, targets, clean_logits)
         return self._finalize(model, x, labels, raw, start).to(images.device)
 

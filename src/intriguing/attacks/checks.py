@@ -87,7 +87,9 @@ def check_eval_mode(model: nn.Module) -> None:
     Raises:
         InvalidInputError: ``model.training`` (or a submodule's) is True.
     """
-    training = [name or type(model).__name__ for name, module in model.named_modules() if module.training]
+    training = [
+        name or type(model).__name__ for name, module in model.named_modules() if module.training
+    ]
     if training:
         raise InvalidInputError(
             f"model is in training mode ({training[0]}); call model.eval() before attacking it"

@@ -153,9 +153,13 @@ class LBFGS(Attack):
         _positive("c_rtol", c_rtol)
         if not c_factor > 1.0:
             raise InvalidInputError(f"c_factor must be > 1, got {c_factor}")
-        for name, value in (("search_steps", search_steps), ("memory", memory),
-                            ("max_iter", max_iter), ("batch_size", batch_size),
-                            ("threads", 1 if threads is None else threads)):
+        for name, value in (
+            ("search_steps", search_steps),
+            ("memory", memory),
+            ("max_iter", max_iter),
+            ("batch_size", batch_size),
+            ("threads", 1 if threads is None else threads),
+        ):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InvalidInputError(f"{name} must be an integer >= 1, got {value!r}")
         self.mode, self.target, self.loss, self.kappa = mode, target, loss, float(kappa)
@@ -238,7 +242,9 @@ class LBFGS(Attack):
             return solved
         shape = images.shape[1:]
         reached = self.predict(model, solved.adversarial[redo].reshape(-1, *shape)).argmax(1)
-        problems = _Problems(redo, reached, reached, start=solved.adversarial[redo], c0=solved.c[redo])
+        problems = _Problems(
+            redo, reached, reached, start=solved.adversarial[redo], c0=solved.c[redo]
+        )
         search = _Search(self, model, images, labels, problems, REFINE_TEMPERATURE, REFINE_FACTOR)
         polished = search.solve()
         better = polished.success & (polished.d2 < solved.d2[redo])
@@ -251,8 +257,13 @@ class LBFGS(Attack):
         return solved
 
     def _evaluate(
-        self, model: nn.Module, x: torch.Tensor, shape: tuple[int, ...], goal: torch.Tensor,
-        untargeted: torch.Tensor, temperature: float,
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        shape: tuple[int, ...],
+        goal: torch.Tensor,
+        untargeted: torch.Tensor,
+        temperature: float,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Logits ``(b, K)``, loss ``(b,)`` and loss gradient ``(b, D)`` at flat points ``x``."""
         xi = x.detach().reshape(x.shape[0], *shape).requires_grad_(True)
@@ -281,8 +292,14 @@ class _Search:
     """The per-example c-search over a pool of ``batch_size`` optimiser slots (see module docs)."""
 
     def __init__(
-        self, attack: LBFGS, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-        problems: _Problems, temperature: float, c_factor: float | None = None,
+        self,
+        attack: LBFGS,
+        model: nn.Module,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        problems: _Problems,
+        temperature: float,
+        c_factor: float | None = None,
     ) -> None:
         self.attack, self.model, self.temperature = attack, model, temperature
         self.c_factor = attack.c_factor if c_factor is None else c_factor
@@ -293,9 +310,16 @@ class _Search:
         P = problems.example.shape[0]
         B = min(attack.batch_size, P)
         self.opt = BoxLBFGS(
-            B, dim, memory=attack.memory, max_iter=attack.max_iter, pgtol=attack.pgtol,
-            ftol=attack.ftol, device=dev, dtype=images.dtype,
+            B,
+            dim,
+            memory=attack.memory,
+            max_iter=attack.max_iter,
+            pgtol=attack.pgtol,
+            ftol=attack.ftol,
+            device=dev,
+            dtype=images.dtype,
         )
+
         def f64(size: int, value: float) -> torch.Tensor:
             return torch.full((size,), value, device=dev, dtype=torch.float64)
 
@@ -346,7 +370,16 @@ class _Search:
             )
         return self.out
 
-    _SLOT_STATE = ("slot_problem", "c_succ", "c_fail", "stages", "succ_cur", "best_x", "best_d2", "best_c")
+    _SLOT_STATE = (
+        "slot_problem",
+        "c_succ",
+        "c_fail",
+        "stages",
+        "succ_cur",
+        "best_x",
+        "best_d2",
+        "best_c",
+    )
 
     def _fill(self) -> None:
         """Load the next problems into free slots; shrink the slots once the queue is empty."""
@@ -417,12 +450,18 @@ class _Search:
         a = self.attack
         c = self.opt.c[slots]
         ok = self.succ_cur[slots]
-        self.c_succ[slots] = torch.where(ok, torch.maximum(self.c_succ[slots], c), self.c_succ[slots])
-        self.c_fail[slots] = torch.where(ok, self.c_fail[slots], torch.minimum(self.c_fail[slots], c))
+        self.c_succ[slots] = torch.where(
+            ok, torch.maximum(self.c_succ[slots], c), self.c_succ[slots]
+        )
+        self.c_fail[slots] = torch.where(
+            ok, self.c_fail[slots], torch.minimum(self.c_fail[slots], c)
+        )
         self.stages[slots] += 1
         c_succ, c_fail = self.c_succ[slots], self.c_fail[slots]
         bracketed = (c_succ > 0) & torch.isfinite(c_fail)
-        step = torch.pow(self.c_factor, self.stages[slots].double())  # accelerating: f, f^2, f^3, ...
+        step = torch.pow(
+            self.c_factor, self.stages[slots].double()
+        )  # accelerating: f, f^2, f^3, ...
         new_c = torch.where(
             bracketed,
             torch.sqrt(c_succ * torch.where(bracketed, c_fail, c_succ)),
@@ -460,11 +499,17 @@ def _reduce(solved: _Solved, problems: _Problems, n: int) -> RawAttack:
     P = problems.example.shape[0]
     if n == P:
         return RawAttack(
-            adversarial=solved.adversarial, claimed=solved.success, c=solved.c,
-            iterations=solved.iterations, grad_evals=solved.grad_evals, targets=problems.targets,
+            adversarial=solved.adversarial,
+            claimed=solved.success,
+            c=solved.c,
+            iterations=solved.iterations,
+            grad_evals=solved.grad_evals,
+            targets=problems.targets,
         )
     k = P // n  # "best": k consecutive problems per example
-    rank = torch.where(solved.success, solved.d2, math.inf)  # all failures: the first target's attempt
+    rank = torch.where(
+        solved.success, solved.d2, math.inf
+    )  # all failures: the first target's attempt
     pick = rank.view(n, k).argmin(1) + torch.arange(n, device=rank.device) * k
     return RawAttack(
         adversarial=solved.adversarial[pick],

@@ -98,8 +98,29 @@ class BoxLBFGS:
     """
 
     _STATE = (
-        "active", "waiting", "fresh", "need_dir", "x", "xt", "d", "anchor", "gl", "fl", "r2", "c", "alpha", "gtd",
-        "ls_steps", "stage_iters", "iterations", "evaluations", "mem", "time", "clock", "SS", "SYl",
+        "active",
+        "waiting",
+        "fresh",
+        "need_dir",
+        "x",
+        "xt",
+        "d",
+        "anchor",
+        "gl",
+        "fl",
+        "r2",
+        "c",
+        "alpha",
+        "gtd",
+        "ls_steps",
+        "stage_iters",
+        "iterations",
+        "evaluations",
+        "mem",
+        "time",
+        "clock",
+        "SS",
+        "SYl",
         "YlYl",
     )
 
@@ -156,7 +177,9 @@ class BoxLBFGS:
         self._buffers: dict[str, torch.Tensor] = {}
 
     # ----------------------------------------------------------------------------------- control
-    def load(self, slots: torch.Tensor, x0: torch.Tensor, anchor: torch.Tensor, c: torch.Tensor) -> None:
+    def load(
+        self, slots: torch.Tensor, x0: torch.Tensor, anchor: torch.Tensor, c: torch.Tensor
+    ) -> None:
         """Start new problems in ``slots`` ``(k,)`` from ``x0`` ``(k, D)`` (clipped to the box).
 
         The next :meth:`trial` evaluates ``x0`` itself; memory and counters are cleared.
@@ -171,7 +194,13 @@ class BoxLBFGS:
         self.fresh[slots] = True
         self.need_dir[slots] = False
         self.time[slots] = NO_TIME
-        for counter in (self.ls_steps, self.stage_iters, self.iterations, self.evaluations, self.clock):
+        for counter in (
+            self.ls_steps,
+            self.stage_iters,
+            self.iterations,
+            self.evaluations,
+            self.clock,
+        ):
             counter[slots] = 0
 
     def set_c(self, slots: torch.Tensor, c: torch.Tensor) -> None:
@@ -280,7 +309,9 @@ class BoxLBFGS:
         self.fresh &= ~accepted
         self.iterations += stepped.long()
         self.stage_iters += stepped.long()
-        self.ls_steps = torch.where(accepted, torch.zeros_like(self.ls_steps), self.ls_steps + rejected.long())
+        self.ls_steps = torch.where(
+            accepted, torch.zeros_like(self.ls_steps), self.ls_steps + rejected.long()
+        )
 
         g = self._gradient(self.x, self.gl, self.anchor, c, out=self._buf("g"))
         pg = torch.sub(self.x, g, out=self._buf("p")).clamp_(self.lower, self.upper).sub_(self.x)
@@ -301,7 +332,11 @@ class BoxLBFGS:
         return StepEvents(accepted=accepted[idx], converged=converged[idx])
 
     def _gradient(
-        self, x: torch.Tensor, gl: torch.Tensor, anchor: torch.Tensor, c: torch.Tensor,
+        self,
+        x: torch.Tensor,
+        gl: torch.Tensor,
+        anchor: torch.Tensor,
+        c: torch.Tensor,
         out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Full gradient ``gl + 2 c (x - anchor)`` ``(n, D)`` (into ``out``, a ``(B, D)`` buffer)."""
@@ -313,8 +348,13 @@ class BoxLBFGS:
 
     # ----------------------------------------------------------------------------------- internals
     def _insert(
-        self, store: torch.Tensor, s: torch.Tensor, yl: torch.Tensor,
-        ss: torch.Tensor, syl: torch.Tensor, ylyl: torch.Tensor,
+        self,
+        store: torch.Tensor,
+        s: torch.Tensor,
+        yl: torch.Tensor,
+        ss: torch.Tensor,
+        syl: torch.Tensor,
+        ylyl: torch.Tensor,
     ) -> None:
         """Put each storing slot's pair into its oldest memory position and update the Gram matrices."""
         m = self.m
@@ -360,7 +400,14 @@ class BoxLBFGS:
         v = g * free
         mem = self.mem[slots]
         hv, has_memory = _apply_inverse_hessian(
-            v, _mem_dot(mem, v), c, self.SS[slots], self.SYl[slots], self.YlYl[slots], self.time[slots], mem
+            v,
+            _mem_dot(mem, v),
+            c,
+            self.SS[slots],
+            self.SYl[slots],
+            self.YlYl[slots],
+            self.time[slots],
+            mem,
         )
         d = -hv * free
         alpha, d, reset = _first_step(v, d, g, has_memory)
@@ -382,7 +429,9 @@ class BoxLBFGS:
         moved = torch.sub(xt, self.x, out=self._buf("r"))
         self.gtd = torch.where(mask, _dot(g, moved), self.gtd)
 
-    def _backtrack(self, mask: torch.Tensor, f_old: torch.Tensor, f_new: torch.Tensor, g: torch.Tensor) -> None:
+    def _backtrack(
+        self, mask: torch.Tensor, f_old: torch.Tensor, f_new: torch.Tensor, g: torch.Tensor
+    ) -> None:
         """Shrink the step of the slots in ``mask`` by safeguarded quadratic interpolation."""
         alpha, gtd = self.alpha, self.gtd
         denom = 2.0 * (f_new - f_old - gtd)
@@ -466,7 +515,9 @@ def _apply_inverse_hessian(
     a = dv[:, :m] * validf
     b = (dv[:, m:] + 2.0 * c[:, None] * dv[:, :m]) * validf
     u = torch.linalg.solve(R, a)
-    w = diag_sy * validf * u + gamma[:, None] * ((YY * pair.double()).bmm(u[:, :, None]).squeeze(2) - b)
+    w = diag_sy * validf * u + gamma[:, None] * (
+        (YY * pair.double()).bmm(u[:, :, None]).squeeze(2) - b
+    )
     p = torch.linalg.solve(R.transpose(1, 2), w) * validf
     q = -u * validf
     coef = torch.cat((p + 2.0 * c[:, None] * gamma[:, None] * q, gamma[:, None] * q), dim=1)
@@ -512,8 +563,16 @@ def minimize_box(
     """
     B, D = x0.shape
     opt = BoxLBFGS(
-        B, D, memory=memory, lower=lower, upper=upper, max_iter=max_iter, pgtol=pgtol, ftol=ftol,
-        device=x0.device, dtype=x0.dtype,
+        B,
+        D,
+        memory=memory,
+        lower=lower,
+        upper=upper,
+        max_iter=max_iter,
+        pgtol=pgtol,
+        ftol=ftol,
+        device=x0.device,
+        dtype=x0.dtype,
     )
     slots = torch.arange(B, device=x0.device)
     cc = torch.as_tensor(c, dtype=torch.float64, device=x0.device).expand(B).clone()

@@ -145,10 +145,14 @@ class AttackResult:
             tensors = load_file(str(target))
             meta = json.loads(sidecar.read_text(encoding="utf-8"))
         except Exception as exc:  # safetensors raises several types for corrupt files
-            raise IntriguingError(f"{target}: corrupt attack result ({exc}); rerun the attack") from None
+            raise IntriguingError(
+                f"{target}: corrupt attack result ({exc}); rerun the attack"
+            ) from None
         missing = [name for name in _TENSOR_FIELDS if name not in tensors]
         if missing:
-            raise IntriguingError(f"{target}: attack result lacks {', '.join(missing)}; rerun the attack")
+            raise IntriguingError(
+                f"{target}: attack result lacks {', '.join(missing)}; rerun the attack"
+            )
         return cls(
             **{name: tensors[name] for name in _TENSOR_FIELDS},
             mode=str(meta.get("mode", "")),

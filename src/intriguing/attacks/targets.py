@@ -19,7 +19,9 @@ TARGET_CHOICES = ("random", "next", "least-likely", "best")
 def check_target_choice(choice: str | int) -> str | int:
     """Validate a chooser name or a fixed target class; returns it unchanged."""
     if isinstance(choice, bool) or not isinstance(choice, (str, int)):
-        raise InvalidInputError(f"target must be one of {', '.join(TARGET_CHOICES)} or a class index")
+        raise InvalidInputError(
+            f"target must be one of {', '.join(TARGET_CHOICES)} or a class index"
+        )
     if isinstance(choice, str) and choice not in TARGET_CHOICES:
         raise InvalidInputError(
             f"unknown target chooser {choice!r}; choose one of {', '.join(TARGET_CHOICES)} or a class index"
@@ -54,7 +56,9 @@ def choose_targets(
     num_classes = int(clean_logits.shape[1])
     if isinstance(choice, int):
         if choice >= num_classes:
-            raise InvalidInputError(f"target class {choice} is out of range for {num_classes} classes")
+            raise InvalidInputError(
+                f"target class {choice} is out of range for {num_classes} classes"
+            )
         same = int((labels == choice).sum())
         if same:
             raise InvalidInputError(

@@ -71,27 +71,67 @@ def _select_images(
         raise InvalidInputError(
             f"only {len(index)} suitable images in the {split} split; lower --n to at most {len(index)}"
         )
-    meta = {"dataset": dataset, "split": split, "identity": data.identity, "correct_only": correct_only}
+    meta = {
+        "dataset": dataset,
+        "split": split,
+        "identity": data.identity,
+        "correct_only": correct_only,
+    }
     return images[index], labels[index], meta
 
 
 @click.command("attack")
 @click.argument("model_name", metavar="MODEL")
-@click.option("--n", "n", type=click.IntRange(min=1), default=100, show_default=True,
-              help="Number of images to attack.")
-@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True,
-              help="Which MNIST split the images come from.")
-@click.option("--mode", type=click.Choice(["untargeted", "targeted"]), default="untargeted",
-              show_default=True, help="untargeted: any wrong class; targeted: a chosen class.")
+@click.option(
+    "--n",
+    "n",
+    type=click.IntRange(min=1),
+    default=100,
+    show_default=True,
+    help="Number of images to attack.",
+)
+@click.option(
+    "--split",
+    type=click.Choice(["test", "train"]),
+    default="test",
+    show_default=True,
+    help="Which MNIST split the images come from.",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["untargeted", "targeted"]),
+    default="untargeted",
+    show_default=True,
+    help="untargeted: any wrong class; targeted: a chosen class.",
+)
 @click.option("--target", "target_text", default=None, metavar="CHOOSER|INT", help=TARGET_HELP)
-@click.option("--all-images", is_flag=True, default=False,
-              help="Attack the first N images, also those the model already misclassifies.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=512, show_default=True,
-              help="Examples optimised at once.")
-@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
-              help="CPU threads for the attack (more threads rarely help its small operations).")
-@click.option("--save", "save_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the full result (safetensors, plus a .json sidecar) to this file.")
+@click.option(
+    "--all-images",
+    is_flag=True,
+    default=False,
+    help="Attack the first N images, also those the model already misclassifies.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=512,
+    show_default=True,
+    help="Examples optimised at once.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="CPU threads for the attack (more threads rarely help its small operations).",
+)
+@click.option(
+    "--save",
+    "save_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the full result (safetensors, plus a .json sidecar) to this file.",
+)
 @data_options
 @seed_option
 @json_option
@@ -115,7 +155,11 @@ def attack(
     from intriguing.attacks import LBFGS
 
     attacker = LBFGS(
-        mode=mode, target=parse_target(target_text), batch_size=batch_size, seed=seed, threads=threads
+        mode=mode,
+        target=parse_target(target_text),
+        batch_size=batch_size,
+        seed=seed,
+        threads=threads,
     )
     model = _load_model(model_name, dataset, data_dir)
     images, labels, meta = _select_images(model, dataset, data_dir, split, n, not all_images)

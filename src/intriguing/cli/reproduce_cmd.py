@@ -1,4 +1,4 @@
-"""``intriguing reproduce`` and ``intriguing report``: the paper's MNIST experiments (§4.2) and their report."""
+"""``intriguing reproduce`` and ``intriguing report``: the paper's MNIST experiments (§3, §4.2, §4.3) and their report."""
 
 from __future__ import annotations
 
@@ -63,7 +63,8 @@ def reproduce(
     data_dir: Path | None,
     seed: int,
 ) -> None:
-    """Run Tables 1-4 and Figure 7 of the paper on MNIST and write report.md / report.html / results.json.
+    """Run Tables 1-4 and Figure 7 of the paper on MNIST, the unit analysis (§3) and the spectral
+    bounds (§4.3), and write report.md / report.html / results.json.
 
     Sizes: --quick (100 examples per model), default (5000), --full (every example). Killed runs
     resume where they stopped when rerun with the same options.

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from intriguing.cli.options import data_options, json_option, seed_option
 from intriguing.errors import IntriguingError
+from intriguing.report.render import format_bound
 
 ALEXNET = "alexnet"
 ALEXNET_INPUT = (3, 224, 224)
@@ -59,15 +60,6 @@ def _load_alexnet() -> tuple[Any, list[Any]]:
     return model, named
 
 
-def fmt(value: float | None) -> str:
-    """A bound for the table: 4 significant digits, '-' for none."""
-    if value is None:
-        return "-"
-    if value == 0 or 1e-3 <= abs(value) < 1e5:
-        return f"{value:.4g}"
-    return f"{value:.3e}"
-
-
 def bound_table(bound: Any, title: str) -> Table:
     """A rich table like the paper's Table 5 (plus the non-linear layers' constants)."""
     table = Table(title=title)
@@ -86,7 +78,7 @@ def bound_table(bound: Any, title: str) -> Table:
             column, justify="right" if column in ("upper", "exact", "lower") else "left"
         )
     for layer in bound.layers:
-        exact_text = fmt(layer.exact)
+        exact_text = format_bound(layer.exact)
         power = layer.details.get("exact_norm")
         if power is not None and not power["converged"]:
             exact_text += "*"
@@ -96,14 +88,14 @@ def bound_table(bound: Any, title: str) -> Table:
             layer.size,
             layer.stride,
             "x".join(map(str, layer.output_shape)),
-            fmt(layer.upper),
+            format_bound(layer.upper),
             exact_text,
-            fmt(layer.lower),
+            format_bound(layer.lower),
             layer.method,
         )
     table.caption = (
-        f"product (certified Lipschitz upper bound) = {fmt(bound.lipschitz)}; "
-        f"with exact norms = {fmt(bound.lipschitz_exact_norms)}. upper: certified; exact: zero-padded "
+        f"product (certified Lipschitz upper bound) = {format_bound(bound.lipschitz)}; "
+        f"with exact norms = {format_bound(bound.lipschitz_exact_norms)}. upper: certified; exact: zero-padded "
         "operator by power iteration (from below; * = not converged); lower: smallest singular value "
         "of the linear operator bounded by 'upper'"
     )
@@ -120,12 +112,12 @@ def sandwich_table(summary: dict[str, Any]) -> Table:
     for form in ("global", "pairwise"):
         values = summary[f"ratio_{form}_quantiles"]
         if values:
-            table.add_row(form, *(fmt(v) for v in values.values()))
+            table.add_row(form, *(format_bound(v) for v in values.values()))
     table.caption = (
         f"{summary['used']} of {summary['examples']} examples (correct and attacked); violations "
         f"(certified > attack): {summary['violations']}; mean attack distortion "
-        f"{fmt(summary['mean_attack_distortion'])}, certified global {fmt(summary['mean_certified_global'])}, "
-        f"pairwise {fmt(summary['mean_certified_pairwise'])}"
+        f"{format_bound(summary['mean_attack_distortion'])}, certified global {format_bound(summary['mean_certified_global'])}, "
+        f"pairwise {format_bound(summary['mean_certified_pairwise'])}"
     )
     return table
 

@@ -31,11 +31,20 @@ def zoo(as_json: bool) -> None:
         click.echo(json.dumps(rows, indent=2))
         return
     table = Table(title="intriguing model zoo (Szegedy et al. 2014, §4.2)", show_lines=False)
-    for column in ("name", "description", "split", "paper train err", "paper test err", "paper distortion"):
+    for column in (
+        "name",
+        "description",
+        "split",
+        "paper train err",
+        "paper test err",
+        "paper distortion",
+    ):
         table.add_column(column, overflow="fold")
     for entry in entries:
         paper = entry.paper
-        train_err = paper.get("train_error", paper.get("err_p1" if entry.train_split == "p1" else "err_p2"))
+        train_err = paper.get(
+            "train_error", paper.get("err_p1" if entry.train_split == "p1" else "err_p2")
+        )
         table.add_row(
             entry.name + (f" ({', '.join(entry.aliases)})" if entry.aliases else ""),
             entry.description,
@@ -77,7 +86,9 @@ def train(
     from intriguing.training import train_model
 
     get_entry(name)  # unknown names fail before any data is loaded
-    trained = train_model(name, dataset=dataset, data_dir=data_dir, seed=seed, retrain=retrain, log=_echo_log)
+    trained = train_model(
+        name, dataset=dataset, data_dir=data_dir, seed=seed, retrain=retrain, log=_echo_log
+    )
     metrics = trained.metrics
     result = {
         "model": trained.name,
@@ -128,9 +139,14 @@ def eval_cmd(
             raise InvalidInputError(f"{checkpoint} holds {trained.name!r}, not {name!r}")
     else:
         get_entry(str(name))
-        trained = train_model(str(name), dataset=dataset, data_dir=data_dir, seed=seed, log=_echo_log)
+        trained = train_model(
+            str(name), dataset=dataset, data_dir=data_dir, seed=seed, log=_echo_log
+        )
     data = load_mnist(data_dir, dataset=dataset)
-    errors = {split: error_rate(trained.model, *data.split(split)) for split in ("train", "test", "p1", "p2")}
+    errors = {
+        split: error_rate(trained.model, *data.split(split))
+        for split in ("train", "test", "p1", "p2")
+    }
     result = {
         "model": trained.name,
         "dataset": dataset,

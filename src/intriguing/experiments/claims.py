@@ -1,4 +1,4 @@
-"""The paper's qualitative claims of §4.2, each with a verdict computed from our numbers.
+"""The paper's qualitative claims of §3, §4.2 and §4.3, each with a verdict computed from our numbers.
 
 A claim is ``{"id", "claim", "verdict", "evidence", "holds", "total"}``: ``verdict`` is ``"holds"``,
 ``"partly"`` (some but not all cells agree), ``"fails"`` or ``"n/a"`` (nothing to judge);
@@ -12,6 +12,7 @@ from typing import Any
 
 DISTORTION_BOUND = 0.15  # "every model reaches 100% error at distortion below 0.15"
 NOISE_ACCURACY_MARGIN = 0.25  # Fig. 7: stddev-1 noise must leave this much more accuracy than 0%
+UNITS_ALPHA = 0.05  # §3: significance level of the natural-vs-random Mann-Whitney test
 
 
 def _verdict(holds: int, total: int) -> str:
@@ -122,9 +123,84 @@ def noise_leaves_accuracy(figure7: Mapping[str, Any]) -> dict[str, Any]:
     )
 
 
-def all_claims(tables: Mapping[str, Any], figure7: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Every claim, in the order of the paper."""
+def _natural_vs_random(run: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    metric = "purity" if "purity" in run["metrics"] else "pixel_cosine"
+    for c in run["comparisons"]:
+        if c["a"] == "natural" and c["b"] == "random" and c["metric"] == metric:
+            return c
+    return None
+
+
+def units_not_privileged(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """§3: single units are not significantly more coherent than random directions.
+
+    Per units run (schema ``intriguing.units/1``): holds unless the two-sided Mann-Whitney test of
+    natural vs random (purity, or pixel cosine without labels) has ``p < UNITS_ALPHA`` with a
+    positive rank-biserial correlation (units more coherent). Runs without the test are not counted.
+    """
+    holds = total = 0
+    parts = []
+    for run in runs:
+        test = _natural_vs_random(run)
+        if test is None:
+            continue
+        total += 1
+        better = test["p_mannwhitney"] < UNITS_ALPHA and test["rank_biserial"] > 0
+        holds += int(not better)
+        parts.append(
+            f"{run['model']}/{run['layer']} {test['metric']} {test['mean_a']:.3f} vs "
+            f"{test['mean_b']:.3f}, p = {test['p_mannwhitney']:.3g}, r = {test['rank_biserial']:+.2f}"
+        )
+    return _claim(
+        "units-not-privileged",
+        "§3: single units are no more coherent than random directions (natural vs random, "
+        f"two-sided Mann-Whitney at {UNITS_ALPHA:g})",
+        holds,
+        total,
+        "; ".join(parts) or "no unit analysis in this run",
+    )
+
+
+def certified_below_attack(sandwiches: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """§4.3: the certified lower bound never exceeds the attack's distortion (any example, any model).
+
+    Per sandwich step result: holds when ``violations == 0`` over at least one used example.
+    """
+    holds = total = 0
+    parts = []
+    for s in sandwiches:
+        summary = s["summary"]
+        if summary["used"] == 0:
+            continue
+        total += 1
+        holds += int(summary["violations"] == 0)
+        ratio = s.get("median_ratio")
+        parts.append(
+            f"{s['model']}: {summary['violations']} of {summary['used']} violations, median "
+            f"attack/certified {'-' if ratio is None else f'{ratio:.3g}'}"
+        )
+    return _claim(
+        "spectral-certified",
+        "§4.3: the certified lower bound (margin / Lipschitz product) is at most the attack's "
+        "distortion for every example",
+        holds,
+        total,
+        "; ".join(parts) or "no sandwich in this run",
+    )
+
+
+def all_claims(
+    tables: Mapping[str, Any],
+    figure7: Mapping[str, Any],
+    *,
+    units: Sequence[Mapping[str, Any]] = (),
+    sandwiches: Sequence[Mapping[str, Any]] = (),
+) -> list[dict[str, Any]]:
+    """Every claim, in the order of the paper (§3 units first; §4.3 after §4.2)."""
+    analysis_first = [units_not_privileged(units)] if units else []
+    analysis_last = [certified_below_attack(sandwiches)] if sandwiches else []
     return [
+        *analysis_first,
         every_model_fooled(tables["table1"]["rows"]),
         transfer_beats_noise(tables["table2"], "table2-transfer", "Table 2 (cross-model)"),
         every_model_fooled(tables["table3"]["rows"])
@@ -136,4 +212,5 @@ def all_claims(tables: Mapping[str, Any], figure7: Mapping[str, Any]) -> list[di
         transfer_beats_noise(tables["table4"], "table4-transfer", "Table 4 (cross-training-set)"),
         amplified_beats_raw(tables["table4"]),
         noise_leaves_accuracy(figure7),
+        *analysis_last,
     ]

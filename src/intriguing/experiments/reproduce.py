@@ -11,6 +11,9 @@
     noise/<split>/<stddev>                  Gaussian-noise rows
     amplify/<split>/<m>                     Table 4's amplified rows
     figure7                                 images and the stddev-1 noise accuracy
+    units/<m>                               §3: units vs random directions (analysis_steps)
+    spectral/<m>                            §4.3: per-layer frame bounds, Table 5 analogue
+    sandwich/<m>                            certified radius vs Table 1's (or its own) attack
     tables/table1..table4, claims           assembled from the above
 
 :func:`run_reproduce` runs (or resumes) them in a :class:`RunStore` and writes ``results.json``
@@ -33,6 +36,7 @@ from typing import Any
 import torch
 
 from intriguing._io import atomic_write_json
+from intriguing.experiments import analysis_steps as an
 from intriguing.experiments import claims as claims_mod
 from intriguing.experiments import steps as st
 from intriguing.experiments import tables as tb
@@ -217,8 +221,75 @@ def build_steps(
             (*f7_deps, *(f"model/{m}" for m in f7.models)),
         )
     )
-    steps += _assembly_steps(spec, sum12, rows12, sum34, rows34)
+    analysis = _analysis_steps(spec, bench, split_sizes, steps, sum12)
+    steps += analysis
+    steps += _assembly_steps(
+        spec, sum12, rows12, sum34, rows34, tuple(s.key for s in analysis if "/" in s.key)
+    )
     return steps
+
+
+def _analysis_steps(
+    spec: ReproduceSpec,
+    bench: st.Workbench,
+    split_sizes: dict[str, int],
+    earlier: list[Step],
+    sum12: dict[str, dict[str, str]],
+) -> list[Step]:
+    """units/<m>, spectral/<m> and sandwich/<m> steps (paper §3 and §4.3)."""
+    identity, seed = bench.data.identity, spec.seed
+    u, sp = spec.units, spec.spectral
+    out: list[Step] = []
+    for model in u.models:
+        n_images = min(u.n_images, split_sizes[u.split])
+        config = {
+            "families": list(u.families),
+            "k": u.k,
+            "n_directions": u.n_directions,
+            "seed": st.derived_seed(seed, "units", model),
+            "alphas": list(u.alphas),
+            "n_null": u.n_null,
+            "n_resamples": u.n_resamples,
+        }
+        params: dict[str, Any] = {
+            "model": model,
+            "layer": an.hidden_layer(model, u.layer_of(model)),
+            "split": u.split,
+            "n_images": n_images,
+            "config": config,
+            "checkpoint": st.checkpoint_key(model, identity, seed),
+        }
+        out.append(_step(f"units/{model}", partial(an.units_step, bench), params))
+    for model in spec.spectral_models():
+        bound_params = {
+            "model": model,
+            "checkpoint": st.checkpoint_key(model, identity, seed),
+            "exact_method": sp.exact_method,
+            "power_iterations": sp.power_iterations,
+        }
+        out.append(_step(f"spectral/{model}", partial(an.spectral_step, bench), bound_params))
+    t1 = spec.table1
+    for model in sp.sandwich_models:
+        params = {
+            "model": model,
+            "exact_method": sp.exact_method,
+            "power_iterations": sp.power_iterations,
+        }
+        deps: tuple[str, ...] = (f"spectral/{model}",)
+        if model in sum12["untargeted"]:
+            prefix = f"attack/{t1.split}/{model}/untargeted/shard-"
+            shards = [s.key for s in earlier if s.key.startswith(prefix)]
+            summary = sum12["untargeted"][model]
+            params |= {"source": an.SOURCE_TABLE1, "summary": summary, "shards": shards}
+            deps += (summary, *shards)
+        else:
+            params |= {
+                "source": an.SOURCE_OWN,
+                "n": min(sp.sandwich_examples, split_sizes["test"]),
+                "attack": spec.attack.kwargs(),
+            }
+        out.append(_step(f"sandwich/{model}", partial(an.sandwich_step, bench), params, deps))
+    return out
 
 
 def _assembly_steps(
@@ -227,6 +298,7 @@ def _assembly_steps(
     rows12: dict[str, list[str]],
     sum34: dict[str, dict[str, str]],
     rows34: dict[str, list[str]],
+    analysis: tuple[str, ...],
 ) -> list[Step]:
     t1_models = {m: f"model/{m}" for m in spec.table1.models}
     t3_models = {m: f"model/{m}" for m in spec.table3.models}
@@ -262,7 +334,12 @@ def _assembly_steps(
         tables = {
             name: ctx.deps[f"tables/{name}"] for name in ("table1", "table2", "table3", "table4")
         }
-        return claims_mod.all_claims(tables, ctx.deps["figure7"])
+        return claims_mod.all_claims(
+            tables,
+            ctx.deps["figure7"],
+            units=[ctx.deps[k] for k in analysis if k.startswith("units/")],
+            sandwiches=[ctx.deps[k] for k in analysis if k.startswith("sandwich/")],
+        )
 
     all12 = tuple(k for v in rows12.values() for k in v)
     all34 = tuple(k for v in rows34.values() for k in v)
@@ -289,7 +366,14 @@ def _assembly_steps(
             "claims",
             claims,
             {"claims": 1},
-            ("tables/table1", "tables/table2", "tables/table3", "tables/table4", "figure7"),
+            (
+                "tables/table1",
+                "tables/table2",
+                "tables/table3",
+                "tables/table4",
+                "figure7",
+                *(k for k in analysis if k.startswith(("units/", "sandwich/"))),
+            ),
         ),
     ]
 
@@ -332,6 +416,12 @@ def assemble(
             name: results[f"tables/{name}"] for name in ("table1", "table2", "table3", "table4")
         },
         "figure7": results["figure7"],
+        "units": {
+            results[k]["model"]: an.compact_units(results[k], f"steps/{k}.json")
+            for k in results
+            if k.startswith("units/")
+        },
+        "spectral": spectral_section(results),
         "claims": results["claims"],
         "timings": {
             "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -340,6 +430,24 @@ def assemble(
             "steps_s": step_times,
         },
     }
+
+
+def spectral_section(results: dict[str, Any]) -> dict[str, Any]:
+    """results.json's ``spectral``: per-model bounds and the sandwich summaries (no per-example rows)."""
+    bounds = {r["model"]: r for k, r in results.items() if k.startswith("spectral/")}
+    sandwiches = {
+        r["model"]: {
+            "source": r["source"],
+            "split": r["split"],
+            "ratio_form": an.ratio_form(r["summary"]),
+            "median_ratio": r["median_ratio"],
+            "summary": r["summary"],
+            "record": f"steps/{k}.json",
+        }
+        for k, r in results.items()
+        if k.startswith("sandwich/")
+    }
+    return {"models": bounds, "sandwich": sandwiches}
 
 
 def run_reproduce(

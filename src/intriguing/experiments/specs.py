@@ -15,7 +15,8 @@ full      6 models x 60000    3 models x 10000     the paper's full training and
 
 Beside the §4.2 tables a run holds the unit analysis of §3 (:class:`UnitsSpec`: the last hidden layer
 of Conv and N100-100-10 on the test set; tiny: softmax1's pixel layer, the documented pixel-space
-control) and the spectral analysis of §4.3 (:class:`SpectralSpec`: per-layer frame bounds of every
+control; quick: 25 directions of the natural and random families on the first 5000 test images)
+and the spectral analysis of §4.3 (:class:`SpectralSpec`: per-layer frame bounds of every
 model, and the certified-vs-attack sandwich of softmax1 and N100-100-10).
 
 "x 100" means the first 100 examples of the split that the model classifies correctly (Table 1's
@@ -238,13 +239,15 @@ class ReproduceSpec:
                 )
             )
         )
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (stored in results.json as ``config``)."""
         return dataclasses.asdict(self)
 
 
 QUICK_UNITS = UnitsSpec(
-    families=("natural", "random", "classmean"),
+    n_images=5000,
+    families=("natural", "random"),
     n_directions=25,
     n_null=1000,
     n_resamples=999,

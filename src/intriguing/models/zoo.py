@@ -37,10 +37,17 @@ MLP_DECAY = {"fc1": 1e-5, "fc2": 1e-5, "out": 1e-6}
 
 
 def _table1(train_error: float, test_error: float, distortion: float) -> Mapping[str, Any]:
-    return {"table": "1", "train_error": train_error, "test_error": test_error, "distortion": distortion}
+    return {
+        "table": "1",
+        "train_error": train_error,
+        "test_error": test_error,
+        "distortion": distortion,
+    }
 
 
-def _table3(err_p1: float, err_p2: float, test_error: float, distortion: float) -> Mapping[str, Any]:
+def _table3(
+    err_p1: float, err_p2: float, test_error: float, distortion: float
+) -> Mapping[str, Any]:
     return {
         "table": "3",
         "err_p1": err_p1,

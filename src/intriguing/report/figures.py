@@ -21,17 +21,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 
-from intriguing._io import atomic_path
-
-
-def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
-    target = Path(path)
-    with atomic_path(target) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return target
+from intriguing.report.plotting import save_figure as _save
 
 
 def _interleave(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
@@ -94,7 +85,9 @@ def plot_distortions(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[
     x = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(names)), 3.0))
     for k, (label, values) in enumerate(series):
-        ax.bar(x + (k - 1) * 0.27, values, 0.27, label=label, alpha=0.75 if label == "paper" else 1.0)
+        ax.bar(
+            x + (k - 1) * 0.27, values, 0.27, label=label, alpha=0.75 if label == "paper" else 1.0
+        )
     ax.set_xticks(x, names, rotation=20, fontsize=8)
     ax.set_ylabel("mean distortion (RMS per pixel)")
     ax.legend(fontsize=7)

@@ -192,6 +192,185 @@ def claims_blocks(claims: Sequence[Mapping[str, Any]]) -> list[Block]:
     ]
 
 
+def format_bound(value: float | None) -> str:
+    """A frame bound: 4 significant digits, '-' for none."""
+    if value is None:
+        return "-"
+    if value == 0 or 1e-3 <= abs(value) < 1e5:
+        return f"{value:.4g}"
+    return f"{value:.3e}"
+
+
+def units_blocks(units: Mapping[str, Any], figures: Mapping[str, str]) -> list[Block]:
+    """§3: per model, each family's purity against the random-subset null, the test and a verdict."""
+    from intriguing.report.units_figures import units_verdict
+
+    if not units:
+        return []
+    blocks: list[Block] = [
+        Heading("Unit analysis (§3): single units vs random directions"),
+        Para(
+            "Top-k test images along each direction of the last hidden layer; coherence is the "
+            "share of the most common label among them (purity; pixel cosine without labels). "
+            "The null is random k-image subsets of the same images."
+        ),
+    ]
+    for model, run in units.items():
+        metric = "purity" if "purity" in run["metrics"] else "pixel_cosine"
+        null = run["null"][metric]
+        rows = [
+            (
+                Cell("null (random subsets)"),
+                Cell(str(run["null"]["n_subsets"])),
+                Cell("-"),
+                Cell(num(null["mean"])),
+                Cell(num(null["median"])),
+                Cell(f"p95 = {num(null['threshold_p95'])}"),
+            )
+        ]
+        for name, fam in run["families"].items():
+            summary = fam["summary"][metric]
+            rows.append(
+                (
+                    Cell(name),
+                    Cell(str(fam["n_directions"])),
+                    Cell(str(fam["n_dead"])),
+                    Cell(num(summary.get("mean"))),
+                    Cell(num(summary.get("median"))),
+                    Cell(pct(summary["vs_null"].get("frac_beyond_null_p95"))),
+                )
+            )
+        verdict = units_verdict(dict(run))
+        blocks += [
+            Heading(
+                f"{model}, layer {run['layer']} (D = {run['dim']}, {run['n_images']} images, "
+                f"k = {run['config']['k']})",
+                3,
+            ),
+            Table(
+                (
+                    "family",
+                    "directions",
+                    "dead",
+                    f"{metric} mean",
+                    f"{metric} median",
+                    "beyond null p95",
+                ),
+                tuple(rows),
+            ),
+            Para(f"Verdict: {verdict}"),
+        ]
+        for kind, caption in (
+            ("topk", "top-k images: units (left) and random directions (right)"),
+            ("distributions", f"per-direction {metric} beside the null"),
+        ):
+            key = f"units:{model}:{kind}"
+            if key in figures:
+                blocks.append(Figure(figures[key], f"{model}: {caption}"))
+    return blocks
+
+
+def spectral_blocks(spectral: Mapping[str, Any]) -> list[Block]:
+    """§4.3: Table 5's per-layer frame bounds and products, and the certified/attack sandwich."""
+    if not spectral or not spectral.get("models"):
+        return []
+    rows = []
+    for model, entry in spectral["models"].items():
+        for i, layer in enumerate(entry["bound"]["layers"]):
+            rows.append(
+                (
+                    Cell(model if i == 0 else ""),
+                    Cell(str(layer["name"])),
+                    Cell(str(layer["kind"])),
+                    Cell(str(layer["size"] or "-")),
+                    Cell(format_bound(layer["upper"])),
+                    Cell(format_bound(layer["lower"])),
+                    Cell(format_bound(layer["exact"])),
+                )
+            )
+    products = tuple(
+        (
+            Cell(model),
+            Cell(format_bound(entry["lipschitz_upper"])),
+            Cell(format_bound(entry["lipschitz_exact_norms"])),
+        )
+        for model, entry in spectral["models"].items()
+    )
+    blocks: list[Block] = [
+        Heading("Spectral analysis (§4.3): frame bounds per layer (Table 5 analogue)"),
+        Table(
+            ("model", "layer", "type", "size", "upper", "lower", "exact"),
+            tuple(rows),
+            "upper: certified Lipschitz bound of the layer; lower: smallest singular value of its "
+            "linear operator; exact: zero-padded operator norm by power iteration (from below)",
+        ),
+        Table(
+            ("model", "product of upper bounds", "product with exact norms"),
+            products,
+            "the product is a certified upper bound on the network's Lipschitz constant",
+        ),
+    ]
+    return blocks + sandwich_blocks(spectral.get("sandwich") or {})
+
+
+def sandwich_blocks(sandwiches: Mapping[str, Any]) -> list[Block]:
+    """Certified lower bound vs attack distortion, with the never-above check and the median ratio."""
+    if not sandwiches:
+        return []
+    rows = []
+    verdicts = []
+    for model, s in sandwiches.items():
+        summary = s["summary"]
+        quantiles = summary.get(f"ratio_{s['ratio_form']}_quantiles") or {}
+        source = (
+            f"Table 1 attack ({s['split']})"
+            if s["source"] == "table1"
+            else f"own attack ({s['split']})"
+        )
+        rows.append(
+            (
+                Cell(model),
+                Cell(source),
+                Cell(f"{summary['used']}/{summary['examples']}"),
+                Cell(str(summary["violations"]), summary["violations"] > 0),
+                Cell(num(summary["mean_attack_distortion"], 4)),
+                Cell(
+                    num(summary["mean_certified_pairwise"] or summary["mean_certified_global"], 4)
+                ),
+                Cell(s["ratio_form"]),
+                *(Cell(format_bound(quantiles.get(q))) for q in ("q05", "q50", "q95")),
+            )
+        )
+        ratio = "-" if s["median_ratio"] is None else f"{s['median_ratio']:.3g}"
+        verdicts.append(
+            f"{model}: the certified bound is "
+            + ("never above" if summary["violations"] == 0 else "ABOVE")
+            + f" the attack's distortion ({summary['violations']} violations over "
+            f"{summary['used']} examples); median attack/certified ratio {ratio}"
+        )
+    return [
+        Heading("Certified lower bound vs attack distortion", 3),
+        Table(
+            (
+                "model",
+                "examples from",
+                "used / examples",
+                "certified > attack",
+                "mean attack distortion",
+                "mean certified",
+                "ratio form",
+                "ratio q05",
+                "ratio median",
+                "ratio q95",
+            ),
+            tuple(rows),
+            "ratio = attack distortion / certified radius per example (>= 1 always); used: "
+            "correctly classified and successfully attacked",
+        ),
+        Para("Verdict: " + "; ".join(verdicts) + "."),
+    ]
+
+
 def run_blocks(doc: Mapping[str, Any]) -> list[Block]:
     cfg, data, timings = doc["config"], doc["dataset"], doc["timings"]
     files = ", ".join(f"{k}: {v.get('md5', '?')}" for k, v in (data.get("files") or {}).items())
@@ -260,6 +439,8 @@ def build_blocks(doc: Mapping[str, Any], figures: Mapping[str, str]) -> list[Blo
             Heading("Figure 7: adversarial examples and Gaussian noise"),
             Figure(figures["figure7"], "Odd columns originals, even columns adversarial / noisy"),
         ]
+    blocks += units_blocks(doc.get("units") or {}, figures)
+    blocks += spectral_blocks(doc.get("spectral") or {})
     blocks += run_blocks(doc)
     return blocks
 
@@ -331,7 +512,18 @@ def render_figures(run_dir: Path, doc: Mapping[str, Any]) -> dict[str, str]:
             load_figure7(run_dir, doc["figure7"]["artifact"]), doc["figure7"], out / "figure7.png"
         ),
     }
-    return {kind: path.relative_to(run_dir).as_posix() for kind, path in made.items()}
+    paths = {kind: path.relative_to(run_dir).as_posix() for kind, path in made.items()}
+    return paths | units_figure_paths(run_dir, doc.get("units") or {})
+
+
+def units_figure_paths(run_dir: Path, units: Mapping[str, Any]) -> dict[str, str]:
+    """``units:<model>:<kind>`` -> path of the figures the units steps stored (those still there)."""
+    found: dict[str, str] = {}
+    for model, run in units.items():
+        for kind, path in (run.get("figures") or {}).items():
+            if (run_dir / path).is_file():
+                found[f"units:{model}:{kind}"] = str(path)
+    return found
 
 
 def render_report(run_dir: str | os.PathLike[str]) -> dict[str, Path]:

@@ -24,24 +24,15 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.figure import Figure
 
-from intriguing._io import atomic_path
 from intriguing.errors import InvalidInputError
+from intriguing.report.plotting import save_figure as _save
 
 METRIC_LABELS: dict[str, str] = {
     "purity": "top-k label purity",
     "entropy": "top-k label entropy (bits)",
     "pixel_cosine": "top-k mean pairwise pixel cosine",
 }
-
-
-def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
-    target = Path(path)
-    with atomic_path(target) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return target
 
 
 def _to_display(image: np.ndarray) -> tuple[np.ndarray, str | None]:

@@ -101,7 +101,9 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save_checkpoint(model: nn.Module, weights_path: Path, sidecar: dict[str, Any]) -> dict[str, Any]:
+def save_checkpoint(
+    model: nn.Module, weights_path: Path, sidecar: dict[str, Any]
+) -> dict[str, Any]:
     """Write ``model``'s weights (safetensors) and ``sidecar`` (JSON) atomically.
 
     Adds ``format_version``, ``weights_file``, ``weights_sha256``, ``versions`` and ``created`` to
@@ -111,7 +113,9 @@ def save_checkpoint(model: nn.Module, weights_path: Path, sidecar: dict[str, Any
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(weights_path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt", "model": str(sidecar.get("model", ""))})
+        save_file(
+            tensors, str(tmp), metadata={"format": "pt", "model": str(sidecar.get("model", ""))}
+        )
     full = {
         "format_version": FORMAT_VERSION,
         **sidecar,
@@ -132,14 +136,24 @@ def read_sidecar(path: Path) -> dict[str, Any]:
     """
     sidecar_file = sidecar_path_for(Path(path))
     if not sidecar_file.is_file():
-        raise CheckpointError(f"{sidecar_file}: checkpoint sidecar not found; pass a checkpoint written by intriguing")
+        raise CheckpointError(
+            f"{sidecar_file}: checkpoint sidecar not found; pass a checkpoint written by intriguing"
+        )
     try:
         data = json.loads(sidecar_file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{sidecar_file}: corrupt sidecar ({exc}); delete the checkpoint and retrain") from None
-    missing = [k for k in ("model", "config", "weights_sha256") if not isinstance(data, dict) or k not in data]
+        raise CheckpointError(
+            f"{sidecar_file}: corrupt sidecar ({exc}); delete the checkpoint and retrain"
+        ) from None
+    missing = [
+        k
+        for k in ("model", "config", "weights_sha256")
+        if not isinstance(data, dict) or k not in data
+    ]
     if missing:
-        raise CheckpointError(f"{sidecar_file}: sidecar lacks {missing}; delete the checkpoint and retrain")
+        raise CheckpointError(
+            f"{sidecar_file}: sidecar lacks {missing}; delete the checkpoint and retrain"
+        )
     return data
 
 
@@ -165,17 +179,23 @@ def load_weights(model: nn.Module, path: Path, expected_sha256: str | None = Non
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable safetensors file ({message}); delete it and retrain") from None
+        raise CheckpointError(
+            f"{path}: not a readable safetensors file ({message}); delete it and retrain"
+        ) from None
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
         first = str(exc).splitlines()[0]
-        raise CheckpointError(f"{path}: weights do not fit the model ({first}); retrain it") from None
+        raise CheckpointError(
+            f"{path}: weights do not fit the model ({first}); retrain it"
+        ) from None
     return model
 
 
 @contextlib.contextmanager
-def training_lock(weights_path: Path, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+def training_lock(
+    weights_path: Path, on_wait: Callable[[str], None] | None = None
+) -> Iterator[None]:
     """Hold an exclusive lock for training the checkpoint ``weights_path`` (POSIX ``flock``).
 
     Two processes asking for the same uncached model then train it once: the second waits and

@@ -141,7 +141,9 @@ class TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
-            raise InvalidInputError(f"unknown TrainConfig fields {unknown}; expected some of {sorted(names)}")
+            raise InvalidInputError(
+                f"unknown TrainConfig fields {unknown}; expected some of {sorted(names)}"
+            )
         values = dict(data)
         if values.get("pretrain") is not None:
             values["pretrain"] = SparseAutoencoderConfig(**values["pretrain"])

@@ -81,7 +81,9 @@ def check_training_data(images: torch.Tensor, labels: torch.Tensor) -> None:
     if not torch.is_floating_point(images):
         raise InvalidInputError(f"images must be a float tensor, got dtype {images.dtype}")
     if images.ndim < 2 or images.shape[0] == 0:
-        raise InvalidInputError(f"images must have shape (N, ...) with N > 0, got {tuple(images.shape)}")
+        raise InvalidInputError(
+            f"images must have shape (N, ...) with N > 0, got {tuple(images.shape)}"
+        )
     if labels.shape != (images.shape[0],):
         raise InvalidInputError(
             f"labels must have shape ({images.shape[0]},) to match the images, got {tuple(labels.shape)}"
@@ -102,7 +104,9 @@ def layer_units(module: nn.Module) -> int:
         return module.out_features
     if isinstance(module, nn.modules.conv._ConvNd):
         return module.out_channels
-    raise InvalidInputError(f"weight decay needs an nn.Linear or nn.Conv layer, got {type(module).__name__}")
+    raise InvalidInputError(
+        f"weight decay needs an nn.Linear or nn.Conv layer, got {type(module).__name__}"
+    )
 
 
 def decay_terms(model: nn.Module, config: TrainConfig) -> list[tuple[torch.Tensor, float]]:
@@ -186,17 +190,25 @@ def train(
     if config.pretrain is not None:
         encoder = layers[config.pretrain.layer]
         if not isinstance(encoder, nn.Linear):
-            raise InvalidInputError(f"pretrain layer {config.pretrain.layer!r} must be an nn.Linear")
-        pretrain_sparse_autoencoder(encoder, images.flatten(1), config.pretrain, seed=config.seed, log=log)
+            raise InvalidInputError(
+                f"pretrain layer {config.pretrain.layer!r} must be an nn.Linear"
+            )
+        pretrain_sparse_autoencoder(
+            encoder, images.flatten(1), config.pretrain, seed=config.seed, log=log
+        )
     for name in config.frozen:
         layers[name].requires_grad_(False)
     trainable, inputs = _split_frozen_prefix(model, images)
     terms = decay_terms(model, config)
     model.train()
     if config.optimizer == "lbfgs":
-        steps, converged, history = _train_lbfgs(trainable, inputs, labels, terms, config, log, description)
+        steps, converged, history = _train_lbfgs(
+            trainable, inputs, labels, terms, config, log, description
+        )
     else:
-        steps, history = _train_minibatch(trainable, inputs, labels, terms, config, log, description)
+        steps, history = _train_minibatch(
+            trainable, inputs, labels, terms, config, log, description
+        )
         converged = False
     model.eval()
     loss = _objective(trainable, inputs, labels, terms)
@@ -247,11 +259,17 @@ def _split_frozen_prefix(model: nn.Module, images: torch.Tensor) -> tuple[nn.Mod
 
 
 def _is_stochastic(module: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.dropout._DropoutNd | nn.modules.batchnorm._BatchNorm) for m in module.modules())
+    return any(
+        isinstance(m, nn.modules.dropout._DropoutNd | nn.modules.batchnorm._BatchNorm)
+        for m in module.modules()
+    )
 
 
 def _objective(
-    model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, terms: list[tuple[torch.Tensor, float]]
+    model: nn.Module,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    terms: list[tuple[torch.Tensor, float]],
 ) -> float:
     """Full-data objective (mean cross-entropy + penalty) in eval mode, without gradient."""
     was_training = model.training
@@ -315,7 +333,10 @@ def _train_lbfgs(
             bar.update(task, completed=done)
             history.append(_history_row(done, loss, None, start))
             if done % LBFGS_LOG_EVERY == 0 or converged or done >= config.iterations:
-                _log(log, f"L-BFGS iteration {done}: loss {loss:.5f}, {time.perf_counter() - start:.0f}s")
+                _log(
+                    log,
+                    f"L-BFGS iteration {done}: loss {loss:.5f}, {time.perf_counter() - start:.0f}s",
+                )
     return done, converged, history
 
 
@@ -367,8 +388,11 @@ def _train_minibatch(
             row = _history_row(epoch * batches, total_loss / n, wrong / n, start)
             row["epoch"] = epoch
             history.append(row)
-            _log(log, f"epoch {epoch}/{config.epochs}: loss {total_loss / n:.4f}, "
-                 f"running train error {100 * wrong / n:.2f}%, {row['time_s']:.0f}s")
+            _log(
+                log,
+                f"epoch {epoch}/{config.epochs}: loss {total_loss / n:.4f}, "
+                f"running train error {100 * wrong / n:.2f}%, {row['time_s']:.0f}s",
+            )
     return config.epochs * batches, history
 
 
@@ -376,7 +400,9 @@ def _scheduler(
     optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int
 ) -> torch.optim.lr_scheduler.LRScheduler | None:
     if config.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total_steps)
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=config.lr, total_steps=total_steps
+        )
     if config.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
     return None
@@ -403,7 +429,9 @@ class _dropout_rng:  # noqa: N801 - used like a function
             torch.set_rng_state(self.saved)
 
 
-def _history_row(step: int, loss: float, train_error: float | None, start: float) -> dict[str, float]:
+def _history_row(
+    step: int, loss: float, train_error: float | None, start: float
+) -> dict[str, float]:
     row = {"step": float(step), "loss": loss, "time_s": time.perf_counter() - start}
     if train_error is not None:
         row["train_error"] = train_error
