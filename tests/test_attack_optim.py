@@ -163,3 +163,21 @@ def test_set_c_warm_start_reaches_the_new_optimum() -> None:
         expected = scipy_box_qp(qi, bi, anchor[i].numpy()) + 0.2 * float(anchor[i] @ anchor[i])
         got = float(opt.fl[i] + opt.c[i] * opt.r2[i])
         assert got == pytest.approx(expected, abs=1e-9)
+
+
+def test_trial_sq_distance_is_the_squared_distance_of_the_evaluated_points() -> None:
+    q, b = random_box_qps(4, 6, seed=3)
+    opt = BoxLBFGS(4, 6, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="without a preceding trial"):
+        opt.trial_sq_distance()
+    anchor = torch.full((4, 6), 0.5, dtype=torch.float64)
+    opt.load(torch.arange(4), anchor, anchor, torch.full((4,), 1.0, dtype=torch.float64))
+    for _ in range(5):  # the first trial is the anchor itself; later ones have moved
+        idx, x = opt.trial()
+        if len(idx) == 0:
+            break
+        expected = ((x - anchor[idx]) ** 2).sum(1)
+        assert torch.allclose(opt.trial_sq_distance(), expected, rtol=1e-12, atol=1e-15)
+        qx = (q[idx] @ x[:, :, None]).squeeze(2)
+        opt.observe(0.5 * (x * qx).sum(1) + (b[idx] * x).sum(1), qx + b[idx])
+    assert float(opt.r2.max()) > 0.0

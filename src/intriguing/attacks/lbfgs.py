@@ -424,9 +424,7 @@ class _Search:
             self.zero_gradients += int((grad[fresh].abs().amax(1) == 0).sum())
         labels = self.labels[self.problems.example[probs]]
         succ = success_mask(logits, labels, tgt)
-        anchor = self.opt.anchor if len(idx) == self.opt.capacity else self.opt.anchor[idx]
-        diff = xt - anchor
-        d2 = torch.linalg.vecdot(diff, diff).double()
+        d2 = self.opt.trial_sq_distance()  # (b,) float64 squared L2 of the trial points
         better = succ & (d2 < self.best_d2[idx])
         if bool(better.any()):
             slots = idx[better]

@@ -19,9 +19,11 @@ and of Kim, Sra and Dhillon's projected quasi-Newton (2010):
    slot's last ``m`` pairs ``(s, y)``, in the compact representation of Byrd, Nocedal and Schnabel
    (1994): ``H v = gamma v + S p + gamma Y q`` where ``u = R^-1 S'v``, ``q = -u`` and
    ``p = R^-T ((D + gamma Y'Y) u - gamma Y'v)``, with ``R`` the upper triangle (in time order) of
-   ``S'Y``, ``D`` its diagonal and ``gamma = s'y / y'y`` of the newest pair. All three passes over
-   the memory are batched matrix products over the ``(B, 2m, D)`` memory; the small ``m x m`` systems
-   are solved in float64. ``g' d = -(free g)' H (free g) < 0``: a descent direction.
+   ``S'Y``, ``D`` its diagonal and ``gamma = s'y / y'y`` of the newest pair. The memory
+   ``(B, 2m, D)`` is read twice per iteration, by batched matrix products only: once for
+   ``M [s; y_L; v]`` (the new pair, stored lazily at the next direction, and ``v``) and once for
+   ``M' coef``; the small ``m x m`` systems are solved in float64.
+   ``g' d = -(free g)' H (free g) < 0``: a descent direction.
 3. Projected backtracking line search, per slot: trial ``x(a) = clip(x + a d)``, accepted when
    ``F(x(a)) <= F(x) + eta * g'(x(a) - x)`` (Armijo along the projection arc); otherwise ``a`` shrinks
    by safeguarded quadratic interpolation into ``[0.1 a, 0.5 a]``. The first step of a slot without
@@ -102,6 +104,7 @@ class BoxLBFGS:
         "waiting",
         "fresh",
         "need_dir",
+        "pair_due",
         "x",
         "xt",
         "d",
@@ -117,6 +120,7 @@ class BoxLBFGS:
         "iterations",
         "evaluations",
         "mem",
+        "pair",
         "time",
         "clock",
         "SS",
@@ -153,6 +157,7 @@ class BoxLBFGS:
         self.waiting = zeros(B, kind=flag)  # converged, not yet handled
         self.fresh = zeros(B, kind=flag)  # trial is the stage's start point
         self.need_dir = zeros(B, kind=flag)  # direction due before the trial
+        self.pair_due = zeros(B, kind=flag)  # a pair in ``pair`` waits to enter the memory
         self.x = zeros(B, D)
         self.xt = zeros(B, D)
         self.d = zeros(B, D)
@@ -168,12 +173,14 @@ class BoxLBFGS:
         self.iterations = zeros(B, kind=i64)  # since load
         self.evaluations = zeros(B, kind=i64)  # since load
         self.mem = zeros(B, 2 * m, D)  # rows [0, m): S, rows [m, 2m): Y_L
+        self.pair = zeros(B, 3, D)  # the last step's s, yl, and the next direction's v (work)
         self.time = zeros(B, m, kind=i64) + NO_TIME
         self.clock = zeros(B, kind=i64)
         self.SS = zeros(B, m, m, kind=f64)
         self.SYl = zeros(B, m, m, kind=f64)  # [i, j] = s_i' yl_j
         self.YlYl = zeros(B, m, m, kind=f64)
         self._evaluated: torch.Tensor | None = None
+        self._r2t: torch.Tensor | None = None  # ||xt - anchor||^2 (B,) of the current trial
         self._buffers: dict[str, torch.Tensor] = {}
 
     # ----------------------------------------------------------------------------------- control
@@ -193,6 +200,7 @@ class BoxLBFGS:
         self.waiting[slots] = False
         self.fresh[slots] = True
         self.need_dir[slots] = False
+        self.pair_due[slots] = False
         self.time[slots] = NO_TIME
         for counter in (
             self.ls_steps,
@@ -233,15 +241,35 @@ class BoxLBFGS:
         if bool(due.any()):
             rows = due.nonzero().squeeze(1)
             if 8 * len(rows) <= self.capacity:
+                self._flush_pairs()
                 self._direction_for(rows)
             else:
                 self._direction_dense(due)
+        else:
+            self._flush_pairs()
         self.need_dir.zero_()
         idx = self.pending()
         self._evaluated = idx
+        self._r2t = None
         if len(idx) == self.capacity:
             return idx, self.xt
         return idx, self.xt[idx]
+
+    def trial_sq_distance(self) -> torch.Tensor:
+        """``||xt - anchor||^2`` ``(b,)`` float64 of the trial points of the last :meth:`trial`
+        (computed once: :meth:`observe` reuses it)."""
+        idx = self._evaluated
+        if idx is None:
+            raise RuntimeError("trial_sq_distance() called without a preceding trial()")
+        r2t = self._trial_r2()
+        return r2t if len(idx) == self.capacity else r2t[idx]
+
+    def _trial_r2(self) -> torch.Tensor:
+        """``||xt - anchor||^2`` ``(B,)`` float64 over all slots, cached until the next trial."""
+        if self._r2t is None:
+            rt = torch.sub(self.xt, self.anchor, out=self._buf("r"))
+            self._r2t = _dot(rt, rt)
+        return self._r2t
 
     def compact(self) -> torch.Tensor:
         """Drop the free slots from the state; returns the kept slots' old indices ``(k,)``."""
@@ -281,8 +309,8 @@ class BoxLBFGS:
             ev = torch.zeros(B, device=grad.device, dtype=torch.bool)
             ev[idx] = True
         c = self.c
-        rt = torch.sub(self.xt, self.anchor, out=self._buf("r"))
-        r2t = _dot(rt, rt)
+        r2t = self._trial_r2()
+        self._r2t = None
         f_new = L + c * r2t
         f_old = self.fl + c * self.r2
         finite = torch.isfinite(f_new) & torch.isfinite(G.sum(1))
@@ -293,8 +321,8 @@ class BoxLBFGS:
         self.evaluations += ev.long()
 
         # the pair (s, yl) of each step; y = yl + 2 c s is the full gradient difference
-        s = torch.sub(self.xt, self.x, out=self._buf("s"))
-        yl = torch.sub(G, self.gl, out=self._buf("y"))
+        s = torch.sub(self.xt, self.x, out=self.pair[:, 0])
+        yl = torch.sub(G, self.gl, out=self.pair[:, 1])
         ss, syl, ylyl = _dot(s, s), _dot(s, yl), _dot(yl, yl)
         sy = syl + 2.0 * c * ss
         yy = ylyl + 4.0 * c * syl + 4.0 * c * c * ss
@@ -323,8 +351,7 @@ class BoxLBFGS:
         retry = rejected & ~give_up
         converged = conv_acc | give_up
 
-        if bool(store.any()):
-            self._insert(store, s, yl, ss, syl, ylyl)
+        self.pair_due = store  # enters the memory in the next trial(), in one pass with M v
         self.need_dir |= go_on
         if bool(retry.any()):
             self._backtrack(retry, f_old, f_new, g)
@@ -347,23 +374,35 @@ class BoxLBFGS:
         return torch.addcmul(gl, scale, diff, out=out)
 
     # ----------------------------------------------------------------------------------- internals
-    def _insert(
-        self,
-        store: torch.Tensor,
-        s: torch.Tensor,
-        yl: torch.Tensor,
-        ss: torch.Tensor,
-        syl: torch.Tensor,
-        ylyl: torch.Tensor,
-    ) -> None:
-        """Put each storing slot's pair into its oldest memory position and update the Gram matrices."""
+    def _flush_pairs(self) -> None:
+        """Put the pending pairs (``pair_due``) into the memory (see :meth:`_insert_pairs`)."""
+        if bool(self.pair_due.any()):
+            self._insert_pairs(self.pair[:, :2])
+
+    def _flush_pairs_and_mem_dot_v(self) -> torch.Tensor:
+        """Flush the pending pairs and return ``M v`` ``(B, 2m)`` float64 against the updated
+        memory for ``v = pair[:, 2]`` ``(B, D)``, sharing one pass over the memory."""
+        if bool(self.pair_due.any()):
+            return self._insert_pairs(self.pair)[:, 2]
+        return _mem_dot(self.mem, self.pair[:, 2])
+
+    def _insert_pairs(self, vectors: torch.Tensor) -> torch.Tensor:
+        """Put each pending slot's pair ``(s, yl) = pair[:, 0], pair[:, 1]`` into its oldest memory
+        position and update the Gram matrices; returns ``M w`` ``(B, r, 2m)`` float64 for the rows
+        ``w`` of ``vectors`` ``(B, r, D)`` (``r >= 2``, starting with ``s, yl``), after the insertion.
+
+        Deferred from :meth:`observe` to the next :meth:`trial` so that the pair's products and the
+        direction's ``M v`` come from one batched product (one pass over the ``(B, 2m, D)`` memory).
+        """
         m = self.m
-        rows = store.nonzero().squeeze(1)
+        rows = self.pair_due.nonzero().squeeze(1)
+        self.pair_due = torch.zeros_like(self.pair_due)
         k = self.time[rows].argmin(1)  # empty positions (time -1) first, else the oldest
-        self.mem[rows, k] = s[rows]
-        self.mem[rows, m + k] = yl[rows]
-        ps = _mem_dot(self.mem, s)[rows]  # (n, 2m): S's, Y_L's with the new pair in place
-        py = _mem_dot(self.mem, yl)[rows]  # (n, 2m): S'yl, Y_L'yl
+        new = self.pair[:, :2] if len(rows) == self.capacity else self.pair[rows, :2]
+        self.mem[rows[:, None], torch.stack((k, m + k), 1)] = new  # (n, 2, D): s, yl
+        products = torch.bmm(vectors, self.mem.transpose(1, 2)).double()  # (B, r, 2m)
+        ps = products[rows, 0]  # (n, 2m): S's, Y_L's with the new pair in place
+        py = products[rows, 1]  # (n, 2m): S'yl, Y_L'yl
         s_S, s_Y = ps[:, :m], ps[:, m:]
         y_S, y_Y = py[:, :m], py[:, m:]
         self.SS[rows, :, k] = s_S
@@ -374,15 +413,23 @@ class BoxLBFGS:
         self.YlYl[rows, k, :] = y_Y
         self.clock[rows] += 1
         self.time[rows, k] = self.clock[rows]
+        return products
 
     def _direction_dense(self, mask: torch.Tensor) -> None:
         """New direction and trial point for the slots in ``mask``, dense over all slots."""
         g = self._gradient(self.x, self.gl, self.anchor, self.c, out=self._buf("g"))
         step = torch.sub(self.x, g, out=self._buf("p")).clamp_(self.lower, self.upper)
         free = step != self.x  # frozen: a projected gradient step would not move the variable
-        v = torch.mul(g, free, out=self._buf("v"))
+        v = torch.mul(g, free, out=self.pair[:, 2])
         hv, has_memory = _apply_inverse_hessian(
-            v, _mem_dot(self.mem, v), self.c, self.SS, self.SYl, self.YlYl, self.time, self.mem
+            v,
+            self._flush_pairs_and_mem_dot_v(),
+            self.c,
+            self.SS,
+            self.SYl,
+            self.YlYl,
+            self.time,
+            self.mem,
         )
         d = hv.mul_(free).neg_()
         alpha, d, reset = _first_step(v, d, g, has_memory)
