@@ -282,3 +282,13 @@ def test_full_mnist_checkpoint_loads_without_the_data(
     monkeypatch.setenv("INTRIGUING_NO_DOWNLOAD", "1")
     again = train_model(TINY, dataset="mnist")
     assert again.cached and again.path == first.path
+
+
+def test_explicit_data_dir_without_the_files_is_an_error_even_when_cached(
+    mnist_dir: Path, tmp_path: Path
+) -> None:
+    from intriguing.data import DataError
+
+    train_model(TINY, dataset="mnist", data_dir=mnist_dir)
+    with pytest.raises(DataError, match="--data-dir"):
+        train_model(TINY, dataset="mnist", data_dir=tmp_path / "missing")

@@ -94,13 +94,15 @@ def train_model(
         CheckpointError: a cached checkpoint is corrupt (delete it or pass ``retrain=True``).
     """
     from intriguing.data import load_mnist
-    from intriguing.data.mnist import published_identity
+    from intriguing.data.mnist import locate_mnist, published_identity
     from intriguing.models import get_entry
 
     entry = get_entry(name)
     # The full MNIST's identity is known without reading it (every file is MD5-verified), so a
     # cached checkpoint loads offline and without parsing the data.
     data = None if dataset == "mnist" else load_mnist(data_dir, dataset=dataset)
+    if data is None and data_dir is not None:
+        locate_mnist(data_dir, download=False)  # an explicit directory must hold the files
     identity = published_identity() if data is None else data.identity
     config = entry.train_config.replace(seed=seed)
     with seeded(seed):
