@@ -143,9 +143,12 @@ def test_dataset_is_frozen(mnist: MNIST) -> None:
 
 
 def test_loaded_once_per_process(mnist: MNIST, mnist_dir: Path) -> None:
+    # compared with a fresh load, not the session fixture: other tests may clear the cache
+    first = load_mnist(data_dir=mnist_dir)
     again = load_mnist(data_dir=mnist_dir)
-    assert again is mnist
-    assert again.train_images is mnist.train_images
+    assert again is first
+    assert again.train_images is first.train_images
+    assert torch.equal(first.test_labels, mnist.test_labels)
 
 
 def test_raw_files_give_the_same_data_and_identity(mnist: MNIST, tmp_path: Path) -> None:

@@ -126,6 +126,7 @@ class BoxLBFGS:
         "SS",
         "SYl",
         "YlYl",
+        "_g_valid",
     )
 
     def __init__(
@@ -182,6 +183,9 @@ class BoxLBFGS:
         self._evaluated: torch.Tensor | None = None
         self._r2t: torch.Tensor | None = None  # ||xt - anchor||^2 (B,) of the current trial
         self._buffers: dict[str, torch.Tensor] = {}
+        # observe() leaves the full gradient at x in _buf("g") and the free-variable mask in
+        # _buf("free"); rows whose x or c changed since (load, set_c) are recomputed when needed
+        self._g_valid = zeros(B, kind=flag)
 
     # ----------------------------------------------------------------------------------- control
     def load(
@@ -198,6 +202,7 @@ class BoxLBFGS:
         self.c[slots] = c.to(self.c.dtype)
         self.active[slots] = True
         self.waiting[slots] = False
+        self._g_valid[slots] = False
         self.fresh[slots] = True
         self.need_dir[slots] = False
         self.pair_due[slots] = False
@@ -218,6 +223,7 @@ class BoxLBFGS:
         so no evaluation is needed; the memory is kept (re-expressed for the new ``c``).
         """
         self.c[slots] = c.to(self.c.dtype)
+        self._g_valid[slots] = False
         self.waiting[slots] = False
         self.stage_iters[slots] = 0
         self.ls_steps[slots] = 0
@@ -278,6 +284,7 @@ class BoxLBFGS:
             setattr(self, name, getattr(self, name)[keep])
         self.capacity = len(keep)
         self._buffers = {}
+        self._g_valid.zero_()
         return keep
 
     def _buf(self, name: str) -> torch.Tensor:
@@ -343,7 +350,12 @@ class BoxLBFGS:
 
         g = self._gradient(self.x, self.gl, self.anchor, c, out=self._buf("g"))
         pg = torch.sub(self.x, g, out=self._buf("p")).clamp_(self.lower, self.upper).sub_(self.x)
-        done = (stepped & (decrease <= self.ftol * scale)) | (pg.abs_().amax(1) <= self.pgtol)
+        pg.abs_()
+        # free (1.0) where a projected gradient step would move the variable, else 0.0: the
+        # next direction's mask (a float mask: bool comparisons and products are far slower on CPU)
+        torch.sign(pg, out=self._buf("free"))
+        self._g_valid.fill_(True)
+        done = (stepped & (decrease <= self.ftol * scale)) | (pg.amax(1) <= self.pgtol)
         done |= self.stage_iters >= self.max_iter
         conv_acc = accepted & done
         go_on = accepted & ~done
@@ -417,9 +429,7 @@ class BoxLBFGS:
 
     def _direction_dense(self, mask: torch.Tensor) -> None:
         """New direction and trial point for the slots in ``mask``, dense over all slots."""
-        g = self._gradient(self.x, self.gl, self.anchor, self.c, out=self._buf("g"))
-        step = torch.sub(self.x, g, out=self._buf("p")).clamp_(self.lower, self.upper)
-        free = step != self.x  # frozen: a projected gradient step would not move the variable
+        g, free = self._gradient_and_free()
         v = torch.mul(g, free, out=self.pair[:, 2])
         hv, has_memory = _apply_inverse_hessian(
             v,
@@ -438,6 +448,20 @@ class BoxLBFGS:
             self.time[reset] = NO_TIME
         _assign_rows(self.d, mask, d)
         self._set_trial(mask, alpha, g)
+
+    def _gradient_and_free(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The full gradient at ``x`` ``(B, D)`` and the free-variable mask ``(B, D)`` (1.0 free,
+        0.0 frozen), from :meth:`observe`'s buffers, recomputed for the rows whose ``x`` or ``c``
+        changed since."""
+        g, free = self._buf("g"), self._buf("free")
+        stale = (~self._g_valid).nonzero().squeeze(1)
+        if len(stale):
+            x = self.x[stale]
+            gs = self._gradient(x, self.gl[stale], self.anchor[stale], self.c[stale])
+            g[stale] = gs
+            free[stale] = (x - gs).clamp_(self.lower, self.upper).sub_(x).abs_().sign_()
+            self._g_valid[stale] = True
+        return g, free
 
     def _direction_for(self, slots: torch.Tensor) -> None:
         """New direction and trial point for ``slots`` (a few; gathers their memory)."""
@@ -470,8 +494,11 @@ class BoxLBFGS:
         """``xt = clip(x + alpha d)`` and its ``g'(xt - x)`` for the slots in ``mask`` (dense)."""
         alpha = torch.where(mask, alpha, self.alpha)
         step = alpha.to(self.x.dtype)[:, None]
-        xt = torch.addcmul(self.x, step, self.d, out=self._buf("p")).clamp_(self.lower, self.upper)
-        _assign_rows(self.xt, mask, xt)
+        every = bool(mask.all())
+        xt = torch.addcmul(self.x, step, self.d, out=self.xt if every else self._buf("p"))
+        xt.clamp_(self.lower, self.upper)
+        if not every:
+            _assign_rows(self.xt, mask, xt)
         self.alpha = alpha
         moved = torch.sub(xt, self.x, out=self._buf("r"))
         self.gtd = torch.where(mask, _dot(g, moved), self.gtd)

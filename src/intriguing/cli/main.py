@@ -28,6 +28,12 @@ COMMANDS: dict[str, str] = {
     "reproduce": "intriguing.cli.reproduce_cmd:reproduce",
     "report": "intriguing.cli.reproduce_cmd:report",
     "figure5": "intriguing.cli.reproduce_cmd:figure5",
+    "advtrain": "intriguing.cli.advtrain_cmd:advtrain",
+    "classes": "intriguing.cli.classes_cmd:classes",
+    "recurrent": "intriguing.cli.recurrent_cmd:recurrent",
+    "rarity": "intriguing.cli.critics_cmds:rarity",
+    "recover": "intriguing.cli.critics_cmds:recover",
+    "curves": "intriguing.cli.critics_cmds:curves",
 }
 
 

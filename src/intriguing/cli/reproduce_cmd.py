@@ -11,6 +11,7 @@ from intriguing.cli.options import data_options, seed_option
 from intriguing.errors import IntriguingError
 
 SIZE_CHOICES = ("tiny", "quick", "default", "full")
+BACKEND_CHOICES = ("local", "ray")
 
 
 def _summary_tables(doc: dict[str, Any]) -> list[Any]:
@@ -52,6 +53,19 @@ def _summary_tables(doc: dict[str, Any]) -> list[Any]:
     default=None,
     help="Run directory (default: ./reproduce-<size>); rerunning resumes there.",
 )
+@click.option(
+    "--backend",
+    type=click.Choice(BACKEND_CHOICES),
+    default="local",
+    show_default=True,
+    help='Where steps run: in this process, or as Ray tasks (pip install "intriguing[ray]").',
+)
+@click.option(
+    "--address",
+    default=None,
+    metavar="ADDR",
+    help="Existing Ray cluster (HOST:PORT, ray://HOST:PORT or auto); default: a local runtime.",
+)
 @data_options
 @seed_option
 def reproduce(
@@ -59,6 +73,8 @@ def reproduce(
     full: bool,
     size: str | None,
     out: Path | None,
+    backend: str,
+    address: str | None,
     dataset: str,
     data_dir: Path | None,
     seed: int,
@@ -67,10 +83,13 @@ def reproduce(
     bounds (§4.3), and write report.md / report.html / results.json.
 
     Sizes: --quick (100 examples per model), default (5000), --full (every example). Killed runs
-    resume where they stopped when rerun with the same options.
+    resume where they stopped when rerun with the same options. --backend ray runs independent
+    steps (attack shards, models, analyses) concurrently on a Ray cluster (docs/ray.md); the
+    results are identical to the local backend's.
     """
     import torch
 
+    from intriguing.experiments.backends import make_backend
     from intriguing.experiments.reproduce import run_reproduce
     from intriguing.experiments.specs import make_spec
 
@@ -84,7 +103,10 @@ def reproduce(
     out = out if out is not None else Path(f"reproduce-{size}")
     if out.exists() and not out.is_dir():
         raise IntriguingError(f"--out {out} is a file; give a directory")
-    doc = run_reproduce(make_spec(size, seed=seed, dataset=dataset), out, data_dir=data_dir)
+    runner = make_backend(backend, address=address)
+    doc = run_reproduce(
+        make_spec(size, seed=seed, dataset=dataset), out, data_dir=data_dir, backend=runner
+    )
     from rich.console import Console
 
     console = Console()

@@ -5,8 +5,8 @@ with a unique key, JSON-serialisable parameters, the keys it depends on and a fu
 a JSON-serialisable result from its parameters and its dependencies' results. :func:`run_graph`
 executes the steps in dependency order inside a :class:`RunStore` (a results directory):
 
-- every finished step is written atomically to ``<root>/steps/<key>.json`` before the next starts,
-  so a killed run loses at most the step in flight;
+- every finished step is written atomically to ``<root>/steps/<key>.json`` (by the driver, as
+  soon as it finishes), so a killed run loses at most the steps in flight;
 - a rerun skips every step whose stored *fingerprint* matches (a hash of the step's key, params,
   code version and its dependencies' fingerprints), so it continues where it stopped;
 - changing a step's parameters invalidates it and everything downstream, nothing else.
@@ -14,6 +14,10 @@ executes the steps in dependency order inside a :class:`RunStore` (a results dir
 Steps must be deterministic given their params (seeds live in params), which makes a resumed run's
 results equal to an uninterrupted run's. Large artefacts (images, checkpoints) go to files under
 :meth:`RunStore.artifact_dir`; the JSON result records their relative paths.
+
+Where step functions run is a :class:`Backend`: :class:`LocalBackend` (the default; one step at a
+time in this process, no extra dependency) or ``RayBackend`` in :mod:`intriguing.experiments.backends`
+(independent steps run concurrently as Ray tasks; see docs/ray.md). Both produce the same records.
 """
 
 from __future__ import annotations
@@ -22,11 +26,12 @@ import hashlib
 import json
 import re
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from intriguing._io import atomic_write_json
 from intriguing.errors import IntriguingError
@@ -171,37 +176,155 @@ def topological_order(steps: Iterable[Step]) -> list[Step]:
     return order
 
 
+def fingerprints(ordered: Iterable[Step]) -> dict[str, str]:
+    """Every step's fingerprint by key; ``ordered`` must be in dependency order."""
+    prints: dict[str, str] = {}
+    for step in ordered:
+        prints[step.key] = fingerprint(step, (prints[d] for d in step.deps))
+    return prints
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """What running one step produced: its result exactly as stored, and how long ``fn`` took."""
+
+    key: str
+    result: Any
+    elapsed_s: float
+
+
+def execute_step(step: Step, deps: Mapping[str, Any], store: RunStore) -> StepOutcome:
+    """Run ``step.fn`` on its dependencies' results; the same code runs in every backend."""
+    ctx = StepContext(step=step, deps=deps, store=store)
+    start = time.perf_counter()
+    result = _as_stored(step.fn(ctx), step.key)
+    return StepOutcome(step.key, result, time.perf_counter() - start)
+
+
+class Backend(Protocol):
+    """Where step functions run. :func:`run_graph` drives it; the driver alone writes records.
+
+    ``start`` returns how many steps may be in flight at once; ``submit`` hands over a step whose
+    dependencies are done (``deps``: their results); ``wait`` blocks until one submitted step
+    finishes and returns its outcome, or raises that step's error; ``stop`` releases resources
+    (``abort``: a step failed or the driver was interrupted; drop what is still in flight).
+    """
+
+    name: str
+
+    def start(self) -> int: ...
+
+    def submit(self, step: Step, deps: Mapping[str, Any], store: RunStore) -> None: ...
+
+    def wait(self) -> StepOutcome: ...
+
+    def stop(self, *, abort: bool) -> None: ...
+
+
+class LocalBackend:
+    """The embedded default: one step at a time, in dependency order, in this process."""
+
+    name = "local"
+
+    def __init__(self) -> None:
+        self._queue: deque[tuple[Step, Mapping[str, Any], RunStore]] = deque()
+
+    def start(self) -> int:
+        self._queue.clear()
+        return 1
+
+    def submit(self, step: Step, deps: Mapping[str, Any], store: RunStore) -> None:
+        self._queue.append((step, deps, store))
+
+    def wait(self) -> StepOutcome:
+        if not self._queue:
+            raise RuntimeError("LocalBackend.wait() called with no step submitted")
+        return execute_step(*self._queue.popleft())
+
+    def stop(self, *, abort: bool) -> None:
+        self._queue.clear()
+
+
 def run_graph(
     steps: Iterable[Step],
     store: RunStore,
     *,
     description: str = "experiment",
     on_step: Callable[[Step, bool], None] | None = None,
+    backend: Backend | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) ``steps`` in ``store``; return every step's result by key.
 
-    ``on_step(step, cached)`` is called after each step, with ``cached`` True when it was reused.
+    ``backend`` runs the step functions: :class:`LocalBackend` (default: one at a time, in this
+    process) or :class:`intriguing.experiments.backends.RayBackend` (a Ray cluster). Whatever the
+    backend, steps whose stored fingerprint matches are reused, each finished step is saved by this
+    process as soon as it finishes, and the returned dict is in dependency order.
+    ``on_step(step, cached)`` is called once per step, with ``cached`` True when it was reused.
     """
     ordered = topological_order(steps)
-    results: dict[str, Any] = {}
-    prints: dict[str, str] = {}
+    prints = fingerprints(ordered)
+    backend = backend if backend is not None else LocalBackend()
+    done: dict[str, Any] = {}
     with make_progress() as bar:
         task = bar.add_task(description, total=len(ordered))
-        for step in ordered:
-            fp = fingerprint(step, (prints[d] for d in step.deps))
-            prints[step.key] = fp
-            record = store.load(step.key)
-            cached = record is not None and record.get("fingerprint") == fp
-            if record is not None and cached:
-                results[step.key] = record["result"]
-            else:
-                bar.update(task, description=f"{description}: {step.key}")
-                ctx = StepContext(step=step, deps={d: results[d] for d in step.deps}, store=store)
-                start = time.perf_counter()
-                result = _as_stored(step.fn(ctx), step.key)
-                store.save(step.key, fp, result, time.perf_counter() - start)
-                results[step.key] = result
+
+        def finish(step: Step, result: Any, cached: bool) -> None:
+            done[step.key] = result
             if on_step is not None:
                 on_step(step, cached)
             bar.advance(task)
-    return results
+
+        _drive(
+            ordered,
+            prints,
+            store,
+            backend,
+            finish,
+            lambda key: bar.update(task, description=f"{description}: {key}"),
+        )
+    return {step.key: done[step.key] for step in ordered}
+
+
+def _drive(
+    ordered: list[Step],
+    prints: Mapping[str, str],
+    store: RunStore,
+    backend: Backend,
+    finish: Callable[[Step, Any, bool], None],
+    announce: Callable[[str], None],
+) -> None:
+    """Submit ready steps (in dependency order, up to the backend's capacity), save what finishes."""
+    capacity = max(1, backend.start())
+    pending = list(ordered)
+    in_flight: dict[str, Step] = {}
+    results: dict[str, Any] = {}
+
+    def fill() -> None:
+        for step in list(pending):
+            if len(in_flight) >= capacity:
+                return
+            if any(d not in results for d in step.deps):
+                continue
+            pending.remove(step)
+            record = store.load(step.key)
+            if record is not None and record.get("fingerprint") == prints[step.key]:
+                results[step.key] = record["result"]
+                finish(step, record["result"], True)
+                continue
+            announce(step.key)
+            backend.submit(step, {d: results[d] for d in step.deps}, store)
+            in_flight[step.key] = step
+
+    aborted = True
+    try:
+        fill()
+        while in_flight:
+            outcome = backend.wait()
+            step = in_flight.pop(outcome.key)
+            store.save(step.key, prints[step.key], outcome.result, outcome.elapsed_s)
+            results[step.key] = outcome.result
+            finish(step, outcome.result, False)
+            fill()
+        aborted = False
+    finally:
+        backend.stop(abort=aborted)

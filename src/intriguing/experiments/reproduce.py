@@ -40,7 +40,7 @@ from intriguing.experiments import analysis_steps as an
 from intriguing.experiments import claims as claims_mod
 from intriguing.experiments import steps as st
 from intriguing.experiments import tables as tb
-from intriguing.experiments.graph import RunStore, Step, StepContext, run_graph
+from intriguing.experiments.graph import Backend, RunStore, Step, StepContext, run_graph
 from intriguing.experiments.specs import ReproduceSpec
 
 SCHEMA = "intriguing.reproduce/1"
@@ -240,6 +240,13 @@ def _analysis_steps(
     identity, seed = bench.data.identity, spec.seed
     u, sp = spec.units, spec.spectral
     out: list[Step] = []
+    trained = {s.key for s in earlier if s.key.startswith("model/")}
+
+    def after_training(model: str) -> tuple[str, ...]:
+        # not read, but a parallel backend must not start the analysis while the model trains
+        key = f"model/{model}"
+        return (key,) if key in trained else ()
+
     for model in u.models:
         n_images = min(u.n_images, split_sizes[u.split])
         config = {
@@ -259,7 +266,9 @@ def _analysis_steps(
             "config": config,
             "checkpoint": st.checkpoint_key(model, identity, seed),
         }
-        out.append(_step(f"units/{model}", partial(an.units_step, bench), params))
+        out.append(
+            _step(f"units/{model}", partial(an.units_step, bench), params, after_training(model))
+        )
     for model in spec.spectral_models():
         bound_params = {
             "model": model,
@@ -267,7 +276,14 @@ def _analysis_steps(
             "exact_method": sp.exact_method,
             "power_iterations": sp.power_iterations,
         }
-        out.append(_step(f"spectral/{model}", partial(an.spectral_step, bench), bound_params))
+        out.append(
+            _step(
+                f"spectral/{model}",
+                partial(an.spectral_step, bench),
+                bound_params,
+                after_training(model),
+            )
+        )
     t1 = spec.table1
     for model in sp.sandwich_models:
         params = {
@@ -456,11 +472,14 @@ def run_reproduce(
     *,
     data_dir: str | os.PathLike[str] | None = None,
     render: bool = True,
+    backend: Backend | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the reproduction ``spec`` in ``out``; write results.json and the report.
 
     Returns the results.json document. A rerun with the same spec and data reuses every finished
-    step; the numbers equal an uninterrupted run's.
+    step; the numbers equal an uninterrupted run's. ``backend`` runs the steps (default: local, in
+    this process; ``RayBackend`` from :mod:`intriguing.experiments.backends` for a Ray cluster);
+    the results are the same with either.
     """
     torch.set_num_threads(1)
     start = time.perf_counter()
@@ -469,7 +488,10 @@ def run_reproduce(
     sizes = {"train": len(data.train_labels), "test": len(data.test_labels)}
     store = RunStore(Path(out))
     results = run_graph(
-        build_steps(spec, bench, sizes), store, description=f"reproduce ({spec.size})"
+        build_steps(spec, bench, sizes),
+        store,
+        description=f"reproduce ({spec.size})",
+        backend=backend,
     )
     document = assemble(spec, store, results, data.identity, time.perf_counter() - start)
     document = json.loads(json.dumps(document, allow_nan=False))  # exactly as it reads back

@@ -1,8 +1,12 @@
-"""The model zoo: the MNIST models of Szegedy et al. 2014 (Table 1, Table 3 and "Conv"), by name.
+"""The model zoo: the MNIST models of Szegedy et al. 2014 (Table 1, Table 3 and "Conv") and three
+recurrent classifiers (issue 9: the critics' question), by name.
 
 >>> from intriguing.models import list_entries, build_model, get_entry
->>> [e.name for e in list_entries()]
+>>> names = [e.name for e in list_entries()]
+>>> names[:10]
 ['softmax1', 'softmax2', 'softmax3', 'N100-100-10', 'N200-200-10', 'AE400-10', 'Conv', 'M1', "M1'", 'M2']
+>>> names[10:]
+['LSTM-rows', 'GRU-rows', 'Feedback']
 >>> get_entry("M1p").train_split          # aliases work; M1' is trained on P1
 'p1'
 
@@ -12,6 +16,7 @@ named layers; :func:`intriguing.training.load_model` returns a trained one. Regi
 """
 
 from intriguing.errors import UnknownModelError
+from intriguing.models import recurrent as _recurrent  # noqa: F401  (issue #9 recurrent models)
 from intriguing.models import zoo as _zoo  # noqa: F401  (registers the paper's models)
 from intriguing.models.architectures import (
     autoencoder_softmax,

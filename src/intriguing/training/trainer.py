@@ -309,7 +309,7 @@ def _train_lbfgs(
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
-        with _dropout_rng(generator):
+        with dropout_rng(generator):
             loss = F.cross_entropy(model(inputs), labels) + weight_penalty(terms)
         loss.backward()
         last_loss[0] = loss.item()
@@ -362,7 +362,7 @@ def _train_minibatch(
         optimizer = torch.optim.Adam(params, lr=config.lr)
     else:
         optimizer = torch.optim.SGD(params, lr=config.lr, momentum=0.9)
-    scheduler = _scheduler(optimizer, config, config.epochs * batches)
+    scheduler = make_scheduler(optimizer, config, config.epochs * batches)
     order = torch.Generator().manual_seed(config.seed)
     dropout = torch.Generator().manual_seed(config.seed + 1)
     history: list[dict[str, float]] = []
@@ -375,7 +375,7 @@ def _train_minibatch(
             for i in range(0, n, config.batch_size):
                 idx = perm[i : i + config.batch_size]
                 optimizer.zero_grad()
-                with _dropout_rng(dropout):
+                with dropout_rng(dropout):
                     logits = model(inputs[idx])
                 loss = F.cross_entropy(logits, labels[idx]) + weight_penalty(terms)
                 loss.backward()
@@ -396,7 +396,7 @@ def _train_minibatch(
     return config.epochs * batches, history
 
 
-def _scheduler(
+def make_scheduler(
     optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int
 ) -> torch.optim.lr_scheduler.LRScheduler | None:
     if config.schedule == "onecycle":
@@ -408,7 +408,7 @@ def _scheduler(
     return None
 
 
-class _dropout_rng:  # noqa: N801 - used like a function
+class dropout_rng:  # noqa: N801 - used like a function
     """Run dropout (and anything else using the global RNG) on ``generator``'s stream.
 
     Forks the global CPU RNG, seeds it from ``generator``, and restores it afterwards, so a training

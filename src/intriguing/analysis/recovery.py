@@ -1,0 +1,346 @@
+"""Recover the true label with the same optimisation, and a detector built on it.
+
+The summary-and-critique asks, in its "Thoughts": "Can we use the same optimization to retrieve the
+original label?" Starting from adversarial examples ``x' = x + r`` of the paper's attack (section
+4.1; ``f(x) = y``, ``f(x') = t != y``), this module
+
+1. runs the *targeted* box-constrained L-BFGS attack (:class:`intriguing.attacks.LBFGS`) from ``x'``
+   back toward ``y``: ``x''`` with ``f(x'') = y`` when it succeeds. It reports the recovery rate, the
+   distortion of the way back ``||x'' - x'||`` and how far the recovered image is from the original
+   ``||x'' - x||``, beside the adversarial's own ``||x' - x||`` (the paper's RMS distortion);
+2. asks whether "how far must I go to change the prediction" separates adversarial from clean
+   inputs. The **detector statistic** needs no label: ``S(z)`` = the untargeted minimum distortion
+   (same attack) that changes the current prediction ``f(z)``, computed on the clean ``x`` and on
+   ``x'``; adversarial inputs sit just past a boundary, so a small ``S`` flags them. The
+   **oracle statistic** uses the original label: ``O(x') = ||x'' - x'||`` (the way back to ``y``)
+   and, for the clean input, ``O(x) =`` the targeted distortion from ``x`` to ``t`` (the same pair
+   of classes, crossed from the other side). A detector that had the label would not need one,
+   so ``O`` bounds what the recovery idea can give.
+
+Separation is the ROC AUC ``P(S(x') < S(x)) + P(tie) / 2``, computed with the Mann-Whitney U
+statistic (:func:`scipy.stats.mannwhitneyu`; ``AUC = U / (n_clean * n_adv)``), with a percentile
+bootstrap interval (:func:`scipy.stats.bootstrap`) that resamples (clean, adversarial) *pairs*
+because both come from the same images. A failed attack gives ``S = inf`` (no prediction change
+found: ranked as the most clean-looking).
+
+Conventions: images ``(N, ...)`` float32 in [0, 1]; labels int64 ``(N,)``; distortion is the
+paper's RMS per pixel ``sqrt(sum (a - b)^2 / n)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import stats
+from torch import nn
+
+from intriguing.attacks import LBFGS, AttackResult
+from intriguing.attacks.checks import check_eval_mode, check_images, check_labels
+from intriguing.attacks.metrics import rms_distortion
+from intriguing.errors import InvalidInputError
+
+
+# ----------------------------------------------------------------------------- ROC / AUC
+def _as_scores(values: Any, name: str) -> np.ndarray:
+    arr = np.asarray(values, dtype=np.float64).reshape(-1)
+    if arr.size == 0:
+        raise InvalidInputError(f"{name} is empty: the AUC needs at least one value per class")
+    if np.isnan(arr).any():
+        raise InvalidInputError(f"{name} contains NaN; use inf for 'no prediction change found'")
+    return arr
+
+
+def auc_low_is_positive(clean: Any, adversarial: Any) -> float:
+    """ROC AUC of the rule "small statistic = adversarial": ``P(adv < clean) + P(tie) / 2``.
+
+    Computed as the Mann-Whitney ``U`` of ``clean`` over ``adversarial`` divided by
+    ``n_clean * n_adv`` (scipy.stats.mannwhitneyu). ``inf`` values are allowed (ranked last).
+    """
+    c = _as_scores(clean, "clean statistic")
+    a = _as_scores(adversarial, "adversarial statistic")
+    u = stats.mannwhitneyu(c, a, alternative="two-sided").statistic
+    return float(u) / (c.size * a.size)
+
+
+def auc_confidence_interval(
+    clean: Any,
+    adversarial: Any,
+    *,
+    confidence: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of :func:`auc_low_is_positive`.
+
+    Resamples (clean, adversarial) pairs when both have the same length (the paired design of
+    this module), independent samples otherwise.
+    """
+    c = _as_scores(clean, "clean statistic")
+    a = _as_scores(adversarial, "adversarial statistic")
+    if not 0.0 < confidence < 1.0 or n_resamples < 1:
+        raise InvalidInputError("confidence must be in (0, 1) and n_resamples >= 1")
+    # rank transform first (AUC only depends on ranks): finite values for the bootstrap
+    ranks = stats.rankdata(np.concatenate([c, a]))
+    rc, ra = ranks[: c.size], ranks[c.size :]
+    if np.all(rc > ra.max()) or np.all(rc < ra.min()) or (c.size < 2 and a.size < 2):
+        value = auc_low_is_positive(c, a)  # perfect separation stays perfect under resampling
+        return value, value
+
+    def statistic(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+        u = stats.mannwhitneyu(x, y, axis=axis, alternative="two-sided").statistic
+        return np.asarray(u) / (x.shape[axis] * y.shape[axis])
+
+    res = stats.bootstrap(
+        (rc, ra),
+        statistic,
+        paired=c.size == a.size,
+        vectorized=True,
+        n_resamples=n_resamples,
+        confidence_level=confidence,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def roc_points(clean: Any, adversarial: Any, max_points: int = 201) -> dict[str, list[float]]:
+    """ROC of "flag when statistic <= threshold": ``fpr``, ``tpr`` (from (0, 0) to (1, 1)).
+
+    ``max_points`` caps the number of thresholds kept (evenly spaced along the sorted values).
+    """
+    c = _as_scores(clean, "clean statistic")
+    a = _as_scores(adversarial, "adversarial statistic")
+    thresholds = np.unique(np.concatenate([c, a]))
+    if thresholds.size > max_points:
+        keep = np.unique(np.linspace(0, thresholds.size - 1, max_points).round().astype(int))
+        thresholds = thresholds[keep]
+    c_sorted, a_sorted = np.sort(c), np.sort(a)
+    fpr = np.searchsorted(c_sorted, thresholds, side="right") / c.size
+    tpr = np.searchsorted(a_sorted, thresholds, side="right") / a.size
+    return {
+        "fpr": [0.0, *fpr.tolist()],
+        "tpr": [0.0, *tpr.tolist()],
+    }
+
+
+def tpr_at_fpr(clean: Any, adversarial: Any, fpr: float = 0.05) -> float:
+    """Largest true-positive rate over thresholds whose false-positive rate is at most ``fpr``."""
+    c = np.sort(_as_scores(clean, "clean statistic"))
+    a = np.sort(_as_scores(adversarial, "adversarial statistic"))
+    thresholds = np.concatenate([[-np.inf], np.unique(np.concatenate([c, a]))])
+    f = np.searchsorted(c, thresholds, side="right") / c.size
+    t = np.searchsorted(a, thresholds, side="right") / a.size
+    return float(t[f <= fpr + 1e-12].max())
+
+
+def separation(
+    clean: Any,
+    adversarial: Any,
+    *,
+    confidence: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """AUC with its bootstrap interval, TPR at 5% FPR, and medians of both statistics."""
+    c = _as_scores(clean, "clean statistic")
+    a = _as_scores(adversarial, "adversarial statistic")
+    lo, hi = auc_confidence_interval(
+        c, a, confidence=confidence, n_resamples=n_resamples, seed=seed
+    )
+    return {
+        "auc": auc_low_is_positive(c, a),
+        "auc_ci": [lo, hi],
+        "tpr_at_fpr_0.05": tpr_at_fpr(c, a, 0.05),
+        "median_clean": _finite_or_none(float(np.median(c))),
+        "median_adversarial": _finite_or_none(float(np.median(a))),
+        "clean_inf": int(np.isinf(c).sum()),
+        "adversarial_inf": int(np.isinf(a).sum()),
+        "roc": roc_points(c, a),
+    }
+
+
+def _finite_or_none(v: float) -> float | None:
+    return v if math.isfinite(v) else None
+
+
+# ----------------------------------------------------------------------------- the attacks
+def _statistic(result: AttackResult) -> torch.Tensor:
+    """``(N,)`` float64: the distortion of each success, ``inf`` for each failure."""
+    return torch.where(result.success.bool(), result.distortion.double(), torch.inf)
+
+
+def _attack(kwargs: Mapping[str, Any], mode: str) -> LBFGS:
+    settings = {k: v for k, v in kwargs.items() if k not in ("mode", "target")}
+    return LBFGS(mode=mode, **settings)
+
+
+def recover_and_detect(
+    model: nn.Module,
+    originals: torch.Tensor,
+    adversarials: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    attack: Mapping[str, Any] | None = None,
+    clean_statistic: torch.Tensor | None = None,
+    amplify: tuple[float, ...] = (),
+) -> dict[str, torch.Tensor]:
+    """Run the four attacks of this module; per-example tensors, all ``(N,)``.
+
+    Args:
+        model: eval-mode model returning logits.
+        originals: ``(N, ...)`` in [0, 1], classified as ``labels``.
+        adversarials: ``(N, ...)`` in [0, 1], classified as some class ``!= labels``.
+        labels: ``(N,)`` int64 true labels.
+        attack: :class:`~intriguing.attacks.LBFGS` keyword settings shared by every attack
+            (``mode``/``target`` are set here).
+        clean_statistic: the untargeted minimum distortion of the originals if already known from
+            an attack *with the same settings* (e.g. the stored attack that made ``adversarials``);
+            computed otherwise.
+        amplify: factors ``k > 1``: the detector is also run on ``clip(x + k (x' - x), 0, 1)``,
+            adversarials pushed past the boundary (an attacker who knows about the detector);
+            key ``detector_amplified_<k>`` holds ``S`` there, NaN where the amplified image
+            is no longer adversarial.
+
+    Returns:
+        ``adversarial_class`` (t), ``recovered`` (bool), ``adversarial_rms`` ``||x' - x||``,
+        ``back_rms`` ``||x'' - x'||`` (``inf`` unless recovered), ``recovered_to_original_rms``
+        ``||x'' - x||`` (``nan`` unless recovered), ``recovered_predicted``,
+        ``detector_clean`` / ``detector_adversarial`` (``S``), ``oracle_clean`` / ``oracle_adversarial`` (``O``).
+    """
+    check_eval_mode(model)
+    originals = check_images(originals, name="originals")
+    adversarials = check_images(adversarials, name="adversarials")
+    if originals.shape != adversarials.shape:
+        raise InvalidInputError(
+            f"originals {tuple(originals.shape)} and adversarials {tuple(adversarials.shape)} differ in shape"
+        )
+    n = originals.shape[0]
+    labels = check_labels(labels, n)
+    kw = dict(attack or {})
+    with torch.no_grad():
+        clean_pred = model(originals).argmax(1)
+        adv_pred = model(adversarials).argmax(1)
+    if bool((clean_pred != labels).any()):
+        raise InvalidInputError(
+            f"{int((clean_pred != labels).sum())} original(s) are misclassified; pass correctly classified examples"
+        )
+    if bool((adv_pred == labels).any()):
+        raise InvalidInputError(
+            f"{int((adv_pred == labels).sum())} adversarial(s) still have their true label; drop failed attacks first"
+        )
+    back = _attack(kw, "targeted")(model, adversarials, adv_pred, targets=labels)
+    detect_adv = _attack(kw, "untargeted")(model, adversarials, adv_pred)
+    if clean_statistic is None:
+        clean_stat = _statistic(_attack(kw, "untargeted")(model, originals, labels))
+    else:
+        clean_stat = clean_statistic.double().reshape(-1)
+        if clean_stat.shape != (n,):
+            raise InvalidInputError(
+                f"clean_statistic must have shape ({n},), got {tuple(clean_stat.shape)}"
+            )
+    oracle_clean = _statistic(_attack(kw, "targeted")(model, originals, labels, targets=adv_pred))
+    ok = back.success.bool()
+    to_original = rms_distortion(originals, back.adversarial).double()
+    amplified: dict[str, torch.Tensor] = {}
+    for k in amplify:
+        if not (math.isfinite(k) and k > 1.0):
+            raise InvalidInputError(f"amplification factors must be > 1, got {k}")
+        pushed = (originals + k * (adversarials - originals)).clamp(0.0, 1.0)
+        with torch.no_grad():
+            pushed_pred = model(pushed).argmax(1)
+        still = pushed_pred != labels
+        stat = torch.full((n,), torch.nan, dtype=torch.float64)
+        if bool(still.any()):
+            res = _attack(kw, "untargeted")(model, pushed[still], pushed_pred[still])
+            stat[still] = _statistic(res)
+        amplified[f"detector_amplified_{k:g}"] = stat
+    return {
+        "adversarial_class": adv_pred,
+        "recovered": ok,
+        "recovered_predicted": back.predicted,
+        "adversarial_rms": rms_distortion(originals, adversarials).double(),
+        "back_rms": _statistic(back),
+        "recovered_to_original_rms": torch.where(ok, to_original, torch.nan),
+        "detector_clean": clean_stat,
+        "detector_adversarial": _statistic(detect_adv),
+        "oracle_clean": oracle_clean,
+        "oracle_adversarial": _statistic(back),
+        **amplified,
+    }
+
+
+def summarise_recovery(
+    per: Mapping[str, torch.Tensor],
+    *,
+    confidence: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """JSON-ready summary of :func:`recover_and_detect`'s tensors (rates, medians, AUCs)."""
+    from intriguing.analysis.rarity import clopper_pearson
+
+    ok = per["recovered"].bool()
+    n = int(ok.numel())
+    adv = per["adversarial_rms"].double()
+    back = per["back_rms"][ok].double()
+    to_orig = per["recovered_to_original_rms"][ok].double()
+    adv_ok = adv[ok]
+
+    def med(t: torch.Tensor) -> float | None:
+        return float(t.median()) if t.numel() else None
+
+    return {
+        "n": n,
+        "recovered": int(ok.sum()),
+        "recovery_rate": float(ok.double().mean()) if n else None,
+        "recovery_ci": list(clopper_pearson(int(ok.sum()), n, confidence)),
+        "median_adversarial_rms": med(adv),
+        "median_back_rms": med(back),
+        "median_back_over_adversarial": med(back / adv_ok),
+        "median_recovered_to_original_rms": med(to_orig),
+        "median_recovered_to_original_over_adversarial": med(to_orig / adv_ok),
+        "recovered_closer_than_adversarial": int((to_orig < adv_ok).sum()),
+        "detector": separation(
+            per["detector_clean"].numpy(),
+            per["detector_adversarial"].numpy(),
+            confidence=confidence,
+            n_resamples=n_resamples,
+            seed=seed,
+        ),
+        "oracle": separation(
+            per["oracle_clean"].numpy(),
+            per["oracle_adversarial"].numpy(),
+            confidence=confidence,
+            n_resamples=n_resamples,
+            seed=seed,
+        ),
+        "detector_amplified": {
+            key.removeprefix("detector_amplified_"): _amplified_separation(
+                per["detector_clean"], value, confidence, n_resamples, seed
+            )
+            for key, value in per.items()
+            if key.startswith("detector_amplified_")
+        },
+    }
+
+
+def _amplified_separation(
+    clean: torch.Tensor, pushed: torch.Tensor, confidence: float, n_resamples: int, seed: int
+) -> dict[str, Any]:
+    """Detector separation on the pairs whose amplified image is still adversarial."""
+    keep = ~torch.isnan(pushed)
+    out: dict[str, Any] = {"still_adversarial": int(keep.sum()), "n": int(keep.numel())}
+    if int(keep.sum()) == 0:
+        return out
+    sep = separation(
+        clean[keep].numpy(),
+        pushed[keep].numpy(),
+        confidence=confidence,
+        n_resamples=n_resamples,
+        seed=seed,
+    )
+    return {**out, **sep}

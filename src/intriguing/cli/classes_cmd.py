@@ -1,0 +1,133 @@
+"""``intriguing classes``: minimum distortion and transfer against the number of classes (issue #9,
+item 4: "if the number of classes is small, will the problem be less severe?")."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import click
+
+from intriguing.cli.options import data_options, json_option, seed_option
+
+DEFAULT_OUT = Path("classes")
+
+
+def _summary_table(doc: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    from intriguing.report.render import num, pct
+
+    table = Table(title="minimum distortion vs number of classes")
+    for col in ("task", "K", "model", "test err", "fooled", "mean distortion", "-> mlp-b"):
+        table.add_column(col)
+    for r in doc["rows"]:
+        if not r.get("attacked"):
+            continue
+        transfer = (r.get("transfer") or {}).get("mlp-b") or {}
+        table.add_row(
+            r["task"],
+            str(r["num_classes"]),
+            r["family"],
+            pct(r["test_error"]),
+            pct(r.get("success_rate")),
+            num((r.get("distortion") or {}).get("mean"), 4),
+            pct(transfer.get("rate")),
+        )
+    return table
+
+
+@click.command()
+@click.option(
+    "--tasks",
+    default="3v8,0vrest,0-4,all",
+    show_default=True,
+    help="Comma-separated tasks: AvB (3v8), Dvrest (0vrest), A-B (0-4) or all.",
+)
+@click.option(
+    "--families",
+    default="softmax,mlp,ae-probe,mlp-b",
+    show_default=True,
+    help="Comma-separated model families (mlp-b is only a transfer target).",
+)
+@click.option(
+    "--n", type=int, default=1000, show_default=True, help="Test images attacked per model."
+)
+@click.option(
+    "--updates",
+    type=int,
+    default=4700,
+    show_default=True,
+    help="Adam updates per model, the same for every task (4700 = 10 MNIST epochs).",
+)
+@click.option(
+    "--train-limit",
+    type=int,
+    default=None,
+    help="Train on the first N training images of each task only (quick runs).",
+)
+@click.option(
+    "--no-restricted", is_flag=True, help="Skip the 10-class comparison on the same images."
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_OUT,
+    show_default=True,
+    help="Run directory (results.json, classes.md, classes.png); rerunning resumes there.",
+)
+@data_options
+@seed_option
+@json_option
+def classes(
+    tasks: str,
+    families: str,
+    n: int,
+    updates: int,
+    train_limit: int | None,
+    no_restricted: bool,
+    out: Path,
+    dataset: str,
+    data_dir: Path | None,
+    seed: int,
+    json_path: Path | None,
+) -> None:
+    """Train softmax, MLP and AE400-probe models on MNIST tasks with 2 to 10 classes, attack them
+    (untargeted L-BFGS) and compare minimum distortion and transfer against the number of classes.
+
+    Killed runs resume where they stopped when rerun with the same options.
+    """
+    import torch
+
+    from intriguing.errors import IntriguingError
+    from intriguing.experiments.classes import ClassesConfig, run_classes
+    from intriguing.report.classes import verdict, write_classes_report
+
+    if out.exists() and not out.is_dir():
+        raise IntriguingError(f"--out {out} is a file; give a directory")
+    torch.set_num_threads(1)
+    config = ClassesConfig(
+        tasks=tuple(tasks.split(",")),
+        families=tuple(f.strip() for f in families.split(",") if f.strip()),
+        n=n,
+        updates=updates,
+        train_limit=train_limit,
+        restricted=not no_restricted,
+        seed=seed,
+        dataset=dataset,
+    )
+    doc = run_classes(config, out, data_dir=data_dir)
+    paths = write_classes_report(out)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        if json_path.resolve() != (out / "results.json").resolve():
+            shutil.copyfile(out / "results.json", json_path)
+    from rich.console import Console
+
+    Console().print(_summary_table(doc))
+    click.echo(verdict(doc))
+    click.echo(
+        f"report: {paths['markdown']} ({paths['figure'].name}); results: {out / 'results.json'}; "
+        f"wall time {doc['timings']['wall_time_s']:.1f} s"
+    )

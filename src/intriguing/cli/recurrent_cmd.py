@@ -1,0 +1,91 @@
+"""``intriguing recurrent``: adversarial examples for recurrent nets and their transfer (issue #9.1)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from intriguing.cli.options import data_options, json_option, seed_option
+from intriguing.errors import IntriguingError
+
+
+@click.command()
+@click.option(
+    "--n",
+    "n",
+    type=int,
+    default=300,
+    show_default=True,
+    help="Test images (classified correctly by every model) attacked per model.",
+)
+@click.option(
+    "--models",
+    "models",
+    multiple=True,
+    help="Zoo models (repeat or comma-separate); default: LSTM-rows, GRU-rows, Feedback and "
+    "softmax1, N100-100-10, N200-200-10, AE400-10, Conv.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("recurrent-run"),
+    show_default=True,
+    help="Run directory (results.json, report.md, figure); rerunning resumes there.",
+)
+@data_options
+@seed_option
+@json_option
+def recurrent(
+    n: int,
+    models: tuple[str, ...],
+    out: Path,
+    dataset: str,
+    data_dir: Path | None,
+    seed: int,
+    json_path: Path | None,
+) -> None:
+    """Attack recurrent MNIST nets (row-by-row LSTM and GRU, an output-feedback net) with L-BFGS
+    and measure how their adversarial examples transfer to and from the feedforward zoo.
+
+    Trains missing models first (a few minutes each on one thread; cached afterwards).
+    """
+    import torch
+
+    from intriguing._io import atomic_write_json
+    from intriguing.experiments.recurrent import make_spec, run_recurrent
+    from intriguing.report.recurrent import verdict
+
+    if n < 1:
+        raise IntriguingError(f"--n must be >= 1, got {n}")
+    names = [m.strip() for group in models for m in group.split(",") if m.strip()]
+    spec = make_spec(n, names or None, dataset=dataset, seed=seed)
+    torch.set_num_threads(1)
+    doc = run_recurrent(spec, out, data_dir=data_dir)
+    if json_path is not None:
+        atomic_write_json(json_path, doc)
+    _print_summary(doc)
+    click.echo(f"Verdict: {verdict(doc['table'])}")
+    click.echo(f"report: {out / 'report.md'} (and results.json)")
+
+
+def _print_summary(doc: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from intriguing.report.render import num, pct
+
+    table = doc["table"]
+    out = Table(title="untargeted L-BFGS per model")
+    for col in ("model", "kind", "test err", "misclassified", "mean distortion"):
+        out.add_column(col)
+    for r in table["rows"]:
+        out.add_row(
+            r["model"],
+            r["kind"],
+            pct(r["test_error"]),
+            pct(r["success_rate"]),
+            num(r["mean_distortion"]),
+        )
+    Console().print(out)

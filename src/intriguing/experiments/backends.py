@@ -1,0 +1,285 @@
+"""Execution backends of the step graph: the local default and a Ray cluster.
+
+:func:`~intriguing.experiments.graph.run_graph` decides *what* runs (dependency order, fingerprints,
+resuming) and saves every record itself; a backend decides *where* step functions run. The local
+backend lives in :mod:`intriguing.experiments.graph` and needs nothing beyond the package;
+:class:`RayBackend` runs every ready step as a Ray task (``pip install "intriguing[ray]"``):
+
+- a step's task receives the step (its function pickled by Ray's cloudpickle) and its dependencies'
+  results through the object store; the task returns a
+  :class:`~intriguing.experiments.graph.StepOutcome` that the driver saves with
+  :meth:`RunStore.save` exactly as the local backend does, and that dependents receive by reference;
+- a :class:`~intriguing.experiments.steps.Workbench` travels as ``(dataset, data_dir, seed)`` plus the
+  driver's ``INTRIGUING_*`` directories, never with its tensors: each worker process loads the data
+  from the data directory and the models from the checkpoint cache once, and keeps them;
+- large artefacts (adversarial images) are written by the workers into the results directory, so on
+  a multi-node cluster the results, data and cache directories must be on a shared filesystem;
+- a worker that dies mid-step (killed, out of memory, node lost) is retried up to ``max_retries``
+  times by Ray; the record is written once, by the driver, when an attempt succeeds, so nothing is
+  counted twice or lost. An error raised *by* a step (a user mistake, a bug) is not retried;
+- workers use the driver's number of torch threads, so results equal the local backend's bit for
+  bit (every step is deterministic given its params, whichever process runs it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from intriguing.errors import IntriguingError, InvalidInputError
+from intriguing.experiments.graph import (
+    Backend,
+    LocalBackend,
+    RunStore,
+    Step,
+    StepOutcome,
+    execute_step,
+)
+from intriguing.experiments.steps import Workbench
+from intriguing.paths import CACHE_DIR_ENV, DATA_DIR_ENV, cache_dir
+
+BACKENDS: tuple[str, ...] = ("local", "ray")
+RAY_HINT = 'pip install "intriguing[ray]"'
+ENV_PREFIX = "INTRIGUING_"
+
+
+def make_backend(name: str, *, address: str | None = None, max_retries: int = 3) -> Backend:
+    """The backend called ``name`` (``"local"`` or ``"ray"``); ``address`` only goes with Ray.
+
+    Raises:
+        InvalidInputError: an unknown name, or an address given to the local backend.
+    """
+    if name == "local":
+        if address is not None:
+            raise InvalidInputError("--address needs --backend ray (the local backend has none)")
+        return LocalBackend()
+    if name == "ray":
+        return RayBackend(address=address, max_retries=max_retries)
+    raise InvalidInputError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def import_ray() -> Any:
+    """The ``ray`` module, or a one-line error saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise IntriguingError(f"the Ray backend needs the ray package: {RAY_HINT}") from None
+    return ray
+
+
+def check_address(address: str) -> None:
+    """Fail fast (one line) when ``address`` is malformed or nothing listens there.
+
+    Ray itself retries an unreachable address for minutes; ``"auto"`` is left to Ray.
+    """
+    if address == "auto":
+        return
+    hostport = address.removeprefix("ray://")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise InvalidInputError(
+            f"--address {address!r} must be HOST:PORT (as printed by `ray start --head`), "
+            "ray://HOST:PORT or auto"
+        )
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise IntriguingError(
+            f"no Ray cluster reachable at {address} ({reason}); "
+            "start one with `ray start --head` or fix --address"
+        ) from None
+
+
+# ------------------------------------------------------------------------ what workers receive
+def driver_env() -> dict[str, str]:
+    """The driver's ``INTRIGUING_*`` settings, directories made absolute, progress bars off."""
+    env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
+    env[CACHE_DIR_ENV] = str(cache_dir().expanduser().resolve())
+    if env.get(DATA_DIR_ENV):
+        env[DATA_DIR_ENV] = str(Path(env[DATA_DIR_ENV]).expanduser().resolve())
+    env["INTRIGUING_NO_PROGRESS"] = "1"
+    return env
+
+
+def apply_env(env: Mapping[str, str]) -> None:
+    """Make this process's ``INTRIGUING_*`` variables exactly ``env`` (workers are reused)."""
+    for key in [k for k in os.environ if k.startswith(ENV_PREFIX) and k not in env]:
+        del os.environ[key]
+    os.environ.update(env)
+
+
+def bench_state(bench: Workbench) -> dict[str, Any]:
+    """What a :class:`Workbench` is shipped as: where its data and models come from, no tensors."""
+    data_dir = None if bench.data_dir is None else str(Path(bench.data_dir).expanduser().resolve())
+    return {"dataset": bench.dataset, "data_dir": data_dir, "seed": bench.seed, "env": driver_env()}
+
+
+_BENCHES: dict[str, Workbench] = {}
+
+
+def bench_from_state(state: Mapping[str, Any]) -> Workbench:
+    """This process's :class:`Workbench` for ``state`` (created once; it loads lazily)."""
+    key = json.dumps(state, sort_keys=True)
+    if key not in _BENCHES:
+        _BENCHES[key] = Workbench(
+            dataset=str(state["dataset"]), data_dir=state["data_dir"], seed=int(state["seed"])
+        )
+    return _BENCHES[key]
+
+
+def remote_step(
+    step: Step,
+    dep_keys: list[str],
+    root: str,
+    env: Mapping[str, str],
+    threads: int,
+    *dep_outcomes: StepOutcome,
+) -> StepOutcome:
+    """Body of a step's Ray task: the driver's settings, then the very code the local backend runs."""
+    apply_env(env)
+    torch.set_num_threads(threads)
+    deps = {key: outcome.result for key, outcome in zip(dep_keys, dep_outcomes, strict=True)}
+    return execute_step(step, deps, RunStore(root))
+
+
+# ------------------------------------------------------------------------------- the backend
+class RayBackend:
+    """Run the graph's steps as Ray tasks, independent steps concurrently.
+
+    Args:
+        address: an existing cluster (``HOST:PORT``, ``ray://HOST:PORT`` or ``auto``); None starts
+            a private local Ray runtime for the run (on loopback) and stops it afterwards. When Ray
+            is already initialised in this process, that runtime is used as it is.
+        num_cpus: CPUs of the private local runtime (default: every core); not with ``address``.
+        max_retries: how often a step whose worker died is retried before the run fails.
+        cpus_per_step: Ray CPUs each step's task reserves.
+        max_in_flight: most steps submitted at once (default: the cluster's CPUs / cpus_per_step);
+            the rest wait in dependency order, so the earliest steps run first.
+    """
+
+    name = "ray"
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        num_cpus: int | None = None,
+        max_retries: int = 3,
+        cpus_per_step: float = 1.0,
+        max_in_flight: int | None = None,
+    ) -> None:
+        if max_retries < 0:
+            raise InvalidInputError(f"max_retries must be >= 0, got {max_retries}")
+        if cpus_per_step <= 0:
+            raise InvalidInputError(f"cpus_per_step must be > 0, got {cpus_per_step}")
+        if num_cpus is not None and (num_cpus < 1 or address is not None):
+            raise InvalidInputError("num_cpus must be >= 1 and only sizes a local runtime")
+        if max_in_flight is not None and max_in_flight < 1:
+            raise InvalidInputError(f"max_in_flight must be >= 1, got {max_in_flight}")
+        if address is not None:
+            check_address(address)
+        self.address = address
+        self.num_cpus = num_cpus
+        self.max_retries = max_retries
+        self.cpus_per_step = cpus_per_step
+        self.max_in_flight = max_in_flight
+        self._ray: Any = None
+        self._task: Any = None
+        self._owned = False
+        self._env: dict[str, str] = {}
+        self._threads = 1
+        self._in_flight: dict[Any, str] = {}
+        self._refs: dict[str, Any] = {}
+
+    # -- lifecycle
+    def start(self) -> int:
+        ray = import_ray()
+        self._ray = ray
+        if not ray.is_initialized():
+            self._connect(ray)
+            self._owned = True
+        ray.util.register_serializer(
+            Workbench, serializer=bench_state, deserializer=bench_from_state
+        )
+        self._task = ray.remote(remote_step).options(
+            num_cpus=self.cpus_per_step, max_retries=self.max_retries, retry_exceptions=False
+        )
+        self._env = driver_env()
+        self._threads = torch.get_num_threads()
+        if self.max_in_flight is not None:
+            return self.max_in_flight
+        cpus = float(ray.cluster_resources().get("CPU", 1.0))
+        return max(1, int(cpus // self.cpus_per_step))
+
+    def _connect(self, ray: Any) -> None:
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        quiet = {
+            "include_dashboard": False,
+            "log_to_driver": False,
+            "logging_level": logging.WARNING,
+        }
+        address = self.address or os.environ.get("RAY_ADDRESS") or None
+        if address is None:
+            ray.init(num_cpus=self.num_cpus, _node_ip_address="127.0.0.1", **quiet)
+            return
+        try:
+            ray.init(address=address, **quiet)
+        except (ConnectionError, ValueError) as exc:
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise IntriguingError(f"cannot join the Ray cluster at {address}: {message}") from None
+
+    def stop(self, *, abort: bool) -> None:
+        ray = self._ray
+        if ray is None:
+            return
+        if abort:
+            for ref in self._in_flight:
+                with contextlib.suppress(Exception):  # already finished or gone
+                    ray.cancel(ref)  # interrupts the task; the worker process is kept
+        self._in_flight.clear()
+        self._refs.clear()
+        if self._owned:
+            ray.shutdown()
+            self._owned = False
+        self._ray = None
+
+    # -- steps
+    def submit(self, step: Step, deps: Mapping[str, Any], store: RunStore) -> None:
+        dep_refs = [self._ref_of(key, deps[key]) for key in step.deps]
+        root = str(store.root.expanduser().resolve())
+        ref = self._task.remote(step, list(step.deps), root, self._env, self._threads, *dep_refs)
+        self._in_flight[ref] = step.key
+
+    def _ref_of(self, key: str, result: Any) -> Any:
+        """The object-store reference of ``key``'s outcome (put there once if it was reused)."""
+        if key not in self._refs:
+            self._refs[key] = self._ray.put(StepOutcome(key, result, 0.0))
+        return self._refs[key]
+
+    def wait(self) -> StepOutcome:
+        ray = self._ray
+        ready, _ = ray.wait(list(self._in_flight), num_returns=1)
+        ref = ready[0]
+        key = self._in_flight.pop(ref)
+        try:
+            outcome: StepOutcome = ray.get(ref)
+        except ray.exceptions.RayTaskError as exc:
+            if isinstance(exc.cause, IntriguingError):
+                raise exc.cause from None
+            raise
+        except ray.exceptions.RayError as exc:
+            raise IntriguingError(
+                f"step {key!r} failed on the Ray cluster after {self.max_retries} retries "
+                f"({type(exc).__name__}); rerun the same command to resume"
+            ) from None
+        self._refs[key] = ref
+        return outcome

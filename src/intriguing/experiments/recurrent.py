@@ -1,0 +1,504 @@
+"""Do adversarial examples exist for recurrent nets, and do they transfer to feedforward ones?
+
+Issue #9, item 1 (Neocleous & Schizas: the paper's claims are "not verified in recurrent neural
+structures"). The experiment extends the paper's §4.2 protocol (Tables 1 and 2) to the recurrent
+models of :mod:`intriguing.models.recurrent`, as a resumable step graph::
+
+    model/<m>                           train (or reuse) m; errors on train/test/P1/P2
+    select/<split>/common               first n examples of the split EVERY model classifies right
+    attack/<split>/<m>/untargeted/shard-<k>   untargeted L-BFGS (§4.1) on a shard of the selection
+    attacks/<split>/<m>/untargeted      success rate, distortion, re-verification
+    cross/<split>/<m>                   error m's examples cause on every model (Table 2 rows)
+    amplify/<split>/<m>                 the same with m's perturbations rescaled to RMS 0.1 (Table 4)
+    noise/<split>/<label>               Gaussian noise on the same images: "matched" has the mean
+                                        adversarial distortion of all sources as its stddev
+    tables/recurrent                    per-model table, transfer matrix and its RNN/FF blocks
+
+Every model attacks and is evaluated on the SAME images, so the matrix's entries are the errors the
+examples *cause* (every model is right on the originals). Each source row counts all n examples; a
+failed attack contributes its best attempt (as in :func:`intriguing.experiments.steps.cross_step`).
+Images are float32 ``(N, 1, 28, 28)`` in [0, 1]; distortion is the paper's RMS per pixel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from intriguing._io import atomic_write_json
+from intriguing.errors import IntriguingError, InvalidInputError
+from intriguing.experiments import steps as st
+from intriguing.experiments import tables as tb
+from intriguing.experiments.graph import RunStore, Step, StepContext, run_graph
+from intriguing.experiments.specs import AttackSettings
+from intriguing.models.recurrent import RECURRENT_MODELS
+
+SCHEMA = "intriguing.recurrent/1"
+RESULTS_FILE = "results.json"
+FEEDFORWARD_MODELS: tuple[str, ...] = ("softmax1", "N100-100-10", "N200-200-10", "AE400-10", "Conv")
+MATCHED = "matched"
+KINDS: tuple[str, ...] = ("recurrent", "feedforward")
+BLOCKS: tuple[tuple[str, str], ...] = (
+    ("recurrent", "recurrent"),
+    ("recurrent", "feedforward"),
+    ("feedforward", "recurrent"),
+    ("feedforward", "feedforward"),
+)
+
+
+@dataclass(frozen=True)
+class RecurrentSpec:
+    """What a ``recurrent`` run computes (its results depend only on this and the data).
+
+    Attributes:
+        recurrent: recurrent zoo models (rows and columns of the matrix).
+        feedforward: feedforward zoo models (rows and columns too).
+        n_examples: first test images classified correctly by every model, attacked by each.
+        split: the split the examples come from (the test set: no model trained on it).
+        noise_stddevs: fixed-stddev Gaussian rows besides the ``matched`` one.
+        amplify_stddev: per-pixel RMS the successful perturbations are rescaled to for the
+            amplified rows (Table 4's protocol: 0.1; None: no amplified rows). Keep it among
+            ``noise_stddevs`` so the amplified rows have a same-stddev noise row to compare with.
+        attack: L-BFGS settings (the attack's defaults unless lowered for tests).
+        shard_size: examples per attack step (the unit of resumption).
+        seed: seeds the models (checkpoints) and the noise.
+        dataset: ``"mnist"`` or ``"mnist-5k"``.
+    """
+
+    recurrent: tuple[str, ...] = RECURRENT_MODELS
+    feedforward: tuple[str, ...] = FEEDFORWARD_MODELS
+    n_examples: int = 300
+    split: str = "test"
+    noise_stddevs: tuple[float, ...] = (0.1,)
+    amplify_stddev: float | None = 0.1
+    attack: AttackSettings = field(default_factory=AttackSettings)
+    shard_size: int = 100
+    seed: int = 0
+    dataset: str = "mnist"
+
+    def __post_init__(self) -> None:
+        if self.n_examples < 1:
+            raise InvalidInputError(f"--n must be >= 1, got {self.n_examples}")
+        if self.shard_size < 1:
+            raise InvalidInputError(f"shard_size must be >= 1, got {self.shard_size}")
+        if self.split not in ("train", "test"):
+            raise InvalidInputError(f"split must be 'train' or 'test', got {self.split!r}")
+        if not self.models():
+            raise InvalidInputError("no models given; name at least one recurrent or feedforward")
+        for stddev in (*self.noise_stddevs, *_present(self.amplify_stddev)):
+            if not (math.isfinite(stddev) and stddev > 0):
+                raise InvalidInputError(f"noise and amplify stddevs must be positive, got {stddev}")
+
+    def models(self) -> tuple[str, ...]:
+        """All models, recurrent first (the matrix's order)."""
+        return (*self.recurrent, *self.feedforward)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        return json.loads(json.dumps(data))
+
+
+def make_spec(
+    n: int = 300,
+    models: Sequence[str] | None = None,
+    *,
+    dataset: str = "mnist",
+    seed: int = 0,
+    attack: AttackSettings | None = None,
+    shard_size: int = 100,
+    noise_stddevs: Sequence[float] = (0.1,),
+    amplify_stddev: float | None = 0.1,
+) -> RecurrentSpec:
+    """A spec for ``models`` (zoo names or aliases; default: the three recurrent models and the
+    feedforward zoo), split into recurrent and feedforward by the zoo's registrations.
+
+    Raises:
+        UnknownModelError: a name is not in the zoo.
+        InvalidInputError: duplicate models, n < 1.
+    """
+    from intriguing.models import get_entry
+
+    names = [get_entry(m).name for m in (models or (*RECURRENT_MODELS, *FEEDFORWARD_MODELS))]
+    duplicates = sorted({m for m in names if names.count(m) > 1})
+    if duplicates:
+        raise InvalidInputError(f"models named twice: {', '.join(duplicates)}")
+    return RecurrentSpec(
+        recurrent=tuple(m for m in names if is_recurrent(m)),
+        feedforward=tuple(m for m in names if not is_recurrent(m)),
+        n_examples=n,
+        noise_stddevs=tuple(float(s) for s in noise_stddevs),
+        amplify_stddev=amplify_stddev,
+        attack=attack or AttackSettings(),
+        shard_size=shard_size,
+        seed=seed,
+        dataset=dataset,
+    )
+
+
+def _present(value: float | None) -> tuple[float, ...]:
+    return () if value is None else (value,)
+
+
+def is_recurrent(name: str) -> bool:
+    """Whether zoo model ``name`` is one of the recurrent models (has a recurrent layer)."""
+    from intriguing.models import get_entry
+    from intriguing.models.recurrent import FeedbackLoop, LastHidden
+    from intriguing.training.checkpoint import seeded
+
+    with seeded(0):
+        model = get_entry(name).build()
+    return any(isinstance(m, LastHidden | FeedbackLoop | torch.nn.RNNBase) for m in model.modules())
+
+
+# ----------------------------------------------------------------------------------- steps
+def common_select_step(bench: st.Workbench, ctx: StepContext) -> dict[str, Any]:
+    """Indices of the first ``n`` examples of ``split`` that every model classifies correctly."""
+    p = ctx.params
+    images, labels = bench.data.split(str(p["split"]))
+    correct = torch.ones_like(labels, dtype=torch.bool)
+    per_model: dict[str, int] = {}
+    for name in p["models"]:
+        right = st.predict(bench.model(str(name)), images) == labels
+        per_model[str(name)] = int(right.sum())
+        correct &= right
+    chosen = torch.nonzero(correct).flatten()[: int(p["n"])]
+    if chosen.numel() == 0:
+        raise IntriguingError(
+            f"no {p['split']} image is classified correctly by every model; train them better"
+        )
+    return {
+        "split": p["split"],
+        "n_split": int(labels.shape[0]),
+        "n_correct": per_model,
+        "n_common": int(correct.sum()),
+        "indices": chosen.tolist(),
+    }
+
+
+def selected_noise_step(bench: st.Workbench, ctx: StepContext) -> dict[str, Any]:
+    """Gaussian noise N(0, stddev^2) (clipped to [0, 1]) on the selected images; error per model.
+
+    ``stddev`` is a number, or ``"matched"``: the mean of the sources' mean adversarial distortion
+    (read from the attack summaries in ``summaries``), i.e. noise of the same RMS per pixel as the
+    average adversarial perturbation.
+    """
+    from intriguing.attacks import gaussian_noise
+
+    p = ctx.params
+    stddev = _noise_stddev(p["stddev"], [ctx.deps[k] for k in p["summaries"]])
+    select = ctx.deps[str(p["select"])]
+    images, labels = bench.data.split(str(p["split"]))
+    index = torch.tensor(select["indices"], dtype=torch.int64)
+    x, y = images[index], labels[index]
+    generator = torch.Generator().manual_seed(int(p["noise_seed"]))
+    noisy = gaussian_noise(x, stddev, generator=generator)
+    return {
+        "split": p["split"],
+        "label": p["label"],
+        "stddev": stddev,
+        "n": int(y.shape[0]),
+        "achieved_distortion": float(noisy.distortion.double().mean()),
+        "errors": {m: st.error_of(bench.model(m), noisy.images, y) for m in p["models"]},
+    }
+
+
+def _noise_stddev(value: Any, summaries: Sequence[Mapping[str, Any]]) -> float:
+    if value != MATCHED:
+        return float(value)
+    means = [s["mean_distortion"] for s in summaries if s["mean_distortion"] is not None]
+    if not means:
+        raise IntriguingError("no successful attack to match the noise's stddev to")
+    return float(sum(means) / len(means))
+
+
+def recurrent_table(
+    spec_dict: Mapping[str, Any],
+    models: Mapping[str, Any],
+    summaries: Mapping[str, Any],
+    cross: Mapping[str, Any],
+    noise: Sequence[Mapping[str, Any]],
+    amplified: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, Any]:
+    """Per-model rows, the transfer matrix (rows: sources, amplified sources and noise; columns:
+    models) and the mean off-diagonal error of each (source kind -> target kind) block. Pure: no
+    model is run."""
+    recurrent = list(spec_dict["recurrent"])
+    order = [*recurrent, *spec_dict["feedforward"]]
+    kind = {m: ("recurrent" if m in recurrent else "feedforward") for m in order}
+    rows = []
+    for m in order:
+        s, info = summaries[m], models[m]
+        rows.append(
+            {
+                "model": m,
+                "kind": kind[m],
+                "description": info["description"],
+                "test_error": info["errors"]["test"],
+                "train_error": info["errors"][info["train_split"]],
+                "n": s["n"],
+                "success_rate": s["success_rate"],
+                "mean_distortion": s["mean_distortion"],
+                "median_distortion": s["median_distortion"],
+                "max_distortion": s["max_distortion"],
+                "verified": s["verified"],
+                "verify_mismatches": s["verify_mismatches"],
+            }
+        )
+    matrix = tb.cross_table(order, cross, noise, amplified, {})
+    noise_rows = [row for row in matrix["rows"] if row["kind"] == "noise"]
+    for row, r in zip(noise_rows, noise, strict=True):
+        row["label"] = f"noise {r['label']} ({r['stddev']:.3f})"
+        row["noise"] = r["label"]
+    for row in matrix["rows"]:
+        row["source_kind"] = kind.get(row["source"]) if row["source"] else "noise"
+    return {
+        "rows": rows,
+        "kinds": kind,
+        "matrix": matrix,
+        "blocks": transfer_blocks(matrix, kind),
+    }
+
+
+def transfer_blocks(matrix: Mapping[str, Any], kind: Mapping[str, str]) -> list[dict[str, Any]]:
+    """Mean error over each (source kind, target kind) block, the diagonal (a model's own
+    examples) excluded; amplified rows give ``"<kind> amplified <stddev>"`` blocks and noise rows
+    ``"noise <label>"`` blocks. ``mean`` is None when a block has no cell (e.g. a single recurrent
+    model: no off-diagonal RNN->RNN cell)."""
+    cells: dict[tuple[str, str], list[float]] = {}
+    for row in matrix["rows"]:
+        if row["kind"] == "adversarial":
+            source_kind = kind[row["source"]]
+        elif row["kind"] == "amplified":
+            source_kind = amplified_kind(kind[row["source"]], row["stddev"])
+        else:
+            source_kind = f"noise {row['noise']}" if "noise" in row else row["label"]
+        for target, error in row["errors"].items():
+            if target == row["source"] or error is None:
+                continue
+            cells.setdefault((source_kind, kind[target]), []).append(float(error))
+    amplified = sorted({s for s, _ in cells if " amplified " in s}, key=_kind_first)
+    ordered = [*BLOCKS, *((a, t) for a in amplified for t in KINDS)]
+    pairs = [
+        *(k for k in ordered if k in cells or k in BLOCKS),
+        *sorted(k for k in cells if k not in ordered),
+    ]
+    return [
+        {
+            "source": s,
+            "target": t,
+            "cells": len(cells.get((s, t), [])),
+            "mean": (sum(cells[(s, t)]) / len(cells[(s, t)])) if cells.get((s, t)) else None,
+            "min": min(cells[(s, t)]) if cells.get((s, t)) else None,
+            "max": max(cells[(s, t)]) if cells.get((s, t)) else None,
+        }
+        for s, t in pairs
+    ]
+
+
+def _kind_first(block: str) -> tuple[int, str]:
+    """Sort key: recurrent blocks before feedforward ones, then by name."""
+    return (0 if block.startswith("recurrent") else 1, block)
+
+
+def amplified_kind(kind: str, stddev: float) -> str:
+    """Block name of amplified rows, e.g. ``"recurrent amplified 0.1"``."""
+    return f"{kind} amplified {stddev:g}"
+
+
+# ----------------------------------------------------------------------------------- graph
+def _step(
+    key: str, fn: Callable[[StepContext], Any], params: dict[str, Any], deps: tuple[str, ...] = ()
+) -> Step:
+    return Step(key=key, fn=fn, params=params, deps=deps)
+
+
+def _attack_steps(
+    spec: RecurrentSpec, bench: st.Workbench, model: str, select: str, n: int
+) -> tuple[list[Step], str]:
+    """Attack shards of one model (reusing the reproduce step functions) and their summary."""
+    split, mode = spec.split, "untargeted"
+    shards: list[Step] = []
+    for k in range(max(1, math.ceil(n / spec.shard_size))):
+        start, stop = k * spec.shard_size, min(n, (k + 1) * spec.shard_size)
+        params = {
+            "model": model,
+            "split": split,
+            "mode": mode,
+            "start": start,
+            "stop": stop,
+            "select": select,
+            "attack": spec.attack.kwargs(),
+            "target_seed": st.derived_seed(spec.seed, model, split, start),
+        }
+        key = f"attack/{split}/{model}/{mode}/shard-{k:04d}"
+        shards.append(_step(key, partial(st.attack_shard_step, bench), params, (select,)))
+    summary = f"attacks/{split}/{model}/{mode}"
+    keys = [s.key for s in shards]
+    params = {"model": model, "split": split, "mode": mode, "shards": keys}
+    shards.append(_step(summary, partial(st.attack_summary_step, bench), params, tuple(keys)))
+    return shards, summary
+
+
+def build_steps(spec: RecurrentSpec, bench: st.Workbench, n_split: int) -> list[Step]:
+    """Every step of the run described by ``spec`` (``n_split``: images in ``spec.split``)."""
+    identity = bench.data.identity
+    data_id = {"dataset": identity.get("dataset"), "files": identity.get("files")}
+    models = list(spec.models())
+    model_keys = tuple(f"model/{m}" for m in models)
+    steps = [
+        _step(
+            f"model/{m}",
+            partial(st.model_step, bench),
+            {
+                "model": m,
+                "dataset": spec.dataset,
+                "seed": spec.seed,
+                "data": data_id,
+                "checkpoint": st.checkpoint_key(m, identity, spec.seed),
+            },
+        )
+        for m in models
+    ]
+    select = f"select/{spec.split}/common"
+    n = min(spec.n_examples, n_split)
+    steps.append(
+        _step(
+            select,
+            partial(common_select_step, bench),
+            {"models": models, "split": spec.split, "n": n},
+            model_keys,
+        )
+    )
+    summaries: dict[str, str] = {}
+    cross: dict[str, str] = {}
+    amplified: list[str] = []
+    for model in models:
+        shard_steps, summary = _attack_steps(spec, bench, model, select, n)
+        steps += shard_steps
+        summaries[model] = summary
+        shards = [s.key for s in shard_steps if s.key != summary]
+        key = f"cross/{spec.split}/{model}"
+        params = {
+            "source": model,
+            "split": spec.split,
+            "models": models,
+            "summary": summary,
+            "shards": shards,
+        }
+        deps = (summary, *shards, *model_keys)
+        steps.append(_step(key, partial(st.cross_step, bench), params, deps))
+        cross[model] = key
+        if spec.amplify_stddev is not None:
+            key = f"amplify/{spec.split}/{model}"
+            amp = {**params, "stddev": spec.amplify_stddev}
+            steps.append(_step(key, partial(st.amplify_step, bench), amp, deps))
+            amplified.append(key)
+    noise_keys = []
+    for stddev in (MATCHED, *spec.noise_stddevs):
+        label = stddev if isinstance(stddev, str) else f"{stddev:g}"
+        key = f"noise/{spec.split}/{label}"
+        summary_keys = list(summaries.values()) if stddev == MATCHED else []
+        steps.append(
+            _step(
+                key,
+                partial(selected_noise_step, bench),
+                {
+                    "split": spec.split,
+                    "label": label,
+                    "stddev": stddev,
+                    "select": select,
+                    "summaries": summary_keys,
+                    "models": models,
+                    "noise_seed": st.derived_seed(spec.seed, "recurrent-noise", label),
+                },
+                (select, *summary_keys, *model_keys),
+            )
+        )
+        noise_keys.append(key)
+    spec_dict = spec.to_dict()
+
+    def table(ctx: StepContext) -> Any:
+        return recurrent_table(
+            spec_dict,
+            {m: ctx.deps[f"model/{m}"] for m in models},
+            {m: ctx.deps[k] for m, k in summaries.items()},
+            {m: ctx.deps[k] for m, k in cross.items()},
+            [ctx.deps[k] for k in noise_keys],
+            [ctx.deps[k] for k in amplified],
+        )
+
+    deps = (*model_keys, *summaries.values(), *cross.values(), *noise_keys, *amplified)
+    steps.append(
+        Step(key="tables/recurrent", fn=table, params={"spec": spec_dict}, deps=deps, version="2")
+    )
+    return steps
+
+
+def run_recurrent(
+    spec: RecurrentSpec,
+    out: str | os.PathLike[str],
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    render: bool = True,
+) -> dict[str, Any]:
+    """Run (or resume) ``spec`` in ``out``; write ``results.json`` (and ``report.md`` + figure).
+
+    Returns the results document: ``{"schema", "config", "dataset", "selection", "models",
+    "table", "timings"}``; ``table`` is :func:`recurrent_table`'s output. A rerun with the same spec
+    reuses every finished step.
+
+    Raises:
+        IntriguingError: unknown models, missing data, an unusable output directory.
+    """
+    torch.set_num_threads(1)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InvalidInputError(f"--out {out} is a file; give a directory")
+    start = time.perf_counter()
+    bench = st.Workbench(dataset=spec.dataset, data_dir=data_dir, seed=spec.seed)
+    n_split = len(bench.data.split(spec.split)[1])
+    store = RunStore(out)
+    results = run_graph(build_steps(spec, bench, n_split), store, description="recurrent")
+    select = results[f"select/{spec.split}/common"]
+    document = {
+        "schema": SCHEMA,
+        "config": spec.to_dict(),
+        "dataset": bench.data.identity,
+        "selection": {k: v for k, v in select.items() if k != "indices"}
+        | {"n": len(select["indices"])},
+        "models": {m: results[f"model/{m}"] for m in spec.models()},
+        "table": results["tables/recurrent"],
+        "timings": {
+            "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "wall_time_s": round(time.perf_counter() - start, 3),
+            "torch_threads": torch.get_num_threads(),
+            "steps_s": _step_times(store, results),
+        },
+    }
+    document = json.loads(json.dumps(document, allow_nan=False))
+    atomic_write_json(out / RESULTS_FILE, document)
+    if render:
+        from intriguing.report.recurrent import render_recurrent
+
+        render_recurrent(out)
+    return document
+
+
+def _step_times(store: RunStore, results: Mapping[str, Any]) -> dict[str, float]:
+    times = {}
+    for key in results:
+        record = store.load(key)
+        if record is not None:
+            times[key] = float(record.get("elapsed_s", 0.0))
+    return times
