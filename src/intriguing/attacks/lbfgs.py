@@ -71,6 +71,13 @@ class _Problems:
 
 REFINE_FACTOR = 1.5  # the polish starts at a known good constant: bracket it narrowly
 REFINE_TEMPERATURE = 0.03  # the polish's cross-entropy temperature
+# The polish starts at a good point and constant: 3 constants give the same mean distortion as 10
+# (N100-100-10: 0.02972 vs 0.02971; softmax1: 0.02125 vs 0.02124) with 9-10% fewer evaluations.
+REFINE_SEARCH_STEPS = 3
+# After a failed stage, and until the example's first successful one, stages stop on a 10x tighter
+# relative decrease: on nearly flat models a loose test ends stages after an iteration or two and
+# the search then declares every c a failure. Once a success brackets c, the stages only refine.
+SEARCH_FTOL_FACTOR = 0.1
 
 
 class LBFGS(Attack):
@@ -132,7 +139,7 @@ class LBFGS(Attack):
         memory: int = 5,
         max_iter: int = 100,
         pgtol: float = 1e-5,
-        ftol: float = 1e-4,
+        ftol: float = 1e-3,
         batch_size: int = 512,
         seed: int = 0,
         refine: bool = True,
@@ -245,7 +252,16 @@ class LBFGS(Attack):
         problems = _Problems(
             redo, reached, reached, start=solved.adversarial[redo], c0=solved.c[redo]
         )
-        search = _Search(self, model, images, labels, problems, REFINE_TEMPERATURE, REFINE_FACTOR)
+        search = _Search(
+            self,
+            model,
+            images,
+            labels,
+            problems,
+            REFINE_TEMPERATURE,
+            REFINE_FACTOR,
+            min(self.search_steps, REFINE_SEARCH_STEPS),
+        )
         polished = search.solve()
         better = polished.success & (polished.d2 < solved.d2[redo])
         rows = redo[better]
@@ -300,9 +316,11 @@ class _Search:
         problems: _Problems,
         temperature: float,
         c_factor: float | None = None,
+        search_steps: int | None = None,
     ) -> None:
         self.attack, self.model, self.temperature = attack, model, temperature
         self.c_factor = attack.c_factor if c_factor is None else c_factor
+        self.search_steps = attack.search_steps if search_steps is None else search_steps
         self.shape = tuple(images.shape[1:])
         self.flat = images.reshape(images.shape[0], -1)
         self.labels, self.problems = labels, problems
@@ -401,7 +419,7 @@ class _Search:
             c0 = torch.full((take,), self.attack.c_init, device=slots.device, dtype=torch.float64)
         else:
             c0 = self.problems.c0[probs]
-        self.opt.load(slots, x0, anchor, c0)
+        self.opt.load(slots, x0, anchor, c0)  # first stage: the attack's ftol
         self.slot_problem[slots] = probs
         self.c_succ[slots] = 0.0
         self.c_fail[slots] = math.inf
@@ -466,12 +484,14 @@ class _Search:
             torch.where(ok, c * step, c / step),
         )
         tight = bracketed & (c_fail <= c_succ * (1.0 + a.c_rtol))
-        done = tight | (self.stages[slots] >= a.search_steps)
+        done = tight | (self.stages[slots] >= self.search_steps)
         if bool(done.any()):
             self._retire(slots[done])
         go_on = slots[~done]
         if len(go_on):
             self.opt.set_c(go_on, new_c[~done])
+            found = (self.c_succ[go_on] > 0).double()
+            self.opt.set_ftol(go_on, a.ftol * (found + (1.0 - found) * SEARCH_FTOL_FACTOR))
         return int(done.sum())
 
     def _retire(self, slots: torch.Tensor) -> None:

@@ -95,7 +95,8 @@ class BoxLBFGS:
         max_iter: iterations per stage (a stage ends at convergence or at a ``c`` change).
         max_ls: rejected trials allowed in one line search before the stage ends.
         pgtol: projected-gradient infinity-norm tolerance.
-        ftol: relative-decrease tolerance.
+        ftol: relative-decrease tolerance (per slot: :meth:`set_ftol` changes it until the next
+            :meth:`load`).
         device, dtype: of the ``(B, D)`` state (float32 for images).
     """
 
@@ -113,6 +114,7 @@ class BoxLBFGS:
         "fl",
         "r2",
         "c",
+        "ftol_slot",
         "alpha",
         "gtd",
         "ls_steps",
@@ -167,6 +169,7 @@ class BoxLBFGS:
         self.fl = zeros(B, kind=f64)  # loss at x
         self.r2 = zeros(B, kind=f64)  # ||x - anchor||^2
         self.c = zeros(B, kind=f64)
+        self.ftol_slot = zeros(B, kind=f64) + ftol  # per-slot relative-decrease tolerance
         self.alpha = zeros(B, kind=f64) + 1.0
         self.gtd = zeros(B, kind=f64)  # g'(xt - x) of the current trial
         self.ls_steps = zeros(B, kind=i64)
@@ -200,6 +203,7 @@ class BoxLBFGS:
         self.xt[slots] = x0
         self.anchor[slots] = anchor.reshape(len(slots), self.dim).to(self.x.dtype)
         self.c[slots] = c.to(self.c.dtype)
+        self.ftol_slot[slots] = self.ftol
         self.active[slots] = True
         self.waiting[slots] = False
         self._g_valid[slots] = False
@@ -215,6 +219,10 @@ class BoxLBFGS:
             self.clock,
         ):
             counter[slots] = 0
+
+    def set_ftol(self, slots: torch.Tensor, ftol: torch.Tensor | float) -> None:
+        """Relative-decrease tolerance of ``slots`` from now on (default: the constructor's)."""
+        self.ftol_slot[slots] = torch.as_tensor(ftol, dtype=self.ftol_slot.dtype)
 
     def set_c(self, slots: torch.Tensor, c: torch.Tensor) -> None:
         """Start a new stage in ``slots`` with constants ``c`` ``(k,)``, warm-started at the iterate.
@@ -355,7 +363,7 @@ class BoxLBFGS:
         # next direction's mask (a float mask: bool comparisons and products are far slower on CPU)
         torch.sign(pg, out=self._buf("free"))
         self._g_valid.fill_(True)
-        done = (stepped & (decrease <= self.ftol * scale)) | (pg.amax(1) <= self.pgtol)
+        done = (stepped & (decrease <= self.ftol_slot * scale)) | (pg.amax(1) <= self.pgtol)
         done |= self.stage_iters >= self.max_iter
         conv_acc = accepted & done
         go_on = accepted & ~done
