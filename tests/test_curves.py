@@ -20,17 +20,11 @@ from intriguing.analysis.curves import budget_for_rate, curve_summary, robustnes
 from intriguing.analysis.rarity import clopper_pearson
 from intriguing.cli.main import cli
 from intriguing.errors import IntriguingError
+from intriguing.experiments.specs import make_spec
 
 DATASET = "mnist-5k"
-TINY_ATTACK: dict[str, Any] = {
-    "search_steps": 4,
-    "max_iter": 25,
-    "c_rtol": 0.2,
-    "refine": False,
-    "batch_size": 64,
-    "threads": 1,
-    "progress": False,
-}
+# the reproduce pipeline's "tiny" attack settings (few constants and iterations, no polish)
+TINY_ATTACK: dict[str, Any] = make_spec("tiny").attack.kwargs()
 
 
 # ----------------------------------------------------------------------------- the curve

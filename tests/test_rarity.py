@@ -31,6 +31,7 @@ from intriguing.analysis.rarity import (
 )
 from intriguing.cli.main import cli
 from intriguing.errors import IntriguingError
+from intriguing.experiments.specs import make_spec
 
 DIM = 20
 DIST = 0.1
@@ -204,15 +205,8 @@ def test_measure_rarity_refuses_bad_input(
 
 
 # ----------------------------------------------------------------------------- experiment + CLI
-TINY_ATTACK: dict[str, Any] = {
-    "search_steps": 4,
-    "max_iter": 25,
-    "c_rtol": 0.2,
-    "refine": False,
-    "batch_size": 64,
-    "threads": 1,
-    "progress": False,
-}
+# the reproduce pipeline's "tiny" attack settings (few constants and iterations, no polish)
+TINY_ATTACK: dict[str, Any] = make_spec("tiny").attack.kwargs()
 
 
 def test_rarity_experiment_on_a_zoo_model_resumes(mnist_dir: Path, tmp_path: Path) -> None:

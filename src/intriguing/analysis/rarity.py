@@ -57,7 +57,7 @@ import torch
 from scipy.stats import binomtest
 from torch import nn
 
-from intriguing.attacks.checks import check_eval_mode, check_images, check_labels
+from intriguing.attacks.checks import check_eval_mode, check_image_pair, check_labels
 from intriguing.attacks.metrics import success_mask
 from intriguing.errors import InvalidInputError
 from intriguing.progress import track
@@ -361,12 +361,7 @@ def measure_rarity(
     cfg = config or RarityConfig()
     cfg.check()
     check_eval_mode(model)
-    originals = check_images(originals, name="originals")
-    adversarials = check_images(adversarials, name="adversarials")
-    if originals.shape != adversarials.shape:
-        raise InvalidInputError(
-            f"originals {tuple(originals.shape)} and adversarials {tuple(adversarials.shape)} differ in shape"
-        )
+    originals, adversarials = check_image_pair(originals, adversarials)
     n = originals.shape[0]
     labels = check_labels(labels, n)
     dim = originals[0].numel()

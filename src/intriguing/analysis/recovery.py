@@ -39,7 +39,7 @@ from scipy import stats
 from torch import nn
 
 from intriguing.attacks import LBFGS, AttackResult
-from intriguing.attacks.checks import check_eval_mode, check_images, check_labels
+from intriguing.attacks.checks import check_eval_mode, check_image_pair, check_labels
 from intriguing.attacks.metrics import rms_distortion
 from intriguing.errors import InvalidInputError
 
@@ -212,12 +212,7 @@ def recover_and_detect(
         ``detector_clean`` / ``detector_adversarial`` (``S``), ``oracle_clean`` / ``oracle_adversarial`` (``O``).
     """
     check_eval_mode(model)
-    originals = check_images(originals, name="originals")
-    adversarials = check_images(adversarials, name="adversarials")
-    if originals.shape != adversarials.shape:
-        raise InvalidInputError(
-            f"originals {tuple(originals.shape)} and adversarials {tuple(adversarials.shape)} differ in shape"
-        )
+    originals, adversarials = check_image_pair(originals, adversarials)
     n = originals.shape[0]
     labels = check_labels(labels, n)
     kw = dict(attack or {})

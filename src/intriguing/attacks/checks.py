@@ -55,6 +55,18 @@ def check_images(images: object, *, name: str = "images") -> torch.Tensor:
     return images
 
 
+def check_image_pair(originals: object, adversarials: object) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both checked like :func:`check_images` and of the same shape ``(N, ...)``."""
+    originals = check_images(originals, name="originals")
+    adversarials = check_images(adversarials, name="adversarials")
+    if originals.shape != adversarials.shape:
+        raise InvalidInputError(
+            f"originals {tuple(originals.shape)} and adversarials {tuple(adversarials.shape)} "
+            "differ in shape"
+        )
+    return originals, adversarials
+
+
 def check_labels(
     labels: object, n: int, *, num_classes: int | None = None, name: str = "labels"
 ) -> torch.Tensor:

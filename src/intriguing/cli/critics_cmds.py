@@ -131,6 +131,28 @@ def _check_run(from_run: Path | None) -> None:
         check_run(from_run)
 
 
+def _run(command: str, n: int, options: dict[str, Any], common: dict[str, Any]) -> None:
+    """Run ``command``'s step graph with the options every critics command shares."""
+    from intriguing.experiments.critics import run_critics
+
+    _check_run(common["from_run"])
+    payload = run_critics(
+        command,
+        _models(common["models"]),
+        common["out"],
+        dataset=common["dataset"],
+        data_dir=common["data_dir"],
+        seed=0,
+        from_run=common["from_run"],
+        n=n,
+        source_n=_attack_n(common["attack_n"], n),
+        split=common["split"],
+        attack=_attack(common["max_iter"], common["search_steps"]),
+        options=options,
+    )
+    _finish(payload, common["out"], common["json_path"])
+
+
 def _finish(payload: dict[str, Any], out: Path, json_path: Path | None) -> None:
     from intriguing._io import atomic_write_json
 
@@ -178,21 +200,11 @@ def rarity(
     scales: str,
     rays: int,
     box: str,
-    models: str | None,
-    from_run: Path | None,
-    out: Path,
-    split: str,
-    attack_n: int | None,
-    max_iter: int | None,
-    search_steps: int | None,
-    dataset: str,
-    data_dir: Path | None,
     seed: int,
-    json_path: Path | None,
+    **common: Any,
 ) -> None:
     """How often does a random perturbation as large as the adversarial one change the label?"""
     from intriguing.analysis.rarity import RarityConfig
-    from intriguing.experiments.critics import run_critics
 
     config = RarityConfig(
         samples=samples,
@@ -202,7 +214,6 @@ def rarity(
         seed=seed,
     )
     config.check()
-    _check_run(from_run)
     options = {
         "config": {
             "samples": config.samples,
@@ -215,21 +226,7 @@ def rarity(
             "seed": config.seed,
         }
     }
-    payload = run_critics(
-        "rarity",
-        _models(models),
-        out,
-        dataset=dataset,
-        data_dir=data_dir,
-        seed=0,
-        from_run=from_run,
-        n=n,
-        source_n=_attack_n(attack_n, n),
-        split=split,
-        attack=_attack(max_iter, search_steps),
-        options=options,
-    )
-    _finish(payload, out, json_path)
+    _run("rarity", n, options, common)
 
 
 @click.command("recover")
@@ -250,49 +247,24 @@ def recover(
     n: int,
     bootstrap: int,
     amplify: str,
-    models: str | None,
-    from_run: Path | None,
-    out: Path,
-    split: str,
-    attack_n: int | None,
-    max_iter: int | None,
-    search_steps: int | None,
-    dataset: str,
-    data_dir: Path | None,
     seed: int,
-    json_path: Path | None,
+    **common: Any,
 ) -> None:
     """Attack adversarial examples back to their true label; detect them by the flip distance."""
-    from intriguing.experiments.critics import run_critics
-
     if bootstrap < 1:
         raise InvalidInputError(f"--bootstrap must be >= 1, got {bootstrap}")
-    _check_run(from_run)
-    attack = _attack(max_iter, search_steps)
+    attack = _attack(common["max_iter"], common["search_steps"])
     factors = () if amplify.strip().lower() in ("", "none") else _floats(amplify, "amplify")
     if any(not k > 1.0 for k in factors):
         raise InvalidInputError(f"--amplify factors must be > 1, got {amplify!r}")
-    payload = run_critics(
-        "recover",
-        _models(models),
-        out,
-        dataset=dataset,
-        data_dir=data_dir,
-        seed=0,
-        from_run=from_run,
-        n=n,
-        source_n=_attack_n(attack_n, n),
-        split=split,
-        attack=attack,
-        options={
-            "attack": attack,
-            "bootstrap": bootstrap,
-            "seed": seed,
-            "confidence": 0.95,
-            "amplify": list(factors),
-        },
-    )
-    _finish(payload, out, json_path)
+    options = {
+        "attack": attack,
+        "bootstrap": bootstrap,
+        "seed": seed,
+        "confidence": 0.95,
+        "amplify": list(factors),
+    }
+    _run("recover", n, options, common)
 
 
 @click.command("curves")
@@ -312,35 +284,10 @@ def curves(
     n: int,
     budget_max: float,
     points: int,
-    models: str | None,
-    from_run: Path | None,
-    out: Path,
-    split: str,
-    attack_n: int | None,
-    max_iter: int | None,
-    search_steps: int | None,
-    dataset: str,
-    data_dir: Path | None,
-    seed: int,
-    json_path: Path | None,
+    **common: Any,
 ) -> None:
     """Attack success rate as a function of the distortion budget, for every model."""
-    from intriguing.experiments.critics import budgets_grid, run_critics
+    from intriguing.experiments.critics import budgets_grid
 
     budgets = budgets_grid(budget_max, points)
-    _check_run(from_run)
-    payload = run_critics(
-        "curves",
-        _models(models),
-        out,
-        dataset=dataset,
-        data_dir=data_dir,
-        seed=0,
-        from_run=from_run,
-        n=n,
-        source_n=_attack_n(attack_n, n),
-        split=split,
-        attack=_attack(max_iter, search_steps),
-        options={"budgets": budgets, "confidence": 0.95},
-    )
-    _finish(payload, out, json_path)
+    _run("curves", n, {"budgets": budgets, "confidence": 0.95}, common)

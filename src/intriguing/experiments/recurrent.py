@@ -352,24 +352,9 @@ def _attack_steps(
 
 def build_steps(spec: RecurrentSpec, bench: st.Workbench, n_split: int) -> list[Step]:
     """Every step of the run described by ``spec`` (``n_split``: images in ``spec.split``)."""
-    identity = bench.data.identity
-    data_id = {"dataset": identity.get("dataset"), "files": identity.get("files")}
     models = list(spec.models())
     model_keys = tuple(f"model/{m}" for m in models)
-    steps = [
-        _step(
-            f"model/{m}",
-            partial(st.model_step, bench),
-            {
-                "model": m,
-                "dataset": spec.dataset,
-                "seed": spec.seed,
-                "data": data_id,
-                "checkpoint": st.checkpoint_key(m, identity, spec.seed),
-            },
-        )
-        for m in models
-    ]
+    steps = st.model_steps(bench, models, spec.dataset, spec.seed)
     select = f"select/{spec.split}/common"
     n = min(spec.n_examples, n_split)
     steps.append(

@@ -161,22 +161,7 @@ def build_steps(
     spec: ReproduceSpec, bench: st.Workbench, split_sizes: dict[str, int]
 ) -> list[Step]:
     """Every step of the run described by ``spec`` (``split_sizes``: examples per split)."""
-    identity = bench.data.identity
-    data_id = {"dataset": identity.get("dataset"), "files": identity.get("files")}
-    steps = [
-        _step(
-            f"model/{m}",
-            partial(st.model_step, bench),
-            {
-                "model": m,
-                "dataset": spec.dataset,
-                "seed": spec.seed,
-                "data": data_id,
-                "checkpoint": st.checkpoint_key(m, identity, spec.seed),
-            },
-        )
-        for m in spec.models()
-    ]
+    steps = st.model_steps(bench, spec.models(), spec.dataset, spec.seed)
     t1, t3 = spec.table1, spec.table3
     modes = ("untargeted", "targeted") if t1.targeted else ("untargeted",)
     n1 = min(t1.n_examples, split_sizes[t1.split])

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +28,7 @@ from intriguing.errors import IntriguingError
 
 if TYPE_CHECKING:
     from intriguing.data import MNIST
-    from intriguing.experiments.graph import StepContext
+    from intriguing.experiments.graph import Step, StepContext
 
 ATTACK_FILE = "result.safetensors"
 FIGURE7_FILE = "figure7.safetensors"
@@ -103,6 +105,28 @@ def _rel(ctx: StepContext, path: Path) -> str:
 
 
 # ----------------------------------------------------------------------------------- models
+def model_steps(bench: Workbench, models: Iterable[str], dataset: str, seed: int) -> list[Step]:
+    """One ``model/<m>`` step per model: train (or reuse) it and record its errors."""
+    from intriguing.experiments.graph import Step
+
+    identity = bench.data.identity
+    data_id = {"dataset": identity.get("dataset"), "files": identity.get("files")}
+    return [
+        Step(
+            key=f"model/{m}",
+            fn=partial(model_step, bench),
+            params={
+                "model": m,
+                "dataset": dataset,
+                "seed": seed,
+                "data": data_id,
+                "checkpoint": checkpoint_key(m, identity, seed),
+            },
+        )
+        for m in models
+    ]
+
+
 def model_step(bench: Workbench, ctx: StepContext) -> dict[str, Any]:
     """Train (or reuse) one zoo model and measure its error on train, test, P1 and P2."""
     from intriguing.models import get_entry
