@@ -109,6 +109,8 @@ class LBFGS(Attack):
         memory: L-BFGS memory (pairs per example).
         max_iter: L-BFGS iterations per stage.
         pgtol, ftol: per-stage convergence tolerances (projected gradient; relative decrease).
+            After a failed stage, and until the example's first successful one, stages use
+            ``ftol / 10`` (``SEARCH_FTOL_FACTOR``), so that nearly flat models are not given up on.
         batch_size: examples optimised at once (slots).
         seed: seed of the ``"random"`` target chooser.
         refine: untargeted mode (``target=None``): after the search, polish each success with a
