@@ -81,6 +81,31 @@ def _source_note(payload: Mapping[str, Any]) -> str:
 
 
 # ----------------------------------------------------------------------------- rarity
+def _section(
+    title: str,
+    intro: str,
+    payload: Mapping[str, Any],
+    header: list[str],
+    rows: list[list[str]],
+    figure: Path,
+    out: Path,
+    verdict: str,
+) -> Section:
+    """A report section: title, method, examples used, table, figure and verdict."""
+    name = figure.stem
+    md = "\n\n".join(
+        [
+            title,
+            intro,
+            _source_note(payload),
+            _table(header, rows),
+            f"![{name}]({figure.relative_to(out).as_posix()})",
+            f"**Verdict.** {verdict}",
+        ]
+    )
+    return Section(md, verdict, {name: str(figure)})
+
+
 def rarity_verdict(payload: Mapping[str, Any]) -> str:
     """One sentence: pooled flip counts at the adversarial distance and the ray-distance ratio."""
     models = payload["models"]
@@ -202,25 +227,27 @@ def render_rarity(payload: Mapping[str, Any], out: Path) -> Section:
     verdict = rarity_verdict(payload)
     any_r = next(iter(models.values()))
     cfg = any_r["config"]
-    md = "\n\n".join(
-        [
-            "## How rare are adversarial pockets? (issue #9, item 2)",
-            "The paper: adversarial examples have *extremely low probability* yet are *dense*; the "
-            "summary-and-critique: *little evidence for extremely low probability*. For each "
-            f"adversarial example ``x'`` of ``x`` we drew K = {cfg['samples']} directions uniformly "
-            "on the sphere and moved ``x`` by exactly ``||x' - x||_2`` (times the scale) along the "
-            f"clipped ray ``clip(x + s u, 0, 1)`` (box mode `{cfg['box']}`: the exact norm is kept "
-            "inside [0, 1], see `intriguing.analysis.rarity`), counting label changes; pooled rates "
-            "carry exact Clopper-Pearson 95% intervals (conditional on the examples). Along "
-            f"{cfg['ray_directions']} further random directions per example, the distance to the "
-            "first label change (grid scan + bisection) is divided by the adversarial distance.",
-            _source_note(payload),
-            _table(header, rows),
-            f"![rarity]({figure.relative_to(out).as_posix()})",
-            f"**Verdict.** {verdict}",
-        ]
+    intro = (
+        "The paper: adversarial examples have *extremely low probability* yet are *dense*; the "
+        "summary-and-critique: *little evidence for extremely low probability*. For each "
+        f"adversarial example ``x'`` of ``x`` we drew K = {cfg['samples']} directions uniformly "
+        "on the sphere and moved ``x`` by exactly ``||x' - x||_2`` (times the scale) along the "
+        f"clipped ray ``clip(x + s u, 0, 1)`` (box mode `{cfg['box']}`: the exact norm is kept "
+        "inside [0, 1], see `intriguing.analysis.rarity`), counting label changes; pooled rates "
+        "carry exact Clopper-Pearson 95% intervals (conditional on the examples). Along "
+        f"{cfg['ray_directions']} further random directions per example, the distance to the "
+        "first label change (grid scan + bisection) is divided by the adversarial distance."
     )
-    return Section(md, verdict, {"rarity": str(figure)})
+    return _section(
+        "## How rare are adversarial pockets? (issue #9, item 2)",
+        intro,
+        payload,
+        header,
+        rows,
+        figure,
+        out,
+        verdict,
+    )
 
 
 # ----------------------------------------------------------------------------- recover
@@ -394,23 +421,25 @@ def render_recover(payload: Mapping[str, Any], out: Path) -> Section:
     ]
     figure = _recover_figure(payload, out / "figures" / "recover.png")
     verdict = recover_verdict(payload)
-    md = "\n\n".join(
-        [
-            "## Recovering the true label with the same optimisation (issue #9, item 3)",
-            "From each adversarial ``x'`` (``f(x') = t``) the targeted L-BFGS attack runs back toward "
-            "the original label ``y``, giving ``x''``. Detector statistic (no label needed): ``S(z)``, "
-            "the untargeted minimum distortion that changes the current prediction, on the clean "
-            "``x`` and on ``x'``; small ``S`` flags an adversarial. Oracle (uses the label): "
-            "``||x'' - x'||`` for ``x'`` against the targeted distortion from ``x`` to ``t`` for "
-            "``x``. AUC = P(S(x') < S(x)) by the Mann-Whitney formula, with a paired percentile "
-            "bootstrap interval; failed attacks count as ``S = inf``.",
-            _source_note(payload),
-            _table(header, rows),
-            f"![recover]({figure.relative_to(out).as_posix()})",
-            f"**Verdict.** {verdict}",
-        ]
+    intro = (
+        "From each adversarial ``x'`` (``f(x') = t``) the targeted L-BFGS attack runs back toward "
+        "the original label ``y``, giving ``x''``. Detector statistic (no label needed): ``S(z)``, "
+        "the untargeted minimum distortion that changes the current prediction, on the clean "
+        "``x`` and on ``x'``; small ``S`` flags an adversarial. Oracle (uses the label): "
+        "``||x'' - x'||`` for ``x'`` against the targeted distortion from ``x`` to ``t`` for "
+        "``x``. AUC = P(S(x') < S(x)) by the Mann-Whitney formula, with a paired percentile "
+        "bootstrap interval; failed attacks count as ``S = inf``."
     )
-    return Section(md, verdict, {"recover": str(figure)})
+    return _section(
+        "## Recovering the true label with the same optimisation (issue #9, item 3)",
+        intro,
+        payload,
+        header,
+        rows,
+        figure,
+        out,
+        verdict,
+    )
 
 
 # ----------------------------------------------------------------------------- curves
@@ -512,20 +541,22 @@ def render_curves(payload: Mapping[str, Any], out: Path) -> Section:
     ]
     figure = _curves_figure(payload, out / "figures" / "curves.png")
     verdict = curves_verdict(payload)
-    md = "\n\n".join(
-        [
-            "## Universality as a curve (issue #9, item 5)",
-            "Success rate of the untargeted L-BFGS attack as a function of the distortion budget: "
-            "the empirical CDF of each example's minimum distortion, failures counted as never "
-            "succeeding. The L-BFGS distortion is an upper bound on the true minimum, so each curve "
-            "is a lower bound on the success attainable at that budget.",
-            _source_note(payload),
-            _table(header, rows),
-            f"![curves]({figure.relative_to(out).as_posix()})",
-            f"**Verdict.** {verdict}",
-        ]
+    intro = (
+        "Success rate of the untargeted L-BFGS attack as a function of the distortion budget: "
+        "the empirical CDF of each example's minimum distortion, failures counted as never "
+        "succeeding. The L-BFGS distortion is an upper bound on the true minimum, so each curve "
+        "is a lower bound on the success attainable at that budget."
     )
-    return Section(md, verdict, {"curves": str(figure)})
+    return _section(
+        "## Universality as a curve (issue #9, item 5)",
+        intro,
+        payload,
+        header,
+        rows,
+        figure,
+        out,
+        verdict,
+    )
 
 
 def render_section(payload: Mapping[str, Any], out: str | Path) -> Section:
