@@ -447,8 +447,9 @@ class _Search:
         d2 = self.opt.trial_sq_distance()  # (b,) float64 squared L2 of the trial points
         better = succ & (d2 < self.best_d2[idx])
         if bool(better.any()):
-            slots = idx[better]
-            self.best_x[slots] = xt[better]
+            rows = better.nonzero().squeeze(1)
+            slots = idx[rows]
+            self.best_x.index_copy_(0, slots, xt.index_select(0, rows))
             self.best_d2[slots] = d2[better]
             self.best_c[slots] = torch.where(fresh[better], math.nan, self.opt.c[slots])
         events = self.opt.observe(loss, grad)

@@ -418,8 +418,14 @@ class BoxLBFGS:
         rows = self.pair_due.nonzero().squeeze(1)
         self.pair_due = torch.zeros_like(self.pair_due)
         k = self.time[rows].argmin(1)  # empty positions (time -1) first, else the oldest
-        new = self.pair[:, :2] if len(rows) == self.capacity else self.pair[rows, :2]
-        self.mem[rows[:, None], torch.stack((k, m + k), 1)] = new  # (n, 2, D): s, yl
+        # row copies through flat views (index_select / index_copy_ are several times faster on
+        # CPU than the equivalent advanced indexing): s -> row k, yl -> row m + k of each slot
+        B, D = self.capacity, self.dim
+        src = torch.stack((3 * rows, 3 * rows + 1), 1).view(-1)
+        dst = torch.stack((2 * m * rows + k, 2 * m * rows + m + k), 1).view(-1)
+        self.mem.view(B * 2 * m, D).index_copy_(
+            0, dst, self.pair.view(B * 3, D).index_select(0, src)
+        )
         products = torch.bmm(vectors, self.mem.transpose(1, 2)).double()  # (B, r, 2m)
         ps = products[rows, 0]  # (n, 2m): S's, Y_L's with the new pair in place
         py = products[rows, 1]  # (n, 2m): S'yl, Y_L'yl
@@ -499,17 +505,20 @@ class BoxLBFGS:
         self.gtd[slots] = _dot(g, xt - x)
 
     def _set_trial(self, mask: torch.Tensor, alpha: torch.Tensor, g: torch.Tensor) -> None:
-        """``xt = clip(x + alpha d)`` and its ``g'(xt - x)`` for the slots in ``mask`` (dense)."""
-        alpha = torch.where(mask, alpha, self.alpha)
-        step = alpha.to(self.x.dtype)[:, None]
-        every = bool(mask.all())
-        xt = torch.addcmul(self.x, step, self.d, out=self.xt if every else self._buf("p"))
-        xt.clamp_(self.lower, self.upper)
-        if not every:
-            _assign_rows(self.xt, mask, xt)
-        self.alpha = alpha
-        moved = torch.sub(xt, self.x, out=self._buf("r"))
-        self.gtd = torch.where(mask, _dot(g, moved), self.gtd)
+        """``xt = clip(x + alpha d)`` and its ``g'(xt - x)`` for the slots in ``mask``."""
+        self.alpha = torch.where(mask, alpha, self.alpha)
+        dtype = self.x.dtype
+        if bool(mask.all()):
+            xt = torch.addcmul(self.x, self.alpha.to(dtype)[:, None], self.d, out=self.xt)
+            xt.clamp_(self.lower, self.upper)
+            self.gtd = _dot(g, torch.sub(xt, self.x, out=self._buf("r")))
+            return
+        rows = mask.nonzero().squeeze(1)  # only these rows: backtracking often touches a few
+        x = self.x.index_select(0, rows)
+        step = self.alpha.index_select(0, rows).to(dtype)[:, None]
+        xt = torch.addcmul(x, step, self.d.index_select(0, rows)).clamp_(self.lower, self.upper)
+        self.xt.index_copy_(0, rows, xt)
+        self.gtd = self.gtd.index_copy(0, rows, _dot(g.index_select(0, rows), xt.sub_(x)))
 
     def _backtrack(
         self, mask: torch.Tensor, f_old: torch.Tensor, f_new: torch.Tensor, g: torch.Tensor
