@@ -71,3 +71,24 @@ def test_amplify_errors() -> None:
         amplify(x, torch.rand(2, 5), 0.1)
     with pytest.raises(InvalidInputError, match=r"must lie in \[0, 1\]"):
         amplify(x, x + 2.0, 0.1)
+
+
+def test_unclipped_noise_keeps_the_full_stddev() -> None:
+    x = torch.zeros(3, 4000)
+    free = gaussian_noise(x, 1.0, generator=torch.Generator().manual_seed(1), clip=False)
+    clipped = gaussian_noise(x, 1.0, generator=torch.Generator().manual_seed(1))
+    assert float(free.images.min()) < 0.0 and float(free.images.max()) > 1.0
+    torch.testing.assert_close(free.distortion, torch.ones(3), rtol=0.03, atol=0)
+    # same draw: clipping the unclipped images gives the clipped ones exactly
+    assert torch.equal(free.images.clamp(0.0, 1.0), clipped.images)
+
+
+def test_amplify_unclipped_reaches_the_target_rms_outside_the_box() -> None:
+    x = torch.tensor([[0.95, 0.5, 0.5, 0.5]])
+    adv = torch.tensor([[1.0, 0.5, 0.5, 0.49]])
+    out = amplify(x, adv, 0.2, clip=False)
+    assert float(out.distortion[0]) == pytest.approx(0.2, rel=1e-5)
+    # hand-computed: the first entry moves by 0.05 * 0.2 / rms past the upper bound
+    rms = ((0.05**2 + 0.01**2) / 4) ** 0.5
+    assert float(out.images[0, 0]) == pytest.approx(0.95 + 0.05 * 0.2 / rms, rel=1e-5)
+    assert float(out.images[0, 0]) > 1.0

@@ -6,6 +6,10 @@
 - :func:`amplify`: rescale each perturbation ``x' - x`` so that its per-pixel RMS (the paper's
   distortion, equal to the per-pixel stddev of a zero-mean perturbation) equals ``stddev``, then clip
   to [0, 1]; clipping can only lower the RMS, so the achieved value is reported too.
+
+Both take ``clip=False`` to leave the result unclipped (values outside [0, 1], achieved RMS equal to
+the requested one up to sampling): the paper does not say whether its noise rows were clipped, and on
+MNIST the two readings give very different errors (docs/reproduce.md).
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from intriguing.errors import InvalidInputError
 
 @dataclass
 class Perturbed:
-    """Images ``(N, ...)`` in [0, 1] and their achieved RMS distortion ``(N,)`` from the originals."""
+    """Images ``(N, ...)`` (in [0, 1] unless made with ``clip=False``) and their achieved RMS
+    distortion ``(N,)`` from the originals."""
 
     images: torch.Tensor
     distortion: torch.Tensor
@@ -35,7 +40,11 @@ def _check_stddev(stddev: float) -> float:
 
 
 def gaussian_noise(
-    images: torch.Tensor, stddev: float, *, generator: torch.Generator | None = None
+    images: torch.Tensor,
+    stddev: float,
+    *,
+    generator: torch.Generator | None = None,
+    clip: bool = True,
 ) -> Perturbed:
     """Add i.i.d. Gaussian noise of standard deviation ``stddev`` and clip to [0, 1].
 
@@ -43,20 +52,26 @@ def gaussian_noise(
         images: ``(N, ...)`` floats in [0, 1].
         stddev: per-pixel noise standard deviation (the paper uses 0.1, 0.3, 0.06, 1).
         generator: a seeded ``torch.Generator`` on the images' device for reproducible noise.
+        clip: clip the noisy images to [0, 1] (``False``: leave them unclipped).
     """
     check_images(images)
     sigma = _check_stddev(stddev)
     noise = torch.randn(images.shape, generator=generator, device=images.device, dtype=images.dtype)
-    noisy = (images + sigma * noise).clamp_(0.0, 1.0)
+    noisy = images + sigma * noise
+    if clip:
+        noisy.clamp_(0.0, 1.0)
     return Perturbed(noisy, rms_distortion(images, noisy))
 
 
-def amplify(originals: torch.Tensor, adversarials: torch.Tensor, stddev: float) -> Perturbed:
+def amplify(
+    originals: torch.Tensor, adversarials: torch.Tensor, stddev: float, *, clip: bool = True
+) -> Perturbed:
     """Rescale ``adversarials - originals`` to per-pixel RMS ``stddev``, then clip to [0, 1].
 
     Args:
         originals, adversarials: ``(N, ...)`` floats in [0, 1] of the same shape.
         stddev: the target per-pixel RMS (the paper amplifies to 0.1).
+        clip: clip the amplified images to [0, 1] (``False``: leave them unclipped).
 
     Raises:
         InvalidInputError: shapes differ, inputs are invalid, or a perturbation is zero (it has no
@@ -76,5 +91,7 @@ def amplify(originals: torch.Tensor, adversarials: torch.Tensor, stddev: float) 
             f"{int((rms == 0).sum())} perturbation(s) are zero and cannot be amplified; drop them first"
         )
     scale = (sigma / rms).view(-1, *([1] * (delta.ndim - 1)))
-    amplified = (originals + delta * scale).clamp_(0.0, 1.0)
+    amplified = originals + delta * scale
+    if clip:
+        amplified.clamp_(0.0, 1.0)
     return Perturbed(amplified, rms_distortion(originals, amplified))

@@ -386,7 +386,7 @@ def build_steps(spec: RecurrentSpec, bench: st.Workbench, n_split: int) -> list[
         cross[model] = key
         if spec.amplify_stddev is not None:
             key = f"amplify/{spec.split}/{model}"
-            amp = {**params, "stddev": spec.amplify_stddev}
+            amp = {**params, "stddev": spec.amplify_stddev, "clip": True}  # docs/recurrent.md
             steps.append(_step(key, partial(st.amplify_step, bench), amp, deps))
             amplified.append(key)
     noise_keys = []

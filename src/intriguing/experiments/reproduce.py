@@ -134,7 +134,12 @@ def _table_steps(
         if amplify is not None:
             key = f"amplify/{split}/{model}"
             out.append(
-                _step(key, partial(st.amplify_step, bench), {**common, "stddev": amplify}, deps)
+                _step(
+                    key,
+                    partial(st.amplify_step, bench),
+                    {**common, "stddev": amplify, "clip": spec.noise_clip},
+                    deps,
+                )
             )
             rows["amplify"].append(key)
     for stddev in noise:
@@ -149,6 +154,7 @@ def _table_steps(
                     "n": noise_n,
                     "models": list(models),
                     "noise_seed": st.derived_seed(spec.seed, "noise", split, stddev),
+                    "clip": spec.noise_clip,
                 },
                 model_keys,
             )
@@ -202,6 +208,7 @@ def build_steps(
                 "noise_stddev": f7.noise_stddev,
                 "noise_examples": min(f7.noise_examples, split_sizes["test"]),
                 "noise_seed": st.derived_seed(spec.seed, "figure7"),
+                "noise_clip": spec.noise_clip,
             },
             (*f7_deps, *(f"model/{m}" for m in f7.models)),
         )

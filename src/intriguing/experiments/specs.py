@@ -192,12 +192,20 @@ class SpectralSpec:
 
 @dataclass(frozen=True)
 class ReproduceSpec:
-    """Everything a ``reproduce`` run computes; the run's results depend only on this and the data."""
+    """Everything a ``reproduce`` run computes; the run's results depend only on this and the data.
+
+    ``noise_clip``: clip the Gaussian-noise and amplified rows (Tables 2 and 4, Figure 7) to [0, 1].
+    The default leaves them unclipped: the paper does not say, and on full MNIST (default size) its
+    18 noise cells of Tables 2 and 4 are matched by unclipped noise within 0.1-4.8 points (clipped:
+    up to 55 points off), and Figure 7's 51% accuracy under stddev-1 noise by 43-45% (clipped:
+    18-22%). See docs/reproduce.md.
+    """
 
     size: str
     seed: int = 0
     dataset: str = "mnist"
     shard_size: int = 250
+    noise_clip: bool = False
     attack: AttackSettings = field(default_factory=AttackSettings)
     table1: Table1Spec = field(default_factory=Table1Spec)
     table2: Table2Spec = field(default_factory=Table2Spec)

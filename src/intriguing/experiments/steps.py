@@ -317,11 +317,12 @@ def amplify_step(bench: Workbench, ctx: StepContext) -> dict[str, Any]:
     keep = success & moved
     if not bool(keep.any()):
         raise IntriguingError(f"no successful adversarial example of {p['source']} to amplify")
-    amplified = amplify(originals[keep], adv[keep], float(p["stddev"]))
+    amplified = amplify(originals[keep], adv[keep], float(p["stddev"]), clip=bool(p["clip"]))
     return {
         "source": p["source"],
         "split": p["split"],
         "stddev": p["stddev"],
+        "clipped": bool(p["clip"]),
         "n": int(keep.sum()),
         "achieved_distortion": float(amplified.distortion.double().mean()),
         "errors": {
@@ -331,17 +332,19 @@ def amplify_step(bench: Workbench, ctx: StepContext) -> dict[str, Any]:
 
 
 def noise_step(bench: Workbench, ctx: StepContext) -> dict[str, Any]:
-    """A Gaussian-noise row: the first ``n`` images of ``split`` plus N(0, stddev^2), clipped."""
+    """A Gaussian-noise row: the first ``n`` images of ``split`` plus N(0, stddev^2), clipped to
+    [0, 1] unless ``clip`` is false."""
     from intriguing.attacks import gaussian_noise
 
     p = ctx.params
     images, labels = bench.data.split(str(p["split"]))
     x, y = images[: int(p["n"])], labels[: int(p["n"])]
     generator = torch.Generator().manual_seed(int(p["noise_seed"]))
-    noisy = gaussian_noise(x, float(p["stddev"]), generator=generator)
+    noisy = gaussian_noise(x, float(p["stddev"]), generator=generator, clip=bool(p["clip"]))
     return {
         "split": p["split"],
         "stddev": p["stddev"],
+        "clipped": bool(p["clip"]),
         "n": int(y.shape[0]),
         "achieved_distortion": float(noisy.distortion.double().mean()),
         "errors": {m: error_of(bench.model(m), noisy.images, y) for m in p["models"]},
@@ -378,7 +381,10 @@ def figure7_step(bench: Workbench, ctx: StepContext) -> dict[str, Any]:
     images, labels = bench.data.split("test")
     x, y = images[: int(p["noise_examples"])], labels[: int(p["noise_examples"])]
     noisy = gaussian_noise(
-        x, float(p["noise_stddev"]), generator=torch.Generator().manual_seed(int(p["noise_seed"]))
+        x,
+        float(p["noise_stddev"]),
+        generator=torch.Generator().manual_seed(int(p["noise_seed"])),
+        clip=bool(p["noise_clip"]),
     )
     tensors["noise.original"] = x[:n_show].contiguous()
     tensors["noise.noisy"] = noisy.images[:n_show].contiguous()
@@ -391,6 +397,7 @@ def figure7_step(bench: Workbench, ctx: StepContext) -> dict[str, Any]:
         "shown": shown,
         "noise": {
             "stddev": p["noise_stddev"],
+            "clipped": bool(p["noise_clip"]),
             "n": int(y.shape[0]),
             "achieved_distortion": float(noisy.distortion.double().mean()),
             "accuracy": accuracy,

@@ -43,7 +43,7 @@ def plot_figure7(
 
     Args:
         tensors: ``<model>.original`` / ``<model>.adversarial`` and ``noise.original`` /
-            ``noise.noisy``, each ``(k, 1, 28, 28)`` in [0, 1].
+            ``noise.noisy``, each ``(k, 1, 28, 28)`` in [0, 1] (unclipped noise is shown saturated).
         meta: the figure7 step result (``shown``, ``noise``).
         path: PNG to write.
     """
@@ -60,8 +60,10 @@ def plot_figure7(
         if name == "noise":
             noise = meta["noise"]
             acc = ", ".join(f"{m} {100 * a:.0f}%" for m, a in noise["accuracy"].items())
+            kind = " (unclipped, shown saturated)" if noise.get("clipped") is False else ""
             ax.set_title(
-                f"original | Gaussian noise stddev {noise['stddev']:g}: accuracy {acc}", fontsize=9
+                f"original | Gaussian noise stddev {noise['stddev']:g}{kind}: accuracy {acc}",
+                fontsize=9,
             )
         else:
             dist = meta["shown"][name]["distortion"]

@@ -404,6 +404,8 @@ def run_blocks(doc: Mapping[str, Any]) -> list[Block]:
 def build_blocks(doc: Mapping[str, Any], figures: Mapping[str, str]) -> list[Block]:
     """The whole report as blocks; ``figures`` maps figure kind -> path relative to the run dir."""
     tables = doc["tables"]
+    clipped = doc["config"].get("noise_clip", True)  # runs from before the option were clipped
+    clipping = "clipped to [0, 1]" if clipped else "not clipped (values may leave [0, 1])"
     blocks: list[Block] = [
         Heading("Intriguing properties of neural networks: MNIST reproduction (§4.2)", 1),
         Para(
@@ -421,7 +423,8 @@ def build_blocks(doc: Mapping[str, Any], figures: Mapping[str, str]) -> list[Blo
         tables["table2"],
         "Table 2: cross-model generalization",
         "Rows: examples made for a model (or Gaussian noise); columns: the error "
-        "they cause on each model. Failed attacks count with their best attempt.",
+        "they cause on each model. Failed attacks count with their best attempt. "
+        f"Gaussian noise is {clipping}; its distortion column is the achieved RMS.",
     )
     if "table2" in figures:
         blocks.append(Figure(figures["table2"], "Table 2 as heat maps (error %)"))
@@ -430,7 +433,8 @@ def build_blocks(doc: Mapping[str, Any], figures: Mapping[str, str]) -> list[Blo
         tables["table4"],
         "Table 4: cross-training-set generalization",
         "Amplified rows rescale each successful perturbation to per-pixel stddev "
-        f"{doc['config']['table4']['amplify_stddev']:g} (then clip to [0, 1]).",
+        f"{doc['config']['table4']['amplify_stddev']:g}; amplified rows and Gaussian noise are "
+        f"{clipping}.",
     )
     if "table4" in figures:
         blocks.append(Figure(figures["table4"], "Table 4 as heat maps (error %)"))
