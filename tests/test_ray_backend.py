@@ -120,6 +120,7 @@ def _stored(root: Path) -> dict[str, Any]:
         result = copy.deepcopy(result)
         if isinstance(result, dict):
             result.pop("pid", None)
+            result.pop("elapsed_s", None)  # an attack's own wall time (critics' source steps)
         out[key] = result
     return out
 
@@ -319,6 +320,62 @@ def test_reproduce_on_ray_equals_local_bit_for_bit(
     assert _stored(tmp_path / "ray") == _stored(tmp_path / "local")
 
 
+def test_recurrent_and_critics_on_ray_equal_local(
+    ray_runtime: Any, mnist_dir: Path, tmp_path: Path
+) -> None:
+    """The ``recurrent`` and ``rarity`` step graphs (tiny: two softmax models, a few examples) give
+    the same documents and step records on Ray as locally."""
+    from intriguing.experiments.critics import run_critics
+    from intriguing.experiments.recurrent import RecurrentSpec, run_recurrent
+    from intriguing.experiments.specs import AttackSettings
+
+    tiny = AttackSettings(search_steps=4, max_iter=20, c_rtol=0.2, refine=False)
+    spec = RecurrentSpec(
+        recurrent=("softmax2",),
+        feedforward=("softmax3",),
+        n_examples=6,
+        attack=tiny,
+        shard_size=4,
+        dataset=DATASET,
+    )
+    rarity = {
+        "config": {
+            "samples": 50,
+            "scales": [1.0],
+            "ray_directions": 4,
+            "grid": 16,
+            "bisect_steps": 10,
+            "box": "rescale",
+            "confidence": 0.95,
+            "seed": 0,
+        }
+    }
+    docs: dict[str, Any] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the mnist-5k warning
+        for name, backend in (("local", None), ("ray", RayBackend())):
+            recurrent = run_recurrent(
+                spec, tmp_path / name / "recurrent", render=False, backend=backend
+            )
+            critics = run_critics(
+                "rarity",
+                ["softmax3"],
+                tmp_path / name / "rarity",
+                dataset=DATASET,
+                n=3,
+                source_n=4,
+                attack=tiny.kwargs(),
+                options=rarity,
+                backend=backend,
+            )
+            critics.pop("figures")  # paths inside each run's own folder
+            docs[name] = (_without_timings(recurrent), critics)
+    assert docs["ray"] == docs["local"]
+    assert docs["local"][1]["models"]["softmax3"]["n"] >= 1  # the analysis had examples
+    for part in ("recurrent", "rarity"):
+        assert _stored(tmp_path / "ray" / part) == _stored(tmp_path / "local" / part)
+
+
 def probe_bench(bench: Workbench) -> dict[str, Any]:
     """What a worker's Workbench holds on arrival, and its data once loaded."""
     arrived_empty = bench._data is None and not bench._models
@@ -386,3 +443,15 @@ def test_cli_rejects_an_unreachable_address_and_a_stray_one(tmp_path: Path) -> N
     assert result.exit_code == 2 and "must be HOST:PORT" in result.output
     result = runner.invoke(cli, [*base, "--address", "127.0.0.1:6379"])
     assert result.exit_code == 2 and "--address needs --backend ray" in result.output
+
+
+@pytest.mark.parametrize("command", ["recurrent", "rarity", "recover", "curves"])
+def test_graph_commands_take_the_backend_options(command: str, tmp_path: Path) -> None:
+    runner = CliRunner()
+    out = ["--out", str(tmp_path / "o")]
+    result = runner.invoke(cli, [command, "--address", "127.0.0.1:6379", *out])
+    assert result.exit_code == 2, result.output
+    assert "--address needs --backend ray" in result.output and "Traceback" not in result.output
+    result = runner.invoke(cli, [command, "--backend", "dask", *out])
+    assert result.exit_code == 2 and "'dask' is not one of 'local', 'ray'" in result.output
+    assert not (tmp_path / "o").exists()  # refused before any work

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import click
 
-from intriguing.cli.options import data_options, json_option, seed_option
+from intriguing.cli.options import backend_options, data_options, json_option, seed_option
 from intriguing.errors import InvalidInputError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -101,7 +101,7 @@ def _common(func: F) -> F:
     ]
     for option in reversed(options):
         func = option(func)
-    return data_options(seed_option(json_option(func)))
+    return backend_options(data_options(seed_option(json_option(func))))
 
 
 def _attack(max_iter: int | None, search_steps: int | None) -> dict[str, Any]:
@@ -133,9 +133,11 @@ def _check_run(from_run: Path | None) -> None:
 
 def _run(command: str, n: int, options: dict[str, Any], common: dict[str, Any]) -> None:
     """Run ``command``'s step graph with the options every critics command shares."""
+    from intriguing.experiments.backends import make_backend
     from intriguing.experiments.critics import run_critics
 
     _check_run(common["from_run"])
+    runner = make_backend(common["backend"], address=common["address"])
     payload = run_critics(
         command,
         _models(common["models"]),
@@ -149,6 +151,7 @@ def _run(command: str, n: int, options: dict[str, Any], common: dict[str, Any]) 
         split=common["split"],
         attack=_attack(common["max_iter"], common["search_steps"]),
         options=options,
+        backend=runner,
     )
     _finish(payload, common["out"], common["json_path"])
 

@@ -58,3 +58,24 @@ def json_option(func: F) -> F:
         default=None,
         help="Write the results to this JSON file as well.",
     )(func)
+
+
+BACKEND_CHOICES = ("local", "ray")
+
+
+def backend_options(func: F) -> F:
+    """``--backend local|ray`` and ``--address``: where the run's step graph executes (docs/ray.md)."""
+    func = click.option(
+        "--address",
+        default=None,
+        metavar="ADDR",
+        help="Existing Ray cluster (HOST:PORT, ray://HOST:PORT or auto); default: a local runtime.",
+    )(func)
+    func = click.option(
+        "--backend",
+        type=click.Choice(BACKEND_CHOICES),
+        default="local",
+        show_default=True,
+        help='Where steps run: in this process, or as Ray tasks (pip install "intriguing[ray]").',
+    )(func)
+    return func

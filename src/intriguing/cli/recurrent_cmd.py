@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from intriguing.cli.options import data_options, json_option, seed_option
+from intriguing.cli.options import backend_options, data_options, json_option, seed_option
 from intriguing.errors import IntriguingError
 
 
@@ -34,6 +34,7 @@ from intriguing.errors import IntriguingError
     show_default=True,
     help="Run directory (results.json, report.md, figure); rerunning resumes there.",
 )
+@backend_options
 @data_options
 @seed_option
 @json_option
@@ -41,6 +42,8 @@ def recurrent(
     n: int,
     models: tuple[str, ...],
     out: Path,
+    backend: str,
+    address: str | None,
     dataset: str,
     data_dir: Path | None,
     seed: int,
@@ -54,6 +57,7 @@ def recurrent(
     import torch
 
     from intriguing._io import atomic_write_json
+    from intriguing.experiments.backends import make_backend
     from intriguing.experiments.recurrent import make_spec, run_recurrent
     from intriguing.report.recurrent import verdict
 
@@ -61,8 +65,9 @@ def recurrent(
         raise IntriguingError(f"--n must be >= 1, got {n}")
     names = [m.strip() for group in models for m in group.split(",") if m.strip()]
     spec = make_spec(n, names or None, dataset=dataset, seed=seed)
+    runner = make_backend(backend, address=address)
     torch.set_num_threads(1)
-    doc = run_recurrent(spec, out, data_dir=data_dir)
+    doc = run_recurrent(spec, out, data_dir=data_dir, backend=runner)
     if json_path is not None:
         atomic_write_json(json_path, doc)
     _print_summary(doc)

@@ -8,11 +8,10 @@ from typing import Any
 
 import click
 
-from intriguing.cli.options import data_options, seed_option
+from intriguing.cli.options import backend_options, data_options, seed_option
 from intriguing.errors import IntriguingError
 
 SIZE_CHOICES = ("tiny", "quick", "default", "full")
-BACKEND_CHOICES = ("local", "ray")
 
 
 def _summary_tables(doc: dict[str, Any]) -> list[Any]:
@@ -54,19 +53,7 @@ def _summary_tables(doc: dict[str, Any]) -> list[Any]:
     default=None,
     help="Run directory (default: ./reproduce-<size>); rerunning resumes there.",
 )
-@click.option(
-    "--backend",
-    type=click.Choice(BACKEND_CHOICES),
-    default="local",
-    show_default=True,
-    help='Where steps run: in this process, or as Ray tasks (pip install "intriguing[ray]").',
-)
-@click.option(
-    "--address",
-    default=None,
-    metavar="ADDR",
-    help="Existing Ray cluster (HOST:PORT, ray://HOST:PORT or auto); default: a local runtime.",
-)
+@backend_options
 @click.option(
     "--noise-clip/--no-noise-clip",
     default=False,

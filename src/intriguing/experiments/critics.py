@@ -43,7 +43,7 @@ import torch
 from intriguing._io import atomic_write_json, atomic_write_text
 from intriguing.errors import IntriguingError, InvalidInputError
 from intriguing.experiments import steps as st
-from intriguing.experiments.graph import RunStore, Step, StepContext, run_graph
+from intriguing.experiments.graph import Backend, RunStore, Step, StepContext, run_graph
 
 SCHEMA = "intriguing.critics/1"
 COMMANDS = ("rarity", "recover", "curves")
@@ -412,6 +412,7 @@ def run_critics(
     split: str = "test",
     attack: dict[str, Any] | None = None,
     options: dict[str, Any] | None = None,
+    backend: Backend | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) one experiment in ``out``; write ``<command>.json`` and ``<command>.md``.
 
@@ -425,6 +426,8 @@ def run_critics(
         split: split attacked here.
         attack: ``LBFGS`` settings for the attacks run here (default: the reproduce defaults).
         options: the experiment's own parameters (part of each step's fingerprint).
+        backend: where the steps run (default: local; ``RayBackend`` for a Ray cluster, with
+            identical results).
 
     Returns:
         The JSON written to ``<out>/<command>.json``.
@@ -457,7 +460,7 @@ def run_critics(
         attack=attack,
         options=options or {},
     )
-    results = run_graph(steps, store, description=command)
+    results = run_graph(steps, store, description=command, backend=backend)
     payload = {
         "schema": SCHEMA,
         "command": command,

@@ -40,7 +40,7 @@ from intriguing._io import atomic_write_json
 from intriguing.errors import IntriguingError, InvalidInputError
 from intriguing.experiments import steps as st
 from intriguing.experiments import tables as tb
-from intriguing.experiments.graph import RunStore, Step, StepContext, run_graph
+from intriguing.experiments.graph import Backend, RunStore, Step, StepContext, run_graph
 from intriguing.experiments.specs import AttackSettings
 from intriguing.models.recurrent import RECURRENT_MODELS
 
@@ -436,12 +436,14 @@ def run_recurrent(
     *,
     data_dir: str | os.PathLike[str] | None = None,
     render: bool = True,
+    backend: Backend | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) ``spec`` in ``out``; write ``results.json`` (and ``report.md`` + figure).
 
     Returns the results document: ``{"schema", "config", "dataset", "selection", "models",
     "table", "timings"}``; ``table`` is :func:`recurrent_table`'s output. A rerun with the same spec
-    reuses every finished step.
+    reuses every finished step. ``backend`` runs the steps (default: local; ``RayBackend`` for a
+    Ray cluster, with identical results).
 
     Raises:
         IntriguingError: unknown models, missing data, an unusable output directory.
@@ -454,7 +456,9 @@ def run_recurrent(
     bench = st.Workbench(dataset=spec.dataset, data_dir=data_dir, seed=spec.seed)
     n_split = len(bench.data.split(spec.split)[1])
     store = RunStore(out)
-    results = run_graph(build_steps(spec, bench, n_split), store, description="recurrent")
+    results = run_graph(
+        build_steps(spec, bench, n_split), store, description="recurrent", backend=backend
+    )
     select = results[f"select/{spec.split}/common"]
     document = {
         "schema": SCHEMA,
