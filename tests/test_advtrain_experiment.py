@@ -269,8 +269,10 @@ def test_cli_passes_the_options_to_the_experiment(
 ) -> None:
     seen: dict[str, Any] = {}
 
-    def fake_run(spec: AdvTrainSpec, out: Path, *, data_dir: Any = None) -> dict[str, Any]:
-        seen.update(spec=spec, out=out)
+    def fake_run(
+        spec: AdvTrainSpec, out: Path, *, data_dir: Any = None, backend: Any = None
+    ) -> dict[str, Any]:
+        seen.update(spec=spec, out=out, backend=backend)
         return fake_doc()
 
     monkeypatch.setattr(experiment, "run_advtrain", fake_run)
@@ -298,6 +300,7 @@ def test_cli_passes_the_options_to_the_experiment(
     assert "report.md" in result.output and "advtrain: test error" in result.output
     quick = CliRunner().invoke(cli, ["advtrain", "--quick", "--out", str(tmp_path / "q")])
     assert quick.exit_code == 0 and seen["spec"].train_limit == 10000
+    assert seen["backend"].name == "local"
 
 
 def test_torch_threads_are_set_to_one(tmp_path: Path) -> None:

@@ -376,6 +376,50 @@ def test_recurrent_and_critics_on_ray_equal_local(
         assert _stored(tmp_path / "ray" / part) == _stored(tmp_path / "local" / part)
 
 
+TIMING_KEYS = {"wall_time_s", "cpu_time_s", "time_s", "cpu_s", "machine"}
+
+
+def _untimed(value: Any) -> Any:
+    """``value`` with every timing entry (:data:`TIMING_KEYS`) removed, at any depth."""
+    if isinstance(value, dict):
+        return {k: _untimed(v) for k, v in value.items() if k not in TIMING_KEYS}
+    if isinstance(value, list):
+        return [_untimed(v) for v in value]
+    return value
+
+
+def test_advtrain_on_ray_equals_local(ray_runtime: Any, mnist_dir: Path, tmp_path: Path) -> None:
+    """Adversarial training (two variants x two seeds, tiny) trains the same models on Ray."""
+    from intriguing.experiments.advtrain import AdvTrainSpec, run_advtrain
+
+    base = AdvTrainSpec()
+    spec = base.replace(
+        variants=("weight-decay", "hidden-pool"),
+        seeds=2,
+        dataset=DATASET,
+        train=base.train.replace(epochs=2, lr=0.2, batch_size=50),
+        pool=dataclasses.replace(base.pool, size=20, refresh_every=2, refresh_fraction=0.25),
+        robust_n=8,
+        train_limit=300,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the mnist-5k warning
+        local = run_advtrain(spec, tmp_path / "local")
+        remote = run_advtrain(spec, tmp_path / "ray", backend=RayBackend())
+    assert len(remote["runs"]) == 4
+    assert _untimed(remote) == _untimed(local)
+    assert _untimed(_stored(tmp_path / "ray")) == _untimed(_stored(tmp_path / "local"))
+    from safetensors.torch import load_file
+
+    checkpoints = sorted((tmp_path / "local" / "artifacts").rglob("*.safetensors"))
+    assert len(checkpoints) == 4
+    for path in checkpoints:  # the trained weights and pools, exactly (metadata holds timings)
+        mine = load_file(str(tmp_path / "ray" / path.relative_to(tmp_path / "local")))
+        theirs = load_file(str(path))
+        assert mine.keys() == theirs.keys()
+        assert all(torch.equal(mine[k], theirs[k]) for k in theirs), path
+
+
 def probe_bench(bench: Workbench) -> dict[str, Any]:
     """What a worker's Workbench holds on arrival, and its data once loaded."""
     arrived_empty = bench._data is None and not bench._models
@@ -445,7 +489,7 @@ def test_cli_rejects_an_unreachable_address_and_a_stray_one(tmp_path: Path) -> N
     assert result.exit_code == 2 and "--address needs --backend ray" in result.output
 
 
-@pytest.mark.parametrize("command", ["recurrent", "rarity", "recover", "curves"])
+@pytest.mark.parametrize("command", ["advtrain", "recurrent", "rarity", "recover", "curves"])
 def test_graph_commands_take_the_backend_options(command: str, tmp_path: Path) -> None:
     runner = CliRunner()
     out = ["--out", str(tmp_path / "o")]

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from intriguing.cli.options import data_options, json_option
+from intriguing.cli.options import backend_options, data_options, json_option
 from intriguing.errors import InvalidInputError
 
 
@@ -91,6 +91,7 @@ def _summary_table(doc: dict[str, Any]) -> Any:
     default=None,
     help="Run directory (default ./advtrain or ./advtrain-quick); rerunning resumes there.",
 )
+@backend_options
 @data_options
 @json_option
 def advtrain(
@@ -105,6 +106,8 @@ def advtrain(
     robust_n: int | None,
     quick: bool,
     out: Path | None,
+    backend: str,
+    address: str | None,
     dataset: str,
     data_dir: Path | None,
     json_path: Path | None,
@@ -117,6 +120,7 @@ def advtrain(
 
     from intriguing._io import atomic_write_json
     from intriguing.experiments.advtrain import AdvTrainSpec, quick_spec, run_advtrain
+    from intriguing.experiments.backends import make_backend
 
     spec = quick_spec() if quick else AdvTrainSpec()
     pool = spec.pool
@@ -141,7 +145,8 @@ def advtrain(
         changes["robust_n"] = robust_n
     spec = spec.replace(**changes)
     root = out if out is not None else Path("advtrain-quick" if quick else "advtrain")
-    doc = run_advtrain(spec, root, data_dir=data_dir)
+    runner = make_backend(backend, address=address)
+    doc = run_advtrain(spec, root, data_dir=data_dir, backend=runner)
     Console().print(_summary_table(doc))
     click.echo(f"wrote {root / 'results.json'}, {root / 'report.md'}")
     if json_path is not None:

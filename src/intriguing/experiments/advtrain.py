@@ -25,6 +25,7 @@ interval over seeds, and a Welch t-test (``scipy.stats.ttest_ind(equal_var=False
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import platform
@@ -38,7 +39,7 @@ import torch
 
 from intriguing._io import atomic_write_json
 from intriguing.errors import InvalidInputError
-from intriguing.experiments.graph import RunStore, Step, StepContext, run_graph
+from intriguing.experiments.graph import Backend, RunStore, Step, StepContext, run_graph
 from intriguing.training.adversarial import AdvTrainConfig, PoolConfig, adversarial_train
 from intriguing.training.config import TrainConfig
 
@@ -164,6 +165,33 @@ def quick_spec(**changes: Any) -> AdvTrainSpec:
 
 # ----------------------------------------------------------------------------- one run
 DataLoader = Callable[[], Any]
+
+
+@dataclass(frozen=True)
+class MnistSource:
+    """A picklable :data:`DataLoader`: where the data lives, not the data (what a Ray task gets).
+
+    Each process loads the dataset once (:func:`_load_mnist_once`) and keeps it.
+    """
+
+    data_dir: str | None
+    dataset: str
+
+    @classmethod
+    def of(cls, data_dir: str | os.PathLike[str] | None, dataset: str) -> MnistSource:
+        """The source for ``data_dir`` (made absolute, so other processes find it) and ``dataset``."""
+        where = None if data_dir is None else str(Path(data_dir).expanduser().resolve())
+        return cls(where, dataset)
+
+    def __call__(self) -> Any:
+        return _load_mnist_once(self.data_dir, self.dataset)
+
+
+@functools.cache
+def _load_mnist_once(data_dir: str | None, dataset: str) -> Any:
+    from intriguing.data import load_mnist
+
+    return load_mnist(data_dir, dataset=dataset)
 
 
 def _robustness(
@@ -319,7 +347,7 @@ def build_steps(spec: AdvTrainSpec, load_data: DataLoader) -> list[Step]:
             steps.append(
                 Step(
                     key=f"train/{variant}/seed-{seed}",
-                    fn=lambda ctx, _load=load_data: train_one(ctx, _load),  # type: ignore[misc]
+                    fn=functools.partial(train_one, load_data=load_data),
                     params=params,
                     version=STEP_VERSION,
                 )
@@ -343,26 +371,22 @@ def run_advtrain(
     out: str | os.PathLike[str],
     *,
     data_dir: str | os.PathLike[str] | None = None,
+    backend: Backend | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the comparison in ``out``; write ``results.json``, ``report.md`` and the
-    plot; return the results document.
+    plot; return the results document. ``backend`` runs the training steps (default: local;
+    ``RayBackend`` trains the (variant, seed) runs in parallel, with identical results).
 
     Raises:
         DataError, InvalidInputError: the data cannot be loaded or the spec is invalid.
     """
-    from intriguing.data import load_mnist
-
     torch.set_num_threads(1)
-    cache: dict[str, Any] = {}
-
-    def load_data() -> Any:
-        if "data" not in cache:
-            cache["data"] = load_mnist(data_dir, dataset=spec.dataset)
-        return cache["data"]
-
+    load_data = MnistSource.of(data_dir, spec.dataset)
     load_data()  # a missing or corrupt dataset fails before any step runs
     store = RunStore(Path(out))
-    results = run_graph(build_steps(spec, load_data), store, description="advtrain")
+    results = run_graph(
+        build_steps(spec, load_data), store, description="advtrain", backend=backend
+    )
     runs = [results[k] for k in sorted(results) if k.startswith("train/")]
     doc = {
         "schema": SCHEMA,
