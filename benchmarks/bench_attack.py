@@ -7,6 +7,9 @@ target), and distortion is the paper's RMS per pixel ``sqrt(sum (x' - x)^2 / n)`
 
 from __future__ import annotations
 
+import os
+import platform
+import shlex
 import statistics
 import time
 from dataclasses import dataclass
@@ -220,4 +223,17 @@ def gap_to_optimum(measured: Measured, optimum: torch.Tensor) -> dict[str, Any]:
         "gap": float(found.mean() / best.mean()) - 1.0,
         "max_example_gap": float((found / best).max()) - 1.0,
         "min_example_ratio": float((found / best).min()),
+    }
+
+
+def environment(script: str, argv: list[str], threads: int) -> dict[str, Any]:
+    """Where and how a benchmark ran: its command line, versions, threads, CPUs, load, start time."""
+    return {
+        "command": " ".join(["python", f"benchmarks/{script}", *map(shlex.quote, argv)]),
+        "torch": torch.__version__,
+        "threads": threads,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "load_average_start": list(os.getloadavg()),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

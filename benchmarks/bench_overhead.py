@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import shlex
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +26,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from bench_attack import run_ours, select_images
+from bench_attack import environment, run_ours, select_images
 from intriguing._io import atomic_write_json
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -104,18 +101,9 @@ def main(argv: list[str] | None = None) -> None:
     images, labels = select_images(
         list(models.values()), data.test_images, data.test_labels, args.n
     )
+    argv = sys.argv[1:] if argv is None else argv
     report: dict[str, Any] = {
-        "environment": {
-            "command": " ".join(
-                ["python", "benchmarks/bench_overhead.py", *map(shlex.quote, argv or sys.argv[1:])]
-            ),
-            "torch": torch.__version__,
-            "threads": args.threads,
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "load_average_start": list(os.getloadavg()),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        },
+        "environment": environment("bench_overhead.py", argv, args.threads),
         "n": int(images.shape[0]),
         "models": {},
     }

@@ -19,12 +19,9 @@ import argparse
 import dataclasses
 import math
 import os
-import platform
-import shlex
 import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,6 +33,7 @@ from torch import nn
 
 from bench_attack import (
     Measured,
+    environment,
     gap_to_optimum,
     measure,
     run_oracle,
@@ -572,18 +570,6 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def environment(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
-    return {
-        "command": " ".join(["python", "benchmarks/run.py", *map(shlex.quote, argv)]),
-        "torch": torch.__version__,
-        "threads": args.threads,
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "load_average_start": list(os.getloadavg()),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-
-
 def other_benchmarks() -> list[Path]:
     """The other ``bench_*.py`` scripts beside this one (each a command with ``--quick``)."""
     here = Path(__file__).resolve().parent
@@ -617,7 +603,7 @@ def run_attack_benchmark(args: argparse.Namespace, argv: list[str]) -> None:
     """The attack benchmark of issue 3 (tables, targets, JSON)."""
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    report: dict[str, Any] = {"environment": environment(args, argv)}
+    report: dict[str, Any] = {"environment": environment("run.py", argv, args.threads)}
     report["settings"] = {
         "n": args.n,
         "cw_n": args.cw_n,
