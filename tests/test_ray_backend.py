@@ -376,7 +376,17 @@ def test_recurrent_and_critics_on_ray_equal_local(
         assert _stored(tmp_path / "ray" / part) == _stored(tmp_path / "local" / part)
 
 
-TIMING_KEYS = {"wall_time_s", "cpu_time_s", "time_s", "cpu_s", "machine"}
+TIMING_KEYS = {
+    "wall_time_s",
+    "cpu_time_s",
+    "time_s",
+    "cpu_s",
+    "machine",
+    "attack_s",
+    "train_cpu_s",
+    "elapsed_s",
+    "timings",
+}
 
 
 def _untimed(value: Any) -> Any:
@@ -418,6 +428,27 @@ def test_advtrain_on_ray_equals_local(ray_runtime: Any, mnist_dir: Path, tmp_pat
         theirs = load_file(str(path))
         assert mine.keys() == theirs.keys()
         assert all(torch.equal(mine[k], theirs[k]) for k in theirs), path
+
+
+def test_classes_on_ray_equals_local(ray_runtime: Any, mnist_dir: Path, tmp_path: Path) -> None:
+    """The fewer-classes experiment (tiny: two tasks, fake encoder) on Ray equals the local run,
+    and the workers get its workbench without the data."""
+    import pickle
+
+    from intriguing.experiments.classes import Bench, ClassesConfig, run_classes
+    from test_classes import TINY, _fake_encoder
+
+    config = ClassesConfig(**TINY)  # type: ignore[arg-type]
+    bench = Bench(config.dataset, None, config, encoder_loader=_fake_encoder)
+    assert bench.data.train_images.numel() > 10**7  # loaded here...
+    assert len(pickle.dumps(bench)) < 10**4  # ...but shipped as settings only
+    local = run_classes(config, tmp_path / "local", encoder_loader=_fake_encoder)
+    remote = run_classes(
+        config, tmp_path / "ray", encoder_loader=_fake_encoder, backend=RayBackend()
+    )
+    assert remote["timings"]["steps_total"] == local["timings"]["steps_total"] > 0
+    assert _untimed(remote) == _untimed(local)
+    assert _untimed(_stored(tmp_path / "ray")) == _untimed(_stored(tmp_path / "local"))
 
 
 def probe_bench(bench: Workbench) -> dict[str, Any]:
@@ -489,7 +520,9 @@ def test_cli_rejects_an_unreachable_address_and_a_stray_one(tmp_path: Path) -> N
     assert result.exit_code == 2 and "--address needs --backend ray" in result.output
 
 
-@pytest.mark.parametrize("command", ["advtrain", "recurrent", "rarity", "recover", "curves"])
+@pytest.mark.parametrize(
+    "command", ["advtrain", "classes", "recurrent", "rarity", "recover", "curves"]
+)
 def test_graph_commands_take_the_backend_options(command: str, tmp_path: Path) -> None:
     runner = CliRunner()
     out = ["--out", str(tmp_path / "o")]

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from intriguing.cli.options import data_options, json_option, seed_option
+from intriguing.cli.options import backend_options, data_options, json_option, seed_option
 
 DEFAULT_OUT = Path("classes")
 
@@ -77,6 +77,7 @@ def _summary_table(doc: dict[str, Any]) -> Any:
     show_default=True,
     help="Run directory (results.json, classes.md, classes.png); rerunning resumes there.",
 )
+@backend_options
 @data_options
 @seed_option
 @json_option
@@ -88,6 +89,8 @@ def classes(
     train_limit: int | None,
     no_restricted: bool,
     out: Path,
+    backend: str,
+    address: str | None,
     dataset: str,
     data_dir: Path | None,
     seed: int,
@@ -101,6 +104,7 @@ def classes(
     import torch
 
     from intriguing.errors import IntriguingError
+    from intriguing.experiments.backends import make_backend
     from intriguing.experiments.classes import ClassesConfig, run_classes
     from intriguing.report.classes import verdict, write_classes_report
 
@@ -117,7 +121,8 @@ def classes(
         seed=seed,
         dataset=dataset,
     )
-    doc = run_classes(config, out, data_dir=data_dir)
+    runner = make_backend(backend, address=address)
+    doc = run_classes(config, out, data_dir=data_dir, backend=runner)
     paths = write_classes_report(out)
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)

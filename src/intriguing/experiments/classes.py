@@ -32,6 +32,8 @@ Images are float32 ``(N, 1, 28, 28)`` in [0, 1]; distortion is the paper's ``sqr
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import os
 import re
@@ -50,7 +52,7 @@ from intriguing.errors import IntriguingError, InvalidInputError
 
 if TYPE_CHECKING:
     from intriguing.data import MNIST
-    from intriguing.experiments.graph import Step, StepContext
+    from intriguing.experiments.graph import Backend, Step, StepContext
 
 SCHEMA = "intriguing.classes/1"
 NUM_DIGITS = 10
@@ -449,7 +451,11 @@ def load_encoder(
 
 @dataclass
 class Bench:
-    """Per-process state shared by the steps: the data, the encoder and loaded models."""
+    """Per-process state shared by the steps: the data, the encoder and loaded models.
+
+    Pickled (for a Ray task) as where its data comes from, never with its tensors: each process
+    rebuilds one :class:`Bench` per setting (:func:`_bench_in_this_process`) and keeps it.
+    """
 
     dataset: str
     data_dir: str | os.PathLike[str] | None
@@ -466,6 +472,12 @@ class Bench:
 
             self._data = load_mnist(self.data_dir, dataset=self.dataset)
         return self._data
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        data_dir = (
+            None if self.data_dir is None else str(Path(self.data_dir).expanduser().resolve())
+        )
+        return _bench_in_this_process, (self.dataset, data_dir, self.config, self.encoder_loader)
 
     def encoder(self) -> tuple[dict[str, torch.Tensor], str]:
         if self._encoder is None:
@@ -965,6 +977,20 @@ def _restricted_row(r: Mapping[str, Any], stats: Mapping[str, int]) -> dict[str,
     return out
 
 
+_PROCESS_BENCHES: dict[tuple[Any, ...], Bench] = {}
+
+
+def _bench_in_this_process(
+    dataset: str, data_dir: str | None, config: ClassesConfig, encoder_loader: EncoderLoader
+) -> Bench:
+    """The :class:`Bench` for these settings in this process (created once, loaded lazily)."""
+    settings = json.dumps(dataclasses.asdict(config), sort_keys=True, default=str)
+    key = (dataset, data_dir, settings, encoder_loader)
+    if key not in _PROCESS_BENCHES:
+        _PROCESS_BENCHES[key] = Bench(dataset, data_dir, config, encoder_loader=encoder_loader)
+    return _PROCESS_BENCHES[key]
+
+
 # ------------------------------------------------------------------------------------------ run
 
 
@@ -974,10 +1000,12 @@ def run_classes(
     *,
     data_dir: str | os.PathLike[str] | None = None,
     encoder_loader: EncoderLoader = load_encoder,
+    backend: Backend | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the experiment in ``out``; write ``out/results.json`` atomically.
 
-    Returns the results document (:func:`summarize`) with ``timings`` added.
+    Returns the results document (:func:`summarize`) with ``timings`` added. ``backend`` runs the
+    steps (default: local; ``RayBackend`` for a Ray cluster, with identical results).
 
     Raises:
         IntriguingError: bad settings, missing data, an unusable ``out``.
@@ -995,6 +1023,7 @@ def run_classes(
         RunStore(root),
         description="classes",
         on_step=lambda step, cached: reused.append(step.key) if cached else None,
+        backend=backend,
     )
     doc = summarize(results, config)
     store = RunStore(root)
