@@ -323,33 +323,6 @@ def _step(
     return Step(key=key, fn=fn, params=params, deps=deps)
 
 
-def _attack_steps(
-    spec: RecurrentSpec, bench: st.Workbench, model: str, select: str, n: int
-) -> tuple[list[Step], str]:
-    """Attack shards of one model (reusing the reproduce step functions) and their summary."""
-    split, mode = spec.split, "untargeted"
-    shards: list[Step] = []
-    for k in range(max(1, math.ceil(n / spec.shard_size))):
-        start, stop = k * spec.shard_size, min(n, (k + 1) * spec.shard_size)
-        params = {
-            "model": model,
-            "split": split,
-            "mode": mode,
-            "start": start,
-            "stop": stop,
-            "select": select,
-            "attack": spec.attack.kwargs(),
-            "target_seed": st.derived_seed(spec.seed, model, split, start),
-        }
-        key = f"attack/{split}/{model}/{mode}/shard-{k:04d}"
-        shards.append(_step(key, partial(st.attack_shard_step, bench), params, (select,)))
-    summary = f"attacks/{split}/{model}/{mode}"
-    keys = [s.key for s in shards]
-    params = {"model": model, "split": split, "mode": mode, "shards": keys}
-    shards.append(_step(summary, partial(st.attack_summary_step, bench), params, tuple(keys)))
-    return shards, summary
-
-
 def build_steps(spec: RecurrentSpec, bench: st.Workbench, n_split: int) -> list[Step]:
     """Every step of the run described by ``spec`` (``n_split``: images in ``spec.split``)."""
     models = list(spec.models())
@@ -369,7 +342,17 @@ def build_steps(spec: RecurrentSpec, bench: st.Workbench, n_split: int) -> list[
     cross: dict[str, str] = {}
     amplified: list[str] = []
     for model in models:
-        shard_steps, summary = _attack_steps(spec, bench, model, select, n)
+        shard_steps, summary = st.attack_steps(
+            bench,
+            model=model,
+            split=spec.split,
+            mode="untargeted",
+            n=n,
+            select=select,
+            shard_size=spec.shard_size,
+            attack=spec.attack.kwargs(),
+            seed=spec.seed,
+        )
         steps += shard_steps
         summaries[model] = summary
         shards = [s.key for s in shard_steps if s.key != summary]

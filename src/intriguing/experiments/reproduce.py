@@ -23,7 +23,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import time
@@ -53,44 +52,6 @@ def _step(
     return Step(key=key, fn=fn, params=params, deps=deps)
 
 
-def _attack_steps(
-    spec: ReproduceSpec, bench: st.Workbench, split: str, model: str, mode: str, n: int
-) -> tuple[list[Step], str]:
-    """Shards of one model's attack and their summary; returns (steps, summary key)."""
-    select = f"select/{split}/{model}"
-    steps: list[Step] = []
-    for k in range(max(1, math.ceil(n / spec.shard_size))):
-        start, stop = k * spec.shard_size, min(n, (k + 1) * spec.shard_size)
-        steps.append(
-            _step(
-                f"attack/{split}/{model}/{mode}/shard-{k:04d}",
-                partial(st.attack_shard_step, bench),
-                {
-                    "model": model,
-                    "split": split,
-                    "mode": mode,
-                    "start": start,
-                    "stop": stop,
-                    "select": select,
-                    "attack": spec.attack.kwargs(),
-                    "target_seed": st.derived_seed(spec.seed, model, split, start),
-                },
-                (select,),
-            )
-        )
-    summary = f"attacks/{split}/{model}/{mode}"
-    keys = [s.key for s in steps]
-    steps.append(
-        _step(
-            summary,
-            partial(st.attack_summary_step, bench),
-            {"model": model, "split": split, "mode": mode, "shards": keys},
-            tuple(keys),
-        )
-    )
-    return steps, summary
-
-
 def _table_steps(
     spec: ReproduceSpec,
     bench: st.Workbench,
@@ -117,7 +78,17 @@ def _table_steps(
             )
         )
         for mode in modes:
-            shard_steps, summary = _attack_steps(spec, bench, split, model, mode, n)
+            shard_steps, summary = st.attack_steps(
+                bench,
+                model=model,
+                split=split,
+                mode=mode,
+                n=n,
+                select=f"select/{split}/{model}",
+                shard_size=spec.shard_size,
+                attack=spec.attack.kwargs(),
+                seed=spec.seed,
+            )
             out += shard_steps
             summaries[mode][model] = summary
         shards = [s.key for s in out if s.key.startswith(f"attack/{split}/{model}/untargeted/")]

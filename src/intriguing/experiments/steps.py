@@ -12,6 +12,7 @@ argmax differs from the true label; distortion is the paper's RMS per pixel.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -169,6 +170,45 @@ def select_step(bench: Workbench, ctx: StepContext) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------- attacks
+def attack_steps(
+    bench: Workbench,
+    *,
+    model: str,
+    split: str,
+    mode: str,
+    n: int,
+    select: str,
+    shard_size: int,
+    attack: dict[str, Any],
+    seed: int,
+) -> tuple[list[Step], str]:
+    """The attack of ``model`` on the first ``n`` examples of step ``select``, as shards of
+    ``shard_size`` (``attack/<split>/<model>/<mode>/shard-k``) plus their summary
+    (``attacks/<split>/<model>/<mode>``); returns (steps, summary key)."""
+    from intriguing.experiments.graph import Step
+
+    steps: list[Step] = []
+    for k in range(max(1, math.ceil(n / shard_size))):
+        start, stop = k * shard_size, min(n, (k + 1) * shard_size)
+        params = {
+            "model": model,
+            "split": split,
+            "mode": mode,
+            "start": start,
+            "stop": stop,
+            "select": select,
+            "attack": attack,
+            "target_seed": derived_seed(seed, model, split, start),
+        }
+        key = f"attack/{split}/{model}/{mode}/shard-{k:04d}"
+        steps.append(Step(key, partial(attack_shard_step, bench), params, (select,)))
+    summary = f"attacks/{split}/{model}/{mode}"
+    keys = [s.key for s in steps]
+    params = {"model": model, "split": split, "mode": mode, "shards": keys}
+    steps.append(Step(summary, partial(attack_summary_step, bench), params, tuple(keys)))
+    return steps, summary
+
+
 def attack_shard_step(bench: Workbench, ctx: StepContext) -> dict[str, Any]:
     """Attack examples ``[start, stop)`` of a model's selection; store and re-verify them.
 
