@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from intriguing._io import atomic_path
@@ -443,14 +443,3 @@ def figure7_step(bench: Workbench, ctx: StepContext) -> dict[str, Any]:
             "accuracy": accuracy,
         },
     }
-
-
-def load_figure7(root: Path, artifact: str) -> dict[str, torch.Tensor]:
-    """The tensors written by :func:`figure7_step` (for the renderer)."""
-    path = root / artifact
-    try:
-        return load_file(str(path))
-    except Exception as exc:  # safetensors raises several types for corrupt files
-        raise IntriguingError(
-            f"{path}: unreadable Figure 7 images ({exc}); rerun reproduce"
-        ) from None

@@ -31,8 +31,8 @@ from torch import nn
 
 from intriguing.errors import InvalidInputError
 from intriguing.models import zoo as _zoo  # noqa: F401  (the paper's models register first)
+from intriguing.models.recipe import TrainConfig
 from intriguing.models.registry import register_model
-from intriguing.training.config import TrainConfig
 
 IMAGE_SIDE = 28
 N_CLASSES = 10

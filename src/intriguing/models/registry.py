@@ -23,7 +23,7 @@ from typing import Any, overload
 from torch import nn
 
 from intriguing.errors import InvalidInputError, UnknownModelError
-from intriguing.training.config import TrainConfig
+from intriguing.models.recipe import TrainConfig
 
 ModelFactory = Callable[[], nn.Module]
 TRAIN_SPLITS: tuple[str, ...] = ("train", "p1", "p2")

@@ -1,7 +1,7 @@
 """The paper's MNIST models (Szegedy et al. 2014, §4.2, Tables 1 and 3, and "Conv"), registered.
 
 Weight decay: ``lambda * sum(W^2) / k`` per layer on connection weights (not biases), added to the
-MEAN cross-entropy, with k = 2 (see :mod:`intriguing.training.config` and docs/zoo.md for why this
+MEAN cross-entropy, with k = 2 (see :mod:`intriguing.models.recipe` and docs/zoo.md for why this
 reading, and not k = number of units, reproduces Table 1). Lambdas are the paper's.
 
 Training defaults (chosen to reproduce the paper's test errors within ~10 minutes on 2 CPU cores;
@@ -26,8 +26,8 @@ from intriguing.models.architectures import (
     linear_softmax,
     sigmoid_mlp,
 )
+from intriguing.models.recipe import SparseAutoencoderConfig, TrainConfig
 from intriguing.models.registry import register_model
-from intriguing.training.config import SparseAutoencoderConfig, TrainConfig
 
 SOFTMAX_ITERATIONS = 500
 MLP_ITERATIONS = 400

@@ -1,6 +1,6 @@
 """A self-contained HTML page of the reproduce report: one file, figures embedded as base64 PNG.
 
-Built from the same blocks as the Markdown (:mod:`intriguing.report.render`); flagged cells (ours far
+Built from the same blocks as the Markdown (:mod:`intriguing.report.blocks`); flagged cells (ours far
 from the paper's) are highlighted; all text is HTML-escaped; no external CSS, script or image.
 """
 
@@ -11,12 +11,9 @@ import html
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from intriguing.errors import IntriguingError
-
-if TYPE_CHECKING:
-    from intriguing.report.render import Block
+from intriguing.report.blocks import Block, Figure, Heading, Para
 
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
@@ -50,8 +47,6 @@ def embed_png(path: Path) -> str:
 
 def to_html(blocks: Sequence[Block], root: Path) -> str:
     """The page; figure paths in ``blocks`` are relative to ``root`` and get embedded."""
-    from intriguing.report.render import Figure, Heading, Para
-
     parts: list[str] = []
     title = "intriguing reproduce report"
     for block in blocks:

@@ -6,20 +6,20 @@ draws the figures into ``DIR/figures/`` and writes ``DIR/report.md`` and a self-
 (bold in Markdown, highlighted in HTML) when it differs from the paper by more than
 :data:`ERROR_TOLERANCE` (errors, absolute) or :data:`DISTORTION_TOLERANCE` (distortion, relative).
 
-The document is built once as a list of blocks (:class:`Heading`, :class:`Para`, :class:`Table`,
-:class:`Figure`) and written by :func:`to_markdown` and :func:`intriguing.report.html.to_html`.
+The document is built once as a list of blocks (:mod:`intriguing.report.blocks`) and written by
+:func:`to_markdown` and :func:`intriguing.report.html.to_html`.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from intriguing._io import atomic_write_text, read_json
 from intriguing.errors import IntriguingError
+from intriguing.report.blocks import Block, Cell, Figure, Heading, Para, Table
 
 ERROR_TOLERANCE = 0.05  # errors differing by more than 5 points are flagged
 DISTORTION_TOLERANCE = 0.25  # distortions differing by more than 25% are flagged
@@ -33,41 +33,6 @@ GAP_NOTE = (
     "were not minimal on that model: its figures are upper bounds there. The targeted column (toward "
     "a random class) is given for comparison: reaching a fixed class costs more than the nearest one."
 )
-
-
-@dataclass(frozen=True)
-class Cell:
-    """A table cell: its text and whether it differs notably from the paper."""
-
-    text: str
-    flagged: bool = False
-
-
-@dataclass(frozen=True)
-class Heading:
-    text: str
-    level: int = 2
-
-
-@dataclass(frozen=True)
-class Para:
-    text: str
-
-
-@dataclass(frozen=True)
-class Table:
-    header: tuple[str, ...]
-    rows: tuple[tuple[Cell, ...], ...]
-    caption: str = ""
-
-
-@dataclass(frozen=True)
-class Figure:
-    path: str  # relative to the run directory
-    caption: str
-
-
-Block = Heading | Para | Table | Figure
 
 
 # --------------------------------------------------------------------------------- formatting
@@ -499,9 +464,27 @@ def load_results(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return doc
 
 
+def load_figure7(root: Path, artifact: str) -> dict[str, Any]:
+    """The Figure 7 tensors the reproduce step stored at ``root / artifact`` (safetensors).
+
+    Returns name -> ``torch.Tensor`` (originals, adversarials, noise images and their labels).
+
+    Raises:
+        IntriguingError: the file is missing or unreadable.
+    """
+    from safetensors.torch import load_file
+
+    path = root / artifact
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises several types for corrupt files
+        raise IntriguingError(
+            f"{path}: unreadable Figure 7 images ({exc}); rerun reproduce"
+        ) from None
+
+
 def render_figures(run_dir: Path, doc: Mapping[str, Any]) -> dict[str, str]:
     """Draw every figure into ``run_dir/figures``; returns kind -> path relative to ``run_dir``."""
-    from intriguing.experiments.steps import load_figure7
     from intriguing.report import figures as fg
 
     out = run_dir / "figures"
