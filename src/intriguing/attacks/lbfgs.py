@@ -50,7 +50,7 @@ from torch import nn
 from intriguing.attacks.base import MODES, Attack, RawAttack
 from intriguing.attacks.checks import AttackWarning
 from intriguing.attacks.losses import attack_loss, check_loss
-from intriguing.attacks.metrics import success_mask
+from intriguing.attacks.metrics import AIM_FACTOR, success_margin, success_mask
 from intriguing.attacks.optim import BoxLBFGS
 from intriguing.attacks.result import AttackResult
 from intriguing.attacks.targets import all_targets, check_target_choice, choose_targets
@@ -288,7 +288,13 @@ class LBFGS(Attack):
         with torch.enable_grad():
             logits = model(xi)
             loss = attack_loss(
-                logits, goal, untargeted, kind=self.loss, kappa=self.kappa, temperature=temperature
+                logits,
+                goal,
+                untargeted,
+                kind=self.loss,
+                kappa=self.kappa,
+                temperature=temperature,
+                lead=AIM_FACTOR * success_margin(logits),
             )
             (grad,) = torch.autograd.grad(loss.sum(), xi)
         return logits.detach(), loss.detach(), grad.reshape(x.shape[0], -1)
@@ -443,7 +449,7 @@ class _Search:
         if bool(fresh.any()):
             self.zero_gradients += int((grad[fresh].abs().amax(1) == 0).sum())
         labels = self.labels[self.problems.example[probs]]
-        succ = success_mask(logits, labels, tgt)
+        succ = success_mask(logits, labels, tgt, aim=AIM_FACTOR)
         d2 = self.opt.trial_sq_distance()  # (b,) float64 squared L2 of the trial points
         better = succ & (d2 < self.best_d2[idx])
         if bool(better.any()):

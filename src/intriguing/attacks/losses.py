@@ -43,6 +43,7 @@ def attack_loss(
     kind: str = "ce",
     kappa: float = 0.0,
     temperature: float = 1.0,
+    lead: torch.Tensor | float = 0.0,
 ) -> torch.Tensor:
     """Per-example loss ``(N,)`` from logits ``(N, K)``.
 
@@ -53,13 +54,15 @@ def attack_loss(
         kind: ``"ce"`` or ``"margin"``.
         kappa: the hinge's margin (``"margin"`` only).
         temperature: ``T`` of the cross-entropy (``"ce"`` only; 1 is the plain cross-entropy).
+        lead: ``(N,)`` or scalar logit lead the attack aims for (the success rule's margin,
+            :func:`intriguing.attacks.metrics.success_margin`): the loss is a function of
+            ``d + lead``, so the hinge does not go flat before a point counts as a success.
     """
-    if kind == "ce" and temperature != 1.0:
-        return temperature * attack_loss(logits / temperature, goal, untargeted, kind="ce")
     own = logits.gather(1, goal[:, None]).squeeze(1)
     masked = logits.scatter(1, goal[:, None], float("-inf"))
-    other = masked.logsumexp(1) if kind == "ce" else masked.amax(1)
-    d = torch.where(untargeted, own - other, other - own)
+    ce = kind == "ce"
+    other = temperature * (masked / temperature).logsumexp(1) if ce else masked.amax(1)
+    d = torch.where(untargeted, own - other, other - own) + lead
     if kind == "ce":
-        return F.softplus(d)
+        return temperature * F.softplus(d / temperature)
     return (d + kappa).clamp(min=0.0)
