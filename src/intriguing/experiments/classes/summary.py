@@ -1,0 +1,198 @@
+"""The results document (``results.json``): per task and family, with bootstrap and Wilson intervals."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from intriguing.experiments.classes.config import ClassesConfig
+from intriguing.experiments.classes.families import FAMILIES
+from intriguing.experiments.classes.tasks import get_task
+
+SCHEMA = "intriguing.classes/1"
+CONFIDENCE = 0.95
+
+
+def mean_median_ci(values: Sequence[float], *, resamples: int, seed: int) -> dict[str, Any]:
+    """Mean and median of ``values`` with percentile-bootstrap 95% intervals (None when n < 2)."""
+    from scipy.stats import bootstrap
+
+    data = np.asarray(values, dtype=np.float64)
+    out: dict[str, Any] = {"n": int(data.size), "mean": None, "median": None}
+    if data.size == 0:
+        return {**out, "mean_ci": None, "median_ci": None}
+    out["mean"], out["median"] = float(data.mean()), float(np.median(data))
+    for name, stat in (("mean", np.mean), ("median", np.median)):
+        if data.size < 2 or np.ptp(data) == 0:
+            out[f"{name}_ci"] = [out[name], out[name]] if data.size >= 2 else None
+            continue
+        res = bootstrap(
+            (data,),
+            stat,
+            n_resamples=resamples,
+            confidence_level=CONFIDENCE,
+            method="percentile",
+            random_state=np.random.default_rng(seed),
+        )
+        out[f"{name}_ci"] = [
+            float(res.confidence_interval.low),
+            float(res.confidence_interval.high),
+        ]
+    return out
+
+
+def ratio_of_means_ci(
+    num: Sequence[float], den: Sequence[float], *, resamples: int, seed: int
+) -> dict[str, Any]:
+    """``mean(num) / mean(den)`` over paired values with a paired percentile-bootstrap 95% CI."""
+    from scipy.stats import bootstrap
+
+    a, b = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
+    if a.size == 0 or b.mean() <= 0:
+        return {"n": int(a.size), "ratio": None, "ratio_ci": None}
+    ratio = float(a.mean() / b.mean())
+    if a.size < 2:
+        return {"n": int(a.size), "ratio": ratio, "ratio_ci": None}
+
+    def stat(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+        return np.asarray(x.mean(axis=axis) / y.mean(axis=axis))
+
+    res = bootstrap(
+        (a, b),
+        stat,
+        paired=True,
+        vectorized=True,
+        n_resamples=resamples,
+        confidence_level=CONFIDENCE,
+        method="percentile",
+        random_state=np.random.default_rng(seed),
+    )
+    low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    return {"n": int(a.size), "ratio": ratio, "ratio_ci": [low, high]}
+
+
+def wilson(k: int, n: int) -> list[float] | None:
+    """95% Wilson interval of a proportion ``k / n`` (None when n = 0)."""
+    if n == 0:
+        return None
+    from scipy.stats import binomtest
+
+    ci = binomtest(k, n).proportion_ci(confidence_level=CONFIDENCE, method="wilson")
+    return [float(ci.low), float(ci.high)]
+
+
+def summarize(results: Mapping[str, Any], config: ClassesConfig) -> dict[str, Any]:
+    """The run's results document (``results.json``) from the step results."""
+    rows: list[dict[str, Any]] = []
+    stats = {"resamples": config.bootstrap, "seed": config.seed}
+    for task_name in config.tasks:
+        task = get_task(task_name)
+        for family in config.families:
+            trained = results[f"train/{task.name}/{family}"]
+            row: dict[str, Any] = {
+                "task": task.name,
+                "num_classes": task.num_classes,
+                "family": family,
+                "description": FAMILIES[family].description,
+                "n_train": trained["n_train"],
+                "train_error": trained["train_error"],
+                "test_error": trained["test_error"],
+                "epochs": trained["epochs"],
+                "train_cpu_s": trained["cpu_time_s"],
+                "attacked": FAMILIES[family].attacked,
+            }
+            attack = results.get(f"attack/{task.name}/{family}")
+            if attack is not None:
+                row.update(_attack_row(attack, stats))
+            transfer = results.get(f"transfer/{task.name}/{family}")
+            if transfer is not None:
+                row["transfer"] = {
+                    target: {
+                        **t,
+                        "rate": t["fooled"] / t["n"] if t["n"] else None,
+                        "rate_ci": wilson(t["fooled"], t["n"]),
+                    }
+                    for target, t in transfer["targets"].items()
+                }
+            restricted = results.get(f"restricted/{task.name}/{family}")
+            if restricted is not None:
+                row["restricted"] = _restricted_row(restricted, stats)
+            rows.append(row)
+    return {
+        "schema": SCHEMA,
+        "question": "if the number of classes is small, will the problem be less severe?",
+        "config": config.to_dict(),
+        "tasks": [get_task(t).to_dict() for t in config.tasks],
+        "families": {f: FAMILIES[f].description for f in config.families},
+        "rows": rows,
+    }
+
+
+def _attack_row(attack: Mapping[str, Any], stats: Mapping[str, int]) -> dict[str, Any]:
+    success = attack["success"]
+    dist = [d for d, s in zip(attack["distortion"], success, strict=True) if s]
+    n = len(success)
+    row: dict[str, Any] = {
+        "n_task_test": attack["n_task_test"],
+        "n_attacked": n,
+        "success_rate": sum(success) / n if n else None,
+        "distortion": mean_median_ci(dist, **stats),
+        "grad_evals_mean": float(np.mean(attack["grad_evals"])) if n else None,
+        "attack_s": attack["elapsed_s"],
+    }
+    if attack.get("exact"):
+        exact = [v for v in attack["exact"] if v is not None]
+        row["exact"] = mean_median_ci(exact, **stats)
+        pairs = [
+            (d, e)
+            for d, e, s in zip(attack["distortion"], attack["exact"], success, strict=True)
+            if s and e
+        ]
+        row["lbfgs_over_exact"] = (
+            float(np.mean([d for d, _ in pairs]) / np.mean([e for _, e in pairs]))
+            if pairs
+            else None
+        )
+    return row
+
+
+def _restricted_row(r: Mapping[str, Any], stats: Mapping[str, int]) -> dict[str, Any]:
+    triples = [
+        (t, u, s)
+        for t, u, s in zip(r["task_distortion"], r["untargeted"], r["restricted"], strict=True)
+        if t is not None and u is not None and s is not None
+    ]
+    task_d, untargeted, restricted = (
+        (list(col) for col in zip(*triples, strict=True)) if triples else ([], [], [])
+    )
+    out: dict[str, Any] = {
+        "n_kept": r["n_kept"],
+        "n_paired": len(triples),
+        "task_mean": float(np.mean(task_d)) if triples else None,
+        "all_untargeted": mean_median_ci(untargeted, **stats),
+        "all_restricted": mean_median_ci(restricted, **stats),
+        "task_over_restricted": ratio_of_means_ci(task_d, restricted, **stats),
+        "restricted_over_untargeted": ratio_of_means_ci(restricted, untargeted, **stats),
+    }
+    if r.get("exact_restricted") is not None:
+        keep = [
+            (t, u, s)
+            for t, u, s in zip(
+                r.get("exact_task") or [None] * r["n_kept"],
+                r["exact_untargeted"],
+                r["exact_restricted"],
+                strict=True,
+            )
+            if t is not None and u is not None and s is not None
+        ]
+        if keep:
+            t_e, u_e, s_e = (np.asarray(col) for col in zip(*keep, strict=True))
+            out["exact"] = {
+                "n": len(keep),
+                "task_mean": float(t_e.mean()),
+                "all_untargeted_mean": float(u_e.mean()),
+                "all_restricted_mean": float(s_e.mean()),
+            }
+    return out
