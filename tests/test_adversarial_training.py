@@ -13,21 +13,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from intriguing.attacks.fgm import fgm_l2
 from intriguing.errors import CheckpointError, InvalidInputError
 from intriguing.models.architectures import sigmoid_mlp
 from intriguing.training import TrainConfig
 from intriguing.training.adversarial import (
+    CHECKPOINT_FORMAT,
     AdvTrainConfig,
     Pool,
     PoolConfig,
     _Run,
     adversarial_train,
     check_box,
-    fgm_l2,
-    load_state,
     refill_attack,
     split_model,
 )
+from intriguing.training.checkpoint import load_state
 
 SGD = TrainConfig(optimizer="sgd", lr=0.2, epochs=3, batch_size=50, weight_decay={"fc1": 1e-4})
 
@@ -301,7 +302,7 @@ def test_resume_equals_uninterrupted(
     assert [{k: v for k, v in h.items() if k not in strip} for h in resumed.history] == [
         {k: v for k, v in h.items() if k not in strip} for h in expected.history
     ]
-    _, meta = load_state(path)
+    _, meta = load_state(path, CHECKPOINT_FORMAT)
     assert meta["epoch"] == 3
 
 

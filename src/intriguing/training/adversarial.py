@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
 import os
 import time
@@ -67,9 +66,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from intriguing._io import atomic_path
+from intriguing.attacks.fgm import fgm_l2
 from intriguing.errors import CheckpointError, InvalidInputError
 from intriguing.progress import make_progress
+from intriguing.training.checkpoint import (
+    load_state,
+    optimizer_state,
+    optimizer_tensors,
+    save_state,
+)
 from intriguing.training.config import TrainConfig
 from intriguing.training.trainer import (
     check_training_data,
@@ -296,27 +301,6 @@ def check_box(features: torch.Tensor, layer: str) -> None:
 
 
 # ----------------------------------------------------------------------------- refill attacks
-def fgm_l2(
-    above: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, epsilon: float
-) -> torch.Tensor:
-    """One-step L2 fast-gradient perturbations ``(N, ...)`` of ``inputs`` in [0, 1].
-
-    ``x' = clip(x + epsilon * sqrt(D) * g / ||g||_2, 0, 1)`` with ``g`` the gradient of the
-    cross-entropy of ``above(x)`` against ``labels`` and ``D`` the values per example (so the step
-    has RMS ``epsilon`` per coordinate before clipping). Zero gradients give zero steps.
-    Returns the perturbed inputs (``above``'s mode is left as is: call it in eval mode).
-    """
-    x = inputs.detach().clone().requires_grad_(True)
-    with torch.enable_grad():
-        loss = F.cross_entropy(above(x), labels, reduction="sum")
-        (grad,) = torch.autograd.grad(loss, x)
-    flat = grad.flatten(1)
-    norms = flat.norm(dim=1, keepdim=True)
-    direction = torch.where(norms > 0, flat / norms.clamp_min(1e-30), torch.zeros_like(flat))
-    step = epsilon * math.sqrt(flat.shape[1]) * direction
-    return (inputs + step.view_as(inputs)).clamp(0.0, 1.0).detach()
-
-
 def refill_attack(
     pool: PoolConfig,
 ) -> Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
@@ -403,63 +387,6 @@ def _data_fingerprint(images: torch.Tensor, labels: torch.Tensor) -> str:
     return digest.hexdigest()[:16]
 
 
-def save_state(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    """Write a training state atomically: tensors in safetensors, ``meta`` as JSON metadata."""
-    from safetensors.torch import save_file
-
-    payload = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    with atomic_path(path) as tmp:
-        save_file(payload, str(tmp), metadata={"state": json.dumps(meta, allow_nan=False)})
-
-
-def load_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read a state written by :func:`save_state`.
-
-    Raises:
-        CheckpointError: unreadable, truncated or not an adversarial-training state.
-    """
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            meta_text = (handle.metadata() or {}).get("state")
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
-        if meta_text is None:
-            raise ValueError("no training state in its metadata")
-        meta = json.loads(meta_text)
-    except (SafetensorError, OSError, ValueError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(
-            f"{path}: not a readable adversarial-training checkpoint ({first}); delete it and rerun"
-        ) from None
-    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: unknown checkpoint format; delete it and rerun")
-    return tensors, meta
-
-
-def _optimizer_tensors(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    tensors: dict[str, torch.Tensor] = {}
-    plain: dict[str, dict[str, Any]] = {}
-    for index, values in state["state"].items():
-        for name, value in values.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"optim/{index}/{name}"] = value
-            else:
-                plain.setdefault(str(index), {})[name] = value
-    return tensors, {"param_groups": state["param_groups"], "plain": plain}
-
-
-def _optimizer_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
-    state: dict[int, dict[str, Any]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim/"):
-            _, index, name = key.split("/", 2)
-            state.setdefault(int(index), {})[name] = value
-    for index, values in meta["plain"].items():
-        state.setdefault(int(index), {}).update(values)
-    return {"state": state, "param_groups": meta["param_groups"]}
-
-
 # ----------------------------------------------------------------------------- the trainer
 class _Run:
     """The mutable state of one run (see :func:`adversarial_train`)."""
@@ -502,7 +429,7 @@ class _Run:
     # -- checkpoint
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         tensors = {f"model/{k}": v for k, v in self.model.state_dict().items()}
-        optim_tensors, optim_meta = _optimizer_tensors(self.optimizer.state_dict())
+        optim_tensors, optim_meta = optimizer_tensors(self.optimizer.state_dict())
         tensors.update(optim_tensors)
         for name in ("order", "dropout", "pool_rng"):
             tensors[f"rng/{name}"] = getattr(self, name).get_state()
@@ -524,7 +451,7 @@ class _Run:
         return tensors, meta
 
     def restore(self, path: Path) -> None:
-        tensors, meta = load_state(path)
+        tensors, meta = load_state(path, CHECKPOINT_FORMAT)
         if meta.get("config") != self.config.to_dict():
             raise CheckpointError(
                 f"{path}: checkpoint was written with another config; delete it or use another path"
@@ -536,7 +463,7 @@ class _Run:
         try:
             weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model/")}
             self.model.load_state_dict(weights, strict=True)
-            self.optimizer.load_state_dict(_optimizer_state(tensors, meta["optimizer"]))
+            self.optimizer.load_state_dict(optimizer_state(tensors, meta["optimizer"]))
             if self.scheduler is not None:
                 self.scheduler.load_state_dict(meta["scheduler"])
             for name in ("order", "dropout", "pool_rng"):

@@ -22,7 +22,7 @@ import hashlib
 import json
 import platform
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -227,3 +227,64 @@ def seeded(seed: int) -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
+
+
+# ----------------------------------------------------------------------- resumable training state
+def save_state(path: Path, tensors: Mapping[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Write a training state atomically: ``tensors`` in one safetensors file, ``meta`` (JSON-safe,
+    with a ``"format"`` version) in its metadata. Read back with :func:`load_state`."""
+    from safetensors.torch import save_file
+
+    payload = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(payload, str(tmp), metadata={"state": json.dumps(meta, allow_nan=False)})
+
+
+def load_state(path: Path, format_version: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a state written by :func:`save_state` whose ``meta["format"]`` is ``format_version``.
+
+    Raises:
+        CheckpointError: unreadable, truncated, not a training state, or another format.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta_text = (handle.metadata() or {}).get("state")
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+        if meta_text is None:
+            raise ValueError("no training state in its metadata")
+        meta = json.loads(meta_text)
+    except (SafetensorError, OSError, ValueError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(
+            f"{path}: not a readable training checkpoint ({first}); delete it and rerun"
+        ) from None
+    if not isinstance(meta, dict) or meta.get("format") != format_version:
+        raise CheckpointError(f"{path}: unknown checkpoint format; delete it and rerun")
+    return tensors, meta
+
+
+def optimizer_tensors(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """An optimizer's ``state_dict()`` split into tensors (``optim/<param>/<name>``) and JSON."""
+    tensors: dict[str, torch.Tensor] = {}
+    plain: dict[str, dict[str, Any]] = {}
+    for index, values in state["state"].items():
+        for name, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim/{index}/{name}"] = value
+            else:
+                plain.setdefault(str(index), {})[name] = value
+    return tensors, {"param_groups": state["param_groups"], "plain": plain}
+
+
+def optimizer_state(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The optimizer ``state_dict()`` rebuilt from :func:`optimizer_tensors`' two halves."""
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim/"):
+            _, index, name = key.split("/", 2)
+            state.setdefault(int(index), {})[name] = value
+    for index, values in meta["plain"].items():
+        state.setdefault(int(index), {}).update(values)
+    return {"state": state, "param_groups": meta["param_groups"]}
