@@ -192,6 +192,10 @@ def test_weights_of_another_architecture_raise_checkpoint_error(
     sidecar = json.loads(sidecar_path.read_text())
     sidecar["model"] = TINY_P1
     sidecar_path.write_text(json.dumps(sidecar))
+    with pytest.raises(CheckpointError, match="architecture is not"):
+        load_checkpoint(weights)
+    del sidecar["architecture"]  # an older sidecar without it: the weights themselves do not fit
+    sidecar_path.write_text(json.dumps(sidecar))
     with pytest.raises(CheckpointError, match="do not fit the model"):
         load_checkpoint(weights)
 

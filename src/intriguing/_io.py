@@ -26,11 +26,17 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path``.
 
     Use it for writers that want a filename (``safetensors.torch.save_file``, ``savefig``, ...).
-    On an exception the temporary file is removed and ``path`` is left untouched.
+    On an exception the temporary file is removed and ``path`` is left untouched. Missing parent
+    directories are created (the CLI refuses missing parents of files beforehand, see
+    :mod:`intriguing.cli.validation`); a directory that cannot be written raises
+    :class:`~intriguing.errors.OutputError` (one line) instead of an ``OSError``.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise _output_error(target, exc) from None
     os.close(fd)
     tmp = Path(tmp_name)
     os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; results are meant to be shared
@@ -38,10 +44,21 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise _output_error(target, exc) from None
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _output_error(target: Path, exc: OSError) -> Exception:
+    """A one-line :class:`~intriguing.errors.OutputError` for a failed write of ``target``."""
+    from intriguing.errors import OutputError
+
+    reason = exc.strerror or type(exc).__name__
+    return OutputError(f"{target}: cannot write ({reason}); choose another path")
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

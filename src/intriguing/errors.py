@@ -29,3 +29,7 @@ class InvalidInputError(IntriguingError, ValueError):
 
 class CheckpointError(IntriguingError):
     """A checkpoint is missing, corrupt, or does not match the requested model."""
+
+
+class OutputError(IntriguingError):
+    """An output path cannot be written (missing or read-only parent, a file where a folder must be)."""

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from intriguing.cli.options import backend_options, data_options, json_option
+from intriguing.cli.validation import output_dir
 from intriguing.errors import InvalidInputError
 
 
@@ -87,7 +88,8 @@ def _summary_table(doc: dict[str, Any]) -> Any:
 )
 @click.option(
     "--out",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=output_dir(),
+    is_eager=True,
     default=None,
     help="Run directory (default ./advtrain or ./advtrain-quick); rerunning resumes there.",
 )

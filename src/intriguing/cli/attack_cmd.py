@@ -21,6 +21,7 @@ from typing import Any
 import click
 
 from intriguing.cli.options import data_options, json_option, seed_option
+from intriguing.cli.validation import output_file
 from intriguing.errors import InvalidInputError
 
 TARGET_HELP = (
@@ -128,7 +129,7 @@ def _select_images(
 @click.option(
     "--save",
     "save_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=output_file(),
     default=None,
     help="Write the full result (safetensors, plus a .json sidecar) to this file.",
 )

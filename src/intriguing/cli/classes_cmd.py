@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from intriguing.cli.options import backend_options, data_options, json_option, seed_option
+from intriguing.cli.validation import output_dir
 
 DEFAULT_OUT = Path("classes")
 
@@ -72,7 +73,8 @@ def _summary_table(doc: dict[str, Any]) -> Any:
 )
 @click.option(
     "--out",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=output_dir(),
+    is_eager=True,
     default=DEFAULT_OUT,
     show_default=True,
     help="Run directory (results.json, classes.md, classes.png); rerunning resumes there.",

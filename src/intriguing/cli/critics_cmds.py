@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import click
 
 from intriguing.cli.options import backend_options, data_options, json_option, seed_option
+from intriguing.cli.validation import output_dir
 from intriguing.errors import InvalidInputError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -68,7 +69,8 @@ def _common(func: F) -> F:
         ),
         click.option(
             "--out",
-            type=click.Path(file_okay=False, path_type=Path),
+            type=output_dir(),
+            is_eager=True,
             required=True,
             help="Run directory (resumable; JSON, markdown and figures go here).",
         ),

@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from intriguing.cli.options import data_options, json_option
+from intriguing.cli.validation import output_dir
 
 
 def _class_counts(labels: Any) -> list[int]:
@@ -135,7 +136,7 @@ def info_cmd(dataset: str, data_dir: Path | None, json_path: Path | None) -> Non
 @click.option(
     "--dir",
     "directory",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=output_dir(),
     default=None,
     help="Where to put the four MNIST files (default: the cache, where load_mnist looks).",
 )

@@ -70,6 +70,9 @@ class LazyGroup(click.Group):
 @click.version_option(package_name="intriguing")
 def cli() -> None:
     """Reproduce, measure and extend 'Intriguing properties of neural networks' (Szegedy et al. 2014)."""
+    from intriguing.training.trainer import use_default_threads
+
+    use_default_threads()  # one torch thread count for every command: identical numbers
 
 
 def main(argv: list[str] | None = None) -> None:

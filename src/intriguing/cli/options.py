@@ -8,6 +8,8 @@ from typing import Any, TypeVar
 
 import click
 
+from intriguing.cli.validation import output_file
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 DATASETS = ("mnist", "mnist-5k")
@@ -54,7 +56,7 @@ def json_option(func: F) -> F:
     return click.option(
         "--json",
         "json_path",
-        type=click.Path(dir_okay=False, path_type=Path),
+        type=output_file(),
         default=None,
         help="Write the results to this JSON file as well.",
     )(func)

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from intriguing.cli.options import backend_options, data_options, json_option, seed_option
+from intriguing.cli.validation import output_dir
 from intriguing.errors import IntriguingError
 
 
@@ -29,7 +30,8 @@ from intriguing.errors import IntriguingError
 )
 @click.option(
     "--out",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=output_dir(),
+    is_eager=True,
     default=Path("recurrent-run"),
     show_default=True,
     help="Run directory (results.json, report.md, figure); rerunning resumes there.",

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from intriguing.cli.options import backend_options, data_options, seed_option
+from intriguing.cli.validation import output_dir
 from intriguing.errors import IntriguingError
 
 SIZE_CHOICES = ("tiny", "quick", "default", "full")
@@ -49,7 +50,8 @@ def _summary_tables(doc: dict[str, Any]) -> list[Any]:
 @click.option("--size", type=click.Choice(SIZE_CHOICES), default=None, hidden=True)
 @click.option(
     "--out",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=output_dir(),
+    is_eager=True,
     default=None,
     help="Run directory (default: ./reproduce-<size>); rerunning resumes there.",
 )
@@ -138,7 +140,8 @@ def report(run_dir: Path) -> None:
 @click.option("--mode", type=click.Choice(["RGB", "L"]), default="RGB", show_default=True)
 @click.option(
     "--out",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=output_dir(),
+    is_eager=True,
     default=Path("figure5"),
     show_default=True,
     help="Directory for figure5.png, figure5.json and figure5.safetensors.",

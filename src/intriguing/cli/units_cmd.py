@@ -24,6 +24,7 @@ import click
 import numpy as np
 
 from intriguing.cli.options import data_options, json_option, seed_option
+from intriguing.cli.validation import output_dir, output_file
 from intriguing.errors import IntriguingError, InvalidInputError
 
 
@@ -255,7 +256,7 @@ def _print_summary(results: dict[str, Any]) -> None:
 )
 @click.option(
     "--save-activations",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=output_file(),
     default=None,
     help="Also store phi as a .npy file (float32, or float16 with --float16).",
 )
@@ -263,7 +264,8 @@ def _print_summary(results: dict[str, Any]) -> None:
 @click.option(
     "--out",
     "out_dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=output_dir(),
+    is_eager=True,
     default=None,
     help="Write the figures (PNG) into this directory.",
 )

@@ -89,7 +89,11 @@ def train(
     trained = train_model(
         name, dataset=dataset, data_dir=data_dir, seed=seed, retrain=retrain, log=_echo_log
     )
-    metrics = trained.metrics
+    metrics = trained.metrics  # errors measured now on a cached model, never copied (issue 16)
+    if trained.cached:
+        from intriguing.training.api import measured_errors
+
+        metrics.update(measured_errors(trained, dataset=dataset, data_dir=data_dir))
     result = {
         "model": trained.name,
         "dataset": dataset,

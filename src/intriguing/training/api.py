@@ -12,6 +12,7 @@ stored in the checkpoint cache (:mod:`.checkpoint`). Explicit files load with
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -29,11 +30,12 @@ from intriguing.training.checkpoint import (
     read_sidecar,
     save_checkpoint,
     seeded,
+    sidecar_path_for,
     training_lock,
     weights_path_for,
 )
 from intriguing.training.config import TrainConfig
-from intriguing.training.trainer import LogFn, error_rate, train
+from intriguing.training.trainer import LogFn, error_rate, train, training_threads
 
 if TYPE_CHECKING:
     from intriguing.data import MNIST
@@ -94,35 +96,74 @@ def train_model(
         CheckpointError: a cached checkpoint is corrupt (delete it or pass ``retrain=True``).
     """
     from intriguing.data import load_mnist
+    from intriguing.data.files import verify_directory
     from intriguing.data.mnist import locate_mnist, published_identity
     from intriguing.models import get_entry
 
     entry = get_entry(name)
-    # The full MNIST's identity is known without reading it (every file is MD5-verified), so a
-    # cached checkpoint loads offline and without parsing the data.
+    # The full MNIST's identity is known without reading it, so a cached checkpoint loads offline
+    # and without parsing the data; an explicitly named directory is still MD5-verified.
     data = None if dataset == "mnist" else load_mnist(data_dir, dataset=dataset)
     if data is None and data_dir is not None:
-        locate_mnist(data_dir, download=False)  # an explicit directory must hold the files
+        verify_directory(locate_mnist(data_dir, download=False)[0])
     identity = published_identity() if data is None else data.identity
     config = entry.train_config.replace(seed=seed)
     with seeded(seed):
         model = entry.build()
     key = cache_key(entry.name, repr(model), config, entry.train_split, identity)
     weights, _ = checkpoint_paths(entry.name, key)
+    expected = _expected_sidecar(entry, model, config, key, identity)
     log = log or logger.info
     if weights.exists() and not retrain:
-        return _load_cached(model, entry.name, weights)
+        return _load_cached(model, entry.name, weights, expected)
     with training_lock(weights, on_wait=log):
         if weights.exists() and not retrain:  # another process trained it while we waited
-            return _load_cached(model, entry.name, weights)
+            return _load_cached(model, entry.name, weights, expected)
         if data is None:
             data = load_mnist(data_dir, dataset=dataset)
-        return _train_and_save(entry, model, data, config, key, weights, log)
+        with training_threads():
+            return _train_and_save(entry, model, data, config, key, weights, log)
 
 
-def _load_cached(model: nn.Module, name: str, weights: Path) -> TrainedModel:
+def _expected_sidecar(
+    entry: ZooEntry, model: nn.Module, config: TrainConfig, key: str, identity: dict[str, Any]
+) -> dict[str, Any]:
+    """What the sidecar of the cache entry ``key`` must say (JSON-normalised, as read back)."""
+    return json.loads(
+        json.dumps(
+            {
+                "model": entry.name,
+                "key": key,
+                "train_split": entry.train_split,
+                "seed": config.seed,
+                "config": config.to_dict(),
+                "dataset": identity,
+                "architecture": repr(model),
+            }
+        )
+    )
+
+
+def verify_sidecar(sidecar: dict[str, Any], expected: dict[str, Any], path: Path) -> None:
+    """Raise CheckpointError naming the first field where ``sidecar`` differs from ``expected``.
+
+    A cache entry whose sidecar names another model, key, config, seed, split, dataset or
+    architecture was replaced or corrupted: its weights would silently give another model's numbers.
+    """
+    for field_name, wanted in expected.items():
+        if sidecar.get(field_name) != wanted:
+            raise CheckpointError(
+                f"{sidecar_path_for(path)}: sidecar field {field_name!r} does not match this cache "
+                f"entry (replaced or corrupt checkpoint); delete {path.name} and its .json and rerun"
+            )
+
+
+def _load_cached(
+    model: nn.Module, name: str, weights: Path, expected: dict[str, Any]
+) -> TrainedModel:
     sidecar = read_sidecar(weights)
-    load_weights(model, weights, sidecar["weights_sha256"])
+    verify_sidecar(sidecar, expected, weights)
+    sidecar["weights_sha256"] = load_weights(model, weights, sidecar["weights_sha256"])
     model.eval()
     return TrainedModel(model, name, weights, sidecar, cached=True)
 
@@ -201,6 +242,28 @@ def load_checkpoint(path: str | os.PathLike[str]) -> TrainedModel:
     entry = get_entry(str(sidecar["model"]))
     with seeded(int(sidecar.get("seed", 0))):
         model = entry.build()
-    load_weights(model, weights, sidecar["weights_sha256"])
+    if "architecture" in sidecar and sidecar["architecture"] != repr(model):
+        raise CheckpointError(
+            f"{sidecar_path_for(weights)}: the sidecar's architecture is not {entry.name}'s; "
+            "the checkpoint is corrupt or from another version: retrain it"
+        )
+    sidecar["weights_sha256"] = load_weights(model, weights, sidecar["weights_sha256"])
     model.eval()
     return TrainedModel(model, entry.name, weights, sidecar, cached=True)
+
+
+def measured_errors(
+    trained: TrainedModel, dataset: str = "mnist", data_dir: str | os.PathLike[str] | None = None
+) -> dict[str, float]:
+    """``{"train_error", "test_error"}`` measured now on the data (not read from the sidecar).
+
+    ``train_error`` is on the model's training split (``train``, ``p1`` or ``p2``); both in [0, 1].
+    """
+    from intriguing.data import load_mnist
+
+    data = load_mnist(data_dir, dataset=dataset)
+    split = str(trained.sidecar.get("train_split", "train"))
+    return {
+        "train_error": error_rate(trained.model, *data.split(split)),
+        "test_error": error_rate(trained.model, *data.split("test")),
+    }

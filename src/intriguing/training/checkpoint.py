@@ -12,6 +12,12 @@ architecture (``repr`` of the untrained module), config (seed included), trainin
 identity. The same request therefore finds the same files; any change trains anew. Both files are
 written atomically, weights first, so a sidecar only ever points at complete weights. A truncated,
 corrupt or mismatched checkpoint raises :class:`~intriguing.errors.CheckpointError`.
+
+Verification on every load (issue 16): ``weights_sha256`` is :func:`tensors_sha256`, a hash over the
+tensors themselves (names, dtypes, shapes and bytes, in sorted name order), so it does not depend on
+the safetensors header (whose metadata key order varies between runs) and is a stable fingerprint of
+the weights. Sidecars written before this change hold the SHA-256 of the file instead; they still
+load when that matches (:func:`load_weights` accepts either). Non-finite weights are refused.
 """
 
 from __future__ import annotations
@@ -101,6 +107,30 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def tensors_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
+    """Hex SHA-256 over ``tensors`` in sorted name order: each name, dtype, shape and raw bytes.
+
+    Independent of file layout and metadata: two bit-identical state dicts hash the same.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        header = json.dumps([name, str(tensor.dtype), list(tensor.shape)], separators=(",", ":"))
+        digest.update(header.encode("utf-8") + b"\0")
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def check_finite(tensors: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Raise :class:`CheckpointError` if a floating-point tensor holds NaN or Inf."""
+    for name in sorted(tensors):
+        tensor = tensors[name]
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(
+                f"{path}: tensor {name!r} holds NaN or Inf; delete the checkpoint and retrain"
+            )
+
+
 def save_checkpoint(
     model: nn.Module, weights_path: Path, sidecar: dict[str, Any]
 ) -> dict[str, Any]:
@@ -112,6 +142,7 @@ def save_checkpoint(
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    check_finite(tensors, weights_path)
     with atomic_path(weights_path) as tmp:
         save_file(
             tensors, str(tmp), metadata={"format": "pt", "model": str(sidecar.get("model", ""))}
@@ -120,7 +151,7 @@ def save_checkpoint(
         "format_version": FORMAT_VERSION,
         **sidecar,
         "weights_file": weights_path.name,
-        "weights_sha256": file_sha256(weights_path),
+        "weights_sha256": tensors_sha256(tensors),
         "versions": library_versions(),
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
@@ -145,43 +176,77 @@ def read_sidecar(path: Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{sidecar_file}: corrupt sidecar ({exc}); delete the checkpoint and retrain"
         ) from None
-    missing = [
-        k
-        for k in ("model", "config", "weights_sha256")
-        if not isinstance(data, dict) or k not in data
-    ]
+    if not isinstance(data, dict):
+        raise CheckpointError(
+            f"{sidecar_file}: sidecar is not a JSON object; delete it and retrain"
+        )
+    missing = [k for k in ("model", "config", "weights_sha256") if k not in data]
     if missing:
         raise CheckpointError(
             f"{sidecar_file}: sidecar lacks {missing}; delete the checkpoint and retrain"
         )
+    _check_sidecar_types(data, sidecar_file)
     return data
 
 
-def load_weights(model: nn.Module, path: Path, expected_sha256: str | None = None) -> nn.Module:
+_SIDECAR_TYPES: dict[str, type | tuple[type, ...]] = {
+    "model": str,
+    "config": dict,
+    "weights_sha256": str,
+    "key": str,
+    "train_split": str,
+    "architecture": str,
+    "dataset": dict,
+    "metrics": dict,
+}
+
+
+def _check_sidecar_types(data: dict[str, Any], sidecar_file: Path) -> None:
+    """Every known field of the right JSON type; ``seed`` a (non-bool) integer."""
+    for name, kind in _SIDECAR_TYPES.items():
+        if name in data and not isinstance(data[name], kind):
+            raise CheckpointError(
+                f"{sidecar_file}: sidecar field {name!r} has the wrong type; delete the "
+                "checkpoint and retrain"
+            )
+    seed = data.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise CheckpointError(
+            f"{sidecar_file}: sidecar seed {seed!r} is not an integer; delete the checkpoint "
+            "and retrain"
+        )
+
+
+def load_weights(model: nn.Module, path: Path, expected_sha256: str | None = None) -> str:
     """Load safetensors weights from ``path`` into ``model`` (strict: same keys and shapes).
 
-    Raises:
-        CheckpointError: missing, truncated or corrupt file, checksum mismatch, or weights that do
-            not fit the model.
-    """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    ``expected_sha256``: the sidecar's ``weights_sha256``, either :func:`tensors_sha256` of the
+    tensors or (sidecars of older versions) the SHA-256 of the file.
 
+    Returns:
+        :func:`tensors_sha256` of the loaded tensors (the stable fingerprint of the weights).
+
+    Raises:
+        CheckpointError: missing, truncated or corrupt file, checksum mismatch, NaN/Inf weights,
+            or weights that do not fit the model.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint weights not found; retrain or pass another path")
-    if expected_sha256 is not None and file_sha256(path) != expected_sha256:
-        raise CheckpointError(
-            f"{path}: weights do not match the checksum in the sidecar (corrupt or truncated); "
-            "delete the checkpoint and retrain"
-        )
+    mismatch = CheckpointError(
+        f"{path}: weights do not match the checksum in the sidecar (corrupt or truncated, or "
+        "replaced); delete the checkpoint and retrain"
+    )
     try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(
-            f"{path}: not a readable safetensors file ({message}); delete it and retrain"
-        ) from None
+        tensors = _read_tensors(path)
+    except CheckpointError:
+        if expected_sha256 is not None and file_sha256(path) != expected_sha256:
+            raise mismatch from None
+        raise
+    fingerprint = tensors_sha256(tensors)
+    if expected_sha256 is not None and expected_sha256 not in (fingerprint, file_sha256(path)):
+        raise mismatch
+    check_finite(tensors, path)
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
@@ -189,7 +254,21 @@ def load_weights(model: nn.Module, path: Path, expected_sha256: str | None = Non
         raise CheckpointError(
             f"{path}: weights do not fit the model ({first}); retrain it"
         ) from None
-    return model
+    return fingerprint
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; CheckpointError if it cannot be parsed."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(
+            f"{path}: not a readable safetensors file ({message}); delete it and retrain"
+        ) from None
 
 
 @contextlib.contextmanager

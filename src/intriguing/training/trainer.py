@@ -9,13 +9,20 @@ trained (full-batch L-BFGS over a frozen encoder then costs no encoder passes).
 Runs are deterministic on CPU given ``config.seed``: minibatch order and dropout come from
 generators seeded by it (weight initialisation is the caller's job: see
 :func:`intriguing.training.checkpoint.seeded_build`).
+
+Thread count (issue 16): float reductions depend on how many threads split them, so weights and
+every number computed from them depend on ``torch.set_num_threads``. Every command runs with
+:data:`DEFAULT_THREADS` (set once by the CLI through :func:`use_default_threads`), and training
+always runs under :func:`training_threads`, so a checkpoint in the cache is the same whichever
+command (``train``, ``reproduce``, a library call) trained it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +40,23 @@ EVAL_CHUNK = 8192
 LBFGS_CHUNK = 10  # L-BFGS iterations per progress update
 LBFGS_LOG_EVERY = 50  # L-BFGS iterations per log line
 MAX_EVALS_PER_ITERATION = 25  # loose cap on line-search evaluations (never the stopping reason)
+DEFAULT_THREADS = 1  # torch threads of every command and of all training (see module docstring)
+
+
+def use_default_threads() -> None:
+    """Set ``torch.set_num_threads(DEFAULT_THREADS)`` (the CLI calls it once per command)."""
+    torch.set_num_threads(DEFAULT_THREADS)
+
+
+@contextlib.contextmanager
+def training_threads() -> Iterator[None]:
+    """Run a block (training) with :data:`DEFAULT_THREADS` torch threads, restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(DEFAULT_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass
