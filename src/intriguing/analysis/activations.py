@@ -112,6 +112,11 @@ def _run_model(model: nn.Module, batch: torch.Tensor) -> None:
         ) from None
 
 
+def _device_of(model: nn.Module) -> torch.device:
+    """Where the model's first parameter lives (CPU for a parameter-free model)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
 def _as_source(images: torch.Tensor | ImageSource) -> ImageSource:
     return TensorSource(images) if isinstance(images, torch.Tensor) else images
 
@@ -122,7 +127,7 @@ def _flatten_output(output: object, reduce: Reduce) -> torch.Tensor:
         output = output[0]
     if not isinstance(output, torch.Tensor):
         raise InvalidInputError(f"the chosen layer returned {type(output).__name__}, not a tensor")
-    out = output.detach().float()
+    out = output.detach().float().cpu()
     if reduce != "flatten" and out.ndim > 2:
         spatial = out.flatten(2)
         out = spatial.mean(dim=2) if reduce == "mean" else spatial.amax(dim=2)
@@ -162,7 +167,7 @@ def iter_activations(
             batch = check_images(source.batch(start, min(start + batch_size, len(source))))
             captured.clear()
             with torch.inference_mode(), contextlib.suppress(_StopForwardError):
-                _run_model(model, batch)
+                _run_model(model, batch.to(_device_of(model)))
             if not captured:
                 raise InvalidInputError(
                     f"layer {layer!r} was never called in the model's forward pass"

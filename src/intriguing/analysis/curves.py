@@ -113,3 +113,117 @@ def curve_summary(
         "budget_for": {k: (v if math.isfinite(v) else None) for k, v in reach.items()},
         "confidence": confidence,
     }
+
+
+NORMS = ("l2", "rms")
+
+
+def robust_accuracy(
+    correct: torch.Tensor,
+    distortion: torch.Tensor,
+    success: torch.Tensor,
+    eps: Sequence[float] | torch.Tensor,
+) -> torch.Tensor:
+    """Robust accuracy ``(E,)`` float64 at every budget at once (foolbox's ``epsilons=[...]``).
+
+    Example ``i`` counts as robust at ``eps`` when it is classified correctly and the minimum-norm
+    attack did not fool it within ``eps``: ``correct_i and not (success_i and d_i <= eps)``. Clean
+    errors are never robust. As the attack's distortion only bounds the true minimum from above,
+    this is an *upper* bound on the robust accuracy against every attack of that norm.
+
+    Args:
+        correct: ``(N,)`` bool, the model's clean prediction equals the label.
+        distortion: ``(N,)`` minimum distortion found (ignored where ``success`` is False).
+        success: ``(N,)`` bool; only examples that are correct can succeed.
+        eps: ``E`` budgets >= 0 in the unit of ``distortion``.
+    """
+    if not isinstance(correct, torch.Tensor) or correct.shape != success.shape:
+        raise InvalidInputError("correct must be a bool tensor of the same shape (N,) as success")
+    b = torch.as_tensor(eps, dtype=torch.float64).reshape(-1)
+    if b.numel() == 0 or not bool(torch.isfinite(b).all()) or bool((b < 0).any()):
+        raise InvalidInputError("budgets must be finite numbers >= 0 (at least one)")
+    fooled_rate = robustness_curve(distortion, success & correct.bool(), b)
+    return correct.double().mean() - fooled_rate
+
+
+def robust_accuracy_summary(
+    correct: torch.Tensor,
+    distortion: torch.Tensor,
+    success: torch.Tensor,
+    eps: Sequence[float],
+    *,
+    norm: str,
+    confidence: float = 0.95,
+) -> dict[str, Any]:
+    """JSON-ready robust accuracy at ``eps`` with Clopper-Pearson intervals over the ``N`` examples.
+
+    Keys: ``n``, ``norm``, ``clean_accuracy``, ``eps``, ``robust_accuracy``, ``ci_low``, ``ci_high``,
+    ``attacked`` (correct examples), ``fooled``, ``median_distortion`` (successes), ``confidence``.
+    """
+    if norm not in NORMS:
+        raise InvalidInputError(f"unknown norm {norm!r}; choose one of {', '.join(NORMS)}")
+    n = int(correct.numel())
+    accuracy = robust_accuracy(correct, distortion, success, eps)
+    counts = [round(float(a) * n) for a in accuracy]
+    cis = [clopper_pearson(k, n, confidence) for k in counts]
+    fooled = success.bool() & correct.bool()
+    return {
+        "n": n,
+        "norm": norm,
+        "clean_accuracy": float(correct.double().mean()),
+        "eps": [float(e) for e in eps],
+        "robust_accuracy": [float(a) for a in accuracy],
+        "ci_low": [c[0] for c in cis],
+        "ci_high": [c[1] for c in cis],
+        "attacked": int(correct.sum()),
+        "fooled": int(fooled.sum()),
+        "median_distortion": float(distortion[fooled].double().median())
+        if bool(fooled.any())
+        else None,
+        "confidence": confidence,
+        "bound": "upper bound on the robust accuracy (the attack's distortion bounds the minimum from above)",
+    }
+
+
+def model_robust_accuracy(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    eps: Sequence[float],
+    *,
+    norm: str = "l2",
+    attack: Any = None,
+    confidence: float = 0.95,
+) -> tuple[dict[str, Any], Any]:
+    """Robust accuracy of ``model`` at every budget of ``eps`` from one minimum-norm attack.
+
+    The correctly classified examples of ``images`` ``(N, C, H, W)`` in [0, 1] are attacked once
+    (untargeted box-constrained L-BFGS, §4.1, unless ``attack`` is given); each success is
+    re-verified by a fresh forward pass before it counts. ``norm``: ``l2`` (Euclidean norm of the
+    perturbation in [0, 1] pixel space) or ``rms`` (the paper's distortion, ``l2 / sqrt(pixels)``).
+    Returns ``(summary as in robust_accuracy_summary, AttackResult of the correct examples)``.
+    """
+    from intriguing.attacks import LBFGS
+    from intriguing.models.user import model_device, predict
+
+    if norm not in NORMS:
+        raise InvalidInputError(f"unknown norm {norm!r}; choose one of {', '.join(NORMS)}")
+    device = model_device(model)
+    labels = labels.cpu().long()
+    correct = predict(model, images) == labels
+    n = len(labels)
+    distortion = torch.zeros(n, dtype=torch.float64)
+    success = torch.zeros(n, dtype=torch.bool)
+    result = None
+    index = correct.nonzero().squeeze(1)
+    if len(index):
+        attacker = attack if attack is not None else LBFGS(mode="untargeted")
+        result = attacker(model, images[index].to(device), labels[index].to(device))
+        fooled = predict(model, result.adversarial) != labels[index]
+        d = result.l2 if norm == "l2" else result.distortion
+        distortion[index] = d.detach().cpu().double()
+        success[index] = result.success.cpu().bool() & fooled
+    summary = robust_accuracy_summary(
+        correct, distortion, success, eps, norm=norm, confidence=confidence
+    )
+    return summary, result

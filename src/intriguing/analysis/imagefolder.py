@@ -4,12 +4,16 @@ The paper's Figures 3 and 4 take the AlexNet validation set as the "image set". 
 image files (searched recursively, sorted by relative path) can play that role:
 
 - images are decoded lazily with Pillow, batch by batch, to float32 ``(B, C, H, W)`` in ``[0, 1]``
-  (``C = 3`` for ``mode="RGB"``, ``1`` for ``"L"``);
+  (``C = 3`` for ``mode="RGB"``, ``1`` for ``"L"``); 16-bit PNGs (``I;16``) are scaled by 65535,
+  palette images go through their palette, alpha is dropped; images over :data:`MAX_PIXELS` pixels
+  are refused before they are decoded;
 - with ``size=S`` each image is resized so that its shorter side is ``S`` and centre-cropped to
   ``S x S``; without it all images must already share one size;
 - an optional labels file maps images to classes, one ``<relative path or file name> <label>`` per
   line (comma, tab or space separated; ``#`` starts a comment). Labels may be integers or names;
-  names are numbered in sorted order.
+  names are numbered in sorted order. Without a labels file, a folder laid out as torchvision's
+  ImageFolder (every image exactly one subfolder deep) takes its labels from the subfolder names
+  (:func:`folder_labels`).
 
 The label-free metric needs a pixel embedding of every image; :meth:`ImageFolderSource.thumbnails`
 gives small ``side x side`` versions so that it stays cheap for large sets.
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +37,8 @@ IMAGE_SUFFIXES: frozenset[str] = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 )
 MODES: tuple[str, ...] = ("RGB", "L")
+MAX_PIXELS = 50_000_000  # per image; Pillow's own bomb check starts at 89M (warning) / 179M (error)
+_SIXTEEN_BIT = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 
 
 def find_images(folder: str | os.PathLike[str]) -> list[Path]:
@@ -75,29 +82,22 @@ class ImageFolderSource:
         return [p.relative_to(self.root).as_posix() for p in self.files]
 
     def _open(self, index: int) -> Image.Image:
-        path = self.files[index]
-        try:
-            with Image.open(path) as handle:
-                image = handle.convert(self.mode)
-        except (UnidentifiedImageError, OSError) as exc:
-            raise DataError(
-                f"{path}: cannot read the image ({exc}); remove or replace it"
-            ) from None
+        """Image ``index`` decoded to mode ``L``, ``RGB`` or ``F`` (16-bit data, values in [0, 1])."""
+        image = decode_image(self.files[index], self.mode)
         if self.size is not None:
             return _resize_centre_crop(image, self.size)
         if self._shape is None:
             self._shape = image.size
         elif image.size != self._shape:
             raise InvalidInputError(
-                f"{path}: size {image.size[0]}x{image.size[1]} differs from "
+                f"{self.files[index]}: size {image.size[0]}x{image.size[1]} differs from "
                 f"{self._shape[0]}x{self._shape[1]}; pass --image-size to resize all images"
             )
         return image
 
     def __getitem__(self, index: int) -> np.ndarray:
         """Image ``index`` as float32 ``(C, H, W)`` in ``[0, 1]``."""
-        array = np.asarray(self._open(int(index)), dtype=np.float32) / 255.0
-        return array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)
+        return _to_chw(self._open(int(index)), self.mode)
 
     def batch(self, start: int, stop: int) -> torch.Tensor:
         """Images ``start:stop`` as a float32 tensor ``(B, C, H, W)`` in ``[0, 1]``."""
@@ -108,8 +108,89 @@ class ImageFolderSource:
         out = []
         for i in track(range(len(self)), description="thumbnails"):
             small = self._open(i).resize((side, side), Image.Resampling.BILINEAR)
-            out.append(np.asarray(small, dtype=np.float32).reshape(-1) / 255.0)
+            out.append(_to_chw(small, self.mode).reshape(-1))
         return np.stack(out)
+
+
+def decode_image(path: Path, mode: str) -> Image.Image:
+    """Read ``path`` as mode ``mode`` (``L`` or ``RGB``), or ``F`` in [0, 1] for 16-bit grey data.
+
+    Raises:
+        InvalidInputError: an image over :data:`MAX_PIXELS` pixels or with no pixels.
+        DataError: a file Pillow cannot read.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as handle:
+                _check_size(path, handle.size)
+                return _convert(handle, mode, path)
+    except Image.DecompressionBombError:
+        raise InvalidInputError(
+            f"{path}: too many pixels (limit {MAX_PIXELS}); downscale the image first"
+        ) from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise DataError(f"{path}: cannot read the image ({exc}); remove or replace it") from None
+
+
+def _check_size(path: Path, size: tuple[int, int]) -> None:
+    width, height = size
+    if width < 1 or height < 1:
+        raise InvalidInputError(f"{path}: the image has no pixels ({width}x{height})")
+    if width * height > MAX_PIXELS:
+        raise InvalidInputError(
+            f"{path}: {width}x{height} is too many pixels (limit {MAX_PIXELS}); "
+            "downscale the image first"
+        )
+
+
+def _convert(image: Image.Image, mode: str, path: Path) -> Image.Image:
+    """``image`` in ``mode``; 16-bit grey becomes ``F`` scaled by 65535, palettes are resolved."""
+    if image.mode in _SIXTEEN_BIT:
+        values = np.asarray(image).astype(np.float32)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise InvalidInputError(
+                f"{path}: integer pixels outside 0..65535; save it as an 8- or 16-bit image"
+            )
+        return Image.fromarray(values / 65535.0, mode="F")
+    if image.mode == "F":
+        values = np.asarray(image, dtype=np.float32)
+        if values.size and not (
+            np.isfinite(values).all() and values.min() >= 0 and values.max() <= 1
+        ):
+            raise InvalidInputError(f"{path}: floating-point pixels outside [0, 1]")
+        return image.copy()
+    if image.mode in ("P", "PA"):
+        image = image.convert("RGBA")  # resolve the palette (and its transparency) first
+    return image.convert(mode)
+
+
+def _to_chw(image: Image.Image, mode: str) -> np.ndarray:
+    """A decoded image as float32 ``(C, H, W)`` in [0, 1] (``C`` = 3 for RGB, 1 for L)."""
+    array = np.asarray(image, dtype=np.float32)
+    if image.mode != "F":
+        array = array / 255.0
+    if array.ndim == 2:
+        return np.repeat(array[None], 3 if mode == "RGB" else 1, axis=0)
+    return np.ascontiguousarray(np.moveaxis(array, -1, 0))
+
+
+def folder_labels(names: list[str]) -> tuple[np.ndarray, list[str]] | None:
+    """Labels from an ImageFolder layout (every name ``class/file``), else None.
+
+    Integer class folders (``0/``, ``7/``) keep their value as the label; other names are numbered
+    in sorted order, as torchvision's ImageFolder does. Returns ``(labels (N,) int64, classes)``.
+    """
+    parts = [name.split("/") for name in names]
+    if not parts or any(len(p) != 2 for p in parts):
+        return None
+    raw = [p[0] for p in parts]
+    if all(re.fullmatch(r"\d+", v) for v in raw):
+        ints = np.array([int(v) for v in raw], dtype=np.int64)
+        return ints, [str(i) for i in range(int(ints.max()) + 1)]
+    classes = sorted(set(raw))
+    index = {c: i for i, c in enumerate(classes)}
+    return np.array([index[v] for v in raw], dtype=np.int64), classes
 
 
 def _resize_centre_crop(image: Image.Image, size: int) -> Image.Image:

@@ -1,16 +1,20 @@
-"""``intriguing attack``: minimum-distortion adversarial examples for a zoo model (paper section 4.1).
+"""``intriguing attack``: minimum-distortion adversarial examples for any model (paper section 4.1).
 
 ::
 
     intriguing attack MODEL [--n 100] [--split test|train] [--mode untargeted|targeted]
         [--target random|next|least-likely|best|INT] [--all-images] [--batch-size 512] [--threads 1]
+        [--weights FILE.safetensors] [--normalize MEANS,STDS] [--device cpu|cuda|auto]
+        [--images DIR [--labels FILE] [--image-size S] [--image-mode RGB|L] | --tensors FILE]
         [--save FILE.safetensors] [--json FILE] [--dataset mnist|mnist-5k] [--data-dir DIR] [--seed 0]
 
-MODEL is a zoo name, trained or loaded from the checkpoint cache by
-:func:`intriguing.training.load_model`. By default the first ``N`` images of the split that the
-model classifies correctly are attacked (Table 1 measures the distortion that takes accuracy to 0%).
-Prints a summary; ``--json`` writes the success rate, mean/median distortion, examples/s and gradient
-evaluations per example; ``--save`` writes the full :class:`~intriguing.attacks.AttackResult`.
+MODEL is a zoo name, ``package.module:factory`` (the current directory is importable), ``file.py:
+factory`` or a zoo checkpoint (:mod:`intriguing.inputs`). By default the first ``N`` images that the
+model classifies correctly are attacked (Table 1 measures the distortion that takes accuracy to 0%);
+images without labels take the model's predictions as labels. One probe forward checks the data
+against the model first. Prints a summary and re-verifies every success with a fresh forward pass;
+``--json`` writes the success rate, mean/median distortion, examples/s and gradient evaluations per
+example; ``--save`` writes the full :class:`~intriguing.attacks.AttackResult`.
 """
 
 from __future__ import annotations
@@ -20,9 +24,15 @@ from typing import Any
 
 import click
 
-from intriguing.cli.options import data_options, json_option, seed_option
+from intriguing.cli.options import (
+    data_options,
+    json_option,
+    model_options,
+    open_user_data,
+    seed_option,
+    user_data_options,
+)
 from intriguing.cli.validation import output_file
-from intriguing.errors import InvalidInputError
 
 TARGET_HELP = (
     "Targeted: random (default), next, least-likely, best (every class, keep the smallest) or a class "
@@ -41,44 +51,36 @@ def parse_target(text: str | None) -> str | int | None:
 
 
 def _load_model(name: str, dataset: str, data_dir: Path | None) -> Any:
-    from intriguing.training import load_model
+    """MODEL (zoo name trained or cached, factory, checkpoint) in eval mode on the CPU."""
+    from intriguing.inputs import resolve_model
 
-    return load_model(name, dataset=dataset, data_dir=data_dir)
+    return resolve_model(name, dataset=dataset, data_dir=data_dir).model
 
 
-def _select_images(
-    model: Any, dataset: str, data_dir: Path | None, split: str, n: int, correct_only: bool
-) -> tuple[Any, Any, dict[str, Any]]:
-    """The first ``n`` images of ``split`` (those the model classifies correctly by default)."""
-    import torch
+def _model(params: dict[str, Any]) -> Any:
+    """MODEL with --weights, --normalize and --device applied."""
+    from intriguing.inputs import finish_model, parse_normalize, resolve_device, resolve_model
 
-    from intriguing.data import load_mnist
-
-    data = load_mnist(data_dir, dataset)
-    images, labels = data.split(split)
-    if correct_only:
-        keep = []
-        with torch.no_grad():
-            for start in range(0, len(labels), 2048):
-                chunk = slice(start, start + 2048)
-                keep.append(model(images[chunk]).argmax(1) == labels[chunk])
-                if int(torch.cat(keep).sum()) >= n:
-                    break
-        mask = torch.cat(keep)
-        index = mask.nonzero().squeeze(1)[:n]
+    device = resolve_device(params["device"])
+    normalize = parse_normalize(params["normalize"]) if params["normalize"] else None
+    if params["weights"] is not None:
+        raw = resolve_model(params["model_name"], trained=False).model
     else:
-        index = torch.arange(min(n, len(labels)))
-    if len(index) < n:
-        raise InvalidInputError(
-            f"only {len(index)} suitable images in the {split} split; lower --n to at most {len(index)}"
-        )
-    meta = {
-        "dataset": dataset,
-        "split": split,
-        "identity": data.identity,
-        "correct_only": correct_only,
-    }
-    return images[index], labels[index], meta
+        raw = _load_model(params["model_name"], params["dataset"], params["data_dir"])
+    return finish_model(raw, weights=params["weights"], preprocessing=normalize, device=device)
+
+
+def verify_successes(model: Any, result: Any) -> int:
+    """How many successes a fresh forward pass confirms (prediction != label, or == target)."""
+    from intriguing.inputs import predict
+
+    predicted = predict(model, result.adversarial)
+    labels, success = result.labels.cpu(), result.success.cpu()
+    if result.targets is not None:
+        fooled = predicted == result.targets.cpu()
+    else:
+        fooled = predicted != labels
+    return int((fooled & success).sum())
 
 
 @click.command("attack")
@@ -133,6 +135,8 @@ def _select_images(
     default=None,
     help="Write the full result (safetensors, plus a .json sidecar) to this file.",
 )
+@model_options
+@user_data_options(mode_flag="--image-mode")
 @data_options
 @seed_option
 @json_option
@@ -146,37 +150,64 @@ def attack(
     batch_size: int,
     threads: int,
     save_path: Path | None,
-    dataset: str,
-    data_dir: Path | None,
-    seed: int,
-    json_path: Path | None,
+    **params: Any,
 ) -> None:
-    """Attack MODEL with the batched box-constrained L-BFGS attack and print a summary."""
+    """Attack MODEL with the batched box-constrained L-BFGS attack and print a summary.
+
+    MODEL: a zoo name, package.module:factory (run from the folder holding the module), file.py:
+    factory, or a zoo checkpoint. Images: MNIST (--dataset, --split), --images DIR or --tensors FILE.
+    """
     from intriguing._io import atomic_write_json
     from intriguing.attacks import LBFGS
+    from intriguing.inputs import choose_examples, model_device
 
     attacker = LBFGS(
         mode=mode,
         target=parse_target(target_text),
         batch_size=batch_size,
-        seed=seed,
+        seed=params["seed"],
         threads=threads,
     )
-    model = _load_model(model_name, dataset, data_dir)
-    images, labels, meta = _select_images(model, dataset, data_dir, split, n, not all_images)
-    result = attacker(model, images, labels)
+    data = open_user_data(params, split=split)
+    model = _model({**params, "model_name": model_name})
+    data.fit_to(model)
+    images, labels, index, label_source = choose_examples(
+        model, data, n, correct_only=not all_images
+    )
+    device = model_device(model)
+    result = attacker(model, images.to(device), labels.to(device))
     summary = result.summary()
-    click.echo(f"{model_name}: {mode} attack on {summary['n']} {split} images")
+    verified = verify_successes(model, result)
+    where = split if data.kind == "mnist" else data.kind
+    click.echo(f"{model_name}: {mode} attack on {summary['n']} {where} images ({device})")
     click.echo(f"  success rate        {summary['success_rate']:.1%}")
     if summary["mean_distortion"] is not None:
         click.echo(f"  mean distortion     {summary['mean_distortion']:.4f} (RMS per pixel)")
         click.echo(f"  median distortion   {summary['median_distortion']:.4f}")
+    click.echo(f"  re-verified         {verified}/{int(result.success.sum())} successes")
     click.echo(f"  examples/s          {summary['examples_per_s']:.1f}")
     click.echo(f"  grad evals/example  {summary['grad_evals_per_example']:.1f}")
     if save_path is not None:
         result.save(save_path)
         click.echo(f"saved the result to {save_path}")
-    if json_path is not None:
-        payload = {"model": model_name, **meta, "settings": result.settings, "summary": summary}
+    if json_path := params["json_path"]:
+        meta = {
+            **{k: v for k, v in data.meta.items() if k != "kind"},
+            "data": data.kind,
+            "split": split if data.kind == "mnist" else None,
+            "correct_only": not all_images and label_source == "labels",
+            "labels_from": label_source,
+            "indices": index.tolist(),
+            "device": str(device),
+            "normalize": params["normalize"],
+            "weights": str(params["weights"]) if params["weights"] else None,
+        }
+        payload = {
+            "model": model_name,
+            **meta,
+            "settings": result.settings,
+            "summary": summary,
+            "verified_successes": verified,
+        }
         atomic_write_json(json_path, payload)
         click.echo(f"wrote {json_path}")

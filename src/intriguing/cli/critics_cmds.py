@@ -24,8 +24,15 @@ from typing import Any, TypeVar
 
 import click
 
-from intriguing.cli.options import backend_options, data_options, json_option, seed_option
-from intriguing.cli.validation import output_dir
+from intriguing.cli.options import (
+    backend_options,
+    data_options,
+    json_option,
+    model_options,
+    seed_option,
+    user_data_options,
+)
+from intriguing.cli.validation import output_dir, output_file
 from intriguing.errors import InvalidInputError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -71,8 +78,9 @@ def _common(func: F) -> F:
             "--out",
             type=output_dir(),
             is_eager=True,
-            required=True,
-            help="Run directory (resumable; JSON, markdown and figures go here).",
+            default=None,
+            help="Run directory (resumable; JSON, markdown and figures go here). Required, except "
+            "for 'curves MODEL'.",
         ),
         click.option(
             "--split",
@@ -138,6 +146,8 @@ def _run(command: str, n: int, options: dict[str, Any], common: dict[str, Any]) 
     from intriguing.experiments.backends import make_backend
     from intriguing.experiments.critics import run_critics
 
+    if common["out"] is None:
+        raise InvalidInputError(f"--out is required for {command} (the run directory)")
     _check_run(common["from_run"])
     runner = make_backend(common["backend"], address=common["address"])
     payload = run_critics(
@@ -273,26 +283,170 @@ def recover(
 
 
 @click.command("curves")
+@click.argument("model", required=False)
 @click.option(
     "--n",
     type=int,
     default=1000,
     show_default=True,
-    help="Images attacked for a model the run lacks (the run's models use all their examples).",
+    help="Images attacked for a model the run lacks (the run's models use all their examples); "
+    "with MODEL: the first N images (clean errors count as non-robust).",
 )
 @click.option(
     "--budget-max", type=float, default=0.3, show_default=True, help="Largest RMS budget plotted."
 )
 @click.option("--points", type=int, default=201, show_default=True, help="Budgets on the grid.")
+@click.option(
+    "--eps",
+    default=None,
+    metavar="E1,E2,...",
+    help="With MODEL: budgets at which the robust accuracy is reported (in --norm units).",
+)
+@click.option(
+    "--norm",
+    type=click.Choice(["l2", "rms"]),
+    default="l2",
+    show_default=True,
+    help="With MODEL: l2 = ||x' - x||_2 in [0, 1] pixel space; rms = l2 / sqrt(pixels) (the paper's).",
+)
+@click.option(
+    "--plot",
+    "plot_path",
+    type=output_file(),
+    default=None,
+    help="With MODEL: write the robust-accuracy plot (PNG) here (default: into --out, if given).",
+)
+@model_options
+@user_data_options()
 @_common
 def curves(
+    model: str | None,
     n: int,
     budget_max: float,
     points: int,
+    eps: str | None,
+    norm: str,
+    plot_path: Path | None,
     **common: Any,
 ) -> None:
-    """Attack success rate as a function of the distortion budget, for every model."""
+    """Attack success rate as a function of the distortion budget, for every model.
+
+    With MODEL (a zoo name, package.module:factory or file.py:factory): robust accuracy at every
+    --eps budget at once from one minimum-norm attack on the first --n images of MNIST, --images or
+    --tensors (foolbox's epsilons=[...]), as JSON (--json), a plot (--plot or --out) and a table.
+    """
+    if model is not None:
+        _model_curves(model, n, eps, norm, plot_path, common)
+        return
+    if eps is not None or plot_path is not None:
+        raise InvalidInputError("--eps and --plot need a MODEL (intriguing curves MODEL --eps ...)")
     from intriguing.experiments.critics import budgets_grid
 
     budgets = budgets_grid(budget_max, points)
     _run("curves", n, {"budgets": budgets, "confidence": 0.95}, common)
+
+
+def _parse_eps(text: str | None) -> list[float]:
+    if text is None:
+        raise InvalidInputError("--eps is required with MODEL, e.g. --eps 0.5,1,2")
+    values = _floats(text, "eps")
+    if any(not (v >= 0 and v < float("inf")) for v in values):
+        raise InvalidInputError(f"--eps {text!r}: budgets must be finite numbers >= 0")
+    return sorted(set(values))
+
+
+def _model_curves(
+    spec: str,
+    n: int,
+    eps_text: str | None,
+    norm: str,
+    plot_path: Path | None,
+    common: dict[str, Any],
+) -> None:
+    """``curves MODEL --eps``: robust accuracy of one model at every budget (issue 14)."""
+    import torch
+
+    from intriguing._io import atomic_write_json
+    from intriguing.analysis.curves import model_robust_accuracy
+    from intriguing.attacks import LBFGS
+    from intriguing.cli.options import model_from_options, open_user_data
+    from intriguing.inputs import choose_examples
+
+    eps = _parse_eps(eps_text)
+    if common["models"] is not None or common["from_run"] is not None:
+        raise InvalidInputError("curves MODEL takes no --models or --from-run")
+    if n < 1:
+        raise InvalidInputError(f"--n must be at least 1, got {n}")
+    torch.set_num_threads(1)
+    data = open_user_data(common, split=common["split"])
+    net, description = model_from_options(spec, common, seed=0)
+    data.fit_to(net)
+    images, labels, _, label_source = choose_examples(net, data, n, correct_only=False)
+    attack = _attack(common["max_iter"], common["search_steps"])
+    attacker = LBFGS(mode="untargeted", seed=common["seed"], **_lbfgs_settings(attack))
+    summary, _ = model_robust_accuracy(net, images, labels, eps, norm=norm, attack=attacker)
+    payload = {
+        "model": spec,
+        "description": description,
+        "labels_from": label_source,
+        "data": {k: v for k, v in data.meta.items()},
+        **summary,
+    }
+    _print_robust(payload)
+    out = common["out"]
+    target = plot_path or (out / f"curves-{_slug(spec)}.png" if out is not None else None)
+    if target is not None:
+        _plot_robust(payload, target)
+        payload["plot"] = str(target)
+        click.echo(f"plot: {target}")
+    if out is not None:
+        atomic_write_json(out / f"curves-{_slug(spec)}.json", payload)
+        click.echo(f"results: {out / f'curves-{_slug(spec)}.json'}")
+    if common["json_path"] is not None:
+        atomic_write_json(common["json_path"], payload)
+        click.echo(f"wrote {common['json_path']}")
+
+
+def _lbfgs_settings(attack: dict[str, Any]) -> dict[str, Any]:
+    """The LBFGS keyword arguments among the critics' attack settings."""
+    import inspect
+
+    from intriguing.attacks import LBFGS
+
+    accepted = set(inspect.signature(LBFGS).parameters)
+    return {k: v for k, v in attack.items() if k in accepted and k not in ("mode", "seed")}
+
+
+def _slug(spec: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in spec)
+
+
+def _print_robust(payload: dict[str, Any]) -> None:
+    click.echo(
+        f"{payload['model']}: {payload['n']} images, clean accuracy "
+        f"{payload['clean_accuracy']:.1%}, {payload['fooled']}/{payload['attacked']} fooled "
+        f"(norm {payload['norm']}; an upper bound on the robust accuracy)"
+    )
+    for e, acc, lo, hi in zip(
+        payload["eps"],
+        payload["robust_accuracy"],
+        payload["ci_low"],
+        payload["ci_high"],
+        strict=True,
+    ):
+        click.echo(f"  eps {e:<10g} robust accuracy {acc:6.1%}  [{lo:.1%}, {hi:.1%}]")
+
+
+def _plot_robust(payload: dict[str, Any], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from intriguing.report.plotting import save_figure
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(payload["eps"], payload["robust_accuracy"], marker="o")
+    ax.fill_between(payload["eps"], payload["ci_low"], payload["ci_high"], alpha=0.2)
+    ax.set_xlabel(f"budget eps ({payload['norm']})")
+    ax.set_ylabel("robust accuracy")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"{payload['model']} (n = {payload['n']})")
+    save_figure(fig, path)

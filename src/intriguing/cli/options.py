@@ -81,3 +81,137 @@ def backend_options(func: F) -> F:
         help='Where steps run: in this process, or as Ray tasks (pip install "intriguing[ray]").',
     )(func)
     return func
+
+
+DEVICE_CHOICES = ("cpu", "cuda", "auto")
+
+
+def device_option(func: F) -> F:
+    """``--device cpu|cuda|auto`` (auto: cuda when available)."""
+    return click.option(
+        "--device",
+        type=click.Choice(DEVICE_CHOICES),
+        default="cpu",
+        show_default=True,
+        help="Where the model and images run; auto: cuda when available.",
+    )(func)
+
+
+def model_options(func: F) -> F:
+    """``--weights FILE.safetensors``, ``--normalize MEAN,STD`` and ``--device`` for a MODEL.
+
+    MODEL is a zoo name, ``package.module:factory`` (the current directory is importable) or
+    ``file.py:factory``, or a zoo checkpoint; see :mod:`intriguing.inputs`.
+    """
+    func = device_option(func)
+    func = click.option(
+        "--normalize",
+        default=None,
+        metavar="MEANS,STDS",
+        help="Per-channel input normalisation applied before the model, means first then stds: "
+        "0.1307,0.3081 (grey) or 0.485,0.456,0.406,0.229,0.224,0.225 (RGB). Attacks and "
+        "budgets stay in [0, 1] pixel space.",
+    )(func)
+    func = click.option(
+        "--weights",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="A .safetensors state dict loaded into MODEL (keys and shapes must match; "
+        "pickles such as .pt are refused).",
+    )(func)
+    return func
+
+
+def user_data_options(*, mode_flag: str = "--mode") -> Callable[[F], F]:
+    """``--images DIR``, ``--labels FILE``, ``--tensors FILE``, ``--image-size``, ``--mode``.
+
+    ``mode_flag`` renames ``--mode`` where a command already uses it (``attack``: ``--image-mode``).
+    """
+    options = [
+        click.option(
+            "--images",
+            "images_dir",
+            type=click.Path(path_type=Path),
+            default=None,
+            help="A folder of images instead of MNIST: flat (labels from --labels) or one "
+            "subfolder per class (ImageFolder layout).",
+        ),
+        click.option(
+            "--labels",
+            "labels_file",
+            type=click.Path(path_type=Path),
+            default=None,
+            help="Labels for --images: lines '<image> <label>'.",
+        ),
+        click.option(
+            "--tensors",
+            "tensors_file",
+            type=click.Path(dir_okay=False, path_type=Path),
+            default=None,
+            help="A .safetensors or .npz file with 'images' float (N, C, H, W) in [0, 1] and "
+            "optional int 'labels' (N,).",
+        ),
+        click.option(
+            "--image-size",
+            type=int,
+            default=None,
+            help="Resize (shorter side) and centre-crop --images to this size.",
+        ),
+        click.option(
+            mode_flag,
+            "image_mode",
+            type=click.Choice(["RGB", "L"]),
+            default=None,
+            help="Colour mode for --images (default: what the model takes).",
+        ),
+    ]
+
+    def decorate(func: F) -> F:
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return decorate
+
+
+def open_user_data(params: dict[str, Any], *, split: str = "test") -> Any:
+    """:func:`intriguing.inputs.open_data` from the options of :func:`user_data_options`."""
+    from intriguing.inputs import open_data
+
+    return open_data(
+        images=params.get("images_dir"),
+        tensors=params.get("tensors_file"),
+        labels_file=params.get("labels_file"),
+        dataset=params.get("dataset", "mnist"),
+        data_dir=params.get("data_dir"),
+        split=split,
+        image_size=params.get("image_size"),
+        mode=params.get("image_mode"),
+    )
+
+
+def model_from_options(spec: str, params: dict[str, Any], *, seed: int = 0) -> tuple[Any, str]:
+    """MODEL with the options of :func:`model_options` applied: ``(model, description)``.
+
+    The device is checked and --normalize parsed before a zoo model is trained.
+    """
+    from intriguing.inputs import finish_model, parse_normalize, resolve_device, resolve_model
+
+    device = resolve_device(params.get("device") or "cpu")
+    text = params.get("normalize")
+    normalize = parse_normalize(text) if text else None
+    weights = params.get("weights")
+    loaded = resolve_model(
+        spec,
+        dataset=params.get("dataset") or "mnist",
+        data_dir=params.get("data_dir"),
+        seed=seed,
+        trained=weights is None,
+    )
+    model = finish_model(loaded.model, weights=weights, preprocessing=normalize, device=device)
+    description = loaded.description
+    if weights is not None:
+        description += f", weights {Path(weights).name}"
+    if text:
+        description += f", normalised ({text})"
+    return model, description

@@ -8,7 +8,15 @@ from typing import Any
 
 import click
 
-from intriguing.cli.options import backend_options, data_options, seed_option
+from intriguing.cli.options import (
+    backend_options,
+    data_options,
+    model_from_options,
+    model_options,
+    open_user_data,
+    seed_option,
+    user_data_options,
+)
 from intriguing.cli.validation import output_dir
 from intriguing.errors import IntriguingError
 
@@ -34,12 +42,35 @@ def _summary_tables(doc: dict[str, Any]) -> list[Any]:
                 pct(r["success_rate"]),
                 f"{num(r['mean_distortion'])} ({num(paper.get('distortion'))})",
             )
-    claims = Table(title="the paper's claims")
-    for col in ("claim", "verdict", "evidence"):
+    from intriguing.report.render import uncertainty
+
+    stability = (doc.get("stability") or {}).get("claims") or {}
+    claims = Table(title="the paper's claims (rules: docs/claims.md)")
+    for col in ("claim", "verdict", "statistic", "uncertainty", "n"):
         claims.add_column(col)
+    if stability:
+        claims.add_column("verdicts at seeds " + ", ".join(map(str, doc["stability"]["seeds"])))
     for c in doc["claims"]:
-        claims.add_row(c["id"], c["verdict"], c["evidence"])
-    return [models, claims]
+        seeds = stability.get(c["id"])
+        extra = [] if not stability else ["-" if seeds is None else "/".join(seeds["verdicts"])]
+        claims.add_row(c["id"], c["verdict"], c["statistic"], uncertainty(c), str(c["n"]), *extra)
+    checks = Table(title="sanity checks (not claims)")
+    for col in ("check", "result", "detail"):
+        checks.add_column(col)
+    for c in doc.get("sanity") or []:
+        checks.add_row(c["id"], "passed" if c["passed"] else "FAILED", c["detail"])
+    return [models, claims, checks]
+
+
+def _dataset_banner(doc: dict[str, Any]) -> Any:
+    """A red box for runs not on the paper's MNIST (printed above everything), else None."""
+    from rich.panel import Panel
+
+    from intriguing.report.blocks import Alert
+    from intriguing.report.render import dataset_blocks
+
+    alerts = [b.text for b in dataset_blocks(doc) if isinstance(b, Alert)]
+    return Panel("\n".join(alerts), title="WARNING", style="bold red") if alerts else None
 
 
 @click.command()
@@ -65,6 +96,14 @@ def _summary_tables(doc: dict[str, Any]) -> list[Any]:
 )
 @data_options
 @seed_option
+@click.option(
+    "--seeds",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Also run seeds SEED+1 .. SEED+N-1 (models retrained) in OUT/seeds/ and report whether "
+    "every verdict is the same at each seed.",
+)
 def reproduce(
     quick: bool,
     full: bool,
@@ -76,6 +115,7 @@ def reproduce(
     dataset: str,
     data_dir: Path | None,
     seed: int,
+    seeds: int,
 ) -> None:
     """Run Tables 1-4 and Figure 7 of the paper on MNIST, the unit analysis (§3) and the spectral
     bounds (§4.3), and write report.md / report.html / results.json.
@@ -88,7 +128,7 @@ def reproduce(
     import torch
 
     from intriguing.experiments.backends import make_backend
-    from intriguing.experiments.reproduce import run_reproduce
+    from intriguing.experiments.reproduce import run_seeds
     from intriguing.experiments.specs import make_spec
 
     chosen = [
@@ -96,6 +136,8 @@ def reproduce(
     ]
     if len(chosen) > 1:
         raise IntriguingError(f"choose one size, got {' and '.join(map(str, chosen))}")
+    if seeds < 1:
+        raise IntriguingError(f"--seeds must be >= 1, got {seeds}")
     size = str(chosen[0]) if chosen else "default"
     torch.set_num_threads(1)
     out = out if out is not None else Path(f"reproduce-{size}")
@@ -103,10 +145,13 @@ def reproduce(
         raise IntriguingError(f"--out {out} is a file; give a directory")
     runner = make_backend(backend, address=address)
     spec = dataclasses.replace(make_spec(size, seed=seed, dataset=dataset), noise_clip=noise_clip)
-    doc = run_reproduce(spec, out, data_dir=data_dir, backend=runner)
+    doc = run_seeds(spec, out, seeds, data_dir=data_dir, backend=runner)
     from rich.console import Console
 
     console = Console()
+    banner = _dataset_banner(doc)
+    if banner is not None:
+        console.print(banner)
     for table in _summary_tables(doc):
         console.print(table)
     click.echo(
@@ -127,17 +172,7 @@ def report(run_dir: Path) -> None:
 
 @click.command()
 @click.argument("model")
-@click.option(
-    "--images",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Folder of images (read with Pillow); default: the first MNIST test images.",
-)
 @click.option("--n", type=int, default=4, show_default=True, help="Images shown.")
-@click.option(
-    "--image-size", type=int, default=None, help="Resize and centre-crop images to this size."
-)
-@click.option("--mode", type=click.Choice(["RGB", "L"]), default="RGB", show_default=True)
 @click.option(
     "--out",
     type=output_dir(),
@@ -146,32 +181,29 @@ def report(run_dir: Path) -> None:
     show_default=True,
     help="Directory for figure5.png, figure5.json and figure5.safetensors.",
 )
+@model_options
+@user_data_options()
 @data_options
 @seed_option
-def figure5(
-    model: str,
-    images: Path | None,
-    n: int,
-    image_size: int | None,
-    mode: str,
-    out: Path,
-    dataset: str,
-    data_dir: Path | None,
-    seed: int,
-) -> None:
+def figure5(model: str, n: int, out: Path, seed: int, **params: Any) -> None:
     """Figure 5 for MODEL: original, difference magnified x10, adversarial.
 
-    MODEL is a zoo name, package.module:factory (images in [0, 1] -> logits) or a checkpoint file.
+    MODEL is a zoo name, package.module:factory (run from the folder holding the module; images in
+    [0, 1] -> logits), file.py:factory or a checkpoint file. Images: --images DIR (mode follows the
+    model), --tensors FILE, or the first MNIST test images.
     """
     import torch
 
-    from intriguing.experiments.figure5 import load_images, resolve_model, run_figure5
+    from intriguing.errors import InvalidInputError
+    from intriguing.experiments.figure5 import run_figure5
 
+    if n < 1:
+        raise InvalidInputError(f"--n must be at least 1, got {n}")
     torch.set_num_threads(1)
-    batch, names = load_images(
-        images, n, size=image_size, mode=mode, dataset=dataset, data_dir=data_dir
-    )
-    net, description = resolve_model(model, dataset=dataset, data_dir=data_dir, seed=seed)
+    data = open_user_data(params)
+    net, description = model_from_options(model, params, seed=seed)
+    data.fit_to(net)
+    batch, _, names = data.take(n)
     doc = run_figure5(
         net, batch, names, out, description=description, attack_settings={"seed": seed}
     )

@@ -7,12 +7,16 @@
         [--alphas 0,0.1,...] [--split test] [--json FILE] [--out DIR] [--dataset mnist|mnist-5k]
         [--data-dir DIR] [--seed 0]
     intriguing units my_pkg.my_module:make_model --layer features.8 --images DIR [--labels FILE]
-        [--image-size 224] [--mode RGB|L] ...
+        [--image-size 224] [--mode RGB|L] [--tensors FILE] [--weights FILE.safetensors]
+        [--normalize MEANS,STDS] [--device cpu|cuda|auto] ...
 
-MODEL is a zoo name (trained or loaded from the checkpoint cache) or ``package.module:factory``, a
-callable returning an ``nn.Module`` that takes images in ``[0, 1]`` (include any normalisation in
-the model). ``--images`` replaces the MNIST split by a folder of images; without ``--labels`` only
-the label-free metric is computed. User mistakes print one ``Error: ...`` line and exit with 2.
+MODEL is a zoo name (trained or loaded from the checkpoint cache), ``package.module:factory`` (the
+current directory is importable) or ``file.py:factory``: a callable returning an ``nn.Module`` that
+takes images in ``[0, 1]`` (normalisation inside it or stated with ``--normalize``; layer names of a
+normalised model start with ``model.``). ``--images`` replaces the MNIST split by a folder of images
+(labels from ``--labels`` or class subfolders; the colour mode follows the model), ``--tensors`` by
+a tensor file; without labels only the label-free metric is computed. One probe forward checks the
+data against the model first. User mistakes print one ``Error: ...`` line and exit with 2.
 """
 
 from __future__ import annotations
@@ -23,7 +27,14 @@ from typing import Any
 import click
 import numpy as np
 
-from intriguing.cli.options import data_options, json_option, seed_option
+from intriguing.cli.options import (
+    data_options,
+    json_option,
+    model_options,
+    open_user_data,
+    seed_option,
+    user_data_options,
+)
 from intriguing.cli.validation import output_dir, output_file
 from intriguing.errors import IntriguingError, InvalidInputError
 
@@ -56,6 +67,26 @@ def _default_layer(name: str) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def _load_model(
+    spec: str, params: dict[str, Any], model_seed: int
+) -> tuple[Any, dict[str, Any] | None]:
+    """MODEL with --weights/--normalize/--device, and the zoo checkpoint's record (else None)."""
+    from intriguing.cli.options import model_from_options
+    from intriguing.inputs import finish_model, parse_normalize, resolve_device
+
+    resolve_device(params.get("device"))  # refused before any training
+    if ":" in spec or params.get("weights") is not None or _is_file(spec):
+        return model_from_options(spec, params, seed=model_seed)[0], None
+    net, record = _load_zoo_model(spec, params["dataset"], params["data_dir"], model_seed)
+    text = params.get("normalize")
+    normalize = parse_normalize(text) if text else None
+    return finish_model(net, preprocessing=normalize, device=params.get("device")), record
+
+
+def _is_file(spec: str) -> bool:
+    return Path(spec).suffix.lower() in (".safetensors", ".json")
+
+
 def _load_zoo_model(
     name: str, dataset: str, data_dir: Path | None, model_seed: int
 ) -> tuple[Any, dict[str, Any]]:
@@ -77,52 +108,26 @@ def _load_zoo_model(
     return trained.model, record
 
 
-def _mnist_image_set(
-    dataset: str, data_dir: Path | None, split: str, limit: int | None
-) -> tuple[Any, np.ndarray, np.ndarray, dict[str, Any]]:
-    """``(images tensor, images array, labels, meta)`` of an MNIST split (first ``limit`` images)."""
-    from intriguing.data import load_mnist
-
-    data = load_mnist(data_dir, dataset)
-    images, labels = data.split(split)
-    if limit is not None:
-        images, labels = images[:limit], labels[:limit]
-    meta = {
-        "image_set": {
-            "kind": "mnist",
-            "dataset": dataset,
-            "split": split,
-            "n_images": len(labels),
-            "identity": data.identity,
-        }
-    }
-    return images, images.numpy(), labels.numpy().astype(np.int64), meta
-
-
-def _folder_image_set(
-    folder: Path, labels_file: Path | None, size: int | None, mode: str, thumb: int
+def _image_set(
+    data: Any, limit: int | None, thumb: int
 ) -> tuple[Any, Any, np.ndarray | None, np.ndarray, dict[str, Any]]:
-    """``(source, source, labels or None, pixel embedding, meta)`` of an image folder."""
-    from intriguing.analysis.imagefolder import ImageFolderSource, read_labels
+    """``(source, shown, labels or None, pixel embedding, meta)`` of the data (see inputs.open_data).
 
-    source = ImageFolderSource(folder, size=size, mode=mode)
-    labels, classes = (
-        (None, None) if labels_file is None else read_labels(labels_file, source.names)
-    )
-    meta = {
-        "image_set": {
-            "kind": "folder",
-            "path": str(folder),
-            "n_images": len(source),
-            "labels_file": str(labels_file) if labels_file else None,
-            "classes": classes,
-            "image_size": size,
-            "mode": mode,
-            "pixel_embedding": f"{thumb}x{thumb} thumbnails",
-            "files": source.names,
-        }
-    }
-    return source, source, labels, source.thumbnails(thumb), meta
+    MNIST and tensor files are in memory (pixels are the images themselves); a folder stays lazy
+    and its pixel embedding is ``thumb x thumb`` thumbnails.
+    """
+    labels = None if data.labels is None else data.labels.numpy().astype(np.int64)
+    meta = {k: v for k, v in data.meta.items() if k != "kind"}
+    if data.kind == "folder":
+        source = data.images
+        info = {**meta, "kind": "folder", "n_images": len(source), "files": source.names}
+        info["pixel_embedding"] = f"{thumb}x{thumb} thumbnails"
+        return source, source, labels, source.thumbnails(thumb), {"image_set": info}
+    images = data.images if limit is None else data.images[:limit]
+    labels = None if labels is None else labels[: len(images)]
+    info = {**meta, "kind": data.kind, "n_images": len(images)}
+    array = images.numpy()
+    return images, array, labels, array, {"image_set": info}
 
 
 def _print_summary(results: dict[str, Any]) -> None:
@@ -218,33 +223,6 @@ def _print_summary(results: dict[str, Any]) -> None:
 )
 @click.option("--limit", type=int, default=None, help="Use only the first N images of the split.")
 @click.option(
-    "--images",
-    "images_dir",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="A folder of images as the image set (instead of MNIST).",
-)
-@click.option(
-    "--labels",
-    "labels_file",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Labels for --images: lines '<image> <label>'.",
-)
-@click.option(
-    "--image-size",
-    type=int,
-    default=None,
-    help="Resize (shorter side) and centre-crop --images to this size.",
-)
-@click.option(
-    "--mode",
-    type=click.Choice(["RGB", "L"]),
-    default="RGB",
-    show_default=True,
-    help="Colour mode for --images.",
-)
-@click.option(
     "--reduce",
     type=click.Choice(["flatten", "mean", "max"]),
     default="flatten",
@@ -279,6 +257,8 @@ def _print_summary(results: dict[str, Any]) -> None:
 @click.option(
     "--model-seed", type=int, default=0, show_default=True, help="Training seed of a zoo model."
 )
+@model_options
+@user_data_options()
 @data_options
 @seed_option
 @json_option
@@ -295,10 +275,6 @@ def units(
     n_resamples: int,
     split: str,
     limit: int | None,
-    images_dir: Path | None,
-    labels_file: Path | None,
-    image_size: int | None,
-    mode: str,
     reduce: str,
     batch_size: int,
     save_activations: Path | None,
@@ -306,10 +282,9 @@ def units(
     out_dir: Path | None,
     rows: int,
     model_seed: int,
-    dataset: str,
-    data_dir: Path | None,
     seed: int,
     json_path: Path | None,
+    **params: Any,
 ) -> None:
     """Top-k images along units vs random directions, and how label-coherent they are (§3).
 
@@ -335,30 +310,18 @@ def units(
         n_resamples=n_resamples,
     )
     config.check_settings()
-    if labels_file is not None and images_dir is None:
-        raise InvalidInputError("--labels needs --images (a folder of images)")
     if limit is not None and limit < 2:
         raise InvalidInputError(f"--limit must be at least 2, got {limit}")
-    user_model = ":" in model
-    checkpoint: dict[str, Any] | None = None
-    if user_model:
-        from intriguing.models.user import load_user_model
-
-        net = load_user_model(model)
-    else:
-        net, checkpoint = _load_zoo_model(model, dataset, data_dir, model_seed)
-    layer = layer or (None if user_model else _default_layer(model))
+    data = open_user_data(params, split=split)
+    net, checkpoint = _load_model(model, params, model_seed)
+    if layer is None and (default := _default_layer(model)):
+        layer = f"model.{default}" if params.get("normalize") else default
     if not layer:
         raise InvalidInputError(
             "--layer is required for this model; a wrong name lists the valid ones"
         )
-    if images_dir is not None:
-        source, shown, labels, pixels, meta = _folder_image_set(
-            images_dir, labels_file, image_size, mode, 32
-        )
-    else:
-        source, pixels, labels, meta = _mnist_image_set(dataset, data_dir, split, limit)
-        shown = pixels
+    data.fit_to(net)
+    source, shown, labels, pixels, meta = _image_set(data, limit, 32)
     phi = compute_activations(
         net,
         layer,

@@ -4,13 +4,11 @@ The paper's Figure 5 shows, for AlexNet, "(left) correctly predicted sample, (ce
 between correct image, and image predicted incorrectly magnified by 10x (values shifted by 128 and
 clamped), (right) adversarial example". Here the model is
 
-- a zoo name (trained or reused from the checkpoint cache),
-- ``package.module:factory`` (called with no arguments; must return an ``nn.Module`` that maps
-  images ``(N, C, H, W)`` in [0, 1] to logits ``(N, K)``: put any input normalisation inside it), or
-- a checkpoint file (``.safetensors`` / ``.json``) of a registered model;
-
-and the images are a folder read with Pillow (any size; ``size`` resizes and centre-crops), or the
-first MNIST test images when no folder is given. The untargeted attack starts from the model's own
+any MODEL of :mod:`intriguing.inputs` (a zoo name, ``package.module:factory``, ``file.py:factory``
+or a zoo checkpoint; ``(N, C, H, W)`` images in [0, 1] -> logits ``(N, K)``, normalisation inside
+it or stated with ``--normalize``), and the images are a folder read with Pillow (any size; ``size``
+resizes and centre-crops; the colour mode follows the model), a tensor file, or the first MNIST test
+images. One probe forward checks them against the model before the attack. The untargeted attack starts from the model's own
 prediction (so every original counts as "correctly predicted"). torchvision is never required.
 """
 
@@ -42,27 +40,15 @@ def resolve_model(
     data_dir: str | os.PathLike[str] | None = None,
     seed: int = 0,
 ) -> tuple[nn.Module, str]:
-    """The model named by ``spec`` (zoo name, ``package.module:factory`` or checkpoint path), in eval mode.
-
-    Returns ``(model, description)``.
+    """The model named by ``spec`` (see :mod:`intriguing.inputs`), in eval mode: ``(model, description)``.
 
     Raises:
         UnknownModelError, InvalidInputError, CheckpointError: ``spec`` names nothing usable.
     """
-    path = Path(spec)
-    if path.suffix in (".safetensors", ".json"):
-        from intriguing.training.api import load_checkpoint
+    from intriguing.inputs import resolve_model as resolve
 
-        trained = load_checkpoint(path)
-        return trained.model.eval(), f"checkpoint {path.name} ({trained.name})"
-    if ":" in spec:
-        from intriguing.models.user import load_user_model
-
-        return load_user_model(spec), f"factory {spec}"
-    from intriguing.training.api import train_model
-
-    trained = train_model(spec, dataset=dataset, data_dir=data_dir, seed=seed)
-    return trained.model, f"zoo model {trained.name} ({dataset})"
+    loaded = resolve(spec, dataset=dataset, data_dir=data_dir, seed=seed)
+    return loaded.model, loaded.description
 
 
 def load_images(
@@ -70,23 +56,31 @@ def load_images(
     n: int,
     *,
     size: int | None = None,
-    mode: str = "RGB",
+    mode: str | None = None,
     dataset: str = "mnist",
     data_dir: str | os.PathLike[str] | None = None,
+    model: nn.Module | None = None,
 ) -> tuple[torch.Tensor, list[str]]:
-    """The first ``n`` images ``(n, C, H, W)`` in [0, 1] of ``folder`` (or of the MNIST test set) and names."""
+    """The first ``n`` images ``(n, C, H, W)`` in [0, 1] of ``folder`` (or of the MNIST test set) and names.
+
+    With ``model``, the colour mode follows the model (when ``mode`` is None) and one probe forward
+    checks the images against it.
+    """
+    from intriguing.inputs import open_data
+
     if n < 1:
         raise InvalidInputError(f"--n must be at least 1, got {n}")
-    if folder is None:
-        from intriguing.data import load_mnist
-
-        images = load_mnist(data_dir, dataset=dataset).test_images[:n]
-        return images, [f"test[{i}]" for i in range(len(images))]
-    from intriguing.analysis.imagefolder import ImageFolderSource
-
-    source = ImageFolderSource(folder, size=size, mode=mode)
-    count = min(n, len(source))
-    return source.batch(0, count), source.names[:count]
+    data = open_data(
+        images=folder,
+        dataset=dataset,
+        data_dir=data_dir,
+        image_size=size,
+        mode=mode if folder is not None else None,
+    )
+    if model is not None:
+        data.fit_to(model)
+    images, _, names = data.take(n)
+    return images, names
 
 
 def run_figure5(
@@ -105,11 +99,12 @@ def run_figure5(
     Returns the JSON document.
     """
     from intriguing.attacks import LBFGS
+    from intriguing.inputs import model_device
     from intriguing.report.figures import plot_figure5
 
     out = Path(out_dir)
     settings = {"threads": 1, **(attack_settings or {})}
-    result = LBFGS(mode="untargeted", **settings)(model.eval(), images)
+    result = LBFGS(mode="untargeted", **settings)(model.eval(), images.to(model_device(model)))
     result.save(out / "figure5.safetensors")
     adversarial = result.adversarial.detach().cpu()
     rows = [
@@ -122,6 +117,7 @@ def run_figure5(
         }
         for i, name in enumerate(names)
     ]
+    images = images.cpu()
     plot_figure5(
         images, magnified_difference(images, adversarial), adversarial, rows, out / "figure5.png"
     )

@@ -1,42 +1,113 @@
-"""Models a user brings: ``package.module:factory`` specs for the CLI's MODEL arguments."""
+"""Models a user brings: ``package.module:factory`` specs for the CLI's MODEL arguments.
+
+:func:`load_factory_model` (alias :func:`load_user_model`) builds them; :mod:`intriguing.inputs` is
+the one way in that also resolves zoo names, checkpoints, weights, normalisation and devices.
+``model_device`` and ``predict`` are small helpers for any model.
+"""
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from typing import Any
 
+import torch
 from torch import nn
 
 from intriguing.errors import InvalidInputError
 
+MODEL_FORMS = (
+    "a zoo name (see 'intriguing zoo'), package.module:factory or file.py:factory "
+    "(the current directory is importable), or a zoo checkpoint (.safetensors/.json)"
+)
 
-def load_user_model(spec: str) -> nn.Module:
-    """Build a user's model from ``package.module:factory`` (the factory is called with no arguments).
 
-    The model must take images in [0, 1] and return logits; it is returned in eval mode.
+def _import_module(module_name: str, spec: str) -> Any:
+    """Import ``module_name`` (or a ``.py`` file) with the current directory importable."""
+    if module_name.endswith(".py"):
+        path = Path(module_name)
+        if not path.is_file():
+            raise InvalidInputError(f"model {spec!r}: file {module_name} not found")
+        loader_spec = importlib.util.spec_from_file_location(path.stem, path)
+        if loader_spec is None or loader_spec.loader is None:
+            raise InvalidInputError(f"model {spec!r}: cannot load {module_name}")
+        module = importlib.util.module_from_spec(loader_spec)
+        sys.modules[path.stem] = module
+        loader = loader_spec.loader
+        _run_user_code(lambda: loader.exec_module(module), spec, "importing it")
+        return module
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        hint = (
+            f"run from the folder holding {module_name.split('.')[0]}.py or add it to PYTHONPATH"
+            if exc.name == module_name.split(".")[0]
+            else "a module it imports is missing"
+        )
+        raise InvalidInputError(
+            f"model {spec!r}: cannot import {module_name!r} ({exc}); {hint}"
+        ) from None
+    except ImportError as exc:
+        raise InvalidInputError(f"model {spec!r}: cannot import {module_name!r} ({exc})") from None
+    except Exception as exc:  # the module's own code failed
+        raise InvalidInputError(f"model {spec!r}: importing it raised {first_line(exc)}") from None
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def _run_user_code(call: Any, spec: str, what: str) -> Any:
+    try:
+        return call()
+    except Exception as exc:  # user code can fail in any way; report it on one line
+        raise InvalidInputError(f"model {spec!r}: {what} raised {first_line(exc)}") from None
+
+
+def load_factory_model(spec: str) -> nn.Module:
+    """Build ``package.module:factory`` (or ``file.py:factory``), called with no arguments; eval mode.
 
     Raises:
         InvalidInputError: a malformed spec, a module that cannot be imported, a missing or failing
             factory, or a factory that does not return an ``nn.Module``.
     """
-    module_name, _, attr = spec.partition(":")
+    module_name, _, attr = spec.rpartition(":")
     if not module_name or not attr:
-        raise InvalidInputError(f"model {spec!r}: expected a zoo name or 'package.module:factory'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise InvalidInputError(f"model {spec!r}: cannot import {module_name!r} ({exc})") from None
+        raise InvalidInputError(f"model {spec!r}: expected {MODEL_FORMS}")
+    module = _import_module(module_name, spec)
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise InvalidInputError(f"model {spec!r}: {module_name} has no callable {attr!r}")
-    try:
-        model = factory()
-    except Exception as exc:  # a user's factory can fail in any way; report it on one line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise InvalidInputError(
-            f"model {spec!r}: the factory raised {type(exc).__name__}: {first}"
-        ) from None
+    model = _run_user_code(factory, spec, "the factory")
     if not isinstance(model, nn.Module):
         raise InvalidInputError(
             f"model {spec!r}: the factory returned {type(model).__name__}, not an nn.Module"
         )
     return model.eval()
+
+
+load_user_model = load_factory_model
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (CPU when it has none)."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Predicted classes ``(N,)`` int64 on the CPU, batch by batch on the model's device."""
+    device = model_device(model)
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            out.append(model(images[start : start + batch_size].to(device)).argmax(1).cpu())
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)

@@ -1,0 +1,586 @@
+"""One way in for models and data, shared by every command and the Python API (issue 14).
+
+MODEL (:func:`load_any_model`, :func:`resolve_model`) is one of
+
+- a zoo name (``intriguing zoo`` lists them; trained and cached on first use),
+- ``package.module:factory`` or ``path/to/file.py:factory``: a callable with no arguments returning
+  an ``nn.Module``; the current directory is importable, as with ``python -m``,
+- a zoo checkpoint file (``.safetensors`` beside its ``.json`` sidecar);
+
+optionally with ``weights=`` (a ``.safetensors`` state dict whose keys and shapes must match the
+model; pickles are never read), ``preprocessing=(mean, std)`` (per channel; the model is wrapped as
+``Preprocessed(Normalize(mean, std), model)`` so that attacks, distortions and budgets stay in [0, 1]
+pixel space and the spectral bound includes it) and ``device="cpu"|"cuda"|"auto"``.
+
+DATA (:func:`open_data`) is MNIST (``dataset="mnist"|"mnist-5k"``, a split), a folder of images
+(flat with an optional labels file, or one subfolder per class as torchvision's ImageFolder), or a
+tensor file (``.safetensors`` / ``.npz`` with ``images`` float ``(N, C, H, W)`` in [0, 1] and
+optional ``labels`` int ``(N,)``). :func:`check_model_input` runs one probe forward before any work;
+:func:`select_correct` is the one way to pick correctly classified examples.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from intriguing.errors import InvalidInputError, UnknownModelError
+from intriguing.models.user import (
+    MODEL_FORMS,
+    first_line,
+    load_factory_model,
+    model_device,
+    predict,
+)
+
+DEVICES = ("cpu", "cuda", "auto")
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt", ".tar")
+TENSOR_SUFFIXES = (".safetensors", ".npz")
+
+
+# --------------------------------------------------------------------------------------- devices
+def resolve_device(device: str | torch.device | None = "cpu") -> torch.device:
+    """``cpu``, ``cuda`` (refused when CUDA is absent) or ``auto`` (cuda if available)."""
+    if isinstance(device, torch.device):
+        return device
+    text = (device or "cpu").strip().lower()
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if text.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise InvalidInputError(
+                f"device {text!r}: CUDA is not available here; use --device cpu or auto"
+            )
+        return torch.device(text)
+    if text != "cpu":
+        raise InvalidInputError(f"device {device!r}: choose one of {', '.join(DEVICES)}")
+    return torch.device("cpu")
+
+
+# ---------------------------------------------------------------------------------------- models
+@dataclass
+class LoadedModel:
+    """A resolved MODEL: the module (eval mode), its kind and a one-line description."""
+
+    model: nn.Module
+    kind: str  # "zoo" | "factory" | "checkpoint"
+    description: str
+    name: str
+
+
+def resolve_model(
+    spec: str,
+    *,
+    dataset: str = "mnist",
+    data_dir: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+    trained: bool = True,
+) -> LoadedModel:
+    """The model named by ``spec`` (see the module docstring), in eval mode, on the CPU.
+
+    ``trained=False`` builds a zoo architecture untrained (for ``weights=``) instead of training it.
+
+    Raises:
+        UnknownModelError: ``spec`` is none of the forms (the message lists them).
+        InvalidInputError, CheckpointError: the form is right but the model cannot be built.
+    """
+    text = str(spec).strip()
+    if Path(text).suffix.lower() in (".safetensors", ".json"):
+        from intriguing.training.api import load_checkpoint
+
+        loaded = load_checkpoint(Path(text))
+        name = f"checkpoint {Path(text).name} ({loaded.name})"
+        return LoadedModel(loaded.model.eval(), "checkpoint", name, loaded.name)
+    if ":" in text:
+        return LoadedModel(load_factory_model(text), "factory", f"factory {text}", text)
+    from intriguing.models import build_model, get_entry
+
+    try:
+        entry = get_entry(text)
+    except UnknownModelError as exc:
+        raise UnknownModelError(f"{exc}. MODEL is {MODEL_FORMS}") from None
+    if not trained:
+        return LoadedModel(
+            build_model(entry.name).eval(), "zoo", f"zoo model {entry.name}", entry.name
+        )
+    from intriguing.training.api import train_model
+
+    done = train_model(entry.name, dataset=dataset, data_dir=data_dir, seed=seed)
+    description = f"zoo model {done.name} ({dataset})"
+    return LoadedModel(done.model.eval(), "zoo", description, done.name)
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
+    """Load a ``.safetensors`` state dict into ``model`` after checking every key and shape.
+
+    Raises:
+        InvalidInputError: not a ``.safetensors`` file (pickles are never read), unreadable, keys
+            missing or unexpected, a shape that differs, or non-finite values.
+    """
+    file = Path(path)
+    if file.suffix.lower() != ".safetensors":
+        why = (
+            " (pickles can run code and are never read)"
+            if file.suffix.lower() in PICKLE_SUFFIXES
+            else ""
+        )
+        raise InvalidInputError(
+            f"--weights {file}: only .safetensors state dicts are read{why}; save one with "
+            "safetensors.torch.save_file(model.state_dict(), 'weights.safetensors')"
+        )
+    if not file.is_file():
+        raise InvalidInputError(f"--weights {file}: file not found")
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(file))
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise InvalidInputError(
+            f"--weights {file}: not a readable safetensors file ({first_line(exc)})"
+        ) from None
+    _check_state(file, model.state_dict(), state)
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def _few(names: Sequence[str]) -> str:
+    shown = ", ".join(names[:3])
+    return shown + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def _check_state(
+    file: Path, expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]
+) -> None:
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        parts = ([f"missing {_few(missing)}"] if missing else []) + (
+            [f"unexpected {_few(unexpected)}"] if unexpected else []
+        )
+        raise InvalidInputError(
+            f"--weights {file}: keys do not match the model: {'; '.join(parts)}"
+        )
+    for key, want in expected.items():
+        got = state[key]
+        if tuple(got.shape) != tuple(want.shape):
+            raise InvalidInputError(
+                f"--weights {file}: {key} has shape {tuple(got.shape)} in the file but "
+                f"{tuple(want.shape)} in the model"
+            )
+        if got.is_floating_point() and not bool(torch.isfinite(got).all()):
+            raise InvalidInputError(f"--weights {file}: {key} holds NaN or infinite values")
+
+
+def parse_normalize(text: str) -> tuple[list[float], list[float]]:
+    """``"MEAN,STD"`` per channel: ``"0.1307,0.3081"`` or ``"m_r,m_g,m_b,s_r,s_g,s_b"``.
+
+    The first half of the numbers are the means, the second half the standard deviations.
+    """
+    try:
+        values = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise InvalidInputError(
+            f"--normalize {text!r}: expected comma-separated numbers, means then stds "
+            "(e.g. 0.1307,0.3081 or 0.5,0.5,0.5,0.2,0.2,0.2)"
+        ) from None
+    if not values or len(values) % 2:
+        raise InvalidInputError(
+            f"--normalize {text!r}: give one mean and one std per channel, means first "
+            "(e.g. 0.1307,0.3081 or 0.5,0.5,0.5,0.2,0.2,0.2)"
+        )
+    half = len(values) // 2
+    return values[:half], values[half:]
+
+
+def finish_model(
+    model: nn.Module,
+    *,
+    weights: str | os.PathLike[str] | None = None,
+    preprocessing: tuple[Sequence[float], Sequence[float]] | str | None = None,
+    device: str | torch.device | None = "cpu",
+) -> nn.Module:
+    """Load ``weights``, wrap ``preprocessing`` (``(mean, std)`` or ``"MEAN,STD"``), move to ``device``."""
+    from intriguing.models.preprocessing import with_preprocessing
+
+    target = resolve_device(device)
+    if weights is not None:
+        load_weights(model, weights)
+    if preprocessing is not None:
+        mean, std = (
+            parse_normalize(preprocessing) if isinstance(preprocessing, str) else preprocessing
+        )
+        model = with_preprocessing(model, mean, std)
+    return model.to(target).eval()
+
+
+def load_any_model(
+    spec: str,
+    *,
+    weights: str | os.PathLike[str] | None = None,
+    preprocessing: tuple[Sequence[float], Sequence[float]] | str | None = None,
+    device: str | torch.device | None = "cpu",
+    dataset: str = "mnist",
+    data_dir: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+) -> nn.Module:
+    """MODEL ``spec`` in eval mode on ``device``, with ``weights`` and ``preprocessing`` applied.
+
+    ``preprocessing=(mean, std)`` (one value per channel) wraps the model as
+    ``Preprocessed(Normalize(mean, std), model)``: it then takes images in [0, 1].
+    """
+    target = resolve_device(device)  # refuse a bad device before any training
+    loaded = resolve_model(
+        spec, dataset=dataset, data_dir=data_dir, seed=seed, trained=weights is None
+    )
+    return finish_model(loaded.model, weights=weights, preprocessing=preprocessing, device=target)
+
+
+# ----------------------------------------------------------------------------- model/data checks
+def expected_channels(model: nn.Module) -> int | None:
+    """Input channels the model states: its first Normalize (more than one channel) or Conv."""
+    from intriguing.models.preprocessing import Normalize
+
+    for module in model.modules():
+        if isinstance(module, Normalize) and module.mean.numel() > 1:
+            return int(module.mean.numel())
+        if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d):
+            return int(module.in_channels)
+        if isinstance(module, nn.Linear):
+            return None
+    return None
+
+
+def describe_expected(model: nn.Module) -> str:
+    """What the model's first layer says about its input, for error messages."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            return f"{module.in_channels}-channel images (first layer Conv2d({module.in_channels}, ...))"
+        if isinstance(module, nn.Linear):
+            return f"{module.in_features} inputs per image (first layer Linear({module.in_features}, ...))"
+    channels = expected_channels(model)
+    return f"{channels}-channel images" if channels else "another input shape"
+
+
+def check_model_input(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None = None
+) -> int:
+    """One probe forward of ``images[:2]``: the model must return finite logits ``(B, K)``.
+
+    Returns the number of classes ``K``. Raises a one-line :class:`InvalidInputError` naming the
+    model's expected input and the data's shape on any mismatch, and when a label is ``>= K``.
+    """
+    shape = "x".join(map(str, images.shape[1:]))
+    channels = expected_channels(model)
+    if channels is not None and images.ndim == 4 and images.shape[1] != channels:
+        raise InvalidInputError(
+            f"the model expects {describe_expected(model)} but the data is {shape} (C x H x W); "
+            "use --mode RGB|L for image folders, or data with the right channels"
+        )
+    probe = images[:2].to(model_device(model))
+    try:
+        with torch.no_grad():
+            logits = model(probe)
+    except Exception as exc:  # any shape error of the user's model
+        raise InvalidInputError(
+            f"the model does not accept the data ({shape}, C x H x W): it expects "
+            f"{describe_expected(model)}; the probe forward raised {first_line(exc)}"
+        ) from None
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != len(probe):
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise InvalidInputError(
+            f"the model must return logits (N, classes) for images {shape}; it returned {got}"
+        )
+    classes = int(logits.shape[1])
+    if labels is not None and len(labels) and int(labels.max()) >= classes:
+        raise InvalidInputError(
+            f"label {int(labels.max())} is out of range for a model with {classes} outputs"
+        )
+    return classes
+
+
+def select_correct(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    n: int | None,
+    *,
+    batch_size: int = 2048,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The first ``n`` examples the model classifies correctly: ``(images, labels, index)``.
+
+    ``n=None`` keeps every correct one. Stops predicting once ``n`` are found.
+
+    Raises:
+        InvalidInputError: fewer than ``n`` correctly classified examples.
+    """
+    keep: list[torch.Tensor] = []
+    found = 0
+    for start in range(0, len(labels), batch_size):
+        chunk = slice(start, start + batch_size)
+        hit = predict(model, images[chunk]) == labels[chunk].cpu()
+        keep.append(hit)
+        found += int(hit.sum())
+        if n is not None and found >= n:
+            break
+    mask = torch.cat(keep) if keep else torch.zeros(0, dtype=torch.bool)
+    index = mask.nonzero().squeeze(1)
+    if n is not None:
+        index = index[:n]
+        if len(index) < n:
+            raise InvalidInputError(
+                f"only {len(index)} correctly classified images among {len(labels)}; "
+                f"lower --n to at most {len(index)} (or attack all images)"
+            )
+    return images[index], labels[index], index
+
+
+# ------------------------------------------------------------------------------------------ data
+@dataclass
+class DataSource:
+    """Images for a command: MNIST, a folder or a tensor file.
+
+    ``images`` is a float32 ``(N, C, H, W)`` tensor in [0, 1] (MNIST, tensors) or a lazy
+    :class:`~intriguing.analysis.imagefolder.ImageFolderSource`; ``labels`` is int64 ``(N,)`` or
+    None (a folder without labels, a tensor file without ``labels``).
+    """
+
+    kind: str  # "mnist" | "folder" | "tensors"
+    images: Any
+    labels: torch.Tensor | None
+    names: list[str]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def batch(self, start: int, stop: int) -> torch.Tensor:
+        """Images ``start:stop`` as float32 ``(B, C, H, W)`` in [0, 1]."""
+        if isinstance(self.images, torch.Tensor):
+            return self.images[start:stop]
+        return self.images.batch(start, min(stop, len(self.images)))
+
+    def take(self, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None, list[str]]:
+        """The first ``n`` (all when None) images, labels and names, decoded."""
+        count = len(self) if n is None else min(n, len(self))
+        labels = None if self.labels is None else self.labels[:count]
+        return self.batch(0, count), labels, self.names[:count]
+
+    def fit_to(self, model: nn.Module) -> int:
+        """Choose the folder's colour mode from the model (when not given), then probe once.
+
+        Returns the model's number of classes; raises one line on any mismatch.
+        """
+        if self.kind == "folder" and self.meta.get("mode") is None:
+            self.images.mode = _mode_for(model, self.images)
+            self.meta["mode"] = self.images.mode
+        return check_model_input(model, self.batch(0, min(2, len(self))), self.labels)
+
+
+def _mode_for(model: nn.Module, source: Any) -> str:
+    """``L`` or ``RGB``: what the model's first layer states, else whichever a probe accepts."""
+    channels = expected_channels(model)
+    if channels in (1, 3):
+        return "L" if channels == 1 else "RGB"
+    for mode in ("L", "RGB"):
+        source.mode = mode
+        try:
+            with torch.no_grad():
+                model(source.batch(0, 1).to(model_device(model)))
+        except Exception:  # this mode does not fit; try the other, then report the probe error
+            continue
+        return mode
+    return "L"
+
+
+def open_data(
+    *,
+    images: str | os.PathLike[str] | None = None,
+    tensors: str | os.PathLike[str] | None = None,
+    labels_file: str | os.PathLike[str] | None = None,
+    dataset: str = "mnist",
+    data_dir: str | os.PathLike[str] | None = None,
+    split: str = "test",
+    image_size: int | None = None,
+    mode: str | None = None,
+) -> DataSource:
+    """The data a command works on; cheap checks only (files listed, tensors verified).
+
+    ``mode=None`` lets :meth:`DataSource.fit_to` pick ``L`` or ``RGB`` from the model.
+    """
+    if images is not None and tensors is not None:
+        raise InvalidInputError("give --images or --tensors, not both")
+    if labels_file is not None and images is None:
+        raise InvalidInputError("--labels needs --images (a folder of images)")
+    if tensors is None and images is None and (image_size is not None or mode is not None):
+        raise InvalidInputError("--image-size and --mode apply to --images only")
+    if images is not None:
+        return _open_folder(Path(images), labels_file, image_size, mode)
+    if tensors is not None:
+        if image_size is not None:
+            raise InvalidInputError(
+                "--image-size applies to --images only; resize the tensors yourself"
+            )
+        return load_tensors(tensors)
+    return _open_mnist(dataset, data_dir, split)
+
+
+def _open_mnist(dataset: str, data_dir: str | os.PathLike[str] | None, split: str) -> DataSource:
+    from intriguing.data import load_mnist
+
+    data = load_mnist(data_dir, dataset)
+    images, labels = data.split(split)
+    meta = {"kind": "mnist", "dataset": dataset, "split": split, "identity": data.identity}
+    names = [f"{split}[{i}]" for i in range(len(labels))]
+    return DataSource("mnist", images, labels, names, meta)
+
+
+def _open_folder(
+    folder: Path, labels_file: str | os.PathLike[str] | None, size: int | None, mode: str | None
+) -> DataSource:
+    from intriguing.analysis.imagefolder import ImageFolderSource, folder_labels, read_labels
+
+    if size is not None and size < 1:
+        raise InvalidInputError(f"--image-size must be at least 1, got {size}")
+    source = ImageFolderSource(folder, size=size, mode=mode or "RGB")
+    found = read_labels(labels_file, source.names) if labels_file else folder_labels(source.names)
+    labels = None if found is None else torch.from_numpy(found[0])
+    meta = {
+        "kind": "folder",
+        "path": str(folder),
+        "labels_file": str(labels_file) if labels_file else None,
+        "layout": "labels file" if labels_file else ("class subfolders" if found else "flat"),
+        "classes": None if found is None else found[1],
+        "image_size": size,
+        "mode": mode,
+    }
+    return DataSource("folder", source, labels, source.names, meta)
+
+
+def load_tensors(path: str | os.PathLike[str]) -> DataSource:
+    """A ``.safetensors`` / ``.npz`` file with ``images`` (N, C, H, W) in [0, 1] and ``labels`` (N,).
+
+    Raises:
+        InvalidInputError: another suffix, a missing ``images`` key, a wrong rank, dtype, range or
+            length, or non-finite values.
+    """
+    file = Path(path)
+    suffix = file.suffix.lower()
+    if suffix not in TENSOR_SUFFIXES:
+        raise InvalidInputError(
+            f"--tensors {file}: expected a .safetensors or .npz file (pickles are never read)"
+        )
+    if not file.is_file():
+        raise InvalidInputError(f"--tensors {file}: file not found")
+    arrays = _read_arrays(file, suffix)
+    if "images" not in arrays:
+        raise InvalidInputError(
+            f"--tensors {file}: no 'images' entry (found: {', '.join(sorted(arrays)) or 'none'})"
+        )
+    images = _check_tensor_images(file, arrays["images"])
+    labels = _check_tensor_labels(file, arrays.get("labels"), len(images))
+    meta = {"kind": "tensors", "path": str(file), "n_images": len(images)}
+    names = [f"{file.name}[{i}]" for i in range(len(images))]
+    return DataSource("tensors", images, labels, names, meta)
+
+
+def _read_arrays(file: Path, suffix: str) -> dict[str, torch.Tensor]:
+    try:
+        if suffix == ".npz":
+            with np.load(file, allow_pickle=False) as npz:
+                return {key: torch.from_numpy(np.array(npz[key])) for key in npz.files}
+        from safetensors.torch import load_file
+
+        return dict(load_file(str(file)))
+    except Exception as exc:  # corrupt zip/header, object arrays (pickles refused), ...
+        raise InvalidInputError(f"--tensors {file}: cannot read it ({first_line(exc)})") from None
+
+
+def _check_tensor_images(file: Path, images: torch.Tensor) -> torch.Tensor:
+    if images.ndim != 4:
+        raise InvalidInputError(
+            f"--tensors {file}: 'images' must have shape (N, C, H, W), got {tuple(images.shape)}"
+            + ("; add a channel axis" if images.ndim == 3 else "")
+        )
+    if len(images) == 0:
+        raise InvalidInputError(f"--tensors {file}: 'images' holds no images")
+    if not images.is_floating_point():
+        raise InvalidInputError(
+            f"--tensors {file}: 'images' is {images.dtype}; store floats in [0, 1] (divide by 255)"
+        )
+    images = images.float()
+    if not bool(torch.isfinite(images).all()):
+        raise InvalidInputError(f"--tensors {file}: 'images' holds NaN or infinite values")
+    low, high = float(images.min()), float(images.max())
+    if low < 0.0 or high > 1.0:
+        raise InvalidInputError(
+            f"--tensors {file}: 'images' must lie in [0, 1], found [{low:g}, {high:g}]"
+        )
+    return images.contiguous()
+
+
+def _check_tensor_labels(file: Path, labels: torch.Tensor | None, n: int) -> torch.Tensor | None:
+    if labels is None:
+        return None
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise InvalidInputError(f"--tensors {file}: 'labels' must be integers, got {labels.dtype}")
+    if labels.shape != (n,):
+        raise InvalidInputError(
+            f"--tensors {file}: 'labels' must have shape ({n},), got {tuple(labels.shape)}"
+        )
+    if bool((labels < 0).any()):
+        raise InvalidInputError(f"--tensors {file}: 'labels' must be >= 0")
+    return labels.long()
+
+
+def choose_examples(
+    model: nn.Module,
+    data: DataSource,
+    n: int | None,
+    *,
+    correct_only: bool = True,
+    chunk: int = 1024,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]:
+    """The first ``n`` examples of ``data`` (correctly classified ones when ``correct_only``).
+
+    Decodes chunk by chunk and stops once ``n`` are found. Data without labels takes the model's
+    predictions as labels. Returns ``(images, labels, index, label_source)`` with ``label_source``
+    ``"labels"`` or ``"predictions"``.
+
+    Raises:
+        InvalidInputError: fewer than ``n`` suitable examples.
+    """
+    parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    found = 0
+    for start in range(0, len(data), chunk):
+        stop = min(start + chunk, len(data))
+        x = data.batch(start, stop)
+        y = predict(model, x) if data.labels is None else data.labels[start:stop]
+        index = torch.arange(start, stop)
+        if correct_only and data.labels is not None:
+            x, y, hit = select_correct(model, x, y, None)
+            index = index[hit]
+        keep = len(index) if n is None else min(len(index), n - found)
+        parts.append((x[:keep], y[:keep], index[:keep]))
+        found += keep
+        if n is not None and found >= n:
+            break
+    if n is not None and found < n:
+        what = "correctly classified" if correct_only and data.labels is not None else "suitable"
+        raise InvalidInputError(
+            f"only {found} {what} images among {len(data)}; lower --n to at most {found}"
+        )
+    images = torch.cat([p[0] for p in parts])
+    labels = torch.cat([p[1] for p in parts]).long()
+    return (
+        images,
+        labels,
+        torch.cat([p[2] for p in parts]),
+        ("predictions" if data.labels is None else "labels"),
+    )
