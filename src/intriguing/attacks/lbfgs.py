@@ -42,7 +42,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -56,6 +56,9 @@ from intriguing.attacks.result import AttackResult
 from intriguing.attacks.targets import all_targets, check_target_choice, choose_targets
 from intriguing.errors import InvalidInputError
 from intriguing.progress import make_progress
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 
 @dataclass
@@ -233,16 +236,25 @@ class LBFGS(Attack):
         temperature = self.temperature
         if temperature is None:
             temperature = 1.0 if untargeted_loss else 0.1
-        solved = _Search(self, model, images, labels, problems, temperature).solve()
-        if self.mode == "untargeted" and self.target is None and self.refine:
-            solved = self._refine(model, images, labels, solved)
+        # one bar for the whole attack: the c-search, then (untargeted) the polish of its successes
+        with make_progress(enabled=self.progress) as bar:
+            task = bar.add_task("attacking", total=len(problems.example))
+            solved = _Search(self, model, images, labels, problems, temperature).solve(bar, task)
+            if self.mode == "untargeted" and self.target is None and self.refine:
+                solved = self._refine(model, images, labels, solved, (bar, task))
+                bar.update(task, description="attacking")
         raw = _reduce(solved, problems, images.shape[0])
         if self.mode == "untargeted":  # success means "misclassified", whichever class won
             raw.targets = torch.full_like(raw.targets, -1)
         return raw
 
     def _refine(
-        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, solved: _Solved
+        self,
+        model: nn.Module,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        solved: _Solved,
+        progress: tuple[Progress, TaskID],
     ) -> _Solved:
         """Untargeted polish: a targeted search (``REFINE_TEMPERATURE``) toward the class each
         example reached, from its best point and constant; keeps whichever success is smaller."""
@@ -264,7 +276,9 @@ class LBFGS(Attack):
             REFINE_FACTOR,
             min(self.search_steps, REFINE_SEARCH_STEPS),
         )
-        polished = search.solve()
+        bar, task = progress
+        bar.update(task, total=len(solved.success) + len(redo), description="attacking: polishing")
+        polished = search.solve(bar, task)
         better = polished.success & (polished.d2 < solved.d2[redo])
         rows = redo[better]
         solved.adversarial[rows] = polished.adversarial[better]
@@ -370,23 +384,17 @@ class _Search:
         self.next_problem = 0
         self.zero_gradients = 0
 
-    def solve(self) -> _Solved:
-        P = self.problems.example.shape[0]
-        show = self.attack.progress
-        bar = make_progress()
-        if show is False:
-            bar.disable = True
-        with bar:
-            task = bar.add_task("attacking", total=P)
+    def solve(self, bar: Progress, task: TaskID) -> _Solved:
+        """Run every problem to the end of its search; advance ``task`` as problems finish."""
+        self._fill()
+        while True:
+            idx, xt = self.opt.trial()
+            if len(idx) == 0:
+                break
+            finished = self._step(idx, xt)
+            if finished:
+                bar.advance(task, finished)
             self._fill()
-            while True:
-                idx, xt = self.opt.trial()
-                if len(idx) == 0:
-                    break
-                finished = self._step(idx, xt)
-                if finished:
-                    bar.advance(task, finished)
-                self._fill()
         if self.zero_gradients:
             warnings.warn(
                 f"{self.zero_gradients} example(s) have an exactly zero input gradient at the clean "

@@ -13,7 +13,9 @@ from intriguing.cli.options import data_options, json_option, seed_option
 
 
 def _percent(value: Any) -> str:
-    return f"{100 * float(value):.2f}%" if isinstance(value, int | float) else "-"
+    from intriguing.progress import percent
+
+    return percent(float(value)) if isinstance(value, int | float) else "-"
 
 
 @click.command()
@@ -69,7 +71,9 @@ def _entry_dict(entry: Any) -> dict[str, Any]:
 
 
 def _echo_log(line: str) -> None:
-    click.echo(line, err=True)
+    from intriguing.progress import log
+
+    log(line)  # through the bars' console: never glued onto a live bar
 
 
 @click.command()
@@ -162,13 +166,20 @@ def eval_cmd(
     _report(result, json_path)
 
 
+def _paper_value(key: str, value: Any) -> str:
+    """A paper number as the table beside it prints ours: errors as percentages, floats rounded."""
+    if key.endswith("_error") and isinstance(value, float):
+        return _percent(value)
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
 def _report(result: dict[str, Any], json_path: Path | None) -> None:
     """Print ``result`` as aligned ``key: value`` lines; also write it as JSON if asked."""
     from intriguing._io import atomic_write_json
 
     for key, value in result.items():
         if key == "paper":
-            shown = ", ".join(f"{k} {v}" for k, v in value.items()) or "-"
+            shown = ", ".join(f"{k} {_paper_value(k, v)}" for k, v in value.items()) or "-"
         elif key.endswith("_error") and isinstance(value, float):
             shown = _percent(value)
         elif isinstance(value, float):

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from intriguing.errors import InvalidInputError
-from intriguing.progress import make_progress
+from intriguing.progress import finish, make_progress
 from intriguing.training.autoencoder import pretrain_sparse_autoencoder
 from intriguing.training.config import TrainConfig
 
@@ -361,7 +361,16 @@ def _train_lbfgs(
                     log,
                     f"L-BFGS iteration {done}: loss {loss:.5f}, {time.perf_counter() - start:.0f}s",
                 )
+        if converged:
+            finish(bar, task, _stop_reason(done, config.iterations, last_loss[0]))
     return done, converged, history
+
+
+def _stop_reason(done: int, limit: int, loss: float) -> str:
+    """Why full-batch L-BFGS stopped before ``limit`` iterations (shown on its finished bar)."""
+    if not math.isfinite(loss):
+        return f"stopped at {done}/{limit}: loss not finite"
+    return f"converged at {done}/{limit}"
 
 
 def _lbfgs_iterations(optimizer: torch.optim.LBFGS, params: list[nn.Parameter]) -> int:
