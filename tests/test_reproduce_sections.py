@@ -13,7 +13,6 @@ import pytest
 
 from intriguing.errors import IntriguingError
 from intriguing.experiments import analysis_steps as an
-from intriguing.experiments import claims
 from intriguing.experiments.specs import (
     SIZES,
     ReproduceSpec,
@@ -90,56 +89,6 @@ def test_quick_graph_reuses_table1_attacks_for_the_sandwich(mnist_dir: Any) -> N
     assert steps["units/Conv"].params["layer"] == "act2"
     assert {f"spectral/{m}" for m in spec.spectral_models()} <= steps.keys()
     assert {"units/Conv", "sandwich/softmax1"} <= set(steps["claims"].deps)
-
-
-# ------------------------------------------------------------------------------------- claims
-def _units_run(p: float, r: float, model: str = "m") -> dict[str, Any]:
-    comparison = {
-        "a": "natural",
-        "b": "random",
-        "metric": "purity",
-        "mean_a": 0.8,
-        "mean_b": 0.7,
-        "p_mannwhitney": p,
-        "rank_biserial": r,
-    }
-    return {"model": model, "layer": "act2", "metrics": ["purity"], "comparisons": [comparison]}
-
-
-def test_units_claim_fails_only_when_units_are_significantly_more_coherent() -> None:
-    c = claims.units_not_privileged([_units_run(0.5, 0.3), _units_run(0.01, -0.4)])
-    assert (c["holds"], c["total"], c["verdict"]) == (2, 2, "holds")
-    c = claims.units_not_privileged([_units_run(0.01, 0.4), _units_run(0.2, 0.1)])
-    assert (c["holds"], c["total"], c["verdict"]) == (1, 2, "partly")
-    no_test = {**_units_run(0.5, 0.1), "comparisons": []}
-    assert claims.units_not_privileged([no_test])["verdict"] == "n/a"
-
-
-def _sandwich(model: str, used: int, violations: int, median: float | None) -> dict[str, Any]:
-    return {
-        "model": model,
-        "median_ratio": median,
-        "summary": {"used": used, "violations": violations},
-    }
-
-
-def test_certified_claim_counts_models_without_violations() -> None:
-    c = claims.certified_below_attack([_sandwich("a", 10, 0, 1.2), _sandwich("b", 5, 1, 3.0)])
-    assert (c["holds"], c["total"], c["verdict"]) == (1, 2, "partly")
-    assert "b: 1 of 5 violations" in c["evidence"]
-    assert claims.certified_below_attack([_sandwich("a", 0, 0, None)])["verdict"] == "n/a"
-
-
-def test_analysis_claims_are_added_only_when_there_is_an_analysis() -> None:
-    rows = {"rows": [{"model": "a", "success_rate": 1.0, "mean_distortion": 0.05}]}
-    cross = {"rows": [], "columns": ["a"]}
-    tables = {"table1": rows, "table2": cross, "table3": rows, "table4": cross}
-    figure7 = {"noise": {"stddev": 1.0, "accuracy": {"a": 0.5}, "achieved_distortion": 0.4}}
-    base = [c["id"] for c in claims.all_claims(tables, figure7)]
-    full = claims.all_claims(
-        tables, figure7, units=[_units_run(0.5, 0.0)], sandwiches=[_sandwich("a", 3, 0, 1.1)]
-    )
-    assert [c["id"] for c in full] == ["units-not-privileged", *base, "spectral-certified"]
 
 
 # ------------------------------------------------------------------------------------- rendering

@@ -11,6 +11,9 @@
     noise/<split>/<stddev>                  Gaussian-noise rows
     amplify/<split>/<m>                     Table 4's amplified rows
     figure7                                 images and the stddev-1 noise accuracy
+    paired/<split>/<m>                      adversarial vs noise (and amplified vs noise) on the
+                                            same images, distortion summary, box (evidence.py)
+    reference/test                          mean RMS distance between different-class images
     units/<m>                               §3: units vs random directions (analysis_steps)
     spectral/<m>                            §4.3: per-layer frame bounds, Table 5 analogue
     sandwich/<m>                            certified radius vs Table 1's (or its own) attack
@@ -22,6 +25,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -37,6 +41,7 @@ import torch
 from intriguing._io import atomic_write_json
 from intriguing.experiments import analysis_steps as an
 from intriguing.experiments import claims as claims_mod
+from intriguing.experiments import evidence as ev
 from intriguing.experiments import steps as st
 from intriguing.experiments import tables as tb
 from intriguing.experiments.graph import Backend, RunStore, Step, StepContext, run_graph
@@ -66,7 +71,7 @@ def _table_steps(
     """Select/attack/cross/noise/amplify steps of one experiment (Tables 1+2 or 3+4)."""
     out: list[Step] = []
     summaries: dict[str, dict[str, str]] = {mode: {} for mode in modes}
-    rows: dict[str, list[str]] = {"cross": [], "noise": [], "amplify": []}
+    rows: dict[str, list[str]] = {"cross": [], "noise": [], "amplify": [], "paired": []}
     model_keys = tuple(f"model/{m}" for m in models)
     for model in models:
         out.append(
@@ -102,6 +107,8 @@ def _table_steps(
         deps = (summaries["untargeted"][model], *shards, *model_keys)
         out.append(_step(f"cross/{split}/{model}", partial(st.cross_step, bench), common, deps))
         rows["cross"].append(f"cross/{split}/{model}")
+        out.append(_paired_step(spec, bench, common, deps, noise, amplify))
+        rows["paired"].append(out[-1].key)
         if amplify is not None:
             key = f"amplify/{split}/{model}"
             out.append(
@@ -132,6 +139,40 @@ def _table_steps(
         )
         rows["noise"].append(key)
     return out, summaries, rows
+
+
+def _paired_step(
+    spec: ReproduceSpec,
+    bench: st.Workbench,
+    common: dict[str, Any],
+    deps: tuple[str, ...],
+    noise: tuple[float, ...],
+    amplify: float | None,
+) -> Step:
+    """``paired/<split>/<m>``: the evidence of the claims on m's attacked images (evidence.py)."""
+    model, split = str(common["source"]), str(common["split"])
+    f7 = spec.figure7
+    in_figure7 = model in f7.models and split == spec.table1.split
+    params = {
+        **common,
+        "noise_stddevs": list(noise),
+        "amplify": amplify,
+        "clip": spec.noise_clip,
+        "seed": st.derived_seed(spec.seed, "paired", split, model),
+        "figure7_stddev": f7.noise_stddev if in_figure7 else None,
+        "figure7_examples": f7.noise_examples if in_figure7 else 0,
+    }
+    return _step(f"paired/{split}/{model}", partial(ev.paired_step, bench), params, deps)
+
+
+def _reference_step(spec: ReproduceSpec, bench: st.Workbench) -> Step:
+    """``reference/test``: mean RMS distance between test images of different classes."""
+    params = {
+        "split": "test",
+        "n_pairs": ev.REFERENCE_PAIRS,
+        "seed": st.derived_seed(spec.seed, "reference", "test"),
+    }
+    return _step("reference/test", partial(ev.reference_step, bench), params)
 
 
 def build_steps(
@@ -186,6 +227,7 @@ def build_steps(
     )
     analysis = _analysis_steps(spec, bench, split_sizes, steps, sum12)
     steps += analysis
+    steps.append(_reference_step(spec, bench))
     steps += _assembly_steps(
         spec, sum12, rows12, sum34, rows34, tuple(s.key for s in analysis if "/" in s.key)
     )
@@ -313,15 +355,29 @@ def _assembly_steps(
         tables = {
             name: ctx.deps[f"tables/{name}"] for name in ("table1", "table2", "table3", "table4")
         }
-        return claims_mod.all_claims(
-            tables,
-            ctx.deps["figure7"],
-            units=[ctx.deps[k] for k in analysis if k.startswith("units/")],
-            sandwiches=[ctx.deps[k] for k in analysis if k.startswith("sandwich/")],
-        )
+        paired = {
+            "table1": {ctx.deps[k]["source"]: ctx.deps[k] for k in rows12["paired"]},
+            "table3": {ctx.deps[k]["source"]: ctx.deps[k] for k in rows34["paired"]},
+        }
+        every = {f"{e['split']}/{e['source']}": e for t in paired.values() for e in t.values()}
+        return {
+            "claims": claims_mod.all_claims(
+                tables,
+                paired,
+                ctx.deps["reference/test"],
+                spec.figure7.models,
+                units=[ctx.deps[k] for k in analysis if k.startswith("units/")],
+            ),
+            "sanity": claims_mod.sanity_checks(
+                tables,
+                every,
+                [ctx.deps[k] for k in analysis if k.startswith("sandwich/")],
+            ),
+            "evidence": {"reference": ctx.deps["reference/test"], "paired": every},
+        }
 
-    all12 = tuple(k for v in rows12.values() for k in v)
-    all34 = tuple(k for v in rows34.values() for k in v)
+    all12 = tuple(k for name, v in rows12.items() if name != "paired" for k in v)
+    all34 = tuple(k for name, v in rows34.items() if name != "paired" for k in v)
     return [
         _step(
             "tables/table1",
@@ -344,13 +400,15 @@ def _assembly_steps(
         _step(
             "claims",
             claims,
-            {"claims": 1},
+            {"claims": 2},
             (
                 "tables/table1",
                 "tables/table2",
                 "tables/table3",
                 "tables/table4",
-                "figure7",
+                "reference/test",
+                *rows12["paired"],
+                *(k for k in rows34["paired"] if k not in rows12["paired"]),
                 *(k for k in analysis if k.startswith(("units/", "sandwich/"))),
             ),
         ),
@@ -401,7 +459,9 @@ def assemble(
             if k.startswith("units/")
         },
         "spectral": spectral_section(results),
-        "claims": results["claims"],
+        "claims": results["claims"]["claims"],
+        "sanity": results["claims"]["sanity"],
+        "evidence": results["claims"]["evidence"],
         "timings": {
             "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "wall_time_s": round(wall_time_s, 3),
@@ -463,4 +523,62 @@ def run_reproduce(
         from intriguing.report.render import render_report
 
         render_report(out)
+    return document
+
+
+def verdict_stability(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """results.json's ``stability``: each claim's verdict at every seed and whether they agree.
+
+    ``docs``: the results of the same spec at several seeds (the first is the reported run).
+    """
+    seeds = [int(d["config"]["seed"]) for d in docs]
+    claims: dict[str, Any] = {}
+    for claim in docs[0]["claims"]:
+        verdicts = [
+            next((c["verdict"] for c in d["claims"] if c["id"] == claim["id"]), "missing")
+            for d in docs
+        ]
+        claims[claim["id"]] = {"verdicts": verdicts, "stable": len(set(verdicts)) == 1}
+    return {"seeds": seeds, "claims": claims}
+
+
+def seed_dir(out: str | os.PathLike[str], seed: int) -> Path:
+    """Where the run of an extra seed lives: ``OUT/seeds/seed-<s>`` (the first seed is ``OUT``)."""
+    return Path(out) / "seeds" / f"seed-{seed}"
+
+
+def run_seeds(
+    spec: ReproduceSpec,
+    out: str | os.PathLike[str],
+    n_seeds: int,
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    backend: Backend | None = None,
+) -> dict[str, Any]:
+    """The run of ``spec`` in ``out`` and of seeds ``spec.seed + 1 ..`` in :func:`seed_dir`, each
+    its own resumable run (models retrained with that seed); ``out``'s results.json gets the
+    ``stability`` of every verdict across them and the report a column for it.
+
+    Raises:
+        InvalidInputError: ``n_seeds < 1``.
+    """
+    from intriguing.errors import InvalidInputError
+
+    if n_seeds < 1:
+        raise InvalidInputError(f"--seeds must be >= 1, got {n_seeds}")
+    docs = [
+        run_reproduce(
+            dataclasses.replace(spec, seed=spec.seed + k),
+            out if k == 0 else seed_dir(out, spec.seed + k),
+            data_dir=data_dir,
+            render=False,
+            backend=backend,
+        )
+        for k in range(n_seeds)
+    ]
+    document = docs[0] | {"stability": verdict_stability(docs)} if n_seeds > 1 else docs[0]
+    atomic_write_json(Path(out) / RESULTS_FILE, document)
+    from intriguing.report.render import render_report
+
+    render_report(out)
     return document

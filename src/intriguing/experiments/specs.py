@@ -128,13 +128,14 @@ class Figure7Spec:
     """Figure 7: originals beside their adversarial examples, and heavy Gaussian noise.
 
     Attributes:
-        models: two Table 1 models whose untargeted examples are shown.
+        models: two Table 1 models whose untargeted examples are shown (the paper's Figure 7a
+            is a linear softmax, 7b the 200-200-10 sigmoid network: softmax1, N200-200-10).
         n_show: image pairs shown per model.
         noise_stddev: stddev of the comparison noise (the paper: 1, leaving 51% accuracy).
         noise_examples: test images on which the noise's accuracy is measured.
     """
 
-    models: tuple[str, ...] = ("softmax1", "N100-100-10")
+    models: tuple[str, ...] = ("softmax1", "N200-200-10")
     n_show: int = 8
     noise_stddev: float = 1.0
     noise_examples: int = 1000

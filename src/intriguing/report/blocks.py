@@ -50,4 +50,11 @@ class Figure:
     caption: str
 
 
-Block = Heading | Para | Table | Figure
+@dataclass(frozen=True)
+class Alert:
+    """A warning shown in a box (e.g. "these numbers are not the paper's dataset")."""
+
+    text: str
+
+
+Block = Heading | Para | Table | Figure | Alert

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from intriguing.errors import IntriguingError
-from intriguing.report.blocks import Block, Figure, Heading, Para
+from intriguing.report.blocks import Alert, Block, Figure, Heading, Para
 
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
@@ -24,6 +24,7 @@ td.flag { background: #ffe4b5; font-weight: 600; }
 figure { margin: 1em 0; } figure img { max-width: 100%; }
 figcaption, .caption { color: #555; font-size: 0.85em; }
 code { background: #f4f4f4; padding: 0 0.2em; }
+div.warning { border: 2px solid #c00; background: #fff0f0; padding: 0.6em 1em; margin: 1em 0; }
 """
 
 
@@ -32,21 +33,51 @@ def _inline(text: str) -> str:
     return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
 
 
-def embed_png(path: Path) -> str:
-    """A ``data:`` URI of the PNG at ``path``.
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def inside_run(root: Path, relative: object, what: str = "file") -> Path:
+    """``root / relative`` after checking that it stays inside the run directory ``root``.
+
+    Paths come from stored results (results.json, step records), which are not trusted: an
+    absolute path, ``..`` or a symlink leading out of ``root`` is refused (issue 16).
 
     Raises:
-        IntriguingError: the figure is missing.
+        IntriguingError: ``relative`` is not a relative path string, or resolves outside ``root``.
+    """
+    if not isinstance(relative, str) or not relative or "\x00" in relative:
+        raise IntriguingError(
+            f"{root}: the {what} path {relative!r} in the stored results is not a relative path; "
+            "rerun reproduce"
+        )
+    base = root.resolve()
+    path = (root / relative).resolve()
+    if Path(relative).is_absolute() or (path != base and base not in path.parents):
+        raise IntriguingError(
+            f"{root}: the {what} path {relative!r} points outside the run directory; refused "
+            "(rerun reproduce to restore the results)"
+        )
+    return path
+
+
+def embed_png(path: Path) -> str:
+    """A ``data:`` URI of the PNG at ``path`` (which must be a PNG file).
+
+    Raises:
+        IntriguingError: the figure is missing or not a PNG.
     """
     try:
         data = path.read_bytes()
-    except FileNotFoundError:
+    except (FileNotFoundError, IsADirectoryError):
         raise IntriguingError(f"{path}: figure not found; rerun `intriguing report`") from None
+    if not data.startswith(PNG_SIGNATURE):
+        raise IntriguingError(f"{path}: not a PNG image; rerun `intriguing report`")
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
 def to_html(blocks: Sequence[Block], root: Path) -> str:
-    """The page; figure paths in ``blocks`` are relative to ``root`` and get embedded."""
+    """The page; figure paths in ``blocks`` are relative to ``root`` and get embedded (only PNG
+    files inside ``root``: :func:`inside_run`)."""
     parts: list[str] = []
     title = "intriguing reproduce report"
     for block in blocks:
@@ -56,9 +87,13 @@ def to_html(blocks: Sequence[Block], root: Path) -> str:
             parts.append(f"<h{block.level}>{_inline(block.text)}</h{block.level}>")
         elif isinstance(block, Para):
             parts.append(f"<p>{_inline(block.text)}</p>")
+        elif isinstance(block, Alert):
+            parts.append(
+                f'<div class="warning"><strong>WARNING:</strong> {_inline(block.text)}</div>'
+            )
         elif isinstance(block, Figure):
             parts.append(
-                f'<figure><img alt="{html.escape(block.caption)}" src="{embed_png(root / block.path)}">'
+                f'<figure><img alt="{html.escape(block.caption)}" src="{embed_png(inside_run(root, block.path, "figure"))}">'
                 f"<figcaption>{_inline(block.caption)}</figcaption></figure>"
             )
         else:

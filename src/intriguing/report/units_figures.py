@@ -235,7 +235,12 @@ def render_units_figures(
     families = results["families"]
     metrics = results["metrics"]
     panels = {name: _panel(families[name]) for name in grid_families if name in families}
-    caption = f"{results.get('model', 'model')} / layer {results.get('layer', '?')}, k = {results['config']['k']}"
+    panels = {name: panel for name, panel in panels.items() if panel["ids"]}
+    dead = sum(int(f.get("n_dead", 0)) for f in families.values())
+    caption = (
+        f"{results.get('model', 'model')} / layer {results.get('layer', '?')}, "
+        f"k = {results['config']['k']}" + (f" ({dead} dead directions left out)" if dead else "")
+    )
     paths: dict[str, str] = {}
     if panels:
         paths["topk"] = str(
@@ -249,7 +254,7 @@ def render_units_figures(
             )
         )
     if len(families) > len(panels):
-        everything = {name: _panel(f) for name, f in families.items()}
+        everything = {name: _panel(f) for name, f in families.items() if _panel(f)["ids"]}
         paths["topk_all"] = str(
             plot_topk_grid(
                 images,
@@ -282,7 +287,9 @@ def render_units_figures(
 
 
 def _panel(family: dict[str, Any]) -> dict[str, Any]:
-    rows = family["directions"]
+    """A top-k grid panel of the family's live directions (dead ones, constant over the images,
+    have no top-k of their own and are left out; the family's ``n_dead`` counts them)."""
+    rows = [d for d in family["directions"] if not d.get("dead")]
     return {
         "ids": [d["id"] for d in rows],
         "topk": np.asarray([d["top_k"] for d in rows], dtype=np.int64),
