@@ -14,6 +14,7 @@ import torch
 from click.testing import CliRunner
 
 from intriguing.cli.main import cli
+from intriguing.errors import IntriguingError
 from intriguing.experiments.reproduce import run_reproduce
 from intriguing.experiments.specs import make_spec
 from intriguing.report.render import (
@@ -285,3 +286,20 @@ def test_notes_and_claims_use_this_runs_numbers(run_dir: Path) -> None:
     )
     assert table.header[-1] == "same verdict at seeds 0, 1"
     assert all(row[-1].flagged and row[-1].text == "no: holds, fails" for row in table.rows)
+
+
+def test_advtrain_report_uses_the_recorded_test_size() -> None:
+    from intriguing.report.advtrain import comparison_table, test_size, verdicts
+
+    summary = {"baseline": "wd", "rows": [{"variant": "wd", "mean": 0.02, "sd": 0.001}]}
+    assert test_size([{"n_test": 1000}, {"n_test": 1000}]) == 1000
+    assert test_size([{}]) is None
+    with pytest.raises(IntriguingError, match="different test sets"):
+        test_size([{"n_test": 1000}, {"n_test": 10000}])
+    line = verdicts(summary, 1000)[0]
+    assert "on 1000 images" in line and f"{100 * (0.02 * 0.98 / 1000) ** 0.5:.2f} points" in line
+    assert not any("Noise scale" in v for v in verdicts(summary, None))
+    empty = {"baseline": "wd", "rows": []}
+    assert "size not recorded" in comparison_table(empty, None).caption
+    caption = comparison_table(empty, 1000).caption
+    assert "on 1000 test images" in caption and "10000" not in caption

@@ -255,6 +255,7 @@ def train_one(ctx: StepContext, load_data: DataLoader) -> dict[str, Any]:
         "variant": params["variant"],
         "seed": params["seed"],
         "test_error": metrics.test_error,
+        "n_test": int(data.test_labels.shape[0]),
         "train_error": metrics.train_error,
         "wall_time_s": metrics.wall_time_s,
         "cpu_time_s": metrics.cpu_time_s,

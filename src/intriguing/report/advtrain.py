@@ -67,8 +67,28 @@ def _ci(row: Mapping[str, Any]) -> str:
     return "-" if not ci else f"[{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]"
 
 
-def comparison_table(summary: Mapping[str, Any]) -> Table:
-    """The comparison: one row per variant, ours beside the paper's."""
+def test_size(runs: Sequence[Mapping[str, Any]]) -> int | None:
+    """The number of test images the runs' errors are measured on (None: not recorded, older runs).
+
+    Raises:
+        IntriguingError: runs disagree on it (results from different datasets mixed).
+    """
+    sizes = {int(r["n_test"]) for r in runs if r.get("n_test") is not None}
+    if len(sizes) > 1:
+        raise IntriguingError(f"runs were measured on different test sets: {sorted(sizes)} images")
+    return sizes.pop() if sizes else None
+
+
+def _test_set(n_test: int | None) -> str:
+    return (
+        "the test set (size not recorded by this run)"
+        if n_test is None
+        else f"{n_test} test images"
+    )
+
+
+def comparison_table(summary: Mapping[str, Any], n_test: int | None = None) -> Table:
+    """The comparison: one row per variant, ours beside the paper's; ``n_test``: test images."""
     rows = []
     for row in summary["rows"]:
         test = row.get("vs_baseline") or {}
@@ -112,7 +132,7 @@ def comparison_table(summary: Mapping[str, Any]) -> Table:
         ),
         rows=tuple(rows),
         caption=(
-            "Test error on the 10000 MNIST test images: mean over seeds and 95% Student-t interval; "
+            f"Test error on {_test_set(n_test)}: mean over seeds and 95% Student-t interval; "
             "Welch t-test against weight decay alone; robustness: untargeted L-BFGS minimum "
             "distortion (RMS per pixel) on the correctly classified of the first test images, "
             "median / mean per run, averaged over seeds; times per training run (1 torch thread)."
@@ -197,16 +217,16 @@ def plot_test_error(
     return save_figure(fig, path)
 
 
-def verdicts(summary: Mapping[str, Any]) -> list[str]:
+def verdicts(summary: Mapping[str, Any], n_test: int | None = None) -> list[str]:
     """One sentence per variant: its difference from weight decay alone and whether it is
     significant (Welch, 5%), beside the binomial standard error of one test error."""
     lines = []
     base = next((r for r in summary["rows"] if r["variant"] == summary["baseline"]), None)
-    if base is not None and base.get("mean") is not None:
+    if base is not None and base.get("mean") is not None and n_test:
         p = base["mean"]
         lines.append(
-            f"Noise scale: one run's test error on 10000 images has a binomial standard error of "
-            f"{100 * (p * (1 - p) / 10000) ** 0.5:.2f} points at {100 * p:.2f}%; the seed-to-seed "
+            f"Noise scale: one run's test error on {n_test} images has a binomial standard error "
+            f"of {100 * (p * (1 - p) / n_test) ** 0.5:.2f} points at {100 * p:.2f}%; the seed-to-seed "
             f"standard deviation of weight decay alone is "
             f"{_num(None if base.get('sd') is None else 100 * base['sd'], 2)} points."
         )
@@ -247,8 +267,8 @@ def advtrain_blocks(doc: Mapping[str, Any], figure: str | None) -> list[Any]:
             f"every minibatch, from epoch {pool['warmup_epochs'] + 1}; hidden-layer pool on "
             "act1 and act2."
         ),
-        comparison_table(doc["summary"]),
-        *(Para(line) for line in verdicts(doc["summary"])),
+        comparison_table(doc["summary"], test_size(doc["runs"])),
+        *(Para(line) for line in verdicts(doc["summary"], test_size(doc["runs"]))),
     ]
     if figure is not None:
         blocks.append(_Figure(figure, "Test error per epoch: mean over seeds, band min-max"))
