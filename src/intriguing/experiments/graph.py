@@ -9,7 +9,14 @@ executes the steps in dependency order inside a :class:`RunStore` (a results dir
   soon as it finishes), so a killed run loses at most the steps in flight;
 - a rerun skips every step whose stored *fingerprint* matches (a hash of the step's key, params,
   code version and its dependencies' fingerprints), so it continues where it stopped;
-- changing a step's parameters invalidates it and everything downstream, nothing else.
+- changing a step's parameters invalidates it and everything downstream, nothing else;
+- nothing read back is trusted (issue 16): each record stores the SHA-256 of every file in its
+  artifact directory (``artifacts_sha256``) and the digest of each dependency's record (``deps``);
+  a rerun recomputes a step whose artifact is missing, truncated or replaced, or whose
+  dependencies' records changed (a deleted dependency record recomputed to another result, say),
+  and so, digest by digest, everything downstream of it;
+- :meth:`RunStore.lock` makes one run directory one run at a time: a second process waits for the
+  first and then reuses what it stored.
 
 Steps must be deterministic given their params (seeds live in params), which makes a resumed run's
 results equal to an uninterrupted run's. Large artefacts (images, checkpoints) go to files under
@@ -22,12 +29,13 @@ time in this process, no extra dependency) or ``RayBackend`` in :mod:`intriguing
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -79,10 +87,15 @@ class StepContext:
 
 
 class RunStore:
-    """A results directory holding one JSON record per finished step."""
+    """A results directory holding one JSON record per finished step.
+
+    ``step_keys``: the keys of the graph being run (set by :func:`run_graph`); an artifact
+    directory nested inside another step's (``a`` and ``a/b``) belongs to the inner step.
+    """
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+        self.step_keys: frozenset[str] = frozenset()
 
     def record_path(self, key: str) -> Path:
         return self.root / "steps" / f"{key}.json"
@@ -103,15 +116,89 @@ class RunStore:
             return None
         return record
 
-    def save(self, key: str, fingerprint: str, result: Any, elapsed_s: float) -> None:
+    def save(
+        self,
+        key: str,
+        fingerprint: str,
+        result: Any,
+        elapsed_s: float,
+        deps: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """Write the record of a finished step; ``deps``: its dependencies' record digests.
+
+        Returns the record as written (with ``artifacts_sha256`` of the step's files).
+        """
         record = {
             "key": key,
             "fingerprint": fingerprint,
             "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "elapsed_s": round(elapsed_s, 3),
+            "deps": dict(sorted((deps or {}).items())),
+            "artifacts_sha256": self.artifact_hashes(key),
             "result": result,
         }
         atomic_write_json(self.record_path(key), record)
+        return record
+
+    def artifact_files(self, key: str) -> list[Path]:
+        """The files of ``key``'s artifact directory (not those of steps nested inside it)."""
+        base = self.root / "artifacts" / key
+        if not base.is_dir():
+            return []
+        files: list[Path] = []
+        for path in sorted(base.rglob("*")):
+            inner = path.relative_to(self.root / "artifacts").as_posix()
+            if any(
+                inner == other or inner.startswith(other + "/")
+                for other in self.step_keys
+                if other != key and other.startswith(key + "/")
+            ):
+                continue
+            if path.is_file() and not path.name.startswith("."):
+                files.append(path)
+        return files
+
+    def artifact_hashes(self, key: str) -> dict[str, str]:
+        """``{path relative to the run directory: SHA-256}`` of ``key``'s artifact files."""
+        return {
+            p.relative_to(self.root).as_posix(): _file_sha256(p) for p in self.artifact_files(key)
+        }
+
+    def is_current(self, record: Mapping[str, Any], deps: Mapping[str, str]) -> bool:
+        """Whether a stored record can be reused: same dependency digests, artifacts intact."""
+        stored = record.get("artifacts_sha256")
+        if not isinstance(stored, dict) or record.get("deps") != dict(deps):
+            return False
+        for rel, digest in stored.items():
+            path = self.root / str(rel)
+            if not path.is_file() or _file_sha256(path) != digest:
+                return False
+        return True
+
+    @contextlib.contextmanager
+    def lock(self, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+        """Hold the run directory's lock (``<root>/.lock``, POSIX ``flock``); re-entrant.
+
+        A second process running into the same directory waits (``on_wait`` is told once) and
+        then resumes from what the first stored, instead of doing all the work twice.
+        """
+        key = str(self.root.expanduser().resolve())
+        if _HELD.get(key, 0) > 0:
+            _HELD[key] += 1
+            try:
+                yield
+            finally:
+                _HELD[key] -= 1
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "a+b") as handle:
+            _flock(handle.fileno(), self.root, on_wait)
+            _HELD[key] = 1
+            try:
+                yield
+            finally:
+                _HELD[key] = 0
+                _funlock(handle.fileno())
 
     def results(self) -> dict[str, Any]:
         """Every stored step's result by key (what reports render from)."""
@@ -123,6 +210,47 @@ class RunStore:
             if record is not None:
                 out[key] = record["result"]
         return out
+
+
+_HELD: dict[str, int] = {}  # run directories whose lock this process holds (re-entrancy)
+
+
+def _flock(fd: int, root: Path, on_wait: Callable[[str], None] | None) -> None:
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - non-POSIX: no lock
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        message = f"waiting for another run that is using {root}"
+        if on_wait is not None:
+            on_wait(message)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+
+
+def _funlock(fd: int) -> None:
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        return
+    fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def record_digest(record: Mapping[str, Any]) -> str:
+    """Hash of what a record says (key, fingerprint, dependencies, artifacts, result), not when."""
+    fields = {
+        k: record.get(k) for k in ("key", "fingerprint", "deps", "artifacts_sha256", "result")
+    }
+    return hashlib.sha256(_canonical(fields, "a step record").encode("utf-8")).hexdigest()[:32]
 
 
 def _canonical(obj: Any, what: str = "step parameters") -> str:
@@ -264,8 +392,9 @@ def run_graph(
     ordered = topological_order(steps)
     prints = fingerprints(ordered)
     backend = backend if backend is not None else LocalBackend()
+    store.step_keys = frozenset(step.key for step in ordered)
     done: dict[str, Any] = {}
-    with make_progress() as bar:
+    with store.lock(on_wait=_warn), make_progress() as bar:
         task = bar.add_task(description, total=len(ordered))
 
         def finish(step: Step, result: Any, cached: bool) -> None:
@@ -285,6 +414,12 @@ def run_graph(
     return {step.key: done[step.key] for step in ordered}
 
 
+def _warn(message: str) -> None:
+    import sys
+
+    print(message, file=sys.stderr, flush=True)
+
+
 def _drive(
     ordered: list[Step],
     prints: Mapping[str, str],
@@ -298,6 +433,7 @@ def _drive(
     pending = list(ordered)
     in_flight: dict[str, Step] = {}
     results: dict[str, Any] = {}
+    digests: dict[str, str] = {}
 
     def fill() -> None:
         for step in list(pending):
@@ -307,8 +443,14 @@ def _drive(
                 continue
             pending.remove(step)
             record = store.load(step.key)
-            if record is not None and record.get("fingerprint") == prints[step.key]:
+            deps = {d: digests[d] for d in step.deps}
+            if (
+                record is not None
+                and record.get("fingerprint") == prints[step.key]
+                and store.is_current(record, deps)
+            ):
                 results[step.key] = record["result"]
+                digests[step.key] = record_digest(record)
                 finish(step, record["result"], True)
                 continue
             announce(step.key)
@@ -321,8 +463,10 @@ def _drive(
         while in_flight:
             outcome = backend.wait()
             step = in_flight.pop(outcome.key)
-            store.save(step.key, prints[step.key], outcome.result, outcome.elapsed_s)
+            deps = {d: digests[d] for d in step.deps}
+            record = store.save(step.key, prints[step.key], outcome.result, outcome.elapsed_s, deps)
             results[step.key] = outcome.result
+            digests[step.key] = record_digest(record)
             finish(step, outcome.result, False)
             fill()
         aborted = False

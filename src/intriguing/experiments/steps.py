@@ -262,10 +262,16 @@ def attack_shard_step(bench: Workbench, ctx: StepContext) -> dict[str, Any]:
 
 
 def _reverify(model: nn.Module, stored: Any, labels: torch.Tensor) -> list[bool]:
-    """Run ``model`` on the stored adversarial images: is each one really adversarial?"""
-    pred = predict(model, stored.adversarial)
-    targeted = stored.targets >= 0
-    ok = torch.where(targeted, pred == stored.targets, pred != labels)
+    """Run ``model`` on the stored adversarial images: is each one really adversarial?
+
+    Decided by the package's one success rule (:func:`intriguing.attacks.metrics.success_mask`),
+    one chunk of images at a time.
+    """
+    from intriguing.attacks.metrics import success_mask
+
+    with torch.no_grad():
+        logits = torch.cat([model(part) for part in stored.adversarial.split(4096)])
+    ok = success_mask(logits, labels, stored.targets)
     return [bool(v) for v in ok.tolist()]
 
 

@@ -542,7 +542,17 @@ def build_blocks(doc: Mapping[str, Any], figures: Mapping[str, str]) -> list[Blo
 
 # --------------------------------------------------------------------------------- writers
 def _md_escape(text: str) -> str:
-    return text.replace("|", "\\|")
+    """Text escaped like the HTML report's (``&``, ``<``, ``>``) and ``|`` for table cells."""
+    import html as _html
+
+    return _html.escape(text, quote=False).replace("|", "\\|")
+
+
+def _md_link(path: str) -> str:
+    """A relative link target that cannot end the Markdown link early."""
+    from urllib.parse import quote
+
+    return quote(path, safe="/._-")
 
 
 def to_markdown(blocks: Sequence[Block]) -> str:
@@ -550,13 +560,14 @@ def to_markdown(blocks: Sequence[Block]) -> str:
     out: list[str] = []
     for block in blocks:
         if isinstance(block, Heading):
-            out += ["#" * block.level + " " + block.text, ""]
+            out += ["#" * block.level + " " + _md_escape(block.text), ""]
         elif isinstance(block, Para):
-            out += [block.text, ""]
+            out += [_md_escape(block.text), ""]
         elif isinstance(block, Figure):
-            out += [f"![{block.caption}]({block.path})", "", f"*{block.caption}*", ""]
+            caption, target = _md_escape(block.caption), _md_link(block.path)
+            out += [f"![{caption.replace(']', '')}]({target})", "", f"*{caption}*", ""]
         elif isinstance(block, Alert):
-            out += [f"> **WARNING:** {block.text}", ""]
+            out += [f"> **WARNING:** {_md_escape(block.text)}", ""]
         else:
             out.append("| " + " | ".join(_md_escape(h) for h in block.header) + " |")
             out.append("|" + "---|" * len(block.header))
@@ -566,7 +577,7 @@ def to_markdown(blocks: Sequence[Block]) -> str:
                 ]
                 out.append("| " + " | ".join(texts) + " |")
             if block.caption:
-                out += ["", f"*{block.caption}*"]
+                out += ["", f"*{_md_escape(block.caption)}*"]
             out.append("")
     return "\n".join(out)
 
@@ -602,7 +613,9 @@ def load_figure7(root: Path, artifact: str) -> dict[str, Any]:
     """
     from safetensors.torch import load_file
 
-    path = root / artifact
+    from intriguing.report.html import inside_run
+
+    path = inside_run(root, artifact, "Figure 7 images")
     try:
         return load_file(str(path))
     except Exception as exc:  # safetensors raises several types for corrupt files
@@ -633,10 +646,12 @@ def render_figures(run_dir: Path, doc: Mapping[str, Any]) -> dict[str, str]:
 
 def units_figure_paths(run_dir: Path, units: Mapping[str, Any]) -> dict[str, str]:
     """``units:<model>:<kind>`` -> path of the figures the units steps stored (those still there)."""
+    from intriguing.report.html import inside_run
+
     found: dict[str, str] = {}
     for model, run in units.items():
         for kind, path in (run.get("figures") or {}).items():
-            if (run_dir / path).is_file():
+            if inside_run(run_dir, path, "units figure").is_file():
                 found[f"units:{model}:{kind}"] = str(path)
     return found
 
@@ -646,13 +661,23 @@ def render_report(run_dir: str | os.PathLike[str]) -> dict[str, Path]:
 
     Returns ``{"markdown": ..., "html": ..., "results": ...}`` paths.
     """
-    from intriguing.report.html import to_html
+    from intriguing.report.html import inside_run, to_html
 
     root = Path(run_dir)
+    for name in ("results.json", "figures", "report.md", "report.html"):  # no symlink out
+        inside_run(root, name)
     doc = load_results(root)
-    figures = render_figures(root, doc)
-    blocks = build_blocks(doc, figures)
+    try:  # results.json is not trusted: a missing key or a string number is one clear line
+        figures = render_figures(root, doc)
+        blocks = build_blocks(doc, figures)
+        texts = (to_markdown(blocks), to_html(blocks, root))
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+        raise IntriguingError(
+            f"{root / 'results.json'}: malformed results ({type(exc).__name__}: {detail}); "
+            "rerun reproduce to rewrite it"
+        ) from None
     md, html = root / "report.md", root / "report.html"
-    atomic_write_text(md, to_markdown(blocks))
-    atomic_write_text(html, to_html(blocks, root))
+    atomic_write_text(md, texts[0])
+    atomic_write_text(html, texts[1])
     return {"markdown": md, "html": html, "results": root / "results.json"}
