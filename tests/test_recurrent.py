@@ -124,6 +124,10 @@ def test_spectral_bounds_refuse_recurrent_layers_in_one_line() -> None:
     from intriguing.analysis.lipschitz import network_bounds
 
     for name in RECURRENT_MODELS:
+        if name == "Feedback":  # unrolled by torch.fx: Linear, tanh, softmax, sums; it has a bound
+            bound = network_bounds(build_model(name).eval(), (1, 28, 28))
+            assert bound.measured is not None and bound.lipschitz >= bound.measured.value > 0
+            continue
         with pytest.raises(IntriguingError) as info:
             network_bounds(build_model(name).eval(), (1, 28, 28))
         assert "\n" not in str(info.value) and "no Lipschitz rule" in str(info.value)

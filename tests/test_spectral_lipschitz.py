@@ -217,18 +217,20 @@ def test_explicit_layer_list_for_non_sequential_models() -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.fc(x.flatten(1))
 
-    net = Net()
-    with pytest.raises(InvalidInputError, match=r"not an nn\.Sequential"):
-        network_bounds(net, (1, 2, 2))
+    net = Net().eval()
+    norm = float(torch.linalg.matrix_norm(net.fc.weight.detach().double(), ord=2))
+    traced = network_bounds(net, (1, 2, 2))  # traced with torch.fx
+    assert traced.structure == "graph" and traced.lipschitz == pytest.approx(norm, rel=1e-12)
     bound = network_bounds(net, (1, 2, 2), layers=[("flatten", nn.Flatten()), ("fc", net.fc)])
     assert [layer.name for layer in bound.layers] == ["flatten", "fc"]
+    assert bound.structure == "chain" and bound.lipschitz == pytest.approx(norm, rel=1e-12)
 
 
 @pytest.mark.parametrize(
     ("model", "message"),
     [
-        (nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.Softmax(dim=1)), "Softmax"),
-        (nn.Sequential(nn.Flatten(), nn.GELU()), "GELU"),
+        (nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.LayerNorm(3)).eval(), "LayerNorm"),
+        (nn.Sequential(nn.Flatten(), nn.PReLU()).eval(), "PReLU"),
         (nn.Sequential(nn.Dropout(0.5).train()), "training mode"),
         (nn.Sequential(nn.BatchNorm2d(1).train()), "training mode"),
         (nn.Sequential(nn.BatchNorm2d(1, track_running_stats=False).eval()), "track_running_stats"),
@@ -286,7 +288,7 @@ def test_exact_method_options() -> None:
         BoundOptions(power_iterations=0)
 
 
-def test_subclasses_with_their_own_forward_are_not_trusted() -> None:
+def test_subclasses_with_their_own_forward_are_traced_not_trusted() -> None:
     class Scaled(nn.Linear):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return 100 * super().forward(x)
@@ -297,7 +299,12 @@ def test_subclasses_with_their_own_forward_are_not_trusted() -> None:
                 x = module(x)
             return x
 
-    with pytest.raises(InvalidInputError, match="Scaled"):
-        network_bounds(nn.Sequential(nn.Flatten(), Scaled(4, 3)), (1, 2, 2))
-    with pytest.raises(InvalidInputError, match=r"not an nn\.Sequential"):
-        network_bounds(Reversed(nn.Linear(3, 3), nn.Flatten()), (3,))
+    scaled = Scaled(4, 3)
+    norm = float(torch.linalg.matrix_norm(scaled.weight.detach().double(), ord=2))
+    bound = network_bounds(nn.Sequential(nn.Flatten(), scaled).eval(), (1, 2, 2))
+    assert bound.structure == "graph" and bound.lipschitz == pytest.approx(100 * norm, rel=1e-12)
+    linear = nn.Linear(3, 3)
+    reversed_net = Reversed(linear, nn.Unflatten(1, (3, 1))).eval()  # runs Unflatten first: fails
+    with pytest.raises(InvalidInputError, match="cannot take input") as info:
+        network_bounds(reversed_net, (3,))
+    assert "\n" not in str(info.value)

@@ -23,9 +23,17 @@ Rules (each justified in ``docs/spectral.md``):
 - ``BatchNorm1d/2d`` (eval mode): ``max |gamma / sqrt(var + eps)|`` (lower: the minimum).
 - Input normalisation (a module named ``Normalize`` with ``std``, e.g. torchvision's): ``max 1/|std|``.
 
-Any other layer is refused with a one-line :class:`~intriguing.errors.InvalidInputError`; register a
-rule with :func:`register_layer_rule` to support it. Non-``Sequential`` models need an explicit
-``layers=`` list in call order.
+More layers (GELU, SiLU, Softmax, LogSoftmax, Conv1d, ...) are in
+:mod:`intriguing.analysis.layer_rules`; register a rule with :func:`register_layer_rule`.
+
+Which walk: a plain ``nn.Sequential`` whose every layer has a rule is walked as a chain (the bound
+is the product, Table 5). A ``layers=`` list is walked as a chain too, after checking on random
+inputs (and the given samples) that it computes ``model(x)``. Any other model is traced with
+torch.fx and bounded over its graph (residual sums, concatenations, functions; see
+:mod:`intriguing.analysis.trace`). In every case the certified bound is compared with a measured
+lower bound, the largest Jacobian norm found by power iteration at sample inputs
+(:mod:`intriguing.analysis.jacobian`); a certified bound below it raises
+:class:`~intriguing.analysis.jacobian.CertificationError`.
 """
 
 from __future__ import annotations
@@ -36,47 +44,41 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from intriguing.analysis.spectral_conv import (
-    EXACT_METHODS,
-    ConvGeometry,
-    PowerIterationResult,
-    circular_conv_frame_bounds,
-    conv_operator_bounds,
-    exact_norm,
-    explicit_operator_matrix,
+from intriguing.analysis.jacobian import (
+    CertificationError,
+    MeasuredLowerBound,
+    check_certified,
+    check_chain,
+    float64_copy,
+    jacobian_lower_bound,
+    model_fingerprint,
+    probe_inputs,
 )
+from intriguing.analysis.layer_rules import (
+    BoundOptions,
+    LayerRule,
+    Shape,
+    find_rule,
+    register_layer_rule,
+    supported_layers,
+)
+from intriguing.analysis.trace import GraphBound, NodeBound, graph_bound
 from intriguing.errors import InvalidInputError
 
-Shape = tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class BoundOptions:
-    """Settings of :func:`network_bounds`.
-
-    ``exact_method``: how the exact norms of zero-padded convolutions (and large average pools) are
-    found, ``"power"`` (power iteration), ``"lanczos"`` (ARPACK) or ``"none"`` (skipped);
-    ``power_iterations`` / ``tol``: its iteration limit and tolerance; ``explicit_limit``: largest
-    single-channel pixel count for which a pooling operator's matrix is built explicitly.
-    """
-
-    power_iterations: int = 2000
-    tol: float = 1e-8
-    exact_method: str = "power"
-    explicit_limit: int = 4096
-
-    def __post_init__(self) -> None:
-        if self.exact_method not in EXACT_METHODS:
-            raise InvalidInputError(
-                f"unknown exact_method {self.exact_method!r}; choose one of {', '.join(EXACT_METHODS)}"
-            )
-        if self.power_iterations < 1 or not self.tol > 0 or self.explicit_limit < 0:
-            raise InvalidInputError(
-                "power_iterations must be >= 1, tol > 0 and explicit_limit >= 0"
-            )
+__all__ = [
+    "BoundOptions",
+    "CertificationError",
+    "LayerBound",
+    "LayerRule",
+    "MeasuredLowerBound",
+    "NetworkBound",
+    "network_bounds",
+    "register_layer_rule",
+    "sequential_layers",
+    "supported_layers",
+]
 
 
 @dataclass
@@ -121,26 +123,54 @@ class LayerBound:
 
 @dataclass
 class NetworkBound:
-    """Per-layer bounds of a network and the product bound ``lipschitz = prod(upper)``."""
+    """Per-layer bounds of a network and its certified Lipschitz bound ``lipschitz``.
+
+    ``structure``: ``"chain"`` (``lipschitz = prod(upper)``, Table 5) or ``"graph"`` (a traced DAG:
+    ``lipschitz`` combines the nodes' constants, see :mod:`intriguing.analysis.trace`; ``layers``
+    then holds one entry per input-dependent node, ``details["lipschitz_so_far"]`` its constant).
+    ``margin_lipschitz``: the constant of the map whose differences are the class margins (the
+    logits before a final ``log_softmax``); ``final_linear`` / ``features_lipschitz``: the Linear
+    layer producing them and its input's constant (graphs only; chains read them off ``layers``).
+    ``measured``: the measured lower bound (largest Jacobian norm at probe inputs), never above
+    ``lipschitz``. ``fingerprint``: :func:`~intriguing.analysis.jacobian.model_fingerprint` of the model.
+    """
 
     layers: list[LayerBound]
     input_shape: Shape
+    structure: str = "chain"
+    graph_lipschitz: float | None = None
+    graph_lipschitz_exact: float | None = None
+    margin_lipschitz: float | None = None
+    final_linear: str | None = None
+    features_lipschitz: float | None = None
+    measured: MeasuredLowerBound | None = None
+    fingerprint: str | None = None
+    margin_module: nn.Module | None = field(default=None, repr=False, compare=False)
 
     @property
     def lipschitz(self) -> float:
         """Certified upper bound on the network's Lipschitz constant (input L2 -> output L2)."""
+        if self.graph_lipschitz is not None:
+            return self.graph_lipschitz
         return math.prod(layer.upper for layer in self.layers)
 
     @property
     def lipschitz_exact_norms(self) -> float:
-        """The product with each layer's exact norm where known (``exact``), else its ``upper``.
+        """The bound with each layer's exact norm where known (``exact``), else its ``upper``.
 
         Still an upper bound on the Lipschitz constant when the exact norms are exact; power iteration
-        approaches them from below, so this product is not certified.
+        approaches them from below, so this value is not certified.
         """
+        if self.graph_lipschitz_exact is not None:
+            return self.graph_lipschitz_exact
         return math.prod(
             layer.exact if layer.exact is not None else layer.upper for layer in self.layers
         )
+
+    @property
+    def margin_bound(self) -> float:
+        """Certified constant of the logits whose differences are the class margins."""
+        return self.margin_lipschitz if self.margin_lipschitz is not None else self.lipschitz
 
     def to_markdown(self) -> str:
         """The per-layer table (Table 5's columns plus exact norm and method) as Markdown."""
@@ -160,14 +190,20 @@ class NetworkBound:
                 layer.method,
             )
             lines.append("| " + " | ".join(cells) + " |")
-        lines.append(f"| **product** | | | | **{_short(self.lipschitz)}** | | | |")
+        label = "product" if self.structure == "chain" else "network (graph)"
+        measured = f" measured >= {_short(self.measured.value)}" if self.measured else ""
+        lines.append(f"| **{label}** | | | | **{_short(self.lipschitz)}** | |{measured} | |")
         return "\n".join(lines) + "\n"
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "input_shape": list(self.input_shape),
+            "structure": self.structure,
             "lipschitz_upper": self.lipschitz,
             "lipschitz_exact_norms": self.lipschitz_exact_norms,
+            "margin_lipschitz": self.margin_bound,
+            "measured_lower": self.measured.value if self.measured else None,
+            "measured": self.measured.to_dict() if self.measured else None,
             "layers": [layer.to_dict() for layer in self.layers],
         }
 
@@ -177,40 +213,6 @@ def _short(value: float | None) -> str:
     if value is None:
         return "-"
     return f"{value:.4g}" if value == 0 or 1e-3 <= abs(value) < 1e5 else f"{value:.3e}"
-
-
-LayerRule = Callable[[nn.Module, Shape, Shape, BoundOptions], dict[str, Any]]
-_RULES: dict[type[nn.Module], LayerRule] = {}
-
-
-def register_layer_rule(*types: type[nn.Module]) -> Callable[[LayerRule], LayerRule]:
-    """Register ``rule(module, input_shape, output_shape, options) -> fields`` for layer types.
-
-    ``fields`` must hold ``upper`` and may hold ``lower``, ``exact``, ``method``, ``size``,
-    ``stride``, ``identity`` and ``details`` (see :class:`LayerBound`).
-    """
-
-    def decorate(rule: LayerRule) -> LayerRule:
-        for layer_type in types:
-            _RULES[layer_type] = rule
-        return rule
-
-    return decorate
-
-
-def supported_layers() -> list[str]:
-    """Names of the layer types that have a rule."""
-    return sorted(t.__name__ for t in _RULES)
-
-
-def _find_rule(module: nn.Module) -> LayerRule | None:
-    """The rule for exactly this type: a subclass may override ``forward``, so it needs its own."""
-    rule = _RULES.get(type(module))
-    if rule is not None:
-        return rule
-    if type(module).__name__ == "Normalize" and hasattr(module, "std"):
-        return _normalize_rule
-    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,18 +262,27 @@ def network_bounds(
     layers: Sequence[nn.Module | tuple[str, nn.Module]] | None = None,
     options: BoundOptions | None = None,
     progress: Callable[[str], None] | None = None,
+    samples: torch.Tensor | None = None,
 ) -> NetworkBound:
-    """Bounds of every layer of ``model`` on inputs of shape ``input_shape`` (no batch dimension).
+    """Certified Lipschitz bound of ``model`` on inputs of shape ``input_shape`` (no batch dimension).
 
     Args:
-        model: an ``nn.Sequential`` (nested allowed), or any module with ``layers`` given.
+        model: any ``nn.Module`` mapping ``(N, *input_shape)`` to ``(N, ...)`` (logits): a plain
+            ``nn.Sequential`` is walked as a chain, anything else traced with torch.fx.
         input_shape: one example's shape, e.g. ``(1, 28, 28)`` for MNIST, ``(3, 224, 224)``.
-        layers: the layers in call order, for non-Sequential models.
+        layers: optionally the layers in call order; checked against ``model(x)`` first.
         options: :class:`BoundOptions`.
-        progress: called with each layer's name before it is analysed.
+        progress: called with each layer's name before it is analysed (chains).
+        samples: optional ``(M, *input_shape)`` inputs (e.g. test images in [0, 1]) used, with
+            ``options.probe_inputs`` random ones, to check ``layers=`` and to measure the lower bound.
 
     Returns:
-        :class:`NetworkBound` with a :class:`LayerBound` per layer and the product bound.
+        :class:`NetworkBound`; its ``measured`` lower bound is at most its certified ``lipschitz``.
+
+    Raises:
+        InvalidInputError: one line, for a layer or node without rule, an untraceable model, a
+            ``layers=`` list that is not the model, a bad shape.
+        CertificationError: the certified bound is below the measured one (a bug).
     """
     options = options or BoundOptions()
     if not input_shape or any(int(d) < 1 for d in input_shape):
@@ -279,9 +290,63 @@ def network_bounds(
             f"input_shape must be positive sizes without batch, got {input_shape}"
         )
     shape: Shape = tuple(int(d) for d in input_shape)
+    probes = probe_inputs(shape, _check_samples(samples, shape), options.probe_inputs)
+    if layers is not None:
+        named = sequential_layers(model, layers)
+        check_chain(model, named, probes)
+        bound = _chain_bound(named, shape, options, progress)
+    elif _is_plain_sequential(model) and all(
+        find_rule(m) is not None for _, m in sequential_layers(model)
+    ):
+        bound = _chain_bound(sequential_layers(model), shape, options, progress)
+    else:
+        bound = _from_graph(graph_bound(model, shape, options), shape)
+    bound.fingerprint = model_fingerprint(model)
+    _measure(bound, model, probes, options)
+    return bound
+
+
+def _check_samples(samples: torch.Tensor | None, shape: Shape) -> torch.Tensor | None:
+    if samples is None:
+        return None
+    if not isinstance(samples, torch.Tensor) or tuple(samples.shape[1:]) != shape:
+        got = tuple(samples.shape) if isinstance(samples, torch.Tensor) else type(samples).__name__
+        raise InvalidInputError(
+            f"samples must have shape (M, {', '.join(map(str, shape))}), got {got}"
+        )
+    if not bool(torch.isfinite(samples).all()):
+        raise InvalidInputError("samples must be finite")
+    return samples[:64]
+
+
+def _measure(
+    bound: NetworkBound, model: nn.Module, probes: torch.Tensor, options: BoundOptions
+) -> None:
+    """Attach the measured lower bound and refuse a certified bound below it."""
+    iterations, tol = options.probe_iterations, options.probe_tol
+    bound.measured = jacobian_lower_bound(
+        float64_copy(model), probes, iterations=iterations, tol=tol
+    )
+    check_certified(bound.lipschitz, bound.measured, type(model).__name__)
+    margin_module = bound.margin_module
+    if margin_module is not None:  # the logits before log_softmax are bounded separately
+        check_certified(
+            bound.margin_bound,
+            jacobian_lower_bound(margin_module, probes, iterations=iterations, tol=tol),
+            f"{type(model).__name__}'s logits",
+        )
+
+
+def _chain_bound(
+    named: list[tuple[str, nn.Module]],
+    shape: Shape,
+    options: BoundOptions,
+    progress: Callable[[str], None] | None,
+) -> NetworkBound:
+    input_shape = shape
     results = []
-    for name, module in sequential_layers(model, layers):
-        rule = _find_rule(module)
+    for name, module in named:
+        rule = find_rule(module)
         if rule is None:
             raise InvalidInputError(
                 f"layer {name!r} ({type(module).__name__}) has no Lipschitz rule; supported: "
@@ -291,24 +356,55 @@ def network_bounds(
             progress(name)
         out_shape = _output_shape(module, name, shape)
         fields = rule(module, shape, out_shape, options)
-        results.append(
-            LayerBound(
-                name=name,
-                kind=type(module).__name__,
-                size=fields.pop("size", "-"),
-                stride=fields.pop("stride", "-"),
-                input_shape=shape,
-                output_shape=out_shape,
-                upper=float(fields.pop("upper")),
-                lower=fields.pop("lower", None),
-                exact=fields.pop("exact", None),
-                method=fields.pop("method", "constant"),
-                identity=fields.pop("identity", False),
-                details=fields.pop("details", {}),
-            )
-        )
+        results.append(_layer_bound(name, type(module).__name__, shape, out_shape, fields))
         shape = out_shape
-    return NetworkBound(layers=results, input_shape=tuple(int(d) for d in input_shape))
+    return NetworkBound(layers=results, input_shape=input_shape)
+
+
+def _layer_bound(
+    name: str, kind: str, shape: Shape, out_shape: Shape, fields: dict[str, Any]
+) -> LayerBound:
+    return LayerBound(
+        name=name,
+        kind=kind,
+        size=fields.pop("size", "-"),
+        stride=fields.pop("stride", "-"),
+        input_shape=shape,
+        output_shape=out_shape,
+        upper=float(fields.pop("upper")),
+        lower=fields.pop("lower", None),
+        exact=fields.pop("exact", None),
+        method=fields.pop("method", "constant"),
+        identity=fields.pop("identity", False),
+        details=fields.pop("details", {}),
+    )
+
+
+def _from_graph(graph: GraphBound, shape: Shape) -> NetworkBound:
+    layers = [_node_layer(node) for node in graph.nodes]
+    bound = NetworkBound(
+        layers=layers,
+        input_shape=shape,
+        structure="graph",
+        graph_lipschitz=graph.lipschitz,
+        graph_lipschitz_exact=graph.lipschitz_exact,
+        margin_lipschitz=graph.margin_lipschitz,
+        final_linear=graph.final_linear,
+        features_lipschitz=graph.features_lipschitz,
+        margin_module=graph.margin_module,
+    )
+    return bound
+
+
+def _node_layer(node: NodeBound) -> LayerBound:
+    fields = dict(node.fields)
+    fields["upper"] = node.local
+    fields.setdefault("method", node.method)
+    details = dict(fields.pop("details", {}))
+    details["inputs"] = node.inputs
+    details["lipschitz_so_far"] = node.lipschitz
+    fields["details"] = details
+    return _layer_bound(node.name, node.kind, node.input_shape, node.output_shape, fields)
 
 
 def _output_shape(module: nn.Module, name: str, shape: Shape) -> Shape:
@@ -325,354 +421,3 @@ def _output_shape(module: nn.Module, name: str, shape: Shape) -> Shape:
             f"layer {name!r} cannot take input of shape {shape}: {first}"
         ) from None
     return tuple(out.shape[1:])
-
-
-def _require_eval(module: nn.Module, what: str) -> None:
-    if module.training:
-        raise InvalidInputError(
-            f"{type(module).__name__} is in training mode: call model.eval() before bounding ({what})"
-        )
-
-
-def _fmt_pair(pair: tuple[int, ...]) -> str:
-    return str(pair[0]) if len(set(pair)) == 1 else "x".join(str(p) for p in pair)
-
-
-# ---------------------------------------------------------------------------------------------
-# Rules: linear operators
-# ---------------------------------------------------------------------------------------------
-
-
-@register_layer_rule(nn.Linear)
-def _linear_rule(
-    module: nn.Module, shape: Shape, out: Shape, options: BoundOptions
-) -> dict[str, Any]:
-    assert isinstance(module, nn.Linear)
-    weight = module.weight.detach().to(dtype=torch.float64, device="cpu")
-    if not torch.isfinite(weight).all():
-        raise InvalidInputError("Linear weight contains NaN or infinite values")
-    values = torch.linalg.svdvals(weight)
-    details: dict[str, Any] = {"injective": weight.shape[0] >= weight.shape[1]}
-    if len(shape) != 1:  # Linear on (..., features): block-diagonal copies, same singular values
-        details["note"] = f"applied to {math.prod(shape[:-1])} rows independently"
-    return {
-        "upper": float(values[0]),
-        "lower": float(values[-1]),
-        "method": "svd",
-        "size": f"{module.in_features}x{module.out_features}",
-        "details": details,
-    }
-
-
-@register_layer_rule(nn.Conv2d)
-def _conv_rule(
-    module: nn.Module, shape: Shape, out: Shape, options: BoundOptions
-) -> dict[str, Any]:
-    assert isinstance(module, nn.Conv2d)
-    if len(shape) != 3:
-        raise InvalidInputError(f"Conv2d expects (C, H, W) inputs, got shape {shape}")
-    geometry = ConvGeometry.from_conv(module, (shape[1], shape[2]))
-    kh, kw = module.kernel_size
-    size = f"{module.in_channels}x{kh}x{kw}x{module.out_channels}"
-    stride = _fmt_pair(tuple(module.stride))
-    if module.padding_mode == "zeros":
-        bounds = conv_operator_bounds(
-            module.weight,
-            geometry,
-            power_iterations=options.power_iterations,
-            tol=options.tol,
-            exact_method=options.exact_method,
-        )
-        details: dict[str, Any] = {
-            "circular_grid": list(bounds.circular_grid),
-            "injective": math.prod(out) >= math.prod(shape),
-        }
-        if bounds.power is not None:
-            details["exact_norm"] = bounds.power.to_dict()
-        return {
-            "upper": bounds.upper,
-            "lower": bounds.circular_lower,
-            "exact": bounds.exact,
-            "method": f"fft-circular+{bounds.power.method}" if bounds.power else "fft-circular",
-            "size": size,
-            "stride": stride,
-            "details": details,
-        }
-    return _padded_conv_rule(module, geometry, shape, out, options) | {
-        "size": size,
-        "stride": stride,
-    }
-
-
-def _padded_conv_rule(
-    module: nn.Conv2d, geometry: ConvGeometry, shape: Shape, out: Shape, options: BoundOptions
-) -> dict[str, Any]:
-    """Conv2d with circular/reflect/replicate padding: ``conv_valid o pad``.
-
-    Upper bound ``||C_{N'}|| * ||pad||`` with ``||pad|| = sqrt(max copies of one pixel)``; exact
-    when the layer is itself a circular convolution on its input grid (circular padding, output
-    ``N / s``); the true norm by power iteration with an autograd adjoint.
-    """
-    weight = module.weight.detach().to(dtype=torch.float64, device="cpu")
-    pb, pa = geometry.pad_before, geometry.pad_after
-    pad_arg = (pb[1], pa[1], pb[0], pa[0])
-    mode = module.padding_mode
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(
-            F.pad(x, pad_arg, mode=mode),
-            weight,
-            stride=geometry.stride,
-            dilation=geometry.dilation,
-            groups=geometry.groups,
-        )
-
-    (h, w), (sh, sw) = geometry.input_hw, geometry.stride
-    exact_circular = (
-        mode == "circular" and h % sh == 0 and w % sw == 0 and out[1:] == (h // sh, w // sw)
-    )
-    if exact_circular:
-        upper, lower = circular_conv_frame_bounds(
-            weight,
-            (h, w),
-            stride=geometry.stride,
-            dilation=geometry.dilation,
-            groups=geometry.groups,
-        )
-        grid: tuple[int, int] = (h, w)
-        pad_norm = 1.0
-    else:
-        unpadded = ConvGeometry(
-            (h + sum((pb[0], pa[0])), w + sum((pb[1], pa[1]))),
-            geometry.stride,
-            geometry.dilation,
-            (0, 0),
-            (0, 0),
-            geometry.groups,
-        )
-        grid = unpadded.circular_grid((weight.shape[-2], weight.shape[-1]))
-        upper, lower = circular_conv_frame_bounds(
-            weight, grid, stride=geometry.stride, dilation=geometry.dilation, groups=geometry.groups
-        )
-        pad_norm = _padding_norm(pad_arg, mode, (h, w))
-        upper *= pad_norm
-    details: dict[str, Any] = {"circular_grid": list(grid), "padding_norm": pad_norm}
-    exact = None
-    power = (
-        None if exact_circular else _exact(forward, _vjp_adjoint(forward, shape), shape, options)
-    )
-    if power is not None:
-        details["exact_norm"] = power.to_dict()
-        exact = power.sigma
-    return {
-        "upper": upper,
-        "lower": lower if exact_circular else None,
-        "exact": exact,
-        "method": "fft-circular" if exact_circular else f"fft-circular*pad-{mode}",
-        "details": details,
-    }
-
-
-def _padding_norm(pad_arg: tuple[int, int, int, int], mode: str, hw: tuple[int, int]) -> float:
-    """``||pad||`` for a copy-padding mode: ``sqrt`` of the most copies any pixel gets."""
-    x = torch.zeros((1, 1, *hw), dtype=torch.float64, requires_grad=True)
-    F.pad(x, pad_arg, mode=mode).sum().backward()
-    assert x.grad is not None
-    return math.sqrt(float(x.grad.max()))
-
-
-def _vjp_adjoint(
-    forward: Callable[[torch.Tensor], torch.Tensor], shape: Shape
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The transpose of a linear ``forward`` via autograd (``A^T u = grad_x <A x, u>``)."""
-
-    def adjoint(u: torch.Tensor) -> torch.Tensor:
-        x = torch.zeros((1, *shape), dtype=u.dtype, requires_grad=True)
-        with torch.enable_grad():
-            (grad,) = torch.autograd.grad(forward(x), x, grad_outputs=u)
-        return grad
-
-    return adjoint
-
-
-@register_layer_rule(nn.AvgPool2d, nn.AdaptiveAvgPool2d)
-def _avgpool_rule(
-    module: nn.Module, shape: Shape, out: Shape, options: BoundOptions
-) -> dict[str, Any]:
-    """Average pooling acts on each channel alike: bound the single-channel operator."""
-    if len(shape) != 3:
-        raise InvalidInputError(f"{type(module).__name__} expects (C, H, W) inputs, got {shape}")
-    single = (1, shape[1], shape[2])
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        return module(x.to(torch.float64))
-
-    size = _pool_size(module)
-    if math.prod(single) <= options.explicit_limit:
-        values = torch.linalg.svdvals(explicit_operator_matrix(forward, single))
-        return {
-            "upper": float(values[0]),
-            "lower": float(values[-1]),
-            "method": "svd-explicit",
-            **size,
-        }
-    adjoint = _vjp_adjoint(forward, single)
-    ones = torch.ones((1, *single), dtype=torch.float64)
-    row_sums = forward(ones)  # nonnegative matrix: ||A||_2 <= sqrt(||A||_1 ||A||_inf) (Schur test)
-    col_sums = adjoint(torch.ones_like(row_sums))
-    schur = math.sqrt(float(row_sums.max()) * float(col_sums.max()))
-    details: dict[str, Any] = {"schur_bound": schur}
-    exact = None
-    power = _exact(forward, adjoint, single, options)
-    if power is not None:
-        details["exact_norm"] = power.to_dict()
-        exact = power.sigma
-    method = f"schur+{power.method}" if power is not None else "schur"
-    return {"upper": schur, "exact": exact, "method": method, "details": details, **size}
-
-
-def _exact(
-    forward: Callable[[torch.Tensor], torch.Tensor],
-    adjoint: Callable[[torch.Tensor], torch.Tensor],
-    shape: Shape,
-    options: BoundOptions,
-) -> PowerIterationResult | None:
-    return exact_norm(
-        forward,
-        adjoint,
-        shape,
-        method=options.exact_method,
-        max_iter=options.power_iterations,
-        tol=options.tol,
-    )
-
-
-def _pool_size(module: nn.Module) -> dict[str, str]:
-    if isinstance(module, nn.AdaptiveAvgPool2d | nn.AdaptiveMaxPool2d):
-        return {"size": f"adaptive {module.output_size}"}
-    kernel = _as_pair(getattr(module, "kernel_size"))  # noqa: B009 - untyped pooling attributes
-    stride = _as_pair(getattr(module, "stride"))  # noqa: B009
-    return {"size": "x".join(str(k) for k in kernel), "stride": _fmt_pair(stride)}
-
-
-@register_layer_rule(nn.BatchNorm1d, nn.BatchNorm2d)
-def _batchnorm_rule(
-    module: nn.Module, shape: Shape, out: Shape, options: BoundOptions
-) -> dict[str, Any]:
-    """Eval-mode BatchNorm is the diagonal map ``x -> gamma (x - mean) / sqrt(var + eps) + beta``."""
-    assert isinstance(module, nn.modules.batchnorm._BatchNorm)
-    _require_eval(module, "batch statistics would be used")
-    if module.running_var is None:
-        raise InvalidInputError(
-            f"{type(module).__name__} has track_running_stats=False: it normalises by batch statistics, "
-            "which is not a fixed layer map"
-        )
-    scale = 1.0 / torch.sqrt(module.running_var.detach().double().cpu() + module.eps)
-    if module.weight is not None:
-        scale = scale * module.weight.detach().double().cpu()
-    return {
-        "upper": float(scale.abs().max()),
-        "lower": float(scale.abs().min()),
-        "method": "diagonal",
-        "size": str(module.num_features),
-    }
-
-
-def _normalize_rule(
-    module: nn.Module, shape: Shape, out: Shape, options: BoundOptions
-) -> dict[str, Any]:
-    """Input normalisation ``(x - mean) / std`` per channel: a diagonal map with entries ``1/std``."""
-    std = torch.as_tensor(module.std, dtype=torch.float64).flatten()
-    if not torch.isfinite(std).all() or bool((std == 0).any()):
-        raise InvalidInputError(
-            f"{type(module).__name__}.std must be finite and non-zero, got {std.tolist()}"
-        )
-    inverse = 1.0 / std.abs()
-    return {"upper": float(inverse.max()), "lower": float(inverse.min()), "method": "diagonal"}
-
-
-# ---------------------------------------------------------------------------------------------
-# Rules: non-linear and shape layers
-# ---------------------------------------------------------------------------------------------
-
-
-def _constant(value: float, *, lower: float | None = None, identity: bool = False) -> LayerRule:
-    def rule(module: nn.Module, shape: Shape, out: Shape, options: BoundOptions) -> dict[str, Any]:
-        return {"upper": value, "lower": lower, "method": "constant", "identity": identity}
-
-    return rule
-
-
-register_layer_rule(nn.Sigmoid)(_constant(0.25))  # sigma' = sigma (1 - sigma) <= 1/4
-register_layer_rule(nn.ReLU, nn.ReLU6, nn.Tanh, nn.Hardtanh, nn.Softplus)(_constant(1.0))
-register_layer_rule(nn.Flatten, nn.Unflatten, nn.Identity)(_constant(1.0, lower=1.0, identity=True))
-
-
-@register_layer_rule(nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
-def _dropout_rule(
-    module: nn.Module, shape: Shape, out: Shape, options: BoundOptions
-) -> dict[str, Any]:
-    _require_eval(module, "dropout is random in training mode")
-    return {"upper": 1.0, "lower": 1.0, "method": "constant", "identity": True}
-
-
-@register_layer_rule(nn.LeakyReLU)
-def _leaky_rule(
-    module: nn.Module, shape: Shape, out: Shape, options: BoundOptions
-) -> dict[str, Any]:
-    assert isinstance(module, nn.LeakyReLU)
-    return {"upper": max(1.0, abs(module.negative_slope)), "method": "constant"}
-
-
-@register_layer_rule(nn.ELU)
-def _elu_rule(module: nn.Module, shape: Shape, out: Shape, options: BoundOptions) -> dict[str, Any]:
-    assert isinstance(module, nn.ELU)
-    return {"upper": max(1.0, abs(module.alpha)), "method": "constant"}
-
-
-@register_layer_rule(nn.MaxPool2d)
-def _maxpool_rule(
-    module: nn.Module, shape: Shape, out: Shape, options: BoundOptions
-) -> dict[str, Any]:
-    """Max pooling: ``sqrt(c)``, ``c`` the most windows that contain one input pixel.
-
-    ``|max_W x - max_W x'| <= ||x_W - x'_W||_2`` for each window ``W``, so
-    ``||y - y'||^2 <= sum_W ||x_W - x'_W||^2 = sum_i c_i (x_i - x'_i)^2 <= max_i c_i ||x - x'||^2``.
-    Non-overlapping windows give ``c = 1`` (and 1 is then exact).
-    """
-    assert isinstance(module, nn.MaxPool2d)
-    if len(shape) != 3:
-        raise InvalidInputError(f"MaxPool2d expects (C, H, W) inputs, got {shape}")
-    kernel = _as_pair(module.kernel_size)
-    stride = _as_pair(module.stride)
-    padding = _as_pair(module.padding)
-    dilation = _as_pair(module.dilation)
-    coverage = 1
-    for dim in range(2):
-        coverage *= _max_window_count(
-            shape[1 + dim], out[1 + dim], kernel[dim], stride[dim], padding[dim], dilation[dim]
-        )
-    return {
-        "upper": math.sqrt(coverage),
-        "method": "window-count",
-        "size": "x".join(str(k) for k in kernel),
-        "stride": _fmt_pair(stride),
-        "details": {"max_windows_per_pixel": coverage},
-    }
-
-
-def _as_pair(value: Any) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
-
-
-def _max_window_count(
-    size: int, n_out: int, kernel: int, stride: int, padding: int, dilation: int
-) -> int:
-    """Most 1-D pooling windows (``n_out`` of them, as the layer produced) holding one input index."""
-    counts = [0] * size
-    for j in range(n_out):
-        for t in range(kernel):
-            index = j * stride - padding + t * dilation
-            if 0 <= index < size:
-                counts[index] += 1
-    return max(counts) if counts else 1

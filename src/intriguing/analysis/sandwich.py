@@ -32,6 +32,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from intriguing.analysis.jacobian import (
+    check_certified,
+    float64_copy,
+    jacobian_lower_bound,
+    model_fingerprint,
+)
 from intriguing.analysis.lipschitz import NetworkBound, sequential_layers
 from intriguing.errors import InvalidInputError
 
@@ -54,7 +60,9 @@ class CertifiedRadii:
 
     ``correct``: the float64 model classifies the example correctly (radii are 0 otherwise).
     ``margin``: ``z_y - max_{j != y} z_j``. ``pairwise`` is ``None`` when the network does not end
-    with a linear layer.
+    with a linear layer. ``lipschitz``: the certified constant of the logits used (before a final
+    ``log_softmax``, which keeps margins); ``measured_lower``: the largest Jacobian norm measured at
+    these images and at the bound's probes (never above ``lipschitz``).
     """
 
     correct: np.ndarray
@@ -63,6 +71,7 @@ class CertifiedRadii:
     pairwise: np.ndarray | None
     lipschitz: float
     lipschitz_features: float | None
+    measured_lower: float | None = None
 
 
 def certified_radii(
@@ -86,6 +95,8 @@ def certified_radii(
         :class:`CertifiedRadii` (RMS distortion units).
     """
     _check_inputs(images, labels, bound)
+    _check_bound_is_of(model, bound)
+    measured = _measured_at(model, images, bound)
     double = copy.deepcopy(model).double().eval()
     with torch.no_grad():
         logits = double(images.double().cpu())
@@ -100,7 +111,7 @@ def certified_radii(
     correct = margin > 0
     n_values = math.prod(images.shape[1:])
     to_rms = 1.0 / math.sqrt(n_values)
-    lipschitz = bound.lipschitz
+    lipschitz = bound.margin_bound
     global_ = np.where(correct, margin / (math.sqrt(2.0) * lipschitz), 0.0) * to_rms
     pairwise, l_features = _pairwise(model, layers, bound, logits, labels)
     if pairwise is not None:
@@ -112,7 +123,32 @@ def certified_radii(
         pairwise=pairwise,
         lipschitz=lipschitz,
         lipschitz_features=l_features,
+        measured_lower=measured,
     )
+
+
+def _check_bound_is_of(model: nn.Module, bound: NetworkBound) -> None:
+    """A certified radius only from this model's own bound (structure and weights fingerprinted)."""
+    if bound.fingerprint is None or bound.fingerprint != model_fingerprint(model):
+        raise InvalidInputError(
+            "the bound was computed for other layers or weights than this model's (or not by "
+            "network_bounds); recompute it with network_bounds(model, ...)"
+        )
+
+
+def _measured_at(model: nn.Module, images: torch.Tensor, bound: NetworkBound) -> float:
+    """Largest Jacobian norm at (up to 16 of) these images and the bound's probes; checked against
+    the certified constants (a certified constant below it raises CertificationError)."""
+    probes = images[:16].detach().double().cpu()
+    measured = jacobian_lower_bound(float64_copy(model), probes)
+    check_certified(bound.lipschitz, measured, type(model).__name__)
+    if bound.margin_module is not None:
+        check_certified(
+            bound.margin_bound,
+            jacobian_lower_bound(bound.margin_module, probes),
+            f"{type(model).__name__}'s logits",
+        )
+    return max(measured.value, bound.measured.value if bound.measured else 0.0)
 
 
 def _check_inputs(images: torch.Tensor, labels: torch.Tensor, bound: NetworkBound) -> None:
@@ -141,6 +177,12 @@ def _pairwise(
     labels: torch.Tensor,
 ) -> tuple[np.ndarray | None, float | None]:
     """``min_j (z_y - z_j) / (||W_y - W_j|| L_h)`` in L2 units, if the network ends linearly."""
+    if bound.structure == "graph":
+        if bound.final_linear is None or bound.features_lipschitz is None:
+            return None, None
+        linear = model.get_submodule(bound.final_linear)
+        assert isinstance(linear, nn.Linear)
+        return _pairwise_radii(linear, bound.features_lipschitz, logits, labels)
     named = sequential_layers(model, layers)
     if [name for name, _ in named] != [layer.name for layer in bound.layers]:
         raise InvalidInputError(
@@ -153,6 +195,14 @@ def _pairwise(
     if not isinstance(linear, nn.Linear) or linear.out_features != logits.shape[1]:
         return None, None
     l_features = math.prod(layer.upper for layer in bound.layers[:last])
+    return _pairwise_radii(linear, l_features, logits, labels)
+
+
+def _pairwise_radii(
+    linear: nn.Linear, l_features: float, logits: torch.Tensor, labels: torch.Tensor
+) -> tuple[np.ndarray | None, float | None]:
+    if linear.out_features != logits.shape[1]:
+        return None, None
     weight = linear.weight.detach().double().cpu()
     # (K, K) ||W_y - W_j||, computed directly (the matmul shortcut loses precision)
     pair_norms = torch.cdist(weight, weight, compute_mode="donot_use_mm_for_euclid_dist")
@@ -203,6 +253,7 @@ class SandwichResult:
             "violations": self.violations,
             "lipschitz_upper": self.radii.lipschitz,
             "lipschitz_features": self.radii.lipschitz_features,
+            "lipschitz_measured_lower": self.radii.measured_lower,
             "mean_attack_distortion": _mean(self.attack_distortion[used]),
             "mean_certified_global": _mean(self.radii.global_[used]),
             "mean_certified_pairwise": (
@@ -245,7 +296,12 @@ def sandwich_markdown(summary: dict[str, Any]) -> str:
     lines.append(
         f"{summary['used']} of {summary['examples']} examples (correctly classified and successfully "
         f"attacked); certified > attack on {summary['violations']}; certified Lipschitz bound "
-        f"{summary['lipschitz_upper']:.4g}."
+        f"{summary['lipschitz_upper']:.4g}"
+        + (
+            f" (measured Jacobian norm >= {summary['lipschitz_measured_lower']:.4g})."
+            if summary.get("lipschitz_measured_lower") is not None
+            else "."
+        )
     )
     return "\n".join(lines) + "\n"
 

@@ -1,0 +1,594 @@
+"""Lipschitz rules of single layers (paper section 4.3, Table 5): one certified bound per layer type.
+
+A rule ``rule(module, input_shape, output_shape, options) -> fields`` returns the layer's certified
+upper bound ``upper`` on its Lipschitz constant (Euclidean norm, one example, no batch dimension) and
+optionally ``lower`` (smallest singular value of a linear layer), ``exact`` (its exact norm from below),
+``method``, ``size``, ``stride``, ``identity`` and ``details``. Each rule is justified in
+``docs/spectral.md``; :mod:`intriguing.analysis.lipschitz` walks chains of layers with them and
+:mod:`intriguing.analysis.trace` walks traced graphs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from intriguing.analysis.spectral_conv import (
+    EXACT_METHODS,
+    ConvGeometry,
+    PowerIterationResult,
+    circular_conv_frame_bounds,
+    conv_operator_bounds,
+    exact_norm,
+    explicit_operator_matrix,
+)
+from intriguing.errors import InvalidInputError
+
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class BoundOptions:
+    """Settings of :func:`network_bounds`.
+
+    ``exact_method``: how the exact norms of zero-padded convolutions (and large average pools) are
+    found, ``"power"`` (power iteration), ``"lanczos"`` (ARPACK) or ``"none"`` (skipped);
+    ``power_iterations`` / ``tol``: its iteration limit and tolerance; ``explicit_limit``: largest
+    single-channel pixel count for which a pooling operator's matrix is built explicitly;
+    ``probe_inputs`` / ``probe_iterations`` / ``probe_tol``: random inputs in [0, 1], power iterations
+    and tolerance of the measured lower bound (largest Jacobian norm, :mod:`~intriguing.analysis.jacobian`).
+    """
+
+    power_iterations: int = 2000
+    tol: float = 1e-8
+    exact_method: str = "power"
+    explicit_limit: int = 4096
+    probe_inputs: int = 4
+    probe_iterations: int = 100
+    probe_tol: float = 1e-7
+
+    def __post_init__(self) -> None:
+        if self.exact_method not in EXACT_METHODS:
+            raise InvalidInputError(
+                f"unknown exact_method {self.exact_method!r}; choose one of {', '.join(EXACT_METHODS)}"
+            )
+        if self.power_iterations < 1 or not self.tol > 0 or self.explicit_limit < 0:
+            raise InvalidInputError(
+                "power_iterations must be >= 1, tol > 0 and explicit_limit >= 0"
+            )
+        if self.probe_inputs < 1 or self.probe_iterations < 1 or not self.probe_tol > 0:
+            raise InvalidInputError(
+                "probe_inputs and probe_iterations must be >= 1 and probe_tol > 0 (the measured "
+                "lower bound is never skipped)"
+            )
+
+
+LayerRule = Callable[[nn.Module, Shape, Shape, BoundOptions], dict[str, Any]]
+_RULES: dict[type[nn.Module], LayerRule] = {}
+
+
+def register_layer_rule(*types: type[nn.Module]) -> Callable[[LayerRule], LayerRule]:
+    """Register ``rule(module, input_shape, output_shape, options) -> fields`` for layer types.
+
+    ``fields`` must hold ``upper`` and may hold ``lower``, ``exact``, ``method``, ``size``,
+    ``stride``, ``identity`` and ``details`` (see :class:`LayerBound`).
+    """
+
+    def decorate(rule: LayerRule) -> LayerRule:
+        for layer_type in types:
+            _RULES[layer_type] = rule
+        return rule
+
+    return decorate
+
+
+def supported_layers() -> list[str]:
+    """Names of the layer types that have a rule."""
+    return sorted(t.__name__ for t in _RULES)
+
+
+def find_rule(module: nn.Module) -> LayerRule | None:
+    """The rule for exactly this type: a subclass may override ``forward``, so it needs its own."""
+    rule = _RULES.get(type(module))
+    if rule is not None:
+        return rule
+    if type(module).__name__ == "Normalize" and hasattr(module, "std"):
+        return _normalize_rule
+    return None
+
+
+def _require_eval(module: nn.Module, what: str) -> None:
+    if module.training:
+        raise InvalidInputError(
+            f"{type(module).__name__} is in training mode: call model.eval() before bounding ({what})"
+        )
+
+
+def _fmt_pair(pair: tuple[int, ...]) -> str:
+    return str(pair[0]) if len(set(pair)) == 1 else "x".join(str(p) for p in pair)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rules: linear operators
+# ---------------------------------------------------------------------------------------------
+
+
+@register_layer_rule(nn.Linear)
+def _linear_rule(
+    module: nn.Module, shape: Shape, out: Shape, options: BoundOptions
+) -> dict[str, Any]:
+    assert isinstance(module, nn.Linear)
+    weight = module.weight.detach().to(dtype=torch.float64, device="cpu")
+    if not torch.isfinite(weight).all():
+        raise InvalidInputError("Linear weight contains NaN or infinite values")
+    values = torch.linalg.svdvals(weight)
+    details: dict[str, Any] = {"injective": weight.shape[0] >= weight.shape[1]}
+    if len(shape) != 1:  # Linear on (..., features): block-diagonal copies, same singular values
+        details["note"] = f"applied to {math.prod(shape[:-1])} rows independently"
+    return {
+        "upper": float(values[0]),
+        "lower": float(values[-1]),
+        "method": "svd",
+        "size": f"{module.in_features}x{module.out_features}",
+        "details": details,
+    }
+
+
+@register_layer_rule(nn.Conv2d)
+def _conv_rule(
+    module: nn.Module, shape: Shape, out: Shape, options: BoundOptions
+) -> dict[str, Any]:
+    assert isinstance(module, nn.Conv2d)
+    if len(shape) != 3:
+        raise InvalidInputError(f"Conv2d expects (C, H, W) inputs, got shape {shape}")
+    geometry = ConvGeometry.from_conv(module, (shape[1], shape[2]))
+    kh, kw = module.kernel_size
+    size = f"{module.in_channels}x{kh}x{kw}x{module.out_channels}"
+    stride = _fmt_pair(tuple(module.stride))
+    if module.padding_mode == "zeros":
+        bounds = conv_operator_bounds(
+            module.weight,
+            geometry,
+            power_iterations=options.power_iterations,
+            tol=options.tol,
+            exact_method=options.exact_method,
+        )
+        details: dict[str, Any] = {
+            "circular_grid": list(bounds.circular_grid),
+            "injective": math.prod(out) >= math.prod(shape),
+        }
+        if bounds.power is not None:
+            details["exact_norm"] = bounds.power.to_dict()
+        return {
+            "upper": bounds.upper,
+            "lower": bounds.circular_lower,
+            "exact": bounds.exact,
+            "method": f"fft-circular+{bounds.power.method}" if bounds.power else "fft-circular",
+            "size": size,
+            "stride": stride,
+            "details": details,
+        }
+    return _padded_conv_rule(module, geometry, shape, out, options) | {
+        "size": size,
+        "stride": stride,
+    }
+
+
+def _padded_conv_rule(
+    module: nn.Conv2d, geometry: ConvGeometry, shape: Shape, out: Shape, options: BoundOptions
+) -> dict[str, Any]:
+    """Conv2d with circular/reflect/replicate padding: ``conv_valid o pad``.
+
+    Upper bound ``||C_{N'}|| * ||pad||`` with ``||pad|| = sqrt(max copies of one pixel)``; exact
+    when the layer is itself a circular convolution on its input grid (circular padding, output
+    ``N / s``); the true norm by power iteration with an autograd adjoint.
+    """
+    weight = module.weight.detach().to(dtype=torch.float64, device="cpu")
+    pb, pa = geometry.pad_before, geometry.pad_after
+    pad_arg = (pb[1], pa[1], pb[0], pa[0])
+    mode = module.padding_mode
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(
+            F.pad(x, pad_arg, mode=mode),
+            weight,
+            stride=geometry.stride,
+            dilation=geometry.dilation,
+            groups=geometry.groups,
+        )
+
+    (h, w), (sh, sw) = geometry.input_hw, geometry.stride
+    exact_circular = (
+        mode == "circular" and h % sh == 0 and w % sw == 0 and out[1:] == (h // sh, w // sw)
+    )
+    if exact_circular:
+        upper, lower = circular_conv_frame_bounds(
+            weight,
+            (h, w),
+            stride=geometry.stride,
+            dilation=geometry.dilation,
+            groups=geometry.groups,
+        )
+        grid: tuple[int, int] = (h, w)
+        pad_norm = 1.0
+    else:
+        unpadded = ConvGeometry(
+            (h + sum((pb[0], pa[0])), w + sum((pb[1], pa[1]))),
+            geometry.stride,
+            geometry.dilation,
+            (0, 0),
+            (0, 0),
+            geometry.groups,
+        )
+        grid = unpadded.circular_grid((weight.shape[-2], weight.shape[-1]))
+        upper, lower = circular_conv_frame_bounds(
+            weight, grid, stride=geometry.stride, dilation=geometry.dilation, groups=geometry.groups
+        )
+        pad_norm = _padding_norm(pad_arg, mode, (h, w))
+        upper *= pad_norm
+    details: dict[str, Any] = {"circular_grid": list(grid), "padding_norm": pad_norm}
+    exact = None
+    power = (
+        None if exact_circular else _exact(forward, _vjp_adjoint(forward, shape), shape, options)
+    )
+    if power is not None:
+        details["exact_norm"] = power.to_dict()
+        exact = power.sigma
+    return {
+        "upper": upper,
+        "lower": lower if exact_circular else None,
+        "exact": exact,
+        "method": "fft-circular" if exact_circular else f"fft-circular*pad-{mode}",
+        "details": details,
+    }
+
+
+def _padding_norm(pad_arg: tuple[int, int, int, int], mode: str, hw: tuple[int, int]) -> float:
+    """``||pad||`` for a copy-padding mode: ``sqrt`` of the most copies any pixel gets."""
+    x = torch.zeros((1, 1, *hw), dtype=torch.float64, requires_grad=True)
+    F.pad(x, pad_arg, mode=mode).sum().backward()
+    assert x.grad is not None
+    return math.sqrt(float(x.grad.max()))
+
+
+def _vjp_adjoint(
+    forward: Callable[[torch.Tensor], torch.Tensor], shape: Shape
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The transpose of a linear ``forward`` via autograd (``A^T u = grad_x <A x, u>``)."""
+
+    def adjoint(u: torch.Tensor) -> torch.Tensor:
+        x = torch.zeros((1, *shape), dtype=u.dtype, requires_grad=True)
+        with torch.enable_grad():
+            (grad,) = torch.autograd.grad(forward(x), x, grad_outputs=u)
+        return grad
+
+    return adjoint
+
+
+@register_layer_rule(nn.AvgPool2d, nn.AdaptiveAvgPool2d)
+def _avgpool_rule(
+    module: nn.Module, shape: Shape, out: Shape, options: BoundOptions
+) -> dict[str, Any]:
+    """Average pooling acts on each channel alike: bound the single-channel operator."""
+    if len(shape) != 3:
+        raise InvalidInputError(f"{type(module).__name__} expects (C, H, W) inputs, got {shape}")
+    single = (1, shape[1], shape[2])
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return module(x.to(torch.float64))
+
+    size = _pool_size(module)
+    if math.prod(single) <= options.explicit_limit:
+        values = torch.linalg.svdvals(explicit_operator_matrix(forward, single))
+        return {
+            "upper": float(values[0]),
+            "lower": float(values[-1]),
+            "method": "svd-explicit",
+            **size,
+        }
+    adjoint = _vjp_adjoint(forward, single)
+    ones = torch.ones((1, *single), dtype=torch.float64)
+    row_sums = forward(ones)  # nonnegative matrix: ||A||_2 <= sqrt(||A||_1 ||A||_inf) (Schur test)
+    col_sums = adjoint(torch.ones_like(row_sums))
+    schur = math.sqrt(float(row_sums.max()) * float(col_sums.max()))
+    details: dict[str, Any] = {"schur_bound": schur}
+    exact = None
+    power = _exact(forward, adjoint, single, options)
+    if power is not None:
+        details["exact_norm"] = power.to_dict()
+        exact = power.sigma
+    method = f"schur+{power.method}" if power is not None else "schur"
+    return {"upper": schur, "exact": exact, "method": method, "details": details, **size}
+
+
+def _exact(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    adjoint: Callable[[torch.Tensor], torch.Tensor],
+    shape: Shape,
+    options: BoundOptions,
+) -> PowerIterationResult | None:
+    return exact_norm(
+        forward,
+        adjoint,
+        shape,
+        method=options.exact_method,
+        max_iter=options.power_iterations,
+        tol=options.tol,
+    )
+
+
+def _pool_size(module: nn.Module) -> dict[str, str]:
+    if isinstance(module, nn.AdaptiveAvgPool2d | nn.AdaptiveMaxPool2d):
+        return {"size": f"adaptive {module.output_size}"}
+    kernel = _as_pair(getattr(module, "kernel_size"))  # noqa: B009 - untyped pooling attributes
+    stride = _as_pair(getattr(module, "stride"))  # noqa: B009
+    return {"size": "x".join(str(k) for k in kernel), "stride": _fmt_pair(stride)}
+
+
+@register_layer_rule(nn.BatchNorm1d, nn.BatchNorm2d)
+def _batchnorm_rule(
+    module: nn.Module, shape: Shape, out: Shape, options: BoundOptions
+) -> dict[str, Any]:
+    """Eval-mode BatchNorm is the diagonal map ``x -> gamma (x - mean) / sqrt(var + eps) + beta``."""
+    assert isinstance(module, nn.modules.batchnorm._BatchNorm)
+    _require_eval(module, "batch statistics would be used")
+    if module.running_var is None:
+        raise InvalidInputError(
+            f"{type(module).__name__} has track_running_stats=False: it normalises by batch statistics, "
+            "which is not a fixed layer map"
+        )
+    scale = 1.0 / torch.sqrt(module.running_var.detach().double().cpu() + module.eps)
+    if module.weight is not None:
+        scale = scale * module.weight.detach().double().cpu()
+    return {
+        "upper": float(scale.abs().max()),
+        "lower": float(scale.abs().min()),
+        "method": "diagonal",
+        "size": str(module.num_features),
+    }
+
+
+def _normalize_rule(
+    module: nn.Module, shape: Shape, out: Shape, options: BoundOptions
+) -> dict[str, Any]:
+    """Input normalisation ``(x - mean) / std`` per channel: a diagonal map with entries ``1/std``."""
+    std = torch.as_tensor(module.std, dtype=torch.float64).flatten()
+    if not torch.isfinite(std).all() or bool((std == 0).any()):
+        raise InvalidInputError(
+            f"{type(module).__name__}.std must be finite and non-zero, got {std.tolist()}"
+        )
+    if tuple(out) != tuple(shape):  # a std broadcasting the input to more channels copies it
+        raise InvalidInputError(
+            f"{type(module).__name__} maps shape {shape} to {out}: the channels of mean/std must match "
+            "the input's"
+        )
+    inverse = 1.0 / std.abs()
+    return {"upper": float(inverse.max()), "lower": float(inverse.min()), "method": "diagonal"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Rules: non-linear and shape layers
+# ---------------------------------------------------------------------------------------------
+
+
+def _constant(value: float, *, lower: float | None = None, identity: bool = False) -> LayerRule:
+    def rule(module: nn.Module, shape: Shape, out: Shape, options: BoundOptions) -> dict[str, Any]:
+        return {"upper": value, "lower": lower, "method": "constant", "identity": identity}
+
+    return rule
+
+
+register_layer_rule(nn.Sigmoid)(_constant(0.25))  # sigma' = sigma (1 - sigma) <= 1/4
+register_layer_rule(nn.ReLU, nn.ReLU6, nn.Tanh, nn.Hardtanh, nn.Softplus)(_constant(1.0))
+register_layer_rule(nn.Flatten, nn.Unflatten, nn.Identity)(_constant(1.0, lower=1.0, identity=True))
+
+
+@register_layer_rule(nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
+def _dropout_rule(
+    module: nn.Module, shape: Shape, out: Shape, options: BoundOptions
+) -> dict[str, Any]:
+    _require_eval(module, "dropout is random in training mode")
+    return {"upper": 1.0, "lower": 1.0, "method": "constant", "identity": True}
+
+
+@register_layer_rule(nn.LeakyReLU)
+def _leaky_rule(
+    module: nn.Module, shape: Shape, out: Shape, options: BoundOptions
+) -> dict[str, Any]:
+    assert isinstance(module, nn.LeakyReLU)
+    return {"upper": max(1.0, abs(module.negative_slope)), "method": "constant"}
+
+
+@register_layer_rule(nn.ELU)
+def _elu_rule(module: nn.Module, shape: Shape, out: Shape, options: BoundOptions) -> dict[str, Any]:
+    assert isinstance(module, nn.ELU)
+    return {"upper": max(1.0, abs(module.alpha)), "method": "constant"}
+
+
+@register_layer_rule(nn.MaxPool2d)
+def _maxpool_rule(
+    module: nn.Module, shape: Shape, out: Shape, options: BoundOptions
+) -> dict[str, Any]:
+    """Max pooling: ``sqrt(c)``, ``c`` the most windows that contain one input pixel.
+
+    ``|max_W x - max_W x'| <= ||x_W - x'_W||_2`` for each window ``W``, so
+    ``||y - y'||^2 <= sum_W ||x_W - x'_W||^2 = sum_i c_i (x_i - x'_i)^2 <= max_i c_i ||x - x'||^2``.
+    Non-overlapping windows give ``c = 1`` (and 1 is then exact).
+    """
+    assert isinstance(module, nn.MaxPool2d)
+    if len(shape) != 3:
+        raise InvalidInputError(f"MaxPool2d expects (C, H, W) inputs, got {shape}")
+    kernel = _as_pair(module.kernel_size)
+    stride = _as_pair(module.stride)
+    padding = _as_pair(module.padding)
+    dilation = _as_pair(module.dilation)
+    coverage = 1
+    for dim in range(2):
+        coverage *= _max_window_count(
+            shape[1 + dim], out[1 + dim], kernel[dim], stride[dim], padding[dim], dilation[dim]
+        )
+    return {
+        "upper": math.sqrt(coverage),
+        "method": "window-count",
+        "size": "x".join(str(k) for k in kernel),
+        "stride": _fmt_pair(stride),
+        "details": {"max_windows_per_pixel": coverage},
+    }
+
+
+def _as_pair(value: Any) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+def _max_window_count(
+    size: int, n_out: int, kernel: int, stride: int, padding: int, dilation: int
+) -> int:
+    """Most 1-D pooling windows (``n_out`` of them, as the layer produced) holding one input index."""
+    counts = [0] * size
+    for j in range(n_out):
+        for t in range(kernel):
+            index = j * stride - padding + t * dilation
+            if 0 <= index < size:
+                counts[index] += 1
+    return max(counts) if counts else 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Rules: smooth activations, softmax, 1-D layers
+# ---------------------------------------------------------------------------------------------
+
+
+def gelu_constant(approximate: str = "none") -> float:
+    """Lipschitz constant of GELU: ``sup |d/dx x Phi(x)|``.
+
+    Exact GELU: ``g' = Phi(x) + x phi(x)`` and ``g'' = phi(x) (2 - x^2)``, so ``g'`` has its extrema at
+    ``x = +-sqrt 2``: ``g'(sqrt 2) = Phi(sqrt 2) + sqrt 2 phi(sqrt 2) = 1.12890`` and
+    ``g'(-sqrt 2) = 1 - g'(sqrt 2)``; the limits are 0 and 1. The tanh approximation is bounded on a
+    grid (:func:`sup_abs_derivative`).
+    """
+    if approximate == "none":
+        root2 = math.sqrt(2.0)
+        phi = math.exp(-1.0) / math.sqrt(2.0 * math.pi)
+        return 0.5 * (1.0 + math.erf(1.0)) + root2 * phi
+    if approximate == "tanh":
+        return sup_abs_derivative(lambda x: F.gelu(x, approximate="tanh"))
+    raise InvalidInputError(f"GELU approximate={approximate!r} has no Lipschitz rule")
+
+
+_SUP_CACHE: dict[str, float] = {}
+
+
+def sup_abs_derivative(
+    fn: Callable[[torch.Tensor], torch.Tensor], *, half_width: float = 40.0, step: float = 1e-4
+) -> float:
+    """A certified bound on ``sup_x |fn'(x)|`` for a smooth scalar activation.
+
+    ``fn'`` is evaluated by autograd on a grid of spacing ``step`` over ``[-half_width, half_width]``
+    and ``step / 2`` is added: every ``x`` is within ``step / 2`` of a grid point and the activations
+    used here (SiLU, tanh-GELU) have ``|fn''| <= 1``. Outside the grid their derivatives are within
+    1e-15 of their limits 0 and 1, which the grid's ends already reach.
+    """
+    key = getattr(fn, "__name__", repr(fn)) + f"{half_width}:{step}"
+    if key not in _SUP_CACHE:
+        x = torch.arange(-half_width, half_width + step, step, dtype=torch.float64)
+        x.requires_grad_(True)
+        (grad,) = torch.autograd.grad(fn(x).sum(), x)
+        _SUP_CACHE[key] = float(grad.abs().max()) + step / 2
+    return _SUP_CACHE[key]
+
+
+def silu_constant() -> float:
+    """Lipschitz constant of SiLU ``x sigma(x)`` (1.0998 at ``x = 2.3994``), certified on a grid."""
+    return sup_abs_derivative(F.silu)
+
+
+def _activation(value: Callable[[nn.Module], float]) -> LayerRule:
+    def rule(module: nn.Module, shape: Shape, out: Shape, options: BoundOptions) -> dict[str, Any]:
+        return {"upper": value(module), "method": "constant"}
+
+    return rule
+
+
+register_layer_rule(nn.GELU)(_activation(lambda m: gelu_constant(str(getattr(m, "approximate")))))  # noqa: B009
+register_layer_rule(nn.SiLU)(_activation(lambda m: silu_constant()))
+# SELU: scale * max(1, alpha e^x) for x <= 0, so scale * max(1, alpha); CELU: e^(x/alpha) <= 1
+register_layer_rule(nn.SELU)(_activation(lambda m: 1.0507009873554805 * 1.6732632423543772))
+register_layer_rule(nn.CELU, nn.Softsign)(_activation(lambda m: 1.0))
+register_layer_rule(nn.Hardsigmoid)(_activation(lambda m: 1.0 / 6.0))
+register_layer_rule(nn.Hardswish)(_activation(lambda m: 1.5))  # x/3 + 1/2 on (-3, 3): at most 3/2
+
+
+def softmax_constant() -> float:
+    """Softmax is 1/2-Lipschitz: its Jacobian ``diag(p) - p p^T`` is symmetric positive semi-definite
+    and row ``i`` has diagonal ``p_i (1 - p_i)`` and off-diagonal absolute sum ``p_i (1 - p_i)``, so
+    by Gershgorin every eigenvalue is at most ``max_i 2 p_i (1 - p_i) <= 1/2``.
+    """
+    return 0.5
+
+
+def log_softmax_constant(classes: int) -> float:
+    """``log_softmax`` over ``classes`` values: Jacobian ``I - 1 p^T``, norm ``<= 1 + sqrt(classes)``
+    (``||1 p^T|| = ||1|| ||p|| <= sqrt(classes)``).
+    """
+    return 1.0 + math.sqrt(classes)
+
+
+@register_layer_rule(nn.Softmax, nn.Softmin)
+def _softmax_rule(
+    module: nn.Module, shape: Shape, out: Shape, options: BoundOptions
+) -> dict[str, Any]:
+    return {"upper": softmax_constant(), "method": "gershgorin"}
+
+
+@register_layer_rule(nn.LogSoftmax)
+def _log_softmax_rule(
+    module: nn.Module, shape: Shape, out: Shape, options: BoundOptions
+) -> dict[str, Any]:
+    dim = getattr(module, "dim", None)
+    if dim is None:
+        raise InvalidInputError("LogSoftmax without dim has no Lipschitz rule: give dim=1")
+    classes = shape[dim - 1 if dim > 0 else dim]  # shapes have no batch dimension
+    return {"upper": log_softmax_constant(classes), "method": "triangle"}
+
+
+def conv1d_as_conv2d(module: nn.Conv1d) -> nn.Conv2d:
+    """The same operator as a Conv2d on ``(C, 1, L)``: kernel ``(1, k)``, stride ``(1, s)``, ..."""
+    if isinstance(module.padding, str):
+        padding: Any = module.padding
+    else:
+        padding = (0, int(module.padding[0]))
+    conv = nn.Conv2d(
+        module.in_channels,
+        module.out_channels,
+        (1, int(module.kernel_size[0])),
+        stride=(1, int(module.stride[0])),
+        padding=padding,
+        dilation=(1, int(module.dilation[0])),
+        groups=module.groups,
+        bias=False,
+        padding_mode=module.padding_mode,
+    )
+    with torch.no_grad():
+        conv.weight.copy_(module.weight.detach()[:, :, None, :])
+    return conv
+
+
+@register_layer_rule(nn.Conv1d)
+def _conv1d_rule(
+    module: nn.Module, shape: Shape, out: Shape, options: BoundOptions
+) -> dict[str, Any]:
+    """Conv1d on ``(C, L)`` is a Conv2d on ``(C, 1, L)`` with a ``1 x k`` kernel: the same bounds."""
+    assert isinstance(module, nn.Conv1d)
+    if len(shape) != 2:
+        raise InvalidInputError(f"Conv1d expects (C, L) inputs, got shape {shape}")
+    conv = conv1d_as_conv2d(module).to(module.weight.device)
+    fields = _conv_rule(conv, (shape[0], 1, shape[1]), (out[0], 1, out[1]), options)
+    k = int(module.kernel_size[0])
+    fields["size"] = f"{module.in_channels}x{k}x{module.out_channels}"
+    return fields
