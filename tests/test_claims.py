@@ -229,7 +229,7 @@ def test_units_verdict_says_which_way(p: float, r: float, verdict: str, directio
     c = claims.units_not_privileged([_units(p, r)])
     assert c["verdict"] == verdict
     assert c["parts"][0]["direction"] == direction
-    assert direction in c["statistic"] and "3 dead" in c["evidence"]
+    assert claims.DIRECTION_TEXT[direction] in c["statistic"] and "3 dead" in c["evidence"]
     assert c["p_value"] == p
 
 

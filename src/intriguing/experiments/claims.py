@@ -32,6 +32,12 @@ MAJORITY = 0.5  # share of cells that must significantly agree (Clopper-Pearson 
 UNITS_EFFECT = 0.3  # §3: a non-significant rank-biserial >= this is "underpowered", not "equal"
 FIGURE7_ADV_ACCURACY = 0.05  # Figure 7 "0% accuracy": the interval must lie below this
 PAPER_FIGURE7_ACCURACY = 0.51
+RULES_VERSION = 3  # in the claims step's params: a changed rule re-judges stored runs
+DIRECTION_TEXT = {
+    "more": "more coherent than",
+    "less": "less coherent than",
+    "equally": "not significantly different from",
+}
 
 
 def _claim(
@@ -388,7 +394,6 @@ def units_not_privileged(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
                 "verdict": verdict,
             }
         )
-    directions = sorted({p["direction"] for p in parts})
     return _claim(
         "units-not-privileged",
         "§3",
@@ -399,13 +404,14 @@ def units_not_privileged(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         f"rank-biserial r < {UNITS_EFFECT:g}; inconclusive if not significant with r >= "
         f"{UNITS_EFFECT:g}. Which way the evidence points is stated",
         stats.combine([p["verdict"] for p in parts]),
-        "units are "
-        + ("/".join(directions) if directions else "?")
-        + " coherent than random directions (p: the smallest per-run p)",
+        "; ".join(
+            f"{p['model']}: units {DIRECTION_TEXT[p['direction']]} random directions" for p in parts
+        )
+        + " (p: the smallest per-run p)",
         n=len(parts),
         p_value=min((p["p_value"] for p in parts), default=None),
         evidence="; ".join(
-            f"{p['model']}/{p['layer']}: units {p['direction']} coherent, {p['metric']} "
+            f"{p['model']}/{p['layer']}: units {DIRECTION_TEXT[p['direction']]} random, {p['metric']} "
             f"{p['units_mean']:.3f} vs {p['random_mean']:.3f}, p = {p['p_value']:.3g}, "
             f"r = {p['rank_biserial']:+.2f} ({p['n_units']} live units, {p['dead_units']} dead)"
             for p in parts

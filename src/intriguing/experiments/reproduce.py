@@ -400,7 +400,7 @@ def _assembly_steps(
         _step(
             "claims",
             claims,
-            {"claims": 2},
+            {"claims": claims_mod.RULES_VERSION},
             (
                 "tables/table1",
                 "tables/table2",
