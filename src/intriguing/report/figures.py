@@ -66,10 +66,13 @@ def plot_figure7(
                 fontsize=9,
             )
         else:
-            dist = meta["shown"][name]["distortion"]
+            shown = meta["shown"][name]
+            dist = shown["distortion"]
             mean = f"{np.mean(dist):.3f}" if dist else "-"
+            hits = [p == y for p, y in zip(shown["predicted"], shown["labels"], strict=True)]
+            acc = f"{100 * np.mean(hits):.0f}% of {len(hits)}" if hits else "-"
             ax.set_title(
-                f"original | adversarial for {name} (accuracy 0%, mean distortion {mean})",
+                f"original | adversarial for {name} (accuracy {acc}, mean distortion {mean})",
                 fontsize=9,
             )
     fig.tight_layout()
