@@ -303,3 +303,14 @@ def test_advtrain_report_uses_the_recorded_test_size() -> None:
     assert "size not recorded" in comparison_table(empty, None).caption
     caption = comparison_table(empty, 1000).caption
     assert "on 1000 test images" in caption and "10000" not in caption
+
+
+def test_report_refuses_claims_judged_by_older_rules(run_dir: Path, tmp_path: Path) -> None:
+    doc = json.loads((run_dir / "results.json").read_text())
+    old = doc | {"claims": [{"id": "x", "claim": "c", "verdict": "partly", "holds": 1, "total": 2}]}
+    old.pop("sanity")
+    (tmp_path / "results.json").write_text(json.dumps(old))
+    result = CliRunner().invoke(cli, ["report", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("Error: ") and "predate the rules" in result.output
+    assert len(result.output.strip().splitlines()) == 1

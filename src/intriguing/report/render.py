@@ -600,7 +600,30 @@ def load_results(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         raise IntriguingError(
             f"{path}: not a reproduce results file (schema {SCHEMA}); rerun reproduce"
         )
+    check_claims(doc, path)
     return doc
+
+
+CLAIM_FIELDS = ("id", "claim", "rule", "verdict", "statistic", "p_value", "ci", "n", "evidence")
+
+
+def check_claims(doc: Mapping[str, Any], path: Path) -> None:
+    """Every claim has the fields of docs/claims.md and a known verdict; sanity checks exist.
+
+    Raises:
+        IntriguingError: claims judged by older rules (or edited by hand); rerunning ``reproduce``
+            in the same directory re-judges them and reuses every other step.
+    """
+    claims, sanity = doc.get("claims"), doc.get("sanity")
+    ok = isinstance(claims, list) and isinstance(sanity, list)
+    for c in claims if isinstance(claims, list) else []:
+        ok = ok and isinstance(c, dict) and all(k in c for k in CLAIM_FIELDS)
+        ok = ok and c.get("verdict") in ("holds", "fails", "inconclusive")
+    if not ok:
+        raise IntriguingError(
+            f"{path}: its claims predate the rules of docs/claims.md or are malformed; rerun "
+            "`intriguing reproduce` with the same options and --out (finished steps are reused)"
+        )
 
 
 def load_figure7(root: Path, artifact: str) -> dict[str, Any]:
