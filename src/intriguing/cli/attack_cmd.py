@@ -71,15 +71,15 @@ def _model(params: dict[str, Any]) -> Any:
 
 
 def verify_successes(model: Any, result: Any) -> int:
-    """How many successes a fresh forward pass confirms (prediction != label, or == target)."""
+    """How many successes a fresh forward pass confirms (prediction != label, or == target >= 0)."""
+    import torch
+
     from intriguing.inputs import predict
 
     predicted = predict(model, result.adversarial)
     labels, success = result.labels.cpu(), result.success.cpu()
-    if result.targets is not None:
-        fooled = predicted == result.targets.cpu()
-    else:
-        fooled = predicted != labels
+    targets = result.targets.cpu()
+    fooled = torch.where(targets >= 0, predicted == targets, predicted != labels)
     return int((fooled & success).sum())
 
 

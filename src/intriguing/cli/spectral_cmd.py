@@ -1,8 +1,10 @@
 """``intriguing spectral MODEL``: per-layer frame bounds (Table 5) and the certified/attack sandwich.
 
 MODEL is a zoo name (``intriguing zoo`` lists them; the trained checkpoint is loaded or trained by
-:func:`intriguing.training.load_model`) or ``alexnet`` (torchvision's pretrained AlexNet, when
-torchvision and its weights are present).
+:func:`intriguing.training.load_model`), ``package.module:factory`` / ``file.py:factory`` (with
+``--input-shape C,H,W``; the current directory is importable), a zoo checkpoint, or ``alexnet``
+(torchvision's pretrained AlexNet, when torchvision and its weights are present). ``--weights`` and
+``--normalize`` apply as in every command (the bound then includes the normalisation).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from rich.console import Console
 from rich.table import Table
 
 from intriguing.cli.options import data_options, json_option, seed_option
-from intriguing.errors import IntriguingError
+from intriguing.cli.validation import float_range
+from intriguing.errors import IntriguingError, InvalidInputError
 from intriguing.report.render import format_bound
 
 ALEXNET = "alexnet"
@@ -27,10 +30,18 @@ MNIST_INPUT = (1, 28, 28)
 
 def load_named_model(
     name: str, dataset: str, data_dir: Path | None, seed: int
-) -> tuple[Any, Any, tuple[int, ...]]:
-    """``(model, layers or None, input shape)`` for a zoo name or ``alexnet``."""
+) -> tuple[Any, Any, tuple[int, ...] | None]:
+    """``(model, layers or None, input shape or None)`` for any MODEL form or ``alexnet``.
+
+    A user's model (factory or file) has no known input shape: None (``--input-shape`` gives it).
+    """
     if name == ALEXNET:
         return (*_load_alexnet(), ALEXNET_INPUT)
+    if ":" in name or Path(name).suffix.lower() in (".safetensors", ".json"):
+        from intriguing.inputs import resolve_model
+
+        loaded = resolve_model(name, dataset=dataset, data_dir=data_dir, seed=seed)
+        return loaded.model, None, MNIST_INPUT if loaded.kind == "checkpoint" else None
     try:
         from intriguing.training import load_model
     except ImportError as exc:
@@ -122,8 +133,76 @@ def sandwich_table(summary: dict[str, Any]) -> Table:
     return table
 
 
+def parse_input_shape(text: str | None) -> tuple[int, ...] | None:
+    """``--input-shape C,H,W`` (or ``CxHxW``): three positive sizes, batch excluded."""
+    if text is None:
+        return None
+    try:
+        shape = tuple(int(t) for t in text.replace("x", ",").split(",") if t.strip())
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or any(d < 1 for d in shape):
+        raise InvalidInputError(
+            f"--input-shape {text!r}: expected positive sizes without the batch, e.g. 3,32,32"
+        )
+    return shape
+
+
+def _prepared_model(
+    model_name: str, params: dict[str, Any], seed: int, shape_text: str | None
+) -> tuple[Any, Any, tuple[int, ...]]:
+    """MODEL with --weights/--normalize, its layers (alexnet) and a probed input shape."""
+    import torch
+
+    from intriguing.inputs import check_model_input, finish_model, parse_normalize
+
+    normalize = parse_normalize(params["normalize"]) if params["normalize"] else None
+    given = parse_input_shape(shape_text)
+    if params["weights"] is not None and model_name != ALEXNET:
+        from intriguing.inputs import resolve_model
+
+        loaded = resolve_model(model_name, trained=False)
+        model, layers = loaded.model, None
+        known = None if loaded.kind == "factory" else MNIST_INPUT
+    else:
+        model, layers, known = load_named_model(
+            model_name, params["dataset"], params["data_dir"], seed
+        )
+    input_shape = given or known
+    if input_shape is None:
+        raise InvalidInputError(
+            f"{model_name}: give the input shape of this model with --input-shape C,H,W "
+            "(e.g. 3,32,32)"
+        )
+    if layers is not None and (params["weights"] or normalize):
+        raise InvalidInputError("--weights and --normalize do not apply to alexnet")
+    model = finish_model(model, weights=params["weights"], preprocessing=normalize)
+    check_model_input(model, torch.zeros(2, *input_shape))
+    return model, layers, input_shape
+
+
 @click.command("spectral")
 @click.argument("model_name", metavar="MODEL")
+@click.option(
+    "--input-shape",
+    "input_shape_text",
+    default=None,
+    metavar="C,H,W",
+    help="Input shape of a user's model (without the batch), e.g. 3,32,32; zoo: 1,28,28.",
+)
+@click.option(
+    "--weights",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="A .safetensors state dict loaded into MODEL (keys and shapes must match; no pickles).",
+)
+@click.option(
+    "--normalize",
+    default=None,
+    metavar="MEANS,STDS",
+    help="Per-channel normalisation before the model, means then stds (e.g. 0.1307,0.3081); "
+    "the bound includes it.",
+)
 @data_options
 @seed_option
 @json_option
@@ -152,7 +231,7 @@ def sandwich_table(summary: dict[str, Any]) -> Table:
 )
 @click.option(
     "--tol",
-    type=click.FloatRange(min=0, min_open=True),
+    type=float_range(min=0, min_open=True),
     default=1e-8,
     show_default=True,
     help="Power iteration stops when the estimate changes by less than this (relative); Lanczos: "
@@ -168,11 +247,15 @@ def spectral(
     power_iterations: int,
     exact_method: str,
     tol: float,
+    input_shape_text: str | None,
+    weights: Path | None,
+    normalize: str | None,
 ) -> None:
     """Frame bounds of every layer of MODEL (paper Table 5) and their product.
 
-    MODEL is a zoo name (see 'intriguing zoo'; trained first if not cached) or 'alexnet'
-    (torchvision's pretrained AlexNet, when installed). With --sandwich N, certified lower bounds on
+    MODEL is a zoo name (see 'intriguing zoo'; trained first if not cached), package.module:factory
+    or file.py:factory with --input-shape C,H,W (run from the folder holding the module), a zoo
+    checkpoint, or 'alexnet' (torchvision's pretrained AlexNet, when installed). With --sandwich N, certified lower bounds on
     the minimum distortion of the first N test images are shown beside the L-BFGS attack's.
     """
     from intriguing._io import atomic_write_json
@@ -180,7 +263,12 @@ def spectral(
 
     if n_sandwich and model_name == ALEXNET:
         raise IntriguingError("--sandwich works on the MNIST zoo only, not on alexnet")
-    model, layers, input_shape = load_named_model(model_name, dataset, data_dir, seed)
+    params = {"weights": weights, "normalize": normalize, "dataset": dataset, "data_dir": data_dir}
+    model, layers, input_shape = _prepared_model(model_name, params, seed, input_shape_text)
+    if n_sandwich and tuple(input_shape) != MNIST_INPUT:
+        raise InvalidInputError(
+            f"--sandwich attacks MNIST test images (1,28,28); this model takes {input_shape}"
+        )
     options = BoundOptions(power_iterations=power_iterations, tol=tol, exact_method=exact_method)
     console = Console()
     if not console.is_terminal:  # files and pipes get the whole table

@@ -9,7 +9,13 @@ from typing import Any
 
 import click
 
-from intriguing.cli.options import data_options, json_option, seed_option
+from intriguing.cli.options import (
+    data_options,
+    json_option,
+    model_options,
+    seed_option,
+    user_data_options,
+)
 
 
 def _percent(value: Any) -> str:
@@ -125,6 +131,8 @@ def train(
     default=None,
     help="Evaluate this checkpoint (.safetensors or its .json sidecar) instead of the cached model.",
 )
+@model_options
+@user_data_options()
 def eval_cmd(
     name: str | None,
     dataset: str,
@@ -132,8 +140,13 @@ def eval_cmd(
     seed: int,
     json_path: Path | None,
     checkpoint: Path | None,
+    **params: Any,
 ) -> None:
-    """Evaluate zoo model NAME (trained and cached if needed) on train, test, P1 and P2."""
+    """Evaluate zoo model NAME (trained and cached if needed) on train, test, P1 and P2.
+
+    Any other MODEL (package.module:factory, file.py:factory; --weights, --normalize, --device) or
+    --images/--tensors data: the error rate on the test split or on that data.
+    """
     from intriguing.data import load_mnist
     from intriguing.errors import InvalidInputError
     from intriguing.models import get_entry
@@ -141,6 +154,16 @@ def eval_cmd(
 
     if checkpoint is None and name is None:
         raise InvalidInputError("give a model NAME or --checkpoint PATH (see `intriguing zoo`)")
+    user = {k: v for k, v in params.items() if v is not None and k != "device"}
+    if (
+        name is not None
+        and checkpoint is None
+        and (":" in name or user or params["device"] != "cpu")
+    ):
+        _report(
+            _eval_any(name, {**params, "dataset": dataset, "data_dir": data_dir}, seed), json_path
+        )
+        return
     if checkpoint is not None:
         trained = load_checkpoint(checkpoint)
         if name is not None and get_entry(name).name != trained.name:
@@ -171,6 +194,33 @@ def _paper_value(key: str, value: Any) -> str:
     if key.endswith("_error") and isinstance(value, float):
         return _percent(value)
     return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def _eval_any(spec: str, params: dict[str, Any], seed: int) -> dict[str, Any]:
+    """Error rate of any MODEL on MNIST's test split, --images or --tensors (labels needed)."""
+    from intriguing.cli.options import model_from_options, open_user_data
+    from intriguing.errors import InvalidInputError
+    from intriguing.inputs import predict
+
+    data = open_user_data(params)
+    model, description = model_from_options(spec, params, seed=seed)
+    data.fit_to(model)
+    if data.labels is None:
+        raise InvalidInputError(
+            "these images have no labels: give --labels, class subfolders or 'labels'"
+        )
+    wrong = 0
+    for start in range(0, len(data), 512):
+        stop = min(start + 512, len(data))
+        wrong += int((predict(model, data.batch(start, stop)) != data.labels[start:stop]).sum())
+    where = data.meta.get("split") if data.kind == "mnist" else data.kind
+    return {
+        "model": description,
+        "data": str(data.meta.get("path") or data.meta.get("dataset")),
+        "n": len(data),
+        f"{where}_error": wrong / len(data),
+        "device": str(params["device"]),
+    }
 
 
 def _report(result: dict[str, Any], json_path: Path | None) -> None:

@@ -1,0 +1,303 @@
+"""The one way in (issue 14), through the Python API: models, weights, normalisation, data, checks.
+
+User models come from ``tests/fixtures/mymodels.py``, imported as ``mymodels:...`` with that folder
+as the current directory, as a researcher would run ``intriguing attack mymodels:lenet``.
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from intriguing.analysis import imagefolder
+from intriguing.analysis.curves import model_robust_accuracy, robust_accuracy
+from intriguing.errors import InvalidInputError, UnknownModelError
+from intriguing.inputs import (
+    DataSource,
+    check_model_input,
+    choose_examples,
+    load_any_model,
+    load_tensors,
+    open_data,
+    parse_normalize,
+    resolve_device,
+    select_correct,
+)
+from intriguing.models.preprocessing import Preprocessed
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+@pytest.fixture
+def in_fixtures(monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run from tests/fixtures (so that ``mymodels`` resolves from the current directory)."""
+    monkeypatch.chdir(FIXTURES)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(FIXTURES))])
+    sys.modules.pop("mymodels", None)
+    return FIXTURES
+
+
+# ------------------------------------------------------------------------------------ models
+def test_factory_resolves_from_the_current_directory(in_fixtures: Path) -> None:
+    model = load_any_model("mymodels:lenet")
+    assert not model.training
+    assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    by_file = load_any_model("mymodels.py:resnet")
+    assert by_file(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_unknown_form_lists_the_forms_and_missing_module_says_why(in_fixtures: Path) -> None:
+    with pytest.raises(UnknownModelError, match=r"package\.module:factory") as info:
+        load_any_model("no-such-model")
+    assert "zoo name" in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(InvalidInputError, match=r"cannot import 'no_such_mod_xyz'.*PYTHONPATH"):
+        load_any_model("no_such_mod_xyz:make")
+    with pytest.raises(InvalidInputError, match="has no callable 'nope'"):
+        load_any_model("mymodels:nope")
+
+
+def test_preprocessing_wrapper_equals_normalisation_inside_the_model(in_fixtures: Path) -> None:
+    inside = load_any_model("mymodels:lenet")
+    outside = load_any_model("mymodels:lenet_raw", preprocessing=([0.1307], [0.3081]))
+    same = load_any_model("mymodels:lenet_raw", preprocessing="0.1307,0.3081")
+    assert isinstance(outside, Preprocessed)
+    x = torch.rand(5, 1, 28, 28)
+    torch.testing.assert_close(outside(x), inside(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(same(x), inside(x), rtol=1e-5, atol=1e-5)
+
+
+def test_parse_normalize_splits_means_then_stds() -> None:
+    assert parse_normalize("0.1307,0.3081") == ([0.1307], [0.3081])
+    assert parse_normalize("0.5,0.4,0.3,0.2,0.2,0.1") == ([0.5, 0.4, 0.3], [0.2, 0.2, 0.1])
+    for bad in ("0.5", "0.5,0.2,0.1", "a,b", ""):
+        with pytest.raises(InvalidInputError, match="--normalize"):
+            parse_normalize(bad)
+
+
+def test_weights_round_trip_and_every_refusal(in_fixtures: Path, tmp_path: Path) -> None:
+    source = load_any_model("mymodels:colour_cnn")
+    with torch.no_grad():
+        for p in source.parameters():
+            p.mul_(-2.0)  # different from the factory's weights
+    good = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(good))
+    loaded = load_any_model("mymodels:colour_cnn", weights=good)
+    x = torch.rand(3, 3, 32, 32)
+    torch.testing.assert_close(loaded(x), source(x))
+    state = source.state_dict()
+    renamed = {("x." + k if k == "0.weight" else k): v.contiguous() for k, v in state.items()}
+    save_file(renamed, str(tmp_path / "keys.safetensors"))
+    with pytest.raises(InvalidInputError, match=r"missing 0\.weight; unexpected x\.0\.weight"):
+        load_any_model("mymodels:colour_cnn", weights=tmp_path / "keys.safetensors")
+    reshaped = {k: v.contiguous() for k, v in state.items()}
+    reshaped["5.weight"] = torch.zeros(10, 7)
+    save_file(reshaped, str(tmp_path / "shape.safetensors"))
+    with pytest.raises(InvalidInputError, match=r"5.weight has shape \(10, 7\) in the file"):
+        load_any_model("mymodels:colour_cnn", weights=tmp_path / "shape.safetensors")
+    torch.save(state, tmp_path / "w.pt")
+    with pytest.raises(InvalidInputError, match="pickles can run code"):
+        load_any_model("mymodels:colour_cnn", weights=tmp_path / "w.pt")
+    (tmp_path / "pickle.safetensors").write_bytes((tmp_path / "w.pt").read_bytes())
+    with pytest.raises(InvalidInputError, match="not a readable safetensors file"):
+        load_any_model("mymodels:colour_cnn", weights=tmp_path / "pickle.safetensors")
+
+
+def test_device_choices() -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(InvalidInputError, match="choose one of cpu, cuda, auto"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(InvalidInputError, match="CUDA is not available"):
+            resolve_device("cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cpu_and_cuda_attacks_agree(in_fixtures: Path) -> None:
+    """The same attack on CPU and CUDA: same successes, distortions within 1e-3 relative."""
+    from intriguing.attacks import LBFGS
+
+    cpu = load_any_model("mymodels:colour_cnn", device="cpu")
+    gpu = load_any_model("mymodels:colour_cnn", device="cuda")
+    torch.manual_seed(0)
+    images = torch.rand(8, 3, 32, 32)
+    labels = cpu(images).argmax(1)
+    with torch.no_grad():
+        torch.testing.assert_close(gpu(images.cuda()).cpu(), cpu(images), rtol=1e-4, atol=1e-4)
+    a = LBFGS(mode="untargeted", seed=0)(cpu, images, labels)
+    b = LBFGS(mode="untargeted", seed=0)(gpu, images.cuda(), labels.cuda())
+    assert b.adversarial.device.type == "cuda"
+    assert torch.equal(a.success, b.success.cpu())
+    ok = a.success
+    torch.testing.assert_close(b.distortion.cpu()[ok], a.distortion[ok], rtol=1e-3, atol=1e-5)
+
+
+# -------------------------------------------------------------------------------------- data
+def _grey_folder(root: Path, n: int = 4, size: int = 28, classes: bool = True) -> Path:
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        folder = root / str(i % 2) if classes else root
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 256, size=(size, size), dtype=np.uint8)
+        Image.fromarray(pixels, "L").save(folder / f"img{i}.png")
+    return root
+
+
+def test_sixteen_bit_png_is_scaled_by_65535(tmp_path: Path) -> None:
+    values = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000).astype(np.uint16)
+    Image.fromarray(values).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode == "I;16"
+    data = open_data(images=tmp_path, mode="L")
+    got = data.batch(0, 1)[0, 0].numpy()
+    np.testing.assert_allclose(got, values / 65535.0, rtol=0, atol=1e-6)
+    assert got.max() < 1.0 and len(np.unique(got)) == 64  # not saturated at 255
+    rgb = open_data(images=tmp_path, mode="RGB").batch(0, 1)[0]
+    assert rgb.shape == (3, 8, 8) and torch.equal(rgb[0], rgb[2])
+
+
+def test_palette_and_alpha_pngs_are_read_through_their_palette(tmp_path: Path) -> None:
+    palette = [255, 0, 0, 0, 128, 255] + [0] * (256 * 3 - 6)
+    index = np.array([[0, 1], [1, 0]], dtype=np.uint8)
+    image = Image.fromarray(index, "P")
+    image.putpalette(palette)
+    image.save(tmp_path / "a_palette.png")
+    Image.fromarray(np.full((2, 2, 4), [10, 20, 30, 0], dtype=np.uint8), "RGBA").save(
+        tmp_path / "b_rgba.png"
+    )
+    Image.fromarray(np.full((2, 2, 2), [200, 7], dtype=np.uint8), "LA").save(tmp_path / "c_la.png")
+    batch = open_data(images=tmp_path, mode="RGB").batch(0, 3) * 255
+    assert batch[0, :, 0, 0].round().tolist() == [255, 0, 0]
+    assert batch[0, :, 0, 1].round().tolist() == [0, 128, 255]
+    assert batch[1, :, 1, 1].round().tolist() == [10, 20, 30]
+    assert batch[2, :, 0, 0].round().tolist() == [200, 200, 200]
+
+
+def _png_header_only(path: Path, width: int, height: int) -> None:
+    """A PNG whose header claims ``width x height`` (no pixel data is ever needed to refuse it)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+
+
+def test_huge_and_empty_inputs_are_refused_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "huge").mkdir()
+    _png_header_only(tmp_path / "huge" / "big.png", 20000, 20000)
+    with pytest.raises(InvalidInputError, match="too many pixels") as info:
+        open_data(images=tmp_path / "huge", mode="L").batch(0, 1)
+    assert "\n" not in str(info.value)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InvalidInputError, match="no image files"):
+        open_data(images=tmp_path / "empty")
+    save_file({"images": torch.zeros(0, 1, 28, 28)}, str(tmp_path / "none.safetensors"))
+    with pytest.raises(InvalidInputError, match="holds no images"):
+        load_tensors(tmp_path / "none.safetensors")
+    assert imagefolder.MAX_PIXELS < 20000 * 20000
+
+
+@pytest.mark.parametrize(
+    ("arrays", "message"),
+    [
+        ({"images": np.full((2, 1, 4, 4), 1.5, np.float32)}, r"must lie in \[0, 1\], found"),
+        ({"images": np.zeros((2, 4, 4), np.float32)}, "add a channel axis"),
+        ({"pixels": np.zeros((2, 1, 4, 4), np.float32)}, "no 'images' entry"),
+        ({"images": np.zeros((2, 1, 4, 4), np.uint8)}, "store floats in"),
+        ({"images": np.full((2, 1, 4, 4), np.nan, np.float32)}, "NaN"),
+        (
+            {"images": np.zeros((2, 1, 4, 4), np.float32), "labels": np.zeros(3, np.int64)},
+            r"'labels' must have shape \(2,\)",
+        ),
+    ],
+)
+def test_tensor_files_are_verified(
+    arrays: dict[str, np.ndarray], message: str, tmp_path: Path
+) -> None:
+    np.savez(tmp_path / "t.npz", **arrays)
+    with pytest.raises(InvalidInputError, match=message):
+        load_tensors(tmp_path / "t.npz")
+    save_file({k: torch.from_numpy(v) for k, v in arrays.items()}, str(tmp_path / "t.safetensors"))
+    with pytest.raises(InvalidInputError, match=message):
+        load_tensors(tmp_path / "t.safetensors")
+
+
+def test_probe_names_the_model_input_and_the_data_shape(in_fixtures: Path, tmp_path: Path) -> None:
+    colour, lenet = load_any_model("mymodels:colour_cnn"), load_any_model("mymodels:lenet")
+    with pytest.raises(InvalidInputError, match=r"expects 3-channel images.*1x32x32"):
+        check_model_input(colour, torch.rand(2, 1, 32, 32))
+    with pytest.raises(InvalidInputError, match=r"expects 1-channel images.*3x28x28"):
+        check_model_input(lenet, torch.rand(2, 3, 28, 28))
+    folder = _grey_folder(tmp_path / "grey")
+    with pytest.raises(InvalidInputError, match=r"does not accept the data \(1x16x16"):
+        open_data(images=folder, image_size=16).fit_to(lenet)
+    with pytest.raises(InvalidInputError, match="expects 3-channel images"):
+        open_data(images=folder, mode="L").fit_to(colour)
+    grey = open_data(images=folder)  # mode follows the model
+    assert grey.fit_to(lenet) == 10 and grey.meta["mode"] == "L"
+    assert grey.labels is not None and grey.labels.tolist() == [0, 0, 1, 1]
+    assert grey.names == ["0/img0.png", "0/img2.png", "1/img1.png", "1/img3.png"]
+    auto_rgb = open_data(images=folder, image_size=32)
+    auto_rgb.fit_to(colour)  # grey files converted for a colour model when no --mode is given
+    assert auto_rgb.meta["mode"] == "RGB" and auto_rgb.batch(0, 1).shape == (1, 3, 32, 32)
+    with pytest.raises(InvalidInputError, match="out of range for a model with 10 outputs"):
+        check_model_input(lenet, torch.rand(2, 1, 28, 28), torch.tensor([3, 12]))
+
+
+# ------------------------------------------------------------------------------ selection
+def test_select_correct_keeps_the_first_correct_in_order() -> None:
+    weight = torch.eye(3)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3, 3, bias=False))
+    with torch.no_grad():
+        model[1].weight.copy_(weight)
+    images = torch.eye(3)[[0, 1, 2, 0, 1]].view(5, 1, 1, 3)
+    labels = torch.tensor([0, 2, 2, 1, 1])  # correct: 0, 2, 4
+    x, y, index = select_correct(model, images, labels, 2)
+    assert index.tolist() == [0, 2] and y.tolist() == [0, 2] and torch.equal(x, images[[0, 2]])
+    with pytest.raises(InvalidInputError, match=r"only 3 correctly classified.*at most 3"):
+        select_correct(model, images, labels, 4)
+    tensors = DataSource("tensors", images, labels, list("abcde"))
+    x2, y2, index2, source = choose_examples(model, tensors, 3, chunk=2)
+    assert index2.tolist() == [0, 2, 4] and source == "labels" and y2.tolist() == [0, 2, 1]
+    assert torch.equal(x2, images[[0, 2, 4]])
+
+
+# --------------------------------------------------------------------------- robust accuracy
+def test_robust_accuracy_is_hand_computed() -> None:
+    correct = torch.tensor([True, True, True, False, True])
+    success = torch.tensor([True, True, False, False, True])
+    distortion = torch.tensor([0.5, 1.5, 9.0, 0.0, 2.0])
+    got = robust_accuracy(correct, distortion, success, [0.0, 0.5, 1.0, 2.0, 5.0])
+    # 4 correct; fooled within eps: {} {0} {0} {0,1,4} {0,1,4}; the failed attack stays robust
+    assert got.tolist() == pytest.approx([0.8, 0.6, 0.6, 0.2, 0.2])
+    with pytest.raises(InvalidInputError, match="budgets"):
+        robust_accuracy(correct, distortion, success, [-1.0])
+
+
+def test_model_robust_accuracy_matches_its_attack(in_fixtures: Path) -> None:
+    from intriguing.attacks import LBFGS
+
+    model = load_any_model("mymodels:colour_cnn")
+    torch.manual_seed(0)
+    images = torch.rand(6, 3, 32, 32)
+    labels = model(images).argmax(1)
+    labels[0] = (labels[0] + 1) % 10  # one clean error: never robust
+    summary, result = model_robust_accuracy(
+        model, images, labels, [0.0, 0.1, 100.0], norm="l2", attack=LBFGS(max_iter=30, seed=0)
+    )
+    assert summary["clean_accuracy"] == pytest.approx(5 / 6) and summary["attacked"] == 5
+    fooled = (model(result.adversarial).argmax(1) != labels[1:]) & result.success
+    l2 = (result.adversarial - images[1:]).flatten(1).norm(dim=1)
+    expected = [(5 - int((fooled & (l2 <= e + 1e-5)).sum())) / 6 for e in (0.0, 0.1, 100.0)]
+    assert summary["robust_accuracy"] == pytest.approx(expected)
+    assert summary["robust_accuracy"][0] == pytest.approx(5 / 6)

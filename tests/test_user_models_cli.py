@@ -1,0 +1,235 @@
+"""Issue 14 through the CLI: a researcher's own models (tests/fixtures/mymodels.py) and data.
+
+Every command runs from tests/fixtures, so ``mymodels:lenet`` resolves from the current directory
+as it would for a user. Models are random-init (fixed seeds): the attack, unit analysis and
+curves need no trained model; each success is re-verified here with a fresh forward pass.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner, Result
+from PIL import Image
+from safetensors.torch import save_file
+
+from intriguing.attacks import AttackResult
+from intriguing.cli import main
+from intriguing.inputs import load_any_model
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+@pytest.fixture(autouse=True)
+def in_fixtures(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(FIXTURES)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(FIXTURES))])
+    sys.modules.pop("mymodels", None)
+    monkeypatch.setitem(main.COMMANDS, "figure5", "intriguing.cli.reproduce_cmd:figure5")
+
+
+def run(*args: str) -> Result:
+    return CliRunner().invoke(main.cli, list(args))
+
+
+def one_line_error(result: Result, message: str) -> None:
+    assert result.exit_code == 2, result.output
+    assert message in result.output, result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def _folder(root: Path, mode: str, size: int, n: int = 4, classes: bool = True) -> Path:
+    """``n`` random PNGs in class subfolders 0/ and 1/ (ImageFolder layout), or flat."""
+    rng = np.random.default_rng(1)
+    shape = (size, size) if mode == "L" else (size, size, 3)
+    for i in range(n):
+        folder = root / str(i % 2) if classes else root
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 256, size=shape, dtype=np.uint8)
+        Image.fromarray(pixels, mode).save(folder / f"img{i}.png")
+    return root
+
+
+def _tensors(path: Path, spec: str, shape: tuple[int, ...], n: int = 4) -> Path:
+    """Random images with the model's own predictions as labels (every one correct)."""
+    torch.manual_seed(5)
+    images = torch.rand(n, *shape)
+    labels = load_any_model(spec)(images).argmax(1)
+    save_file({"images": images, "labels": labels}, str(path))
+    return path
+
+
+def _reverified(
+    spec: str, saved: Path, normalize: tuple[list[float], list[float]] | None = None
+) -> AttackResult:
+    result = AttackResult.load(saved)
+    model = load_any_model(spec, preprocessing=normalize)
+    with torch.no_grad():
+        predicted = model(result.adversarial).argmax(1)
+    assert bool(result.success.all())
+    assert torch.equal(predicted != result.labels, result.success)
+    assert bool((result.distortion > 0).all())
+    assert float(result.adversarial.min()) >= 0.0 and float(result.adversarial.max()) <= 1.0
+    return result
+
+
+# --------------------------------------------------------------------------------- attack
+def test_attack_lenet_on_mnist(mnist_dir: Path, tmp_path: Path) -> None:
+    js, saved = tmp_path / "a.json", tmp_path / "a.safetensors"
+    result = run(
+        "attack", "mymodels:lenet", "--n", "3", "--data-dir", str(mnist_dir),
+        "--json", str(js), "--save", str(saved),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "re-verified         3/3 successes" in result.output
+    payload = json.loads(js.read_text())
+    assert payload["summary"]["success_rate"] == 1.0 and payload["correct_only"] is True
+    assert payload["verified_successes"] == 3 and payload["labels_from"] == "labels"
+    _reverified("mymodels:lenet", saved)
+
+
+def test_attack_with_normalize_outside_the_model(mnist_dir: Path, tmp_path: Path) -> None:
+    saved = tmp_path / "n.safetensors"
+    result = run(
+        "attack", "mymodels:lenet_raw", "--normalize", "0.1307,0.3081", "--n", "2",
+        "--data-dir", str(mnist_dir), "--save", str(saved),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    stored = _reverified("mymodels:lenet_raw", saved, ([0.1307], [0.3081]))
+    inside = load_any_model("mymodels:lenet")  # the same function with the normalisation inside
+    with torch.no_grad():
+        assert bool((inside(stored.adversarial).argmax(1) != stored.labels).all())
+
+
+def test_attack_colour_cnn_on_tensors_and_resnet_on_a_folder(tmp_path: Path) -> None:
+    tensors = _tensors(tmp_path / "t.safetensors", "mymodels:colour_cnn", (3, 32, 32))
+    saved = tmp_path / "c.safetensors"
+    result = run("attack", "mymodels:colour_cnn", "--tensors", str(tensors), "--n", "3",
+                 "--save", str(saved))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    _reverified("mymodels:colour_cnn", saved)
+    folder = _folder(tmp_path / "rgb", "RGB", 32, classes=False)
+    saved = tmp_path / "r.safetensors"
+    js = tmp_path / "r.json"
+    result = run("attack", "mymodels:resnet", "--images", str(folder), "--n", "4",
+                 "--save", str(saved), "--json", str(js))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    _reverified("mymodels:resnet", saved)
+    payload = json.loads(js.read_text())
+    assert payload["layout"] == "flat" and payload["labels_from"] == "predictions"
+
+
+def test_weights_file_is_loaded_into_the_factory_model(tmp_path: Path) -> None:
+    model = load_any_model("mymodels:colour_cnn")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3.0)
+    weights = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    torch.manual_seed(5)
+    images = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        labels = model(images).argmax(1)  # the predictions of the *loaded* weights
+    tensors = tmp_path / "t.safetensors"
+    save_file({"images": images, "labels": labels}, str(tensors))
+    js = tmp_path / "w.json"
+    result = run("attack", "mymodels:colour_cnn", "--weights", str(weights), "--tensors",
+                 str(tensors), "--n", "3", "--json", str(js))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads(js.read_text())["correct_only"] is True  # all 3 are correct: weights used
+
+
+# ------------------------------------------------------------------ units, figure5, curves
+def test_units_on_a_grey_image_folder(tmp_path: Path) -> None:
+    folder = _folder(tmp_path / "grey", "L", 28, n=12)
+    js = tmp_path / "u.json"
+    result = run(
+        "units", "mymodels:lenet", "--layer", "fc1", "--images", str(folder), "--k", "3",
+        "--n-directions", "4", "--directions", "natural,random", "--n-null", "200",
+        "--n-resamples", "99", "--alphas", "none", "--json", str(js),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    payload = json.loads(js.read_text())
+    assert payload["dim"] == 64 and payload["image_set"]["classes"] == ["0", "1"]
+    assert payload["image_set"]["mode"] == "L"
+
+
+def test_figure5_on_grey_pngs_no_longer_crashes(tmp_path: Path) -> None:
+    folder = _folder(tmp_path / "grey", "L", 28, n=2)
+    out = tmp_path / "f5"
+    result = run(
+        "figure5", "mymodels:lenet", "--images", str(folder), "--n", "2", "--out", str(out)
+    )
+    assert result.exit_code == 0, result.output
+    stored = AttackResult.load(out / "figure5.safetensors")
+    assert stored.adversarial.shape == (2, 1, 28, 28)
+    assert (out / "figure5.png").stat().st_size > 1000
+
+
+def test_curves_robust_accuracy_at_budgets(tmp_path: Path) -> None:
+    tensors = _tensors(tmp_path / "t.npz.safetensors", "mymodels:resnet", (3, 32, 32), n=5)
+    js, plot = tmp_path / "c.json", tmp_path / "c.png"
+    result = run(
+        "curves", "mymodels:resnet", "--tensors", str(tensors), "--eps", "2,0.5,1", "--norm", "l2",
+        "--n", "5", "--max-iter", "20", "--json", str(js), "--plot", str(plot),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    payload = json.loads(js.read_text())
+    acc = payload["robust_accuracy"]
+    assert payload["eps"] == [0.5, 1.0, 2.0] and payload["norm"] == "l2"
+    assert payload["clean_accuracy"] == 1.0 and acc[0] >= acc[1] >= acc[2] >= 0.0
+    assert payload["n"] == 5 and plot.stat().st_size > 1000
+    rms = run("curves", "mymodels:resnet", "--tensors", str(tensors), "--eps", "0.01",
+              "--norm", "rms", "--n", "2", "--max-iter", "20")  # fmt: skip
+    assert rms.exit_code == 0 and "eps 0.01" in rms.output
+
+
+# --------------------------------------------------------------------------------- spectral
+def test_spectral_user_models_run_or_refuse_cleanly(tmp_path: Path) -> None:
+    js = tmp_path / "s.json"
+    ok = run("spectral", "mymodels:colour_cnn", "--input-shape", "3,32,32",
+             "--exact-method", "none", "--json", str(js))  # fmt: skip
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(js.read_text())["bound"]["lipschitz_upper"] > 0
+    one_line_error(run("spectral", "mymodels:colour_cnn"), "--input-shape C,H,W")
+    one_line_error(
+        run("spectral", "mymodels:colour_cnn", "--input-shape", "1,28,28"), "expects 3-channel"
+    )
+    one_line_error(run("spectral", "mymodels:lenet", "--input-shape", "3,x"), "--input-shape")
+
+
+# --------------------------------------------------------------------------------- refusals
+def test_refusals_are_one_line(tmp_path: Path, mnist_dir: Path) -> None:
+    grey = _folder(tmp_path / "grey", "L", 32, n=2)
+    colour = tmp_path / "c.safetensors"
+    save_file({"images": torch.rand(2, 3, 28, 28), "labels": torch.tensor([1, 2])}, str(colour))
+    mnist = ["--data-dir", str(mnist_dir)]
+    one_line_error(run("attack", "no-such-thing"), "package.module:factory")
+    one_line_error(run("attack", "no_such_module_xyz:make"), "cannot import 'no_such_module_xyz'")
+    one_line_error(
+        run("attack", "mymodels:colour_cnn", "--images", str(grey), "--image-mode", "L"),
+        "expects 3-channel images",
+    )
+    one_line_error(run("attack", "mymodels:lenet", "--tensors", str(colour)), "expects 1-channel")
+    one_line_error(
+        run("figure5", "mymodels:lenet", "--images", str(grey), "--image-size", "16"),
+        "does not accept the data (1x16x16",
+    )
+    one_line_error(run("units", "mymodels:colour_cnn", "--layer", "1", *mnist), "1x28x28")
+    torch.save({"0.weight": torch.zeros(1)}, tmp_path / "w.pt")
+    one_line_error(run("attack", "mymodels:lenet", "--weights", str(tmp_path / "w.pt")), "pickles")
+    save_file({"conv1.weight": torch.zeros(6, 1, 3, 3)}, str(tmp_path / "bad.safetensors"))
+    one_line_error(
+        run("attack", "mymodels:lenet", "--weights", str(tmp_path / "bad.safetensors")),
+        "keys do not match the model",
+    )
+    one_line_error(run("curves", "mymodels:lenet", *mnist), "--eps is required")
+    one_line_error(run("curves", "mymodels:lenet", "--eps", "1,-2", *mnist), "finite numbers >= 0")
+    if not torch.cuda.is_available():
+        one_line_error(run("attack", "mymodels:lenet", "--device", "cuda"), "CUDA is not available")
+    one_line_error(run("eval", "mymodels:lenet", "--images", str(grey)), "does not accept")
