@@ -163,7 +163,7 @@ def _prepared_model(
 
         loaded = resolve_model(model_name, trained=False)
         model, layers = loaded.model, None
-        known = None if loaded.kind == "factory" else MNIST_INPUT
+        known: tuple[int, ...] | None = None if loaded.kind == "factory" else MNIST_INPUT
     else:
         model, layers, known = load_named_model(
             model_name, params["dataset"], params["data_dir"], seed
