@@ -290,3 +290,29 @@ def test_model_steps_name_the_checkpoint_they_used(tiny_run: tuple[Path, dict[st
 
     identity = load_mnist(dataset=DATASET).identity
     assert checkpoint_key("softmax1", identity, 0) == doc["models"]["softmax1"]["checkpoint_key"]
+
+
+def test_seeds_record_each_verdict_and_reuse_the_first_run(
+    tiny_run: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    """``--seeds 2``: seed 0 is the finished run (its claims unchanged), seed 1 a run of its own
+    in OUT/seeds/seed-1; the stability record matches the two runs' verdicts."""
+    from intriguing.experiments.reproduce import run_seeds, seed_dir
+
+    out, doc = tiny_run
+    copy_dir = tmp_path / "seeds"
+    shutil.copytree(out, copy_dir)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        both = run_seeds(make_spec("tiny", dataset=DATASET), copy_dir, 2)
+    assert both["claims"] == doc["claims"]
+    second = json.loads((seed_dir(copy_dir, 1) / "results.json").read_text())
+    assert second["config"]["seed"] == 1
+    assert both["stability"]["seeds"] == [0, 1]
+    for c0, c1 in zip(doc["claims"], second["claims"], strict=True):
+        record = both["stability"]["claims"][c0["id"]]
+        assert record["verdicts"] == [c0["verdict"], c1["verdict"]]
+        assert record["stable"] == (c0["verdict"] == c1["verdict"])
+    assert "same verdict at seeds 0, 1" in (copy_dir / "report.md").read_text()
+    with pytest.raises(IntriguingError, match="--seeds"):
+        run_seeds(make_spec("tiny", dataset=DATASET), copy_dir, 0)
