@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from intriguing.cli.options import backend_options, data_options, json_option
-from intriguing.cli.validation import output_dir
+from intriguing.cli.validation import float_range, output_dir
 from intriguing.errors import InvalidInputError
 
 
@@ -59,29 +59,53 @@ def _summary_table(doc: dict[str, Any]) -> Any:
     default=None,
     help="Comma-separated subset of weight-decay,dropout,input-pool,hidden-pool (default: all).",
 )
-@click.option("--seeds", type=int, default=None, help="Seeds per variant (default 3; quick 2).")
-@click.option("--epochs", type=int, default=None, help="Training epochs (default 20; quick 3).")
+@click.option(
+    "--seeds",
+    type=click.IntRange(1, 100),
+    default=None,
+    help="Seeds per variant (default 3; quick 2).",
+)
+@click.option(
+    "--epochs",
+    type=click.IntRange(1, 1000),
+    default=None,
+    help="Training epochs (default 20; quick 3).",
+)
 @click.option(
     "--attack",
     type=click.Choice(["lbfgs", "fgm"]),
     default=None,
     help="Attack refilling the pools: the paper's L-BFGS (default) or a one-step L2 fast gradient.",
 )
-@click.option("--pool-size", type=int, default=None, help="Examples per pool (default 5000).")
 @click.option(
-    "--mix", type=float, default=None, help="Pool examples per clean example (default 0.5)."
+    "--pool-size",
+    type=click.IntRange(1, 1_000_000),
+    default=None,
+    help="Examples per pool (default 5000).",
+)
+@click.option(
+    "--mix",
+    type=float_range(0, 100),
+    default=None,
+    help="Pool examples per clean example (default 0.5).",
 )
 @click.option(
     "--warmup-epochs",
-    type=int,
+    type=click.IntRange(0, 1000),
     default=None,
     help="Clean epochs before the pools start (default 1).",
 )
 @click.option(
-    "--refresh-every", type=int, default=None, help="Minibatches between refreshes (default 40)."
+    "--refresh-every",
+    type=click.IntRange(1, 1_000_000),
+    default=None,
+    help="Minibatches between refreshes (default 40).",
 )
 @click.option(
-    "--robust-n", type=int, default=None, help="Test images attacked for robustness (default 300)."
+    "--robust-n",
+    type=click.IntRange(1, 70_000),
+    default=None,
+    help="Test images attacked for robustness (default 300).",
 )
 @click.option(
     "--quick", is_flag=True, help="A small first look: 2 seeds, 3 epochs, 10000 training images."

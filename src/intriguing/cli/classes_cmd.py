@@ -53,18 +53,22 @@ def _summary_table(doc: dict[str, Any]) -> Any:
     help="Comma-separated model families (mlp-b is only a transfer target).",
 )
 @click.option(
-    "--n", type=int, default=1000, show_default=True, help="Test images attacked per model."
+    "--n",
+    type=click.IntRange(1, 70_000),
+    default=1000,
+    show_default=True,
+    help="Test images attacked per model.",
 )
 @click.option(
     "--updates",
-    type=int,
+    type=click.IntRange(1, 10_000_000),
     default=4700,
     show_default=True,
     help="Adam updates per model, the same for every task (4700 = 10 MNIST epochs).",
 )
 @click.option(
     "--train-limit",
-    type=int,
+    type=click.IntRange(1, 70_000),
     default=None,
     help="Train on the first N training images of each task only (quick runs).",
 )

@@ -32,7 +32,7 @@ from intriguing.cli.options import (
     seed_option,
     user_data_options,
 )
-from intriguing.cli.validation import output_dir, output_file
+from intriguing.cli.validation import float_range, output_dir, output_file
 from intriguing.errors import InvalidInputError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -91,20 +91,20 @@ def _common(func: F) -> F:
         ),
         click.option(
             "--attack-n",
-            type=int,
+            type=click.IntRange(1, 70_000),
             default=None,
             help="Images attacked here for a model the run lacks (default: --n); the first --n "
             "successes are analysed. The same --attack-n and --out reuse one attack.",
         ),
         click.option(
             "--max-iter",
-            type=int,
+            type=click.IntRange(1, 100_000),
             default=None,
             help="L-BFGS iterations per stage of the attacks run here (default: the reproduce one).",
         ),
         click.option(
             "--search-steps",
-            type=int,
+            type=click.IntRange(1, 1000),
             default=None,
             help="Constants tried per example by the attacks run here (default: the reproduce one).",
         ),
@@ -183,10 +183,18 @@ def _finish(payload: dict[str, Any], out: Path, json_path: Path | None) -> None:
 
 @click.command("rarity")
 @click.option(
-    "--n", type=int, default=200, show_default=True, help="Adversarial examples per model."
+    "--n",
+    type=click.IntRange(1, 70_000),
+    default=200,
+    show_default=True,
+    help="Adversarial examples per model.",
 )
 @click.option(
-    "--samples", type=int, default=1000, show_default=True, help="Random directions per example."
+    "--samples",
+    type=click.IntRange(1, 1_000_000),
+    default=1000,
+    show_default=True,
+    help="Random directions per example.",
 )
 @click.option(
     "--scales",
@@ -196,7 +204,7 @@ def _finish(payload: dict[str, Any], out: Path, json_path: Path | None) -> None:
 )
 @click.option(
     "--rays",
-    type=int,
+    type=click.IntRange(1, 1_000_000),
     default=100,
     show_default=True,
     help="Random directions per example for the distance to the boundary (0: skip).",
@@ -246,10 +254,18 @@ def rarity(
 
 @click.command("recover")
 @click.option(
-    "--n", type=int, default=500, show_default=True, help="Adversarial examples per model."
+    "--n",
+    type=click.IntRange(1, 70_000),
+    default=500,
+    show_default=True,
+    help="Adversarial examples per model.",
 )
 @click.option(
-    "--bootstrap", type=int, default=2000, show_default=True, help="Bootstrap resamples of the AUC."
+    "--bootstrap",
+    type=click.IntRange(1, 1_000_000),
+    default=2000,
+    show_default=True,
+    help="Bootstrap resamples of the AUC.",
 )
 @click.option(
     "--amplify",
@@ -286,16 +302,26 @@ def recover(
 @click.argument("model", required=False)
 @click.option(
     "--n",
-    type=int,
+    type=click.IntRange(1, 70_000),
     default=1000,
     show_default=True,
     help="Images attacked for a model the run lacks (the run's models use all their examples); "
     "with MODEL: the first N images (clean errors count as non-robust).",
 )
 @click.option(
-    "--budget-max", type=float, default=0.3, show_default=True, help="Largest RMS budget plotted."
+    "--budget-max",
+    type=float_range(0, 10, min_open=True),
+    default=0.3,
+    show_default=True,
+    help="Largest RMS budget plotted.",
 )
-@click.option("--points", type=int, default=201, show_default=True, help="Budgets on the grid.")
+@click.option(
+    "--points",
+    type=click.IntRange(2, 10_001),
+    default=201,
+    show_default=True,
+    help="Budgets on the grid.",
+)
 @click.option(
     "--eps",
     default=None,

@@ -48,7 +48,13 @@ def data_options(func: F) -> F:
 
 def seed_option(func: F) -> F:
     """``--seed``."""
-    return click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")(func)
+    return click.option(
+        "--seed",
+        type=click.IntRange(0, 2**32 - 1),
+        default=0,
+        show_default=True,
+        help="Random seed.",
+    )(func)
 
 
 def json_option(func: F) -> F:
@@ -153,7 +159,7 @@ def user_data_options(*, mode_flag: str = "--mode") -> Callable[[F], F]:
         ),
         click.option(
             "--image-size",
-            type=int,
+            type=click.IntRange(1, 4096),
             default=None,
             help="Resize (shorter side) and centre-crop --images to this size.",
         ),

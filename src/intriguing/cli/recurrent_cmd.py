@@ -16,7 +16,7 @@ from intriguing.errors import IntriguingError
 @click.option(
     "--n",
     "n",
-    type=int,
+    type=click.IntRange(1, 70_000),
     default=300,
     show_default=True,
     help="Test images (classified correctly by every model) attacked per model.",

@@ -136,8 +136,8 @@ def reproduce(
     ]
     if len(chosen) > 1:
         raise IntriguingError(f"choose one size, got {' and '.join(map(str, chosen))}")
-    if seeds < 1:
-        raise IntriguingError(f"--seeds must be >= 1, got {seeds}")
+    if not 1 <= seeds <= 100:
+        raise IntriguingError(f"--seeds must be in 1..100, got {seeds}")
     size = str(chosen[0]) if chosen else "default"
     torch.set_num_threads(1)
     out = out if out is not None else Path(f"reproduce-{size}")
@@ -172,7 +172,7 @@ def report(run_dir: Path) -> None:
 
 @click.command()
 @click.argument("model")
-@click.option("--n", type=int, default=4, show_default=True, help="Images shown.")
+@click.option("--n", type=click.IntRange(1, 64), default=4, show_default=True, help="Images shown.")
 @click.option(
     "--out",
     type=output_dir(),

@@ -186,9 +186,20 @@ def _print_summary(results: dict[str, Any]) -> None:
     show_default=True,
     help="Comma-separated direction families.",
 )
-@click.option("--k", "k", type=int, default=8, show_default=True, help="Top images per direction.")
 @click.option(
-    "--n-directions", type=int, default=100, show_default=True, help="Directions per family."
+    "--k",
+    "k",
+    type=click.IntRange(1, 1000),
+    default=8,
+    show_default=True,
+    help="Top images per direction.",
+)
+@click.option(
+    "--n-directions",
+    type=click.IntRange(1, 100_000),
+    default=100,
+    show_default=True,
+    help="Directions per family.",
 )
 @click.option(
     "--centre/--no-centre",
@@ -209,11 +220,15 @@ def _print_summary(results: dict[str, Any]) -> None:
     help="Rotation powers for the rotation curve ('none' to skip).",
 )
 @click.option(
-    "--n-null", type=int, default=10000, show_default=True, help="Random k-subsets in the null."
+    "--n-null",
+    type=click.IntRange(1, 10_000_000),
+    default=10000,
+    show_default=True,
+    help="Random k-subsets in the null.",
 )
 @click.option(
     "--n-resamples",
-    type=int,
+    type=click.IntRange(1, 10_000_000),
     default=9999,
     show_default=True,
     help="Permutations in the permutation tests between families.",
@@ -221,7 +236,12 @@ def _print_summary(results: dict[str, Any]) -> None:
 @click.option(
     "--split", default="test", show_default=True, help="MNIST split used as the image set."
 )
-@click.option("--limit", type=int, default=None, help="Use only the first N images of the split.")
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 70_000),
+    default=None,
+    help="Use only the first N images of the split.",
+)
 @click.option(
     "--reduce",
     type=click.Choice(["flatten", "mean", "max"]),
@@ -230,7 +250,11 @@ def _print_summary(results: dict[str, Any]) -> None:
     help="Conv feature maps: keep every coordinate, or pool each channel over space.",
 )
 @click.option(
-    "--batch-size", type=int, default=500, show_default=True, help="Images per forward pass."
+    "--batch-size",
+    type=click.IntRange(1, 100_000),
+    default=500,
+    show_default=True,
+    help="Images per forward pass.",
 )
 @click.option(
     "--save-activations",
@@ -249,13 +273,17 @@ def _print_summary(results: dict[str, Any]) -> None:
 )
 @click.option(
     "--rows",
-    type=int,
+    type=click.IntRange(1, 100),
     default=4,
     show_default=True,
     help="Directions per family shown in the figures.",
 )
 @click.option(
-    "--model-seed", type=int, default=0, show_default=True, help="Training seed of a zoo model."
+    "--model-seed",
+    type=click.IntRange(0, 2**32 - 1),
+    default=0,
+    show_default=True,
+    help="Training seed of a zoo model.",
 )
 @model_options
 @user_data_options()

@@ -20,6 +20,7 @@ any data is read, any model trained or any attack run. The writes themselves are
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -181,3 +182,24 @@ def output_dir() -> OutputPath:
     """The type of every output-directory option (``--out``); declare it ``is_eager=True`` so a
     file option inside it (``--json OUT/x.json``) may name a parent that ``--out`` creates."""
     return OutputPath("dir")
+
+
+class FiniteFloatRange(click.FloatRange):
+    """``click.FloatRange`` that also refuses NaN and infinities (which compare as in range)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        converted = super().convert(value, param, ctx)
+        if not math.isfinite(converted):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return converted
+
+
+def float_range(
+    min: float | None = None,
+    max: float | None = None,
+    *,
+    min_open: bool = False,
+    max_open: bool = False,
+) -> FiniteFloatRange:
+    """The type of every float option: bounded (shown in --help) and finite."""
+    return FiniteFloatRange(min, max, min_open=min_open, max_open=max_open)
