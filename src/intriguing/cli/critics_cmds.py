@@ -469,7 +469,9 @@ def _plot_robust(payload: dict[str, Any], path: Path) -> None:
     from intriguing.report.plotting import save_figure
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(payload["eps"], payload["robust_accuracy"], marker="o")
+    ax.axhline(payload["clean_accuracy"], ls="--", color="grey", label="clean accuracy")
+    ax.plot(payload["eps"], payload["robust_accuracy"], marker="o", label="robust accuracy")
+    ax.legend(loc="upper right")
     ax.fill_between(payload["eps"], payload["ci_low"], payload["ci_high"], alpha=0.2)
     ax.set_xlabel(f"budget eps ({payload['norm']})")
     ax.set_ylabel("robust accuracy")
