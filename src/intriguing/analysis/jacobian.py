@@ -77,10 +77,11 @@ def jacobian_lower_bound(
     iterations: int = 100,
     tol: float = 1e-7,
     seed: int = 0,
+    explicit_outputs: int = EXPLICIT_OUTPUTS,
 ) -> MeasuredLowerBound:
     """Largest ``||J_fn(x)||_2`` over ``inputs`` ``(M, *shape)``.
 
-    Up to ``EXPLICIT_OUTPUTS`` outputs per example (logits) ``J(x)`` is built whole and its norm is
+    Up to ``explicit_outputs`` outputs per example (logits) ``J(x)`` is built whole and its norm is
     exact at ``x``; otherwise power iteration on ``J^T J`` runs: ``J v`` comes from the double-backward trick (``g(u) = J^T u`` is linear in ``u``, so
     ``J v = d<g(u), v>/du``) and ``J^T w`` from one backward pass; ``fn`` maps ``(1, *shape)`` to any
     tensor and should be float64. Returns the largest iterate ``||J v||`` seen (``||v|| = 1``).
@@ -90,7 +91,7 @@ def jacobian_lower_bound(
     with torch.no_grad():
         outputs = int(fn(inputs[:1]).numel())
     for x in inputs:
-        if outputs <= EXPLICIT_OUTPUTS:
+        if outputs <= explicit_outputs:
             sigma, its, converged = _explicit_norm(fn, x[None], outputs), 0, True
         else:
             sigma, its, converged = _power_iteration(fn, x[None], iterations, tol, generator)

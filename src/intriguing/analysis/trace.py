@@ -22,7 +22,6 @@ line naming the node (:class:`~intriguing.errors.InvalidInputError`).
 from __future__ import annotations
 
 import math
-import operator
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,19 +31,16 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from intriguing.analysis.layer_rules import (
-    BoundOptions,
-    Shape,
-    find_rule,
-    gelu_constant,
-    log_softmax_constant,
-    silu_constant,
-    softmax_constant,
-    supported_layers,
+from intriguing.analysis.graph_rules import (
+    FUNCTION_RULES,
+    Ctx,
+    is_input,
+    target_name,
 )
+from intriguing.analysis.layer_rules import BoundOptions, Shape, find_rule, supported_layers
 from intriguing.errors import InvalidInputError
 
-PROBE_BATCH = 2  # the probe run uses two examples, so a node that mixes examples shows
+PROBE_BATCH = 5  # the probe run uses five examples, so a node that mixes examples shows
 
 
 @dataclass
@@ -196,85 +192,6 @@ def check_trace_matches(model: nn.Module, gm: fx.GraphModule, shape: Shape) -> N
         )
 
 
-# ---------------------------------------------------------------------------------------------
-# Propagation over the DAG
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Ctx:
-    """What a function rule sees: the node, the probe values and the constants found so far."""
-
-    node: fx.Node
-    values: dict[fx.Node, Any]
-    bounds: dict[fx.Node, tuple[float, float]]
-    options: BoundOptions
-
-    def arg(self, index: int, name: str, default: Any = None) -> Any:
-        if index < len(self.node.args):
-            return self.node.args[index]
-        return self.node.kwargs.get(name, default)
-
-    def value(self, a: Any) -> Any:
-        """The probe value of an argument (a node's value, or the literal itself)."""
-        return (
-            fx.node.map_arg(a, lambda n: self.values[n])
-            if isinstance(a, fx.Node | list | tuple)
-            else a
-        )
-
-    def dependent(self, a: Any) -> bool:
-        found: list[bool] = []
-        fx.node.map_arg(
-            a, lambda n: found.append(self.bounds.get(n, (0.0, 0.0))[0] > 0 or _is_input(n))
-        )
-        return any(found)
-
-    def lip(self, a: Any) -> tuple[float, float]:
-        return self.bounds.get(a, (0.0, 0.0)) if isinstance(a, fx.Node) else (0.0, 0.0)
-
-    def constant(self, a: Any) -> torch.Tensor:
-        """A constant argument as a detached float64 tensor."""
-        return torch.as_tensor(self.value(a)).detach().to(torch.float64)
-
-    def shape(self, a: Any) -> Shape:
-        value = self.value(a)
-        return tuple(value.shape[1:]) if isinstance(value, torch.Tensor) else ()
-
-    def refuse(self, why: str) -> InvalidInputError:
-        return InvalidInputError(f"node {self.node.name!r} ({_describe(self.node)}): {why}")
-
-
-def _is_input(n: fx.Node) -> bool:
-    return n.op == "placeholder" and not n.args
-
-
-Rule = Callable[[_Ctx], tuple[float, float, float, str]]  # local, L, L_exact, method
-FUNCTION_RULES: dict[Any, Rule] = {}
-
-
-def function_rule(*targets: Any) -> Callable[[Rule], Rule]:
-    """Register a rule for call_function targets (callables) and call_method names (strings)."""
-
-    def decorate(rule: Rule) -> Rule:
-        for target in targets:
-            FUNCTION_RULES[target] = rule
-        return rule
-
-    return decorate
-
-
-def _describe(node: fx.Node) -> str:
-    if node.op == "call_module":
-        return f"module {node.target}"
-    if node.op == "call_method":
-        return f"method .{node.target}()"
-    target = node.target
-    name = getattr(target, "__name__", str(target))
-    module = getattr(target, "__module__", None) or ""
-    return f"function {module + '.' if module and 'built' not in module else ''}{name}"
-
-
 def graph_bound(model: nn.Module, shape: Shape, options: BoundOptions) -> GraphBound:
     """Trace ``model`` and bound every input-dependent node (see the module docstring)."""
     if any(m.training for m in model.modules()):
@@ -282,11 +199,11 @@ def graph_bound(model: nn.Module, shape: Shape, options: BoundOptions) -> GraphB
             f"{type(model).__name__} is in training mode: call model.eval() before bounding"
         )
     refuse_layers_without_rule(model)
-    gm = trace_model(model).to(device="cpu", dtype=torch.float64)
-    double_model = _double(model)
+    double_model = _double(model)  # the graph module shares its layers: never touch the user's
+    gm = trace_model(double_model)
     check_trace_matches(double_model, gm, shape)
     values = probe_values(gm, shape)
-    inputs = [n for n in gm.graph.nodes if _is_input(n)]
+    inputs = [n for n in gm.graph.nodes if is_input(n)]
     if len(inputs) != 1:
         raise InvalidInputError(
             f"{type(model).__name__}.forward takes {len(inputs)} tensors without defaults; "
@@ -328,8 +245,8 @@ def _bound_node(
     bounds: dict[fx.Node, tuple[float, float]],
     options: BoundOptions,
 ) -> NodeBound | None:
-    ctx = _Ctx(node, values, bounds, options)
-    if _is_input(node):
+    ctx = Ctx(node, values, bounds, options)
+    if is_input(node):
         bounds[node] = (1.0, 1.0)
         return None
     if node.op in ("placeholder", "get_attr") or not _carries_input(ctx):
@@ -342,7 +259,7 @@ def _bound_node(
         if rule is None:
             raise ctx.refuse(
                 "has no Lipschitz rule; supported functions and methods: "
-                + ", ".join(sorted({_target_name(t) for t in FUNCTION_RULES}))
+                + ", ".join(sorted({target_name(t) for t in FUNCTION_RULES}))
             )
         local, lip, exact, method = rule(ctx)
         fields = {}
@@ -364,17 +281,13 @@ def _bound_node(
     )
 
 
-def _target_name(target: Any) -> str:
-    return target if isinstance(target, str) else getattr(target, "__name__", str(target))
-
-
 def _kind(node: fx.Node, gm: fx.GraphModule) -> str:
     if node.op == "call_module":
         return type(gm.get_submodule(str(node.target))).__name__
-    return _target_name(node.target)
+    return target_name(node.target)
 
 
-def _carries_input(ctx: _Ctx) -> bool:
+def _carries_input(ctx: Ctx) -> bool:
     """True when the node's value is a tensor (or tensors) computed from the input."""
     value = ctx.values.get(ctx.node)
     tensors = isinstance(value, torch.Tensor) or (
@@ -383,7 +296,7 @@ def _carries_input(ctx: _Ctx) -> bool:
     return tensors and any(ctx.dependent(a) for a in ctx.node.all_input_nodes)
 
 
-def _check_batch(ctx: _Ctx) -> None:
+def _check_batch(ctx: Ctx) -> None:
     value = ctx.values[ctx.node]
     parts = value if isinstance(value, list | tuple) else [value]
     for part in parts:
@@ -394,7 +307,7 @@ def _check_batch(ctx: _Ctx) -> None:
             )
 
 
-def _module_node(ctx: _Ctx, gm: fx.GraphModule) -> tuple[float, float, float, str, dict[str, Any]]:
+def _module_node(ctx: Ctx, gm: fx.GraphModule) -> tuple[float, float, float, str, dict[str, Any]]:
     node = ctx.node
     module = gm.get_submodule(str(node.target))
     rule = find_rule(module)
@@ -478,263 +391,3 @@ def _truncated(gm: fx.GraphModule, node: fx.Node) -> fx.GraphModule:
             break
     graph.output(env[node])
     return fx.GraphModule(gm, graph, "Logits")
-
-
-# ---------------------------------------------------------------------------------------------
-# Function rules
-# ---------------------------------------------------------------------------------------------
-
-
-def _unary(ctx: _Ctx, constant: float, method: str = "constant") -> tuple[float, float, float, str]:
-    """``f(x, constants...)`` with ``Lip(f) <= constant``: only the first argument may vary."""
-    x = ctx.node.args[0] if ctx.node.args else None
-    others = list(ctx.node.args[1:]) + list(ctx.node.kwargs.values())
-    if x is None or any(ctx.dependent(a) for a in others):
-        raise ctx.refuse("only its first argument may depend on the input")
-    lip, exact = ctx.lip(x)
-    return constant, constant * lip, constant * exact, method
-
-
-def _constant_rule(constant: float, method: str = "constant") -> Rule:
-    return lambda ctx: _unary(ctx, constant, method)
-
-
-_RELU_LIKE = (F.relu, torch.relu, "relu", F.relu6, F.hardtanh, torch.tanh, F.tanh, "tanh")
-function_rule(*_RELU_LIKE, F.softplus, F.softsign, F.celu, torch.abs, "abs", torch.clamp, "clamp")(
-    _constant_rule(1.0)
-)
-function_rule(torch.clip, "clip", operator.neg, torch.neg, "neg", "relu_")(_constant_rule(1.0))
-function_rule(torch.sigmoid, F.sigmoid, "sigmoid")(_constant_rule(0.25))
-function_rule(F.hardsigmoid)(_constant_rule(1.0 / 6.0))
-function_rule(F.hardswish)(_constant_rule(1.5))
-function_rule(F.selu)(_constant_rule(1.0507009873554805 * 1.6732632423543772))
-function_rule(F.silu)(lambda ctx: _unary(ctx, silu_constant(), "grid"))
-function_rule(F.gelu)(
-    lambda ctx: _unary(ctx, gelu_constant(str(ctx.arg(1, "approximate", "none"))))
-)
-function_rule(F.softmax, torch.softmax, "softmax", F.softmin)(
-    lambda ctx: _unary(ctx, softmax_constant(), "gershgorin")
-)
-# isometries: reshapes, permutations, copies
-_ISOMETRIES = (
-    torch.flatten, "flatten", "view", "reshape", torch.reshape, "permute", torch.permute,
-    "transpose", torch.transpose, "contiguous", "squeeze", torch.squeeze, "unsqueeze",
-    torch.unsqueeze, "clone", torch.clone, "view_as", "reshape_as", "float", "double", "detach",
-    operator.pos, "type_as",
-)  # fmt: skip
-function_rule(*_ISOMETRIES)(_constant_rule(1.0, "isometry"))
-
-
-@function_rule(F.leaky_relu)
-def _leaky(ctx: _Ctx) -> tuple[float, float, float, str]:
-    return _unary(ctx, max(1.0, abs(float(ctx.arg(1, "negative_slope", 0.01)))))
-
-
-@function_rule(F.elu)
-def _elu(ctx: _Ctx) -> tuple[float, float, float, str]:
-    return _unary(ctx, max(1.0, abs(float(ctx.arg(1, "alpha", 1.0)))))
-
-
-@function_rule(F.log_softmax, torch.log_softmax, "log_softmax")
-def _log_softmax(ctx: _Ctx) -> tuple[float, float, float, str]:
-    dim = ctx.arg(1, "dim")
-    if not isinstance(dim, int):
-        raise ctx.refuse("log_softmax needs an explicit integer dim")
-    full = ctx.values[ctx.node].shape
-    return _unary(ctx, log_softmax_constant(int(full[dim])), "triangle")
-
-
-@function_rule(F.dropout, F.dropout1d, F.dropout2d, F.alpha_dropout)
-def _dropout(ctx: _Ctx) -> tuple[float, float, float, str]:
-    if ctx.arg(2, "training", True) is not False:
-        raise ctx.refuse("dropout in training mode is random: call model.eval()")
-    return _unary(ctx, 1.0, "identity")
-
-
-@function_rule(operator.getitem, "narrow", torch.narrow, "select", torch.select)
-def _slice(ctx: _Ctx) -> tuple[float, float, float, str]:
-    """Taking some coordinates (a projection) is 1-Lipschitz; repeated indices would copy, refused."""
-    index = ctx.node.args[1] if len(ctx.node.args) > 1 else None
-    if ctx.node.target is operator.getitem and isinstance(
-        ctx.value(ctx.node.args[0]), torch.Tensor
-    ):
-        items = index if isinstance(index, tuple) else (index,)
-        if not all(isinstance(i, int | slice | type(None) | type(Ellipsis)) for i in items):
-            raise ctx.refuse(
-                "indexing with tensors or lists can repeat values; only slices are supported"
-            )
-    return _unary(ctx, 1.0, "projection")
-
-
-@function_rule(torch.split, "split", torch.chunk, "chunk", torch.unbind, "unbind")
-def _split(ctx: _Ctx) -> tuple[float, float, float, str]:
-    return _unary(ctx, 1.0, "projection")
-
-
-@function_rule(torch.mean, "mean", torch.sum, "sum")
-def _reduce(ctx: _Ctx) -> tuple[float, float, float, str]:
-    """Sum of ``k`` values: ``sqrt(k)``; mean: ``1 / sqrt(k)`` (Cauchy-Schwarz, attained)."""
-    x = ctx.node.args[0]
-    k = math.prod(ctx.shape(x)) / max(1, math.prod(ctx.shape(ctx.node)))
-    mean = _target_name(ctx.node.target) == "mean"
-    return _unary(ctx, 1.0 / math.sqrt(k) if mean else math.sqrt(k), "reduction")
-
-
-def _broadcast_factor(ctx: _Ctx, a: Any) -> float:
-    """``sqrt(k)`` when operand ``a`` is broadcast to ``k`` times its size in the output."""
-    return math.sqrt(math.prod(ctx.shape(ctx.node)) / max(1, math.prod(ctx.shape(a))))
-
-
-@function_rule(
-    operator.add, torch.add, "add", operator.iadd, operator.sub, torch.sub, "sub", operator.isub
-)
-def _sum(ctx: _Ctx) -> tuple[float, float, float, str]:
-    """``a +- alpha b``: ``L_a + |alpha| L_b`` (triangle inequality), broadcast copies included."""
-    a, b = ctx.node.args[0], ctx.arg(1, "other")
-    alpha = abs(float(ctx.constant(ctx.node.kwargs.get("alpha", 1.0))))
-    lip = exact = 0.0
-    for operand, weight in ((a, 1.0), (b, alpha)):
-        factor = weight * _broadcast_factor(ctx, operand) if isinstance(operand, fx.Node) else 0.0
-        lip += factor * ctx.lip(operand)[0]
-        exact += factor * ctx.lip(operand)[1]
-    return 1.0, lip, exact, "sum of branches"
-
-
-@function_rule(operator.mul, torch.mul, "mul", operator.imul, operator.truediv, torch.div, "div")
-def _scale(ctx: _Ctx) -> tuple[float, float, float, str]:
-    """A product with (or quotient by) a constant: ``max |c|`` (``1 / min |c|``)."""
-    a, b = ctx.node.args[0], ctx.arg(1, "other")
-    divide = _target_name(ctx.node.target) in ("truediv", "div")
-    if ctx.node.kwargs.get("rounding_mode") is not None:
-        raise ctx.refuse("rounded division is not Lipschitz")
-    if ctx.dependent(a) and ctx.dependent(b):
-        raise ctx.refuse("a product of two input-dependent tensors has no global Lipschitz bound")
-    if divide and ctx.dependent(b):
-        raise ctx.refuse("division by an input-dependent tensor has no global Lipschitz bound")
-    x, c = (a, b) if ctx.dependent(a) else (b, a)
-    magnitude = ctx.constant(c).abs()
-    factor = 1.0 / float(magnitude.min()) if divide else float(magnitude.max())
-    factor *= _broadcast_factor(ctx, x)
-    lip, exact = ctx.lip(x)
-    return factor, factor * lip, factor * exact, "constant factor"
-
-
-@function_rule(torch.cat, torch.concat, torch.concatenate, torch.stack)
-def _cat(ctx: _Ctx) -> tuple[float, float, float, str]:
-    """``sqrt(sum_i L_i^2)``: the squared distance of a concatenation is the sum of its parts'."""
-    parts = ctx.node.args[0]
-    if not isinstance(parts, list | tuple):
-        raise ctx.refuse("expected a list of tensors")
-    lips = [ctx.lip(p) for p in parts]
-    lip = math.sqrt(sum(p[0] ** 2 for p in lips))
-    return 1.0, lip, math.sqrt(sum(p[1] ** 2 for p in lips)), "sqrt of sum of squares"
-
-
-@function_rule(F.linear)
-def _linear(ctx: _Ctx) -> tuple[float, float, float, str]:
-    weight = ctx.arg(1, "weight")
-    if ctx.dependent(weight):
-        raise ctx.refuse("an input-dependent weight has no global Lipschitz bound")
-    norm = float(torch.linalg.matrix_norm(ctx.constant(weight), ord=2))
-    lip, exact = ctx.lip(ctx.node.args[0])
-    return norm, norm * lip, norm * exact, "svd"
-
-
-@function_rule(operator.matmul, torch.matmul, "matmul", torch.mm, "mm")
-def _matmul(ctx: _Ctx) -> tuple[float, float, float, str]:
-    """``x @ W`` or ``W @ x`` with a constant 2-D ``W``: copies of ``W`` on independent slices, ``||W||_2``."""
-    a, b = ctx.node.args[0], ctx.node.args[1]
-    if ctx.dependent(a) == ctx.dependent(b):
-        raise ctx.refuse("a product of two input-dependent tensors has no global Lipschitz bound")
-    x, w = (a, b) if ctx.dependent(a) else (b, a)
-    matrix = ctx.constant(w)
-    if matrix.dim() != 2:
-        raise ctx.refuse("only a constant 2-D matrix is supported")
-    norm = float(torch.linalg.matrix_norm(matrix, ord=2))
-    lip, exact = ctx.lip(x)
-    return norm, norm * lip, norm * exact, "svd"
-
-
-def _module_rule_as_function(ctx: _Ctx, module: nn.Module) -> tuple[float, float, float, str]:
-    x = ctx.node.args[0]
-    fields = find_rule(module)(module, ctx.shape(x), ctx.shape(ctx.node), ctx.options)  # type: ignore[misc]
-    local = float(fields["upper"])
-    exact = fields.get("exact")
-    lip, lip_exact = ctx.lip(x)
-    return (
-        local,
-        local * lip,
-        (exact if exact is not None else local) * lip_exact,
-        str(fields.get("method")),
-    )
-
-
-@function_rule(F.conv2d, F.conv1d)
-def _conv(ctx: _Ctx) -> tuple[float, float, float, str]:
-    """Functional convolutions with a constant weight: the Conv1d/Conv2d layer rules."""
-    weight = ctx.arg(1, "weight")
-    if ctx.dependent(weight):
-        raise ctx.refuse("an input-dependent weight has no global Lipschitz bound")
-    w = ctx.constant(weight)
-    two_d = ctx.node.target is F.conv2d
-    cls = nn.Conv2d if two_d else nn.Conv1d
-    kernel: Any = tuple(w.shape[2:])
-    conv = cls(
-        w.shape[1] * int(ctx.arg(6, "groups", 1)),
-        w.shape[0],
-        kernel,
-        stride=ctx.arg(3, "stride", 1),
-        padding=ctx.arg(4, "padding", 0),
-        dilation=ctx.arg(5, "dilation", 1),
-        groups=int(ctx.arg(6, "groups", 1)),
-        bias=False,
-    ).double()
-    with torch.no_grad():
-        conv.weight.copy_(w)
-    return _module_rule_as_function(ctx, conv)
-
-
-@function_rule(F.max_pool2d)
-def _max_pool(ctx: _Ctx) -> tuple[float, float, float, str]:
-    if ctx.arg(6, "return_indices", False):
-        raise ctx.refuse("return_indices=True is not supported")
-    pool = nn.MaxPool2d(
-        ctx.arg(1, "kernel_size"),
-        stride=ctx.arg(2, "stride"),
-        padding=ctx.arg(3, "padding", 0),
-        dilation=ctx.arg(4, "dilation", 1),
-        ceil_mode=bool(ctx.arg(5, "ceil_mode", False)),
-    )
-    return _module_rule_as_function(ctx, pool)
-
-
-@function_rule(F.avg_pool2d)
-def _avg_pool(ctx: _Ctx) -> tuple[float, float, float, str]:
-    pool = nn.AvgPool2d(
-        ctx.arg(1, "kernel_size"),
-        stride=ctx.arg(2, "stride"),
-        padding=ctx.arg(3, "padding", 0),
-        ceil_mode=bool(ctx.arg(4, "ceil_mode", False)),
-        count_include_pad=bool(ctx.arg(5, "count_include_pad", True)),
-        divisor_override=ctx.arg(6, "divisor_override"),
-    )
-    return _module_rule_as_function(ctx, pool)
-
-
-@function_rule(F.adaptive_avg_pool2d)
-def _adaptive_avg_pool(ctx: _Ctx) -> tuple[float, float, float, str]:
-    return _module_rule_as_function(ctx, nn.AdaptiveAvgPool2d(ctx.arg(1, "output_size")))
-
-
-@function_rule(F.pad)
-def _pad(ctx: _Ctx) -> tuple[float, float, float, str]:
-    """Constant padding embeds the image (an isometry plus a constant); other modes copy pixels."""
-    if ctx.arg(2, "mode", "constant") != "constant":
-        raise ctx.refuse(
-            "only mode='constant' padding is supported as a function (use padding_mode)"
-        )
-    x = ctx.node.args[0]
-    lip, exact = ctx.lip(x)
-    if ctx.dependent(ctx.arg(3, "value", 0.0)):
-        raise ctx.refuse("an input-dependent padding value is not supported")
-    return 1.0, lip, exact, "isometry"
