@@ -191,3 +191,18 @@ def test_an_explicit_data_dir_is_verified_even_when_the_model_is_cached(
         train_model(A, dataset="mnist", data_dir=bad)
     result = CliRunner().invoke(cli, ["train", A, "--data-dir", str(bad)])
     assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+def test_weights_do_not_depend_on_the_callers_thread_count() -> None:
+    """Issue 16, item 6: `train` (2 threads before) and `reproduce` (1) wrote one key differently."""
+    before = torch.get_num_threads()
+    try:
+        hashes = []
+        for threads in (2, 1):
+            torch.set_num_threads(threads)
+            hashes.append(
+                train_model(A, dataset="mnist-5k", retrain=True).sidecar["weights_sha256"]
+            )
+        assert hashes[0] == hashes[1]
+    finally:
+        torch.set_num_threads(before)
