@@ -25,6 +25,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"attacks"}),
     frozenset({"training"}),
     frozenset({"analysis"}),
+    frozenset({"inputs"}),  # inputs.py: one way in for any model and data (zoo, user, files)
     frozenset({"report"}),
     frozenset({"experiments"}),
     frozenset({"cli"}),
