@@ -104,8 +104,11 @@ def bound_table(bound: Any, title: str) -> Table:
             format_bound(layer.lower),
             layer.method,
         )
+    structure = "product" if bound.structure == "chain" else "graph bound (sums, concatenations)"
+    measured = format_bound(bound.measured.value) if bound.measured is not None else "-"
     table.caption = (
-        f"product (certified Lipschitz upper bound) = {format_bound(bound.lipschitz)}; "
+        f"{structure} (certified Lipschitz upper bound) = {format_bound(bound.lipschitz)}; "
+        f"measured lower bound (largest Jacobian norm at probe inputs) = {measured}; "
         f"with exact norms = {format_bound(bound.lipschitz_exact_norms)}. upper: certified; exact: zero-padded "
         "operator by power iteration (from below; * = not converged); lower: smallest singular value "
         "of the linear operator bounded by 'upper'"
