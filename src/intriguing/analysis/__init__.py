@@ -1,6 +1,7 @@
 """Analysis of trained networks: spectral (Lipschitz) bounds (paper §4.3) and unit analysis (§3).
 
-Spectral: :mod:`~intriguing.analysis.spectral_conv`, :mod:`~intriguing.analysis.lipschitz`,
+Spectral: :mod:`~intriguing.analysis.spectral_conv`, :mod:`~intriguing.analysis.lipschitz` (with
+:mod:`~intriguing.analysis.layer_rules`, :mod:`~intriguing.analysis.trace`, :mod:`~intriguing.analysis.jacobian`),
 :mod:`~intriguing.analysis.sandwich`. Units: :mod:`~intriguing.analysis.activations`,
 :mod:`~intriguing.analysis.directions`, :mod:`~intriguing.analysis.coherence`,
 :mod:`~intriguing.analysis.units`.
@@ -37,6 +38,12 @@ from intriguing.analysis.directions import (
     rotation_generator,
 )
 from intriguing.analysis.imagefolder import ImageFolderSource, read_labels
+from intriguing.analysis.jacobian import (
+    CertificationError,
+    MeasuredLowerBound,
+    jacobian_lower_bound,
+    model_fingerprint,
+)
 from intriguing.analysis.lipschitz import (
     BoundOptions,
     LayerBound,
@@ -75,6 +82,7 @@ __all__ = [
     "EXACT_METHODS",
     "FAMILIES",
     "BoundOptions",
+    "CertificationError",
     "CertifiedRadii",
     "ConvBounds",
     "ConvGeometry",
@@ -82,6 +90,7 @@ __all__ = [
     "ImageFolderSource",
     "ImageSource",
     "LayerBound",
+    "MeasuredLowerBound",
     "NetworkBound",
     "PowerIterationResult",
     "SandwichResult",
@@ -103,11 +112,13 @@ __all__ = [
     "get_layer",
     "haar_rotation",
     "iter_activations",
+    "jacobian_lower_bound",
     "label_entropy",
     "label_purity",
     "lanczos_norm",
     "layer_names",
     "load_activations",
+    "model_fingerprint",
     "monte_carlo_null",
     "natural_basis",
     "network_bounds",
