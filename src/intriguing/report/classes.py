@@ -19,17 +19,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
 from intriguing._io import atomic_write_text, read_json
 from intriguing.errors import IntriguingError
-from intriguing.report.plotting import save_figure
 from intriguing.report.render import num, pct
 
-SCHEMA = "intriguing.classes/1"
+SCHEMA = "intriguing.classes/1"  # results.json of a run (written by experiments.classes.summary)
 FIGURE = "classes.png"
 MARKDOWN = "classes.md"
 LESS_SEVERE = 1.2  # a mean-distortion ratio beyond this counts as "larger" (20%)
@@ -204,6 +198,10 @@ def plot_classes(doc: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
     (one marker per task, the line through the per-K averages; crosses: the 10-class model on the
     same images restricted to the task's other classes). Right: transfer rate to ``mlp-b``."""
     pos = _positions(doc)
+    import matplotlib.pyplot as plt  # only when drawing (plotting selects the Agg backend)
+
+    from intriguing.report.plotting import save_figure
+
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     for family in dict(doc["families"]):
         rows = [r for r in _rows(doc, family=family) if _mean(r) is not None]

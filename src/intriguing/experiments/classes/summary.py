@@ -10,8 +10,8 @@ import numpy as np
 from intriguing.experiments.classes.config import ClassesConfig
 from intriguing.experiments.classes.families import FAMILIES
 from intriguing.experiments.classes.tasks import get_task
+from intriguing.report.classes import SCHEMA
 
-SCHEMA = "intriguing.classes/1"
 CONFIDENCE = 0.95
 
 
