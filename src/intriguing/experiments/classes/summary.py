@@ -74,13 +74,13 @@ def ratio_of_means_ci(
 
 
 def wilson(k: int, n: int) -> list[float] | None:
-    """95% Wilson interval of a proportion ``k / n`` (None when n = 0)."""
+    """95% Wilson interval of a proportion ``k / n`` as stored in results.json (None when n = 0);
+    computed by :func:`intriguing.analysis.stats.wilson`."""
     if n == 0:
         return None
-    from scipy.stats import binomtest
+    from intriguing.analysis.stats import wilson as wilson_interval
 
-    ci = binomtest(k, n).proportion_ci(confidence_level=CONFIDENCE, method="wilson")
-    return [float(ci.low), float(ci.high)]
+    return list(wilson_interval(k, n, CONFIDENCE))
 
 
 def summarize(results: Mapping[str, Any], config: ClassesConfig) -> dict[str, Any]:
