@@ -2,6 +2,13 @@
 
 - foolbox 3.3.4 (optional extra ``bench``): DDN (100 steps), FMN-L2 (100 steps) and Carlini-Wagner L2
   (9 binary-search steps x 10000), untargeted, run as minimisation attacks (``epsilons=None``).
+- adv-lib 0.2.8 (optional extra ``advlib``, installed with ``pip install --no-deps adv-lib==0.2.8``):
+  ALMA (100 and 1000 steps), DDN (100 steps), FMN-L2 (100 steps), FAB-L2 (100 iterations),
+  untargeted, library defaults otherwise. adv-lib imports torchvision (its LPIPS distance) and visdom
+  (its progress logger) at import time for parts we never call; torchvision has no CPU build here,
+  so :func:`adv_lib_shim` puts empty stand-in modules for those two names (and tqdm, which
+  ``--no-deps`` also leaves out) into ``sys.modules``
+  before importing adv-lib, inside the benchmark process only (never in the package).
 - Two scipy L-BFGS-B baselines of the paper's attack, "what existing L-BFGS attacks do":
   *per-example* (one ``scipy.optimize.minimize`` per image and constant, as a loop over images) and
   *joint* (the whole batch flattened into one scipy problem per constant, with one shared line
@@ -20,7 +27,9 @@ from __future__ import annotations
 import importlib.util
 import math
 import statistics
+import sys
 import time
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +44,15 @@ from intriguing.progress import track
 
 FOOLBOX_VERSION = "3.3.4"
 FOOLBOX_ATTACKS = ("DDN", "FMN-L2", "CW-L2")
+ADV_LIB_VERSION = "0.2.8"
+#: adv-lib attacks by table name: (function name, keyword arguments).
+ADV_LIB_ATTACKS: dict[str, tuple[str, dict[str, Any]]] = {
+    "ALMA-1000": ("alma", {"num_steps": 1000, "distance": "l2"}),
+    "ALMA-100": ("alma", {"num_steps": 100, "distance": "l2"}),
+    "DDN-100": ("ddn", {"steps": 100}),
+    "FMN-100": ("fmn", {"norm": 2, "steps": 100}),
+    "FAB-100": ("fab", {"norm": 2, "n_iter": 100}),
+}
 
 
 @dataclass
@@ -109,6 +127,68 @@ def run_foolbox(
     if first is None:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     return PeerRun(name=f"foolbox {name}", adversarial=first, elapsed_s=statistics.median(walls))
+
+
+# --------------------------------------------------------------------------- adv-lib
+
+
+def adv_lib_shim() -> None:
+    """Empty stand-ins for ``torchvision``, ``visdom`` and ``tqdm`` in ``sys.modules`` (benchmark only).
+
+    adv-lib imports them at module level for its LPIPS distance (``torchvision.models``), its
+    Visdom progress logger (``visdom.Visdom``) and its ``run_attack`` helper's progress bar
+    (``tqdm``), none of which the benchmark uses (``--no-deps`` leaves them out); a real module of
+    any of these names, when installed, is left alone.
+    """
+    for name in ("torchvision", "visdom", "tqdm"):
+        if name in sys.modules or importlib.util.find_spec(name) is not None:
+            continue
+        stub = types.ModuleType(name)
+        stub.__doc__ = "empty stand-in installed by benchmarks/peers.py (adv-lib imports it unused)"
+        if name == "torchvision":
+            stub.models = types.ModuleType("torchvision.models")  # type: ignore[attr-defined]
+            sys.modules["torchvision.models"] = stub.models  # type: ignore[attr-defined]
+        elif name == "visdom":
+            stub.Visdom = object  # type: ignore[attr-defined]
+        else:
+            stub.tqdm = lambda iterable=None, *args, **kwargs: iterable  # type: ignore[attr-defined]
+        sys.modules[name] = stub
+
+
+def adv_lib_missing() -> str | None:
+    """None when adv-lib 0.2.8 is importable (with the shim), else a one-line reason."""
+    if importlib.util.find_spec("adv_lib") is None:
+        return (
+            f"adv-lib is not installed: pip install --no-deps adv-lib=={ADV_LIB_VERSION} "
+            "(or pip install --no-deps -e '.[advlib]')"
+        )
+    from importlib.metadata import version
+
+    found = version("adv-lib")
+    if found != ADV_LIB_VERSION:
+        return f"adv-lib {found} found, the benchmark pins {ADV_LIB_VERSION}"
+    return None
+
+
+def run_adv_lib(
+    name: str,
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int = 1000,
+) -> PeerRun:
+    """Untargeted adv-lib attack ``name`` (a key of :data:`ADV_LIB_ATTACKS`) on ``images`` in batches."""
+    adv_lib_shim()
+    import adv_lib.attacks as attacks
+
+    function, kwargs = ADV_LIB_ATTACKS[name]
+    attack = getattr(attacks, function)
+    chunks = []
+    start = time.perf_counter()
+    for x, y in zip(images.split(batch_size), labels.split(batch_size), strict=True):
+        chunks.append(attack(model, x, y, **kwargs).detach().clamp(0.0, 1.0))
+    elapsed = time.perf_counter() - start
+    return PeerRun(name=f"adv-lib {name}", adversarial=torch.cat(chunks), elapsed_s=elapsed)
 
 
 # --------------------------------------------------------------------------- scipy baselines

@@ -1,0 +1,136 @@
+"""The benchmark's own ReLU models (issue 18), trained here with a fixed seed and cached.
+
+- ``relu-mlp``: ReLU MLP 784-256-256-10 on the flattened image.
+- ``relu-cnn``: a LeNet-style ReLU CNN with the input normalisation *inside* the model
+  (``Preprocessed(Normalize(0.1307, 0.3081), net)``: the attack works in [0, 1] pixel space):
+  conv 5x5 1->32, ReLU, max-pool 2, conv 5x5 32->64, ReLU, max-pool 2, fc 1024->200, ReLU, fc 200->10.
+
+Both are trained with Adam (lr 1e-3, batch 128, ``EPOCHS`` epochs) on the 60000 MNIST training images,
+seed 0, one thread, and saved as safetensors with a JSON sidecar holding the SHA-256 of the weights,
+the recipe and the measured test error. A cached file is used only when its sidecar's recipe matches
+this one and the hash matches its tensors; otherwise it is retrained.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.nn import functional as F
+
+from intriguing._io import atomic_path, atomic_write_json
+from intriguing.data import load_mnist
+from intriguing.models.preprocessing import Normalize, Preprocessed
+from intriguing.paths import cache_dir
+
+MODELS = ("relu-mlp", "relu-cnn")
+EPOCHS = {"relu-mlp": 4, "relu-cnn": 2}
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+
+
+def build(name: str) -> nn.Module:
+    """A fresh, seeded (seed 0) ``relu-mlp`` or ``relu-cnn``: ``(N, 1, 28, 28)`` -> logits ``(N, 10)``."""
+    torch.manual_seed(0)
+    if name == "relu-mlp":
+        return nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(784, 256),
+            nn.ReLU(),
+            nn.Linear(256, 256),
+            nn.ReLU(),
+            nn.Linear(256, 10),
+        )
+    if name == "relu-cnn":
+        net = nn.Sequential(
+            nn.Conv2d(1, 32, 5),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 5),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(1024, 200),
+            nn.ReLU(),
+            nn.Linear(200, 10),
+        )
+        return Preprocessed(Normalize([MNIST_MEAN], [MNIST_STD]), net)
+    raise ValueError(f"unknown benchmark model {name!r}; choose one of {MODELS}")
+
+
+def recipe(name: str) -> dict[str, Any]:
+    """What the cached weights depend on (compared with the sidecar before reuse)."""
+    return {
+        "model": name,
+        "epochs": EPOCHS[name],
+        "optimiser": "adam",
+        "lr": 1e-3,
+        "batch": 128,
+        "seed": 0,
+    }
+
+
+def weights_sha256(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the tensors (names, shapes, bytes) in sorted name order, not the file."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        tensor = state[key].detach().contiguous().cpu()
+        digest.update(f"{key}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def train(name: str, data_dir: str | None = None) -> tuple[nn.Module, float]:
+    """Train ``name`` on MNIST's training set; returns the eval-mode model and its test error."""
+    data = load_mnist(data_dir)
+    model = build(name)
+    generator = torch.Generator().manual_seed(0)
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+    images, labels = data.train_images, data.train_labels
+    model.train()
+    for _ in range(EPOCHS[name]):
+        for batch in torch.randperm(len(labels), generator=generator).split(128):
+            optimiser.zero_grad()
+            F.cross_entropy(model(images[batch]), labels[batch]).backward()
+            optimiser.step()
+    model.eval()
+    return model, test_error(model, data.test_images, data.test_labels)
+
+
+def test_error(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of ``images`` misclassified."""
+    with torch.no_grad():
+        wrong = sum(
+            int((model(x).argmax(1) != y).sum())
+            for x, y in zip(images.split(1000), labels.split(1000), strict=True)
+        )
+    return wrong / len(labels)
+
+
+def load(name: str, data_dir: str | None = None, root: Path | None = None) -> nn.Module:
+    """The trained ``name`` in eval mode: from the cache when its sidecar and hash check out."""
+    root = (cache_dir() / "benchmarks") if root is None else root
+    weights, sidecar = root / f"{name}.safetensors", root / f"{name}.json"
+    if weights.exists() and sidecar.exists():
+        try:
+            meta = json.loads(sidecar.read_text())
+            state = load_file(str(weights))
+            if meta.get("recipe") == recipe(name) and meta.get("sha256") == weights_sha256(state):
+                model = build(name)
+                model.load_state_dict(state)
+                return model.eval()
+        except (OSError, ValueError, RuntimeError):
+            pass  # unreadable or stale: retrain below
+        print(f"cached {weights} does not match its sidecar or this recipe: retraining")
+    model, error = train(name, data_dir)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(weights) as tmp:
+        save_file(state, str(tmp))
+    meta = {"recipe": recipe(name), "sha256": weights_sha256(state), "test_error": error}
+    atomic_write_json(sidecar, meta)
+    print(f"trained {name}: test error {error:.2%} -> {weights}")
+    return model

@@ -1,0 +1,94 @@
+"""Untargeted class choice by DeepFool's linearised distance (issue 18).
+
+The untargeted attack solves targeted problems toward the ``candidates`` classes nearest by the
+estimate ``(z_y - z_k) / ||grad z_y - grad z_k||``. On an affine model that estimate is the exact
+distance to each class's hyperplane (without the box), which is the oracle here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+from torch import nn
+
+from intriguing.attacks import LBFGS
+from intriguing.attacks.exact_linear import exact_linear_attack
+from intriguing.attacks.lbfgs import linear_distances
+from intriguing.errors import InvalidInputError
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def linear_model(seed: int, dim: int = 16, classes: int = 5) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(dim, classes)).eval()
+
+
+def test_estimate_is_the_exact_hyperplane_distance_on_an_affine_model() -> None:
+    model = linear_model(0)
+    x = torch.rand(7, 16)
+    y = model(x).argmax(1)
+    est = linear_distances(model, x, y)
+    w, b = model[1].weight.detach().double(), model[1].bias.detach().double()
+    z = x.double() @ w.T + b
+    for i in range(7):
+        for k in range(5):
+            if k == int(y[i]):
+                assert est[i, k] == float("inf")
+                continue
+            exact = (z[i, y[i]] - z[i, k]) / (w[y[i]] - w[k]).norm()
+            assert float(est[i, k]) == pytest.approx(float(exact), rel=1e-5, abs=1e-6)
+
+
+def test_untargeted_default_reaches_the_nearest_class_on_an_affine_model() -> None:
+    """Far from the box faces the nearest hyperplane is the optimum: the attack must land there."""
+    model = linear_model(1, dim=64, classes=6)
+    with torch.no_grad():
+        model[1].weight.mul_(20.0)  # steep: the boundaries are close, the box stays inactive
+    x = torch.full((12, 64), 0.5) + 0.05 * torch.rand(12, 64)
+    y = model(x).argmax(1)
+    res = LBFGS(progress=False)(model, x, y)
+    oracle = exact_linear_attack(model, x, y, progress=False)
+    assert bool(res.success.all())
+    nearest = linear_distances(model, x, y).argmin(1)
+    assert torch.equal(res.predicted, nearest)
+    gap = res.distortion.double() / oracle.distortion - 1.0
+    assert float(gap.max()) < 0.01 and float(gap.min()) > -1e-4
+
+
+def test_candidates_zero_is_the_untargeted_loss_search() -> None:
+    model = linear_model(2)
+    x = torch.rand(5, 16)
+    y = model(x).argmax(1)
+    res = LBFGS(candidates=0, progress=False)(model, x, y)
+    assert bool(res.success.all())
+    assert res.settings["candidates"] == 0
+
+
+def test_more_candidates_never_hurt_and_cost_counts_the_estimate() -> None:
+    model = linear_model(3, dim=32, classes=8)
+    x = torch.rand(10, 32)
+    y = model(x).argmax(1)
+    one = LBFGS(candidates=1, progress=False)(model, x, y)
+    three = LBFGS(candidates=3, candidate_ratio=10.0, progress=False)(model, x, y)
+    assert bool(one.success.all()) and bool(three.success.all())
+    # three candidates include the first: never worse beyond float noise
+    assert bool((three.distortion <= one.distortion * (1 + 1e-3) + 1e-6).all())
+    assert bool((one.grad_evals >= 8 + 1).all())  # K = 8 passes of the estimate, then the search
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"candidates": -1}, "candidates"), ({"candidate_ratio": 0.5}, "candidate_ratio")],
+)
+def test_bad_candidate_settings(kwargs: dict[str, float], match: str) -> None:
+    with pytest.raises(InvalidInputError, match=match):
+        LBFGS(**kwargs)  # type: ignore[arg-type]
