@@ -301,3 +301,47 @@ def test_model_robust_accuracy_matches_its_attack(in_fixtures: Path) -> None:
     expected = [(5 - int((fooled & (l2 <= e + 1e-5)).sum())) / 6 for e in (0.0, 0.1, 100.0)]
     assert summary["robust_accuracy"] == pytest.approx(expected)
     assert summary["robust_accuracy"][0] == pytest.approx(5 / 6)
+
+
+# ------------------------------------------------------------------------ the API end to end
+@pytest.mark.parametrize(
+    ("spec", "shape"),
+    [
+        ("mymodels:lenet", (1, 28, 28)),
+        ("mymodels:colour_cnn", (3, 32, 32)),
+        ("mymodels:resnet", (3, 32, 32)),
+    ],
+)
+def test_api_attack_units_and_figure5_on_each_user_model(
+    in_fixtures: Path, tmp_path: Path, spec: str, shape: tuple[int, ...]
+) -> None:
+    from intriguing.analysis.activations import compute_activations
+    from intriguing.attacks import LBFGS
+    from intriguing.experiments.figure5 import run_figure5
+
+    model = load_any_model(spec)
+    torch.manual_seed(3)
+    images = torch.rand(6, *shape)
+    with torch.no_grad():
+        labels = model(images).argmax(1)
+    np.savez(tmp_path / "t.npz", images=images.numpy(), labels=labels.numpy())
+    data = load_tensors(tmp_path / "t.npz")
+    assert data.fit_to(model) == 10
+    x, y, index, source = choose_examples(model, data, 3)
+    assert index.tolist() == [0, 1, 2] and source == "labels"
+    result = LBFGS(mode="untargeted", max_iter=50, seed=0)(model, x, y)
+    with torch.no_grad():
+        fooled = model(result.adversarial).argmax(1) != y
+    assert bool(result.success.all()) and bool(fooled.all())
+    delta = (result.adversarial - x).flatten(1)
+    torch.testing.assert_close(
+        result.distortion.double(),
+        (delta.norm(dim=1) / delta.shape[1] ** 0.5).double(),
+        rtol=1e-4,
+        atol=1e-7,
+    )
+    layer = {"mymodels:lenet": "fc1", "mymodels:colour_cnn": "3", "mymodels:resnet": "block"}[spec]
+    phi = compute_activations(model, layer, images)
+    assert phi.shape[0] == 6 and np.isfinite(phi).all()
+    doc = run_figure5(model, images[:2], ["a", "b"], tmp_path / "f5")
+    assert doc["summary"]["n"] == 2 and (tmp_path / "f5" / "figure5.png").exists()

@@ -418,8 +418,8 @@ def open_data(
         raise InvalidInputError("give --images or --tensors, not both")
     if labels_file is not None and images is None:
         raise InvalidInputError("--labels needs --images (a folder of images)")
-    if tensors is None and images is None and (image_size is not None or mode is not None):
-        raise InvalidInputError("--image-size and --mode apply to --images only")
+    if images is None and (image_size is not None or mode is not None):
+        raise InvalidInputError("--image-size and the colour mode (--mode) apply to --images only")
     if images is not None:
         return _open_folder(Path(images), labels_file, image_size, mode)
     if tensors is not None:
