@@ -345,3 +345,13 @@ def test_api_attack_units_and_figure5_on_each_user_model(
     assert phi.shape[0] == 6 and np.isfinite(phi).all()
     doc = run_figure5(model, images[:2], ["a", "b"], tmp_path / "f5")
     assert doc["summary"]["n"] == 2 and (tmp_path / "f5" / "figure5.png").exists()
+
+
+def test_probe_refuses_non_logits_and_nan_logits() -> None:
+    nan_model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    with torch.no_grad():
+        nan_model[1].weight.fill_(float("nan"))
+    with pytest.raises(InvalidInputError, match="NaN or infinite logits"):
+        check_model_input(nan_model, torch.rand(2, 1, 2, 2))
+    with pytest.raises(InvalidInputError, match=r"must return logits \(N, classes\)"):
+        check_model_input(torch.nn.Identity(), torch.rand(2, 1, 2, 2))

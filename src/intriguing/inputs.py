@@ -281,7 +281,7 @@ def check_model_input(
     if channels is not None and images.ndim == 4 and images.shape[1] != channels:
         raise InvalidInputError(
             f"the model expects {describe_expected(model)} but the data is {shape} (C x H x W); "
-            "use --mode RGB|L for image folders, or data with the right channels"
+            "for an image folder set the colour mode (--mode, or --image-mode for attack)"
         )
     probe = images[:2].to(model_device(model))
     try:
@@ -297,6 +297,8 @@ def check_model_input(
         raise InvalidInputError(
             f"the model must return logits (N, classes) for images {shape}; it returned {got}"
         )
+    if not bool(torch.isfinite(logits).all()):
+        raise InvalidInputError(f"the model returned NaN or infinite logits on the data ({shape})")
     classes = int(logits.shape[1])
     if labels is not None and len(labels) and int(labels.max()) >= classes:
         raise InvalidInputError(
