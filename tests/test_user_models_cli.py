@@ -233,3 +233,17 @@ def test_refusals_are_one_line(tmp_path: Path, mnist_dir: Path) -> None:
     if not torch.cuda.is_available():
         one_line_error(run("attack", "mymodels:lenet", "--device", "cuda"), "CUDA is not available")
     one_line_error(run("eval", "mymodels:lenet", "--images", str(grey)), "does not accept")
+
+
+def test_eval_any_model_on_tensors_is_the_hand_counted_error(tmp_path: Path) -> None:
+    torch.manual_seed(7)
+    images = torch.rand(8, 3, 32, 32)
+    labels = load_any_model("mymodels:colour_cnn")(images).argmax(1)
+    labels[:3] = (labels[:3] + 1) % 10  # exactly three wrong
+    save_file({"images": images, "labels": labels}, str(tmp_path / "t.safetensors"))
+    js = tmp_path / "e.json"
+    result = run("eval", "mymodels:colour_cnn", "--tensors", str(tmp_path / "t.safetensors"),
+                 "--json", str(js))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    payload = json.loads(js.read_text())
+    assert payload["tensors_error"] == pytest.approx(3 / 8) and payload["n"] == 8
