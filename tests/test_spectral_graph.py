@@ -562,3 +562,33 @@ def test_property_bound_above_power_iteration_lower_bound(
     explicit = jacobian_lower_bound(model, inputs)  # whole Jacobian (3 outputs)
     assert bound.lipschitz >= power.value and power.value <= explicit.value * (1 + 1e-9)
     assert bound.lipschitz >= pair_ratios(model, shape, n=16)
+
+
+def test_adaptive_max_pool_bound_is_attained_by_a_spike() -> None:
+    """5 -> 3 adaptive windows [0, 2), [1, 4), [3, 5) overlap: pixel (1, 1) is in four, ratio 2."""
+    model = nn.Sequential(nn.AdaptiveMaxPool2d(3), nn.Flatten()).eval()
+    bound = network_bounds(model, (1, 5, 5))
+    spike = torch.zeros((1, 1, 5, 5))
+    spike[0, 0, 1, 1] = 1.0
+    ratio = float(model(spike).norm() / spike.norm())
+    assert bound.lipschitz == pytest.approx(2.0) and ratio == pytest.approx(2.0)
+
+
+def test_functional_batch_norm_equals_the_module_rule() -> None:
+    class Functional(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bn = nn.BatchNorm1d(4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            bn = self.bn
+            return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False)
+
+    model = Functional().eval()
+    with torch.no_grad():
+        model.bn.running_var.copy_(torch.tensor([0.5, 2.0, 1.0, 0.25]))
+        model.bn.weight.copy_(torch.tensor([1.0, -3.0, 0.5, 0.2]))
+    functional = network_bounds(model, (4,)).lipschitz
+    layer = network_bounds(nn.Sequential(model.bn).eval(), (4,)).lipschitz
+    expected = 3.0 / math.sqrt(2.0 + 1e-5)
+    assert functional == pytest.approx(expected, rel=1e-12) and layer == pytest.approx(expected)

@@ -370,3 +370,24 @@ def _pad(ctx: Ctx) -> tuple[float, float, float, str]:
     if ctx.dependent(ctx.arg(3, "value", 0.0)):
         raise ctx.refuse("an input-dependent padding value is not supported")
     return 1.0, lip, exact, "isometry"
+
+
+@function_rule(F.adaptive_max_pool2d)
+def _adaptive_max_pool(ctx: Ctx) -> tuple[float, float, float, str]:
+    if ctx.arg(2, "return_indices", False):
+        raise ctx.refuse("return_indices=True is not supported")
+    return _module_rule_as_function(ctx, nn.AdaptiveMaxPool2d(ctx.arg(1, "output_size")))
+
+
+@function_rule(F.batch_norm)
+def _batch_norm(ctx: Ctx) -> tuple[float, float, float, str]:
+    """Eval-mode batch norm: the diagonal ``weight / sqrt(running_var + eps)``: its largest entry."""
+    if ctx.arg(5, "training", False) is not False:
+        raise ctx.refuse("batch norm in training mode uses batch statistics: call model.eval()")
+    var, weight = ctx.arg(2, "running_var"), ctx.arg(3, "weight")
+    if var is None or ctx.dependent(var) or ctx.dependent(weight):
+        raise ctx.refuse("batch norm needs constant running statistics and weight")
+    scale = 1.0 / torch.sqrt(ctx.constant(var) + float(ctx.arg(7, "eps", 1e-5)))
+    if weight is not None:
+        scale = scale * ctx.constant(weight)
+    return _unary(ctx, float(scale.abs().max()), "diagonal")

@@ -331,7 +331,7 @@ def _pool_size(module: nn.Module) -> dict[str, str]:
     return {"size": "x".join(str(k) for k in kernel), "stride": _fmt_pair(stride)}
 
 
-@register_layer_rule(nn.BatchNorm1d, nn.BatchNorm2d)
+@register_layer_rule(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 def _batchnorm_rule(
     module: nn.Module, shape: Shape, out: Shape, options: BoundOptions
 ) -> dict[str, Any]:
@@ -592,3 +592,28 @@ def _conv1d_rule(
     k = int(module.kernel_size[0])
     fields["size"] = f"{module.in_channels}x{k}x{module.out_channels}"
     return fields
+
+
+@register_layer_rule(nn.AdaptiveMaxPool2d)
+def _adaptive_maxpool_rule(
+    module: nn.Module, shape: Shape, out: Shape, options: BoundOptions
+) -> dict[str, Any]:
+    """Adaptive max pooling: ``sqrt(c)`` as for MaxPool2d; output ``i`` of ``n`` over ``m`` inputs
+    reads ``[floor(i m / n), ceil((i + 1) m / n))``, windows that overlap when ``n`` does not divide ``m``.
+    """
+    if len(shape) != 3:
+        raise InvalidInputError(f"AdaptiveMaxPool2d expects (C, H, W) inputs, got {shape}")
+    coverage = 1
+    for dim in range(2):
+        size, n_out = shape[1 + dim], out[1 + dim]
+        counts = [0] * size
+        for i in range(n_out):
+            for index in range((i * size) // n_out, -((-(i + 1) * size) // n_out)):
+                counts[index] += 1
+        coverage *= max(counts)
+    return {
+        "upper": math.sqrt(coverage),
+        "method": "window-count",
+        "details": {"max_windows_per_pixel": coverage},
+        **_pool_size(module),
+    }
