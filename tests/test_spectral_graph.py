@@ -592,3 +592,17 @@ def test_functional_batch_norm_equals_the_module_rule() -> None:
     layer = network_bounds(nn.Sequential(model.bn).eval(), (4,)).lipschitz
     expected = 3.0 / math.sqrt(2.0 + 1e-5)
     assert functional == pytest.approx(expected, rel=1e-12) and layer == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "circular", "reflect"])
+def test_conv1d_bounds_cover_its_explicit_operator(padding_mode: str) -> None:
+    torch.manual_seed(11)
+    conv = nn.Conv1d(2, 3, 3, stride=2, padding=1, padding_mode=padding_mode, bias=False).double()
+    bound = network_bounds(nn.Sequential(conv).eval(), (2, 10))
+    basis = torch.eye(20, dtype=torch.float64).reshape(20, 2, 10)
+    matrix = conv(basis).detach().reshape(20, -1).T  # columns: images of the basis vectors
+    exact = spectral(matrix)
+    layer = bound.layers[0]
+    assert layer.upper >= exact * (1 - 1e-9) and layer.size == "2x3x3"
+    if layer.exact is not None:
+        assert layer.exact == pytest.approx(exact, rel=1e-6)
