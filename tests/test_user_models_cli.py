@@ -247,3 +247,25 @@ def test_eval_any_model_on_tensors_is_the_hand_counted_error(tmp_path: Path) -> 
     assert result.exit_code == 0, result.output
     payload = json.loads(js.read_text())
     assert payload["tensors_error"] == pytest.approx(3 / 8) and payload["n"] == 8
+
+
+def test_rarity_and_recover_on_a_user_model(tmp_path: Path) -> None:
+    tensors = _tensors(tmp_path / "t.safetensors", "mymodels:colour_cnn", (3, 32, 32), n=3)
+    js = tmp_path / "r.json"
+    rarity = run("rarity", "mymodels:colour_cnn", "--tensors", str(tensors), "--n", "2",
+                 "--samples", "50", "--rays", "2", "--max-iter", "30", "--json", str(js))  # fmt: skip
+    assert rarity.exit_code == 0, rarity.output
+    payload = json.loads(js.read_text())
+    assert payload["n"] == 2 and payload["pooled"]["1"]["valid"] == 100
+    assert payload["positions"] == [0, 1] and payload["labels_from"] == "labels"
+    recover = run("recover", "mymodels:colour_cnn", "--tensors", str(tensors), "--n", "2",
+                  "--bootstrap", "50", "--max-iter", "30", "--amplify", "none",
+                  "--json", str(js))  # fmt: skip
+    assert recover.exit_code == 0, recover.output
+    summary = json.loads(js.read_text())
+    assert summary["n"] == 2 and 0 <= summary["recovered"] <= 2
+    one_line_error(
+        run("rarity", "mymodels:colour_cnn", "--models", "softmax1", "--tensors", str(tensors)),
+        "takes no --models",
+    )
+    one_line_error(run("rarity", "--models", "softmax1"), "--out is required")

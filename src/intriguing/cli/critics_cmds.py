@@ -182,6 +182,7 @@ def _finish(payload: dict[str, Any], out: Path, json_path: Path | None) -> None:
 
 
 @click.command("rarity")
+@click.argument("model", required=False)
 @click.option(
     "--n",
     type=click.IntRange(1, 70_000),
@@ -216,8 +217,11 @@ def _finish(payload: dict[str, Any], out: Path, json_path: Path | None) -> None:
     show_default=True,
     help="rescale: exact norm along the clipped ray; clip: plain clipping (norm shrinks).",
 )
+@model_options
+@user_data_options()
 @_common
 def rarity(
+    model: str | None,
     n: int,
     samples: int,
     scales: str,
@@ -226,7 +230,12 @@ def rarity(
     seed: int,
     **common: Any,
 ) -> None:
-    """How often does a random perturbation as large as the adversarial one change the label?"""
+    """How often does a random perturbation as large as the adversarial one change the label?
+
+    With MODEL (zoo name, package.module:factory, file.py:factory) the first --attack-n (default
+    --n) correct images of MNIST, --images or --tensors are attacked here and the first --n
+    re-verified successes are measured; no --out needed.
+    """
     from intriguing.analysis.rarity import RarityConfig
 
     config = RarityConfig(
@@ -249,10 +258,22 @@ def rarity(
             "seed": config.seed,
         }
     }
+    if model is not None:
+        from intriguing.analysis.rarity import measure_rarity
+
+        net, x, adv, y, meta = _model_examples(model, n, common, seed)
+        result = measure_rarity(net, x, adv, y, config)
+        for scale, pooled in result["pooled"].items():
+            click.echo(
+                f"  scale {scale}: {pooled['flips']}/{pooled['valid']} random directions flip the label"
+            )
+        _finish_model(command="rarity", payload={**meta, **result}, common=common)
+        return
     _run("rarity", n, options, common)
 
 
 @click.command("recover")
+@click.argument("model", required=False)
 @click.option(
     "--n",
     type=click.IntRange(1, 70_000),
@@ -273,15 +294,22 @@ def rarity(
     show_default=True,
     help="Also test the detector on adversarials pushed k times further (comma list; 'none').",
 )
+@model_options
+@user_data_options()
 @_common
 def recover(
+    model: str | None,
     n: int,
     bootstrap: int,
     amplify: str,
     seed: int,
     **common: Any,
 ) -> None:
-    """Attack adversarial examples back to their true label; detect them by the flip distance."""
+    """Attack adversarial examples back to their true label; detect them by the flip distance.
+
+    With MODEL (zoo name, package.module:factory, file.py:factory) the examples are made here from
+    MNIST, --images or --tensors, as for rarity; no --out needed.
+    """
     if bootstrap < 1:
         raise InvalidInputError(f"--bootstrap must be >= 1, got {bootstrap}")
     attack = _attack(common["max_iter"], common["search_steps"])
@@ -295,7 +323,74 @@ def recover(
         "confidence": 0.95,
         "amplify": list(factors),
     }
+    if model is not None:
+        from intriguing.analysis.recovery import recover_and_detect, summarise_recovery
+
+        net, x, adv, y, meta = _model_examples(model, n, common, seed)
+        per = recover_and_detect(net, x, adv, y, attack=attack, amplify=tuple(factors))
+        summary = summarise_recovery(per, n_resamples=bootstrap, seed=seed, confidence=0.95)
+        click.echo(
+            f"  recovered {summary['recovered']}/{summary['n']}; detector AUC "
+            f"{summary['detector']['auc']:.3f} (95% CI {summary['detector']['auc_ci'][0]:.3f}"
+            f"-{summary['detector']['auc_ci'][1]:.3f})"
+        )
+        _finish_model(command="recover", payload={**meta, **summary}, common=common)
+        return
     _run("recover", n, options, common)
+
+
+def _model_examples(
+    spec: str, n: int, common: dict[str, Any], seed: int
+) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+    """Adversarial examples of any MODEL made here: ``(model on CPU, x, x', labels, meta)``.
+
+    The first --attack-n (default --n) correctly classified images are attacked (untargeted
+    L-BFGS, the critics' settings); the first ``n`` successes that a fresh forward pass confirms
+    and that moved are kept.
+    """
+    from intriguing.attacks import LBFGS
+    from intriguing.cli.options import model_from_options, open_user_data
+    from intriguing.inputs import choose_examples, model_device, predict
+
+    if n < 1:
+        raise InvalidInputError(f"--n must be at least 1, got {n}")
+    if common["models"] is not None or common["from_run"] is not None:
+        raise InvalidInputError("a MODEL argument takes no --models or --from-run")
+    data = open_user_data(common, split=common["split"])
+    net, description = model_from_options(spec, common, seed=0)
+    data.fit_to(net)
+    count = min(_attack_n(common["attack_n"], n), len(data))
+    x, y, index, label_source = choose_examples(net, data, count, correct_only=True)
+    attack = _attack(common["max_iter"], common["search_steps"])
+    attacker = LBFGS(mode="untargeted", seed=seed, **_lbfgs_settings(attack))
+    device = model_device(net)
+    result = attacker(net, x.to(device), y.to(device))
+    adv = result.adversarial.detach().cpu()
+    fooled = result.success.cpu() & (predict(net, adv) != y)
+    keep = (fooled & ((adv - x).flatten(1).abs().amax(1) > 0)).nonzero().flatten()[:n]
+    if keep.numel() == 0:
+        raise InvalidInputError(f"{spec}: the attack found no adversarial example to analyse")
+    click.echo(f"{spec}: {keep.numel()} adversarial examples of {len(y)} attacked ({device})")
+    meta = {
+        "model": spec,
+        "description": description,
+        "labels_from": label_source,
+        "data": dict(data.meta),
+        "positions": index[keep].tolist(),
+    }
+    return net.cpu().eval(), x[keep], adv[keep], y[keep], meta
+
+
+def _finish_model(*, command: str, payload: dict[str, Any], common: dict[str, Any]) -> None:
+    """Write ``payload`` to --json and to ``<out>/<command>-<model>.json`` when given."""
+    from intriguing._io import atomic_write_json
+
+    targets = [common["json_path"]]
+    if common["out"] is not None:
+        targets.append(common["out"] / f"{command}-{_slug(payload['model'])}.json")
+    for path in (t for t in targets if t is not None):
+        atomic_write_json(path, payload)
+        click.echo(f"wrote {path}")
 
 
 @click.command("curves")
