@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
 from intriguing.cli.main import cli
 from intriguing.errors import IntriguingError
+from intriguing.report import render as render_module
 from intriguing.report.blocks import Figure, Heading, Para
 from intriguing.report.html import PNG_SIGNATURE, inside_run, to_html
 from intriguing.report.render import SCHEMA, render_report, to_markdown
@@ -71,11 +73,16 @@ def _run_dir(tmp_path: Path, doc: object) -> Path:
     ids=["missing key", "string number", "wrong type"],
 )
 def test_malformed_results_are_one_error_line_and_write_nothing(
-    tmp_path: Path, doc: object
+    tmp_path: Path, doc: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run = _run_dir(tmp_path, doc)
-    with pytest.raises(IntriguingError, match="malformed results") as info:
+    with pytest.raises(IntriguingError, match="malformed") as info:  # load_results' checks
         render_report(run)
+    assert "\n" not in str(info.value)
+    with monkeypatch.context() as patched:  # past load_results: the rendering itself
+        patched.setattr(render_module, "load_results", lambda root: doc)
+        with pytest.raises(IntriguingError, match="malformed results") as info:
+            render_report(run)
     assert "\n" not in str(info.value)
     assert not (run / "report.md").exists() and not (run / "report.html").exists()
     result = CliRunner().invoke(cli, ["report", str(run)])
@@ -96,12 +103,14 @@ def test_results_json_symlinked_from_outside_is_refused(tmp_path: Path) -> None:
 def test_markdown_is_escaped_like_html() -> None:
     blocks = [
         Heading("<b>model</b>", 1),
-        Para("<script>alert(1)</script> & <img src=x onerror=y>"),
+        Para("<script>alert(1)</script> <img src=x onerror=y> &lt;i&gt; <http://x> | a < 1.2% & b"),
         Figure(path="figures/a b).png", caption="<i>cap</i>"),
     ]
     markdown = to_markdown(blocks)
     page_text = to_html(blocks[:2], Path("."))
-    for raw in ("<script>", "<img", "<b>", "<i>"):
+    for raw in ("<script", "<img", "<b>", "<i>", "<http", "&lt;i&gt;"):
         assert raw not in markdown and raw not in page_text
-    assert "&lt;script&gt;" in markdown and "&amp;" in markdown
+    assert "&lt;script>" in markdown and "&amp;lt;i&amp;gt;" in markdown
+    assert "a < 1.2% & b" in markdown  # plain text stays readable
+    assert "\\|" in markdown
     assert "(figures/a%20b%29.png)" in markdown  # the link cannot be closed early

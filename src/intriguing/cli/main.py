@@ -2,8 +2,9 @@
 
 Subcommands live in their own modules (``intriguing.cli.<name>``) and are imported only when run, so
 ``intriguing --help`` is instant and one broken optional dependency cannot break every command.
-User mistakes (:class:`intriguing.errors.IntriguingError`) become a one-line ``Error: ...`` on stderr
-and exit code 2; click's own usage errors also exit with 2.
+User mistakes (:class:`intriguing.errors.IntriguingError`) and bad option values (click's
+``BadParameter``: out of range, unwritable output path, ...) become a one-line ``Error: ...`` on
+stderr and exit code 2; click's other usage errors (unknown option, missing argument) also exit 2.
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ class LazyGroup(click.Group):
             return super().invoke(ctx)
         except IntriguingError as exc:
             raise UserError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+        except click.BadParameter as exc:  # a bad value (range, output path): one line, no usage
+            raise UserError(exc.format_message().splitlines()[0]) from None
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

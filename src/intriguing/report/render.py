@@ -13,6 +13,7 @@ The document is built once as a list of blocks (:mod:`intriguing.report.blocks`)
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -541,11 +542,15 @@ def build_blocks(doc: Mapping[str, Any], figures: Mapping[str, str]) -> list[Blo
 
 
 # --------------------------------------------------------------------------------- writers
-def _md_escape(text: str) -> str:
-    """Text escaped like the HTML report's (``&``, ``<``, ``>``) and ``|`` for table cells."""
-    import html as _html
+_MD_TAG = re.compile(r"<(?=[A-Za-z/!?])")  # what Markdown would take for raw HTML or an autolink
+_MD_ENTITY = re.compile(r"&(?=#?[A-Za-z0-9]+;)")  # what Markdown would take for an HTML entity
 
-    return _html.escape(text, quote=False).replace("|", "\\|")
+
+def _md_escape(text: str) -> str:
+    """Text that renders as written, like the HTML report's escaped text: an HTML tag, autolink or
+    entity is escaped (``<b>`` -> ``&lt;b>``, ``&amp;`` -> ``&amp;amp;``), a plain ``< 1.2%`` or
+    ``a & b`` stays readable; ``|`` is escaped for table cells."""
+    return _MD_TAG.sub("&lt;", _MD_ENTITY.sub("&amp;", text)).replace("|", "\\|")
 
 
 def _md_link(path: str) -> str:
