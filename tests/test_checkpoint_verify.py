@@ -206,3 +206,28 @@ def test_weights_do_not_depend_on_the_callers_thread_count() -> None:
         assert hashes[0] == hashes[1]
     finally:
         torch.set_num_threads(before)
+
+
+def test_training_states_are_verified_on_load(tmp_path: Path) -> None:
+    """The resumable adversarial-training state: hash checked, NaN/Inf refused both ways."""
+    from safetensors.torch import load_file, save_file
+
+    from intriguing.training.checkpoint import load_state, save_state
+
+    path = tmp_path / "state.safetensors"
+    save_state(path, {"w": torch.ones(3)}, {"format": 1, "step": 4})
+    tensors, meta = load_state(path, 1)
+    assert torch.equal(tensors["w"], torch.ones(3)) and meta == {"format": 1, "step": 4}
+    with pytest.raises(CheckpointError, match="NaN or Inf"):
+        save_state(path, {"w": torch.tensor([float("inf")])}, {"format": 1})
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+    save_file({"w": torch.full((3,), 2.0)}, str(path), metadata=metadata)  # replaced tensor
+    with pytest.raises(CheckpointError, match="recorded hash"):
+        load_state(path, 1)
+    save_file({"w": torch.tensor([float("nan")])}, str(path), metadata={"state": '{"format": 1}'})
+    with pytest.raises(CheckpointError, match="NaN or Inf"):
+        load_state(path, 1)
+    assert load_file(str(path))["w"].isnan().all()

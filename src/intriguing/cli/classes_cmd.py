@@ -3,7 +3,6 @@ item 4: "if the number of classes is small, will the problem be less severe?")."
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -130,10 +129,10 @@ def classes(
     runner = make_backend(backend, address=address)
     doc = run_classes(config, out, data_dir=data_dir, backend=runner)
     paths = write_classes_report(out)
-    if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        if json_path.resolve() != (out / "results.json").resolve():
-            shutil.copyfile(out / "results.json", json_path)
+    if json_path is not None and json_path.resolve() != (out / "results.json").resolve():
+        from intriguing._io import atomic_write_bytes
+
+        atomic_write_bytes(json_path, (out / "results.json").read_bytes())  # checked beforehand
     from rich.console import Console
 
     Console().print(_summary_table(doc))

@@ -315,6 +315,8 @@ def save_state(path: Path, tensors: Mapping[str, torch.Tensor], meta: dict[str, 
     from safetensors.torch import save_file
 
     payload = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    check_finite(payload, path)
+    meta = {**meta, "tensors_sha256": tensors_sha256(payload)}
     with atomic_path(path) as tmp:
         save_file(payload, str(tmp), metadata={"state": json.dumps(meta, allow_nan=False)})
 
@@ -322,8 +324,11 @@ def save_state(path: Path, tensors: Mapping[str, torch.Tensor], meta: dict[str, 
 def load_state(path: Path, format_version: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read a state written by :func:`save_state` whose ``meta["format"]`` is ``format_version``.
 
+    The tensors are checked against the hash :func:`save_state` recorded and must be finite.
+
     Raises:
-        CheckpointError: unreadable, truncated, not a training state, or another format.
+        CheckpointError: unreadable, truncated, not a training state, another format, tensors
+            that do not match their hash, or NaN/Inf.
     """
     from safetensors import SafetensorError, safe_open
 
@@ -341,6 +346,12 @@ def load_state(path: Path, format_version: int) -> tuple[dict[str, torch.Tensor]
         ) from None
     if not isinstance(meta, dict) or meta.get("format") != format_version:
         raise CheckpointError(f"{path}: unknown checkpoint format; delete it and rerun")
+    expected = meta.pop("tensors_sha256", None)
+    if expected is not None and expected != tensors_sha256(tensors):
+        raise CheckpointError(
+            f"{path}: tensors do not match their recorded hash; delete it and rerun"
+        )
+    check_finite(tensors, path)
     return tensors, meta
 
 
