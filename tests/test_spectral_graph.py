@@ -606,3 +606,31 @@ def test_conv1d_bounds_cover_its_explicit_operator(padding_mode: str) -> None:
     assert layer.upper >= exact * (1 - 1e-9) and layer.size == "2x3x3"
     if layer.exact is not None:
         assert layer.exact == pytest.approx(exact, rel=1e-6)
+
+
+def test_a_model_mixing_the_examples_of_a_batch_is_refused() -> None:
+    class BatchSoftmax(nn.Module):  # softmax over the batch: per-example shapes look fine
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.softmax(self.fc(x), dim=0)
+
+    with pytest.raises(InvalidInputError, match="examples of a batch") as info:
+        network_bounds(BatchSoftmax().eval(), (4,))
+    assert "\n" not in str(info.value)
+
+
+def test_unused_layers_without_rules_do_not_matter() -> None:
+    class WithLoss(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+            self.loss = nn.CrossEntropyLoss()  # held, never called in forward
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x)
+
+    model = WithLoss().eval()
+    assert network_bounds(model, (4,)).lipschitz == pytest.approx(spectral(model.fc.weight))

@@ -220,3 +220,21 @@ def _compare_chain(expected: Any, got: torch.Tensor, rtol: float) -> None:
             f"model(x) by {float(difference[worst]):.4g} (output scale {float(scale[worst]):.4g}); "
             "list every layer in call order, normalisation included, or leave layers= out"
         )
+
+
+def check_batch_independent(model: nn.Module, inputs: torch.Tensor, *, rtol: float = 1e-9) -> None:
+    """Refuse (one line) a model whose output for one example depends on the others in its batch:
+    a per-example Lipschitz bound (and the batched Jacobian) assumes ``model(x)[i] = model(x[i:i+1])``.
+    """
+    double = float64_copy(model)
+    with torch.no_grad():
+        batched = double(inputs)
+        if not isinstance(batched, torch.Tensor) or batched.dim() == 0:
+            raise InvalidInputError("the model must return one tensor with a batch dimension")
+        single = torch.cat([double(inputs[i : i + 1]) for i in range(len(inputs))])
+    scale = max(1.0, float(batched.abs().max()))
+    if single.shape != batched.shape or float((single - batched).abs().max()) > rtol * scale:
+        raise InvalidInputError(
+            f"{type(model).__name__} does not treat the examples of a batch independently (its output "
+            "for one example changes with the others): no per-example Lipschitz bound applies"
+        )

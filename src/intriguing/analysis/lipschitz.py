@@ -49,6 +49,7 @@ from torch import nn
 from intriguing.analysis.jacobian import (
     CertificationError,
     MeasuredLowerBound,
+    check_batch_independent,
     check_certified,
     check_chain,
     float64_copy,
@@ -302,6 +303,7 @@ def network_bounds(
     else:
         bound = _from_graph(graph_bound(model, shape, options), shape)
     bound.fingerprint = model_fingerprint(model)
+    check_batch_independent(model, probes)
     _measure(bound, model, probes, options)
     return bound
 

@@ -108,7 +108,8 @@ class _Tracer(fx.Tracer):
 
 
 def refuse_layers_without_rule(model: nn.Module) -> None:
-    """One line for the first torch.nn layer that has no rule (an LSTM, attention, ...)."""
+    """One line for the first torch.nn layer that has no rule (an LSTM, attention, ...); used when
+    tracing fails (a layer that is traced and used is refused at its node, an unused one never)."""
     for name, module in model.named_modules():
         if not name or isinstance(module, _CONTAINERS) or find_rule(module) is not None:
             continue
@@ -125,6 +126,7 @@ def trace_model(model: nn.Module) -> fx.GraphModule:
     try:
         graph = tracer.trace(model)
     except Exception as exc:  # torch.fx raises many types; the user gets one line
+        refuse_layers_without_rule(model)  # an LSTM etc. is the likelier cause: name it
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         where = f" in module {tracer.failed_in!r}" if tracer.failed_in else ""
         raise InvalidInputError(
@@ -198,9 +200,9 @@ def graph_bound(model: nn.Module, shape: Shape, options: BoundOptions) -> GraphB
         raise InvalidInputError(
             f"{type(model).__name__} is in training mode: call model.eval() before bounding"
         )
-    refuse_layers_without_rule(model)
     double_model = _double(model)  # the graph module shares its layers: never touch the user's
     gm = trace_model(double_model)
+    _refuse_called_layers_without_rule(gm)
     check_trace_matches(double_model, gm, shape)
     values = probe_values(gm, shape)
     inputs = [n for n in gm.graph.nodes if is_input(n)]
@@ -221,6 +223,17 @@ def graph_bound(model: nn.Module, shape: Shape, options: BoundOptions) -> GraphB
             nodes.append(result)
     assert output is not None
     return _finish(gm, output, nodes, bounds, values)
+
+
+def _refuse_called_layers_without_rule(gm: fx.GraphModule) -> None:
+    """A called layer without rule (an LSTM, ...) is refused before anything runs."""
+    for node in gm.graph.nodes:
+        module = gm.get_submodule(str(node.target)) if node.op == "call_module" else None
+        if module is not None and find_rule(module) is None:
+            raise InvalidInputError(
+                f"layer {node.target!r} ({type(module).__name__}) has no Lipschitz rule; supported "
+                f"layers: {', '.join(supported_layers())}"
+            )
 
 
 def _double(model: nn.Module) -> nn.Module:
