@@ -132,7 +132,8 @@ class LBFGS(Attack):
             The untargeted search often settles on a class that is not the nearest (issue 18);
             measured on N100-100-10 (300 images): 0 -> 0.02985 mean distortion at 34.6
             evaluations per example, 1 -> 0.02961 at 37.1, 2 -> 0.02929 at 49.9 (with
-            ``candidate_ratio=1.2``), every class (``target="best"``) 0.02928 at 327.
+            ``candidate_ratio=1.2``), every class (``target="best"``) 0.02926 at 329
+            (``benchmarks/class_choice.py``).
         candidate_ratio: a candidate beyond the first is attacked only when its estimate is at most
             this many times the nearest one's (1.2, 1.3, 1.5 and inf measured the same mean
             distortion on N100-100-10 and the ReLU MLP, at 49.9 / 54.1 / 58.3 / 64.8 evaluations).
