@@ -23,7 +23,7 @@ Rules (each justified in ``docs/spectral.md``):
 - ``BatchNorm1d/2d`` (eval mode): ``max |gamma / sqrt(var + eps)|`` (lower: the minimum).
 - Input normalisation (a module named ``Normalize`` with ``std``, e.g. torchvision's): ``max 1/|std|``.
 
-More layers (GELU, SiLU, Softmax, LogSoftmax, Conv1d, ...) are in
+These rules, and more (GELU, SiLU, Softmax, LogSoftmax, Conv1d, AdaptiveMaxPool2d, ...), live in
 :mod:`intriguing.analysis.layer_rules`; register a rule with :func:`register_layer_rule`.
 
 Which walk: a plain ``nn.Sequential`` whose every layer has a rule is walked as a chain (the bound
