@@ -231,3 +231,11 @@ def test_training_states_are_verified_on_load(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="NaN or Inf"):
         load_state(path, 1)
     assert load_file(str(path))["w"].isnan().all()
+
+
+def test_an_edited_sidecar_config_is_refused_on_an_explicit_path(
+    entry_a: api_module.TrainedModel,
+) -> None:
+    _write_sidecar(entry_a.path, config={**entry_a.sidecar["config"], "iterations": 99})
+    with pytest.raises(CheckpointError, match="do not give its key"):
+        load_checkpoint(entry_a.path)

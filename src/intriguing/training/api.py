@@ -247,9 +247,28 @@ def load_checkpoint(path: str | os.PathLike[str]) -> TrainedModel:
             f"{sidecar_path_for(weights)}: the sidecar's architecture is not {entry.name}'s; "
             "the checkpoint is corrupt or from another version: retrain it"
         )
+    _check_own_key(sidecar, entry.name, repr(model), sidecar_path_for(weights))
     sidecar["weights_sha256"] = load_weights(model, weights, sidecar["weights_sha256"])
     model.eval()
     return TrainedModel(model, entry.name, weights, sidecar, cached=True)
+
+
+def _check_own_key(sidecar: dict[str, Any], name: str, architecture: str, path: Path) -> None:
+    """A sidecar with a ``key`` must hash to it: its config, split or dataset were not edited."""
+    from intriguing.errors import InvalidInputError
+
+    if not all(k in sidecar for k in ("key", "train_split", "dataset")):
+        return  # an older or hand-made sidecar: the weights' hash and fit are still checked
+    try:
+        config = TrainConfig.from_dict(sidecar["config"])
+        key = cache_key(name, architecture, config, sidecar["train_split"], sidecar["dataset"])
+    except (InvalidInputError, TypeError, ValueError):
+        key = None
+    if key != sidecar["key"]:
+        raise CheckpointError(
+            f"{path}: the sidecar's config, split or dataset do not give its key (edited or "
+            "corrupt); delete the checkpoint and retrain"
+        )
 
 
 def measured_errors(
