@@ -269,3 +269,15 @@ def test_rarity_and_recover_on_a_user_model(tmp_path: Path) -> None:
         "takes no --models",
     )
     one_line_error(run("rarity", "--models", "softmax1"), "--out is required")
+
+
+def test_device_auto_runs_where_cuda_is_or_on_the_cpu(tmp_path: Path) -> None:
+    tensors = _tensors(tmp_path / "t.safetensors", "mymodels:colour_cnn", (3, 32, 32), n=2)
+    expected = "(cuda" if torch.cuda.is_available() else "(cpu)"
+    for command in (["attack"], ["figure5", "--out", str(tmp_path / "f5")]):
+        result = run(*command, "mymodels:colour_cnn", "--tensors", str(tensors), "--n", "2",
+                     "--device", "auto")  # fmt: skip
+        assert result.exit_code == 0, result.output
+    attack = run("attack", "mymodels:colour_cnn", "--tensors", str(tensors), "--n", "1",
+                 "--device", "auto")  # fmt: skip
+    assert expected in attack.output
