@@ -104,6 +104,12 @@ def _options(kinds: tuple[type, ...]) -> list[tuple[str, click.Option]]:
 
 RANGED = _options((click.IntRange, click.FloatRange))
 OUTPUTS = _options((OutputPath,))
+# --data-dir is documented as ignored by --dataset mnist-5k (load_mnist's contract): not bad there.
+INPUTS = [
+    (key, param)
+    for key, param in _options((click.Path,))
+    if not (param.name == "data_dir" and "mnist-5k" in BASES[key])
+]
 
 
 def _check(argv: list[str], where: Path, what: str) -> None:
@@ -241,3 +247,28 @@ def test_garbage_checkpoints(content: bytes, sidecar: Any, tmp_path: Path) -> No
     weights.write_bytes(content)
     weights.with_suffix(".json").write_text(json.dumps(sidecar))
     _check(["eval", "--checkpoint", str(weights)], tmp_path, "checkpoint")
+
+
+@st.composite
+def _bad_input(draw: st.DrawFn, where: Path) -> tuple[str, str, str]:
+    key, param = draw(st.sampled_from(INPUTS))
+    kind = draw(st.sampled_from(["garbage file", "missing", "empty dir"]))
+    if kind == "missing":
+        return key, param.opts[0], str(where / "does-not-exist" / "x")
+    if kind == "empty dir":
+        path = where / "empty-dir"
+        path.mkdir(exist_ok=True)
+        return key, param.opts[0], str(path)
+    suffix = draw(st.sampled_from([".safetensors", ".npz", ".pt", ".json", ".txt", ".png", ""]))
+    path = where / f"garbage{suffix}"
+    path.write_bytes(draw(st.binary(min_size=0, max_size=300)))
+    return key, param.opts[0], str(path)
+
+
+@SETTINGS
+@given(data=st.data())
+def test_bad_input_files(data: st.DataObject, tmp_path: Path) -> None:
+    inputs = tmp_path / "inputs"
+    inputs.mkdir(exist_ok=True)
+    key, option, value = data.draw(_bad_input(inputs))
+    _check([*BASES[key], f"{option}={value}"], tmp_path, "input file")
