@@ -156,3 +156,12 @@ def test_the_lock_is_reentrant_in_one_process(tmp_path: Path) -> None:
     store = RunStore(tmp_path)
     with store.lock():
         assert run_graph(_graph(), store)["table"] == {"value": 10.0}
+
+
+def test_a_run_directory_that_cannot_be_created_is_one_line(tmp_path: Path) -> None:
+    from intriguing.errors import OutputError
+
+    (tmp_path / "a-file").touch()
+    with pytest.raises(OutputError, match="cannot use as a run directory") as info:
+        run_graph(_graph(), RunStore(tmp_path / "a-file" / "run"))
+    assert "\n" not in str(info.value)

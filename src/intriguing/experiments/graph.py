@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from intriguing._io import atomic_write_json
-from intriguing.errors import IntriguingError
+from intriguing.errors import IntriguingError, OutputError
 from intriguing.progress import make_progress
 
 StepFn = Callable[["StepContext"], Any]
@@ -190,8 +190,15 @@ class RunStore:
             finally:
                 _HELD[key] -= 1
             return
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "a+b") as handle:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            handle = open(self.root / ".lock", "a+b")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise OutputError(
+                f"{self.root}: cannot use as a run directory ({exc.strerror or exc}); choose "
+                "another --out"
+            ) from None
+        with handle:
             _flock(handle.fileno(), self.root, on_wait)
             _HELD[key] = 1
             try:
