@@ -80,7 +80,7 @@ def test_factory_model_on_rgb_folder(user_setup: Path) -> None:
     [
         (["no_such_module_xyz:make"], "cannot import"),
         (["no-such-zoo-model"], "no-such-zoo-model"),
-        (["softmax1", "--n", "0"], "--n must be at least 1"),
+        (["softmax1", "--n", "0"], "Invalid value for '--n': 0 is not in the range 1<=x<=64"),
         (["missing.safetensors"], "checkpoint not found"),
     ],
 )
