@@ -81,23 +81,25 @@ def jacobian_lower_bound(
 ) -> MeasuredLowerBound:
     """Largest ``||J_fn(x)||_2`` over ``inputs`` ``(M, *shape)``.
 
-    Up to ``explicit_outputs`` outputs per example (logits) ``J(x)`` is built whole and its norm is
-    exact at ``x``; otherwise power iteration on ``J^T J`` runs: ``J v`` comes from the double-backward trick (``g(u) = J^T u`` is linear in ``u``, so
-    ``J v = d<g(u), v>/du``) and ``J^T w`` from one backward pass; ``fn`` maps ``(1, *shape)`` to any
-    tensor and should be float64. Returns the largest iterate ``||J v||`` seen (``||v|| = 1``).
+    ``fn`` (float64) must treat the examples of a batch independently (``network_bounds`` checks
+    this first). Up to ``explicit_outputs`` outputs per example (logits) ``J(x)`` is built whole and
+    its norm is exact at ``x``; otherwise power iteration on ``J^T J`` runs on all inputs at once:
+    ``J v`` comes from the double-backward trick (``g(u) = J^T u`` is linear in ``u``, so
+    ``J v = d<g(u), v>/du``) and ``J^T w`` from one backward pass. Each input's value is the largest
+    iterate ``||J v||`` seen (``||v|| = 1``), a lower bound on ``||J(x)||_2`` converged or not.
     """
-    generator = torch.Generator().manual_seed(seed)
     result = MeasuredLowerBound(value=0.0)
     with torch.no_grad():
         outputs = int(fn(inputs[:1]).numel())
-    for x in inputs:
-        if outputs <= explicit_outputs:
-            sigma, its, converged = _explicit_norm(fn, x[None], outputs), 0, True
-        else:
-            sigma, its, converged = _power_iteration(fn, x[None], iterations, tol, generator)
-        result.per_input.append(sigma)
-        result.iterations.append(its)
-        result.converged.append(converged)
+    if outputs <= explicit_outputs:
+        result.per_input = [_explicit_norm(fn, x[None], outputs) for x in inputs]
+        result.iterations = [0] * len(inputs)
+        result.converged = [True] * len(inputs)
+    else:
+        generator = torch.Generator().manual_seed(seed)
+        best, its, converged = _power_iteration(fn, inputs, iterations, tol, generator)
+        result.per_input, result.converged = best, converged
+        result.iterations = [its] * len(inputs)
     result.value = max(result.per_input, default=0.0)
     return result
 
@@ -120,34 +122,48 @@ def _explicit_norm(
 
 def _power_iteration(
     fn: Callable[[torch.Tensor], torch.Tensor],
-    x: torch.Tensor,
+    inputs: torch.Tensor,
     iterations: int,
     tol: float,
     generator: torch.Generator,
-) -> tuple[float, int, bool]:
-    x = x.clone().requires_grad_(True)
+) -> tuple[list[float], int, list[bool]]:
+    """Per-example power iteration on ``J_i^T J_i`` for the whole batch at once."""
+    m = inputs.shape[0]
+    x = inputs.clone().requires_grad_(True)
     with torch.enable_grad():
         y = fn(x)
         u = torch.zeros_like(y, requires_grad=True)
         (g,) = torch.autograd.grad(y, x, u, create_graph=True, allow_unused=True)
     if g is None or not g.requires_grad:  # the output does not depend on the input
-        return 0.0, 0, True
-    v = torch.randn(x.shape, generator=generator, dtype=x.dtype)
-    v /= v.norm()
-    best, previous = 0.0, 0.0
-    for step in range(1, iterations + 1):
-        (jv,) = torch.autograd.grad(g, u, v, retain_graph=True)
-        sigma = float(jv.norm())
-        best = max(best, sigma)
-        (w,) = torch.autograd.grad(y, x, jv, retain_graph=True)
-        norm = float(w.norm())
-        if norm == 0.0 or not math.isfinite(norm):
-            return best, step, True
-        v = w / norm
-        if abs(sigma - previous) <= tol * sigma:
-            return best, step, True
+        return [0.0] * m, 0, [True] * m
+    v = _unit_rows(torch.randn(x.shape, generator=generator, dtype=x.dtype))
+    best = torch.zeros(m, dtype=torch.float64)
+    previous = torch.zeros(m, dtype=torch.float64)
+    done = torch.zeros(m, dtype=torch.bool)
+    steps = 0
+    while steps < iterations:
+        steps += 1
+        (jv,) = torch.autograd.grad(g, u, v, retain_graph=True)  # J_i v_i, row by row
+        sigma = jv.detach().reshape(m, -1).norm(dim=1).double()
+        best = torch.maximum(best, sigma)
+        done |= (sigma - previous).abs() <= tol * sigma
+        if bool(done.all()):
+            break
         previous = sigma
-    return best, iterations, False
+        (w,) = torch.autograd.grad(y, x, jv, retain_graph=True)  # J_i^T J_i v_i
+        v = _unit_rows(w.detach(), keep=v)
+    return best.tolist(), steps, done.tolist()
+
+
+def _unit_rows(w: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """Each example's vector scaled to norm 1 (zero or non-finite rows keep ``keep``'s)."""
+    norms = w.reshape(w.shape[0], -1).norm(dim=1)
+    ok = torch.isfinite(norms) & (norms > 0)
+    shape = (-1,) + (1,) * (w.dim() - 1)
+    unit = w / torch.where(ok, norms, 1.0).reshape(shape)
+    if keep is None:
+        return unit
+    return torch.where(ok.reshape(shape), unit, keep)
 
 
 def check_certified(certified: float, measured: MeasuredLowerBound, what: str) -> None:
