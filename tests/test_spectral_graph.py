@@ -169,7 +169,7 @@ class Functional(nn.Module):
 
 ARCHITECTURES = [
     (LeNet, (1, 24, 24)),
-    (ColourCNN, (3, 16, 16)),
+    (ColourCNN, (3, 32, 32)),
     (ResNet, (1, 12, 12)),
     (CatNet, (1, 8, 8)),
     (Functional, (2, 8, 8)),
