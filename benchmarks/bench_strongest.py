@@ -329,6 +329,7 @@ def main(argv: list[str] | None = None) -> None:
         x, y = x_all[:k], y_all[:k]
         start = time.perf_counter()
         report["models"][name] = bench_model(name, model, x, y, runners, stored, args)
+        report["models"][name]["environment"] = report["environment"]
         print(f"{name}: {time.perf_counter() - start:.0f} s", flush=True)
         if not args.only_ours and (args.budget_models is None or name in args.budget_models):
             report["budget"][name] = budget_view(
