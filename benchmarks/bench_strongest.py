@@ -231,6 +231,13 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{_f(r['mean_distortion'], 5)} | {_f(r['ratio_to_best'], 4)} | "
                 f"{_f(r['examples_per_s'], 1)} | {_f(r['grad_evals_per_example'], 1)} |"
             )
+    for name, res in report["models"].items():
+        env = res.get("environment")
+        if env:
+            lines.append(
+                f"\n{name}: `{env['command']}` ({env['started']}, load average at start "
+                f"{env['load_average_start'][0]:.1f})"
+            )
     lines += [
         "",
         "| model | ours/adv-lib DDN-100 speed, median of pairs | pairs |",
