@@ -8,8 +8,17 @@ from typing import Any
 
 import click
 
-from intriguing.cli.options import backend_options, data_options, json_option
-from intriguing.cli.validation import float_range, output_dir
+from intriguing.cli.options import (
+    backend_options,
+    choice_option,
+    data_options,
+    flag_option,
+    int_option,
+    json_option,
+    out_option,
+    text_option,
+)
+from intriguing.cli.validation import float_range
 from intriguing.errors import InvalidInputError
 
 
@@ -54,66 +63,45 @@ def _summary_table(doc: dict[str, Any]) -> Any:
 
 
 @click.command()
-@click.option(
+@text_option(
     "--variants",
     default=None,
     help="Comma-separated subset of weight-decay,dropout,input-pool,hidden-pool (default: all).",
 )
-@click.option(
-    "--seeds",
-    type=click.IntRange(1, 100),
-    default=None,
-    help="Seeds per variant (default 3; quick 2).",
-)
-@click.option(
-    "--epochs",
-    type=click.IntRange(1, 1000),
-    default=None,
-    help="Training epochs (default 20; quick 3).",
-)
-@click.option(
+@int_option("--seeds", 1, 100, default=None, help="Seeds per variant (default 3; quick 2).")
+@int_option("--epochs", 1, 1000, default=None, help="Training epochs (default 20; quick 3).")
+@choice_option(
     "--attack",
-    type=click.Choice(["lbfgs", "fgm"]),
+    ["lbfgs", "fgm"],
     default=None,
     help="Attack refilling the pools: the paper's L-BFGS (default) or a one-step L2 fast gradient.",
 )
-@click.option(
-    "--pool-size",
-    type=click.IntRange(1, 1_000_000),
-    default=None,
-    help="Examples per pool (default 5000).",
-)
+@int_option("--pool-size", 1, 1_000_000, default=None, help="Examples per pool (default 5000).")
 @click.option(
     "--mix",
     type=float_range(0, 100),
     default=None,
     help="Pool examples per clean example (default 0.5).",
 )
-@click.option(
+@int_option(
     "--warmup-epochs",
-    type=click.IntRange(0, 1000),
+    0,
+    1000,
     default=None,
     help="Clean epochs before the pools start (default 1).",
 )
-@click.option(
+@int_option(
     "--refresh-every",
-    type=click.IntRange(1, 1_000_000),
+    1,
+    1_000_000,
     default=None,
     help="Minibatches between refreshes (default 40).",
 )
-@click.option(
-    "--robust-n",
-    type=click.IntRange(1, 70_000),
-    default=None,
-    help="Test images attacked for robustness (default 300).",
+@int_option(
+    "--robust-n", 1, 70_000, default=None, help="Test images attacked for robustness (default 300)."
 )
-@click.option(
-    "--quick", is_flag=True, help="A small first look: 2 seeds, 3 epochs, 10000 training images."
-)
-@click.option(
-    "--out",
-    type=output_dir(),
-    is_eager=True,
+@flag_option("--quick", "A small first look: 2 seeds, 3 epochs, 10000 training images.")
+@out_option(
     default=None,
     help="Run directory (default ./advtrain or ./advtrain-quick); rerunning resumes there.",
 )

@@ -25,11 +25,15 @@ from typing import Any
 import click
 
 from intriguing.cli.options import (
+    choice_option,
     data_options,
+    flag_option,
+    int_option,
     json_option,
     model_options,
     open_user_data,
     seed_option,
+    text_option,
     user_data_options,
 )
 from intriguing.cli.validation import output_file
@@ -85,47 +89,24 @@ def verify_successes(model: Any, result: Any) -> int:
 
 @click.command("attack")
 @click.argument("model_name", metavar="MODEL")
-@click.option(
-    "--n",
-    "n",
-    type=click.IntRange(min=1),
-    default=100,
-    show_default=True,
-    help="Number of images to attack.",
+@int_option("--n", default=100, help="Number of images to attack.", dest="n")
+@choice_option(
+    "--split", ["test", "train"], default="test", help="Which MNIST split the images come from."
 )
-@click.option(
-    "--split",
-    type=click.Choice(["test", "train"]),
-    default="test",
-    show_default=True,
-    help="Which MNIST split the images come from.",
-)
-@click.option(
+@choice_option(
     "--mode",
-    type=click.Choice(["untargeted", "targeted"]),
+    ["untargeted", "targeted"],
     default="untargeted",
-    show_default=True,
     help="untargeted: any wrong class; targeted: a chosen class.",
 )
-@click.option("--target", "target_text", default=None, metavar="CHOOSER|INT", help=TARGET_HELP)
-@click.option(
-    "--all-images",
-    is_flag=True,
-    default=False,
-    help="Attack the first N images, also those the model already misclassifies.",
+@text_option("--target", default=None, help=TARGET_HELP, dest="target_text", metavar="CHOOSER|INT")
+@flag_option(
+    "--all-images", "Attack the first N images, also those the model already misclassifies."
 )
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    default=512,
-    show_default=True,
-    help="Examples optimised at once.",
-)
-@click.option(
+@int_option("--batch-size", default=512, help="Examples optimised at once.")
+@int_option(
     "--threads",
-    type=click.IntRange(min=1),
     default=1,
-    show_default=True,
     help="CPU threads for the attack (more threads rarely help its small operations).",
 )
 @click.option(

@@ -8,8 +8,16 @@ from typing import Any
 
 import click
 
-from intriguing.cli.options import backend_options, data_options, json_option, seed_option
-from intriguing.cli.validation import output_dir
+from intriguing.cli.options import (
+    backend_options,
+    data_options,
+    flag_option,
+    int_option,
+    json_option,
+    out_option,
+    seed_option,
+    text_option,
+)
 
 DEFAULT_OUT = Path("classes")
 
@@ -39,47 +47,34 @@ def _summary_table(doc: dict[str, Any]) -> Any:
 
 
 @click.command()
-@click.option(
+@text_option(
     "--tasks",
     default="3v8,0vrest,0-4,all",
-    show_default=True,
     help="Comma-separated tasks: AvB (3v8), Dvrest (0vrest), A-B (0-4) or all.",
 )
-@click.option(
+@text_option(
     "--families",
     default="softmax,mlp,ae-probe,mlp-b",
-    show_default=True,
     help="Comma-separated model families (mlp-b is only a transfer target).",
 )
-@click.option(
-    "--n",
-    type=click.IntRange(1, 70_000),
-    default=1000,
-    show_default=True,
-    help="Test images attacked per model.",
-)
-@click.option(
+@int_option("--n", 1, 70_000, default=1000, help="Test images attacked per model.")
+@int_option(
     "--updates",
-    type=click.IntRange(1, 10_000_000),
+    1,
+    10_000_000,
     default=4700,
-    show_default=True,
     help="Adam updates per model, the same for every task (4700 = 10 MNIST epochs).",
 )
-@click.option(
+@int_option(
     "--train-limit",
-    type=click.IntRange(1, 70_000),
+    1,
+    70_000,
     default=None,
     help="Train on the first N training images of each task only (quick runs).",
 )
-@click.option(
-    "--no-restricted", is_flag=True, help="Skip the 10-class comparison on the same images."
-)
-@click.option(
-    "--out",
-    type=output_dir(),
-    is_eager=True,
+@flag_option("--no-restricted", "Skip the 10-class comparison on the same images.")
+@out_option(
     default=DEFAULT_OUT,
-    show_default=True,
     help="Run directory (results.json, classes.md, classes.png); rerunning resumes there.",
 )
 @backend_options

@@ -26,10 +26,13 @@ import click
 
 from intriguing.cli.options import (
     backend_options,
+    choice_option,
     data_options,
+    int_option,
     json_option,
     model_options,
     seed_option,
+    text_option,
     user_data_options,
 )
 from intriguing.cli.validation import float_range, output_dir, output_file
@@ -183,38 +186,24 @@ def _finish(payload: dict[str, Any], out: Path, json_path: Path | None) -> None:
 
 @click.command("rarity")
 @click.argument("model", required=False)
-@click.option(
-    "--n",
-    type=click.IntRange(1, 70_000),
-    default=200,
-    show_default=True,
-    help="Adversarial examples per model.",
-)
-@click.option(
-    "--samples",
-    type=click.IntRange(1, 1_000_000),
-    default=1000,
-    show_default=True,
-    help="Random directions per example.",
-)
-@click.option(
+@int_option("--n", 1, 70_000, default=200, help="Adversarial examples per model.")
+@int_option("--samples", 1, 1_000_000, default=1000, help="Random directions per example.")
+@text_option(
     "--scales",
     default="1,2,5",
-    show_default=True,
     help="Radii as multiples of each example's adversarial L2 distance.",
 )
-@click.option(
+@int_option(
     "--rays",
-    type=click.IntRange(1, 1_000_000),
+    1,
+    1_000_000,
     default=100,
-    show_default=True,
     help="Random directions per example for the distance to the boundary (0: skip).",
 )
-@click.option(
+@choice_option(
     "--box",
-    type=click.Choice(["rescale", "clip"]),
+    ["rescale", "clip"],
     default="rescale",
-    show_default=True,
     help="rescale: exact norm along the clipped ray; clip: plain clipping (norm shrinks).",
 )
 @model_options
@@ -274,24 +263,11 @@ def rarity(
 
 @click.command("recover")
 @click.argument("model", required=False)
-@click.option(
-    "--n",
-    type=click.IntRange(1, 70_000),
-    default=500,
-    show_default=True,
-    help="Adversarial examples per model.",
-)
-@click.option(
-    "--bootstrap",
-    type=click.IntRange(1, 1_000_000),
-    default=2000,
-    show_default=True,
-    help="Bootstrap resamples of the AUC.",
-)
-@click.option(
+@int_option("--n", 1, 70_000, default=500, help="Adversarial examples per model.")
+@int_option("--bootstrap", 1, 1_000_000, default=2000, help="Bootstrap resamples of the AUC.")
+@text_option(
     "--amplify",
     default="2",
-    show_default=True,
     help="Also test the detector on adversarials pushed k times further (comma list; 'none').",
 )
 @model_options
@@ -395,11 +371,11 @@ def _finish_model(*, command: str, payload: dict[str, Any], common: dict[str, An
 
 @click.command("curves")
 @click.argument("model", required=False)
-@click.option(
+@int_option(
     "--n",
-    type=click.IntRange(1, 70_000),
+    1,
+    70_000,
     default=1000,
-    show_default=True,
     help="Images attacked for a model the run lacks (the run's models use all their examples); "
     "with MODEL: the first N images (clean errors count as non-robust).",
 )
@@ -410,24 +386,17 @@ def _finish_model(*, command: str, payload: dict[str, Any], common: dict[str, An
     show_default=True,
     help="Largest RMS budget plotted.",
 )
-@click.option(
-    "--points",
-    type=click.IntRange(2, 10_001),
-    default=201,
-    show_default=True,
-    help="Budgets on the grid.",
-)
-@click.option(
+@int_option("--points", 2, 10_001, default=201, help="Budgets on the grid.")
+@text_option(
     "--eps",
     default=None,
-    metavar="E1,E2,...",
     help="With MODEL: budgets at which the robust accuracy is reported (in --norm units).",
+    metavar="E1,E2,...",
 )
-@click.option(
+@choice_option(
     "--norm",
-    type=click.Choice(["l2", "rms"]),
+    ["l2", "rms"],
     default="l2",
-    show_default=True,
     help="With MODEL: l2 = ||x' - x||_2 in [0, 1] pixel space; rms = l2 / sqrt(pixels) (the paper's).",
 )
 @click.option(

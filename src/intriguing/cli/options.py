@@ -2,17 +2,84 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from intriguing.cli.validation import output_file
+from intriguing.cli.validation import output_dir, output_file
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 DATASETS = ("mnist", "mnist-5k")
+
+
+def int_option(
+    flag: str,
+    low: int | None = 1,
+    high: int | None = None,
+    *,
+    default: int | None = None,
+    help: str,
+    dest: str | None = None,
+) -> Callable[[F], F]:
+    """An integer option in ``[low, high]`` (``None``: unbounded); its default shown when set."""
+    decls = (flag, dest) if dest else (flag,)
+    return click.option(
+        *decls,
+        type=click.IntRange(low, high),
+        default=default,
+        show_default=default is not None,
+        help=help,
+    )
+
+
+def choice_option(
+    flag: str, choices: Sequence[str], *, default: str | None, help: str, dest: str | None = None
+) -> Callable[[F], F]:
+    """An option taking one of ``choices``; its default shown when set."""
+    decls = (flag, dest) if dest else (flag,)
+    return click.option(
+        *decls,
+        type=click.Choice(list(choices)),
+        default=default,
+        show_default=default is not None,
+        help=help,
+    )
+
+
+def text_option(
+    flag: str,
+    *,
+    default: str | None,
+    help: str,
+    dest: str | None = None,
+    metavar: str | None = None,
+) -> Callable[[F], F]:
+    """A free-text option (comma-separated lists and the like); its default shown when set."""
+    decls = (flag, dest) if dest else (flag,)
+    return click.option(
+        *decls, default=default, show_default=default is not None, help=help, metavar=metavar
+    )
+
+
+def flag_option(flag: str, help: str, *, dest: str | None = None) -> Callable[[F], F]:
+    """A boolean ``--flag`` (off by default)."""
+    decls = (flag, dest) if dest else (flag,)
+    return click.option(*decls, is_flag=True, default=False, help=help)
+
+
+def out_option(*, default: Path | None, help: str) -> Callable[[F], F]:
+    """``--out DIR``: a run directory, checked before any work (resumable runs reuse it)."""
+    return click.option(
+        "--out",
+        type=output_dir(),
+        is_eager=True,
+        default=default,
+        show_default=default is not None,
+        help=help,
+    )
 
 
 def _announce_dataset(ctx: click.Context, param: click.Parameter, value: str) -> str:

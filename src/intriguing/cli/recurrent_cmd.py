@@ -7,19 +7,25 @@ from typing import Any
 
 import click
 
-from intriguing.cli.options import backend_options, data_options, json_option, seed_option
-from intriguing.cli.validation import output_dir
+from intriguing.cli.options import (
+    backend_options,
+    data_options,
+    int_option,
+    json_option,
+    out_option,
+    seed_option,
+)
 from intriguing.errors import IntriguingError
 
 
 @click.command()
-@click.option(
+@int_option(
     "--n",
-    "n",
-    type=click.IntRange(1, 70_000),
+    1,
+    70_000,
     default=300,
-    show_default=True,
     help="Test images (classified correctly by every model) attacked per model.",
+    dest="n",
 )
 @click.option(
     "--models",
@@ -28,12 +34,8 @@ from intriguing.errors import IntriguingError
     help="Zoo models (repeat or comma-separate); default: LSTM-rows, GRU-rows, Feedback and "
     "softmax1, N100-100-10, N200-200-10, AE400-10, Conv.",
 )
-@click.option(
-    "--out",
-    type=output_dir(),
-    is_eager=True,
+@out_option(
     default=Path("recurrent-run"),
-    show_default=True,
     help="Run directory (results.json, report.md, figure); rerunning resumes there.",
 )
 @backend_options

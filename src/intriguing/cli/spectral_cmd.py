@@ -18,7 +18,14 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from intriguing.cli.options import data_options, json_option, seed_option
+from intriguing.cli.options import (
+    choice_option,
+    data_options,
+    int_option,
+    json_option,
+    seed_option,
+    text_option,
+)
 from intriguing.cli.validation import float_range
 from intriguing.errors import IntriguingError, InvalidInputError
 from intriguing.report.render import format_bound
@@ -186,12 +193,12 @@ def _prepared_model(
 
 @click.command("spectral")
 @click.argument("model_name", metavar="MODEL")
-@click.option(
+@text_option(
     "--input-shape",
-    "input_shape_text",
     default=None,
-    metavar="C,H,W",
     help="Input shape of a user's model (without the batch), e.g. 3,32,32; zoo: 1,28,28.",
+    dest="input_shape_text",
+    metavar="C,H,W",
 )
 @click.option(
     "--weights",
@@ -199,36 +206,32 @@ def _prepared_model(
     default=None,
     help="A .safetensors state dict loaded into MODEL (keys and shapes must match; no pickles).",
 )
-@click.option(
+@text_option(
     "--normalize",
     default=None,
-    metavar="MEANS,STDS",
     help="Per-channel normalisation before the model, means then stds (e.g. 0.1307,0.3081); "
     "the bound includes it.",
+    metavar="MEANS,STDS",
 )
 @data_options
 @seed_option
 @json_option
-@click.option(
+@int_option(
     "--sandwich",
-    "n_sandwich",
-    type=click.IntRange(min=0),
+    0,
     default=0,
-    show_default=True,
     help="Also attack the first N test images and compare with the certified lower bounds.",
+    dest="n_sandwich",
 )
-@click.option(
+@int_option(
     "--power-iterations",
-    type=click.IntRange(min=1),
     default=2000,
-    show_default=True,
     help="Most power iterations (Lanczos: ARPACK iterations) on each zero-padded convolution.",
 )
-@click.option(
+@choice_option(
     "--exact-method",
-    type=click.Choice(["power", "lanczos", "none"]),
+    ["power", "lanczos", "none"],
     default="power",
-    show_default=True,
     help="How the exact norm of zero-padded convolutions is found (from below): power iteration, "
     "ARPACK Lanczos, or not at all (the certified bounds do not need it).",
 )

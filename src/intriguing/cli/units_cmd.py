@@ -28,11 +28,15 @@ import click
 import numpy as np
 
 from intriguing.cli.options import (
+    choice_option,
     data_options,
+    flag_option,
+    int_option,
     json_option,
     model_options,
     open_user_data,
     seed_option,
+    text_option,
     user_data_options,
 )
 from intriguing.cli.validation import output_dir, output_file
@@ -173,34 +177,20 @@ def _print_summary(results: dict[str, Any]) -> None:
 
 @click.command("units")
 @click.argument("model")
-@click.option(
+@text_option(
     "--layer",
     default=None,
     help="Layer name (dotted sub-module name; zoo default: the last hidden layer). "
     "A wrong name lists the valid ones.",
 )
-@click.option(
+@text_option(
     "--directions",
-    "directions",
     default="natural,random,rotation,pca,classmean",
-    show_default=True,
     help="Comma-separated direction families.",
+    dest="directions",
 )
-@click.option(
-    "--k",
-    "k",
-    type=click.IntRange(1, 1000),
-    default=8,
-    show_default=True,
-    help="Top images per direction.",
-)
-@click.option(
-    "--n-directions",
-    type=click.IntRange(1, 100_000),
-    default=100,
-    show_default=True,
-    help="Directions per family.",
-)
+@int_option("--k", 1, 1000, default=8, help="Top images per direction.", dest="k")
+@int_option("--n-directions", 1, 100_000, default=100, help="Directions per family.")
 @click.option(
     "--centre/--no-centre",
     default=False,
@@ -213,56 +203,35 @@ def _print_summary(results: dict[str, Any]) -> None:
     show_default=True,
     help="Divide each unit by its standard deviation (changes random/rotated directions).",
 )
-@click.option(
+@text_option(
     "--alphas",
     default="0,0.05,0.1,0.2,0.3,0.5,0.75,1",
-    show_default=True,
     help="Rotation powers for the rotation curve ('none' to skip).",
 )
-@click.option(
-    "--n-null",
-    type=click.IntRange(1, 10_000_000),
-    default=10000,
-    show_default=True,
-    help="Random k-subsets in the null.",
-)
-@click.option(
+@int_option("--n-null", 1, 10_000_000, default=10000, help="Random k-subsets in the null.")
+@int_option(
     "--n-resamples",
-    type=click.IntRange(1, 10_000_000),
+    1,
+    10_000_000,
     default=9999,
-    show_default=True,
     help="Permutations in the permutation tests between families.",
 )
-@click.option(
-    "--split", default="test", show_default=True, help="MNIST split used as the image set."
-)
-@click.option(
-    "--limit",
-    type=click.IntRange(1, 70_000),
-    default=None,
-    help="Use only the first N images of the split.",
-)
-@click.option(
+@text_option("--split", default="test", help="MNIST split used as the image set.")
+@int_option("--limit", 1, 70_000, default=None, help="Use only the first N images of the split.")
+@choice_option(
     "--reduce",
-    type=click.Choice(["flatten", "mean", "max"]),
+    ["flatten", "mean", "max"],
     default="flatten",
-    show_default=True,
     help="Conv feature maps: keep every coordinate, or pool each channel over space.",
 )
-@click.option(
-    "--batch-size",
-    type=click.IntRange(1, 100_000),
-    default=500,
-    show_default=True,
-    help="Images per forward pass.",
-)
+@int_option("--batch-size", 1, 100_000, default=500, help="Images per forward pass.")
 @click.option(
     "--save-activations",
     type=output_file(),
     default=None,
     help="Also store phi as a .npy file (float32, or float16 with --float16).",
 )
-@click.option("--float16", is_flag=True, default=False, help="Store activations as float16.")
+@flag_option("--float16", "Store activations as float16.")
 @click.option(
     "--out",
     "out_dir",
@@ -271,20 +240,8 @@ def _print_summary(results: dict[str, Any]) -> None:
     default=None,
     help="Write the figures (PNG) into this directory.",
 )
-@click.option(
-    "--rows",
-    type=click.IntRange(1, 100),
-    default=4,
-    show_default=True,
-    help="Directions per family shown in the figures.",
-)
-@click.option(
-    "--model-seed",
-    type=click.IntRange(0, 2**32 - 1),
-    default=0,
-    show_default=True,
-    help="Training seed of a zoo model.",
-)
+@int_option("--rows", 1, 100, default=4, help="Directions per family shown in the figures.")
+@int_option("--model-seed", 0, 2**32 - 1, default=0, help="Training seed of a zoo model.")
 @model_options
 @user_data_options()
 @data_options

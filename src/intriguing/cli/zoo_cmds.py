@@ -11,6 +11,7 @@ import click
 
 from intriguing.cli.options import (
     data_options,
+    flag_option,
     json_option,
     model_options,
     seed_option,
@@ -25,7 +26,7 @@ def _percent(value: Any) -> str:
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True, help="Print the zoo as JSON instead of a table.")
+@flag_option("--json", "Print the zoo as JSON instead of a table.", dest="as_json")
 def zoo(as_json: bool) -> None:
     """List the model zoo: names, descriptions and the paper's numbers."""
     from rich.console import Console
@@ -87,7 +88,7 @@ def _echo_log(line: str) -> None:
 @data_options
 @seed_option
 @json_option
-@click.option("--retrain", is_flag=True, help="Train again even if a cached checkpoint exists.")
+@flag_option("--retrain", "Train again even if a cached checkpoint exists.")
 def train(
     name: str, dataset: str, data_dir: Path | None, seed: int, json_path: Path | None, retrain: bool
 ) -> None:
