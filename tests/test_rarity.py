@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 import torch
 from click.testing import CliRunner
@@ -279,3 +280,21 @@ def test_rarity_verdict_follows_the_confidence_bounds() -> None:
     assert "0 of 100,000" in rare and "as the paper says" in rare and "9.0x" in rare
     assert "too few" in rarity_verdict(_payload(0, 1000))  # upper bound 3.7e-3: inconclusive
     assert "too often" in rarity_verdict(_payload(50, 1000))  # lower bound 3.7e-2
+
+
+def test_rays_zero_skips_the_boundary_distance(
+    plane: tuple[nn.Module, torch.Tensor, torch.Tensor],
+) -> None:
+    """``--rays 0`` is accepted by the CLI and skips the ray distances (issue 17: help and range agree)."""
+    from intriguing.cli.critics_cmds import rarity
+
+    rays_option = next(p for p in rarity.params if p.name == "rays")
+    assert isinstance(rays_option.type, click.IntRange) and rays_option.type.min == 0
+    assert "0: skip" in (rays_option.help or "")
+    model, x0, w = plane
+    originals = x0.repeat(2, 1).reshape(2, 1, DIM)
+    adversarials = (x0 + (DIST + 0.01) * w).clamp(0, 1).repeat(2, 1).reshape(2, 1, DIM)
+    cfg = RarityConfig(samples=50, scales=(1.0,), ray_directions=0, seed=1)
+    out = measure_rarity(model, originals, adversarials, torch.zeros(2, dtype=torch.int64), cfg)
+    assert out["rays"] == {"directions": 0}
+    assert out["pooled"]["1"]["valid"] == 100

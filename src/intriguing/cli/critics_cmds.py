@@ -195,7 +195,7 @@ def _finish(payload: dict[str, Any], out: Path, json_path: Path | None) -> None:
 )
 @int_option(
     "--rays",
-    1,
+    0,
     1_000_000,
     default=100,
     help="Random directions per example for the distance to the boundary (0: skip).",

@@ -66,6 +66,16 @@ def _ci(ci: list[float] | None, pct: bool = False) -> str:
     return f" [{_fmt(ci[0], 2)}, {_fmt(ci[1], 2)}]"
 
 
+def _rays_sentence(directions: int) -> str:
+    """The rarity intro's sentence on the boundary distance along ``directions`` rays (0: skipped)."""
+    if directions == 0:
+        return "The distance to the boundary along random rays was skipped (--rays 0)."
+    return (
+        f"Along {directions} further random directions per example, the distance to the "
+        "first label change (grid scan + bisection) is divided by the adversarial distance."
+    )
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -234,9 +244,8 @@ def render_rarity(payload: Mapping[str, Any], out: Path) -> Section:
         "on the sphere and moved ``x`` by exactly ``||x' - x||_2`` (times the scale) along the "
         f"clipped ray ``clip(x + s u, 0, 1)`` (box mode `{cfg['box']}`: the exact norm is kept "
         "inside [0, 1], see `intriguing.analysis.rarity`), counting label changes; pooled rates "
-        "carry exact Clopper-Pearson 95% intervals (conditional on the examples). Along "
-        f"{cfg['ray_directions']} further random directions per example, the distance to the "
-        "first label change (grid scan + bisection) is divided by the adversarial distance."
+        "carry exact Clopper-Pearson 95% intervals (conditional on the examples). "
+        + _rays_sentence(int(cfg["ray_directions"]))
     )
     return _section(
         "## How rare are adversarial pockets? (issue #9, item 2)",
