@@ -44,3 +44,34 @@ def test_read_json_errors_are_one_line(tmp_path: Path, content: str | None, mess
     with pytest.raises(IntriguingError, match=message) as info:
         read_json(path)
     assert "\n" not in str(info.value)
+
+
+def test_json_safe_is_strict_json() -> None:
+    """One conversion for every result (issue 17): inf/NaN -> None, tuples -> lists, keys -> str."""
+    import json
+    import math
+
+    import numpy as np
+    import torch
+
+    from intriguing._io import finite_or_none, json_safe
+
+    value = {
+        1: (1.5, math.inf, -math.inf, math.nan),
+        "t": torch.tensor([0.25, float("inf")]),
+        "b": torch.tensor([True, False]),
+        "i": torch.tensor([3, 4]),
+        "n": np.float64("nan"),
+        "s": ["x", None, True, 7],
+    }
+    out = json_safe(value)
+    assert out == {
+        "1": [1.5, None, None, None],
+        "t": [0.25, None],
+        "b": [True, False],
+        "i": [3, 4],
+        "n": None,
+        "s": ["x", None, True, 7],
+    }
+    json.dumps(out, allow_nan=False)
+    assert finite_or_none(2) == 2.0 and finite_or_none(math.inf) is None

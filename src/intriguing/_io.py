@@ -1,4 +1,5 @@
-"""Atomic file writes: a killed process never leaves a half-written result behind.
+"""Atomic file writes (a killed process never leaves a half-written result behind) and the one
+conversion of results to strict JSON (:func:`json_safe`).
 
 Each writer writes to a temporary file in the destination's directory, flushes and fsyncs it, then
 renames it over the destination (``os.replace`` is atomic on POSIX and Windows).
@@ -8,11 +9,38 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+
+def finite_or_none(value: float) -> float | None:
+    """``float(value)``, or None for inf / NaN (strict JSON has neither)."""
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` as strict JSON: non-finite floats -> None, tuples -> lists, keys -> str.
+
+    Tensors and numpy arrays / scalars (anything with ``tolist()``) become (nested) lists of
+    Python numbers first, so a float tensor's inf / NaN entries become None too. Other values
+    (str, int, bool, None) pass unchanged.
+    """
+    if isinstance(value, bool | int | str) or value is None:
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(key): json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    if hasattr(value, "tolist"):
+        return json_safe(value.tolist())
+    return value
 
 
 def _current_umask() -> int:

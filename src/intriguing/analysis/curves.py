@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from intriguing._io import finite_or_none
 from intriguing.analysis.rarity import clopper_pearson
 from intriguing.errors import InvalidInputError
 
@@ -110,7 +111,7 @@ def curve_summary(
         "rate": [float(r) for r in curve],
         "ci_low": [c[0] for c in cis],
         "ci_high": [c[1] for c in cis],
-        "budget_for": {k: (v if math.isfinite(v) else None) for k, v in reach.items()},
+        "budget_for": {k: finite_or_none(v) for k, v in reach.items()},
         "confidence": confidence,
     }
 

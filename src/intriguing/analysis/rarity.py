@@ -57,6 +57,7 @@ import torch
 from scipy.stats import binomtest
 from torch import nn
 
+from intriguing._io import finite_or_none
 from intriguing.attacks.checks import check_eval_mode, check_image_pair, check_labels
 from intriguing.attacks.metrics import success_mask
 from intriguing.errors import InvalidInputError
@@ -333,7 +334,7 @@ def _quantiles(values: torch.Tensor, qs: Sequence[float]) -> list[float | None]:
     for q in qs:
         k = min(values.numel() - 1, max(0, math.ceil(q * values.numel()) - 1))
         v = float(ordered[k])
-        out.append(v if math.isfinite(v) else None)
+        out.append(finite_or_none(v))
     return out
 
 

@@ -38,6 +38,7 @@ import torch
 from scipy import stats
 from torch import nn
 
+from intriguing._io import finite_or_none
 from intriguing.attacks import LBFGS, AttackResult
 from intriguing.attacks.checks import check_eval_mode, check_image_pair, check_labels
 from intriguing.attacks.metrics import rms_distortion
@@ -155,16 +156,12 @@ def separation(
         "auc": auc_low_is_positive(c, a),
         "auc_ci": [lo, hi],
         "tpr_at_fpr_0.05": tpr_at_fpr(c, a, 0.05),
-        "median_clean": _finite_or_none(float(np.median(c))),
-        "median_adversarial": _finite_or_none(float(np.median(a))),
+        "median_clean": finite_or_none(float(np.median(c))),
+        "median_adversarial": finite_or_none(float(np.median(a))),
         "clean_inf": int(np.isinf(c).sum()),
         "adversarial_inf": int(np.isinf(a).sum()),
         "roc": roc_points(c, a),
     }
-
-
-def _finite_or_none(v: float) -> float | None:
-    return v if math.isfinite(v) else None
 
 
 # ----------------------------------------------------------------------------- the attacks

@@ -9,7 +9,6 @@ MODEL is a zoo name (``intriguing zoo`` lists them; the trained checkpoint is lo
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from intriguing._io import json_safe
 from intriguing.cli.options import (
     choice_option,
     data_options,
@@ -300,7 +300,7 @@ def spectral(
         console.print(sandwich_table(summary))
         result["sandwich"] = {"summary": summary, "examples": rows}
     if json_path is not None:
-        atomic_write_json(json_path, _json_safe(result))
+        atomic_write_json(json_path, json_safe(result))
         err.print(f"wrote {json_path}")
 
 
@@ -314,14 +314,3 @@ def _run_sandwich(
     images, labels = images[:count], labels[:count]
     result = sandwich(model, images, labels, bound)
     return result.summary(), result.per_example()
-
-
-def _json_safe(value: Any) -> Any:
-    """Infinite/NaN floats become None (JSON has no infinity)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(item) for item in value]
-    return value

@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from intriguing._io import atomic_write_json, atomic_write_text
+from intriguing._io import atomic_write_json, atomic_write_text, json_safe
 from intriguing.errors import IntriguingError, InvalidInputError
 from intriguing.experiments import steps as st
 from intriguing.experiments.graph import Backend, RunStore, Step, StepContext, run_graph
@@ -316,7 +316,7 @@ def recover_step(bench: st.Workbench, ctx: StepContext) -> dict[str, Any]:
         "clean_statistic_from_source": reuse,
         "positions": pick,
         **summary,
-        "per_example": {k: _json_list(v) for k, v in per.items()},
+        "per_example": {k: json_safe(v) for k, v in per.items()},
     }
 
 
@@ -344,14 +344,6 @@ def _same_attack(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return {k: v for k, v in a.items() if k not in ignore} == {
         k: v for k, v in b.items() if k not in ignore
     }
-
-
-def _json_list(t: torch.Tensor) -> list[Any]:
-    if t.dtype == torch.bool:
-        return [bool(v) for v in t.tolist()]
-    if t.is_floating_point():
-        return [float(v) if math.isfinite(v) else None for v in t.tolist()]
-    return [int(v) for v in t.tolist()]
 
 
 # ----------------------------------------------------------------------------- the commands

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from intriguing._io import atomic_path
+from intriguing._io import atomic_path, finite_or_none, json_safe
 from intriguing.errors import IntriguingError
 from intriguing.experiments.classes.bench import Bench, predict
 from intriguing.experiments.classes.config import ClassesConfig, train_config
@@ -106,7 +106,7 @@ def attack_step(bench: Bench, ctx: StepContext) -> dict[str, Any]:
     }
     if p.get("exact") and len(y):
         exact = exact_linear_attack(model, x, y, progress=False)
-        out["exact"] = [float(v) if math.isfinite(v) else None for v in exact.distortion.tolist()]
+        out["exact"] = json_safe(exact.distortion)
     return out
 
 
@@ -191,14 +191,10 @@ def restricted_step(bench: Bench, ctx: StepContext) -> dict[str, Any]:
         allowed = torch.zeros_like(per_target, dtype=torch.bool)
         allowed[owner, torch.tensor(goals, dtype=torch.int64)] = True
         masked = torch.where(allowed, per_target, torch.full_like(per_target, math.inf))
-        out["exact_untargeted"] = [_finite(v) for v in exact.distortion.tolist()]
-        out["exact_restricted"] = [_finite(v) for v in masked.amin(1).tolist()]
+        out["exact_untargeted"] = [finite_or_none(v) for v in exact.distortion.tolist()]
+        out["exact_restricted"] = [finite_or_none(v) for v in masked.amin(1).tolist()]
         out["exact_task"] = [source["exact"][i] for i in keep.tolist()] if source["exact"] else None
     return out
-
-
-def _finite(value: float) -> float | None:
-    return float(value) if math.isfinite(value) else None
 
 
 def _min_per_owner(
@@ -211,7 +207,7 @@ def _min_per_owner(
     best = torch.full((n,), math.inf, dtype=torch.float64).scatter_reduce(
         0, owner, values, reduce="amin"
     )
-    return [_finite(v) for v in best.tolist()]
+    return [finite_or_none(v) for v in best.tolist()]
 
 
 def build_steps(config: ClassesConfig, bench: Bench) -> list[Step]:
