@@ -114,3 +114,15 @@ def test_markdown_is_escaped_like_html() -> None:
     assert "a < 1.2% & b" in markdown  # plain text stays readable
     assert "\\|" in markdown
     assert "(figures/a%20b%29.png)" in markdown  # the link cannot be closed early
+
+
+def test_markdown_table_escapes_pipes_and_checks_widths() -> None:
+    """The one Markdown table writer (issue 17) escapes ``|`` and refuses ragged rows."""
+    import pytest
+
+    from intriguing.report.blocks import markdown_table
+
+    lines = markdown_table(["a|b", "c"], [["x | y", "two\nlines"]])
+    assert lines == ["| a\\|b | c |", "|---|---|", "| x \\| y | two lines |"]
+    with pytest.raises(ValueError, match="2 cells"):
+        markdown_table(["a"], [["1", "2"]])

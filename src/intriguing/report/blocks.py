@@ -7,6 +7,7 @@ imports the other's builder, so the two stay free of an import cycle.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -58,3 +59,22 @@ class Alert:
 
 
 Block = Heading | Para | Table | Figure | Alert
+
+
+def md_cell(text: str) -> str:
+    """``text`` safe inside a Markdown table cell: ``|`` escaped, line breaks as spaces."""
+    return " ".join(str(text).splitlines()).replace("|", "\\|")
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """A GitHub-flavoured Markdown table (header, ``---`` rule, one line per row), cells escaped.
+
+    The one Markdown table writer of the plain-text reports (``report/critics.py``,
+    ``report/classes.py``); every row must have as many cells as ``header``.
+    """
+    for row in rows:
+        if len(row) != len(header):
+            raise ValueError(f"a table row has {len(row)} cells, the header {len(header)}")
+    lines = ["| " + " | ".join(md_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(md_cell(cell) for cell in row) + " |" for row in rows]
+    return lines

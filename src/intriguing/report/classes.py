@@ -21,6 +21,7 @@ from typing import Any
 
 from intriguing._io import atomic_write_text, read_json
 from intriguing.errors import IntriguingError
+from intriguing.report.blocks import markdown_table
 from intriguing.report.render import num, pct
 
 SCHEMA = "intriguing.classes/1"  # results.json of a run (written by experiments.classes.summary)
@@ -278,9 +279,7 @@ def _tick_labels(doc: Mapping[str, Any], pos: Mapping[str, float]) -> list[str]:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
-    return [*lines, ""]
+    return [*markdown_table(header, rows), ""]
 
 
 def distortion_table(doc: Mapping[str, Any]) -> list[str]:

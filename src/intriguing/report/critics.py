@@ -22,6 +22,7 @@ import numpy as np
 
 from intriguing.analysis.rarity import clopper_pearson
 from intriguing.errors import InvalidInputError
+from intriguing.report.blocks import markdown_table
 from intriguing.report.plotting import save_figure
 
 NEVER = 1e3  # where the rarity figure plots a ray whose label never changes
@@ -76,12 +77,6 @@ def _rays_sentence(directions: int) -> str:
     )
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def _source_note(payload: Mapping[str, Any]) -> str:
     models = payload["models"]
     parts = [f"{m}: {r['split']} split ({r['origin']})" for m, r in models.items()]
@@ -108,7 +103,7 @@ def _section(
             title,
             intro,
             _source_note(payload),
-            _table(header, rows),
+            "\n".join(markdown_table(header, rows)),
             f"![{name}]({figure.relative_to(out).as_posix()})",
             f"**Verdict.** {verdict}",
         ]
