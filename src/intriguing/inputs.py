@@ -38,6 +38,7 @@ from intriguing.models.user import (
     load_factory_model,
     model_device,
     predict,
+    select_correct,
 )
 
 DEVICES = ("cpu", "cuda", "auto")
@@ -305,42 +306,6 @@ def check_model_input(
             f"label {int(labels.max())} is out of range for a model with {classes} outputs"
         )
     return classes
-
-
-def select_correct(
-    model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    n: int | None,
-    *,
-    batch_size: int = 2048,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The first ``n`` examples the model classifies correctly: ``(images, labels, index)``.
-
-    ``n=None`` keeps every correct one. Stops predicting once ``n`` are found.
-
-    Raises:
-        InvalidInputError: fewer than ``n`` correctly classified examples.
-    """
-    keep: list[torch.Tensor] = []
-    found = 0
-    for start in range(0, len(labels), batch_size):
-        chunk = slice(start, start + batch_size)
-        hit = predict(model, images[chunk]) == labels[chunk].cpu()
-        keep.append(hit)
-        found += int(hit.sum())
-        if n is not None and found >= n:
-            break
-    mask = torch.cat(keep) if keep else torch.zeros(0, dtype=torch.bool)
-    index = mask.nonzero().squeeze(1)
-    if n is not None:
-        index = index[:n]
-        if len(index) < n:
-            raise InvalidInputError(
-                f"only {len(index)} correctly classified images among {len(labels)}; "
-                f"lower --n to at most {len(index)} (or attack all images)"
-            )
-    return images[index], labels[index], index
 
 
 # ------------------------------------------------------------------------------------------ data

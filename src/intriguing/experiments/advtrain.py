@@ -40,6 +40,7 @@ import torch
 from intriguing._io import atomic_write_json
 from intriguing.errors import InvalidInputError
 from intriguing.experiments.graph import Backend, RunStore, Step, StepContext, run_graph
+from intriguing.models.user import select_correct
 from intriguing.training.adversarial import AdvTrainConfig, PoolConfig, adversarial_train
 from intriguing.training.config import TrainConfig
 
@@ -200,9 +201,7 @@ def _robustness(
     """Untargeted L-BFGS minimum distortion over the correctly classified ``images``."""
     from intriguing.attacks import LBFGS
 
-    with torch.no_grad():
-        correct = model(images).argmax(1) == labels
-    kept = images[correct], labels[correct]
+    kept = select_correct(model, images, labels, None, batch_size=max(1, len(labels)))[:2]
     if kept[0].shape[0] == 0:
         return {
             "attacked": 0,

@@ -44,6 +44,7 @@ from intriguing._io import atomic_write_json, atomic_write_text, json_safe
 from intriguing.errors import IntriguingError, InvalidInputError
 from intriguing.experiments import steps as st
 from intriguing.experiments.graph import Backend, RunStore, Step, StepContext, run_graph
+from intriguing.models.user import select_correct
 
 SCHEMA = "intriguing.critics/1"
 COMMANDS = ("rarity", "recover", "curves")
@@ -129,8 +130,7 @@ def attack_source_step(bench: st.Workbench, ctx: StepContext) -> dict[str, Any]:
     model_name, split = str(p["model"]), str(p["split"])
     images, labels = bench.data.split(split)
     model = bench.model(model_name)
-    correct = st.predict(model, images) == labels
-    index = torch.nonzero(correct).flatten()[: int(p["n"])]
+    index = select_correct(model, images, labels, None, batch_size=4096)[2][: int(p["n"])]
     result = LBFGS(mode="untargeted", **dict(p["attack"]))(model, images[index], labels[index])
     path = ctx.artifact_dir() / st.ATTACK_FILE
     result.save(path)

@@ -26,6 +26,8 @@ from torch import nn
 
 from intriguing._io import atomic_path
 from intriguing.errors import IntriguingError
+from intriguing.models.user import predict as user_predict
+from intriguing.models.user import select_correct
 
 if TYPE_CHECKING:
     from intriguing.data import MNIST
@@ -86,12 +88,9 @@ def derived_seed(*parts: Any) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
-@torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-    """Argmax predictions ``(N,)`` int64 of ``model`` on ``images`` ``(N, 1, 28, 28)``."""
-    if images.shape[0] == 0:
-        return torch.zeros(0, dtype=torch.int64)
-    return torch.cat([model(images[i : i + chunk]).argmax(1) for i in range(0, len(images), chunk)])
+    """Argmax predictions ``(N,)`` int64 of ``model`` on ``images`` ``(N, 1, 28, 28)``, in chunks."""
+    return user_predict(model, images, chunk)
 
 
 def error_of(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float | None:
@@ -158,14 +157,13 @@ def select_step(bench: Workbench, ctx: StepContext) -> dict[str, Any]:
     """Indices of the first ``n`` examples of ``split`` that the model classifies correctly."""
     p = ctx.params
     images, labels = bench.data.split(str(p["split"]))
-    correct = predict(bench.model(str(p["model"])), images) == labels
-    chosen = torch.nonzero(correct).flatten()[: int(p["n"])]
+    correct = select_correct(bench.model(str(p["model"])), images, labels, None, batch_size=4096)[2]
     return {
         "model": p["model"],
         "split": p["split"],
         "n_split": int(labels.shape[0]),
-        "n_correct": int(correct.sum()),
-        "indices": chosen.tolist(),
+        "n_correct": len(correct),
+        "indices": correct[: int(p["n"])].tolist(),
     }
 
 

@@ -111,3 +111,43 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 512) -> to
         for start in range(0, len(images), batch_size):
             out.append(model(images[start : start + batch_size].to(device)).argmax(1).cpu())
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
+def select_correct(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    n: int | None,
+    *,
+    batch_size: int = 2048,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The first ``n`` examples the model classifies correctly: ``(images, labels, index)``.
+
+    ``images`` ``(N, ...)`` in the model's input range, ``labels`` int64 ``(N,)``; ``index`` int64
+    ``(n,)`` into them, ascending. ``n=None`` keeps every correct one (``len(index)`` is then the
+    number classified correctly). Stops predicting once ``n`` are found. The model sees chunks of
+    ``batch_size`` images from the start, argmax decides (the one selection of correctly classified
+    examples: the CLI, the reproduction graph and the critics' experiments all call it).
+
+    Raises:
+        InvalidInputError: fewer than ``n`` correctly classified examples.
+    """
+    keep: list[torch.Tensor] = []
+    found = 0
+    for start in range(0, len(labels), batch_size):
+        chunk = slice(start, start + batch_size)
+        hit = predict(model, images[chunk], batch_size) == labels[chunk].cpu()
+        keep.append(hit)
+        found += int(hit.sum())
+        if n is not None and found >= n:
+            break
+    mask = torch.cat(keep) if keep else torch.zeros(0, dtype=torch.bool)
+    index = mask.nonzero().squeeze(1)
+    if n is not None:
+        index = index[:n]
+        if len(index) < n:
+            raise InvalidInputError(
+                f"only {len(index)} correctly classified images among {len(labels)}; "
+                f"lower --n to at most {len(index)} (or attack all images)"
+            )
+    return images[index], labels[index], index

@@ -35,7 +35,7 @@ per task), :mod:`.config` (:class:`ClassesConfig`), :mod:`.bench` (per-process d
 intervals) and :mod:`.run` (:func:`run_classes`). The report is :mod:`intriguing.report.classes`.
 """
 
-from intriguing.experiments.classes.bench import Bench, EncoderLoader, load_encoder, predict
+from intriguing.experiments.classes.bench import Bench, EncoderLoader, load_encoder
 from intriguing.experiments.classes.config import ClassesConfig, train_config
 from intriguing.experiments.classes.families import (
     DEFAULT_FAMILIES,
@@ -68,6 +68,7 @@ from intriguing.experiments.classes.tasks import (
     get_task,
     parse_tasks,
 )
+from intriguing.experiments.steps import predict
 
 __all__ = [
     "ALL_TASK",

@@ -111,14 +111,6 @@ class Bench:
         return self._models[key]
 
 
-@torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-    """Argmax predictions ``(N,)`` int64 of ``model`` on ``images`` ``(N, 1, 28, 28)``."""
-    if images.shape[0] == 0:
-        return torch.zeros(0, dtype=torch.int64)
-    return torch.cat([model(images[i : i + chunk]).argmax(1) for i in range(0, len(images), chunk)])
-
-
 _PROCESS_BENCHES: dict[tuple[Any, ...], Bench] = {}
 
 

@@ -11,10 +11,12 @@ import torch
 
 from intriguing._io import atomic_path, finite_or_none, json_safe
 from intriguing.errors import IntriguingError
-from intriguing.experiments.classes.bench import Bench, predict
+from intriguing.experiments.classes.bench import Bench
 from intriguing.experiments.classes.config import ClassesConfig, train_config
 from intriguing.experiments.classes.families import FAMILIES, build_task_model
 from intriguing.experiments.classes.tasks import ALL_TASK, get_task
+from intriguing.experiments.steps import predict
+from intriguing.models.user import select_correct
 
 if TYPE_CHECKING:
     from intriguing.experiments.graph import Step, StepContext
@@ -84,8 +86,8 @@ def attack_step(bench: Bench, ctx: StepContext) -> dict[str, Any]:
     train_result = ctx.deps[str(p["train"])]
     model = bench.model(ctx.store.root, train_result)
     index, images, labels = bench.task_split(task, "test")
-    right = predict(model, images) == labels
-    correct = torch.nonzero(right).flatten()[: int(p["n"])]
+    right = select_correct(model, images, labels, None, batch_size=4096)[2]
+    correct = right[: int(p["n"])]
     x, y = images[correct], labels[correct]
     result = _attack(p["attack"], mode="untargeted")(model, x, y)
     path = ctx.artifact_dir() / ATTACK_FILE
@@ -94,7 +96,7 @@ def attack_step(bench: Bench, ctx: StepContext) -> dict[str, Any]:
         "task": task.name,
         "family": train_result["family"],
         "n_task_test": int(labels.shape[0]),
-        "n_correct": int(right.sum()),
+        "n_correct": len(right),
         "indices": index[correct].tolist(),
         "labels": y.tolist(),
         "distortion": [float(v) for v in result.distortion.tolist()],
