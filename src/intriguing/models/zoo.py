@@ -16,6 +16,7 @@ measurements in docs/zoo.md):
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 from torch import nn
@@ -103,30 +104,31 @@ def _mlp_description(h1: int, h2: int, split: str, iterations: int = MLP_ITERATI
     )
 
 
-@register_model(
-    "N100-100-10",
-    description=_mlp_description(100, 100, "train"),
-    train_config=MLP_CONFIG,
-    paper=_table1(0.0, 0.0164, 0.058),
-    hidden_layer="act2",
-    aliases=("N100",),
-)
-def n100() -> nn.Sequential:
-    """784-100-100-10 sigmoid net (Table 1)."""
-    return sigmoid_mlp(100, 100)
+def _register_sigmoid_net(
+    name: str,
+    sizes: tuple[int, int],
+    split: str,
+    paper: Mapping[str, Any],
+    *aliases: str,
+    config: TrainConfig = MLP_CONFIG,
+) -> None:
+    """A 784-h1-h2-10 sigmoid net trained on ``split`` by full-batch L-BFGS (Tables 1 and 3)."""
+    register_model(
+        name,
+        partial(sigmoid_mlp, *sizes),
+        description=_mlp_description(*sizes, split, int(config.iterations)),
+        train_config=config,
+        train_split=split,
+        paper=paper,
+        hidden_layer="act2",
+        aliases=aliases,
+    )
 
 
-@register_model(
-    "N200-200-10",
-    description=_mlp_description(200, 200, "train", N200_ITERATIONS),
-    train_config=N200_CONFIG,
-    paper=_table1(0.0, 0.0154, 0.065),
-    hidden_layer="act2",
-    aliases=("N200",),
+_register_sigmoid_net("N100-100-10", (100, 100), "train", _table1(0.0, 0.0164, 0.058), "N100")
+_register_sigmoid_net(
+    "N200-200-10", (200, 200), "train", _table1(0.0, 0.0154, 0.065), "N200", config=N200_CONFIG
 )
-def n200() -> nn.Sequential:
-    """784-200-200-10 sigmoid net (Table 1)."""
-    return sigmoid_mlp(200, 200)
 
 
 @register_model(
@@ -161,41 +163,6 @@ def conv() -> nn.Sequential:
     return conv_net()
 
 
-@register_model(
-    "M1",
-    description=_mlp_description(100, 100, "p1"),
-    train_config=MLP_CONFIG,
-    train_split="p1",
-    paper=_table3(0.0, 0.024, 0.02, 0.062),
-    hidden_layer="act2",
-)
-def m1() -> nn.Sequential:
-    """100-100-10 sigmoid net on P1 (Table 3)."""
-    return sigmoid_mlp(100, 100)
-
-
-@register_model(
-    "M1'",
-    description=_mlp_description(123, 456, "p1"),
-    train_config=MLP_CONFIG,
-    train_split="p1",
-    paper=_table3(0.0, 0.025, 0.021, 0.059),
-    hidden_layer="act2",
-    aliases=("M1p", "M1prime"),
-)
-def m1_prime() -> nn.Sequential:
-    """123-456-10 sigmoid net on P1 (Table 3)."""
-    return sigmoid_mlp(123, 456)
-
-
-@register_model(
-    "M2",
-    description=_mlp_description(100, 100, "p2"),
-    train_config=MLP_CONFIG,
-    train_split="p2",
-    paper=_table3(0.023, 0.0, 0.021, 0.058),
-    hidden_layer="act2",
-)
-def m2() -> nn.Sequential:
-    """100-100-10 sigmoid net on P2 (Table 3)."""
-    return sigmoid_mlp(100, 100)
+_register_sigmoid_net("M1", (100, 100), "p1", _table3(0.0, 0.024, 0.02, 0.062))
+_register_sigmoid_net("M1'", (123, 456), "p1", _table3(0.0, 0.025, 0.021, 0.059), "M1p", "M1prime")
+_register_sigmoid_net("M2", (100, 100), "p2", _table3(0.023, 0.0, 0.021, 0.058))
