@@ -242,16 +242,8 @@ def render_rarity(payload: Mapping[str, Any], out: Path) -> Section:
         "carry exact Clopper-Pearson 95% intervals (conditional on the examples). "
         + _rays_sentence(int(cfg["ray_directions"]))
     )
-    return _section(
-        "## How rare are adversarial pockets? (issue #9, item 2)",
-        intro,
-        payload,
-        header,
-        rows,
-        figure,
-        out,
-        verdict,
-    )
+    title = "## How rare are adversarial pockets? (issue #9, item 2)"
+    return _section(title, intro, payload, header, rows, figure, out, verdict)
 
 
 # ----------------------------------------------------------------------------- recover
@@ -434,16 +426,8 @@ def render_recover(payload: Mapping[str, Any], out: Path) -> Section:
         "``x``. AUC = P(S(x') < S(x)) by the Mann-Whitney formula, with a paired percentile "
         "bootstrap interval; failed attacks count as ``S = inf``."
     )
-    return _section(
-        "## Recovering the true label with the same optimisation (issue #9, item 3)",
-        intro,
-        payload,
-        header,
-        rows,
-        figure,
-        out,
-        verdict,
-    )
+    title = "## Recovering the true label with the same optimisation (issue #9, item 3)"
+    return _section(title, intro, payload, header, rows, figure, out, verdict)
 
 
 # ----------------------------------------------------------------------------- curves
@@ -551,16 +535,8 @@ def render_curves(payload: Mapping[str, Any], out: Path) -> Section:
         "succeeding. The L-BFGS distortion is an upper bound on the true minimum, so each curve "
         "is a lower bound on the success attainable at that budget."
     )
-    return _section(
-        "## Universality as a curve (issue #9, item 5)",
-        intro,
-        payload,
-        header,
-        rows,
-        figure,
-        out,
-        verdict,
-    )
+    title = "## Universality as a curve (issue #9, item 5)"
+    return _section(title, intro, payload, header, rows, figure, out, verdict)
 
 
 def render_section(payload: Mapping[str, Any], out: str | Path) -> Section:
