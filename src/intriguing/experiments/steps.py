@@ -28,6 +28,7 @@ from intriguing._io import atomic_path
 from intriguing.errors import IntriguingError
 from intriguing.models.user import predict as user_predict
 from intriguing.models.user import select_correct
+from intriguing.training.api import checkpoint_key
 
 if TYPE_CHECKING:
     from intriguing.data import MNIST
@@ -64,22 +65,6 @@ class Workbench:
                 name, dataset=self.dataset, data_dir=self.data_dir, seed=self.seed
             ).model
         return self._models[name]
-
-
-def checkpoint_key(name: str, identity: dict[str, Any], seed: int) -> str:
-    """The checkpoint cache key ``train_model`` uses for ``name`` (architecture, recipe, data, seed).
-
-    Put in the model step's params, it makes every downstream result depend on the exact
-    checkpoint: a changed training recipe invalidates the stored attacks instead of mixing them.
-    """
-    from intriguing.models import get_entry
-    from intriguing.training.checkpoint import cache_key, seeded
-
-    entry = get_entry(name)
-    with seeded(seed):  # building draws from the global RNG: leave it untouched
-        architecture = repr(entry.build())
-    config = entry.train_config.replace(seed=seed)
-    return cache_key(entry.name, architecture, config, entry.train_split, identity)
 
 
 def derived_seed(*parts: Any) -> int:

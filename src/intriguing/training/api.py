@@ -107,10 +107,7 @@ def train_model(
     if data is None and data_dir is not None:
         verify_directory(locate_mnist(data_dir, download=False)[0])
     identity = published_identity() if data is None else data.identity
-    config = entry.train_config.replace(seed=seed)
-    with seeded(seed):
-        model = entry.build()
-    key = cache_key(entry.name, repr(model), config, entry.train_split, identity)
+    model, config, key = _zoo_key(entry, identity, seed)
     weights, _ = checkpoint_paths(entry.name, key)
     expected = _expected_sidecar(entry, model, config, key, identity)
     log = log or logger.info
@@ -123,6 +120,26 @@ def train_model(
             data = load_mnist(data_dir, dataset=dataset)
         with training_threads():
             return _train_and_save(entry, model, data, config, key, weights, log)
+
+
+def _zoo_key(entry: ZooEntry, identity: Any, seed: int) -> tuple[nn.Module, TrainConfig, str]:
+    """The untrained model (built under ``seed``), its training config and its cache key."""
+    config = entry.train_config.replace(seed=seed)
+    with seeded(seed):  # building draws from the global RNG: leave it untouched
+        model = entry.build()
+    return model, config, cache_key(entry.name, repr(model), config, entry.train_split, identity)
+
+
+def checkpoint_key(name: str, identity: Any, seed: int) -> str:
+    """The checkpoint cache key :func:`train_model` uses for ``name`` (architecture, recipe, data,
+    seed); ``identity`` is the dataset's identity (:attr:`intriguing.data.MNIST.identity`).
+
+    Put in a model step's params, it makes every downstream result depend on the exact
+    checkpoint: a changed training recipe invalidates the stored attacks instead of mixing them.
+    """
+    from intriguing.models import get_entry
+
+    return _zoo_key(get_entry(name), identity, seed)[2]
 
 
 def _expected_sidecar(
