@@ -159,3 +159,18 @@ def test_real_kill_then_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
         assert (killed_dir / "steps" / f"{key}.json").read_text() == text
     assert values(killed_dir) == values(clean_dir)
     assert len(values(clean_dir)) == 6
+
+
+def test_step_key_is_the_one_way_keys_are_built() -> None:
+    """Issue 17: keys built by one helper; a part with ``/`` or an empty part is refused."""
+    from intriguing.experiments.graph import shard_key, step_key
+
+    assert step_key("attack", "test", "M1'") == "attack/test/M1'"
+    assert step_key("train", "0-4", "seed-3") == "train/0-4/seed-3"
+    assert (
+        shard_key("test", "softmax1", "untargeted", 7)
+        == "attack/test/softmax1/untargeted/shard-0007"
+    )
+    for bad in (("a", ""), ("a", "b/c"), ()):
+        with pytest.raises(ValueError, match="step key"):
+            step_key(*bad)

@@ -39,7 +39,7 @@ import torch
 
 from intriguing._io import atomic_write_json
 from intriguing.errors import InvalidInputError
-from intriguing.experiments.graph import Backend, RunStore, Step, StepContext, run_graph
+from intriguing.experiments.graph import Backend, RunStore, Step, StepContext, run_graph, step_key
 from intriguing.models.user import select_correct
 from intriguing.training.adversarial import AdvTrainConfig, PoolConfig, adversarial_train
 from intriguing.training.config import TrainConfig
@@ -346,7 +346,7 @@ def build_steps(spec: AdvTrainSpec, load_data: DataLoader) -> list[Step]:
             }
             steps.append(
                 Step(
-                    key=f"train/{variant}/seed-{seed}",
+                    key=step_key("train", variant, f"seed-{seed}"),
                     fn=functools.partial(train_one, load_data=load_data),
                     params=params,
                     version=STEP_VERSION,

@@ -43,7 +43,7 @@ import torch
 from intriguing._io import atomic_write_json, atomic_write_text, json_safe
 from intriguing.errors import IntriguingError, InvalidInputError
 from intriguing.experiments import steps as st
-from intriguing.experiments.graph import Backend, RunStore, Step, StepContext, run_graph
+from intriguing.experiments.graph import Backend, RunStore, Step, StepContext, run_graph, step_key
 from intriguing.models.user import select_correct
 
 SCHEMA = "intriguing.critics/1"
@@ -210,7 +210,7 @@ def source_steps(
                 for path in sorted(shard_dir.glob("shard-*.json"))
             ]
             run_attack = {**run_config.get("attack", {}), "threads": 1, "progress": False}
-            key = f"source/{model}/run"
+            key = step_key("source", model, "run")
             params: dict[str, Any] = {
                 "model": model,
                 "run": str(from_run.resolve()),
@@ -221,7 +221,7 @@ def source_steps(
             }
             steps.append(Step(key, partial(run_source_step, bench), params))
         else:
-            key = f"source/{model}/{split}-n{n}"
+            key = step_key("source", model, f"{split}-n{n}")
             params = {
                 "model": model,
                 "split": split,

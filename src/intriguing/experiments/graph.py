@@ -50,6 +50,23 @@ StepFn = Callable[["StepContext"], Any]
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.'=+-]*(/[A-Za-z0-9][A-Za-z0-9_.'=+-]*)*$")
 
 
+def step_key(*parts: object) -> str:
+    """A step key from its parts: ``step_key("attack", "test", "softmax1")`` -> ``"attack/test/softmax1"``.
+
+    The one way keys are built, so producers and readers agree; each part must be non-empty and
+    free of ``/`` (``/`` separates the sub-folders of ``steps/`` and ``artifacts/``).
+    """
+    texts = [str(part) for part in parts]
+    if not texts or any(not t or "/" in t for t in texts):
+        raise ValueError(f"step key parts must be non-empty and free of '/': {texts}")
+    return "/".join(texts)
+
+
+def shard_key(split: str, model: str, mode: str, k: int) -> str:
+    """The key of attack shard ``k`` of ``model`` on ``split`` (``attack/<split>/<m>/<mode>/shard-k``)."""
+    return step_key("attack", split, model, mode, f"shard-{k:04d}")
+
+
 @dataclass(frozen=True)
 class Step:
     """One unit of cached work.

@@ -40,7 +40,7 @@ from intriguing._io import atomic_write_json
 from intriguing.errors import IntriguingError, InvalidInputError
 from intriguing.experiments import steps as st
 from intriguing.experiments import tables as tb
-from intriguing.experiments.graph import Backend, RunStore, Step, StepContext, run_graph
+from intriguing.experiments.graph import Backend, RunStore, Step, StepContext, run_graph, step_key
 from intriguing.experiments.specs import AttackSettings
 from intriguing.models.recurrent import RECURRENT_MODELS
 
@@ -326,9 +326,9 @@ def _step(
 def build_steps(spec: RecurrentSpec, bench: st.Workbench, n_split: int) -> list[Step]:
     """Every step of the run described by ``spec`` (``n_split``: images in ``spec.split``)."""
     models = list(spec.models())
-    model_keys = tuple(f"model/{m}" for m in models)
+    model_keys = tuple(step_key("model", m) for m in models)
     steps = st.model_steps(bench, models, spec.dataset, spec.seed)
-    select = f"select/{spec.split}/common"
+    select = step_key("select", spec.split, "common")
     n = min(spec.n_examples, n_split)
     steps.append(
         _step(
@@ -356,7 +356,7 @@ def build_steps(spec: RecurrentSpec, bench: st.Workbench, n_split: int) -> list[
         steps += shard_steps
         summaries[model] = summary
         shards = [s.key for s in shard_steps if s.key != summary]
-        key = f"cross/{spec.split}/{model}"
+        key = step_key("cross", spec.split, model)
         params = {
             "source": model,
             "split": spec.split,
@@ -368,14 +368,14 @@ def build_steps(spec: RecurrentSpec, bench: st.Workbench, n_split: int) -> list[
         steps.append(_step(key, partial(st.cross_step, bench), params, deps))
         cross[model] = key
         if spec.amplify_stddev is not None:
-            key = f"amplify/{spec.split}/{model}"
+            key = step_key("amplify", spec.split, model)
             amp = {**params, "stddev": spec.amplify_stddev, "clip": True}  # docs/recurrent.md
             steps.append(_step(key, partial(st.amplify_step, bench), amp, deps))
             amplified.append(key)
     noise_keys = []
     for stddev in (MATCHED, *spec.noise_stddevs):
         label = stddev if isinstance(stddev, str) else f"{stddev:g}"
-        key = f"noise/{spec.split}/{label}"
+        key = step_key("noise", spec.split, label)
         summary_keys = list(summaries.values()) if stddev == MATCHED else []
         steps.append(
             _step(
@@ -399,7 +399,7 @@ def build_steps(spec: RecurrentSpec, bench: st.Workbench, n_split: int) -> list[
     def table(ctx: StepContext) -> Any:
         return recurrent_table(
             spec_dict,
-            {m: ctx.deps[f"model/{m}"] for m in models},
+            {m: ctx.deps[step_key("model", m)] for m in models},
             {m: ctx.deps[k] for m, k in summaries.items()},
             {m: ctx.deps[k] for m, k in cross.items()},
             [ctx.deps[k] for k in noise_keys],
@@ -442,14 +442,14 @@ def run_recurrent(
     results = run_graph(
         build_steps(spec, bench, n_split), store, description="recurrent", backend=backend
     )
-    select = results[f"select/{spec.split}/common"]
+    select = results[step_key("select", spec.split, "common")]
     document = {
         "schema": SCHEMA,
         "config": spec.to_dict(),
         "dataset": bench.data.identity,
         "selection": {k: v for k, v in select.items() if k != "indices"}
         | {"n": len(select["indices"])},
-        "models": {m: results[f"model/{m}"] for m in spec.models()},
+        "models": {m: results[step_key("model", m)] for m in spec.models()},
         "table": results["tables/recurrent"],
         "timings": {
             "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),

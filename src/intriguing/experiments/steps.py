@@ -26,6 +26,7 @@ from torch import nn
 
 from intriguing._io import atomic_path
 from intriguing.errors import IntriguingError
+from intriguing.experiments.graph import shard_key, step_key
 from intriguing.models.user import predict as user_predict
 from intriguing.models.user import select_correct
 from intriguing.training.api import checkpoint_key
@@ -98,7 +99,7 @@ def model_steps(bench: Workbench, models: Iterable[str], dataset: str, seed: int
     data_id = {"dataset": identity.get("dataset"), "files": identity.get("files")}
     return [
         Step(
-            key=f"model/{m}",
+            key=step_key("model", m),
             fn=partial(model_step, bench),
             params={
                 "model": m,
@@ -183,7 +184,7 @@ def attack_steps(
             "attack": attack,
             "target_seed": derived_seed(seed, model, split, start),
         }
-        key = f"attack/{split}/{model}/{mode}/shard-{k:04d}"
+        key = shard_key(split, model, mode, k)
         steps.append(Step(key, partial(attack_shard_step, bench), params, (select,)))
     summary = f"attacks/{split}/{model}/{mode}"
     keys = [s.key for s in steps]
@@ -393,7 +394,7 @@ def figure7_step(bench: Workbench, ctx: StepContext) -> dict[str, Any]:
     tensors: dict[str, torch.Tensor] = {}
     shown: dict[str, Any] = {}
     for model_name in p["models"]:
-        shard = ctx.deps[f"attack/{p['split']}/{model_name}/untargeted/shard-0000"]
+        shard = ctx.deps[shard_key(str(p["split"]), model_name, "untargeted", 0)]
         adv, labels, success = load_adversarials(
             ctx.store.root, [shard["artifact"]] if shard["artifact"] else []
         )

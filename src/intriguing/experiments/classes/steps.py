@@ -15,6 +15,7 @@ from intriguing.experiments.classes.bench import Bench
 from intriguing.experiments.classes.config import ClassesConfig, train_config
 from intriguing.experiments.classes.families import FAMILIES, build_task_model
 from intriguing.experiments.classes.tasks import ALL_TASK, get_task
+from intriguing.experiments.graph import step_key
 from intriguing.experiments.steps import predict
 from intriguing.models.user import select_correct
 
@@ -224,7 +225,7 @@ def build_steps(config: ClassesConfig, bench: Bench) -> list[Step]:
     attack_settings = {**dict(config.attack), "seed": config.seed}
     has_all = ALL_TASK in config.tasks
     for task in tasks:
-        train_keys = {f: f"train/{task.name}/{f}" for f in config.families}
+        train_keys = {f: step_key("train", task.name, f) for f in config.families}
         for family in config.families:
             params: dict[str, Any] = {
                 "task": task.to_dict(),
@@ -241,7 +242,7 @@ def build_steps(config: ClassesConfig, bench: Bench) -> list[Step]:
                 params["encoder"] = bench.encoder()[1]
             steps.append(Step(train_keys[family], partial(train_step, bench), params))
         for family in (f for f in config.families if FAMILIES[f].attacked):
-            attack_key = f"attack/{task.name}/{family}"
+            attack_key = step_key("attack", task.name, family)
             steps.append(
                 Step(
                     attack_key,
@@ -267,7 +268,7 @@ def build_steps(config: ClassesConfig, bench: Bench) -> list[Step]:
                     )
                 )
             if config.restricted and has_all and task.name != ALL_TASK:
-                train_all = f"train/{ALL_TASK}/{family}"
+                train_all = step_key("train", ALL_TASK, family)
                 steps.append(
                     Step(
                         f"restricted/{task.name}/{family}",

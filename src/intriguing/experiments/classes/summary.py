@@ -10,6 +10,7 @@ import numpy as np
 from intriguing.experiments.classes.config import ClassesConfig
 from intriguing.experiments.classes.families import FAMILIES
 from intriguing.experiments.classes.tasks import get_task
+from intriguing.experiments.graph import step_key
 from intriguing.report.classes import SCHEMA
 
 CONFIDENCE = 0.95
@@ -90,7 +91,7 @@ def summarize(results: Mapping[str, Any], config: ClassesConfig) -> dict[str, An
     for task_name in config.tasks:
         task = get_task(task_name)
         for family in config.families:
-            trained = results[f"train/{task.name}/{family}"]
+            trained = results[step_key("train", task.name, family)]
             row: dict[str, Any] = {
                 "task": task.name,
                 "num_classes": task.num_classes,
@@ -103,7 +104,7 @@ def summarize(results: Mapping[str, Any], config: ClassesConfig) -> dict[str, An
                 "train_cpu_s": trained["cpu_time_s"],
                 "attacked": FAMILIES[family].attacked,
             }
-            attack = results.get(f"attack/{task.name}/{family}")
+            attack = results.get(step_key("attack", task.name, family))
             if attack is not None:
                 row.update(_attack_row(attack, stats))
             transfer = results.get(f"transfer/{task.name}/{family}")
