@@ -75,3 +75,26 @@ def test_json_safe_is_strict_json() -> None:
     }
     json.dumps(out, allow_nan=False)
     assert finite_or_none(2) == 2.0 and finite_or_none(math.inf) is None
+
+
+def test_read_results_checks_directory_file_json_and_schema(tmp_path: Path) -> None:
+    """The one results.json loader (issue 17): each failure is one IntriguingError line."""
+    import json
+
+    from intriguing._io import read_results
+    from intriguing.errors import IntriguingError
+
+    with pytest.raises(IntriguingError, match="no such run directory"):
+        read_results(tmp_path / "nope", "intriguing.x/1", command="x")
+    with pytest.raises(IntriguingError, match="not found; run `intriguing x"):
+        read_results(tmp_path, "intriguing.x/1", command="x")
+    (tmp_path / "results.json").write_text("{bad")
+    with pytest.raises(IntriguingError, match="not valid JSON"):
+        read_results(tmp_path, "intriguing.x/1", command="x")
+    (tmp_path / "results.json").write_text(json.dumps({"schema": "intriguing.x/2", "v": 1}))
+    with pytest.raises(IntriguingError, match="not a x results file"):
+        read_results(tmp_path, "intriguing.x/1", command="x")
+    assert read_results(tmp_path, "intriguing.x/", command="x")["v"] == 1  # prefix: any version
+    (tmp_path / "results.json").write_text("[1, 2]")
+    with pytest.raises(IntriguingError, match="found None"):
+        read_results(tmp_path, "intriguing.x/", command="x")

@@ -114,4 +114,39 @@ def read_json(path: str | os.PathLike[str]) -> Any:
     except FileNotFoundError:
         raise IntriguingError(f"{path}: file not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise IntriguingError(f"{path}: not valid JSON ({exc}); delete it and rerun") from None
+        raise IntriguingError(
+            f"{path}: corrupt, not valid JSON ({exc}); delete it and rerun"
+        ) from None
+
+
+def read_results(run_dir: str | os.PathLike[str], schema: str, *, command: str) -> dict[str, Any]:
+    """``run_dir/results.json`` of an ``intriguing <command>`` run, checked for its ``schema``.
+
+    The one loader of stored results: ``schema`` is matched exactly, or as a prefix when it ends
+    with ``/`` (any version). Each failure is one line naming the file and what to run.
+
+    Raises:
+        intriguing.errors.IntriguingError: no such directory, no results.json, corrupt JSON, or
+            not a results file of ``command`` (another schema).
+    """
+    from intriguing.errors import IntriguingError
+
+    root = Path(run_dir)
+    path = root / "results.json"
+    if not root.is_dir():
+        raise IntriguingError(
+            f"{run_dir}: no such run directory; run `intriguing {command} --out {run_dir}` first"
+        )
+    if not path.is_file():
+        raise IntriguingError(f"{path} not found; run `intriguing {command} --out {run_dir}` first")
+    doc = read_json(path)
+    found = doc.get("schema") if isinstance(doc, dict) else None
+    ok = isinstance(found, str) and (
+        found.startswith(schema) if schema.endswith("/") else found == schema
+    )
+    if not ok:
+        raise IntriguingError(
+            f"{path}: not a {command} results file (schema {schema!r}, found {found!r}); "
+            f"rerun `intriguing {command}`"
+        )
+    return dict(doc)

@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from intriguing._io import atomic_write_json, atomic_write_text, json_safe
+from intriguing._io import atomic_write_json, atomic_write_text, json_safe, read_results
 from intriguing.errors import IntriguingError, InvalidInputError
 from intriguing.experiments import steps as st
 from intriguing.experiments.graph import Backend, RunStore, Step, StepContext, run_graph, step_key
@@ -81,22 +81,10 @@ def run_attack_split(run: Path, model: str) -> str | None:
 
 def check_run(run: Path) -> dict[str, Any]:
     """The ``results.json`` of a reproduce run directory; IntriguingError when it is not one."""
-    path = run / "results.json"
-    if not run.is_dir():
-        raise IntriguingError(f"--from-run {run}: no such directory; give a reproduce --out folder")
     try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise IntriguingError(
-            f"--from-run {run}: no results.json; give the folder of a finished reproduce run"
-        ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise IntriguingError(f"{path}: corrupt results file ({exc}); rerun reproduce") from None
-    if not isinstance(results, dict) or not str(results.get("schema", "")).startswith(
-        "intriguing.reproduce/"
-    ):
-        raise IntriguingError(f"{path} is not a reproduce results file")
-    return results
+        return read_results(run, "intriguing.reproduce/", command="reproduce")
+    except IntriguingError as exc:
+        raise IntriguingError(f"--from-run: {exc}") from None
 
 
 def run_source_step(bench: st.Workbench, ctx: StepContext) -> dict[str, Any]:

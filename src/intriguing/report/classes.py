@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from intriguing._io import atomic_write_text, read_json
+from intriguing._io import atomic_write_text, read_results
 from intriguing.errors import IntriguingError
 from intriguing.report.blocks import markdown_table
 from intriguing.report.render import num, pct
@@ -38,10 +38,11 @@ def load_classes_results(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     Raises:
         IntriguingError: missing, corrupt, or not a ``classes`` results file.
     """
-    path = Path(run_dir) / "results.json"
-    doc = read_json(path)
-    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA or "rows" not in doc:
-        raise IntriguingError(f"{path}: not a results file of 'intriguing classes'; rerun it")
+    doc = read_results(run_dir, SCHEMA, command="classes")
+    if not isinstance(doc.get("rows"), list):
+        raise IntriguingError(
+            f"{Path(run_dir) / 'results.json'}: no rows; rerun `intriguing classes`"
+        )
     return doc
 
 

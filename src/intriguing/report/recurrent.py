@@ -9,7 +9,6 @@ examples transfer between recurrent and feedforward nets?".
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,8 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from intriguing._io import atomic_write_text
-from intriguing.errors import IntriguingError
+from intriguing._io import atomic_write_text, read_results
 from intriguing.report.plotting import plt, save_figure
 from intriguing.report.render import (
     Block,
@@ -44,18 +42,7 @@ def load_recurrent(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     Raises:
         IntriguingError: missing, unreadable or of another schema (one line).
     """
-    path = Path(run_dir) / "results.json"
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise IntriguingError(
-            f"{path} not found; run `intriguing recurrent --out {run_dir}`"
-        ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise IntriguingError(f"{path} is not valid JSON ({exc}); rerun the experiment") from None
-    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
-        raise IntriguingError(f"{path} is not a recurrent-experiment result (schema {SCHEMA})")
-    return doc
+    return read_results(run_dir, SCHEMA, command="recurrent")
 
 
 def block_mean(table: Mapping[str, Any], source: str, target: str) -> float | None:
