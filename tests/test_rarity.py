@@ -195,14 +195,15 @@ def test_measure_rarity_refuses_bad_input(
         measure_rarity(model, x, adv, torch.ones(1, dtype=torch.int64))
     with pytest.raises(IntriguingError, match="differ in shape"):
         measure_rarity(model, x, adv.reshape(1, DIM), y)
-    for bad in (
-        RarityConfig(samples=0),
-        RarityConfig(scales=(-1.0,)),
-        RarityConfig(box="wrap"),
-        RarityConfig(confidence=1.5),
-    ):
+    bad_settings: list[dict[str, Any]] = [
+        {"samples": 0},
+        {"scales": (-1.0,)},
+        {"box": "wrap"},
+        {"confidence": 1.5},
+    ]
+    for bad in bad_settings:  # refused when the settings are made, before any work
         with pytest.raises(IntriguingError):
-            measure_rarity(model, x, adv, y, bad)
+            RarityConfig(**bad)
     with pytest.raises(IntriguingError, match="training mode"):
         measure_rarity(model.train(), x, adv, y)
 

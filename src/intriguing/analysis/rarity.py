@@ -51,7 +51,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from scipy.stats import binomtest
@@ -64,7 +64,7 @@ from intriguing.errors import InvalidInputError
 from intriguing.progress import track
 
 BoxMode = Literal["rescale", "clip"]
-BOX_MODES: tuple[str, ...] = ("rescale", "clip")
+BOX_MODES: tuple[str, ...] = get_args(BoxMode)
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -208,13 +208,13 @@ class RarityConfig:
     ray_directions: int = 100
     grid: int = 48
     bisect_steps: int = 30
-    box: str = "rescale"
+    box: BoxMode = "rescale"
     confidence: float = 0.95
     seed: int = 0
     chunk: int = 4096
 
-    def check(self) -> None:
-        """Raise InvalidInputError on an unusable setting."""
+    def __post_init__(self) -> None:
+        """Raise InvalidInputError on an unusable setting (at construction, before any work)."""
         if self.samples < 1:
             raise InvalidInputError(f"samples must be >= 1, got {self.samples}")
         if not self.scales or any(not (math.isfinite(s) and s > 0) for s in self.scales):
@@ -232,6 +232,10 @@ class RarityConfig:
             raise InvalidInputError(f"confidence must be in (0, 1), got {self.confidence}")
         if self.chunk < 1:
             raise InvalidInputError(f"chunk must be >= 1, got {self.chunk}")
+
+    def check(self) -> None:
+        """The checks of construction again (kept for callers before issue 17)."""
+        self.__post_init__()
 
 
 def flip_counts(
@@ -360,7 +364,6 @@ def measure_rarity(
         Clopper-Pearson intervals per scale, and ``rays`` summaries.
     """
     cfg = config or RarityConfig()
-    cfg.check()
     check_eval_mode(model)
     originals, adversarials = check_image_pair(originals, adversarials)
     n = originals.shape[0]

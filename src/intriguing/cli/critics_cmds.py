@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import click
 
@@ -225,16 +225,15 @@ def rarity(
     --n) correct images of MNIST, --images or --tensors are attacked here and the first --n
     re-verified successes are measured; no --out needed.
     """
-    from intriguing.analysis.rarity import RarityConfig
+    from intriguing.analysis.rarity import BoxMode, RarityConfig
 
     config = RarityConfig(
         samples=samples,
         scales=_floats(scales, "scales"),
         ray_directions=rays,
-        box=box,
+        box=cast(BoxMode, box),  # a click.Choice of BOX_MODES
         seed=seed,
     )
-    config.check()
     options = {
         "config": {
             "samples": config.samples,

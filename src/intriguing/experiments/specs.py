@@ -1,7 +1,7 @@
 """The paper's MNIST experiments (Szegedy et al. 2014, §4.2) declared as data.
 
 One frozen dataclass per table / figure says which models, which split, how many examples and which
-noise / amplification rows; :class:`ReproduceSpec` bundles them with the attack settings, the shard
+noise / amplification rows; :class:`ReproduceConfig` bundles them with the attack settings, the shard
 size and the seed. :func:`make_spec` returns one of the named sizes:
 
 ========  ==================  ===================  ==============================================
@@ -13,10 +13,10 @@ default   6 models x 5000     3 models x 5000      the documented reproduction (
 full      6 models x 60000    3 models x 10000     the paper's full training and test sets
 ========  ==================  ===================  ==============================================
 
-Beside the §4.2 tables a run holds the unit analysis of §3 (:class:`UnitsSpec`: the last hidden layer
+Beside the §4.2 tables a run holds the unit analysis of §3 (:class:`UnitsRunConfig`: the last hidden layer
 of Conv and N100-100-10 on the test set; tiny: softmax1's pixel layer, the documented pixel-space
 control; quick: 25 directions of the natural and random families on the first 5000 test images)
-and the spectral analysis of §4.3 (:class:`SpectralSpec`: per-layer frame bounds of every
+and the spectral analysis of §4.3 (:class:`SpectralRunConfig`: per-layer frame bounds of every
 model, and the certified-vs-attack sandwich of softmax1 and N100-100-10).
 
 "x 100" means the first 100 examples of the split that the model classifies correctly (Table 1's
@@ -27,12 +27,26 @@ the first ``noise_examples`` images of the same split whatever the models say.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, cast, get_args
 
 from intriguing.errors import InvalidInputError
 
-SIZES: tuple[str, ...] = ("tiny", "quick", "default", "full")
+Size = Literal["tiny", "quick", "default", "full"]
+Dataset = Literal["mnist", "mnist-5k"]
+Split = Literal["train", "test", "p1", "p2"]
+ExactMethod = Literal["power", "lanczos", "none"]
+SIZES: tuple[str, ...] = get_args(Size)
+
+
+def _check_choice(name: str, value: str, vocabulary: Any) -> None:
+    """InvalidInputError unless ``value`` is one of the ``Literal`` type ``vocabulary``'s values."""
+    allowed = get_args(vocabulary)
+    if value not in allowed:
+        raise InvalidInputError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
 TABLE1_MODELS: tuple[str, ...] = (
     "softmax1",
     "softmax2",
@@ -45,18 +59,35 @@ TABLE3_MODELS: tuple[str, ...] = ("M1", "M1'", "M2")
 ALL_EXAMPLES = 10**9  # "every example of the split" (the stop index is clipped to what exists)
 
 
+def _lbfgs_defaults() -> dict[str, Any]:
+    """The keyword defaults of :class:`intriguing.attacks.LBFGS` (read from its signature)."""
+    from intriguing.attacks import LBFGS
+
+    params = inspect.signature(LBFGS.__init__).parameters.values()
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+
+
+_LBFGS = _lbfgs_defaults()
+
+
 @dataclass(frozen=True)
-class AttackSettings:
+class AttackConfig:
     """Settings of :class:`intriguing.attacks.LBFGS` used for every attack of a run.
 
-    The defaults are the attack's own; the ``tiny`` size lowers them so tests run in seconds.
+    The defaults are the attack's own (read from its signature, never re-declared); the ``tiny``
+    size lowers them so tests run in seconds. The attack validates them when it is built.
     """
 
-    search_steps: int = 10
-    max_iter: int = 100
-    c_rtol: float = 0.05
-    refine: bool = True
-    batch_size: int = 512
+    search_steps: int = _LBFGS["search_steps"]
+    max_iter: int = _LBFGS["max_iter"]
+    c_rtol: float = _LBFGS["c_rtol"]
+    refine: bool = _LBFGS["refine"]
+    batch_size: int = _LBFGS["batch_size"]
+
+    def __post_init__(self) -> None:
+        from intriguing.attacks import LBFGS
+
+        LBFGS(**self.kwargs())  # the attack's own checks: one InvalidInputError line
 
     def kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``LBFGS(...)`` (single-threaded, no nested progress bar)."""
@@ -64,7 +95,7 @@ class AttackSettings:
 
 
 @dataclass(frozen=True)
-class Table1Spec:
+class Table1Config:
     """Table 1: errors and average minimum distortion; the examples of Table 2 come from here too.
 
     Attributes:
@@ -75,13 +106,16 @@ class Table1Spec:
     """
 
     models: tuple[str, ...] = TABLE1_MODELS
-    split: str = "train"
+    split: Split = "train"
     n_examples: int = 1000
     targeted: bool = True
 
+    def __post_init__(self) -> None:
+        _check_choice("table1.split", self.split, Split)
+
 
 @dataclass(frozen=True)
-class Table2Spec:
+class Table2Config:
     """Table 2: cross-model error of Table 1's examples plus Gaussian-noise rows.
 
     Attributes:
@@ -94,7 +128,7 @@ class Table2Spec:
 
 
 @dataclass(frozen=True)
-class Table3Spec:
+class Table3Config:
     """Table 3: models trained on the disjoint halves P1 / P2; the test set is distorted.
 
     Attributes:
@@ -104,12 +138,15 @@ class Table3Spec:
     """
 
     models: tuple[str, ...] = TABLE3_MODELS
-    split: str = "test"
+    split: Split = "test"
     n_examples: int = 1000
+
+    def __post_init__(self) -> None:
+        _check_choice("table3.split", self.split, Split)
 
 
 @dataclass(frozen=True)
-class Table4Spec:
+class Table4Config:
     """Table 4: transfer of Table 3's examples, raw and amplified, against Gaussian noise.
 
     Attributes:
@@ -124,7 +161,7 @@ class Table4Spec:
 
 
 @dataclass(frozen=True)
-class Figure7Spec:
+class Figure7Config:
     """Figure 7: originals beside their adversarial examples, and heavy Gaussian noise.
 
     Attributes:
@@ -142,7 +179,7 @@ class Figure7Spec:
 
 
 @dataclass(frozen=True)
-class UnitsSpec:
+class UnitsRunConfig:
     """§3: single units against random directions (see docs/units.md).
 
     Attributes:
@@ -156,7 +193,7 @@ class UnitsSpec:
 
     models: tuple[str, ...] = ("Conv", "N100-100-10")
     layers: tuple[str, ...] = ()
-    split: str = "test"
+    split: Split = "test"
     n_images: int = ALL_EXAMPLES
     families: tuple[str, ...] = ("natural", "random", "rotation", "pca", "classmean")
     k: int = 8
@@ -165,13 +202,16 @@ class UnitsSpec:
     n_resamples: int = 9999
     alphas: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
 
+    def __post_init__(self) -> None:
+        _check_choice("units.split", self.split, Split)
+
     def layer_of(self, model: str) -> str | None:
         """The layer analysed for ``model`` (None: the zoo entry's last hidden layer)."""
         return self.layers[self.models.index(model)] if self.layers else None
 
 
 @dataclass(frozen=True)
-class SpectralSpec:
+class SpectralRunConfig:
     """§4.3: frame bounds of every layer (Table 5 analogue) and the certified/attack sandwich.
 
     Attributes:
@@ -187,12 +227,19 @@ class SpectralSpec:
     extra_models: tuple[str, ...] = ()
     sandwich_models: tuple[str, ...] = ("softmax1", "N100-100-10")
     sandwich_examples: int = 100
-    exact_method: str = "power"
+    exact_method: ExactMethod = "power"
     power_iterations: int = 2000
+
+    def __post_init__(self) -> None:
+        _check_choice("spectral.exact_method", self.exact_method, ExactMethod)
+        if self.sandwich_examples < 1:
+            raise InvalidInputError(
+                f"spectral.sandwich_examples must be >= 1, got {self.sandwich_examples}"
+            )
 
 
 @dataclass(frozen=True)
-class ReproduceSpec:
+class ReproduceConfig:
     """Everything a ``reproduce`` run computes; the run's results depend only on this and the data.
 
     ``noise_clip``: clip the Gaussian-noise and amplified rows (Tables 2 and 4, Figure 7) to [0, 1].
@@ -204,19 +251,20 @@ class ReproduceSpec:
 
     size: str
     seed: int = 0
-    dataset: str = "mnist"
+    dataset: Dataset = "mnist"
     shard_size: int = 250
     noise_clip: bool = False
-    attack: AttackSettings = field(default_factory=AttackSettings)
-    table1: Table1Spec = field(default_factory=Table1Spec)
-    table2: Table2Spec = field(default_factory=Table2Spec)
-    table3: Table3Spec = field(default_factory=Table3Spec)
-    table4: Table4Spec = field(default_factory=Table4Spec)
-    figure7: Figure7Spec = field(default_factory=Figure7Spec)
-    units: UnitsSpec = field(default_factory=UnitsSpec)
-    spectral: SpectralSpec = field(default_factory=SpectralSpec)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    table1: Table1Config = field(default_factory=Table1Config)
+    table2: Table2Config = field(default_factory=Table2Config)
+    table3: Table3Config = field(default_factory=Table3Config)
+    table4: Table4Config = field(default_factory=Table4Config)
+    figure7: Figure7Config = field(default_factory=Figure7Config)
+    units: UnitsRunConfig = field(default_factory=UnitsRunConfig)
+    spectral: SpectralRunConfig = field(default_factory=SpectralRunConfig)
 
     def __post_init__(self) -> None:
+        _check_choice("dataset", self.dataset, Dataset)
         if self.shard_size < 1:
             raise InvalidInputError(f"shard_size must be >= 1, got {self.shard_size}")
         missing = [m for m in self.figure7.models if m not in self.table1.models]
@@ -226,10 +274,6 @@ class ReproduceSpec:
             raise InvalidInputError(
                 f"units.layers names {len(self.units.layers)} layers for "
                 f"{len(self.units.models)} models; give one per model or none"
-            )
-        if self.spectral.sandwich_examples < 1:
-            raise InvalidInputError(
-                f"spectral.sandwich_examples must be >= 1, got {self.spectral.sandwich_examples}"
             )
 
     def models(self) -> tuple[str, ...]:
@@ -254,7 +298,7 @@ class ReproduceSpec:
         return dataclasses.asdict(self)
 
 
-QUICK_UNITS = UnitsSpec(
+QUICK_UNITS = UnitsRunConfig(
     n_images=5000,
     families=("natural", "random"),
     n_directions=25,
@@ -262,7 +306,7 @@ QUICK_UNITS = UnitsSpec(
     n_resamples=999,
     alphas=(),
 )
-TINY_UNITS = UnitsSpec(
+TINY_UNITS = UnitsRunConfig(
     models=("softmax1",),
     layers=("flatten",),
     families=("natural", "random"),
@@ -273,40 +317,42 @@ TINY_UNITS = UnitsSpec(
 )
 
 
-def _sized(size: str, n: int, noise: int, seed: int, dataset: str, **extra: Any) -> ReproduceSpec:
-    return ReproduceSpec(
+def _sized(size: str, n: int, noise: int, seed: int, dataset: str, **extra: Any) -> ReproduceConfig:
+    return ReproduceConfig(
         size=size,
         seed=seed,
-        dataset=dataset,
-        table1=Table1Spec(n_examples=n),
-        table2=Table2Spec(noise_examples=noise),
-        table3=Table3Spec(n_examples=n),
-        table4=Table4Spec(noise_examples=noise),
-        figure7=Figure7Spec(noise_examples=noise),
+        dataset=cast(Dataset, dataset),  # checked by ReproduceConfig
+        table1=Table1Config(n_examples=n),
+        table2=Table2Config(noise_examples=noise),
+        table3=Table3Config(n_examples=n),
+        table4=Table4Config(noise_examples=noise),
+        figure7=Figure7Config(noise_examples=noise),
         **extra,
     )
 
 
-def make_spec(size: str = "default", *, seed: int = 0, dataset: str = "mnist") -> ReproduceSpec:
+def make_spec(size: str = "default", *, seed: int = 0, dataset: str = "mnist") -> ReproduceConfig:
     """The named size of the reproduction (see the module docstring).
 
     Raises:
         InvalidInputError: an unknown size.
     """
     if size == "tiny":
-        return ReproduceSpec(
+        return ReproduceConfig(
             size="tiny",
             seed=seed,
-            dataset=dataset,
+            dataset=cast(Dataset, dataset),  # checked by ReproduceConfig
             shard_size=4,
-            attack=AttackSettings(search_steps=5, max_iter=30, c_rtol=0.2, refine=False),
-            table1=Table1Spec(models=("softmax1", "softmax2"), n_examples=10),
-            table2=Table2Spec(noise_examples=50),
-            table3=Table3Spec(models=("softmax2", "softmax3"), n_examples=10),
-            table4=Table4Spec(noise_examples=50),
-            figure7=Figure7Spec(models=("softmax1", "softmax2"), n_show=4, noise_examples=50),
+            attack=AttackConfig(search_steps=5, max_iter=30, c_rtol=0.2, refine=False),
+            table1=Table1Config(models=("softmax1", "softmax2"), n_examples=10),
+            table2=Table2Config(noise_examples=50),
+            table3=Table3Config(models=("softmax2", "softmax3"), n_examples=10),
+            table4=Table4Config(noise_examples=50),
+            figure7=Figure7Config(models=("softmax1", "softmax2"), n_show=4, noise_examples=50),
             units=TINY_UNITS,
-            spectral=SpectralSpec(sandwich_models=("softmax1", "softmax3"), sandwich_examples=10),
+            spectral=SpectralRunConfig(
+                sandwich_models=("softmax1", "softmax3"), sandwich_examples=10
+            ),
         )
     if size == "quick":
         return _sized("quick", 100, 1000, seed, dataset, shard_size=100, units=QUICK_UNITS)
@@ -315,3 +361,15 @@ def make_spec(size: str = "default", *, seed: int = 0, dataset: str = "mnist") -
     if size == "full":
         return _sized("full", ALL_EXAMPLES, ALL_EXAMPLES, seed, dataset, shard_size=1000)
     raise InvalidInputError(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
+
+
+# The names before issue 17 (one suffix, ``...Config``, for every settings dataclass).
+AttackSettings = AttackConfig
+Table1Spec = Table1Config
+Table2Spec = Table2Config
+Table3Spec = Table3Config
+Table4Spec = Table4Config
+Figure7Spec = Figure7Config
+UnitsSpec = UnitsRunConfig
+SpectralSpec = SpectralRunConfig
+ReproduceSpec = ReproduceConfig
