@@ -133,10 +133,10 @@ def advtrain(
     from rich.console import Console
 
     from intriguing._io import atomic_write_json
-    from intriguing.experiments.advtrain import AdvTrainSpec, quick_spec, run_advtrain
+    from intriguing.experiments.advtrain import AdvTrainRunConfig, quick_spec, run_advtrain
     from intriguing.experiments.backends import make_backend
 
-    spec = quick_spec() if quick else AdvTrainSpec()
+    spec = quick_spec() if quick else AdvTrainRunConfig()
     pool = spec.pool
     if attack is not None:
         pool = dataclasses.replace(pool, attack=attack)

@@ -40,6 +40,7 @@ import torch
 from intriguing._io import atomic_write_json
 from intriguing.errors import InvalidInputError
 from intriguing.experiments.graph import Backend, RunStore, Step, StepContext, run_graph, step_key
+from intriguing.experiments.specs import Dataset, check_choice
 from intriguing.models.user import select_correct
 from intriguing.training.adversarial import AdvTrainConfig, PoolConfig, adversarial_train
 from intriguing.training.config import TrainConfig
@@ -60,7 +61,7 @@ STEP_VERSION = "1"
 
 
 @dataclass(frozen=True)
-class AdvTrainSpec:
+class AdvTrainRunConfig:
     """The whole comparison: which variants and seeds, and the shared recipe.
 
     Attributes:
@@ -79,7 +80,7 @@ class AdvTrainSpec:
     variants: tuple[str, ...] = VARIANTS
     seeds: int = 3
     model: str = "N100-100-10"
-    dataset: str = "mnist"
+    dataset: Dataset = "mnist"
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
             optimizer="sgd",
@@ -96,6 +97,7 @@ class AdvTrainSpec:
     train_limit: int | None = None
 
     def __post_init__(self) -> None:
+        check_choice("dataset", self.dataset, Dataset)
         object.__setattr__(self, "variants", tuple(self.variants))
         unknown = [v for v in self.variants if v not in VARIANTS]
         if unknown or not self.variants:
@@ -114,7 +116,7 @@ class AdvTrainSpec:
 
         get_entry(self.model)  # unknown names fail here, before any work
 
-    def replace(self, **changes: Any) -> AdvTrainSpec:
+    def replace(self, **changes: Any) -> AdvTrainRunConfig:
         """A copy with ``changes`` applied."""
         return dataclasses.replace(self, **changes)
 
@@ -150,10 +152,10 @@ class AdvTrainSpec:
         }
 
 
-def quick_spec(**changes: Any) -> AdvTrainSpec:
+def quick_spec(**changes: Any) -> AdvTrainRunConfig:
     """A small comparison for a first look (minutes on 2 cores): 2 seeds, 3 epochs, small pools,
     the first 10000 training images, robustness on 50 test images."""
-    base = AdvTrainSpec()
+    base = AdvTrainRunConfig()
     spec = base.replace(
         seeds=2,
         train=base.train.replace(epochs=3),
@@ -329,7 +331,7 @@ def summarise(runs: Sequence[dict[str, Any]], variants: Sequence[str]) -> dict[s
 
 
 # ----------------------------------------------------------------------------- the graph
-def build_steps(spec: AdvTrainSpec, load_data: DataLoader) -> list[Step]:
+def build_steps(spec: AdvTrainRunConfig, load_data: DataLoader) -> list[Step]:
     """The graph: one training step per (seed, variant), seed-major (so a partial run is balanced
     across variants), and the summary."""
     steps = []
@@ -367,7 +369,7 @@ def build_steps(spec: AdvTrainSpec, load_data: DataLoader) -> list[Step]:
 
 
 def run_advtrain(
-    spec: AdvTrainSpec,
+    spec: AdvTrainRunConfig,
     out: str | os.PathLike[str],
     *,
     data_dir: str | os.PathLike[str] | None = None,
@@ -406,3 +408,6 @@ def run_advtrain(
 
     render_advtrain(root)
     return doc
+
+
+AdvTrainSpec = AdvTrainRunConfig  # the name before issue 17

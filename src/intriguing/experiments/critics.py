@@ -53,9 +53,9 @@ SPLITS = ("train", "test", "p1", "p2")
 
 def default_attack() -> dict[str, Any]:
     """The reproduce run's default attack settings (``LBFGS`` keywords, single-threaded)."""
-    from intriguing.experiments.specs import AttackSettings
+    from intriguing.experiments.specs import AttackConfig
 
-    return AttackSettings().kwargs()
+    return AttackConfig().kwargs()
 
 
 # ----------------------------------------------------------------------------- sources

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import torch
 
@@ -41,7 +41,7 @@ from intriguing.errors import IntriguingError, InvalidInputError
 from intriguing.experiments import steps as st
 from intriguing.experiments import tables as tb
 from intriguing.experiments.graph import Backend, RunStore, Step, StepContext, run_graph, step_key
-from intriguing.experiments.specs import AttackSettings
+from intriguing.experiments.specs import AttackConfig, Dataset, check_choice
 from intriguing.models.recurrent import RECURRENT_MODELS
 
 SCHEMA = "intriguing.recurrent/1"
@@ -58,7 +58,7 @@ BLOCKS: tuple[tuple[str, str], ...] = (
 
 
 @dataclass(frozen=True)
-class RecurrentSpec:
+class RecurrentConfig:
     """What a ``recurrent`` run computes (its results depend only on this and the data).
 
     Attributes:
@@ -79,15 +79,16 @@ class RecurrentSpec:
     recurrent: tuple[str, ...] = RECURRENT_MODELS
     feedforward: tuple[str, ...] = FEEDFORWARD_MODELS
     n_examples: int = 300
-    split: str = "test"
+    split: Literal["train", "test"] = "test"
     noise_stddevs: tuple[float, ...] = (0.1,)
     amplify_stddev: float | None = 0.1
-    attack: AttackSettings = field(default_factory=AttackSettings)
+    attack: AttackConfig = field(default_factory=AttackConfig)
     shard_size: int = 100
     seed: int = 0
-    dataset: str = "mnist"
+    dataset: Dataset = "mnist"
 
     def __post_init__(self) -> None:
+        check_choice("dataset", self.dataset, Dataset)
         if self.n_examples < 1:
             raise InvalidInputError(f"--n must be >= 1, got {self.n_examples}")
         if self.shard_size < 1:
@@ -115,11 +116,11 @@ def make_spec(
     *,
     dataset: str = "mnist",
     seed: int = 0,
-    attack: AttackSettings | None = None,
+    attack: AttackConfig | None = None,
     shard_size: int = 100,
     noise_stddevs: Sequence[float] = (0.1,),
     amplify_stddev: float | None = 0.1,
-) -> RecurrentSpec:
+) -> RecurrentConfig:
     """A spec for ``models`` (zoo names or aliases; default: the three recurrent models and the
     feedforward zoo), split into recurrent and feedforward by the zoo's registrations.
 
@@ -133,16 +134,16 @@ def make_spec(
     duplicates = sorted({m for m in names if names.count(m) > 1})
     if duplicates:
         raise InvalidInputError(f"models named twice: {', '.join(duplicates)}")
-    return RecurrentSpec(
+    return RecurrentConfig(
         recurrent=tuple(m for m in names if is_recurrent(m)),
         feedforward=tuple(m for m in names if not is_recurrent(m)),
         n_examples=n,
         noise_stddevs=tuple(float(s) for s in noise_stddevs),
         amplify_stddev=amplify_stddev,
-        attack=attack or AttackSettings(),
+        attack=attack or AttackConfig(),
         shard_size=shard_size,
         seed=seed,
-        dataset=dataset,
+        dataset=cast(Dataset, dataset),  # checked by RecurrentConfig
     )
 
 
@@ -323,7 +324,7 @@ def _step(
     return Step(key=key, fn=fn, params=params, deps=deps)
 
 
-def build_steps(spec: RecurrentSpec, bench: st.Workbench, n_split: int) -> list[Step]:
+def build_steps(spec: RecurrentConfig, bench: st.Workbench, n_split: int) -> list[Step]:
     """Every step of the run described by ``spec`` (``n_split``: images in ``spec.split``)."""
     models = list(spec.models())
     model_keys = tuple(step_key("model", m) for m in models)
@@ -414,7 +415,7 @@ def build_steps(spec: RecurrentSpec, bench: st.Workbench, n_split: int) -> list[
 
 
 def run_recurrent(
-    spec: RecurrentSpec,
+    spec: RecurrentConfig,
     out: str | os.PathLike[str],
     *,
     data_dir: str | os.PathLike[str] | None = None,
@@ -474,3 +475,6 @@ def _step_times(store: RunStore, results: Mapping[str, Any]) -> dict[str, float]
         if record is not None:
             times[key] = float(record.get("elapsed_s", 0.0))
     return times
+
+
+RecurrentSpec = RecurrentConfig  # the name before issue 17

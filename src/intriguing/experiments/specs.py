@@ -40,7 +40,7 @@ ExactMethod = Literal["power", "lanczos", "none"]
 SIZES: tuple[str, ...] = get_args(Size)
 
 
-def _check_choice(name: str, value: str, vocabulary: Any) -> None:
+def check_choice(name: str, value: str, vocabulary: Any) -> None:
     """InvalidInputError unless ``value`` is one of the ``Literal`` type ``vocabulary``'s values."""
     allowed = get_args(vocabulary)
     if value not in allowed:
@@ -111,7 +111,7 @@ class Table1Config:
     targeted: bool = True
 
     def __post_init__(self) -> None:
-        _check_choice("table1.split", self.split, Split)
+        check_choice("table1.split", self.split, Split)
 
 
 @dataclass(frozen=True)
@@ -142,7 +142,7 @@ class Table3Config:
     n_examples: int = 1000
 
     def __post_init__(self) -> None:
-        _check_choice("table3.split", self.split, Split)
+        check_choice("table3.split", self.split, Split)
 
 
 @dataclass(frozen=True)
@@ -203,7 +203,7 @@ class UnitsRunConfig:
     alphas: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
 
     def __post_init__(self) -> None:
-        _check_choice("units.split", self.split, Split)
+        check_choice("units.split", self.split, Split)
 
     def layer_of(self, model: str) -> str | None:
         """The layer analysed for ``model`` (None: the zoo entry's last hidden layer)."""
@@ -231,7 +231,7 @@ class SpectralRunConfig:
     power_iterations: int = 2000
 
     def __post_init__(self) -> None:
-        _check_choice("spectral.exact_method", self.exact_method, ExactMethod)
+        check_choice("spectral.exact_method", self.exact_method, ExactMethod)
         if self.sandwich_examples < 1:
             raise InvalidInputError(
                 f"spectral.sandwich_examples must be >= 1, got {self.sandwich_examples}"
@@ -264,7 +264,7 @@ class ReproduceConfig:
     spectral: SpectralRunConfig = field(default_factory=SpectralRunConfig)
 
     def __post_init__(self) -> None:
-        _check_choice("dataset", self.dataset, Dataset)
+        check_choice("dataset", self.dataset, Dataset)
         if self.shard_size < 1:
             raise InvalidInputError(f"shard_size must be >= 1, got {self.shard_size}")
         missing = [m for m in self.figure7.models if m not in self.table1.models]
