@@ -9,7 +9,8 @@ backend lives in :mod:`intriguing.experiments.graph` and needs nothing beyond th
   results through the object store; the task returns a
   :class:`~intriguing.experiments.graph.StepOutcome` that the driver saves with
   :meth:`RunStore.save` exactly as the local backend does, and that dependents receive by reference;
-- a :class:`~intriguing.experiments.steps.Workbench` travels as ``(dataset, data_dir, seed)`` plus the
+- a :class:`~intriguing.experiments.steps.Workbench` travels (its ``__reduce__``, see
+  :func:`~intriguing.experiments.graph.process_local`) as ``(dataset, data_dir, seed)`` plus the
   driver's ``INTRIGUING_*`` directories, never with its tensors: each worker process loads the data
   from the data directory and the models from the checkpoint cache once, and keeps them;
 - large artefacts (adversarial images) are written by the workers into the results directory, so on
@@ -24,7 +25,6 @@ backend lives in :mod:`intriguing.experiments.graph` and needs nothing beyond th
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import socket
@@ -43,7 +43,6 @@ from intriguing.experiments.graph import (
     StepOutcome,
     execute_step,
 )
-from intriguing.experiments.steps import Workbench
 from intriguing.paths import CACHE_DIR_ENV, DATA_DIR_ENV, cache_dir
 
 BACKENDS: tuple[str, ...] = ("local", "ray")
@@ -117,25 +116,6 @@ def apply_env(env: Mapping[str, str]) -> None:
     os.environ.update(env)
 
 
-def bench_state(bench: Workbench) -> dict[str, Any]:
-    """What a :class:`Workbench` is shipped as: where its data and models come from, no tensors."""
-    data_dir = None if bench.data_dir is None else str(Path(bench.data_dir).expanduser().resolve())
-    return {"dataset": bench.dataset, "data_dir": data_dir, "seed": bench.seed, "env": driver_env()}
-
-
-_BENCHES: dict[str, Workbench] = {}
-
-
-def bench_from_state(state: Mapping[str, Any]) -> Workbench:
-    """This process's :class:`Workbench` for ``state`` (created once; it loads lazily)."""
-    key = json.dumps(state, sort_keys=True)
-    if key not in _BENCHES:
-        _BENCHES[key] = Workbench(
-            dataset=str(state["dataset"]), data_dir=state["data_dir"], seed=int(state["seed"])
-        )
-    return _BENCHES[key]
-
-
 def remote_step(
     step: Step,
     dep_keys: list[str],
@@ -207,9 +187,6 @@ class RayBackend:
         if not ray.is_initialized():
             self._connect(ray)
             self._owned = True
-        ray.util.register_serializer(
-            Workbench, serializer=bench_state, deserializer=bench_from_state
-        )
         self._task = ray.remote(remote_step).options(
             num_cpus=self.cpus_per_step, max_retries=self.max_retries, retry_exceptions=False
         )

@@ -50,6 +50,23 @@ StepFn = Callable[["StepContext"], Any]
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.'=+-]*(/[A-Za-z0-9][A-Za-z0-9_.'=+-]*)*$")
 
 
+_PROCESS_LOCAL: dict[str, Any] = {}
+
+
+def process_local(factory: Callable[..., Any], args: tuple[Any, ...], context: str = "") -> Any:
+    """This process's one ``factory(*args)`` (made on first use, then reused; ``context`` keys it too).
+
+    The one way a step's shared state (a workbench of loaded data and models) travels to another
+    process: its ``__reduce__`` returns ``(process_local, (type, args, context))`` with ``args``
+    naming where the data and models come from, never tensors, so a Ray worker builds one per
+    setting and keeps it across tasks (and ``copy``/``pickle`` give the process's instance).
+    """
+    key = repr((factory.__module__, factory.__qualname__, args, context))
+    if key not in _PROCESS_LOCAL:
+        _PROCESS_LOCAL[key] = factory(*args)
+    return _PROCESS_LOCAL[key]
+
+
 def step_key(*parts: object) -> str:
     """A step key from its parts: ``step_key("attack", "test", "softmax1")`` -> ``"attack/test/softmax1"``.
 

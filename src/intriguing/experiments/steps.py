@@ -26,7 +26,7 @@ from torch import nn
 
 from intriguing._io import atomic_path
 from intriguing.errors import IntriguingError
-from intriguing.experiments.graph import shard_key, step_key
+from intriguing.experiments.graph import process_local, shard_key, step_key
 from intriguing.models.user import predict as user_predict
 from intriguing.models.user import select_correct
 from intriguing.training.api import checkpoint_key
@@ -56,6 +56,14 @@ class Workbench:
 
             self._data = load_mnist(self.data_dir, dataset=self.dataset)
         return self._data
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Shipped (to Ray workers) as where its data comes from: see :func:`graph.process_local`."""
+        data_dir = (
+            None if self.data_dir is None else str(Path(self.data_dir).expanduser().resolve())
+        )
+        env = sorted((k, v) for k, v in os.environ.items() if k.startswith("INTRIGUING_"))
+        return process_local, (Workbench, (self.dataset, data_dir, self.seed), repr(env))
 
     def model(self, name: str) -> nn.Module:
         """The trained zoo model ``name`` (trained and cached on first use), in eval mode."""

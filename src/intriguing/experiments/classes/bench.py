@@ -5,8 +5,6 @@ Images are float32 ``(N, 1, 28, 28)`` in [0, 1]; task labels int64 ``(N,)``.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -20,6 +18,7 @@ from intriguing.errors import IntriguingError, InvalidInputError
 from intriguing.experiments.classes.config import ClassesConfig
 from intriguing.experiments.classes.families import build_task_model
 from intriguing.experiments.classes.tasks import Task
+from intriguing.experiments.graph import process_local
 
 if TYPE_CHECKING:
     from intriguing.data import MNIST
@@ -52,7 +51,8 @@ class Bench:
     """Per-process state shared by the steps: the data, the encoder and loaded models.
 
     Pickled (for a Ray task) as where its data comes from, never with its tensors: each process
-    rebuilds one :class:`Bench` per setting (:func:`_bench_in_this_process`) and keeps it.
+    rebuilds one :class:`Bench` per setting (:func:`~intriguing.experiments.graph.process_local`)
+    and keeps it.
     """
 
     dataset: str
@@ -75,7 +75,8 @@ class Bench:
         data_dir = (
             None if self.data_dir is None else str(Path(self.data_dir).expanduser().resolve())
         )
-        return _bench_in_this_process, (self.dataset, data_dir, self.config, self.encoder_loader)
+        args = (self.dataset, data_dir, self.config, self.encoder_loader)
+        return process_local, (Bench, args, "")
 
     def encoder(self) -> tuple[dict[str, torch.Tensor], str]:
         if self._encoder is None:
@@ -109,17 +110,3 @@ class Bench:
             model.load_state_dict(state)
             self._models[key] = model.eval()
         return self._models[key]
-
-
-_PROCESS_BENCHES: dict[tuple[Any, ...], Bench] = {}
-
-
-def _bench_in_this_process(
-    dataset: str, data_dir: str | None, config: ClassesConfig, encoder_loader: EncoderLoader
-) -> Bench:
-    """The :class:`Bench` for these settings in this process (created once, loaded lazily)."""
-    settings = json.dumps(dataclasses.asdict(config), sort_keys=True, default=str)
-    key = (dataset, data_dir, settings, encoder_loader)
-    if key not in _PROCESS_BENCHES:
-        _PROCESS_BENCHES[key] = Bench(dataset, data_dir, config, encoder_loader=encoder_loader)
-    return _PROCESS_BENCHES[key]
