@@ -230,3 +230,97 @@ def combine(verdicts: Sequence[str]) -> str:
     if FAILS in verdicts:
         return FAILS
     return HOLDS if all(v == HOLDS for v in verdicts) else INCONCLUSIVE
+
+
+# ------------------------------------------------------------------ moved here by issue 17
+# (from experiments/classes and experiments/advtrain: one home for the statistics helpers)
+def mean_median_ci(
+    values: Sequence[float], *, resamples: int, seed: int, confidence: float = 0.95
+) -> dict[str, Any]:
+    """Mean and median of ``values`` with percentile-bootstrap intervals (None when n < 2).
+
+    Returns ``{"n", "mean", "median", "mean_ci", "median_ci"}``; a constant sample gets the
+    degenerate interval ``[v, v]``.
+    """
+    data = np.asarray(values, dtype=np.float64)
+    out: dict[str, Any] = {"n": int(data.size), "mean": None, "median": None}
+    if data.size == 0:
+        return {**out, "mean_ci": None, "median_ci": None}
+    out["mean"], out["median"] = float(data.mean()), float(np.median(data))
+    for name, stat in (("mean", np.mean), ("median", np.median)):
+        if data.size < 2 or np.ptp(data) == 0:
+            out[f"{name}_ci"] = [out[name], out[name]] if data.size >= 2 else None
+            continue
+        res = scipy.stats.bootstrap(
+            (data,),
+            stat,
+            n_resamples=resamples,
+            confidence_level=confidence,
+            method="percentile",
+            random_state=np.random.default_rng(seed),
+        )
+        out[f"{name}_ci"] = [
+            float(res.confidence_interval.low),
+            float(res.confidence_interval.high),
+        ]
+    return out
+
+
+def ratio_of_means_ci(
+    num: Sequence[float],
+    den: Sequence[float],
+    *,
+    resamples: int,
+    seed: int,
+    confidence: float = 0.95,
+) -> dict[str, Any]:
+    """``mean(num) / mean(den)`` over paired values with a paired percentile-bootstrap interval.
+
+    Returns ``{"n", "ratio", "ratio_ci"}`` (None where undefined: no values, ``mean(den) <= 0``,
+    or fewer than 2 pairs for the interval).
+    """
+    a, b = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
+    if a.size == 0 or b.mean() <= 0:
+        return {"n": int(a.size), "ratio": None, "ratio_ci": None}
+    ratio = float(a.mean() / b.mean())
+    if a.size < 2:
+        return {"n": int(a.size), "ratio": ratio, "ratio_ci": None}
+
+    def stat(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+        return np.asarray(x.mean(axis=axis) / y.mean(axis=axis))
+
+    res = scipy.stats.bootstrap(
+        (a, b),
+        stat,
+        paired=True,
+        vectorized=True,
+        n_resamples=resamples,
+        confidence_level=confidence,
+        method="percentile",
+        random_state=np.random.default_rng(seed),
+    )
+    low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    return {"n": int(a.size), "ratio": ratio, "ratio_ci": [low, high]}
+
+
+def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float] | None:
+    """Student-t confidence interval of the mean of ``values`` (None for fewer than 2 values)."""
+    import statistics
+
+    if len(values) < 2:
+        return None
+    mean = statistics.fmean(values)
+    sem = statistics.stdev(values) / math.sqrt(len(values))
+    half = float(scipy.stats.t.ppf(0.5 + confidence / 2, len(values) - 1)) * sem
+    return mean - half, mean + half
+
+
+def welch(a: Sequence[float], b: Sequence[float]) -> dict[str, float | None]:
+    """Welch's t-test of mean(a) != mean(b): ``{"t", "p", "difference"}`` (None when undefined)."""
+    import statistics
+
+    difference = statistics.fmean(a) - statistics.fmean(b) if a and b else None
+    if len(a) < 2 or len(b) < 2 or (statistics.pvariance(a) == 0 and statistics.pvariance(b) == 0):
+        return {"t": None, "p": None, "difference": difference}
+    test = scipy.stats.ttest_ind(a, b, equal_var=False)
+    return {"t": float(test.statistic), "p": float(test.pvalue), "difference": difference}

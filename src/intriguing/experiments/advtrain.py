@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import os
 import platform
 import statistics
@@ -38,6 +37,7 @@ from typing import Any
 import torch
 
 from intriguing._io import atomic_write_json
+from intriguing.analysis.stats import t_interval, welch
 from intriguing.errors import InvalidInputError
 from intriguing.experiments.graph import Backend, RunStore, Step, StepContext, run_graph, step_key
 from intriguing.experiments.specs import Dataset, check_choice
@@ -269,29 +269,6 @@ def train_one(ctx: StepContext, load_data: DataLoader) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- statistics
-def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float] | None:
-    """Student-t confidence interval of the mean of ``values`` (None for fewer than 2 values)."""
-    from scipy import stats
-
-    if len(values) < 2:
-        return None
-    mean = statistics.fmean(values)
-    sem = statistics.stdev(values) / math.sqrt(len(values))
-    half = float(stats.t.ppf(0.5 + confidence / 2, len(values) - 1)) * sem
-    return mean - half, mean + half
-
-
-def welch(a: Sequence[float], b: Sequence[float]) -> dict[str, float | None]:
-    """Welch's t-test of mean(a) != mean(b): ``{"t", "p", "difference"}`` (None when undefined)."""
-    from scipy import stats
-
-    difference = statistics.fmean(a) - statistics.fmean(b) if a and b else None
-    if len(a) < 2 or len(b) < 2 or (statistics.pvariance(a) == 0 and statistics.pvariance(b) == 0):
-        return {"t": None, "p": None, "difference": difference}
-    test = stats.ttest_ind(a, b, equal_var=False)
-    return {"t": float(test.statistic), "p": float(test.pvalue), "difference": difference}
-
-
 def _finite_mean(values: Sequence[float | None]) -> float | None:
     kept = [v for v in values if v is not None]
     return statistics.fmean(kept) if kept else None

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from intriguing.analysis.stats import mean_median_ci, ratio_of_means_ci
 from intriguing.experiments.classes.config import ClassesConfig
 from intriguing.experiments.classes.families import FAMILIES
 from intriguing.experiments.classes.tasks import get_task
@@ -14,64 +15,6 @@ from intriguing.experiments.graph import step_key
 from intriguing.report.classes import SCHEMA
 
 CONFIDENCE = 0.95
-
-
-def mean_median_ci(values: Sequence[float], *, resamples: int, seed: int) -> dict[str, Any]:
-    """Mean and median of ``values`` with percentile-bootstrap 95% intervals (None when n < 2)."""
-    from scipy.stats import bootstrap
-
-    data = np.asarray(values, dtype=np.float64)
-    out: dict[str, Any] = {"n": int(data.size), "mean": None, "median": None}
-    if data.size == 0:
-        return {**out, "mean_ci": None, "median_ci": None}
-    out["mean"], out["median"] = float(data.mean()), float(np.median(data))
-    for name, stat in (("mean", np.mean), ("median", np.median)):
-        if data.size < 2 or np.ptp(data) == 0:
-            out[f"{name}_ci"] = [out[name], out[name]] if data.size >= 2 else None
-            continue
-        res = bootstrap(
-            (data,),
-            stat,
-            n_resamples=resamples,
-            confidence_level=CONFIDENCE,
-            method="percentile",
-            random_state=np.random.default_rng(seed),
-        )
-        out[f"{name}_ci"] = [
-            float(res.confidence_interval.low),
-            float(res.confidence_interval.high),
-        ]
-    return out
-
-
-def ratio_of_means_ci(
-    num: Sequence[float], den: Sequence[float], *, resamples: int, seed: int
-) -> dict[str, Any]:
-    """``mean(num) / mean(den)`` over paired values with a paired percentile-bootstrap 95% CI."""
-    from scipy.stats import bootstrap
-
-    a, b = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
-    if a.size == 0 or b.mean() <= 0:
-        return {"n": int(a.size), "ratio": None, "ratio_ci": None}
-    ratio = float(a.mean() / b.mean())
-    if a.size < 2:
-        return {"n": int(a.size), "ratio": ratio, "ratio_ci": None}
-
-    def stat(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
-        return np.asarray(x.mean(axis=axis) / y.mean(axis=axis))
-
-    res = bootstrap(
-        (a, b),
-        stat,
-        paired=True,
-        vectorized=True,
-        n_resamples=resamples,
-        confidence_level=CONFIDENCE,
-        method="percentile",
-        random_state=np.random.default_rng(seed),
-    )
-    low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    return {"n": int(a.size), "ratio": ratio, "ratio_ci": [low, high]}
 
 
 def wilson(k: int, n: int) -> list[float] | None:
