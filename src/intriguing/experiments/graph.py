@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import re
 import time
 from collections import deque
@@ -65,6 +66,16 @@ def process_local(factory: Callable[..., Any], args: tuple[Any, ...], context: s
     if key not in _PROCESS_LOCAL:
         _PROCESS_LOCAL[key] = factory(*args)
     return _PROCESS_LOCAL[key]
+
+
+def shipped_as(
+    factory: Callable[..., Any], dataset: str, data_dir: str | os.PathLike[str] | None, *rest: Any
+) -> tuple[Any, tuple[Any, ...]]:
+    """A workbench's ``__reduce__``: ``factory(dataset, absolute data_dir, *rest)`` made once per
+    process by :func:`process_local`, keyed also by the driver's ``INTRIGUING_*`` settings."""
+    where = None if data_dir is None else str(Path(data_dir).expanduser().resolve())
+    env = sorted((k, v) for k, v in os.environ.items() if k.startswith("INTRIGUING_"))
+    return process_local, (factory, (dataset, where, *rest), repr(env))
 
 
 def step_key(*parts: object) -> str:

@@ -26,7 +26,7 @@ from torch import nn
 
 from intriguing._io import atomic_path
 from intriguing.errors import IntriguingError
-from intriguing.experiments.graph import process_local, shard_key, step_key
+from intriguing.experiments.graph import shard_key, shipped_as, step_key
 from intriguing.models.user import predict as user_predict
 from intriguing.models.user import select_correct
 from intriguing.training.api import checkpoint_key
@@ -51,19 +51,14 @@ class Workbench:
 
     @property
     def data(self) -> MNIST:
+        """The dataset, loaded on first use."""
         if self._data is None:
-            from intriguing.data import load_mnist
-
-            self._data = load_mnist(self.data_dir, dataset=self.dataset)
+            self._data = load_bench_data(self.dataset, self.data_dir)
         return self._data
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         """Shipped (to Ray workers) as where its data comes from: see :func:`graph.process_local`."""
-        data_dir = (
-            None if self.data_dir is None else str(Path(self.data_dir).expanduser().resolve())
-        )
-        env = sorted((k, v) for k, v in os.environ.items() if k.startswith("INTRIGUING_"))
-        return process_local, (Workbench, (self.dataset, data_dir, self.seed), repr(env))
+        return shipped_as(Workbench, self.dataset, self.data_dir, self.seed)
 
     def model(self, name: str) -> nn.Module:
         """The trained zoo model ``name`` (trained and cached on first use), in eval mode."""
@@ -74,6 +69,13 @@ class Workbench:
                 name, dataset=self.dataset, data_dir=self.data_dir, seed=self.seed
             ).model
         return self._models[name]
+
+
+def load_bench_data(dataset: str, data_dir: str | os.PathLike[str] | None) -> MNIST:
+    """The MNIST of a workbench (``dataset`` ``"mnist"`` or ``"mnist-5k"``)."""
+    from intriguing.data import load_mnist
+
+    return load_mnist(data_dir, dataset=dataset)
 
 
 def derived_seed(*parts: Any) -> int:

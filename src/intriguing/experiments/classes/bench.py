@@ -18,7 +18,8 @@ from intriguing.errors import IntriguingError, InvalidInputError
 from intriguing.experiments.classes.config import ClassesConfig
 from intriguing.experiments.classes.families import build_task_model
 from intriguing.experiments.classes.tasks import Task
-from intriguing.experiments.graph import process_local
+from intriguing.experiments.graph import shipped_as
+from intriguing.experiments.steps import load_bench_data
 
 if TYPE_CHECKING:
     from intriguing.data import MNIST
@@ -65,18 +66,14 @@ class Bench:
 
     @property
     def data(self) -> MNIST:
+        """The dataset, loaded on first use."""
         if self._data is None:
-            from intriguing.data import load_mnist
-
-            self._data = load_mnist(self.data_dir, dataset=self.dataset)
+            self._data = load_bench_data(self.dataset, self.data_dir)
         return self._data
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        data_dir = (
-            None if self.data_dir is None else str(Path(self.data_dir).expanduser().resolve())
-        )
-        args = (self.dataset, data_dir, self.config, self.encoder_loader)
-        return process_local, (Bench, args, "")
+        """Shipped (to Ray workers) as where its data comes from: see :func:`graph.process_local`."""
+        return shipped_as(Bench, self.dataset, self.data_dir, self.config, self.encoder_loader)
 
     def encoder(self) -> tuple[dict[str, torch.Tensor], str]:
         if self._encoder is None:
