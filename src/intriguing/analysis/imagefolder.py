@@ -185,12 +185,7 @@ def folder_labels(names: list[str]) -> tuple[np.ndarray, list[str]] | None:
     if not parts or any(len(p) != 2 for p in parts):
         return None
     raw = [p[0] for p in parts]
-    if all(re.fullmatch(r"\d+", v) for v in raw):
-        ints = np.array([int(v) for v in raw], dtype=np.int64)
-        return ints, [str(i) for i in range(int(ints.max()) + 1)]
-    classes = sorted(set(raw))
-    index = {c: i for i, c in enumerate(classes)}
-    return np.array([index[v] for v in raw], dtype=np.int64), classes
+    return encode_labels(raw)
 
 
 def _resize_centre_crop(image: Image.Image, size: int) -> Image.Image:
@@ -224,12 +219,7 @@ def read_labels(path: str | os.PathLike[str], names: list[str]) -> tuple[np.ndar
                 f"{path}: no label for image {name!r}; add a line '{name} <label>'"
             )
         raw.append(value)
-    if all(re.fullmatch(r"\d+", v) for v in raw):
-        ints = np.array([int(v) for v in raw], dtype=np.int64)
-        return ints, [str(i) for i in range(int(ints.max()) + 1)]
-    classes = sorted(set(raw))
-    index = {c: i for i, c in enumerate(classes)}
-    return np.array([index[v] for v in raw], dtype=np.int64), classes
+    return encode_labels(raw)
 
 
 def _parse_label_lines(path: Path) -> dict[str, str]:
@@ -251,3 +241,17 @@ def _parse_label_lines(path: Path) -> dict[str, str]:
     if not entries:
         raise InvalidInputError(f"{path}: the labels file has no entries")
     return entries
+
+
+def encode_labels(raw: list[str]) -> tuple[np.ndarray, list[str]]:
+    """Class indices int64 ``(N,)`` and class names for label strings ``raw``.
+
+    All-integer labels keep their values (classes ``"0"`` .. ``str(max)``); otherwise the sorted
+    distinct names are numbered from 0.
+    """
+    if all(re.fullmatch(r"\d+", v) for v in raw):
+        ints = np.array([int(v) for v in raw], dtype=np.int64)
+        return ints, [str(i) for i in range(int(ints.max()) + 1)]
+    classes = sorted(set(raw))
+    index = {c: i for i, c in enumerate(classes)}
+    return np.array([index[v] for v in raw], dtype=np.int64), classes

@@ -25,14 +25,17 @@ NUM_PIXELS = IMAGE_SIDE * IMAGE_SIDE
 NUM_CLASSES = 10
 
 
+def _named(*layers: tuple[str, nn.Module]) -> nn.Sequential:
+    """``nn.Sequential`` of named layers (names are what hooks and layer-wise bounds address)."""
+    return nn.Sequential(OrderedDict(layers))
+
+
 def linear_softmax() -> nn.Sequential:
     """Multinomial logistic regression on the 784 pixels ("softmax" of Table 1).
 
     Layers: ``flatten`` (N,1,28,28)->(N,784), ``out`` Linear(784, 10) -> logits (N, 10).
     """
-    return nn.Sequential(
-        OrderedDict([("flatten", nn.Flatten()), ("out", nn.Linear(NUM_PIXELS, NUM_CLASSES))])
-    )
+    return _named(("flatten", nn.Flatten()), ("out", nn.Linear(NUM_PIXELS, NUM_CLASSES)))
 
 
 def sigmoid_mlp(hidden1: int, hidden2: int) -> nn.Sequential:
@@ -41,17 +44,13 @@ def sigmoid_mlp(hidden1: int, hidden2: int) -> nn.Sequential:
     Layers: ``flatten`` -> ``fc1`` Linear(784, hidden1) -> ``act1`` Sigmoid -> ``fc2``
     Linear(hidden1, hidden2) -> ``act2`` Sigmoid -> ``out`` Linear(hidden2, 10) -> logits (N, 10).
     """
-    return nn.Sequential(
-        OrderedDict(
-            [
-                ("flatten", nn.Flatten()),
-                ("fc1", nn.Linear(NUM_PIXELS, hidden1)),
-                ("act1", nn.Sigmoid()),
-                ("fc2", nn.Linear(hidden1, hidden2)),
-                ("act2", nn.Sigmoid()),
-                ("out", nn.Linear(hidden2, NUM_CLASSES)),
-            ]
-        )
+    return _named(
+        ("flatten", nn.Flatten()),
+        ("fc1", nn.Linear(NUM_PIXELS, hidden1)),
+        ("act1", nn.Sigmoid()),
+        ("fc2", nn.Linear(hidden1, hidden2)),
+        ("act2", nn.Sigmoid()),
+        ("out", nn.Linear(hidden2, NUM_CLASSES)),
     )
 
 
@@ -62,15 +61,11 @@ def autoencoder_softmax(hidden: int = 400) -> nn.Sequential:
     Linear(hidden, 10) -> logits. ``fc1`` is pre-trained as an autoencoder and frozen by its
     training config (see :class:`intriguing.training.SparseAutoencoderConfig`).
     """
-    return nn.Sequential(
-        OrderedDict(
-            [
-                ("flatten", nn.Flatten()),
-                ("fc1", nn.Linear(NUM_PIXELS, hidden)),
-                ("act1", nn.Sigmoid()),
-                ("out", nn.Linear(hidden, NUM_CLASSES)),
-            ]
-        )
+    return _named(
+        ("flatten", nn.Flatten()),
+        ("fc1", nn.Linear(NUM_PIXELS, hidden)),
+        ("act1", nn.Sigmoid()),
+        ("out", nn.Linear(hidden, NUM_CLASSES)),
     )
 
 
@@ -85,17 +80,13 @@ def conv_net(
     Linear(hidden, 10) -> logits. The paper gives no sizes; these are a standard small choice.
     """
     side = (IMAGE_SIDE - kernel + 1) // 2
-    return nn.Sequential(
-        OrderedDict(
-            [
-                ("conv1", nn.Conv2d(1, channels, kernel)),
-                ("act1", nn.ReLU()),
-                ("pool1", nn.MaxPool2d(2)),
-                ("flatten", nn.Flatten()),
-                ("fc1", nn.Linear(channels * side * side, hidden)),
-                ("act2", nn.ReLU()),
-                ("dropout", nn.Dropout(dropout)),
-                ("out", nn.Linear(hidden, NUM_CLASSES)),
-            ]
-        )
+    return _named(
+        ("conv1", nn.Conv2d(1, channels, kernel)),
+        ("act1", nn.ReLU()),
+        ("pool1", nn.MaxPool2d(2)),
+        ("flatten", nn.Flatten()),
+        ("fc1", nn.Linear(channels * side * side, hidden)),
+        ("act2", nn.ReLU()),
+        ("dropout", nn.Dropout(dropout)),
+        ("out", nn.Linear(hidden, NUM_CLASSES)),
     )
