@@ -31,11 +31,12 @@ from intriguing.cli.options import (
     int_option,
     json_option,
     model_options,
+    out_option,
     seed_option,
     text_option,
     user_data_options,
 )
-from intriguing.cli.validation import float_range, output_dir, output_file
+from intriguing.cli.validation import float_range, output_file
 from intriguing.errors import InvalidInputError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -66,7 +67,7 @@ def _floats(text: str, what: str) -> tuple[float, ...]:
 def _common(func: F) -> F:
     """Options every critics command shares."""
     options = [
-        click.option(
+        text_option(
             "--models",
             default=None,
             help="Comma-separated zoo names, or 'all' (the default: every zoo model).",
@@ -77,37 +78,36 @@ def _common(func: F) -> F:
             default=None,
             help="A reproduce --out folder whose stored untargeted attacks are reused.",
         ),
-        click.option(
-            "--out",
-            type=output_dir(),
-            is_eager=True,
+        out_option(
             default=None,
             help="Run directory (resumable; JSON, markdown and figures go here). Required, except "
             "for 'curves MODEL'.",
         ),
-        click.option(
+        choice_option(
             "--split",
-            type=click.Choice(["train", "test", "p1", "p2"]),
+            ["train", "test", "p1", "p2"],
             default="test",
-            show_default=True,
             help="Split attacked here for models the run lacks.",
         ),
-        click.option(
+        int_option(
             "--attack-n",
-            type=click.IntRange(1, 70_000),
+            1,
+            70_000,
             default=None,
             help="Images attacked here for a model the run lacks (default: --n); the first --n "
             "successes are analysed. The same --attack-n and --out reuse one attack.",
         ),
-        click.option(
+        int_option(
             "--max-iter",
-            type=click.IntRange(1, 100_000),
+            1,
+            100_000,
             default=None,
             help="L-BFGS iterations per stage of the attacks run here (default: the reproduce one).",
         ),
-        click.option(
+        int_option(
             "--search-steps",
-            type=click.IntRange(1, 1000),
+            1,
+            1000,
             default=None,
             help="Constants tried per example by the attacks run here (default: the reproduce one).",
         ),

@@ -15,6 +15,16 @@ F = TypeVar("F", bound=Callable[..., Any])
 DATASETS = ("mnist", "mnist-5k")
 
 
+def _option(
+    flag: str, dest: str | None, *, default: Any, help: str, **kwargs: Any
+) -> Callable[[F], F]:
+    """``click.option`` with the default shown whenever there is one (all helpers below)."""
+    decls = (flag, dest) if dest else (flag,)
+    return click.option(
+        *decls, default=default, show_default=default is not None, help=help, **kwargs
+    )
+
+
 def int_option(
     flag: str,
     low: int | None = 1,
@@ -25,28 +35,14 @@ def int_option(
     dest: str | None = None,
 ) -> Callable[[F], F]:
     """An integer option in ``[low, high]`` (``None``: unbounded); its default shown when set."""
-    decls = (flag, dest) if dest else (flag,)
-    return click.option(
-        *decls,
-        type=click.IntRange(low, high),
-        default=default,
-        show_default=default is not None,
-        help=help,
-    )
+    return _option(flag, dest, default=default, help=help, type=click.IntRange(low, high))
 
 
 def choice_option(
     flag: str, choices: Sequence[str], *, default: str | None, help: str, dest: str | None = None
 ) -> Callable[[F], F]:
     """An option taking one of ``choices``; its default shown when set."""
-    decls = (flag, dest) if dest else (flag,)
-    return click.option(
-        *decls,
-        type=click.Choice(list(choices)),
-        default=default,
-        show_default=default is not None,
-        help=help,
-    )
+    return _option(flag, dest, default=default, help=help, type=click.Choice(list(choices)))
 
 
 def text_option(
@@ -58,10 +54,7 @@ def text_option(
     metavar: str | None = None,
 ) -> Callable[[F], F]:
     """A free-text option (comma-separated lists and the like); its default shown when set."""
-    decls = (flag, dest) if dest else (flag,)
-    return click.option(
-        *decls, default=default, show_default=default is not None, help=help, metavar=metavar
-    )
+    return _option(flag, dest, default=default, help=help, metavar=metavar)
 
 
 def flag_option(flag: str, help: str, *, dest: str | None = None) -> Callable[[F], F]:
@@ -72,14 +65,7 @@ def flag_option(flag: str, help: str, *, dest: str | None = None) -> Callable[[F
 
 def out_option(*, default: Path | None, help: str) -> Callable[[F], F]:
     """``--out DIR``: a run directory, checked before any work (resumable runs reuse it)."""
-    return click.option(
-        "--out",
-        type=output_dir(),
-        is_eager=True,
-        default=default,
-        show_default=default is not None,
-        help=help,
-    )
+    return _option("--out", None, default=default, help=help, type=output_dir(), is_eager=True)
 
 
 def _announce_dataset(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -115,13 +101,7 @@ def data_options(func: F) -> F:
 
 def seed_option(func: F) -> F:
     """``--seed``."""
-    return click.option(
-        "--seed",
-        type=click.IntRange(0, 2**32 - 1),
-        default=0,
-        show_default=True,
-        help="Random seed.",
-    )(func)
+    return int_option("--seed", 0, 2**32 - 1, default=0, help="Random seed.")(func)
 
 
 def json_option(func: F) -> F:
@@ -140,17 +120,16 @@ BACKEND_CHOICES = ("local", "ray")
 
 def backend_options(func: F) -> F:
     """``--backend local|ray`` and ``--address``: where the run's step graph executes (docs/ray.md)."""
-    func = click.option(
+    func = text_option(
         "--address",
         default=None,
-        metavar="ADDR",
         help="Existing Ray cluster (HOST:PORT, ray://HOST:PORT or auto); default: a local runtime.",
+        metavar="ADDR",
     )(func)
-    func = click.option(
+    func = choice_option(
         "--backend",
-        type=click.Choice(BACKEND_CHOICES),
+        BACKEND_CHOICES,
         default="local",
-        show_default=True,
         help='Where steps run: in this process, or as Ray tasks (pip install "intriguing[ray]").',
     )(func)
     return func
@@ -161,11 +140,10 @@ DEVICE_CHOICES = ("cpu", "cuda", "auto")
 
 def device_option(func: F) -> F:
     """``--device cpu|cuda|auto`` (auto: cuda when available)."""
-    return click.option(
+    return choice_option(
         "--device",
-        type=click.Choice(DEVICE_CHOICES),
+        DEVICE_CHOICES,
         default="cpu",
-        show_default=True,
         help="Where the model and images run; auto: cuda when available.",
     )(func)
 
@@ -177,13 +155,13 @@ def model_options(func: F) -> F:
     ``file.py:factory``, or a zoo checkpoint; see :mod:`intriguing.inputs`.
     """
     func = device_option(func)
-    func = click.option(
+    func = text_option(
         "--normalize",
         default=None,
-        metavar="MEANS,STDS",
         help="Per-channel input normalisation applied before the model, means first then stds: "
         "0.1307,0.3081 (grey) or 0.485,0.456,0.406,0.229,0.224,0.225 (RGB). Attacks and "
         "budgets stay in [0, 1] pixel space.",
+        metavar="MEANS,STDS",
     )(func)
     func = click.option(
         "--weights",
@@ -224,9 +202,10 @@ def user_data_options(*, mode_flag: str = "--mode") -> Callable[[F], F]:
             help="A .safetensors or .npz file with 'images' float (N, C, H, W) in [0, 1] and "
             "optional int 'labels' (N,).",
         ),
-        click.option(
+        int_option(
             "--image-size",
-            type=click.IntRange(1, 4096),
+            1,
+            4096,
             default=None,
             help="Resize (shorter side) and centre-crop --images to this size.",
         ),
