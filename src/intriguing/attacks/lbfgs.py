@@ -138,9 +138,12 @@ class LBFGS(Attack):
             this many times the nearest one's (1.2, 1.3, 1.5 and inf measured the same mean
             distortion on N100-100-10 and the ReLU MLP, at 49.9 / 54.1 / 58.3 / 64.8 evaluations).
         threads: CPU threads (``torch.set_num_threads``) during the call, restored afterwards;
-            ``None`` leaves torch's setting alone. The attack's many small tensor operations gain
-            little from threads, and on a loaded machine extra threads cost much more: on the shared
-            2-core machine a 200-image attack on softmax1 took 2.3 s with 1 thread, 79 s with 2.
+            ``None`` leaves torch's setting alone. Default 1, by measurement (issue 18,
+            ``benchmarks/threads.py``, interleaved pairs on the shared 2-core machine at load
+            average 4-6): 2 threads ran at 0.12x the speed of 1 on N100-100-10 (500 images) and
+            0.28x on the ReLU CNN (100 images); the attack's many small tensor operations gain
+            little from threads and extra threads contend with other jobs. Results are the same
+            up to float summation order.
         progress: show a progress bar (``None``: when stderr is interactive and not under pytest).
     """
 
@@ -165,7 +168,7 @@ class LBFGS(Attack):
         refine: bool = True,
         candidates: int = 2,
         candidate_ratio: float = 1.2,
-        threads: int | None = None,
+        threads: int | None = 1,
         progress: bool | None = None,
     ) -> None:
         if mode not in MODES:
