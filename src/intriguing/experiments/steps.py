@@ -39,8 +39,24 @@ ATTACK_FILE = "result.safetensors"
 FIGURE7_FILE = "figure7.safetensors"
 
 
+class LazyData:
+    """The workbenches' ``data``: MNIST ``dataset`` from ``data_dir``, loaded on first use."""
+
+    dataset: str
+    data_dir: str | os.PathLike[str] | None
+    _data: MNIST | None
+
+    @property
+    def data(self) -> MNIST:
+        if self._data is None:
+            from intriguing.data import load_mnist
+
+            self._data = load_mnist(self.data_dir, dataset=self.dataset)
+        return self._data
+
+
 @dataclass
-class Workbench:
+class Workbench(LazyData):
     """The dataset and the trained models of one run, loaded once per process."""
 
     dataset: str
@@ -48,13 +64,6 @@ class Workbench:
     seed: int
     _data: MNIST | None = None
     _models: dict[str, nn.Module] = field(default_factory=dict)
-
-    @property
-    def data(self) -> MNIST:
-        """The dataset, loaded on first use."""
-        if self._data is None:
-            self._data = load_bench_data(self.dataset, self.data_dir)
-        return self._data
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         """Shipped (to Ray workers) as where its data comes from: see :func:`graph.process_local`."""
@@ -69,13 +78,6 @@ class Workbench:
                 name, dataset=self.dataset, data_dir=self.data_dir, seed=self.seed
             ).model
         return self._models[name]
-
-
-def load_bench_data(dataset: str, data_dir: str | os.PathLike[str] | None) -> MNIST:
-    """The MNIST of a workbench (``dataset`` ``"mnist"`` or ``"mnist-5k"``)."""
-    from intriguing.data import load_mnist
-
-    return load_mnist(data_dir, dataset=dataset)
 
 
 def derived_seed(*parts: Any) -> int:

@@ -19,7 +19,7 @@ from intriguing.experiments.classes.config import ClassesConfig
 from intriguing.experiments.classes.families import build_task_model
 from intriguing.experiments.classes.tasks import Task
 from intriguing.experiments.graph import shipped_as
-from intriguing.experiments.steps import load_bench_data
+from intriguing.experiments.steps import LazyData
 
 if TYPE_CHECKING:
     from intriguing.data import MNIST
@@ -48,7 +48,7 @@ def load_encoder(
 
 
 @dataclass
-class Bench:
+class Bench(LazyData):
     """Per-process state shared by the steps: the data, the encoder and loaded models.
 
     Pickled (for a Ray task) as where its data comes from, never with its tensors: each process
@@ -63,13 +63,6 @@ class Bench:
     _data: MNIST | None = None
     _encoder: tuple[dict[str, torch.Tensor], str] | None = None
     _models: dict[str, nn.Module] = field(default_factory=dict)
-
-    @property
-    def data(self) -> MNIST:
-        """The dataset, loaded on first use."""
-        if self._data is None:
-            self._data = load_bench_data(self.dataset, self.data_dir)
-        return self._data
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         """Shipped (to Ray workers) as where its data comes from: see :func:`graph.process_local`."""
