@@ -65,6 +65,7 @@ PEER_ORDER = (
     "adv-lib FAB-100",
 )
 OURS = "ours L-BFGS"
+COLORS = dict(zip((OURS, *PEER_ORDER), ("C0", "C1", "C2", "C3", "C7", "C4", "C5"), strict=True))
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -289,12 +290,16 @@ def plot(report: dict[str, Any], path: Path) -> None:
                 continue  # a peer that fools fewer than half (FMN here) would only stretch the axis
             xs = [c["budget"] for c in r["curve"] if c["mean_distortion"] is not None]
             ys = [c["mean_distortion"] for c in r["curve"] if c["mean_distortion"] is not None]
-            ax.plot(xs, ys, marker="o", label=method, lw=2.5 if method == OURS else 1.2)
+            color = COLORS.get(method, "gray")
+            ax.plot(
+                xs, ys, marker="o", label=method, color=color, lw=2.5 if method == OURS else 1.2
+            )
         ax.set_xscale("log")
         ax.set_xlabel("forward+backward passes per example")
         ax.set_ylabel("mean RMS distortion of the fooled")
         ax.set_title(f"{name} (attacks fooling >= 50%)", fontsize=9)
-    axes[0][0].legend(fontsize=7)
+    for ax in axes[0]:
+        ax.legend(fontsize=6)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
