@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from intriguing.attacks.checks import check_images
 from intriguing.errors import InvalidInputError, UnknownModelError
 from intriguing.models.user import (
     MODEL_FORMS,
@@ -481,15 +482,7 @@ def _check_tensor_images(file: Path, images: torch.Tensor) -> torch.Tensor:
         raise InvalidInputError(
             f"--tensors {file}: 'images' is {images.dtype}; store floats in [0, 1] (divide by 255)"
         )
-    images = images.float()
-    if not bool(torch.isfinite(images).all()):
-        raise InvalidInputError(f"--tensors {file}: 'images' holds NaN or infinite values")
-    low, high = float(images.min()), float(images.max())
-    if low < 0.0 or high > 1.0:
-        raise InvalidInputError(
-            f"--tensors {file}: 'images' must lie in [0, 1], found [{low:g}, {high:g}]"
-        )
-    return images.contiguous()
+    return check_images(images.float(), name=f"--tensors {file}: 'images'").contiguous()
 
 
 def _check_tensor_labels(file: Path, labels: torch.Tensor | None, n: int) -> torch.Tensor | None:

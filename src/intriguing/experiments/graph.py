@@ -42,7 +42,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from intriguing._io import atomic_write_json
+from intriguing._io import atomic_write_json, file_sha256
 from intriguing.errors import IntriguingError, OutputError
 from intriguing.progress import make_progress
 
@@ -206,7 +206,7 @@ class RunStore:
     def artifact_hashes(self, key: str) -> dict[str, str]:
         """``{path relative to the run directory: SHA-256}`` of ``key``'s artifact files."""
         return {
-            p.relative_to(self.root).as_posix(): _file_sha256(p) for p in self.artifact_files(key)
+            p.relative_to(self.root).as_posix(): file_sha256(p) for p in self.artifact_files(key)
         }
 
     def is_current(self, record: Mapping[str, Any], deps: Mapping[str, str]) -> bool:
@@ -216,7 +216,7 @@ class RunStore:
             return False
         for rel, digest in stored.items():
             path = self.root / str(rel)
-            if not path.is_file() or _file_sha256(path) != digest:
+            if not path.is_file() or file_sha256(path) != digest:
                 return False
         return True
 
@@ -287,14 +287,6 @@ def _funlock(fd: int) -> None:
     except ImportError:  # pragma: no cover
         return
     fcntl.flock(fd, fcntl.LOCK_UN)
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def record_digest(record: Mapping[str, Any]) -> str:

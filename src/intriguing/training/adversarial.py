@@ -66,6 +66,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from intriguing.attacks.checks import check_images
 from intriguing.attacks.fgm import fgm_l2
 from intriguing.errors import CheckpointError, InvalidInputError
 from intriguing.progress import make_progress
@@ -290,14 +291,12 @@ def check_box(features: torch.Tensor, layer: str) -> None:
     Raises:
         InvalidInputError: NaN or values outside [0, 1].
     """
-    if not bool(torch.isfinite(features).all()):
-        raise InvalidInputError(f"layer {layer!r} produced NaN or inf; check the model")
-    low, high = float(features.min()), float(features.max())
-    if low < 0.0 or high > 1.0:
+    try:  # the attacks' own check of the box, so both say the same
+        check_images(features, name=f"layer {layer!r} outputs")
+    except InvalidInputError as exc:
         raise InvalidInputError(
-            f"layer {layer!r} outputs lie in [{low:.3g}, {high:.3g}], not [0, 1]: a hidden-layer pool "
-            "needs a bounded (sigmoid) layer; choose another layer"
-        )
+            f"{exc}; a hidden-layer pool needs a bounded (sigmoid) layer: choose another layer"
+        ) from None
 
 
 # ----------------------------------------------------------------------------- refill attacks

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from intriguing._io import atomic_path, atomic_write_json
+from intriguing._io import atomic_path, atomic_write_json, file_sha256
 from intriguing.errors import CheckpointError
 from intriguing.paths import models_dir
 from intriguing.training.config import TrainConfig
@@ -96,15 +96,6 @@ def library_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[package] = "unknown"
     return versions
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def tensors_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
