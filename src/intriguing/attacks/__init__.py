@@ -4,7 +4,8 @@
 - :class:`AttackResult`: its structured result (adversarial images, success, distortion, ...);
 - :func:`gaussian_noise`, :func:`amplify`: the baselines of Tables 2 and 4;
 - :func:`exact_linear_attack`: the exact minimum-distortion perturbation of a linear model (a QP);
-- :func:`rms_distortion`, :func:`l2_distance`, :func:`success_mask`: measures;
+- :func:`rms_distortion`, :func:`l2_distance`, :func:`success_mask` (the one success rule, with
+  its logit margin :func:`success_margin`), :func:`success_lead`: measures;
 - the checks of :mod:`intriguing.attacks.checks`, reusable by other analyses;
 - :class:`BoxLBFGS`, :func:`minimize_box`: the batched projected L-BFGS optimiser itself.
 """
@@ -23,7 +24,14 @@ from intriguing.attacks.checks import (
 from intriguing.attacks.exact_linear import ExactLinearResult, exact_linear_attack
 from intriguing.attacks.lbfgs import LBFGS, lbfgs_attack
 from intriguing.attacks.losses import LOSSES, attack_loss
-from intriguing.attacks.metrics import l2_distance, rms_distortion, success_mask
+from intriguing.attacks.metrics import (
+    SUCCESS_MARGIN,
+    l2_distance,
+    rms_distortion,
+    success_lead,
+    success_margin,
+    success_mask,
+)
 from intriguing.attacks.noise import Perturbed, amplify, gaussian_noise
 from intriguing.attacks.optim import BoxLBFGS, minimize_box
 from intriguing.attacks.result import AttackResult
@@ -32,6 +40,7 @@ from intriguing.attacks.targets import TARGET_CHOICES, all_targets, choose_targe
 __all__ = [
     "LBFGS",
     "LOSSES",
+    "SUCCESS_MARGIN",
     "TARGET_CHOICES",
     "Attack",
     "AttackResult",
@@ -53,6 +62,8 @@ __all__ = [
     "lbfgs_attack",
     "minimize_box",
     "rms_distortion",
+    "success_lead",
+    "success_margin",
     "success_mask",
     "warn_zero_gradients",
 ]
