@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from intriguing.attacks.base import torch_threads
 from intriguing.errors import InvalidInputError
 from intriguing.progress import finish, make_progress
 from intriguing.training.autoencoder import pretrain_sparse_autoencoder
@@ -48,15 +49,9 @@ def use_default_threads() -> None:
     torch.set_num_threads(DEFAULT_THREADS)
 
 
-@contextlib.contextmanager
-def training_threads() -> Iterator[None]:
+def training_threads() -> contextlib.AbstractContextManager[None]:
     """Run a block (training) with :data:`DEFAULT_THREADS` torch threads, restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(DEFAULT_THREADS)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    return torch_threads(DEFAULT_THREADS)
 
 
 @dataclass
