@@ -42,10 +42,12 @@ from intriguing.errors import InvalidInputError
 from intriguing.experiments.graph import Backend, RunStore, Step, StepContext, run_graph, step_key
 from intriguing.experiments.specs import Dataset, check_choice
 from intriguing.models.user import select_correct
+from intriguing.report.advtrain import (
+    SCHEMA,  # one schema name: the report reads what the run writes
+)
 from intriguing.training.adversarial import AdvTrainConfig, PoolConfig, adversarial_train
 from intriguing.training.config import TrainConfig
 
-SCHEMA = "intriguing.advtrain/1"
 BASELINE = "weight-decay"
 VARIANTS: tuple[str, ...] = ("weight-decay", "dropout", "input-pool", "hidden-pool")
 HIDDEN_LAYERS = ("act1", "act2")

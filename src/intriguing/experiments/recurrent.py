@@ -43,8 +43,10 @@ from intriguing.experiments import tables as tb
 from intriguing.experiments.graph import Backend, RunStore, Step, StepContext, run_graph, step_key
 from intriguing.experiments.specs import AttackConfig, Dataset, check_choice
 from intriguing.models.recurrent import RECURRENT_MODELS
+from intriguing.report.recurrent import (
+    SCHEMA,  # one schema name: the report reads what the run writes
+)
 
-SCHEMA = "intriguing.recurrent/1"
 RESULTS_FILE = "results.json"
 FEEDFORWARD_MODELS: tuple[str, ...] = ("softmax1", "N100-100-10", "N200-200-10", "AE400-10", "Conv")
 MATCHED = "matched"
