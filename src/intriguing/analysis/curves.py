@@ -205,7 +205,9 @@ def model_robust_accuracy(
     Returns ``(summary as in robust_accuracy_summary, AttackResult of the correct examples)``.
     """
     from intriguing.attacks import LBFGS
+    from intriguing.attacks.metrics import success_mask
     from intriguing.models.user import model_device, predict
+    from intriguing.training.trainer import predict_logits
 
     if norm not in NORMS:
         raise InvalidInputError(f"unknown norm {norm!r}; choose one of {', '.join(NORMS)}")
@@ -220,7 +222,8 @@ def model_robust_accuracy(
     if len(index):
         attacker = attack if attack is not None else LBFGS(mode="untargeted")
         result = attacker(model, images[index].to(device), labels[index].to(device))
-        fooled = predict(model, result.adversarial) != labels[index]
+        logits = predict_logits(model, result.adversarial).cpu()  # re-verified: the one rule
+        fooled = success_mask(logits, labels[index], None)
         d = result.l2 if norm == "l2" else result.distortion
         distortion[index] = d.detach().cpu().double()
         success[index] = result.success.cpu().bool() & fooled

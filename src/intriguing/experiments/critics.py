@@ -161,7 +161,7 @@ def load_source(
     originals = images[index]
     model = bench.model(str(source["model"]))
     success = torch.tensor(source["success"], dtype=torch.bool)
-    success &= st.predict(model, adversarials) != labels
+    success &= st.reverify(model, adversarials, labels)  # the one success rule
     success &= st.predict(model, originals) == labels
     distortion = torch.tensor(source["distortion"], dtype=torch.float64)
     return originals, adversarials, labels, success, distortion

@@ -257,18 +257,27 @@ def attack_shard_step(bench: Workbench, ctx: StepContext) -> dict[str, Any]:
     }
 
 
-def _reverify(model: nn.Module, stored: Any, labels: torch.Tensor) -> list[bool]:
-    """Run ``model`` on the stored adversarial images: is each one really adversarial?
+def reverify(
+    model: nn.Module,
+    adversarial: torch.Tensor,
+    labels: torch.Tensor,
+    targets: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Run ``model`` on ``adversarial`` ``(N, ...)``: is each image really adversarial? ``(N,)`` bool.
 
-    Decided by the package's one success rule (:func:`intriguing.attacks.metrics.success_mask`),
-    one chunk of images at a time.
+    Decided by the package's one success rule (:func:`intriguing.attacks.metrics.success_mask`:
+    ties are not successes), one chunk of images at a time; ``targets`` None: untargeted.
     """
     from intriguing.attacks.metrics import success_mask
 
     with torch.no_grad():
-        logits = torch.cat([model(part) for part in stored.adversarial.split(4096)])
-    ok = success_mask(logits, labels, stored.targets)
-    return [bool(v) for v in ok.tolist()]
+        logits = torch.cat([model(part) for part in adversarial.split(4096)])
+    return success_mask(logits, labels, targets)
+
+
+def _reverify(model: nn.Module, stored: Any, labels: torch.Tensor) -> list[bool]:
+    """:func:`reverify` of a stored attack result, as a JSON list."""
+    return [bool(v) for v in reverify(model, stored.adversarial, labels, stored.targets).tolist()]
 
 
 def attack_summary_step(bench: Workbench, ctx: StepContext) -> dict[str, Any]:
