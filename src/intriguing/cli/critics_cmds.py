@@ -325,7 +325,8 @@ def _model_examples(
     """
     from intriguing.attacks import LBFGS
     from intriguing.cli.options import model_from_options, open_user_data
-    from intriguing.inputs import choose_examples, model_device, predict
+    from intriguing.experiments.steps import reverify
+    from intriguing.inputs import choose_examples, model_device
 
     if n < 1:
         raise InvalidInputError(f"--n must be at least 1, got {n}")
@@ -341,7 +342,7 @@ def _model_examples(
     device = model_device(net)
     result = attacker(net, x.to(device), y.to(device))
     adv = result.adversarial.detach().cpu()
-    fooled = result.success.cpu() & (predict(net, adv) != y)
+    fooled = result.success.cpu() & reverify(net, result.adversarial, y.to(device)).cpu()
     keep = (fooled & ((adv - x).flatten(1).abs().amax(1) > 0)).nonzero().flatten()[:n]
     if keep.numel() == 0:
         raise InvalidInputError(f"{spec}: the attack found no adversarial example to analyse")

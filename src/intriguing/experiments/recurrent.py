@@ -43,6 +43,7 @@ from intriguing.experiments import tables as tb
 from intriguing.experiments.graph import Backend, RunStore, Step, StepContext, run_graph, step_key
 from intriguing.experiments.specs import AttackConfig, Dataset, check_choice
 from intriguing.models.recurrent import RECURRENT_MODELS
+from intriguing.models.user import select_correct
 from intriguing.report.recurrent import (
     SCHEMA,  # one schema name: the report reads what the run writes
 )
@@ -172,9 +173,9 @@ def common_select_step(bench: st.Workbench, ctx: StepContext) -> dict[str, Any]:
     correct = torch.ones_like(labels, dtype=torch.bool)
     per_model: dict[str, int] = {}
     for name in p["models"]:
-        right = st.predict(bench.model(str(name)), images) == labels
-        per_model[str(name)] = int(right.sum())
-        correct &= right
+        index = select_correct(bench.model(str(name)), images, labels, None, batch_size=4096)[2]
+        per_model[str(name)] = len(index)
+        correct &= torch.zeros_like(correct).index_fill_(0, index, True)
     chosen = torch.nonzero(correct).flatten()[: int(p["n"])]
     if chosen.numel() == 0:
         raise IntriguingError(
