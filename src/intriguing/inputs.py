@@ -25,7 +25,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -42,7 +42,8 @@ from intriguing.models.user import (
     select_correct,
 )
 
-DEVICES = ("cpu", "cuda", "auto")
+Device = Literal["cpu", "cuda", "auto"]
+DEVICES: tuple[str, ...] = get_args(Device)
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt", ".tar")
 TENSOR_SUFFIXES = (".safetensors", ".npz")
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 
@@ -116,7 +116,8 @@ def curve_summary(
     }
 
 
-NORMS = ("l2", "rms")
+Norm = Literal["l2", "rms"]
+NORMS: tuple[str, ...] = get_args(Norm)
 
 
 def robust_accuracy(

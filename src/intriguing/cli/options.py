@@ -12,7 +12,7 @@ from intriguing.cli.validation import output_dir, output_file
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-DATASETS = ("mnist", "mnist-5k")
+DATASETS = ("mnist", "mnist-5k")  # data.DATASETS (not imported: the CLI starts fast)
 
 
 def _option(

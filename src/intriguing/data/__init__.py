@@ -13,13 +13,15 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
+from typing import Literal, get_args
 
 from intriguing.data.mnist import MNIST, build_mnist, file_signature, locate_mnist
 from intriguing.data.mnist5k import MNIST5K_BANNER, Mnist5kWarning, build_mnist5k, warn_mnist5k
 from intriguing.data.splits import P1P2_SEED, SPLIT_NAMES
 from intriguing.errors import DataError, InvalidInputError
 
-DATASETS: tuple[str, ...] = ("mnist", "mnist-5k")
+DatasetName = Literal["mnist", "mnist-5k"]
+DATASETS: tuple[str, ...] = get_args(DatasetName)
 
 # (dataset, file signature) -> loaded dataset; each dataset is parsed once per process.
 _CACHE: dict[tuple[object, ...], MNIST] = {}

@@ -30,7 +30,7 @@ import os
 import socket
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 
@@ -45,7 +45,8 @@ from intriguing.experiments.graph import (
 )
 from intriguing.paths import CACHE_DIR_ENV, DATA_DIR_ENV, cache_dir
 
-BACKENDS: tuple[str, ...] = ("local", "ray")
+BackendName = Literal["local", "ray"]
+BACKENDS: tuple[str, ...] = get_args(BackendName)
 RAY_HINT = 'pip install "intriguing[ray]"'
 ENV_PREFIX = "INTRIGUING_"
 
