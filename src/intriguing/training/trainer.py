@@ -24,7 +24,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -220,14 +220,11 @@ def train(
     trainable, inputs = _split_frozen_prefix(model, images)
     terms = decay_terms(model, config)
     model.train()
+    job = _Job(trainable, inputs, labels, terms, config, log, description)
     if config.optimizer == "lbfgs":
-        steps, converged, history = _train_lbfgs(
-            trainable, inputs, labels, terms, config, log, description
-        )
+        steps, converged, history = _train_lbfgs(job)
     else:
-        steps, history = _train_minibatch(
-            trainable, inputs, labels, terms, config, log, description
-        )
+        steps, history = _train_minibatch(job)
         converged = False
     model.eval()
     loss = _objective(trainable, inputs, labels, terms)
@@ -303,16 +300,21 @@ def _objective(
     return value
 
 
-def _train_lbfgs(
-    model: nn.Module,
-    inputs: torch.Tensor,
-    labels: torch.Tensor,
-    terms: list[tuple[torch.Tensor, float]],
-    config: TrainConfig,
-    log: LogFn | None,
-    description: str,
-) -> tuple[int, bool, list[dict[str, float]]]:
+class _Job(NamedTuple):
+    """One training run's inputs: ``inputs`` ``(N, ...)`` after any frozen prefix, int64 labels."""
+
+    model: nn.Module
+    inputs: torch.Tensor
+    labels: torch.Tensor
+    terms: list[tuple[torch.Tensor, float]]
+    config: TrainConfig
+    log: LogFn | None
+    description: str
+
+
+def _train_lbfgs(job: _Job) -> tuple[int, bool, list[dict[str, float]]]:
     """Full-batch L-BFGS with strong-Wolfe line search, in chunks of LBFGS_CHUNK iterations."""
+    model, inputs, labels, terms, config, log, description = job
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.LBFGS(
         params,
@@ -372,16 +374,9 @@ def _lbfgs_iterations(optimizer: torch.optim.LBFGS, params: list[nn.Parameter]) 
     return int(optimizer.state[params[0]].get("n_iter", 0))
 
 
-def _train_minibatch(
-    model: nn.Module,
-    inputs: torch.Tensor,
-    labels: torch.Tensor,
-    terms: list[tuple[torch.Tensor, float]],
-    config: TrainConfig,
-    log: LogFn | None,
-    description: str,
-) -> tuple[int, list[dict[str, float]]]:
+def _train_minibatch(job: _Job) -> tuple[int, list[dict[str, float]]]:
     """Minibatch Adam/SGD (momentum 0.9) with the configured learning-rate schedule."""
+    model, inputs, labels, terms, config, log, description = job
     params = [p for p in model.parameters() if p.requires_grad]
     n = inputs.shape[0]
     batches = math.ceil(n / config.batch_size)
