@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -20,6 +20,9 @@ from intriguing.cli.options import (
 )
 from intriguing.cli.validation import float_range
 from intriguing.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from intriguing.training.adversarial import PoolAttack
 
 
 def _variants(text: str | None) -> tuple[str, ...] | None:
@@ -112,7 +115,7 @@ def advtrain(
     variants: str | None,
     seeds: int | None,
     epochs: int | None,
-    attack: str | None,
+    attack: PoolAttack | None,
     pool_size: int | None,
     mix: float | None,
     warmup_epochs: int | None,

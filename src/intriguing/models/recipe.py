@@ -27,13 +27,16 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 from intriguing.errors import InvalidInputError
 
-OPTIMIZERS: tuple[str, ...] = ("lbfgs", "adam", "sgd")
-SCHEDULES: tuple[str, ...] = ("constant", "onecycle", "cosine")
-DECAY_DIVISORS: tuple[str, ...] = ("2", "units", "1")
+Optimizer = Literal["lbfgs", "adam", "sgd"]
+Schedule = Literal["constant", "onecycle", "cosine"]
+DecayDivisor = Literal["2", "units", "1"]
+OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
+DECAY_DIVISORS: tuple[str, ...] = get_args(DecayDivisor)
 
 
 @dataclass(frozen=True)
@@ -98,14 +101,14 @@ class TrainConfig:
         seed: seed of the weight initialisation, minibatch order and dropout.
     """
 
-    optimizer: str = "lbfgs"
+    optimizer: Optimizer = "lbfgs"
     iterations: int = 500
     epochs: int = 10
     lr: float = 1.0
     batch_size: int = 128
-    schedule: str = "onecycle"
+    schedule: Schedule = "onecycle"
     weight_decay: dict[str, float] = field(default_factory=dict)
-    decay_divisor: str = "2"
+    decay_divisor: DecayDivisor = "2"
     history_size: int = 20
     tolerance_grad: float = 1e-7
     tolerance_change: float = 1e-10

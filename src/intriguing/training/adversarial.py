@@ -60,7 +60,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -88,7 +88,8 @@ from intriguing.training.trainer import (
 
 LogFn = Callable[[str], None]
 INPUT = "input"
-ATTACKS: tuple[str, ...] = ("lbfgs", "fgm")
+PoolAttack = Literal["lbfgs", "fgm"]
+ATTACKS: tuple[str, ...] = get_args(PoolAttack)
 CHECKPOINT_FORMAT = 1
 MINIBATCH_OPTIMIZERS = ("adam", "sgd")
 
@@ -118,7 +119,7 @@ class PoolConfig:
     refresh_every: int = 40
     mix: float = 0.5
     warmup_epochs: int = 1
-    attack: str = "lbfgs"
+    attack: PoolAttack = "lbfgs"
     epsilon: float = 0.05
     lbfgs_steps: int = 3
     lbfgs_iterations: int = 20
