@@ -4,7 +4,7 @@ item 4: "if the number of classes is small, will the problem be less severe?")."
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -18,6 +18,9 @@ from intriguing.cli.options import (
     seed_option,
     text_option,
 )
+
+if TYPE_CHECKING:
+    from intriguing.data import DatasetName
 
 DEFAULT_OUT = Path("classes")
 
@@ -91,7 +94,7 @@ def classes(
     out: Path,
     backend: str,
     address: str | None,
-    dataset: str,
+    dataset: DatasetName,
     data_dir: Path | None,
     seed: int,
     json_path: Path | None,

@@ -10,6 +10,7 @@ from typing import Any
 from intriguing.errors import InvalidInputError
 from intriguing.experiments.classes.families import DEFAULT_FAMILIES, FAMILIES, check_families
 from intriguing.experiments.classes.tasks import DEFAULT_TASKS, parse_tasks
+from intriguing.experiments.specs import Dataset, check_choice
 
 
 @dataclass(frozen=True)
@@ -43,12 +44,13 @@ class ClassesConfig:
     restricted: bool = True
     exact: bool = True
     seed: int = 0
-    dataset: str = "mnist"
+    dataset: Dataset = "mnist"
     bootstrap: int = 2000
     attack: Mapping[str, Any] = field(default_factory=lambda: {"threads": 1})
     encoder: str = "AE400-10"
 
     def __post_init__(self) -> None:
+        check_choice("dataset", self.dataset, Dataset)
         object.__setattr__(self, "tasks", tuple(t.name for t in parse_tasks(self.tasks)))
         object.__setattr__(self, "families", check_families(self.families))
         for name in ("n", "updates", "batch_size", "bootstrap"):
