@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from intriguing._io import atomic_write_json
+from intriguing._io import atomic_write_json, json_safe
 from intriguing.analysis.stats import t_interval, welch
 from intriguing.errors import InvalidInputError
 from intriguing.experiments.graph import Backend, RunStore, Step, StepContext, run_graph, step_key
@@ -140,18 +140,8 @@ class AdvTrainRunConfig:
         raise InvalidInputError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready description (stored in results.json)."""
-        return {
-            "variants": list(self.variants),
-            "seeds": self.seeds,
-            "model": self.model,
-            "dataset": self.dataset,
-            "train": self.train.to_dict(),
-            "dropout": dict(self.dropout),
-            "pool": {**dataclasses.asdict(self.pool), "layers": list(self.pool.layers)},
-            "robust_n": self.robust_n,
-            "train_limit": self.train_limit,
-        }
+        """JSON-ready description (stored in results.json), fields in declaration order."""
+        return dict(json_safe(dataclasses.asdict(self)))
 
 
 def quick_spec(**changes: Any) -> AdvTrainRunConfig:
