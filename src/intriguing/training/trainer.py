@@ -20,6 +20,7 @@ command (``train``, ``reproduce``, a library call) trained it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -75,20 +76,12 @@ class TrainMetrics:
     wall_time_s: float
     cpu_time_s: float
     steps: int
-    history: list[dict[str, float]] = field(default_factory=list)
     converged: bool = False
+    history: list[dict[str, float]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        return {
-            "loss": self.loss,
-            "train_error": self.train_error,
-            "wall_time_s": self.wall_time_s,
-            "cpu_time_s": self.cpu_time_s,
-            "steps": self.steps,
-            "converged": self.converged,
-            "history": self.history,
-        }
+        """JSON-ready dict, fields in declaration order."""
+        return dataclasses.asdict(self)
 
 
 def check_training_data(images: torch.Tensor, labels: torch.Tensor) -> None:
