@@ -3,23 +3,74 @@
 from __future__ import annotations
 
 import dataclasses
-import inspect
 
 import pytest
 
 from intriguing.analysis.rarity import RarityConfig
-from intriguing.attacks import LBFGS
+from intriguing.attacks import LBFGS, LBFGSConfig
 from intriguing.errors import InvalidInputError
 from intriguing.experiments import specs
 
 
 def test_attack_config_defaults_are_the_attacks_own() -> None:
-    """The run's attack settings read LBFGS's defaults instead of re-declaring them."""
-    signature = inspect.signature(LBFGS.__init__).parameters
-    for f in dataclasses.fields(specs.AttackConfig):
-        assert f.default == signature[f.name].default, f.name
+    """The run's attack settings are LBFGSConfig's fields and defaults, not a re-declared subset."""
+    ours = {f.name: f.default for f in dataclasses.fields(specs.AttackConfig)}
+    assert ours == {f.name: f.default for f in dataclasses.fields(LBFGSConfig)}
     kwargs = specs.AttackConfig().kwargs()
-    assert LBFGS(**kwargs).settings()["max_iter"] == signature["max_iter"].default
+    per_step = set(specs.PER_STEP_ATTACK_FIELDS)
+    assert set(kwargs) == (set(ours) - per_step) | {"threads", "progress"}
+    assert {"candidates", "candidate_ratio"} <= set(kwargs)
+    settings = LBFGS(**kwargs).settings()
+    assert {k: settings[k] for k in ours if k not in per_step} == {
+        k: v for k, v in kwargs.items() if k not in ("threads", "progress")
+    }
+    with pytest.raises(InvalidInputError, match=r"attack\.seed is set per attack step"):
+        specs.AttackConfig(seed=3)
+
+
+def test_lbfgs_keeps_its_keyword_api_and_settings_come_from_the_config() -> None:
+    config = LBFGSConfig(max_iter=50, mode="targeted")
+    assert config.target == "random" and isinstance(config.c_init, float)
+    attack = LBFGS(config, candidates=0, threads=None)
+    assert attack.max_iter == 50 and attack.candidates == 0 and attack.mode == "targeted"
+    assert attack.settings() == {
+        "attack": "LBFGS",
+        **dataclasses.asdict(dataclasses.replace(config, candidates=0)),
+        "threads": None,
+    }
+    assert LBFGS(max_iter=7).settings() == LBFGS(LBFGSConfig(max_iter=7)).settings()
+    with pytest.raises(InvalidInputError, match="candidates"):
+        LBFGS(candidates=-1)
+    with pytest.raises(InvalidInputError, match="threads"):
+        LBFGS(threads=0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.max_iter = 1  # type: ignore[misc]
+
+
+def _shard_fingerprint(attack: specs.AttackConfig) -> str:
+    from intriguing.experiments.graph import fingerprint
+    from intriguing.experiments.steps import attack_steps
+
+    steps, _ = attack_steps(
+        None,  # type: ignore[arg-type]  # the bench is only bound, never called here
+        model="softmax1",
+        split="test",
+        mode="untargeted",
+        n=4,
+        select="select/test/softmax1",
+        shard_size=4,
+        attack=attack.kwargs(),
+        seed=0,
+    )
+    return fingerprint(steps[0], ["dep"])
+
+
+def test_every_attack_setting_is_in_the_attack_step_fingerprint() -> None:
+    """Changing a setting that the old 5-field spec left out (candidates) recomputes the shards."""
+    base = _shard_fingerprint(specs.AttackConfig())
+    assert _shard_fingerprint(specs.AttackConfig()) == base
+    assert _shard_fingerprint(specs.AttackConfig(candidates=1)) != base
+    assert _shard_fingerprint(specs.AttackConfig(candidate_ratio=1.5)) != base
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 """Adversarial attacks (paper section 4.1) and the paper's noise baselines.
 
-- :class:`LBFGS` / :func:`lbfgs_attack`: the batched box-constrained L-BFGS minimum-distortion attack;
+- :class:`LBFGS` / :func:`lbfgs_attack` (settings: :class:`LBFGSConfig`): the batched box-constrained L-BFGS minimum-distortion attack;
 - :class:`AttackResult`: its structured result (adversarial images, success, distortion, ...);
 - :func:`gaussian_noise`, :func:`amplify`: the baselines of Tables 2 and 4;
 - :func:`exact_linear_attack`: the exact minimum-distortion perturbation of a linear model (a QP);
@@ -23,6 +23,7 @@ from intriguing.attacks.checks import (
 )
 from intriguing.attacks.exact_linear import ExactLinearResult, exact_linear_attack
 from intriguing.attacks.lbfgs import LBFGS, lbfgs_attack
+from intriguing.attacks.lbfgs_config import LBFGSConfig
 from intriguing.attacks.losses import LOSSES, attack_loss
 from intriguing.attacks.metrics import (
     SUCCESS_MARGIN,
@@ -47,6 +48,7 @@ __all__ = [
     "AttackWarning",
     "BoxLBFGS",
     "ExactLinearResult",
+    "LBFGSConfig",
     "Perturbed",
     "all_targets",
     "amplify",

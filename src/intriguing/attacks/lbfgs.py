@@ -41,6 +41,7 @@ unfinished examples, and no example waits for others to finish a stage.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from dataclasses import dataclass
@@ -49,14 +50,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from intriguing.attacks.base import MODES, Attack, RawAttack
+from intriguing.attacks.base import Attack, RawAttack
 from intriguing.attacks.checks import AttackWarning
-from intriguing.attacks.losses import attack_loss, check_loss
+from intriguing.attacks.lbfgs_config import LBFGSConfig, check_count
+from intriguing.attacks.losses import attack_loss
 from intriguing.attacks.metrics import AIM_FACTOR, success_margin, success_mask
 from intriguing.attacks.optim import BoxLBFGS
 from intriguing.attacks.result import AttackResult
-from intriguing.attacks.targets import all_targets, check_target_choice, choose_targets
-from intriguing.errors import InvalidInputError
+from intriguing.attacks.targets import all_targets, choose_targets
 from intriguing.progress import make_progress
 
 if TYPE_CHECKING:
@@ -90,6 +91,10 @@ class LBFGS(Attack):
 
     Calling an instance with ``(model, images, labels=None, *, targets=None)`` returns an
     :class:`~intriguing.attacks.result.AttackResult`.
+
+    Settings: an :class:`~intriguing.attacks.lbfgs_config.LBFGSConfig` (``config``, default: its
+    defaults) with keyword overrides of its fields, e.g. ``LBFGS(max_iter=50)``; ``threads`` and
+    ``progress`` are runtime settings of the call, not part of the config.
 
     Args:
         mode: ``"untargeted"`` (every example must end misclassified, as Table 1) or ``"targeted"``
@@ -147,89 +152,44 @@ class LBFGS(Attack):
         progress: show a progress bar (``None``: when stderr is interactive and not under pytest).
     """
 
+    mode: str
+    target: str | int | None
+    loss: str
+    kappa: float
+    temperature: float | None
+    c_init: float
+    c_factor: float
+    search_steps: int
+    c_rtol: float
+    memory: int
+    max_iter: int
+    pgtol: float
+    ftol: float
+    batch_size: int
+    seed: int
+    refine: bool
+    candidates: int
+    candidate_ratio: float
+
     def __init__(
         self,
+        config: LBFGSConfig | None = None,
         *,
-        mode: str = "untargeted",
-        target: str | int | None = None,
-        loss: str = "ce",
-        kappa: float = 0.0,
-        temperature: float | None = None,
-        c_init: float = 5.0,
-        c_factor: float = 3.0,
-        search_steps: int = 10,
-        c_rtol: float = 0.05,
-        memory: int = 5,
-        max_iter: int = 100,
-        pgtol: float = 1e-5,
-        ftol: float = 1e-3,
-        batch_size: int = 512,
-        seed: int = 0,
-        refine: bool = True,
-        candidates: int = 2,
-        candidate_ratio: float = 1.2,
         threads: int | None = 1,
         progress: bool | None = None,
+        **overrides: Any,
     ) -> None:
-        if mode not in MODES:
-            raise InvalidInputError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-        if mode == "untargeted" and target not in (None, "best"):
-            raise InvalidInputError(
-                f"target={target!r} needs mode='targeted'; untargeted mode takes target=None or 'best'"
-            )
-        target = "random" if mode == "targeted" and target is None else target
-        if target is not None:
-            check_target_choice(target)
-        check_loss(loss, kappa, 1.0 if temperature is None else temperature)
-        _positive("c_init", c_init)
-        _positive("c_rtol", c_rtol)
-        if not c_factor > 1.0:
-            raise InvalidInputError(f"c_factor must be > 1, got {c_factor}")
-        for name, value in (
-            ("search_steps", search_steps),
-            ("memory", memory),
-            ("max_iter", max_iter),
-            ("batch_size", batch_size),
-            ("threads", 1 if threads is None else threads),
-        ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise InvalidInputError(f"{name} must be an integer >= 1, got {value!r}")
-        self.mode, self.target, self.loss, self.kappa = mode, target, loss, float(kappa)
-        self.temperature = None if temperature is None else float(temperature)
-        self.c_init, self.c_factor, self.search_steps = float(c_init), float(c_factor), search_steps
-        self.c_rtol, self.memory, self.max_iter = float(c_rtol), memory, max_iter
-        self.pgtol, self.ftol, self.batch_size = float(pgtol), float(ftol), batch_size
-        self.seed, self.progress, self.refine = seed, progress, bool(refine)
-        if not isinstance(candidates, int) or isinstance(candidates, bool) or candidates < 0:
-            raise InvalidInputError(f"candidates must be an integer >= 0, got {candidates!r}")
-        if not (isinstance(candidate_ratio, (int, float)) and candidate_ratio >= 1.0):
-            raise InvalidInputError(f"candidate_ratio must be >= 1, got {candidate_ratio!r}")
-        self.candidates, self.candidate_ratio = candidates, float(candidate_ratio)
-        self.threads = threads
+        """``config`` (default :class:`LBFGSConfig`) with keyword ``overrides`` of its fields."""
+        config = config if config is not None else LBFGSConfig()
+        self.config = dataclasses.replace(config, **overrides) if overrides else config
+        if threads is not None:
+            check_count("threads", threads, 1)
+        for f in dataclasses.fields(self.config):
+            setattr(self, f.name, getattr(self.config, f.name))
+        self.threads, self.progress = threads, progress
 
     def settings(self) -> dict[str, Any]:
-        return {
-            "attack": "LBFGS",
-            "mode": self.mode,
-            "target": self.target,
-            "loss": self.loss,
-            "kappa": self.kappa,
-            "temperature": self.temperature,
-            "c_init": self.c_init,
-            "c_factor": self.c_factor,
-            "search_steps": self.search_steps,
-            "c_rtol": self.c_rtol,
-            "memory": self.memory,
-            "max_iter": self.max_iter,
-            "pgtol": self.pgtol,
-            "ftol": self.ftol,
-            "batch_size": self.batch_size,
-            "seed": self.seed,
-            "refine": self.refine,
-            "candidates": self.candidates,
-            "candidate_ratio": self.candidate_ratio,
-            "threads": self.threads,
-        }
+        return {"attack": "LBFGS", **dataclasses.asdict(self.config), "threads": self.threads}
 
     # ------------------------------------------------------------------------------- problems
     def _problems(
@@ -659,11 +619,6 @@ def linear_distances(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
     est = (gap / norm).double()
     est[rows, labels] = math.inf
     return est
-
-
-def _positive(name: str, value: float) -> None:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise InvalidInputError(f"{name} must be a finite number > 0, got {value!r}")
 
 
 def lbfgs_attack(

@@ -24,6 +24,7 @@ from typing import Any
 
 import click
 
+from intriguing.attacks.lbfgs_config import LBFGSConfig
 from intriguing.cli.options import (
     choice_option,
     data_options,
@@ -103,7 +104,7 @@ def verify_successes(model: Any, result: Any) -> int:
 @flag_option(
     "--all-images", "Attack the first N images, also those the model already misclassifies."
 )
-@int_option("--batch-size", default=512, help="Examples optimised at once.")
+@int_option("--batch-size", default=LBFGSConfig.batch_size, help="Examples optimised at once.")
 @int_option(
     "--threads",
     default=1,

@@ -499,11 +499,11 @@ def _model_curves(
 
 def _lbfgs_settings(attack: dict[str, Any]) -> dict[str, Any]:
     """The LBFGS keyword arguments among the critics' attack settings."""
-    import inspect
+    import dataclasses
 
-    from intriguing.attacks import LBFGS
+    from intriguing.attacks import LBFGSConfig
 
-    accepted = set(inspect.signature(LBFGS).parameters)
+    accepted = {f.name for f in dataclasses.fields(LBFGSConfig)} | {"threads", "progress"}
     return {k: v for k, v in attack.items() if k in accepted and k not in ("mode", "seed")}
 
 

@@ -27,10 +27,10 @@ the first ``noise_examples`` images of the same split whatever the models say.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast, get_args
 
+from intriguing.attacks.lbfgs_config import LBFGSConfig
 from intriguing.errors import InvalidInputError
 
 Size = Literal["tiny", "quick", "default", "full"]
@@ -59,39 +59,34 @@ TABLE3_MODELS: tuple[str, ...] = ("M1", "M1'", "M2")
 ALL_EXAMPLES = 10**9  # "every example of the split" (the stop index is clipped to what exists)
 
 
-def _lbfgs_defaults() -> dict[str, Any]:
-    """The keyword defaults of :class:`intriguing.attacks.LBFGS` (read from its signature)."""
-    from intriguing.attacks import LBFGS
-
-    params = inspect.signature(LBFGS.__init__).parameters.values()
-    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
-
-
-_LBFGS = _lbfgs_defaults()
+# Set per attack step by the run (the mode of the table, a derived target seed), not by the spec.
+PER_STEP_ATTACK_FIELDS = ("mode", "target", "seed")
 
 
 @dataclass(frozen=True)
-class AttackConfig:
-    """Settings of :class:`intriguing.attacks.LBFGS` used for every attack of a run.
+class AttackConfig(LBFGSConfig):
+    """Settings of :class:`intriguing.attacks.LBFGS` used for every attack of a run (section 4.1).
 
-    The defaults are the attack's own (read from its signature, never re-declared); the ``tiny``
-    size lowers them so tests run in seconds. The attack validates them when it is built.
+    The attack's own :class:`~intriguing.attacks.LBFGSConfig` (same fields, defaults and checks,
+    never re-declared); the ``tiny`` size lowers some so tests run in seconds. ``mode``, ``target``
+    and ``seed`` are set by each attack step (``PER_STEP_ATTACK_FIELDS``) and must stay at their
+    defaults here. Every other field is in :meth:`kwargs`, hence in each attack step's fingerprint.
     """
 
-    search_steps: int = _LBFGS["search_steps"]
-    max_iter: int = _LBFGS["max_iter"]
-    c_rtol: float = _LBFGS["c_rtol"]
-    refine: bool = _LBFGS["refine"]
-    batch_size: int = _LBFGS["batch_size"]
-
     def __post_init__(self) -> None:
-        from intriguing.attacks import LBFGS
-
-        LBFGS(**self.kwargs())  # the attack's own checks: one InvalidInputError line
+        super().__post_init__()
+        default = LBFGSConfig()
+        for name in PER_STEP_ATTACK_FIELDS:
+            if getattr(self, name) != getattr(default, name):
+                raise InvalidInputError(f"attack.{name} is set per attack step; leave it unset")
 
     def kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``LBFGS(...)`` (single-threaded, no nested progress bar)."""
-        return {**dataclasses.asdict(self), "threads": 1, "progress": False}
+        """Keyword arguments for ``LBFGS(...)`` (single-threaded, no nested progress bar): every
+        field but ``PER_STEP_ATTACK_FIELDS``."""
+        settings = dataclasses.asdict(self)
+        for name in PER_STEP_ATTACK_FIELDS:
+            del settings[name]
+        return {**settings, "threads": 1, "progress": False}
 
 
 @dataclass(frozen=True)

@@ -166,6 +166,11 @@ def select_step(bench: Workbench, ctx: StepContext) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------- attacks
+# 2: every LBFGSConfig field is in the params (candidates, candidate_ratio, ...) and the attack's
+# success rule has a logit margin; shards stored by the version-1 attack recompute.
+ATTACK_SHARD_VERSION = "2"
+
+
 def attack_steps(
     bench: Workbench,
     *,
@@ -197,7 +202,8 @@ def attack_steps(
             "target_seed": derived_seed(seed, model, split, start),
         }
         key = shard_key(split, model, mode, k)
-        steps.append(Step(key, partial(attack_shard_step, bench), params, (select,)))
+        shard = partial(attack_shard_step, bench)
+        steps.append(Step(key, shard, params, (select,), version=ATTACK_SHARD_VERSION))
     summary = f"attacks/{split}/{model}/{mode}"
     keys = [s.key for s in steps]
     params = {"model": model, "split": split, "mode": mode, "shards": keys}

@@ -1,0 +1,106 @@
+"""The settings of the paper's attack (section 4.1) as one frozen dataclass.
+
+:class:`LBFGSConfig` holds every keyword setting of :class:`~intriguing.attacks.lbfgs.LBFGS` except
+the runtime ones (``threads``, ``progress``), validated once in ``__post_init__``. The experiment
+specs (:class:`intriguing.experiments.specs.AttackConfig`) and the CLI reuse it, so the defaults are
+declared here only. See :class:`~intriguing.attacks.lbfgs.LBFGS` for what each setting does.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from intriguing.attacks.base import MODES
+from intriguing.attacks.losses import check_loss
+from intriguing.attacks.targets import check_target_choice
+from intriguing.errors import InvalidInputError
+
+
+@dataclass(frozen=True)
+class LBFGSConfig:
+    """Every non-runtime setting of the box-constrained L-BFGS attack (paper section 4.1).
+
+    Fields, ranges: ``mode`` in ``MODES``; ``target`` a chooser name, a class index or ``None``
+    (targeted ``None`` becomes ``"random"``); ``c_init``, ``c_rtol`` > 0; ``c_factor`` > 1;
+    ``search_steps``, ``memory``, ``max_iter``, ``batch_size`` integers >= 1; ``candidates`` an
+    integer >= 0; ``candidate_ratio`` >= 1. Raises InvalidInputError (one line) otherwise.
+    """
+
+    mode: str = "untargeted"
+    target: str | int | None = None
+    loss: str = "ce"
+    kappa: float = 0.0
+    temperature: float | None = None
+    c_init: float = 5.0
+    c_factor: float = 3.0
+    search_steps: int = 10
+    c_rtol: float = 0.05
+    memory: int = 5
+    max_iter: int = 100
+    pgtol: float = 1e-5
+    ftol: float = 1e-3
+    batch_size: int = 512
+    seed: int = 0
+    refine: bool = True
+    candidates: int = 2
+    candidate_ratio: float = 1.2
+
+    def __post_init__(self) -> None:
+        self._check_goal()
+        check_loss(self.loss, self.kappa, 1.0 if self.temperature is None else self.temperature)
+        _positive("c_init", self.c_init)
+        _positive("c_rtol", self.c_rtol)
+        if not (isinstance(self.c_factor, (int, float)) and self.c_factor > 1.0):
+            raise InvalidInputError(f"c_factor must be > 1, got {self.c_factor!r}")
+        for name in ("search_steps", "memory", "max_iter", "batch_size"):
+            check_count(name, getattr(self, name), 1)
+        check_count("candidates", self.candidates, 0)
+        if not (isinstance(self.candidate_ratio, (int, float)) and self.candidate_ratio >= 1.0):
+            raise InvalidInputError(f"candidate_ratio must be >= 1, got {self.candidate_ratio!r}")
+        self._normalise()
+
+    def _check_goal(self) -> None:
+        if self.mode not in MODES:
+            raise InvalidInputError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        if self.mode == "untargeted" and self.target not in (None, "best"):
+            raise InvalidInputError(
+                f"target={self.target!r} needs mode='targeted'; untargeted mode takes target=None "
+                "or 'best'"
+            )
+        if self.target is not None:
+            check_target_choice(self.target)
+
+    def _normalise(self) -> None:
+        """Floats as floats, ``refine`` as a bool, targeted ``target=None`` as ``"random"``."""
+        values: dict[str, Any] = {
+            name: float(getattr(self, name))
+            for name in (
+                "kappa",
+                "c_init",
+                "c_factor",
+                "c_rtol",
+                "pgtol",
+                "ftol",
+                "candidate_ratio",
+            )
+        }
+        if self.temperature is not None:
+            values["temperature"] = float(self.temperature)
+        values["refine"] = bool(self.refine)
+        if self.mode == "targeted" and self.target is None:
+            values["target"] = "random"
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+
+def _positive(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise InvalidInputError(f"{name} must be a finite number > 0, got {value!r}")
+
+
+def check_count(name: str, value: object, least: int) -> None:
+    """InvalidInputError unless ``value`` is an integer (not a bool) >= ``least``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < least:
+        raise InvalidInputError(f"{name} must be an integer >= {least}, got {value!r}")
