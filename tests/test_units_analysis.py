@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -132,19 +133,20 @@ def test_without_labels_only_the_label_free_metric_and_no_classmean() -> None:
 
 
 @pytest.mark.parametrize(
-    ("config", "message"),
+    ("settings", "message"),
     [
-        (UnitsConfig(k=1), "k must be at least 2"),
-        (UnitsConfig(k=600), "smaller than the image count"),
-        (UnitsConfig(n_directions=1), "at least 2 directions"),
-        (UnitsConfig(n_null=10), "at least 100"),
-        (UnitsConfig(alphas=(float("nan"),)), "finite"),
+        ({"k": 1}, "k must be at least 2"),
+        ({"k": 600}, "smaller than the image count"),
+        ({"n_directions": 1}, "at least 2 directions"),
+        ({"n_null": 10}, "at least 100"),
+        ({"alphas": (float("nan"),)}, "finite"),
     ],
 )
-def test_bad_settings_are_rejected(config: UnitsConfig, message: str) -> None:
+def test_bad_settings_are_rejected(settings: dict[str, Any], message: str) -> None:
+    """Settings wrong on any image set are refused when the config is made; the rest by the run."""
     phi, images, labels = synthetic()
     with pytest.raises(InvalidInputError, match=message):
-        analyse_units(phi, images, labels, config)
+        analyse_units(phi, images, labels, UnitsConfig(**settings))
 
 
 def test_mismatched_inputs_are_rejected() -> None:

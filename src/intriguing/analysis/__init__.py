@@ -45,6 +45,7 @@ from intriguing.analysis.jacobian import (
     model_fingerprint,
 )
 from intriguing.analysis.lipschitz import (
+    BoundConfig,
     BoundOptions,
     LayerBound,
     NetworkBound,
@@ -81,6 +82,7 @@ from intriguing.analysis.units import FamilyResult, UnitsConfig, UnitsResult, an
 __all__ = [
     "EXACT_METHODS",
     "FAMILIES",
+    "BoundConfig",
     "BoundOptions",
     "CertificationError",
     "CertifiedRadii",

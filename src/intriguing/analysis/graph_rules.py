@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from intriguing.analysis.layer_rules import (
-    BoundOptions,
+    BoundConfig,
     Shape,
     find_rule,
     gelu_constant,
@@ -38,7 +38,7 @@ class Ctx:
     node: fx.Node
     values: dict[fx.Node, Any]
     bounds: dict[fx.Node, tuple[float, float]]
-    options: BoundOptions
+    options: BoundConfig
 
     def arg(self, index: int, name: str, default: Any = None) -> Any:
         if index < len(self.node.args):

@@ -34,7 +34,7 @@ Shape = tuple[int, ...]
 
 
 @dataclass(frozen=True)
-class BoundOptions:
+class BoundConfig:
     """Settings of :func:`network_bounds`.
 
     ``exact_method``: how the exact norms of zero-padded convolutions (and large average pools) are
@@ -69,7 +69,9 @@ class BoundOptions:
             )
 
 
-LayerRule = Callable[[nn.Module, Shape, Shape, BoundOptions], dict[str, Any]]
+BoundOptions = BoundConfig  # the old name
+
+LayerRule = Callable[[nn.Module, Shape, Shape, BoundConfig], dict[str, Any]]
 _RULES: dict[type[nn.Module], LayerRule] = {}
 
 
@@ -121,7 +123,7 @@ def _fmt_pair(pair: tuple[int, ...]) -> str:
 
 @register_layer_rule(nn.Linear)
 def _linear_rule(
-    module: nn.Module, shape: Shape, out: Shape, options: BoundOptions
+    module: nn.Module, shape: Shape, out: Shape, options: BoundConfig
 ) -> dict[str, Any]:
     assert isinstance(module, nn.Linear)
     weight = module.weight.detach().to(dtype=torch.float64, device="cpu")
@@ -141,9 +143,7 @@ def _linear_rule(
 
 
 @register_layer_rule(nn.Conv2d)
-def _conv_rule(
-    module: nn.Module, shape: Shape, out: Shape, options: BoundOptions
-) -> dict[str, Any]:
+def _conv_rule(module: nn.Module, shape: Shape, out: Shape, options: BoundConfig) -> dict[str, Any]:
     assert isinstance(module, nn.Conv2d)
     if len(shape) != 3:
         raise InvalidInputError(f"Conv2d expects (C, H, W) inputs, got shape {shape}")
@@ -181,7 +181,7 @@ def _conv_rule(
 
 
 def _padded_conv_rule(
-    module: nn.Conv2d, geometry: ConvGeometry, shape: Shape, out: Shape, options: BoundOptions
+    module: nn.Conv2d, geometry: ConvGeometry, shape: Shape, out: Shape, options: BoundConfig
 ) -> dict[str, Any]:
     """Conv2d with circular/reflect/replicate padding: ``conv_valid o pad``.
 
@@ -273,7 +273,7 @@ def _vjp_adjoint(
 
 @register_layer_rule(nn.AvgPool2d, nn.AdaptiveAvgPool2d)
 def _avgpool_rule(
-    module: nn.Module, shape: Shape, out: Shape, options: BoundOptions
+    module: nn.Module, shape: Shape, out: Shape, options: BoundConfig
 ) -> dict[str, Any]:
     """Average pooling acts on each channel alike: bound the single-channel operator."""
     if len(shape) != 3:
@@ -311,7 +311,7 @@ def _exact(
     forward: Callable[[torch.Tensor], torch.Tensor],
     adjoint: Callable[[torch.Tensor], torch.Tensor],
     shape: Shape,
-    options: BoundOptions,
+    options: BoundConfig,
 ) -> PowerIterationResult | None:
     return exact_norm(
         forward,
@@ -333,7 +333,7 @@ def _pool_size(module: nn.Module) -> dict[str, str]:
 
 @register_layer_rule(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 def _batchnorm_rule(
-    module: nn.Module, shape: Shape, out: Shape, options: BoundOptions
+    module: nn.Module, shape: Shape, out: Shape, options: BoundConfig
 ) -> dict[str, Any]:
     """Eval-mode BatchNorm is the diagonal map ``x -> gamma (x - mean) / sqrt(var + eps) + beta``."""
     assert isinstance(module, nn.modules.batchnorm._BatchNorm)
@@ -355,7 +355,7 @@ def _batchnorm_rule(
 
 
 def _normalize_rule(
-    module: nn.Module, shape: Shape, out: Shape, options: BoundOptions
+    module: nn.Module, shape: Shape, out: Shape, options: BoundConfig
 ) -> dict[str, Any]:
     """Input normalisation ``(x - mean) / std`` per channel: a diagonal map with entries ``1/std``."""
     std = torch.as_tensor(module.std, dtype=torch.float64).flatten()
@@ -378,7 +378,7 @@ def _normalize_rule(
 
 
 def _constant(value: float, *, lower: float | None = None, identity: bool = False) -> LayerRule:
-    def rule(module: nn.Module, shape: Shape, out: Shape, options: BoundOptions) -> dict[str, Any]:
+    def rule(module: nn.Module, shape: Shape, out: Shape, options: BoundConfig) -> dict[str, Any]:
         return {"upper": value, "lower": lower, "method": "constant", "identity": identity}
 
     return rule
@@ -391,7 +391,7 @@ register_layer_rule(nn.Flatten, nn.Unflatten, nn.Identity)(_constant(1.0, lower=
 
 @register_layer_rule(nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
 def _dropout_rule(
-    module: nn.Module, shape: Shape, out: Shape, options: BoundOptions
+    module: nn.Module, shape: Shape, out: Shape, options: BoundConfig
 ) -> dict[str, Any]:
     _require_eval(module, "dropout is random in training mode")
     return {"upper": 1.0, "lower": 1.0, "method": "constant", "identity": True}
@@ -399,21 +399,21 @@ def _dropout_rule(
 
 @register_layer_rule(nn.LeakyReLU)
 def _leaky_rule(
-    module: nn.Module, shape: Shape, out: Shape, options: BoundOptions
+    module: nn.Module, shape: Shape, out: Shape, options: BoundConfig
 ) -> dict[str, Any]:
     assert isinstance(module, nn.LeakyReLU)
     return {"upper": max(1.0, abs(module.negative_slope)), "method": "constant"}
 
 
 @register_layer_rule(nn.ELU)
-def _elu_rule(module: nn.Module, shape: Shape, out: Shape, options: BoundOptions) -> dict[str, Any]:
+def _elu_rule(module: nn.Module, shape: Shape, out: Shape, options: BoundConfig) -> dict[str, Any]:
     assert isinstance(module, nn.ELU)
     return {"upper": max(1.0, abs(module.alpha)), "method": "constant"}
 
 
 @register_layer_rule(nn.MaxPool2d)
 def _maxpool_rule(
-    module: nn.Module, shape: Shape, out: Shape, options: BoundOptions
+    module: nn.Module, shape: Shape, out: Shape, options: BoundConfig
 ) -> dict[str, Any]:
     """Max pooling: ``sqrt(c)``, ``c`` the most windows that contain one input pixel.
 
@@ -509,7 +509,7 @@ def silu_constant() -> float:
 
 
 def _activation(value: Callable[[nn.Module], float]) -> LayerRule:
-    def rule(module: nn.Module, shape: Shape, out: Shape, options: BoundOptions) -> dict[str, Any]:
+    def rule(module: nn.Module, shape: Shape, out: Shape, options: BoundConfig) -> dict[str, Any]:
         return {"upper": value(module), "method": "constant"}
 
     return rule
@@ -541,14 +541,14 @@ def log_softmax_constant(classes: int) -> float:
 
 @register_layer_rule(nn.Softmax, nn.Softmin)
 def _softmax_rule(
-    module: nn.Module, shape: Shape, out: Shape, options: BoundOptions
+    module: nn.Module, shape: Shape, out: Shape, options: BoundConfig
 ) -> dict[str, Any]:
     return {"upper": softmax_constant(), "method": "gershgorin"}
 
 
 @register_layer_rule(nn.LogSoftmax)
 def _log_softmax_rule(
-    module: nn.Module, shape: Shape, out: Shape, options: BoundOptions
+    module: nn.Module, shape: Shape, out: Shape, options: BoundConfig
 ) -> dict[str, Any]:
     dim = getattr(module, "dim", None)
     if dim is None:
@@ -581,7 +581,7 @@ def conv1d_as_conv2d(module: nn.Conv1d) -> nn.Conv2d:
 
 @register_layer_rule(nn.Conv1d)
 def _conv1d_rule(
-    module: nn.Module, shape: Shape, out: Shape, options: BoundOptions
+    module: nn.Module, shape: Shape, out: Shape, options: BoundConfig
 ) -> dict[str, Any]:
     """Conv1d on ``(C, L)`` is a Conv2d on ``(C, 1, L)`` with a ``1 x k`` kernel: the same bounds."""
     assert isinstance(module, nn.Conv1d)
@@ -596,7 +596,7 @@ def _conv1d_rule(
 
 @register_layer_rule(nn.AdaptiveMaxPool2d)
 def _adaptive_maxpool_rule(
-    module: nn.Module, shape: Shape, out: Shape, options: BoundOptions
+    module: nn.Module, shape: Shape, out: Shape, options: BoundConfig
 ) -> dict[str, Any]:
     """Adaptive max pooling: ``sqrt(c)`` as for MaxPool2d; output ``i`` of ``n`` over ``m`` inputs
     reads ``[floor(i m / n), ceil((i + 1) m / n))``, windows that overlap when ``n`` does not divide ``m``.

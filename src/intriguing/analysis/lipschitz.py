@@ -58,6 +58,7 @@ from intriguing.analysis.jacobian import (
     probe_inputs,
 )
 from intriguing.analysis.layer_rules import (
+    BoundConfig,
     BoundOptions,
     LayerRule,
     Shape,
@@ -69,6 +70,7 @@ from intriguing.analysis.trace import GraphBound, NodeBound, graph_bound
 from intriguing.errors import InvalidInputError
 
 __all__ = [
+    "BoundConfig",
     "BoundOptions",
     "CertificationError",
     "LayerBound",
@@ -261,7 +263,7 @@ def network_bounds(
     input_shape: Shape,
     *,
     layers: Sequence[nn.Module | tuple[str, nn.Module]] | None = None,
-    options: BoundOptions | None = None,
+    options: BoundConfig | None = None,
     progress: Callable[[str], None] | None = None,
     samples: torch.Tensor | None = None,
 ) -> NetworkBound:
@@ -272,7 +274,7 @@ def network_bounds(
             ``nn.Sequential`` is walked as a chain, anything else traced with torch.fx.
         input_shape: one example's shape, e.g. ``(1, 28, 28)`` for MNIST, ``(3, 224, 224)``.
         layers: optionally the layers in call order; checked against ``model(x)`` first.
-        options: :class:`BoundOptions`.
+        options: :class:`BoundConfig`.
         progress: called with each layer's name before it is analysed (chains).
         samples: optional ``(M, *input_shape)`` inputs (e.g. test images in [0, 1]) used, with
             ``options.probe_inputs`` random ones, to check ``layers=`` and to measure the lower bound.
@@ -285,7 +287,7 @@ def network_bounds(
             ``layers=`` list that is not the model, a bad shape.
         CertificationError: the certified bound is below the measured one (a bug).
     """
-    options = options or BoundOptions()
+    options = options or BoundConfig()
     if not input_shape or any(int(d) < 1 for d in input_shape):
         raise InvalidInputError(
             f"input_shape must be positive sizes without batch, got {input_shape}"
@@ -322,7 +324,7 @@ def _check_samples(samples: torch.Tensor | None, shape: Shape) -> torch.Tensor |
 
 
 def _measure(
-    bound: NetworkBound, model: nn.Module, probes: torch.Tensor, options: BoundOptions
+    bound: NetworkBound, model: nn.Module, probes: torch.Tensor, options: BoundConfig
 ) -> None:
     """Attach the measured lower bound and refuse a certified bound below it."""
     iterations, tol = options.probe_iterations, options.probe_tol
@@ -342,7 +344,7 @@ def _measure(
 def _chain_bound(
     named: list[tuple[str, nn.Module]],
     shape: Shape,
-    options: BoundOptions,
+    options: BoundConfig,
     progress: Callable[[str], None] | None,
 ) -> NetworkBound:
     input_shape = shape

@@ -37,7 +37,7 @@ from intriguing.analysis.graph_rules import (
     is_input,
     target_name,
 )
-from intriguing.analysis.layer_rules import BoundOptions, Shape, find_rule, supported_layers
+from intriguing.analysis.layer_rules import BoundConfig, Shape, find_rule, supported_layers
 from intriguing.errors import InvalidInputError
 
 PROBE_BATCH = 5  # the probe run uses five examples, so a node that mixes examples shows
@@ -194,7 +194,7 @@ def check_trace_matches(model: nn.Module, gm: fx.GraphModule, shape: Shape) -> N
         )
 
 
-def graph_bound(model: nn.Module, shape: Shape, options: BoundOptions) -> GraphBound:
+def graph_bound(model: nn.Module, shape: Shape, options: BoundConfig) -> GraphBound:
     """Trace ``model`` and bound every input-dependent node (see the module docstring)."""
     if any(m.training for m in model.modules()):
         raise InvalidInputError(
@@ -256,7 +256,7 @@ def _bound_node(
     gm: fx.GraphModule,
     values: dict[fx.Node, Any],
     bounds: dict[fx.Node, tuple[float, float]],
-    options: BoundOptions,
+    options: BoundConfig,
 ) -> NodeBound | None:
     ctx = Ctx(node, values, bounds, options)
     if is_input(node):

@@ -65,7 +65,7 @@ class UnitsConfig:
     n_null: int = 10000
     n_resamples: int = 9999
 
-    def check_settings(self) -> None:
+    def __post_init__(self) -> None:
         """Raise :class:`InvalidInputError` for settings that are wrong on any image set."""
         dirs.check_family_names(list(self.families))
         if self.k < 2:
@@ -83,9 +83,13 @@ class UnitsConfig:
         if any(not np.isfinite(a) for a in self.alphas):
             raise InvalidInputError("rotation alphas must be finite numbers")
 
-    def validate(self, n_images: int, has_labels: bool) -> None:
-        """:meth:`check_settings`, and settings that cannot work on this image set."""
-        self.check_settings()
+    def check_settings(self) -> None:
+        """The checks of ``__post_init__`` again (kept for old callers; a made config passed them)."""
+        self.__post_init__()
+
+    def check_image_set(self, n_images: int, has_labels: bool) -> None:
+        """Raise :class:`InvalidInputError` for settings that cannot work on this image set
+        (``n_images`` images, labelled or not)."""
         if self.k >= n_images:
             raise InvalidInputError(
                 f"k = {self.k} must be smaller than the image count ({n_images})"
@@ -94,6 +98,8 @@ class UnitsConfig:
             raise InvalidInputError(
                 "the classmean family needs labels; drop it or give a labels file"
             )
+
+    validate = check_image_set  # the old name
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -443,7 +449,7 @@ def analyse_units(
     """
     config = config or UnitsConfig()
     y, n_classes = check_inputs(phi, labels, images)
-    config.validate(phi.shape[0], y is not None)
+    config.check_image_set(phi.shape[0], y is not None)
     families_wanted = dirs.check_family_names(list(config.families))
     unit_images = coh.unit_rows(np.asarray(images, dtype=np.float32).reshape(images.shape[0], -1))
     projector = Projector(phi, centre=config.centre, standardise=config.standardise)

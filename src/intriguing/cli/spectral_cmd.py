@@ -265,7 +265,7 @@ def spectral(
     the minimum distortion of the first N test images are shown beside the L-BFGS attack's.
     """
     from intriguing._io import atomic_write_json
-    from intriguing.analysis.lipschitz import BoundOptions, network_bounds
+    from intriguing.analysis.lipschitz import BoundConfig, network_bounds
 
     if n_sandwich and model_name == ALEXNET:
         raise IntriguingError("--sandwich works on the MNIST zoo only, not on alexnet")
@@ -275,7 +275,7 @@ def spectral(
         raise InvalidInputError(
             f"--sandwich attacks MNIST test images (1,28,28); this model takes {input_shape}"
         )
-    options = BoundOptions(power_iterations=power_iterations, tol=tol, exact_method=exact_method)
+    options = BoundConfig(power_iterations=power_iterations, tol=tol, exact_method=exact_method)
     console = Console()
     if not console.is_terminal:  # files and pipes get the whole table
         console = Console(width=max(console.width, 130))

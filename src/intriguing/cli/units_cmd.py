@@ -294,7 +294,6 @@ def units(
         n_null=n_null,
         n_resamples=n_resamples,
     )
-    config.check_settings()
     if limit is not None and limit < 2:
         raise InvalidInputError(f"--limit must be at least 2, got {limit}")
     data = open_user_data(params, split=split)

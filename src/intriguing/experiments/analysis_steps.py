@@ -16,13 +16,13 @@ results and returns JSON-ready values (non-finite floats become None). Images ar
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from intriguing._io import json_safe
 from intriguing.errors import IntriguingError
 
 if TYPE_CHECKING:
@@ -32,17 +32,6 @@ if TYPE_CHECKING:
 MNIST_INPUT = (1, 28, 28)
 SOURCE_TABLE1 = "table1"
 SOURCE_OWN = "own attack"
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` with infinite / NaN floats replaced by None and tuples by lists (JSON has neither)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(key): json_safe(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(item) for item in value]
-    return value
 
 
 def hidden_layer(model: str, layer: str | None) -> str:
@@ -123,9 +112,9 @@ def _file_stem(model: str) -> str:
 
 # ----------------------------------------------------------------------------------- spectral (§4.3)
 def bound_options(params: Any) -> Any:
-    from intriguing.analysis.lipschitz import BoundOptions
+    from intriguing.analysis.lipschitz import BoundConfig
 
-    return BoundOptions(
+    return BoundConfig(
         exact_method=str(params["exact_method"]), power_iterations=int(params["power_iterations"])
     )
 

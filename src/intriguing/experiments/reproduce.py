@@ -46,8 +46,8 @@ from intriguing.experiments import steps as st
 from intriguing.experiments import tables as tb
 from intriguing.experiments.graph import Backend, RunStore, Step, StepContext, run_graph
 from intriguing.experiments.specs import ReproduceSpec
+from intriguing.report.render import SCHEMA  # the one results.json schema of reproduce
 
-SCHEMA = "intriguing.reproduce/1"
 RESULTS_FILE = "results.json"
 
 

@@ -216,7 +216,7 @@ class SpectralRunConfig:
             ``sandwich_examples`` test images with a fresh untargeted attack (same settings).
         sandwich_examples: images of that fresh attack.
         exact_method, power_iterations: how zero-padded convolutions' exact norms are found
-            (:class:`intriguing.analysis.lipschitz.BoundOptions`).
+            (:class:`intriguing.analysis.lipschitz.BoundConfig`).
     """
 
     extra_models: tuple[str, ...] = ()

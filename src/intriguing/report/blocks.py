@@ -7,7 +7,7 @@ imports the other's builder, so the two stay free of an import cycle.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 
@@ -66,15 +66,21 @@ def md_cell(text: str) -> str:
     return " ".join(str(text).splitlines()).replace("|", "\\|")
 
 
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+def markdown_table(
+    header: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    *,
+    escape: Callable[[str], str] = md_cell,
+) -> list[str]:
     """A GitHub-flavoured Markdown table (header, ``---`` rule, one line per row), cells escaped.
 
-    The one Markdown table writer of the plain-text reports (``report/critics.py``,
-    ``report/classes.py``); every row must have as many cells as ``header``.
+    The one Markdown table writer of the reports (``report/critics.py``, ``report/classes.py``,
+    ``report/render.py``, which passes its own ``escape``); every row must have as many cells as
+    ``header``.
     """
     for row in rows:
         if len(row) != len(header):
             raise ValueError(f"a table row has {len(row)} cells, the header {len(header)}")
-    lines = ["| " + " | ".join(md_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(md_cell(cell) for cell in row) + " |" for row in rows]
+    lines = ["| " + " | ".join(escape(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(escape(cell) for cell in row) + " |" for row in rows]
     return lines

@@ -18,9 +18,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from intriguing._io import atomic_write_text, read_json
+from intriguing._io import atomic_write_text, read_results
 from intriguing.errors import IntriguingError
-from intriguing.report.blocks import Alert, Block, Cell, Figure, Heading, Para, Table
+from intriguing.report.blocks import (
+    Alert,
+    Block,
+    Cell,
+    Figure,
+    Heading,
+    Para,
+    Table,
+    markdown_table,
+)
 
 ERROR_TOLERANCE = 0.05  # errors differing by more than 5 points are flagged
 DISTORTION_TOLERANCE = 0.25  # distortions differing by more than 25% are flagged
@@ -574,13 +583,8 @@ def to_markdown(blocks: Sequence[Block]) -> str:
         elif isinstance(block, Alert):
             out += [f"> **WARNING:** {_md_escape(block.text)}", ""]
         else:
-            out.append("| " + " | ".join(_md_escape(h) for h in block.header) + " |")
-            out.append("|" + "---|" * len(block.header))
-            for row in block.rows:
-                texts = [
-                    f"**{_md_escape(c.text)}**" if c.flagged else _md_escape(c.text) for c in row
-                ]
-                out.append("| " + " | ".join(texts) + " |")
+            rows = [[f"**{c.text}**" if c.flagged else c.text for c in row] for row in block.rows]
+            out += markdown_table(block.header, rows, escape=_md_escape)
             if block.caption:
                 out += ["", f"*{_md_escape(block.caption)}*"]
             out.append("")
@@ -588,24 +592,13 @@ def to_markdown(blocks: Sequence[Block]) -> str:
 
 
 def load_results(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """``DIR/results.json``, checked for the expected schema.
+    """``DIR/results.json`` of a reproduce run (:func:`intriguing._io.read_results`), its claims checked.
 
     Raises:
-        IntriguingError: no results.json, corrupt JSON or another schema.
+        IntriguingError: no results.json, corrupt JSON, another schema or malformed claims.
     """
-    path = Path(run_dir) / "results.json"
-    if not Path(run_dir).is_dir():
-        raise IntriguingError(
-            f"{run_dir}: no such run directory; run `intriguing reproduce --out {run_dir}` first"
-        )
-    if not path.exists():
-        raise IntriguingError(f"{path} not found; run `intriguing reproduce --out {run_dir}` first")
-    doc = read_json(path)
-    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
-        raise IntriguingError(
-            f"{path}: not a reproduce results file (schema {SCHEMA}); rerun reproduce"
-        )
-    check_claims(doc, path)
+    doc = read_results(run_dir, SCHEMA, command="reproduce")
+    check_claims(doc, Path(run_dir) / "results.json")
     return doc
 
 
