@@ -35,6 +35,14 @@ METRIC_LABELS: dict[str, str] = {
 }
 
 
+def _finish(fig: Any, title: str, path: str | os.PathLike[str]) -> Path:
+    """Give the matplotlib ``fig`` its suptitle (when ``title``), lay it out, save it as ``path``."""
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def _to_display(image: np.ndarray) -> tuple[np.ndarray, str | None]:
     """``(C, H, W)`` or ``(H, W)`` in [0, 1] -> an array imshow understands and its colour map."""
     img = np.asarray(image, dtype=np.float32)
@@ -102,10 +110,7 @@ def plot_topk_grid(
             if labels is not None:
                 caption += "\nlabels " + " ".join(str(int(labels[i])) for i in topk[r])
             ax.set_title(caption, fontsize=7, loc="left")
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish(fig, title, path)
 
 
 def plot_rotation_curve(
@@ -157,10 +162,7 @@ def plot_rotation_curve(
     ax.set_ylabel("mean $|\\langle Q^\\alpha e_i, e_i \\rangle|$")
     ax.set_ylim(0, 1.05)
     ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish(fig, title, path)
 
 
 def plot_metric_distributions(
@@ -209,10 +211,7 @@ def plot_metric_distributions(
         ax.set_ylabel(METRIC_LABELS[metric])
         ax.grid(alpha=0.3, axis="y")
     axes[0][0].legend(fontsize=6, loc="best")
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish(fig, title, path)
 
 
 def render_units_figures(
