@@ -208,7 +208,6 @@ def figure5(model: str, n: int, out: Path, seed: int, **params: Any) -> None:
         net, batch, names, out, description=description, attack_settings={"seed": seed}
     )
     summary = doc["summary"]
-    click.echo(
-        f"{out / 'figure5.png'}: {summary['successes']}/{summary['n']} fooled, "
-        f"mean distortion {summary['mean_distortion']}"
-    )
+    mean = summary["mean_distortion"]
+    distortion = "no success" if mean is None else f"mean distortion {mean:.4f}"
+    click.echo(f"{out / 'figure5.png'}: {summary['successes']}/{summary['n']} fooled, {distortion}")

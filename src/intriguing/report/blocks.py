@@ -1,6 +1,6 @@
 """The report's document model: a page is a list of blocks, written out as Markdown or HTML.
 
-:mod:`intriguing.report.render` builds the blocks; :func:`intriguing.report.render.to_markdown` and
+:mod:`intriguing.report.render` builds the blocks; :func:`intriguing.report.markdown.to_markdown` and
 :func:`intriguing.report.html.to_html` write them. Both writers import this module and neither
 imports the other's builder, so the two stay free of an import cycle.
 """

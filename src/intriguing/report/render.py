@@ -13,7 +13,6 @@ The document is built once as a list of blocks (:mod:`intriguing.report.blocks`)
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,8 +27,8 @@ from intriguing.report.blocks import (
     Heading,
     Para,
     Table,
-    markdown_table,
 )
+from intriguing.report.markdown import to_markdown
 
 ERROR_TOLERANCE = 0.05  # errors differing by more than 5 points are flagged
 DISTORTION_TOLERANCE = 0.25  # distortions differing by more than 25% are flagged
@@ -548,47 +547,6 @@ def build_blocks(doc: Mapping[str, Any], figures: Mapping[str, str]) -> list[Blo
     blocks += spectral_blocks(doc.get("spectral") or {})
     blocks += run_blocks(doc)
     return blocks
-
-
-# --------------------------------------------------------------------------------- writers
-_MD_TAG = re.compile(r"<(?=[A-Za-z/!?])")  # what Markdown would take for raw HTML or an autolink
-_MD_ENTITY = re.compile(r"&(?=#?[A-Za-z0-9]+;)")  # what Markdown would take for an HTML entity
-
-
-def _md_escape(text: str) -> str:
-    """Text that renders as written, like the HTML report's escaped text: an HTML tag, autolink or
-    entity is escaped (``<b>`` -> ``&lt;b>``, ``&amp;`` -> ``&amp;amp;``), a plain ``< 1.2%`` or
-    ``a & b`` stays readable; ``|`` is escaped for table cells."""
-    return _MD_TAG.sub("&lt;", _MD_ENTITY.sub("&amp;", text)).replace("|", "\\|")
-
-
-def _md_link(path: str) -> str:
-    """A relative link target that cannot end the Markdown link early."""
-    from urllib.parse import quote
-
-    return quote(path, safe="/._-")
-
-
-def to_markdown(blocks: Sequence[Block]) -> str:
-    """Markdown of the report (flagged cells in bold)."""
-    out: list[str] = []
-    for block in blocks:
-        if isinstance(block, Heading):
-            out += ["#" * block.level + " " + _md_escape(block.text), ""]
-        elif isinstance(block, Para):
-            out += [_md_escape(block.text), ""]
-        elif isinstance(block, Figure):
-            caption, target = _md_escape(block.caption), _md_link(block.path)
-            out += [f"![{caption.replace(']', '')}]({target})", "", f"*{caption}*", ""]
-        elif isinstance(block, Alert):
-            out += [f"> **WARNING:** {_md_escape(block.text)}", ""]
-        else:
-            rows = [[f"**{c.text}**" if c.flagged else c.text for c in row] for row in block.rows]
-            out += markdown_table(block.header, rows, escape=_md_escape)
-            if block.caption:
-                out += ["", f"*{_md_escape(block.caption)}*"]
-            out.append("")
-    return "\n".join(out)
 
 
 def load_results(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
