@@ -65,6 +65,24 @@ def test_sandwich_option(fake_zoo: None, tmp_path: Path, mnist_dir: Path) -> Non
     assert sandwich["summary"]["violations"] == 0
 
 
+def test_sandwich_runs_on_the_device_it_is_given(
+    fake_zoo: None, tmp_path: Path, mnist_dir: Path
+) -> None:
+    """--device auto: the bound on the CPU, the sandwich's attack wherever auto resolves."""
+    out = tmp_path / "s.json"
+    args = ["spectral", "tiny", "--sandwich", "3", "--device", "auto"]
+    result = CliRunner().invoke(cli, [*args, "--data-dir", str(mnist_dir), "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["sandwich"]["summary"]["violations"] == 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where CUDA is absent")
+def test_cuda_without_cuda_is_one_line() -> None:
+    result = CliRunner().invoke(cli, ["spectral", "softmax1", "--device", "cuda"])
+    assert result.exit_code == 2
+    assert "CUDA is not available" in result.output and "Traceback" not in result.output
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -73,6 +91,8 @@ def test_sandwich_option(fake_zoo: None, tmp_path: Path, mnist_dir: Path) -> Non
         (["spectral", "tiny", "--tol", "0"], "--tol"),
         (["spectral", "tiny", "--dataset", "cifar"], "--dataset"),
         (["spectral", "alexnet", "--sandwich", "3"], "MNIST zoo only"),
+        (["spectral", "tiny", "--device", "tpu"], "--device"),
+        (["spectral", "softmax1", "--weights", "w.pt"], "pickles"),
     ],
 )
 def test_user_mistakes_exit_2(fake_zoo: None, args: list[str], message: str) -> None:

@@ -23,6 +23,7 @@ from intriguing.cli.options import (
     data_options,
     int_option,
     json_option,
+    model_options,
     seed_option,
     text_option,
 )
@@ -200,19 +201,7 @@ def _prepared_model(
     dest="input_shape_text",
     metavar="C,H,W",
 )
-@click.option(
-    "--weights",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="A .safetensors state dict loaded into MODEL (keys and shapes must match; no pickles).",
-)
-@text_option(
-    "--normalize",
-    default=None,
-    help="Per-channel normalisation before the model, means then stds (e.g. 0.1307,0.3081); "
-    "the bound includes it.",
-    metavar="MEANS,STDS",
-)
+@model_options
 @data_options
 @seed_option
 @json_option
@@ -256,17 +245,22 @@ def spectral(
     input_shape_text: str | None,
     weights: Path | None,
     normalize: str | None,
+    device: str,
 ) -> None:
     """Frame bounds of every layer of MODEL (paper Table 5) and their product.
 
     MODEL is a zoo name (see 'intriguing zoo'; trained first if not cached), package.module:factory
     or file.py:factory with --input-shape C,H,W (run from the folder holding the module), a zoo
-    checkpoint, or 'alexnet' (torchvision's pretrained AlexNet, when installed). With --sandwich N, certified lower bounds on
-    the minimum distortion of the first N test images are shown beside the L-BFGS attack's.
+    checkpoint, or 'alexnet' (torchvision's pretrained AlexNet, when installed). With --sandwich N,
+    certified lower bounds on the minimum distortion of the first N test images are shown beside the
+    L-BFGS attack's. The bounds are computed in float64 on the CPU; --device moves the sandwich's
+    attack.
     """
     from intriguing._io import atomic_write_json
     from intriguing.analysis.lipschitz import BoundConfig, network_bounds
+    from intriguing.inputs import resolve_device
 
+    run_device = resolve_device(device)  # refused before any work
     if n_sandwich and model_name == ALEXNET:
         raise IntriguingError("--sandwich works on the MNIST zoo only, not on alexnet")
     params = {"weights": weights, "normalize": normalize, "dataset": dataset, "data_dir": data_dir}
@@ -296,7 +290,7 @@ def spectral(
         "bound": bound.to_dict(),
     }
     if n_sandwich:
-        summary, rows = _run_sandwich(model, bound, dataset, data_dir, n_sandwich)
+        summary, rows = _run_sandwich(model, bound, dataset, data_dir, n_sandwich, run_device)
         console.print(sandwich_table(summary))
         result["sandwich"] = {"summary": summary, "examples": rows}
     if json_path is not None:
@@ -305,12 +299,12 @@ def spectral(
 
 
 def _run_sandwich(
-    model: Any, bound: Any, dataset: str, data_dir: Path | None, count: int
+    model: Any, bound: Any, dataset: str, data_dir: Path | None, count: int, device: Any
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     from intriguing.analysis.sandwich import sandwich
     from intriguing.data import load_mnist
 
     images, labels = load_mnist(data_dir, dataset=dataset).split("test")
-    images, labels = images[:count], labels[:count]
-    result = sandwich(model, images, labels, bound)
+    images, labels = images[:count].to(device), labels[:count].to(device)
+    result = sandwich(model.to(device), images, labels, bound)
     return result.summary(), result.per_example()
