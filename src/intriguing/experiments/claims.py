@@ -69,6 +69,32 @@ def _claim(
     }
 
 
+def _every_model_claim(
+    cid: str,
+    text: str,
+    rule: str,
+    statistic: str,
+    parts: Sequence[Mapping[str, Any]],
+    *,
+    worst: Mapping[str, Any] | None,
+    evidence: str,
+) -> dict[str, Any]:
+    """A §4.1 claim that every model must hold: the parts' combined verdict, their summed ``n``
+    and the ``worst`` part's interval."""
+    return _claim(
+        cid,
+        "§4.1",
+        text,
+        rule,
+        stats.combine([p["verdict"] for p in parts]),
+        statistic,
+        n=sum(p["n"] for p in parts),
+        ci=None if worst is None else tuple(worst["ci"]),
+        evidence=evidence,
+        parts=parts,
+    )
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
@@ -99,19 +125,15 @@ def every_model_fooled(
                 else stats.INCONCLUSIVE,
             }
         )
-    worst = min(parts, key=lambda p: p["ci"][0]) if parts else None
-    return _claim(
+    return _every_model_claim(
         cid,
-        "§4.1",
         f"{name}: every model misclassifies all of its attacked examples (100% error)",
         f"per model, the exact 95% interval of the attack's success rate: holds if its lower bound "
         f">= {FOOLED_RATE:g}, fails if its upper bound < {FOOLED_RATE:g}; all models must hold",
-        stats.combine([p["verdict"] for p in parts]),
         "success rate per model (the lowest shown)",
-        n=sum(p["n"] for p in parts),
-        ci=None if worst is None else tuple(worst["ci"]),
+        parts,
+        worst=min(parts, key=lambda p: p["ci"][0]) if parts else None,
         evidence=", ".join(f"{p['model']} {p['successes']}/{p['n']}" for p in parts),
-        parts=parts,
     )
 
 
@@ -153,21 +175,18 @@ def distortion_tiny(
     paper_text = (
         f"; the paper's own distortions give {min(paper):.2f}-{max(paper):.2f}" if paper else ""
     )
-    return _claim(
+    return _every_model_claim(
         cid,
-        "§4.1",
         f"{name}: the minimum distortion is tiny (the perturbation is small next to what separates "
         "digits of different classes)",
         f"per model, mean RMS distortion of the successful examples / mean RMS distance between "
         f"test images of different classes ({float(reference['mean']):.3f} over "
         f"{reference['n']} pairs): holds if the 95% interval is below {TINY_RATIO:g}, fails if it "
         f"is at or above {TINY_RATIO:g}; all models must hold",
-        stats.combine([p["verdict"] for p in parts]),
         "distortion ratio per model (the largest shown)",
-        n=sum(p["n"] for p in parts),
-        ci=None if worst is None else tuple(worst["ci"]),
+        parts,
+        worst=worst,
         evidence=", ".join(f"{p['model']} {p['ratio']:.3f}" for p in judged) + paper_text,
-        parts=parts,
     )
 
 
