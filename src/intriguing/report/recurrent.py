@@ -27,7 +27,9 @@ from intriguing.report.render import (
     Table,
     num,
     pct,
+    success_cell,
     to_markdown,
+    verified_cell,
 )
 
 SCHEMA = "intriguing.recurrent/1"
@@ -208,11 +210,11 @@ def model_block(table: Mapping[str, Any]) -> Table:
             Cell(BLOCK_NAMES[r["kind"]]),
             Cell(pct(r["test_error"])),
             Cell(str(r["n"])),
-            Cell(pct(r["success_rate"]), r["success_rate"] != 1.0),
+            success_cell(r),
             Cell(num(r["mean_distortion"])),
             Cell(num(r["median_distortion"])),
             Cell(num(r["max_distortion"])),
-            Cell(f"{r['verified']}/{r['n']}", r["verify_mismatches"] > 0),
+            verified_cell(r),
         )
         for r in table["rows"]
     )

@@ -89,6 +89,16 @@ def distortion_cell(ours: float | None, paper: float | None) -> Cell:
     return Cell(f"{num(ours)} ({num(paper)})", flagged)
 
 
+def success_cell(row: Mapping[str, Any]) -> Cell:
+    """The attack's success rate of a model's row, flagged below 100%."""
+    return Cell(pct(row["success_rate"]), row["success_rate"] != 1.0)
+
+
+def verified_cell(row: Mapping[str, Any]) -> Cell:
+    """``verified/n`` of a model's row, flagged on any re-verification mismatch."""
+    return Cell(f"{row['verified']}/{row['n']}", row["verify_mismatches"] > 0)
+
+
 # --------------------------------------------------------------------------------- sections
 def table1_blocks(t1: Mapping[str, Any]) -> list[Block]:
     rows = []
@@ -100,10 +110,10 @@ def table1_blocks(t1: Mapping[str, Any]) -> list[Block]:
                 error_cell(r["train_error"], p.get("train_error")),
                 error_cell(r["test_error"], p.get("test_error")),
                 Cell(f"{r['n']}"),
-                Cell(pct(r["success_rate"]), r["success_rate"] != 1.0),
+                success_cell(r),
                 distortion_cell(r["mean_distortion"], p.get("distortion")),
                 Cell(num(r["targeted_mean_distortion"])),
-                Cell(f"{r['verified']}/{r['n']}", r["verify_mismatches"] > 0),
+                verified_cell(r),
             )
         )
     header = (
@@ -151,9 +161,9 @@ def table3_blocks(t3: Mapping[str, Any]) -> list[Block]:
                 error_cell(r["err_p1"], p.get("err_p1")),
                 error_cell(r["err_p2"], p.get("err_p2")),
                 error_cell(r["err_test"], p.get("test_error")),
-                Cell(pct(r["success_rate"]), r["success_rate"] != 1.0),
+                success_cell(r),
                 distortion_cell(r["mean_distortion"], p.get("distortion")),
-                Cell(f"{r['verified']}/{r['n']}", r["verify_mismatches"] > 0),
+                verified_cell(r),
             )
         )
     header = (
