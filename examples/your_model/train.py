@@ -43,7 +43,9 @@ def write_pngs(folder: str, images: torch.Tensor, labels: torch.Tensor) -> None:
         path = Path(folder) / str(int(label))
         path.mkdir(parents=True, exist_ok=True)
         pixels = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels).save(path / f"{i:04d}.png")
+        Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels).save(
+            path / f"{i:04d}.png"
+        )
 
 
 def main() -> None:
