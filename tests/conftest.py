@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_MNIST = REPO_ROOT.parent / "shared" / "data" / "mnist"
@@ -48,3 +50,44 @@ def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("intriguing-cache")
     os.environ["INTRIGUING_CACHE_DIR"] = str(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One torch thread for a module, restored after: the attack's many small tensor ops run faster
+    on one thread on a shared 2-core machine (``pytestmark = pytest.mark.usefixtures(...)``)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+FitOnMnist = Callable[
+    [Callable[[], nn.Module], int, int], tuple[nn.Module, torch.Tensor, torch.Tensor]
+]
+
+
+@pytest.fixture(scope="session")
+def fit_on_mnist(mnist_dir: Path) -> FitOnMnist:
+    """``fit(build, n_train, epochs)``: seed 0, ``build()`` the model, then Adam (lr 3e-3, batches
+    of 100) on the first ``n_train`` real MNIST training images; returns the model in eval mode and
+    the first 200 test images and labels, for the caller to keep the correctly classified ones."""
+    from intriguing.data import load_mnist
+
+    data = load_mnist(mnist_dir)
+
+    def fit(
+        build: Callable[[], nn.Module], n_train: int, epochs: int
+    ) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+        torch.manual_seed(0)
+        model = build()
+        images, labels = data.train_images[:n_train], data.train_labels[:n_train]
+        optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+        for _ in range(epochs):
+            for batch in torch.randperm(n_train).split(100):
+                optimiser.zero_grad()
+                nn.functional.cross_entropy(model(images[batch]), labels[batch]).backward()
+                optimiser.step()
+        return model.eval(), data.test_images[:200], data.test_labels[:200]
+
+    return fit

@@ -7,8 +7,6 @@ distance to each class's hyperplane (without the box), which is the oracle here.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from torch import nn
@@ -18,13 +16,7 @@ from intriguing.attacks.exact_linear import exact_linear_attack
 from intriguing.attacks.lbfgs import linear_distances
 from intriguing.errors import InvalidInputError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def linear_model(seed: int, dim: int = 16, classes: int = 5) -> nn.Module:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
@@ -14,14 +14,10 @@ from torch import nn
 from intriguing.attacks import LBFGS, AttackResult, AttackWarning, lbfgs_attack
 from intriguing.errors import IntriguingError, InvalidInputError
 
+if TYPE_CHECKING:
+    from conftest import FitOnMnist
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """The attack's many small tensor ops run faster on one thread on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TIGHT = {"c_rtol": 1e-3, "ftol": 1e-10, "pgtol": 1e-9, "search_steps": 40, "progress": False}
@@ -105,22 +101,13 @@ def test_batch_consistency(mode: str, dtype: torch.dtype) -> None:
 
 
 @pytest.fixture(scope="module")
-def mnist_mlp(mnist_dir: Path) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+def mnist_mlp(fit_on_mnist: FitOnMnist) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """A small sigmoid 784-32-10 net fitted for a few seconds on 5000 real MNIST images."""
-    from intriguing.data import load_mnist
-
-    data = load_mnist(mnist_dir)
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.Sigmoid(), nn.Linear(32, 10))
-    images, labels = data.train_images[:5000], data.train_labels[:5000]
-    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(4):
-        for batch in torch.randperm(5000).split(100):
-            optimiser.zero_grad()
-            nn.functional.cross_entropy(model(images[batch]), labels[batch]).backward()
-            optimiser.step()
-    model.eval()
-    test_x, test_y = data.test_images[:200], data.test_labels[:200]
+    model, test_x, test_y = fit_on_mnist(
+        lambda: nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.Sigmoid(), nn.Linear(32, 10)),
+        5000,
+        4,
+    )
     with torch.no_grad():
         keep = model(test_x).argmax(1) == test_y
     assert float(keep.float().mean()) > 0.85

@@ -8,8 +8,7 @@ the boundary, so its results re-verify one example at a time.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
@@ -24,13 +23,10 @@ from intriguing.attacks.metrics import (
     success_mask,
 )
 
+if TYPE_CHECKING:
+    from conftest import FitOnMnist
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_gap_below_the_margin_is_not_a_success() -> None:
@@ -80,22 +76,14 @@ def test_hinge_loss_reaches_past_the_margin() -> None:
 
 
 @pytest.fixture(scope="module")
-def relu_mlp(mnist_dir: Path) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+def relu_mlp(fit_on_mnist: FitOnMnist) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """A ReLU 784-64-10 net fitted for a few seconds on 3000 real MNIST images; 60 test images."""
-    from intriguing.data import load_mnist
-
-    data = load_mnist(mnist_dir)
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10))
-    images, labels = data.train_images[:3000], data.train_labels[:3000]
-    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(3):
-        for batch in torch.randperm(3000).split(100):
-            optimiser.zero_grad()
-            nn.functional.cross_entropy(model(images[batch]), labels[batch]).backward()
-            optimiser.step()
-    model.eval()
-    x, y = data.test_images[:80], data.test_labels[:80]
+    model, test_x, test_y = fit_on_mnist(
+        lambda: nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10)),
+        3000,
+        3,
+    )
+    x, y = test_x[:80], test_y[:80]
     with torch.no_grad():
         keep = model(x).argmax(1) == y
     return model, x[keep][:60], y[keep][:60]
