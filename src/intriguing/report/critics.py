@@ -9,10 +9,10 @@ markdown section with a table, a figure (PNG under ``<out>/figures/``, written a
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import matplotlib
 
@@ -67,6 +67,19 @@ def _ci(ci: list[float] | None, pct: bool = False) -> str:
     return f" [{_fmt(ci[0], 2)}, {_fmt(ci[1], 2)}]"
 
 
+def _span(
+    pairs: list[tuple[float, str]],
+    fmt: Callable[[float], str],
+    *,
+    names: bool = True,
+    sep: str = "to",
+) -> str:
+    """``lowest (model) to highest (model)`` of ``(value, model)`` pairs, values written by ``fmt``
+    (``names=False``: the values only; ``sep``: the word between them)."""
+    ends = [min(pairs), max(pairs)]
+    return f" {sep} ".join(fmt(v) + (f" ({m})" if names else "") for v, m in ends)
+
+
 def _rays_sentence(directions: int) -> str:
     """The rarity intro's sentence on the boundary distance along ``directions`` rays (0: skipped)."""
     if directions == 0:
@@ -87,23 +100,28 @@ def _source_note(payload: Mapping[str, Any]) -> str:
 
 # ----------------------------------------------------------------------------- rarity
 def _section(
-    title: str,
-    intro: str,
+    name: str,
     payload: Mapping[str, Any],
-    header: list[str],
-    rows: list[list[str]],
-    figure: Path,
     out: Path,
-    verdict: str,
+    rows: list[dict[str, str]],
+    **method: Any,
 ) -> Section:
-    """A report section: title, method, examples used, table, figure and verdict."""
-    name = figure.stem
+    """A report section: title, method, examples used, table, figure and verdict.
+
+    ``rows``: one ``{column header: cell}`` per model (the first row's keys are the header).
+    ``name`` (``rarity``, ``recover`` or ``curves``) picks the title, the method paragraph (filled
+    in with the ``method`` fields), the figure (drawn into ``<out>/figures/<name>.png``) and the
+    verdict (:data:`_PARTS`).
+    """
+    part = _PARTS[name]
+    figure = part.figure(payload, out / "figures" / f"{name}.png")
+    verdict = part.verdict(payload)
     md = "\n\n".join(
         [
-            title,
-            intro,
+            part.title,
+            part.method.format(**method),
             _source_note(payload),
-            "\n".join(markdown_table(header, rows)),
+            "\n".join(markdown_table(list(rows[0]), [list(row.values()) for row in rows])),
             f"![{name}]({figure.relative_to(out).as_posix()})",
             f"**Verdict.** {verdict}",
         ]
@@ -132,10 +150,9 @@ def rarity_verdict(payload: Mapping[str, Any]) -> str:
         f"models, at most {worst[0]:.2g} for any one model, {worst[1]})"
     )
     if ratios:
-        lo, hi = min(ratios), max(ratios)
         sentence += (
-            f", and a random direction needs a median {lo[0]:.1f}x ({lo[1]}) to {hi[0]:.1f}x "
-            f"({hi[1]}) the adversarial distance to reach the decision boundary"
+            f", and a random direction needs a median {_span(ratios, '{:.1f}x'.format)} the "
+            "adversarial distance to reach the decision boundary"
         )
     if frequent:
         sentence += (
@@ -200,50 +217,43 @@ def render_rarity(payload: Mapping[str, Any], out: Path) -> Section:
     scales = sorted({s for r in models.values() for s in r["pooled"]}, key=float)
     rows = []
     for m, r in models.items():
-        row = [m, str(r["n"]), _fmt(r["adversarial_rms"]["median"]), str(r["config"]["samples"])]
+        row = {
+            "model": m,
+            "n": str(r["n"]),
+            "median adv. RMS": _fmt(r["adversarial_rms"]["median"]),
+            "K": str(r["config"]["samples"]),
+        }
         for s in scales:
             p = r["pooled"].get(s)
-            row.append(
+            row[f"flips at {s}x (95% CP)"] = (
                 "—"
                 if p is None
                 else f"{p['flips']}/{p['valid']:,} = {_fmt(p['rate'], 2)}{_ci(p['ci'])}"
             )
         p1 = r["pooled"].get(scales[0], {})
-        row.append(f"{p1.get('examples_with_flip', '—')}/{r['n']}")
+        row[f"examples with a flip at {scales[0]}x"] = (
+            f"{p1.get('examples_with_flip', '—')}/{r['n']}"
+        )
         rays = r["rays"]
-        row.append(
+        row["ray / adv. distance: median [10%, 90%]"] = (
             f"{_inf(rays.get('ratio_median'))} [{_inf(rays.get('ratio_q10'))}, "
             f"{_inf(rays.get('ratio_q90'))}]"
         )
-        row.append(f"{rays.get('below_adversarial', '—')}/{rays.get('directions', 0):,}")
-        row.append(str(rays.get("censored", "—")))
+        row["rays below adv."] = (
+            f"{rays.get('below_adversarial', '—')}/{rays.get('directions', 0):,}"
+        )
+        row["rays never flipping"] = str(rays.get("censored", "—"))
         rows.append(row)
-    header = (
-        ["model", "n", "median adv. RMS", "K"]
-        + [f"flips at {s}x (95% CP)" for s in scales]
-        + [
-            f"examples with a flip at {scales[0]}x",
-            "ray / adv. distance: median [10%, 90%]",
-            "rays below adv.",
-            "rays never flipping",
-        ]
+    cfg = next(iter(models.values()))["config"]
+    return _section(
+        "rarity",
+        payload,
+        out,
+        rows,
+        samples=cfg["samples"],
+        box=cfg["box"],
+        rays=_rays_sentence(int(cfg["ray_directions"])),
     )
-    figure = _rarity_figure(payload, out / "figures" / "rarity.png")
-    verdict = rarity_verdict(payload)
-    any_r = next(iter(models.values()))
-    cfg = any_r["config"]
-    intro = (
-        "The paper: adversarial examples have *extremely low probability* yet are *dense*; the "
-        "summary-and-critique: *little evidence for extremely low probability*. For each "
-        f"adversarial example ``x'`` of ``x`` we drew K = {cfg['samples']} directions uniformly "
-        "on the sphere and moved ``x`` by exactly ``||x' - x||_2`` (times the scale) along the "
-        f"clipped ray ``clip(x + s u, 0, 1)`` (box mode `{cfg['box']}`: the exact norm is kept "
-        "inside [0, 1], see `intriguing.analysis.rarity`), counting label changes; pooled rates "
-        "carry exact Clopper-Pearson 95% intervals (conditional on the examples). "
-        + _rays_sentence(int(cfg["ray_directions"]))
-    )
-    title = "## How rare are adversarial pockets? (issue #9, item 2)"
-    return _section(title, intro, payload, header, rows, figure, out, verdict)
 
 
 # ----------------------------------------------------------------------------- recover
@@ -258,38 +268,35 @@ def recover_verdict(payload: Mapping[str, Any]) -> str:
     ]
     aucs = [(r["detector"]["auc"], m) for m, r in models.items()]
     oracle = [(r["oracle"]["auc"], m) for m, r in models.items()]
-    lo, hi = min(rates), max(rates)
-    a_lo, a_hi = min(aucs), max(aucs)
+    lowest_auc = min(aucs)[0]
     total = sum(r["n"] for r in models.values())
-    if lo[0] >= 1.0:
+    if min(rates)[0] >= 1.0:
         sentence = (
             "The targeted attack back to the true label recovered it for every one of "
             f"{total:,} adversarial examples ({len(models)} models)"
         )
     else:
         sentence = (
-            f"The targeted attack back to the true label recovered it for {_pct(lo[0])} ({lo[1]}) "
-            f"to {_pct(hi[0])} ({hi[1]}) of adversarial examples"
+            "The targeted attack back to the true label recovered it for "
+            f"{_span(rates, _pct)} of adversarial examples"
         )
     if far:
-        f_lo, f_hi = min(far), max(far)
         sentence += (
-            f", but the recovered image lies a median {f_lo[0]:.4f}x to {f_hi[0]:.4f}x the "
-            "adversarial distance from the original (just back across the boundary, not back "
+            f", but the recovered image lies a median {_span(far, '{:.4f}x'.format, names=False)} "
+            "the adversarial distance from the original (just back across the boundary, not back "
             "at the original)"
         )
     strength = (
         "separates"
-        if a_lo[0] >= 0.9
+        if lowest_auc >= 0.9
         else "partly separates"
-        if a_lo[0] >= 0.7
+        if lowest_auc >= 0.7
         else "does not separate"
     )
     sentence += (
         f"; the label-free statistic (minimum distortion to change the prediction) {strength} "
-        f"these adversarial from clean inputs with ROC AUC {a_lo[0]:.3f} ({a_lo[1]}) to "
-        f"{a_hi[0]:.3f} ({a_hi[1]}) (oracle with the label: {min(oracle)[0]:.3f} to "
-        f"{max(oracle)[0]:.3f})"
+        f"these adversarial from clean inputs with ROC AUC {_span(aucs, '{:.3f}'.format)} "
+        f"(oracle with the label: {_span(oracle, '{:.3f}'.format, names=False)})"
     )
     factors = sorted(
         {k for r in models.values() for k in r.get("detector_amplified", {})}, key=float
@@ -302,7 +309,7 @@ def recover_verdict(payload: Mapping[str, Any]) -> str:
             if r.get("detector_amplified", {}).get(k, {}).get("auc") is not None
         ]
         if values:
-            ranges.append(f"{min(values)[0]:.3f} to {max(values)[0]:.3f} at k = {k}")
+            ranges.append(f"{_span(values, '{:.3f}'.format, names=False)} at k = {k}")
     if ranges:
         sentence += (
             ", but an adversarial pushed k times past the boundary gets AUC "
@@ -386,48 +393,30 @@ def render_recover(payload: Mapping[str, Any], out: Path) -> Section:
     for m, r in models.items():
         d, o = r["detector"], r["oracle"]
         rows.append(
-            [
-                m,
-                str(r["n"]),
-                f"{_pct(r['recovery_rate'])}{_ci(r['recovery_ci'], pct=True)}",
-                _fmt(r["median_adversarial_rms"]),
-                _fmt(r["median_back_over_adversarial"]),
-                _fmt(r["median_recovered_to_original_over_adversarial"], 5),
-                f"{r['recovered_closer_than_adversarial']}/{r['recovered']}",
-                f"{d['auc']:.3f}{_ci(d['auc_ci'])}",
-                _pct(d["tpr_at_fpr_0.05"]),
-                f"{_fmt(d['median_clean'])} / {_fmt(d['median_adversarial'])}",
-                f"{o['auc']:.3f}{_ci(o['auc_ci'])}",
-                _amplified_cell(r.get("detector_amplified", {})),
-            ]
+            {
+                "model": m,
+                "n": str(r["n"]),
+                "recovered (95% CP)": f"{_pct(r['recovery_rate'])}{_ci(r['recovery_ci'], pct=True)}",
+                "median adv. RMS": _fmt(r["median_adversarial_rms"]),
+                "median back / adv.": _fmt(r["median_back_over_adversarial"]),
+                "median ‖x''−x‖ / ‖x'−x‖": _fmt(
+                    r["median_recovered_to_original_over_adversarial"], 5
+                ),
+                "x'' closer to x than x'": (
+                    f"{r['recovered_closer_than_adversarial']}/{r['recovered']}"
+                ),
+                "detector AUC (95% bootstrap)": f"{d['auc']:.3f}{_ci(d['auc_ci'])}",
+                "TPR at 5% FPR": _pct(d["tpr_at_fpr_0.05"]),
+                "median S clean / adv.": (
+                    f"{_fmt(d['median_clean'])} / {_fmt(d['median_adversarial'])}"
+                ),
+                "oracle AUC": f"{o['auc']:.3f}{_ci(o['auc_ci'])}",
+                "detector AUC on adv. pushed k x (still adv.)": _amplified_cell(
+                    r.get("detector_amplified", {})
+                ),
+            }
         )
-    header = [
-        "model",
-        "n",
-        "recovered (95% CP)",
-        "median adv. RMS",
-        "median back / adv.",
-        "median ‖x''−x‖ / ‖x'−x‖",
-        "x'' closer to x than x'",
-        "detector AUC (95% bootstrap)",
-        "TPR at 5% FPR",
-        "median S clean / adv.",
-        "oracle AUC",
-        "detector AUC on adv. pushed k x (still adv.)",
-    ]
-    figure = _recover_figure(payload, out / "figures" / "recover.png")
-    verdict = recover_verdict(payload)
-    intro = (
-        "From each adversarial ``x'`` (``f(x') = t``) the targeted L-BFGS attack runs back toward "
-        "the original label ``y``, giving ``x''``. Detector statistic (no label needed): ``S(z)``, "
-        "the untargeted minimum distortion that changes the current prediction, on the clean "
-        "``x`` and on ``x'``; small ``S`` flags an adversarial. Oracle (uses the label): "
-        "``||x'' - x'||`` for ``x'`` against the targeted distortion from ``x`` to ``t`` for "
-        "``x``. AUC = P(S(x') < S(x)) by the Mann-Whitney formula, with a paired percentile "
-        "bootstrap interval; failed attacks count as ``S = inf``."
-    )
-    title = "## Recovering the true label with the same optimisation (issue #9, item 3)"
-    return _section(title, intro, payload, header, rows, figure, out, verdict)
+    return _section("recover", payload, out, rows)
 
 
 # ----------------------------------------------------------------------------- curves
@@ -447,10 +436,9 @@ def curves_verdict(payload: Mapping[str, Any]) -> str:
         )
     )
     if reached:
-        lo, hi = min(reached), max(reached)
         sentence += (
-            f", and 99% of each model's examples became adversarial within an RMS budget between "
-            f"{lo[0]:.3f} ({lo[1]}) and {hi[0]:.3f} ({hi[1]})"
+            ", and 99% of each model's examples became adversarial within an RMS budget between "
+            + _span(reached, "{:.3f}".format, sep="and")
         )
     missing = [m for b, m in b99 if b is None]
     if missing:
@@ -502,41 +490,19 @@ def render_curves(payload: Mapping[str, Any], out: Path) -> Section:
         except Exception:  # a model removed from the zoo after the run
             paper = None
         bf = r["budget_for"]
-        rows.append(
-            [
-                m,
-                r["split"],
-                r["origin"],
-                str(r["n"]),
-                _pct(r["success_rate"], 2),
-                _fmt(r["mean_distortion"]),
-                *(_fmt(bf.get(k)) for k in ("0.5", "0.9", "0.99", "1")),
-                _fmt(paper),
-            ]
-        )
-    header = [
-        "model",
-        "split",
-        "source",
-        "n",
-        "success",
-        "mean distortion",
-        "budget 50%",
-        "budget 90%",
-        "budget 99%",
-        "budget 100%",
-        "paper av. distortion",
-    ]
-    figure = _curves_figure(payload, out / "figures" / "curves.png")
-    verdict = curves_verdict(payload)
-    intro = (
-        "Success rate of the untargeted L-BFGS attack as a function of the distortion budget: "
-        "the empirical CDF of each example's minimum distortion, failures counted as never "
-        "succeeding. The L-BFGS distortion is an upper bound on the true minimum, so each curve "
-        "is a lower bound on the success attainable at that budget."
-    )
-    title = "## Universality as a curve (issue #9, item 5)"
-    return _section(title, intro, payload, header, rows, figure, out, verdict)
+        row = {
+            "model": m,
+            "split": r["split"],
+            "source": r["origin"],
+            "n": str(r["n"]),
+            "success": _pct(r["success_rate"], 2),
+            "mean distortion": _fmt(r["mean_distortion"]),
+        }
+        for share, key in (("50%", "0.5"), ("90%", "0.9"), ("99%", "0.99"), ("100%", "1")):
+            row[f"budget {share}"] = _fmt(bf.get(key))
+        row["paper av. distortion"] = _fmt(paper)
+        rows.append(row)
+    return _section("curves", payload, out, rows)
 
 
 def render_section(payload: Mapping[str, Any], out: str | Path) -> Section:
@@ -548,3 +514,51 @@ def render_section(payload: Mapping[str, Any], out: str | Path) -> Section:
     if not payload.get("models"):
         raise InvalidInputError("the results hold no model; nothing to report")
     return renderers[str(command)](payload, Path(out))
+
+
+class _Part(NamedTuple):
+    """What sets an experiment's section apart besides its table: its title, method paragraph (a
+    :meth:`str.format` template, filled in by the renderer), figure (drawn into the given path)
+    and verdict."""
+
+    title: str
+    method: str
+    figure: Callable[[Mapping[str, Any], Path], Path]
+    verdict: Callable[[Mapping[str, Any]], str]
+
+
+_PARTS = {
+    "rarity": _Part(
+        "## How rare are adversarial pockets? (issue #9, item 2)",
+        "The paper: adversarial examples have *extremely low probability* yet are *dense*; the "
+        "summary-and-critique: *little evidence for extremely low probability*. For each "
+        "adversarial example ``x'`` of ``x`` we drew K = {samples} directions uniformly "
+        "on the sphere and moved ``x`` by exactly ``||x' - x||_2`` (times the scale) along the "
+        "clipped ray ``clip(x + s u, 0, 1)`` (box mode `{box}`: the exact norm is kept "
+        "inside [0, 1], see `intriguing.analysis.rarity`), counting label changes; pooled rates "
+        "carry exact Clopper-Pearson 95% intervals (conditional on the examples). {rays}",
+        _rarity_figure,
+        rarity_verdict,
+    ),
+    "recover": _Part(
+        "## Recovering the true label with the same optimisation (issue #9, item 3)",
+        "From each adversarial ``x'`` (``f(x') = t``) the targeted L-BFGS attack runs back toward "
+        "the original label ``y``, giving ``x''``. Detector statistic (no label needed): ``S(z)``, "
+        "the untargeted minimum distortion that changes the current prediction, on the clean "
+        "``x`` and on ``x'``; small ``S`` flags an adversarial. Oracle (uses the label): "
+        "``||x'' - x'||`` for ``x'`` against the targeted distortion from ``x`` to ``t`` for "
+        "``x``. AUC = P(S(x') < S(x)) by the Mann-Whitney formula, with a paired percentile "
+        "bootstrap interval; failed attacks count as ``S = inf``.",
+        _recover_figure,
+        recover_verdict,
+    ),
+    "curves": _Part(
+        "## Universality as a curve (issue #9, item 5)",
+        "Success rate of the untargeted L-BFGS attack as a function of the distortion budget: "
+        "the empirical CDF of each example's minimum distortion, failures counted as never "
+        "succeeding. The L-BFGS distortion is an upper bound on the true minimum, so each curve "
+        "is a lower bound on the success attainable at that budget.",
+        _curves_figure,
+        curves_verdict,
+    ),
+}
