@@ -25,16 +25,19 @@ import torch
 
 from intriguing.attacks import AttackResult
 from intriguing.errors import IntriguingError
+from intriguing.experiments.backends import ProcessBackend
+from intriguing.experiments.graph import Backend
 from intriguing.experiments.reproduce import run_reproduce
 from intriguing.experiments.specs import SIZES, Figure7Spec, ReproduceSpec, make_spec
 
 DATASET = "mnist-5k"
 
 
-def _run(out: Path, render: bool = True) -> dict[str, Any]:
+def _run(out: Path, render: bool = True, backend: Backend | None = None) -> dict[str, Any]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the mnist-5k warning
-        return run_reproduce(make_spec("tiny", dataset=DATASET), out, render=render)
+        spec = make_spec("tiny", dataset=DATASET)
+        return run_reproduce(spec, out, render=render, backend=backend)
 
 
 @pytest.fixture(scope="module")
@@ -316,3 +319,11 @@ def test_seeds_record_each_verdict_and_reuse_the_first_run(
     assert "same verdict at seeds 0, 1" in (copy_dir / "report.md").read_text()
     with pytest.raises(IntriguingError, match="--seeds"):
         run_seeds(make_spec("tiny", dataset=DATASET), copy_dir, 0)
+
+
+def test_two_worker_processes_give_the_same_results(
+    tiny_run: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    _, local = tiny_run
+    procs = _run(tmp_path / "procs", render=False, backend=ProcessBackend(2))
+    assert _without_timings(procs) == _without_timings(local)

@@ -125,6 +125,7 @@ def advtrain(
     out: Path | None,
     backend: str,
     address: str | None,
+    workers: int,
     dataset: str,
     data_dir: Path | None,
     json_path: Path | None,
@@ -162,7 +163,7 @@ def advtrain(
         changes["robust_n"] = robust_n
     spec = spec.replace(**changes)
     root = out if out is not None else Path("advtrain-quick" if quick else "advtrain")
-    runner = make_backend(backend, address=address)
+    runner = make_backend(backend, address=address, workers=workers)
     doc = run_advtrain(spec, root, data_dir=data_dir, backend=runner)
     Console().print(_summary_table(doc))
     click.echo(f"wrote {root / 'results.json'}, {root / 'report.md'}")

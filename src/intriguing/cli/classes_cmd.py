@@ -94,6 +94,7 @@ def classes(
     out: Path,
     backend: str,
     address: str | None,
+    workers: int,
     dataset: DatasetName,
     data_dir: Path | None,
     seed: int,
@@ -124,7 +125,7 @@ def classes(
         seed=seed,
         dataset=dataset,
     )
-    runner = make_backend(backend, address=address)
+    runner = make_backend(backend, address=address, workers=workers)
     doc = run_classes(config, out, data_dir=data_dir, backend=runner)
     paths = write_classes_report(out)
     if json_path is not None and json_path.resolve() != (out / "results.json").resolve():

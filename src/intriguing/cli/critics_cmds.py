@@ -152,7 +152,7 @@ def _run(command: str, n: int, options: dict[str, Any], common: dict[str, Any]) 
     if common["out"] is None:
         raise InvalidInputError(f"--out is required for {command} (the run directory)")
     _check_run(common["from_run"])
-    runner = make_backend(common["backend"], address=common["address"])
+    runner = make_backend(common["backend"], address=common["address"], workers=common["workers"])
     payload = run_critics(
         command,
         _models(common["models"]),

@@ -118,8 +118,20 @@ def json_option(func: F) -> F:
 BACKEND_CHOICES = ("local", "ray")
 
 
+WORKERS_MAX = 64  # = intriguing.experiments.backends.MAX_WORKERS (a test checks)
+
+
 def backend_options(func: F) -> F:
-    """``--backend local|ray`` and ``--address``: where the run's step graph executes (docs/ray.md)."""
+    """``--backend local|ray``, ``--address`` and ``--workers``: where the run's step graph
+    executes (docs/ray.md)."""
+    func = int_option(
+        "--workers",
+        1,
+        WORKERS_MAX,
+        default=1,
+        help="Local backend: run this many steps at once in worker processes (e.g. one per core); "
+        "the results are the same as with 1.",
+    )(func)
     func = text_option(
         "--address",
         default=None,

@@ -48,6 +48,7 @@ def recurrent(
     out: Path,
     backend: str,
     address: str | None,
+    workers: int,
     dataset: str,
     data_dir: Path | None,
     seed: int,
@@ -69,7 +70,7 @@ def recurrent(
         raise IntriguingError(f"--n must be >= 1, got {n}")
     names = [m.strip() for group in models for m in group.split(",") if m.strip()]
     spec = make_spec(n, names or None, dataset=dataset, seed=seed)
-    runner = make_backend(backend, address=address)
+    runner = make_backend(backend, address=address, workers=workers)
     torch.set_num_threads(1)
     doc = run_recurrent(spec, out, data_dir=data_dir, backend=runner)
     if json_path is not None:

@@ -111,6 +111,7 @@ def reproduce(
     out: Path | None,
     backend: str,
     address: str | None,
+    workers: int,
     noise_clip: bool,
     dataset: str,
     data_dir: Path | None,
@@ -143,7 +144,7 @@ def reproduce(
     out = out if out is not None else Path(f"reproduce-{size}")
     if out.exists() and not out.is_dir():
         raise IntriguingError(f"--out {out} is a file; give a directory")
-    runner = make_backend(backend, address=address)
+    runner = make_backend(backend, address=address, workers=workers)
     spec = dataclasses.replace(make_spec(size, seed=seed, dataset=dataset), noise_clip=noise_clip)
     doc = run_seeds(spec, out, seeds, data_dir=data_dir, backend=runner)
     from rich.console import Console

@@ -1,23 +1,28 @@
-"""Execution backends of the step graph: the local default and a Ray cluster.
+"""Execution backends of the step graph: the local default, local worker processes, a Ray cluster.
 
 :func:`~intriguing.experiments.graph.run_graph` decides *what* runs (dependency order, fingerprints,
 resuming) and saves every record itself; a backend decides *where* step functions run. The local
 backend lives in :mod:`intriguing.experiments.graph` and needs nothing beyond the package;
-:class:`RayBackend` runs every ready step as a Ray task (``pip install "intriguing[ray]"``):
+:class:`ProcessBackend` (``--workers N``) runs up to ``N`` ready steps at once in worker processes
+of this machine, also with nothing beyond the package; :class:`RayBackend` runs every ready step as a
+Ray task (``pip install "intriguing[ray]"``). Both ship steps the same way:
 
-- a step's task receives the step (its function pickled by Ray's cloudpickle) and its dependencies'
-  results through the object store; the task returns a
+- a step travels with its dependencies' results (Ray: its function pickled by cloudpickle, results
+  through the object store; worker processes: the standard pickle, and a step whose function cannot
+  be pickled runs in the driver instead); it returns a
   :class:`~intriguing.experiments.graph.StepOutcome` that the driver saves with
-  :meth:`RunStore.save` exactly as the local backend does, and that dependents receive by reference;
+  :meth:`RunStore.save` exactly as the local backend does;
 - a :class:`~intriguing.experiments.steps.Workbench` travels (its ``__reduce__``, see
   :func:`~intriguing.experiments.graph.process_local`) as ``(dataset, data_dir, seed)`` plus the
   driver's ``INTRIGUING_*`` directories, never with its tensors: each worker process loads the data
   from the data directory and the models from the checkpoint cache once, and keeps them;
 - large artefacts (adversarial images) are written by the workers into the results directory, so on
   a multi-node cluster the results, data and cache directories must be on a shared filesystem;
-- a worker that dies mid-step (killed, out of memory, node lost) is retried up to ``max_retries``
-  times by Ray; the record is written once, by the driver, when an attempt succeeds, so nothing is
-  counted twice or lost. An error raised *by* a step (a user mistake, a bug) is not retried;
+- a Ray worker that dies mid-step (killed, out of memory, node lost) is retried up to
+  ``max_retries`` times; a local worker that dies stops the run with one line, and rerunning the
+  command resumes it. The record is written once, by the driver, when an attempt succeeds, so
+  nothing is counted twice or lost. An error raised *by* a step (a user mistake, a bug) is not
+  retried;
 - workers use the driver's number of torch threads, so results equal the local backend's bit for
   bit (every step is deterministic given its params, whichever process runs it).
 """
@@ -26,9 +31,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing
 import os
+import pickle
 import socket
 from collections.abc import Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor
+from concurrent.futures import wait as wait_futures
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -51,19 +61,42 @@ RAY_HINT = 'pip install "intriguing[ray]"'
 ENV_PREFIX = "INTRIGUING_"
 
 
-def make_backend(name: str, *, address: str | None = None, max_retries: int = 3) -> Backend:
+MAX_WORKERS = 64
+
+
+def make_backend(
+    name: str, *, address: str | None = None, workers: int = 1, max_retries: int = 3
+) -> Backend:
     """The backend called ``name`` (``"local"`` or ``"ray"``); ``address`` only goes with Ray.
 
+    ``workers`` (local only, 1..``MAX_WORKERS``): 1 runs steps one at a time in this process
+    (:class:`LocalBackend`); more runs that many steps at once in worker processes
+    (:class:`ProcessBackend`). Results are the same either way.
+
     Raises:
-        InvalidInputError: an unknown name, or an address given to the local backend.
+        InvalidInputError: an unknown name, an address given to the local backend, workers out of
+            range or given to Ray.
     """
+    check_workers(workers)
     if name == "local":
         if address is not None:
             raise InvalidInputError("--address needs --backend ray (the local backend has none)")
-        return LocalBackend()
+        return LocalBackend() if workers == 1 else ProcessBackend(workers)
     if name == "ray":
+        if workers != 1:
+            raise InvalidInputError(
+                "--workers goes with --backend local; Ray sizes itself from the cluster's CPUs"
+            )
         return RayBackend(address=address, max_retries=max_retries)
     raise InvalidInputError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def check_workers(workers: object) -> None:
+    """InvalidInputError unless ``workers`` is an integer in 1..``MAX_WORKERS``."""
+    if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= MAX_WORKERS:
+        raise InvalidInputError(
+            f"workers must be an integer from 1 to {MAX_WORKERS}, got {workers!r}"
+        )
 
 
 def import_ray() -> Any:
@@ -132,7 +165,88 @@ def remote_step(
     return execute_step(step, deps, RunStore(root))
 
 
-# ------------------------------------------------------------------------------- the backend
+# ------------------------------------------------------------------------- local processes
+def process_step(
+    step: Step, deps: Mapping[str, Any], root: str, env: Mapping[str, str], threads: int
+) -> StepOutcome:
+    """Body of a step in a local worker process: the driver's settings, then the local code."""
+    apply_env(env)
+    torch.set_num_threads(threads)
+    return execute_step(step, deps, RunStore(root))
+
+
+class ProcessBackend:
+    """Run up to ``workers`` ready steps at once, each in a worker process of this machine.
+
+    Workers are started with ``spawn`` (no state inherited from the driver but what is sent), use
+    the driver's torch thread count and ``INTRIGUING_*`` settings, and live for the whole run, so
+    each loads the data and models once (:func:`~intriguing.experiments.graph.process_local`).
+    A step that the standard pickle cannot send runs in the driver process instead.
+
+    Args:
+        workers: worker processes (>= 2; 1 is :class:`LocalBackend`).
+    """
+
+    name = "processes"
+
+    def __init__(self, workers: int) -> None:
+        check_workers(workers)
+        self.workers = workers
+        self._pool: ProcessPoolExecutor | None = None
+        self._in_flight: dict[Future[StepOutcome], str] = {}
+        self._inline: list[tuple[Step, Mapping[str, Any], RunStore]] = []
+        self._env: dict[str, str] = {}
+        self._threads = 1
+
+    def start(self) -> int:
+        self._env = driver_env()
+        self._threads = torch.get_num_threads()
+        self._pool = ProcessPoolExecutor(
+            max_workers=self.workers, mp_context=multiprocessing.get_context("spawn")
+        )
+        return self.workers
+
+    def submit(self, step: Step, deps: Mapping[str, Any], store: RunStore) -> None:
+        if self._pool is None:
+            raise RuntimeError("ProcessBackend.submit() called before start()")
+        root = str(store.root.expanduser().resolve())
+        try:
+            pickle.dumps(step.fn)
+        except (pickle.PicklingError, AttributeError, TypeError):
+            self._inline.append((step, deps, store))
+            return
+        future = self._pool.submit(process_step, step, deps, root, self._env, self._threads)
+        self._in_flight[future] = step.key
+
+    def wait(self) -> StepOutcome:
+        if self._inline:
+            return execute_step(*self._inline.pop(0))
+        if not self._in_flight:
+            raise RuntimeError("ProcessBackend.wait() called with no step submitted")
+        done, _ = wait_futures(list(self._in_flight), return_when=FIRST_COMPLETED)
+        future = next(iter(done))
+        key = self._in_flight.pop(future)
+        try:
+            return future.result()
+        except BrokenProcessPool:
+            raise IntriguingError(
+                f"a worker process died while running step {key!r} (killed or out of memory); "
+                "rerun the same command to resume, with fewer --workers if memory is short"
+            ) from None
+
+    def stop(self, *, abort: bool) -> None:
+        pool, self._pool = self._pool, None
+        self._in_flight.clear()
+        self._inline.clear()
+        if pool is None:
+            return
+        if abort:  # a step failed or the driver was interrupted: do not finish the others' steps
+            for process in list(getattr(pool, "_processes", {}).values()):
+                process.terminate()
+        pool.shutdown(wait=True, cancel_futures=abort)
+
+
+# ------------------------------------------------------------------------------- Ray
 class RayBackend:
     """Run the graph's steps as Ray tasks, independent steps concurrently.
 
