@@ -41,7 +41,7 @@ def test_report_rerenders_without_computing(run_dir: Path, monkeypatch: pytest.M
         raise AssertionError("the report recomputed something")
 
     monkeypatch.setattr("intriguing.attacks.LBFGS.__call__", boom)
-    monkeypatch.setattr("intriguing.experiments.reproduce.run_graph", boom)
+    monkeypatch.setattr("intriguing.experiments.rundir.run_graph", boom)
     monkeypatch.setattr("intriguing.training.api.train_model", boom)
     monkeypatch.setattr("intriguing.analysis.units.analyse_units", boom)
     monkeypatch.setattr("intriguing.analysis.lipschitz.network_bounds", boom)

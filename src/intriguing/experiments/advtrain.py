@@ -32,14 +32,15 @@ import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import torch
 
-from intriguing._io import atomic_write_json, json_safe
+from intriguing._io import json_safe
 from intriguing.analysis.stats import t_interval, welch
 from intriguing.errors import InvalidInputError
-from intriguing.experiments.graph import Backend, RunStore, Step, StepContext, run_graph, step_key
+from intriguing.experiments.graph import Step, StepContext, step_key
+from intriguing.experiments.rundir import RunDirectory, RunOptions
 from intriguing.experiments.specs import Dataset, check_choice
 from intriguing.models.user import select_correct
 from intriguing.report.advtrain import (
@@ -338,44 +339,39 @@ def build_steps(spec: AdvTrainRunConfig, load_data: DataLoader) -> list[Step]:
 
 
 def run_advtrain(
-    spec: AdvTrainRunConfig,
-    out: str | os.PathLike[str],
-    *,
-    data_dir: str | os.PathLike[str] | None = None,
-    backend: Backend | None = None,
+    spec: AdvTrainRunConfig, out: str | os.PathLike[str], **options: Unpack[RunOptions]
 ) -> dict[str, Any]:
     """Run (or resume) the comparison in ``out``; write ``results.json``, ``report.md`` and the
-    plot; return the results document. ``backend`` runs the training steps (default: local;
-    ``RayBackend`` trains the (variant, seed) runs in parallel, with identical results).
+    plot; return the results document. ``options``: ``data_dir`` and ``backend`` (default: local;
+    ``RayBackend`` trains the (variant, seed) runs in parallel, with identical results); see
+    :class:`~intriguing.experiments.rundir.RunOptions`.
 
     Raises:
         DataError, InvalidInputError: the data cannot be loaded or the spec is invalid.
     """
-    torch.set_num_threads(1)
-    load_data = MnistSource.of(data_dir, spec.dataset)
+    run = RunDirectory(out)
+    load_data = MnistSource.of(options.get("data_dir"), spec.dataset)
     load_data()  # a missing or corrupt dataset fails before any step runs
-    store = RunStore(Path(out))
-    results = run_graph(
-        build_steps(spec, load_data), store, description="advtrain", backend=backend
+    results = run.run(
+        build_steps(spec, load_data), description="advtrain", backend=options.get("backend")
     )
-    runs = [results[k] for k in sorted(results) if k.startswith("train/")]
-    doc = {
-        "schema": SCHEMA,
-        "spec": spec.to_dict(),
-        "summary": results["summary"],
-        "runs": runs,
-        "machine": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "cpus": os.cpu_count(),
-        },
-    }
-    root = Path(out)
-    atomic_write_json(root / "results.json", doc)
+    doc = run.write(
+        {
+            "schema": SCHEMA,
+            "spec": spec.to_dict(),
+            "summary": results["summary"],
+            "runs": [results[k] for k in sorted(results) if k.startswith("train/")],
+            "machine": {
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "threads": torch.get_num_threads(),
+                "cpus": os.cpu_count(),
+            },
+        }
+    )
     from intriguing.report.advtrain import render_advtrain
 
-    render_advtrain(root)
+    render_advtrain(run.root)
     return doc
 
 

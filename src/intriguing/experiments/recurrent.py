@@ -26,21 +26,18 @@ import dataclasses
 import json
 import math
 import os
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from functools import partial
-from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal, Unpack, cast
 
 import torch
 
-from intriguing._io import atomic_write_json
 from intriguing.errors import IntriguingError, InvalidInputError
 from intriguing.experiments import steps as st
 from intriguing.experiments import tables as tb
-from intriguing.experiments.graph import Backend, RunStore, Step, StepContext, run_graph, step_key
+from intriguing.experiments.graph import Step, StepContext, step_key
+from intriguing.experiments.rundir import ReportOptions, RunDirectory
 from intriguing.experiments.specs import AttackConfig, Dataset, check_choice
 from intriguing.models.recurrent import RECURRENT_MODELS
 from intriguing.models.user import select_correct
@@ -48,7 +45,6 @@ from intriguing.report.recurrent import (
     SCHEMA,  # one schema name: the report reads what the run writes
 )
 
-RESULTS_FILE = "results.json"
 FEEDFORWARD_MODELS: tuple[str, ...] = ("softmax1", "N100-100-10", "N200-200-10", "AE400-10", "Conv")
 MATCHED = "matched"
 KINDS: tuple[str, ...] = ("recurrent", "feedforward")
@@ -418,66 +414,43 @@ def build_steps(spec: RecurrentConfig, bench: st.Workbench, n_split: int) -> lis
 
 
 def run_recurrent(
-    spec: RecurrentConfig,
-    out: str | os.PathLike[str],
-    *,
-    data_dir: str | os.PathLike[str] | None = None,
-    render: bool = True,
-    backend: Backend | None = None,
+    spec: RecurrentConfig, out: str | os.PathLike[str], **options: Unpack[ReportOptions]
 ) -> dict[str, Any]:
     """Run (or resume) ``spec`` in ``out``; write ``results.json`` (and ``report.md`` + figure).
 
     Returns the results document: ``{"schema", "config", "dataset", "selection", "models",
     "table", "timings"}``; ``table`` is :func:`recurrent_table`'s output. A rerun with the same spec
-    reuses every finished step. ``backend`` runs the steps (default: local; ``RayBackend`` for a
-    Ray cluster, with identical results).
+    reuses every finished step. ``options``: ``data_dir``, ``backend`` (default: local;
+    ``RayBackend`` for a Ray cluster, with identical results) and ``render`` (default True); see
+    :class:`~intriguing.experiments.rundir.ReportOptions`.
 
     Raises:
         IntriguingError: unknown models, missing data, an unusable output directory.
     """
-    torch.set_num_threads(1)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise InvalidInputError(f"--out {out} is a file; give a directory")
-    start = time.perf_counter()
-    bench = st.Workbench(dataset=spec.dataset, data_dir=data_dir, seed=spec.seed)
+    run = RunDirectory(out)
+    bench = st.Workbench(dataset=spec.dataset, data_dir=options.get("data_dir"), seed=spec.seed)
     n_split = len(bench.data.split(spec.split)[1])
-    store = RunStore(out)
-    results = run_graph(
-        build_steps(spec, bench, n_split), store, description="recurrent", backend=backend
+    results = run.run(
+        build_steps(spec, bench, n_split), description="recurrent", backend=options.get("backend")
     )
     select = results[step_key("select", spec.split, "common")]
-    document = {
-        "schema": SCHEMA,
-        "config": spec.to_dict(),
-        "dataset": bench.data.identity,
-        "selection": {k: v for k, v in select.items() if k != "indices"}
-        | {"n": len(select["indices"])},
-        "models": {m: results[step_key("model", m)] for m in spec.models()},
-        "table": results["tables/recurrent"],
-        "timings": {
-            "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "wall_time_s": round(time.perf_counter() - start, 3),
-            "torch_threads": torch.get_num_threads(),
-            "steps_s": _step_times(store, results),
-        },
-    }
-    document = json.loads(json.dumps(document, allow_nan=False))
-    atomic_write_json(out / RESULTS_FILE, document)
-    if render:
+    document = run.write(
+        {
+            "schema": SCHEMA,
+            "config": spec.to_dict(),
+            "dataset": bench.data.identity,
+            "selection": {k: v for k, v in select.items() if k != "indices"}
+            | {"n": len(select["indices"])},
+            "models": {m: results[step_key("model", m)] for m in spec.models()},
+            "table": results["tables/recurrent"],
+            "timings": run.timings(),
+        }
+    )
+    if options.get("render", True):
         from intriguing.report.recurrent import render_recurrent
 
         render_recurrent(out)
     return document
-
-
-def _step_times(store: RunStore, results: Mapping[str, Any]) -> dict[str, float]:
-    times = {}
-    for key in results:
-        record = store.load(key)
-        if record is not None:
-            times[key] = float(record.get("elapsed_s", 0.0))
-    return times
 
 
 RecurrentSpec = RecurrentConfig  # the name before issue 17

@@ -26,15 +26,12 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import platform
-import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import torch
 
@@ -44,11 +41,10 @@ from intriguing.experiments import claims as claims_mod
 from intriguing.experiments import evidence as ev
 from intriguing.experiments import steps as st
 from intriguing.experiments import tables as tb
-from intriguing.experiments.graph import Backend, RunStore, Step, StepContext, run_graph
+from intriguing.experiments.graph import Step, StepContext
+from intriguing.experiments.rundir import RESULTS_FILE, ReportOptions, RunDirectory, RunOptions
 from intriguing.experiments.specs import ReproduceSpec
 from intriguing.report.render import SCHEMA  # the one results.json schema of reproduce
-
-RESULTS_FILE = "results.json"
 
 
 def _step(
@@ -430,19 +426,10 @@ def versions() -> dict[str, str]:
     }
 
 
-def assemble(
-    spec: ReproduceSpec,
-    store: RunStore,
-    results: dict[str, Any],
-    identity: dict[str, Any],
-    wall_time_s: float,
-) -> dict[str, Any]:
-    """The ``results.json`` document (schema ``intriguing.reproduce/1``, see docs/reproduce.md)."""
-    step_times: dict[str, float] = {}
-    for key in results:
-        record = store.load(key)
-        if record is not None:
-            step_times[key] = float(record.get("elapsed_s", 0.0))
+def assemble(spec: ReproduceSpec, run: RunDirectory, identity: dict[str, Any]) -> dict[str, Any]:
+    """The ``results.json`` document (schema ``intriguing.reproduce/1``, see docs/reproduce.md) of
+    the finished ``run``."""
+    results = run.results
     return {
         "schema": SCHEMA,
         "config": spec.to_dict(),
@@ -462,12 +449,7 @@ def assemble(
         "claims": results["claims"]["claims"],
         "sanity": results["claims"]["sanity"],
         "evidence": results["claims"]["evidence"],
-        "timings": {
-            "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "wall_time_s": round(wall_time_s, 3),
-            "torch_threads": torch.get_num_threads(),
-            "steps_s": step_times,
-        },
+        "timings": run.timings(),
     }
 
 
@@ -490,36 +472,27 @@ def spectral_section(results: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_reproduce(
-    spec: ReproduceSpec,
-    out: str | os.PathLike[str],
-    *,
-    data_dir: str | os.PathLike[str] | None = None,
-    render: bool = True,
-    backend: Backend | None = None,
+    spec: ReproduceSpec, out: str | os.PathLike[str], **options: Unpack[ReportOptions]
 ) -> dict[str, Any]:
     """Run (or resume) the reproduction ``spec`` in ``out``; write results.json and the report.
 
     Returns the results.json document. A rerun with the same spec and data reuses every finished
-    step; the numbers equal an uninterrupted run's. ``backend`` runs the steps (default: local, in
-    this process; ``RayBackend`` from :mod:`intriguing.experiments.backends` for a Ray cluster);
-    the results are the same with either.
+    step; the numbers equal an uninterrupted run's. ``options``: ``data_dir``, ``backend``
+    (default: local, in this process; ``RayBackend`` from :mod:`intriguing.experiments.backends`
+    for a Ray cluster; the results are the same with either) and ``render`` (default True); see
+    :class:`~intriguing.experiments.rundir.ReportOptions`.
     """
-    torch.set_num_threads(1)
-    start = time.perf_counter()
-    bench = st.Workbench(dataset=spec.dataset, data_dir=data_dir, seed=spec.seed)
+    run = RunDirectory(out)
+    bench = st.Workbench(dataset=spec.dataset, data_dir=options.get("data_dir"), seed=spec.seed)
     data = bench.data
     sizes = {"train": len(data.train_labels), "test": len(data.test_labels)}
-    store = RunStore(Path(out))
-    results = run_graph(
+    run.run(
         build_steps(spec, bench, sizes),
-        store,
         description=f"reproduce ({spec.size})",
-        backend=backend,
+        backend=options.get("backend"),
     )
-    document = assemble(spec, store, results, data.identity, time.perf_counter() - start)
-    document = json.loads(json.dumps(document, allow_nan=False))  # exactly as it reads back
-    atomic_write_json(Path(out) / RESULTS_FILE, document)
-    if render:
+    document = run.write(assemble(spec, run, data.identity))
+    if options.get("render", True):
         from intriguing.report.render import render_report
 
         render_report(out)
@@ -551,9 +524,7 @@ def run_seeds(
     spec: ReproduceSpec,
     out: str | os.PathLike[str],
     n_seeds: int,
-    *,
-    data_dir: str | os.PathLike[str] | None = None,
-    backend: Backend | None = None,
+    **options: Unpack[RunOptions],
 ) -> dict[str, Any]:
     """The run of ``spec`` in ``out`` and of seeds ``spec.seed + 1 ..`` in :func:`seed_dir`, each
     its own resumable run (models retrained with that seed); ``out``'s results.json gets the
@@ -570,9 +541,8 @@ def run_seeds(
         run_reproduce(
             dataclasses.replace(spec, seed=spec.seed + k),
             out if k == 0 else seed_dir(out, spec.seed + k),
-            data_dir=data_dir,
             render=False,
-            backend=backend,
+            **options,
         )
         for k in range(n_seeds)
     ]
