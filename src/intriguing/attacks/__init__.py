@@ -7,12 +7,14 @@
 - :func:`rms_distortion`, :func:`l2_distance`, :func:`success_mask` (the one success rule, with
   its logit margin :func:`success_margin`), :func:`success_lead`: measures;
 - the checks of :mod:`intriguing.attacks.checks`, reusable by other analyses;
-- :class:`BoxLBFGS`, :func:`minimize_box`: the batched projected L-BFGS optimiser itself.
+- :class:`BoxLBFGS`, :func:`minimize_box`: the batched projected L-BFGS optimiser itself;
+- :class:`Attack`, :class:`AttackBatch`, :class:`RawAttack`: to write another attack (implement
+  ``run(batch) -> RawAttack``; the base class checks inputs and re-verifies the result).
 """
 
 from __future__ import annotations
 
-from intriguing.attacks.base import Attack
+from intriguing.attacks.base import Attack, AttackBatch, RawAttack
 from intriguing.attacks.checks import (
     AttackWarning,
     check_eval_mode,
@@ -44,12 +46,14 @@ __all__ = [
     "SUCCESS_MARGIN",
     "TARGET_CHOICES",
     "Attack",
+    "AttackBatch",
     "AttackResult",
     "AttackWarning",
     "BoxLBFGS",
     "ExactLinearResult",
     "LBFGSConfig",
     "Perturbed",
+    "RawAttack",
     "all_targets",
     "amplify",
     "attack_loss",

@@ -44,6 +44,25 @@ from intriguing.errors import InvalidInputError
 MODES = ("untargeted", "targeted")
 
 
+@dataclass(frozen=True)
+class AttackBatch:
+    """The validated data of one attack call, as :meth:`Attack.run` receives it.
+
+    Attributes:
+        model: the eval-mode model, on ``images``' device.
+        images: ``(N, ...)`` originals in [0, 1] on the model's device.
+        labels: ``(N,)`` int64 true (or given) labels.
+        targets: ``(N,)`` int64 targets of a targeted call, else ``None`` (the attack's chooser).
+        clean_logits: ``(N, K)`` the model's logits on ``images``.
+    """
+
+    model: nn.Module
+    images: torch.Tensor
+    labels: torch.Tensor
+    targets: torch.Tensor | None
+    clean_logits: torch.Tensor
+
+
 @dataclass
 class RawAttack:
     """What a subclass's :meth:`Attack.run` returns, one row per example (``N`` rows).
@@ -92,15 +111,8 @@ class Attack(ABC):
         return {"attack": type(self).__name__, "mode": self.mode}
 
     @abstractmethod
-    def run(
-        self,
-        model: nn.Module,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        targets: torch.Tensor | None,
-        clean_logits: torch.Tensor,
-    ) -> RawAttack:
-        """Attack validated ``images`` (on the model's device) with validated labels/targets."""
+    def run(self, batch: AttackBatch) -> RawAttack:
+        """Attack the validated ``batch`` (images on the model's device, labels/targets checked)."""
 
     def __call__(
         self,
@@ -159,7 +171,7 @@ class Attack(ABC):
                 raise InvalidInputError(
                     f"{same} target(s) equal their label; choose targets != labels"
                 )
-        raw = self.run(model, x, labels, targets, clean_logits)
+        raw = self.run(AttackBatch(model, x, labels, targets, clean_logits))
         return self._finalize(model, x, labels, raw, start).to(images.device)
 
     def predict(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:

@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from intriguing.attacks.base import Attack, RawAttack
+from intriguing.attacks.base import Attack, AttackBatch, RawAttack
 from intriguing.attacks.checks import AttackWarning
 from intriguing.attacks.lbfgs_config import LBFGSConfig, check_count
 from intriguing.attacks.losses import attack_loss
@@ -210,14 +210,9 @@ class LBFGS(Attack):
         return _Problems(index, targets, targets)
 
     # ------------------------------------------------------------------------------- run
-    def run(
-        self,
-        model: nn.Module,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        targets: torch.Tensor | None,
-        clean_logits: torch.Tensor,
-    ) -> RawAttack:
+    def run(self, batch: AttackBatch) -> RawAttack:
+        model, images, labels = batch.model, batch.images, batch.labels
+        targets, clean_logits = batch.targets, batch.clean_logits
         estimate_evals: torch.Tensor | None = None
         if self.mode == "untargeted" and self.target is None and self.candidates > 0:
             problems, estimate_evals = self._candidate_problems(model, images, labels, clean_logits)
@@ -565,16 +560,6 @@ class _Search:
 def _reduce(solved: _Solved, problems: _Problems, n: int) -> RawAttack:
     """Per example, the problem with the smallest-distortion success (its first problem when none
     succeeded); counters are summed over an example's problems (any number per example)."""
-    P = problems.example.shape[0]
-    if n == P:
-        return RawAttack(
-            adversarial=solved.adversarial,
-            claimed=solved.success,
-            c=solved.c,
-            iterations=solved.iterations,
-            grad_evals=solved.grad_evals,
-            targets=problems.targets,
-        )
     rank = torch.where(solved.success, solved.d2, math.inf)
     by_rank = torch.sort(rank, stable=True).indices  # failures last, in problem order
     order = by_rank[torch.sort(problems.example[by_rank], stable=True).indices]

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -628,18 +629,16 @@ class MinimizeResult:
     evaluations: torch.Tensor
 
 
+MINIMIZE_DEFAULTS = {"max_iter": 500, "pgtol": 1e-6, "ftol": 1e-10}  # tighter than the attack's
+
+
 def minimize_box(
     fun: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
     x0: torch.Tensor,
     *,
     c: float | torch.Tensor = 0.0,
     anchor: torch.Tensor | None = None,
-    lower: float = 0.0,
-    upper: float = 1.0,
-    memory: int = 10,
-    max_iter: int = 500,
-    pgtol: float = 1e-6,
-    ftol: float = 1e-10,
+    **options: Any,
 ) -> MinimizeResult:
     """Minimise ``B`` independent problems ``fun_b(x) + c_b ||x - anchor_b||^2`` over ``[lower, upper]^D``.
 
@@ -648,23 +647,16 @@ def minimize_box(
             ``x`` ``(b, D)`` to values ``(b,)`` and gradients ``(b, D)`` (unfinished problems only).
         x0: ``(B, D)`` starting points.
         c, anchor: the optional quadratic term (scalar or ``(B,)``; anchor defaults to ``x0``).
+        options: :class:`BoxLBFGS`'s keyword settings (``memory``, ``lower``, ``upper``,
+            ``max_iter``, ``max_ls``, ``pgtol``, ``ftol``); ``max_iter``, ``pgtol`` and ``ftol``
+            default to :data:`MINIMIZE_DEFAULTS` (run to convergence), the rest to BoxLBFGS's.
 
     Returns:
         The final iterates, objective values and per-problem iteration/evaluation counts.
     """
     B, D = x0.shape
-    opt = BoxLBFGS(
-        B,
-        D,
-        memory=memory,
-        lower=lower,
-        upper=upper,
-        max_iter=max_iter,
-        pgtol=pgtol,
-        ftol=ftol,
-        device=x0.device,
-        dtype=x0.dtype,
-    )
+    settings = {**MINIMIZE_DEFAULTS, **options}
+    opt = BoxLBFGS(B, D, device=x0.device, dtype=x0.dtype, **settings)
     slots = torch.arange(B, device=x0.device)
     cc = torch.as_tensor(c, dtype=torch.float64, device=x0.device).expand(B).clone()
     opt.load(slots, x0, x0 if anchor is None else anchor, cc)
