@@ -65,6 +65,10 @@ from intriguing.progress import track
 
 BoxMode = Literal["rescale", "clip"]
 BOX_MODES: tuple[str, ...] = get_args(BoxMode)
+# the defaults shared by RarityConfig and the functions it drives
+GRID = 48  # geometric grid points of the scan along each ray
+BISECT_STEPS = 30  # bisection halvings after the scan
+CHUNK = 4096  # images per forward pass
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -206,12 +210,12 @@ class RarityConfig:
     samples: int = 1000
     scales: tuple[float, ...] = (1.0,)
     ray_directions: int = 100
-    grid: int = 48
-    bisect_steps: int = 30
+    grid: int = GRID
+    bisect_steps: int = BISECT_STEPS
     box: BoxMode = "rescale"
     confidence: float = 0.95
     seed: int = 0
-    chunk: int = 4096
+    chunk: int = CHUNK
 
     def __post_init__(self) -> None:
         """Raise InvalidInputError on an unusable setting (at construction, before any work)."""
@@ -245,7 +249,7 @@ def flip_counts(
     rho: float,
     *,
     box: str = "rescale",
-    chunk: int = 4096,
+    chunk: int = CHUNK,
 ) -> dict[str, Any]:
     """How many of the points at L2 distance ``rho`` from ``x`` along the rays change the label.
 
@@ -281,9 +285,9 @@ def ray_boundary_distances(
     label: int,
     *,
     start: float,
-    grid: int = 48,
-    bisect_steps: int = 30,
-    chunk: int = 4096,
+    grid: int = GRID,
+    bisect_steps: int = BISECT_STEPS,
+    chunk: int = CHUNK,
 ) -> torch.Tensor:
     """L2 distance ``(M,)`` float64 from ``x`` to the first label change along each clipped ray
     (``rays``: :class:`ClippedRays` of ``x`` and ``M`` directions).
