@@ -58,20 +58,24 @@ Attack = Callable[[nn.Module, torch.Tensor, torch.Tensor], AttackLike]
 class CertifiedRadii:
     """Per-example certified radii, as RMS distortion (``(N,)`` float64 numpy arrays).
 
-    ``correct``: the float64 model classifies the example correctly (radii are 0 otherwise).
-    ``margin``: ``z_y - max_{j != y} z_j``. ``pairwise`` is ``None`` when the network does not end
+    ``margin``: ``z_y - max_{j != y} z_j``; ``correct`` (``margin > 0``): the float64 model
+    classifies the example correctly (radii are 0 otherwise). ``pairwise`` is ``None`` when the network does not end
     with a linear layer. ``lipschitz``: the certified constant of the logits used (before a final
     ``log_softmax``, which keeps margins); ``measured_lower``: the largest Jacobian norm measured at
     these images and at the bound's probes (never above ``lipschitz``).
     """
 
-    correct: np.ndarray
     margin: np.ndarray
     global_: np.ndarray
     pairwise: np.ndarray | None
     lipschitz: float
     lipschitz_features: float | None
     measured_lower: float | None = None
+
+    @property
+    def correct(self) -> np.ndarray:
+        """``(N,)`` bool: classified correctly (a positive margin)."""
+        return self.margin > 0
 
 
 def certified_radii(
@@ -111,17 +115,15 @@ def certified_radii(
     correct = margin > 0
     n_values = math.prod(images.shape[1:])
     to_rms = 1.0 / math.sqrt(n_values)
-    lipschitz = bound.margin_bound
-    global_ = np.where(correct, margin / (math.sqrt(2.0) * lipschitz), 0.0) * to_rms
+    global_ = np.where(correct, margin / (math.sqrt(2.0) * bound.margin_bound), 0.0) * to_rms
     pairwise, l_features = _pairwise(model, layers, bound, logits, labels)
     if pairwise is not None:
         pairwise = np.where(correct, pairwise, 0.0) * to_rms
     return CertifiedRadii(
-        correct=correct,
         margin=margin,
         global_=global_,
         pairwise=pairwise,
-        lipschitz=lipschitz,
+        lipschitz=bound.margin_bound,
         lipschitz_features=l_features,
         measured_lower=measured,
     )
@@ -229,18 +231,44 @@ def _last_linear_index(bound: NetworkBound) -> int | None:
 class SandwichResult:
     """Certified radii beside an attack's distortions, per example, with ratio quantiles.
 
-    ``ratio_global`` / ``ratio_pairwise``: ``attack distortion / certified radius`` over the examples
-    that are correctly classified and successfully attacked (``used``).
+    ``used``: the examples that are correctly classified and successfully attacked.
+    ``ratio_global`` / ``ratio_pairwise``: ``attack distortion / certified radius`` over them.
     ``violations``: examples where a certified radius exceeds the attack's distortion (must be 0).
     """
 
     radii: CertifiedRadii
     attack_distortion: np.ndarray
     attack_success: np.ndarray
-    used: np.ndarray
-    ratio_global: np.ndarray
-    ratio_pairwise: np.ndarray | None
-    violations: int
+
+    @property
+    def used(self) -> np.ndarray:
+        """``(N,)`` bool: correctly classified and successfully attacked."""
+        return self.radii.correct & self.attack_success
+
+    @property
+    def ratio_global(self) -> np.ndarray:
+        """``attack distortion / global radius`` on the ``used`` examples."""
+        return self._ratios(self.radii.global_)
+
+    @property
+    def ratio_pairwise(self) -> np.ndarray | None:
+        """``attack distortion / pairwise radius`` on the ``used`` examples (None: no such form)."""
+        pairwise = self.radii.pairwise
+        return None if pairwise is None else self._ratios(pairwise)
+
+    @property
+    def violations(self) -> int:
+        """Used examples whose certified radius (the larger form) exceeds the attack's distortion."""
+        radii = self.radii
+        certified = radii.pairwise if radii.pairwise is not None else radii.global_
+        certified = np.maximum(certified, radii.global_)
+        used = self.used
+        return int((certified[used] > self.attack_distortion[used]).sum())
+
+    def _ratios(self, certified: np.ndarray) -> np.ndarray:
+        used = self.used
+        with np.errstate(divide="ignore"):
+            return self.attack_distortion[used] / certified[used]
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready counts, mean distortions and ratio quantiles."""
@@ -346,28 +374,7 @@ def sandwich(
     success = attack_result.success.detach().cpu().numpy().astype(bool)
     if distortion.shape != (images.shape[0],) or success.shape != (images.shape[0],):
         raise InvalidInputError("attack result must hold one distortion and success flag per image")
-    used = radii.correct & success
-    ratio_global = _ratios(distortion, radii.global_, used)
-    ratio_pairwise = (
-        _ratios(distortion, radii.pairwise, used) if radii.pairwise is not None else None
-    )
-    certified = radii.pairwise if radii.pairwise is not None else radii.global_
-    certified = np.maximum(certified, radii.global_)
-    violations = int((certified[used] > distortion[used]).sum())
-    return SandwichResult(
-        radii=radii,
-        attack_distortion=distortion,
-        attack_success=success,
-        used=used,
-        ratio_global=ratio_global,
-        ratio_pairwise=ratio_pairwise,
-        violations=violations,
-    )
-
-
-def _ratios(distortion: np.ndarray, certified: np.ndarray, used: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore"):
-        return distortion[used] / certified[used]
+    return SandwichResult(radii=radii, attack_distortion=distortion, attack_success=success)
 
 
 def _default_attack() -> Attack:
