@@ -130,10 +130,11 @@ class NetworkBound:
 
     ``structure``: ``"chain"`` (``lipschitz = prod(upper)``, Table 5) or ``"graph"`` (a traced DAG:
     ``lipschitz`` combines the nodes' constants, see :mod:`intriguing.analysis.trace`; ``layers``
-    then holds one entry per input-dependent node, ``details["lipschitz_so_far"]`` its constant).
-    ``margin_lipschitz``: the constant of the map whose differences are the class margins (the
-    logits before a final ``log_softmax``); ``final_linear`` / ``features_lipschitz``: the Linear
-    layer producing them and its input's constant (graphs only; chains read them off ``layers``).
+    then holds one entry per input-dependent node, ``details["lipschitz_so_far"]`` its constant;
+    ``graph`` the traced bounds these are read from: the network's constant, the constant of the
+    map whose differences are the class margins (the logits before a final ``log_softmax``), and
+    ``final_linear`` / ``features_lipschitz``, the Linear layer producing them and its input's
+    constant (graphs only; chains read them off ``layers``).
     ``measured``: the measured lower bound (largest Jacobian norm at probe inputs), never above
     ``lipschitz``. ``fingerprint``: :func:`~intriguing.analysis.jacobian.model_fingerprint` of the model.
     """
@@ -141,20 +142,15 @@ class NetworkBound:
     layers: list[LayerBound]
     input_shape: Shape
     structure: str = "chain"
-    graph_lipschitz: float | None = None
-    graph_lipschitz_exact: float | None = None
-    margin_lipschitz: float | None = None
-    final_linear: str | None = None
-    features_lipschitz: float | None = None
     measured: MeasuredLowerBound | None = None
     fingerprint: str | None = None
-    margin_module: nn.Module | None = field(default=None, repr=False, compare=False)
+    graph: GraphBound | None = field(default=None, repr=False, compare=False)
 
     @property
     def lipschitz(self) -> float:
         """Certified upper bound on the network's Lipschitz constant (input L2 -> output L2)."""
-        if self.graph_lipschitz is not None:
-            return self.graph_lipschitz
+        if self.graph is not None:
+            return self.graph.lipschitz
         return math.prod(layer.upper for layer in self.layers)
 
     @property
@@ -164,8 +160,8 @@ class NetworkBound:
         Still an upper bound on the Lipschitz constant when the exact norms are exact; power iteration
         approaches them from below, so this value is not certified.
         """
-        if self.graph_lipschitz_exact is not None:
-            return self.graph_lipschitz_exact
+        if self.graph is not None:
+            return self.graph.lipschitz_exact
         return math.prod(
             layer.exact if layer.exact is not None else layer.upper for layer in self.layers
         )
@@ -173,7 +169,23 @@ class NetworkBound:
     @property
     def margin_bound(self) -> float:
         """Certified constant of the logits whose differences are the class margins."""
-        return self.margin_lipschitz if self.margin_lipschitz is not None else self.lipschitz
+        return self.graph.margin_lipschitz if self.graph is not None else self.lipschitz
+
+    @property
+    def final_linear(self) -> str | None:
+        """Graphs: the name of the Linear module producing the logits, if one does."""
+        return None if self.graph is None else self.graph.final_linear
+
+    @property
+    def features_lipschitz(self) -> float | None:
+        """Graphs: the certified constant of :attr:`final_linear`'s input."""
+        return None if self.graph is None else self.graph.features_lipschitz
+
+    @property
+    def margin_module(self) -> nn.Module | None:
+        """Graphs: the map to the logits whose differences are the margins, when it is not the
+        network itself (a final ``log_softmax`` dropped)."""
+        return None if self.graph is None else self.graph.margin_module
 
     def to_markdown(self) -> str:
         """The per-layer table (Table 5's columns plus exact norm and method) as Markdown."""
@@ -386,18 +398,7 @@ def _layer_bound(
 
 def _from_graph(graph: GraphBound, shape: Shape) -> NetworkBound:
     layers = [_node_layer(node) for node in graph.nodes]
-    bound = NetworkBound(
-        layers=layers,
-        input_shape=shape,
-        structure="graph",
-        graph_lipschitz=graph.lipschitz,
-        graph_lipschitz_exact=graph.lipschitz_exact,
-        margin_lipschitz=graph.margin_lipschitz,
-        final_linear=graph.final_linear,
-        features_lipschitz=graph.features_lipschitz,
-        margin_module=graph.margin_module,
-    )
-    return bound
+    return NetworkBound(layers=layers, input_shape=shape, structure="graph", graph=graph)
 
 
 def _node_layer(node: NodeBound) -> LayerBound:
