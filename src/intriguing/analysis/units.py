@@ -24,11 +24,12 @@ images, because it re-weights the units.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
+from intriguing._io import json_safe
 from intriguing.analysis import coherence as coh
 from intriguing.analysis import directions as dirs
 from intriguing.errors import InvalidInputError
@@ -102,17 +103,8 @@ class UnitsConfig:
     validate = check_image_set  # the old name
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "families": list(self.families),
-            "k": self.k,
-            "n_directions": self.n_directions,
-            "centre": self.centre,
-            "standardise": self.standardise,
-            "seed": self.seed,
-            "alphas": [float(a) for a in self.alphas],
-            "n_null": self.n_null,
-            "n_resamples": self.n_resamples,
-        }
+        """Every setting, in field order, as JSON (tuples as lists, alphas as floats)."""
+        return {**json_safe(asdict(self)), "alphas": [float(a) for a in self.alphas]}
 
 
 @dataclass
