@@ -25,7 +25,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, Unpack, get_args
 
 import numpy as np
 import torch
@@ -41,6 +41,9 @@ from intriguing.models.user import (
     predict,
     select_correct,
 )
+
+if TYPE_CHECKING:
+    from intriguing.training.api import ZooTraining
 
 Device = Literal["cpu", "cuda", "auto"]
 DEVICES: tuple[str, ...] = get_args(Device)
@@ -79,16 +82,14 @@ class LoadedModel:
 
 
 def resolve_model(
-    spec: str,
-    *,
-    dataset: str = "mnist",
-    data_dir: str | os.PathLike[str] | None = None,
-    seed: int = 0,
-    trained: bool = True,
+    spec: str, *, trained: bool = True, **training: Unpack[ZooTraining]
 ) -> LoadedModel:
     """The model named by ``spec`` (see the module docstring), in eval mode, on the CPU.
 
-    ``trained=False`` builds a zoo architecture untrained (for ``weights=``) instead of training it.
+    ``trained=False`` builds a zoo architecture untrained (for ``weights=``) instead of training it;
+    a zoo model is trained (or loaded from the cache) by :func:`intriguing.training.train_model`
+    with ``training``: ``dataset``, ``data_dir``, ``seed``
+    (:class:`~intriguing.training.api.ZooTraining`).
 
     Raises:
         UnknownModelError: ``spec`` is none of the forms (the message lists them).
@@ -115,8 +116,8 @@ def resolve_model(
         )
     from intriguing.training.api import train_model
 
-    done = train_model(entry.name, dataset=dataset, data_dir=data_dir, seed=seed)
-    description = f"zoo model {done.name} ({dataset})"
+    done = train_model(entry.name, **training)
+    description = f"zoo model {done.name} ({training.get('dataset', 'mnist')})"
     return LoadedModel(done.model.eval(), "zoo", description, done.name)
 
 
@@ -229,19 +230,17 @@ def load_any_model(
     weights: str | os.PathLike[str] | None = None,
     preprocessing: tuple[Sequence[float], Sequence[float]] | str | None = None,
     device: str | torch.device | None = "cpu",
-    dataset: str = "mnist",
-    data_dir: str | os.PathLike[str] | None = None,
-    seed: int = 0,
+    **training: Unpack[ZooTraining],
 ) -> nn.Module:
-    """MODEL ``spec`` in eval mode on ``device``, with ``weights`` and ``preprocessing`` applied.
+    """MODEL ``spec`` in eval mode on ``device``, with ``weights`` and ``preprocessing`` applied
+    (a zoo model trained with ``training``: ``dataset``, ``data_dir``, ``seed``, as for
+    :func:`resolve_model`).
 
     ``preprocessing=(mean, std)`` (one value per channel) wraps the model as
     ``Preprocessed(Normalize(mean, std), model)``: it then takes images in [0, 1].
     """
     target = resolve_device(device)  # refuse a bad device before any training
-    loaded = resolve_model(
-        spec, dataset=dataset, data_dir=data_dir, seed=seed, trained=weights is None
-    )
+    loaded = resolve_model(spec, trained=weights is None, **training)
     return finish_model(loaded.model, weights=weights, preprocessing=preprocessing, device=target)
 
 

@@ -17,7 +17,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import torch
 from torch import nn
@@ -66,6 +66,19 @@ class TrainedModel:
     def metrics(self) -> dict[str, Any]:
         """``{"train_error", "test_error", "wall_time_s", ...}`` recorded at training time."""
         return dict(self.sidecar.get("metrics", {}))
+
+
+class ZooTraining(TypedDict, total=False):
+    """Which training of a zoo model is meant: the keywords of :func:`train_model` that
+    :func:`intriguing.inputs.resolve_model` and :func:`~intriguing.inputs.load_any_model` pass on.
+
+    ``dataset``: ``"mnist"`` (default) or ``"mnist-5k"``; ``data_dir``: the MNIST IDX files;
+    ``seed``: the training seed (default 0).
+    """
+
+    dataset: str
+    data_dir: str | os.PathLike[str] | None
+    seed: int
 
 
 def train_model(
