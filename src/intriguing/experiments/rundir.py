@@ -39,9 +39,11 @@ class RunOptions(TypedDict, total=False):
     backend: Backend | None
 
 
-class ReportOptions(RunOptions, total=False):
+class ReportOptions(TypedDict, total=False):
     """:class:`RunOptions` and ``render``: write the report when the run ends (default True)."""
 
+    data_dir: str | os.PathLike[str] | None
+    backend: Backend | None
     render: bool
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Unpack
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 import torch
 
@@ -11,13 +11,18 @@ from intriguing.experiments.classes.bench import Bench, EncoderLoader, load_enco
 from intriguing.experiments.classes.config import ClassesConfig
 from intriguing.experiments.classes.steps import build_steps
 from intriguing.experiments.classes.summary import summarize
-from intriguing.experiments.rundir import RunDirectory, RunOptions
+from intriguing.experiments.rundir import RunDirectory
+
+if TYPE_CHECKING:
+    from intriguing.experiments.graph import Backend
 
 
-class ClassesOptions(RunOptions, total=False):
+class ClassesOptions(TypedDict, total=False):
     """:class:`~intriguing.experiments.rundir.RunOptions` and ``encoder_loader``: the AE400
     encoder of the ae-probe family (default :func:`load_encoder`; tests pass a fake)."""
 
+    data_dir: str | os.PathLike[str] | None
+    backend: Backend | None
     encoder_loader: EncoderLoader
 
 
