@@ -29,6 +29,7 @@ import argparse
 import hashlib
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -142,12 +143,14 @@ def bench_model(
     run_ours(model, x[:8], y[:8])  # warm-up, untimed
     for method, run in todo.items():
         print(f"  {name}: {method} on {len(y)} images ...", flush=True)
+        load = os.getloadavg()[0]
         got = run(model, x, y)
         m = measure(method, model, x, y, got.adversarial, got.elapsed_s, grad_evals=got.grad_evals)
         row = m.row()
         row["distortion"] = [
             d if s else None for d, s in zip(m.distortion.tolist(), m.success.tolist(), strict=True)
         ]
+        row["load_average"] = load
         rows[method] = row
     best = torch.tensor(
         [min(_inf(r["distortion"][i]) for r in rows.values()) for i in range(len(y))]
@@ -223,7 +226,10 @@ def markdown(report: dict[str, Any]) -> str:
         "",
     ]
     lines += [
-        "| model | n | method | success | mean RMS | ratio to best | ex/s | evals/ex |",
+        "ex/s: one timing per method, with the 1-minute load average when it started (`?`: not "
+        "recorded); on this shared machine only the interleaved pairs further down compare speeds.",
+        "",
+        "| model | n | method | success | mean RMS | ratio to best | ex/s (load) | evals/ex |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, res in report["models"].items():
@@ -231,7 +237,8 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(
                 f"| {name} | {res['n']} | {method} | {r['success_rate']:.1%} | "
                 f"{_f(r['mean_distortion'], 5)} | {_f(r['ratio_to_best'], 4)} | "
-                f"{_f(r['examples_per_s'], 1)} | {_f(r['grad_evals_per_example'], 1)} |"
+                f"{_f(r['examples_per_s'], 1)} ({_f(r.get('load_average'), 1, '?')}) | "
+                f"{_f(r['grad_evals_per_example'], 1)} |"
             )
     for name, res in report["models"].items():
         env = res.get("environment")
@@ -242,14 +249,15 @@ def markdown(report: dict[str, Any]) -> str:
             )
     lines += [
         "",
-        "| model | ours/adv-lib DDN-100 speed, median of pairs | pairs |",
-        "|---|---|---|",
+        "| model | ours/adv-lib DDN-100 speed, median of pairs | pairs | ours ex/s | DDN ex/s |",
+        "|---|---|---|---|---|",
     ]
     for name, res in report["models"].items():
         p = res.get("pairs_vs_adv_lib_ddn")
         if p:
             lines.append(
-                f"| {name} | {p['median_ratio']:.2f} | {', '.join(f'{r:.2f}' for r in p['ratios'])} |"
+                f"| {name} | {p['median_ratio']:.2f} | {', '.join(f'{r:.2f}' for r in p['ratios'])} | "
+                f"{statistics.median(p['ours_per_s']):.0f} | {statistics.median(p['ddn_per_s']):.0f} |"
             )
     lines += [
         "",
@@ -270,8 +278,8 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _f(v: float | None, digits: int) -> str:
-    return "-" if v is None else f"{v:.{digits}f}"
+def _f(v: float | None, digits: int, missing: str = "-") -> str:
+    return missing if v is None else f"{v:.{digits}f}"
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
