@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from torch import nn
 from intriguing.attacks import AttackResult
 from intriguing.cli import attack_cmd
 from intriguing.cli.main import cli
+from intriguing.inputs import LoadedModel
 
 
 def tiny_model() -> nn.Module:
@@ -25,11 +27,11 @@ def tiny_model() -> nn.Module:
 def patched_loader(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
 
-    def fake(name: str, dataset: str, data_dir: Path | None) -> nn.Module:
-        calls.append(name)
-        return tiny_model()
+    def fake(spec: str, **kwargs: Any) -> LoadedModel:
+        calls.append(spec)
+        return LoadedModel(tiny_model(), "zoo", f"zoo model {spec}", spec)
 
-    monkeypatch.setattr(attack_cmd, "_load_model", fake)
+    monkeypatch.setattr("intriguing.inputs.resolve_model", fake)
     return calls
 
 

@@ -27,15 +27,12 @@ import click
 from intriguing.attacks.lbfgs_config import LBFGSConfig
 from intriguing.cli.options import (
     choice_option,
-    data_options,
     flag_option,
     int_option,
-    json_option,
-    model_options,
+    model_command_options,
+    model_from_options,
     open_user_data,
-    seed_option,
     text_option,
-    user_data_options,
 )
 from intriguing.cli.validation import output_file
 
@@ -53,26 +50,6 @@ def parse_target(text: str | None) -> str | int | None:
     if value.isdigit():
         return int(value)
     return value
-
-
-def _load_model(name: str, dataset: str, data_dir: Path | None) -> Any:
-    """MODEL (zoo name trained or cached, factory, checkpoint) in eval mode on the CPU."""
-    from intriguing.inputs import resolve_model
-
-    return resolve_model(name, dataset=dataset, data_dir=data_dir).model
-
-
-def _model(params: dict[str, Any]) -> Any:
-    """MODEL with --weights, --normalize and --device applied."""
-    from intriguing.inputs import finish_model, parse_normalize, resolve_device, resolve_model
-
-    device = resolve_device(params["device"])
-    normalize = parse_normalize(params["normalize"]) if params["normalize"] else None
-    if params["weights"] is not None:
-        raw = resolve_model(params["model_name"], trained=False).model
-    else:
-        raw = _load_model(params["model_name"], params["dataset"], params["data_dir"])
-    return finish_model(raw, weights=params["weights"], preprocessing=normalize, device=device)
 
 
 def verify_successes(model: Any, result: Any) -> int:
@@ -117,11 +94,7 @@ def verify_successes(model: Any, result: Any) -> int:
     default=None,
     help="Write the full result (safetensors, plus a .json sidecar) to this file.",
 )
-@model_options
-@user_data_options(mode_flag="--image-mode")
-@data_options
-@seed_option
-@json_option
+@model_command_options(mode_flag="--image-mode")
 def attack(
     model_name: str,
     n: int,
@@ -151,7 +124,7 @@ def attack(
         threads=threads,
     )
     data = open_user_data(params, split=split)
-    model = _model({**params, "model_name": model_name})
+    model, _ = model_from_options(model_name, params)
     data.fit_to(model)
     images, labels, index, label_source = choose_examples(
         model, data, n, correct_only=not all_images

@@ -238,6 +238,18 @@ def user_data_options(*, mode_flag: str = "--mode") -> Callable[[F], F]:
     return decorate
 
 
+def model_command_options(*, mode_flag: str = "--mode") -> Callable[[F], F]:
+    """Every option of a command that takes a MODEL and its images, in this order:
+    :func:`model_options`, :func:`user_data_options` (``mode_flag`` as there), :func:`data_options`,
+    :func:`seed_option` and :func:`json_option`."""
+    with_data = user_data_options(mode_flag=mode_flag)
+
+    def decorate(func: F) -> F:
+        return model_options(with_data(data_options(seed_option(json_option(func)))))
+
+    return decorate
+
+
 def open_user_data(params: dict[str, Any], *, split: str = "test") -> Any:
     """:func:`intriguing.inputs.open_data` from the options of :func:`user_data_options`."""
     from intriguing.inputs import open_data

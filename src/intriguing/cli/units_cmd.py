@@ -29,15 +29,11 @@ import numpy as np
 
 from intriguing.cli.options import (
     choice_option,
-    data_options,
     flag_option,
     int_option,
-    json_option,
-    model_options,
+    model_command_options,
     open_user_data,
-    seed_option,
     text_option,
-    user_data_options,
 )
 from intriguing.cli.validation import output_dir, output_file
 from intriguing.errors import IntriguingError, InvalidInputError
@@ -242,11 +238,7 @@ def _print_summary(results: dict[str, Any]) -> None:
 )
 @int_option("--rows", 1, 100, default=4, help="Directions per family shown in the figures.")
 @int_option("--model-seed", 0, 2**32 - 1, default=0, help="Training seed of a zoo model.")
-@model_options
-@user_data_options()
-@data_options
-@seed_option
-@json_option
+@model_command_options()
 def units(
     model: str,
     layer: str | None,
