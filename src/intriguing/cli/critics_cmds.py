@@ -64,8 +64,21 @@ def _floats(text: str, what: str) -> tuple[float, ...]:
     return values
 
 
+def _command(
+    name: str, *, n: int, n_help: str = "Adversarial examples per model."
+) -> Callable[[F], click.Command]:
+    """``intriguing NAME [MODEL] --n N ...``: a critics command; its own options go between this
+    decorator and :func:`_common`."""
+
+    def decorate(func: F) -> click.Command:
+        func = int_option("--n", 1, 70_000, default=n, help=n_help)(func)
+        return click.command(name)(click.argument("model", required=False)(func))
+
+    return decorate
+
+
 def _common(func: F) -> F:
-    """Options every critics command shares."""
+    """Options every critics command shares (MODEL's, its images', the run's)."""
     options = [
         text_option(
             "--models",
@@ -114,7 +127,8 @@ def _common(func: F) -> F:
     ]
     for option in reversed(options):
         func = option(func)
-    return backend_options(data_options(seed_option(json_option(func))))
+    func = backend_options(data_options(seed_option(json_option(func))))
+    return model_options(user_data_options()(func))
 
 
 def _attack(max_iter: int | None, search_steps: int | None) -> dict[str, Any]:
@@ -184,9 +198,7 @@ def _finish(payload: dict[str, Any], out: Path, json_path: Path | None) -> None:
     click.echo(f"verdict: {payload['verdict']}")
 
 
-@click.command("rarity")
-@click.argument("model", required=False)
-@int_option("--n", 1, 70_000, default=200, help="Adversarial examples per model.")
+@_command("rarity", n=200)
 @int_option("--samples", 1, 1_000_000, default=1000, help="Random directions per example.")
 @text_option(
     "--scales",
@@ -206,8 +218,6 @@ def _finish(payload: dict[str, Any], out: Path, json_path: Path | None) -> None:
     default="rescale",
     help="rescale: exact norm along the clipped ray; clip: plain clipping (norm shrinks).",
 )
-@model_options
-@user_data_options()
 @_common
 def rarity(
     model: str | None,
@@ -260,17 +270,13 @@ def rarity(
     _run("rarity", n, options, common)
 
 
-@click.command("recover")
-@click.argument("model", required=False)
-@int_option("--n", 1, 70_000, default=500, help="Adversarial examples per model.")
+@_command("recover", n=500)
 @int_option("--bootstrap", 1, 1_000_000, default=2000, help="Bootstrap resamples of the AUC.")
 @text_option(
     "--amplify",
     default="2",
     help="Also test the detector on adversarials pushed k times further (comma list; 'none').",
 )
-@model_options
-@user_data_options()
 @_common
 def recover(
     model: str | None,
@@ -369,14 +375,10 @@ def _finish_model(*, command: str, payload: dict[str, Any], common: dict[str, An
         click.echo(f"wrote {path}")
 
 
-@click.command("curves")
-@click.argument("model", required=False)
-@int_option(
-    "--n",
-    1,
-    70_000,
-    default=1000,
-    help="Images attacked for a model the run lacks (the run's models use all their examples); "
+@_command(
+    "curves",
+    n=1000,
+    n_help="Images attacked for a model the run lacks (the run's models use all their examples); "
     "with MODEL: the first N images (clean errors count as non-robust).",
 )
 @click.option(
@@ -406,8 +408,6 @@ def _finish_model(*, command: str, payload: dict[str, Any], common: dict[str, An
     default=None,
     help="With MODEL: write the robust-accuracy plot (PNG) here (default: into --out, if given).",
 )
-@model_options
-@user_data_options()
 @_common
 def curves(
     model: str | None,
