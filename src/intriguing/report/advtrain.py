@@ -22,10 +22,11 @@ import numpy as np
 
 from intriguing._io import atomic_write_text, read_json
 from intriguing.errors import IntriguingError
+from intriguing.report.blocks import Cell as _Cell
+from intriguing.report.blocks import Figure as _Figure
+from intriguing.report.blocks import Heading, Para, Table
+from intriguing.report.markdown import to_markdown
 from intriguing.report.plotting import save_figure
-from intriguing.report.render import Cell as _Cell
-from intriguing.report.render import Figure as _Figure
-from intriguing.report.render import Heading, Para, Table, to_markdown
 
 SCHEMA = "intriguing.advtrain/1"
 FIGURE = "figures/advtrain_test_error.png"

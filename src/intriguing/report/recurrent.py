@@ -17,20 +17,10 @@ from typing import Any
 import numpy as np
 
 from intriguing._io import atomic_write_text, read_results
+from intriguing.report.blocks import Block, Cell, Figure, Heading, Para, Table
+from intriguing.report.markdown import to_markdown
 from intriguing.report.plotting import plt, save_figure
-from intriguing.report.render import (
-    Block,
-    Cell,
-    Figure,
-    Heading,
-    Para,
-    Table,
-    num,
-    pct,
-    success_cell,
-    to_markdown,
-    verified_cell,
-)
+from intriguing.report.render import num, pct, success_cell, verified_cell
 
 SCHEMA = "intriguing.recurrent/1"
 FIGURE = "figures/recurrent_transfer.png"
