@@ -9,13 +9,11 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from intriguing.cli.options import (
-    backend_options,
     choice_option,
-    data_options,
     flag_option,
+    images_option,
     int_option,
-    json_option,
-    out_option,
+    run_options,
     text_option,
 )
 from intriguing.cli.validation import float_range
@@ -100,17 +98,15 @@ def _summary_table(doc: dict[str, Any]) -> Any:
     default=None,
     help="Minibatches between refreshes (default 40).",
 )
-@int_option(
-    "--robust-n", 1, 70_000, default=None, help="Test images attacked for robustness (default 300)."
+@images_option(
+    "--robust-n", default=None, help="Test images attacked for robustness (default 300)."
 )
 @flag_option("--quick", "A small first look: 2 seeds, 3 epochs, 10000 training images.")
-@out_option(
+@run_options(
     default=None,
     help="Run directory (default ./advtrain or ./advtrain-quick); rerunning resumes there.",
+    seed=False,
 )
-@backend_options
-@data_options
-@json_option
 def advtrain(
     variants: str | None,
     seeds: int | None,

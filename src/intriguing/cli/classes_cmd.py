@@ -8,16 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from intriguing.cli.options import (
-    backend_options,
-    data_options,
-    flag_option,
-    int_option,
-    json_option,
-    out_option,
-    seed_option,
-    text_option,
-)
+from intriguing.cli.options import flag_option, images_option, int_option, run_options, text_option
 
 if TYPE_CHECKING:
     from intriguing.data import DatasetName
@@ -60,7 +51,7 @@ def _summary_table(doc: dict[str, Any]) -> Any:
     default="softmax,mlp,ae-probe,mlp-b",
     help="Comma-separated model families (mlp-b is only a transfer target).",
 )
-@int_option("--n", 1, 70_000, default=1000, help="Test images attacked per model.")
+@images_option("--n", default=1000, help="Test images attacked per model.")
 @int_option(
     "--updates",
     1,
@@ -68,22 +59,16 @@ def _summary_table(doc: dict[str, Any]) -> Any:
     default=4700,
     help="Adam updates per model, the same for every task (4700 = 10 MNIST epochs).",
 )
-@int_option(
+@images_option(
     "--train-limit",
-    1,
-    70_000,
     default=None,
     help="Train on the first N training images of each task only (quick runs).",
 )
 @flag_option("--no-restricted", "Skip the 10-class comparison on the same images.")
-@out_option(
+@run_options(
     default=DEFAULT_OUT,
     help="Run directory (results.json, classes.md, classes.png); rerunning resumes there.",
 )
-@backend_options
-@data_options
-@seed_option
-@json_option
 def classes(
     tasks: str,
     families: str,

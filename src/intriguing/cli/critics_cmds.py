@@ -28,6 +28,7 @@ from intriguing.cli.options import (
     backend_options,
     choice_option,
     data_options,
+    images_option,
     int_option,
     json_option,
     model_options,
@@ -71,7 +72,7 @@ def _command(
     decorator and :func:`_common`."""
 
     def decorate(func: F) -> click.Command:
-        func = int_option("--n", 1, 70_000, default=n, help=n_help)(func)
+        func = images_option("--n", default=n, help=n_help)(func)
         return click.command(name)(click.argument("model", required=False)(func))
 
     return decorate
@@ -102,10 +103,8 @@ def _common(func: F) -> F:
             default="test",
             help="Split attacked here for models the run lacks.",
         ),
-        int_option(
+        images_option(
             "--attack-n",
-            1,
-            70_000,
             default=None,
             help="Images attacked here for a model the run lacks (default: --n); the first --n "
             "successes are analysed. The same --attack-n and --out reuse one attack.",

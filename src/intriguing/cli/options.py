@@ -38,6 +38,16 @@ def int_option(
     return _option(flag, dest, default=default, help=help, type=click.IntRange(low, high))
 
 
+MNIST_IMAGES = 70_000  # train + test: the most images an option can name
+
+
+def images_option(
+    flag: str, *, default: int | None, help: str, dest: str | None = None
+) -> Callable[[F], F]:
+    """A number of images, 1 to :data:`MNIST_IMAGES`; its default shown when set."""
+    return int_option(flag, 1, MNIST_IMAGES, default=default, help=help, dest=dest)
+
+
 def choice_option(
     flag: str, choices: Sequence[str], *, default: str | None, help: str, dest: str | None = None
 ) -> Callable[[F], F]:
@@ -66,6 +76,21 @@ def flag_option(flag: str, help: str, *, dest: str | None = None) -> Callable[[F
 def out_option(*, default: Path | None, help: str) -> Callable[[F], F]:
     """``--out DIR``: a run directory, checked before any work (resumable runs reuse it)."""
     return _option("--out", None, default=default, help=help, type=output_dir(), is_eager=True)
+
+
+def run_options(*, default: Path | None, help: str, seed: bool = True) -> Callable[[F], F]:
+    """A resumable experiment's options, in this order: :func:`out_option` (``default``,
+    ``help``), :func:`backend_options`, :func:`data_options`, :func:`seed_option` (unless
+    ``seed=False``) and :func:`json_option`."""
+    out = out_option(default=default, help=help)
+
+    def decorate(func: F) -> F:
+        func = json_option(func)
+        if seed:
+            func = seed_option(func)
+        return out(backend_options(data_options(func)))
+
+    return decorate
 
 
 def _announce_dataset(ctx: click.Context, param: click.Parameter, value: str) -> str:

@@ -7,22 +7,13 @@ from typing import Any
 
 import click
 
-from intriguing.cli.options import (
-    backend_options,
-    data_options,
-    int_option,
-    json_option,
-    out_option,
-    seed_option,
-)
+from intriguing.cli.options import images_option, run_options
 from intriguing.errors import IntriguingError
 
 
 @click.command()
-@int_option(
+@images_option(
     "--n",
-    1,
-    70_000,
     default=300,
     help="Test images (classified correctly by every model) attacked per model.",
     dest="n",
@@ -34,14 +25,10 @@ from intriguing.errors import IntriguingError
     help="Zoo models (repeat or comma-separate); default: LSTM-rows, GRU-rows, Feedback and "
     "softmax1, N100-100-10, N200-200-10, AE400-10, Conv.",
 )
-@out_option(
+@run_options(
     default=Path("recurrent-run"),
     help="Run directory (results.json, report.md, figure); rerunning resumes there.",
 )
-@backend_options
-@data_options
-@seed_option
-@json_option
 def recurrent(
     n: int,
     models: tuple[str, ...],

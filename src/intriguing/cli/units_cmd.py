@@ -30,6 +30,7 @@ import numpy as np
 from intriguing.cli.options import (
     choice_option,
     flag_option,
+    images_option,
     int_option,
     model_command_options,
     open_user_data,
@@ -213,7 +214,7 @@ def _print_summary(results: dict[str, Any]) -> None:
     help="Permutations in the permutation tests between families.",
 )
 @text_option("--split", default="test", help="MNIST split used as the image set.")
-@int_option("--limit", 1, 70_000, default=None, help="Use only the first N images of the split.")
+@images_option("--limit", default=None, help="Use only the first N images of the split.")
 @choice_option(
     "--reduce",
     ["flatten", "mean", "max"],
