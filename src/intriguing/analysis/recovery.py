@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import numpy as np
 import torch
@@ -43,6 +43,17 @@ from intriguing.attacks import LBFGS, AttackResult
 from intriguing.attacks.checks import check_eval_mode, check_image_pair, check_labels
 from intriguing.attacks.metrics import rms_distortion
 from intriguing.errors import InvalidInputError
+
+CONFIDENCE = 0.95  # the default level of every interval here
+
+
+class Bootstrap(TypedDict, total=False):
+    """The percentile bootstrap's settings, passed on to :func:`auc_confidence_interval` (which
+    holds the defaults): ``confidence`` (0.95), ``n_resamples`` (2000), ``seed`` (0)."""
+
+    confidence: float
+    n_resamples: int
+    seed: int
 
 
 # ----------------------------------------------------------------------------- ROC / AUC
@@ -71,7 +82,7 @@ def auc_confidence_interval(
     clean: Any,
     adversarial: Any,
     *,
-    confidence: float = 0.95,
+    confidence: float = CONFIDENCE,
     n_resamples: int = 2000,
     seed: int = 0,
 ) -> tuple[float, float]:
@@ -138,20 +149,12 @@ def tpr_at_fpr(clean: Any, adversarial: Any, fpr: float = 0.05) -> float:
     return float(t[f <= fpr + 1e-12].max())
 
 
-def separation(
-    clean: Any,
-    adversarial: Any,
-    *,
-    confidence: float = 0.95,
-    n_resamples: int = 2000,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """AUC with its bootstrap interval, TPR at 5% FPR, and medians of both statistics."""
+def separation(clean: Any, adversarial: Any, **bootstrap: Unpack[Bootstrap]) -> dict[str, Any]:
+    """AUC with its bootstrap interval (settings: :class:`Bootstrap`), TPR at 5% FPR, and medians
+    of both statistics."""
     c = _as_scores(clean, "clean statistic")
     a = _as_scores(adversarial, "adversarial statistic")
-    lo, hi = auc_confidence_interval(
-        c, a, confidence=confidence, n_resamples=n_resamples, seed=seed
-    )
+    lo, hi = auc_confidence_interval(c, a, **bootstrap)
     return {
         "auc": auc_low_is_positive(c, a),
         "auc_ci": [lo, hi],
@@ -266,13 +269,10 @@ def recover_and_detect(
 
 
 def summarise_recovery(
-    per: Mapping[str, torch.Tensor],
-    *,
-    confidence: float = 0.95,
-    n_resamples: int = 2000,
-    seed: int = 0,
+    per: Mapping[str, torch.Tensor], **bootstrap: Unpack[Bootstrap]
 ) -> dict[str, Any]:
-    """JSON-ready summary of :func:`recover_and_detect`'s tensors (rates, medians, AUCs)."""
+    """JSON-ready summary of :func:`recover_and_detect`'s tensors (rates, medians, AUCs); the
+    intervals' settings are ``bootstrap`` (:class:`Bootstrap`)."""
     from intriguing.analysis.rarity import clopper_pearson
 
     ok = per["recovered"].bool()
@@ -289,7 +289,9 @@ def summarise_recovery(
         "n": n,
         "recovered": int(ok.sum()),
         "recovery_rate": float(ok.double().mean()) if n else None,
-        "recovery_ci": list(clopper_pearson(int(ok.sum()), n, confidence)),
+        "recovery_ci": list(
+            clopper_pearson(int(ok.sum()), n, bootstrap.get("confidence", CONFIDENCE))
+        ),
         "median_adversarial_rms": med(adv),
         "median_back_rms": med(back),
         "median_back_over_adversarial": med(back / adv_ok),
@@ -297,22 +299,14 @@ def summarise_recovery(
         "median_recovered_to_original_over_adversarial": med(to_orig / adv_ok),
         "recovered_closer_than_adversarial": int((to_orig < adv_ok).sum()),
         "detector": separation(
-            per["detector_clean"].numpy(),
-            per["detector_adversarial"].numpy(),
-            confidence=confidence,
-            n_resamples=n_resamples,
-            seed=seed,
+            per["detector_clean"].numpy(), per["detector_adversarial"].numpy(), **bootstrap
         ),
         "oracle": separation(
-            per["oracle_clean"].numpy(),
-            per["oracle_adversarial"].numpy(),
-            confidence=confidence,
-            n_resamples=n_resamples,
-            seed=seed,
+            per["oracle_clean"].numpy(), per["oracle_adversarial"].numpy(), **bootstrap
         ),
         "detector_amplified": {
             key.removeprefix("detector_amplified_"): _amplified_separation(
-                per["detector_clean"], value, confidence, n_resamples, seed
+                per["detector_clean"], value, bootstrap
             )
             for key, value in per.items()
             if key.startswith("detector_amplified_")
@@ -321,18 +315,12 @@ def summarise_recovery(
 
 
 def _amplified_separation(
-    clean: torch.Tensor, pushed: torch.Tensor, confidence: float, n_resamples: int, seed: int
+    clean: torch.Tensor, pushed: torch.Tensor, bootstrap: Bootstrap
 ) -> dict[str, Any]:
     """Detector separation on the pairs whose amplified image is still adversarial."""
     keep = ~torch.isnan(pushed)
     out: dict[str, Any] = {"still_adversarial": int(keep.sum()), "n": int(keep.numel())}
     if int(keep.sum()) == 0:
         return out
-    sep = separation(
-        clean[keep].numpy(),
-        pushed[keep].numpy(),
-        confidence=confidence,
-        n_resamples=n_resamples,
-        seed=seed,
-    )
+    sep = separation(clean[keep].numpy(), pushed[keep].numpy(), **bootstrap)
     return {**out, **sep}
