@@ -77,8 +77,12 @@ def load_mnist(
         _CACHE[key] = build_mnist(directory, found_via)
     cached = _CACHE[key]
     if cached.found_via != found_via or cached.source != str(directory):
-        # same files reached another way (e.g. a symlink): share the tensors, report the route
-        return dataclasses.replace(cached, source=str(directory), found_via=found_via)
+        # same files reached another way (e.g. a symlink, $INTRIGUING_DATA_DIR): share the
+        # tensors, report the route; cached too, so each route gives one object per process
+        route = (*key, str(directory), found_via)
+        if route not in _CACHE:
+            _CACHE[route] = dataclasses.replace(cached, source=str(directory), found_via=found_via)
+        return _CACHE[route]
     return cached
 
 
