@@ -215,7 +215,10 @@ class ProcessBackend:
         except (pickle.PicklingError, AttributeError, TypeError):
             self._inline.append((step, deps, store))
             return
-        future = self._pool.submit(process_step, step, deps, root, self._env, self._threads)
+        try:
+            future = self._pool.submit(process_step, step, deps, root, self._env, self._threads)
+        except BrokenProcessPool:  # a worker died while running an earlier step
+            raise _worker_died(step.key) from None
         self._in_flight[future] = step.key
 
     def wait(self) -> StepOutcome:
@@ -229,10 +232,7 @@ class ProcessBackend:
         try:
             return future.result()
         except BrokenProcessPool:
-            raise IntriguingError(
-                f"a worker process died while running step {key!r} (killed or out of memory); "
-                "rerun the same command to resume, with fewer --workers if memory is short"
-            ) from None
+            raise _worker_died(key) from None
 
     def stop(self, *, abort: bool) -> None:
         pool, self._pool = self._pool, None
@@ -244,6 +244,13 @@ class ProcessBackend:
             for process in list(getattr(pool, "_processes", {}).values()):
                 process.terminate()
         pool.shutdown(wait=True, cancel_futures=abort)
+
+
+def _worker_died(key: str) -> IntriguingError:
+    return IntriguingError(
+        f"a worker process died (killed or out of memory) while the run was at step {key!r}; "
+        "rerun the same command to resume, with fewer --workers if memory is short"
+    )
 
 
 # ------------------------------------------------------------------------------- Ray
