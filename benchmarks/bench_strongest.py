@@ -138,6 +138,12 @@ def bench_model(
 ) -> dict[str, Any]:
     key = image_key(x)
     old = stored.get(name, {})
+    if args.only_ours and old and old.get("images") != key:
+        # the image set depends on which models run together: never drop the stored peers
+        raise SystemExit(
+            f"{name}: the stored peer results were run on another image set; rerun --only-ours "
+            "with the --models grouping (and --n) of the run that stored them"
+        )
     rows: dict[str, Any] = dict(old.get("methods", {})) if old.get("images") == key else {}
     todo = {OURS: run_ours} if args.only_ours else {OURS: run_ours, **runners}
     run_ours(model, x[:8], y[:8])  # warm-up, untimed
