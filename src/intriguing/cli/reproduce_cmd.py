@@ -127,9 +127,9 @@ def reproduce(
     bounds (§4.3), and write report.md / report.html / results.json.
 
     Sizes: --quick (100 examples per model), default (5000), --full (every example). Killed runs
-    resume where they stopped when rerun with the same options. --backend ray runs independent
-    steps (attack shards, models, analyses) concurrently on a Ray cluster (docs/ray.md); the
-    results are identical to the local backend's.
+    resume where they stopped when rerun with the same options. --workers N runs independent
+    steps (attack shards, models, analyses) N at a time in local worker processes, --backend ray
+    on a Ray cluster (docs/ray.md); the results are identical to a one-worker run's.
     """
     import torch
 
