@@ -181,7 +181,9 @@ class ProcessBackend:
     Workers are started with ``spawn`` (no state inherited from the driver but what is sent), use
     the driver's torch thread count and ``INTRIGUING_*`` settings, and live for the whole run, so
     each loads the data and models once (:func:`~intriguing.experiments.graph.process_local`).
-    A step that the standard pickle cannot send runs in the driver process instead.
+    A step that the standard pickle cannot send runs in the driver process instead. As with any
+    ``spawn`` pool, a script that builds this backend must keep its top-level code under
+    ``if __name__ == "__main__":`` (workers import the script's module).
 
     Args:
         workers: worker processes (>= 2; 1 is :class:`LocalBackend`).
