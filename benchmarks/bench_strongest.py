@@ -225,20 +225,34 @@ def budget_view(
 
 
 def markdown(report: dict[str, Any]) -> str:
+    """The results table, each model's command, the speed pairs and the budget view."""
+    env = report["environment"]
     lines = [
-        f"Command: `{report['environment']['command']}` ({report['environment']['started']}, "
-        f"load average at start {report['environment']['load_average_start'][0]:.1f}, at end "
-        f"{report['load_average_end'][0]:.1f})",
+        f"Command: `{env['command']}` ({env['started']}, load average at start "
+        f"{env['load_average_start'][0]:.1f}, at end {report['load_average_end'][0]:.1f})",
         "",
+        *_results_table(report["models"]),
+        *_model_commands(report["models"]),
+        "",
+        *_pairs_table(report["models"]),
+        "",
+        "Budget view: mean RMS distortion (success rate) within k forward+backward passes "
+        "per example, counted by the model wrapper.",
+        "",
+        *_budget_table(report.get("budget", {})),
     ]
-    lines += [
+    return "\n".join(lines) + "\n"
+
+
+def _results_table(models: dict[str, Any]) -> list[str]:
+    lines = [
         "ex/s: one timing per method, with the 1-minute load average when it started (`?`: not "
         "recorded); on this shared machine only the interleaved pairs further down compare speeds.",
         "",
         "| model | n | method | success | mean RMS | ratio to best | ex/s (load) | evals/ex |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for name, res in report["models"].items():
+    for name, res in models.items():
         for method, r in res["methods"].items():
             lines.append(
                 f"| {name} | {res['n']} | {method} | {r['success_rate']:.1%} | "
@@ -246,42 +260,46 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{_f(r['examples_per_s'], 1)} ({_f(r.get('load_average'), 1, '?')}) | "
                 f"{_f(r['grad_evals_per_example'], 1)} |"
             )
-    for name, res in report["models"].items():
-        env = res.get("environment")
-        if env:
-            lines.append(
-                f"\n{name}: `{env['command']}` ({env['started']}, load average at start "
-                f"{env['load_average_start'][0]:.1f})"
-            )
-    lines += [
-        "",
+    return lines
+
+
+def _model_commands(models: dict[str, Any]) -> list[str]:
+    """Where a model's rows come from a later run than the report's command: that run's command."""
+    return [
+        f"\n{name}: `{env['command']}` ({env['started']}, load average at start "
+        f"{env['load_average_start'][0]:.1f})"
+        for name, res in models.items()
+        if (env := res.get("environment"))
+    ]
+
+
+def _pairs_table(models: dict[str, Any]) -> list[str]:
+    lines = [
         "| model | ours/adv-lib DDN-100 speed, median of pairs | pairs | ours ex/s | DDN ex/s |",
         "|---|---|---|---|---|",
     ]
-    for name, res in report["models"].items():
-        p = res.get("pairs_vs_adv_lib_ddn")
-        if p:
+    for name, res in models.items():
+        if p := res.get("pairs_vs_adv_lib_ddn"):
+            ratios = ", ".join(f"{r:.2f}" for r in p["ratios"])
             lines.append(
-                f"| {name} | {p['median_ratio']:.2f} | {', '.join(f'{r:.2f}' for r in p['ratios'])} | "
+                f"| {name} | {p['median_ratio']:.2f} | {ratios} | "
                 f"{statistics.median(p['ours_per_s']):.0f} | {statistics.median(p['ddn_per_s']):.0f} |"
             )
-    lines += [
-        "",
-        "Budget view: mean RMS distortion (success rate) within k forward+backward passes "
-        "per example, counted by the model wrapper.",
-        "",
-    ]
-    lines += [
+    return lines
+
+
+def _budget_table(budget: dict[str, Any]) -> list[str]:
+    lines = [
         "| model | method | " + " | ".join(str(b) for b in BUDGETS) + " | passes/ex |",
         "|---|---|" + "---|" * len(BUDGETS) + "---|",
     ]
-    for name, res in report.get("budget", {}).items():
+    for name, res in budget.items():
         for method, r in res.items():
             cells = [f"{_f(c['mean_distortion'], 5)} ({c['success_rate']:.0%})" for c in r["curve"]]
             lines.append(
                 f"| {name} | {method} | " + " | ".join(cells) + f" | {r['passes_mean']:.0f} |"
             )
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _f(v: float | None, digits: int, missing: str = "-") -> str:
