@@ -30,7 +30,8 @@ def test_attack_config_defaults_are_the_attacks_own() -> None:
 
 def test_lbfgs_keeps_its_keyword_api_and_settings_come_from_the_config() -> None:
     config = LBFGSConfig(max_iter=50, mode="targeted")
-    assert config.target == "random" and isinstance(config.c_init, float)
+    assert config.target == "random" and config.c_init is None  # None: estimated per problem
+    assert isinstance(LBFGSConfig(c_init=5).c_init, float)
     attack = LBFGS(config, candidates=0, threads=None)
     assert attack.max_iter == 50 and attack.candidates == 0 and attack.mode == "targeted"
     assert attack.settings() == {

@@ -23,7 +23,8 @@ class LBFGSConfig:
     """Every non-runtime setting of the box-constrained L-BFGS attack (paper section 4.1).
 
     Fields, ranges: ``mode`` in ``MODES``; ``target`` a chooser name, a class index or ``None``
-    (targeted ``None`` becomes ``"random"``); ``c_init``, ``c_rtol`` > 0; ``c_factor`` > 1;
+    (targeted ``None`` becomes ``"random"``); ``c_init`` ``None`` (every problem starts at its own
+    estimated constant) or > 0; ``c_rtol`` > 0; ``c_factor`` > 1;
     ``search_steps``, ``memory``, ``max_iter``, ``batch_size`` integers >= 1; ``candidates`` an
     integer >= 0; ``candidate_ratio`` >= 1. Raises InvalidInputError (one line) otherwise.
     """
@@ -33,7 +34,7 @@ class LBFGSConfig:
     loss: str = "ce"
     kappa: float = 0.0
     temperature: float | None = None
-    c_init: float = 5.0
+    c_init: float | None = None
     c_factor: float = 3.0
     search_steps: int = 10
     c_rtol: float = 0.05
@@ -44,13 +45,14 @@ class LBFGSConfig:
     batch_size: int = 512
     seed: int = 0
     refine: bool = True
-    candidates: int = 2
+    candidates: int = 3
     candidate_ratio: float = 1.2
 
     def __post_init__(self) -> None:
         self._check_goal()
         check_loss(self.loss, self.kappa, 1.0 if self.temperature is None else self.temperature)
-        _positive("c_init", self.c_init)
+        if self.c_init is not None:
+            _positive("c_init", self.c_init)
         _positive("c_rtol", self.c_rtol)
         if not (isinstance(self.c_factor, (int, float)) and self.c_factor > 1.0):
             raise InvalidInputError(f"c_factor must be > 1, got {self.c_factor!r}")
@@ -78,7 +80,6 @@ class LBFGSConfig:
             name: float(getattr(self, name))
             for name in (
                 "kappa",
-                "c_init",
                 "c_factor",
                 "c_rtol",
                 "pgtol",
@@ -86,8 +87,9 @@ class LBFGSConfig:
                 "candidate_ratio",
             )
         }
-        if self.temperature is not None:
-            values["temperature"] = float(self.temperature)
+        for name in ("temperature", "c_init"):
+            if getattr(self, name) is not None:
+                values[name] = float(getattr(self, name))
         values["refine"] = bool(self.refine)
         if self.mode == "targeted" and self.target is None:
             values["target"] = "random"

@@ -1,0 +1,156 @@
+"""Each problem's first constant, estimated from the model at the clean image (issue 18).
+
+``c_init=None`` (the default) starts a targeted cross-entropy problem at
+``ESTIMATE_SCALE * ||grad(z_t - z_r)||^2 / (2 T gap)``. On an affine model the gradient and the gap
+are known in closed form: the oracle here. ``c_init=<number>`` keeps the fixed start.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from intriguing.attacks import LBFGS, LBFGSConfig
+from intriguing.attacks.lbfgs import (
+    ESTIMATE_SCALE,
+    FIXED_C_INIT,
+    estimated_constants,
+    linear_geometry,
+    target_geometry,
+)
+from intriguing.attacks.metrics import AIM_FACTOR, SUCCESS_MARGIN
+from intriguing.errors import InvalidInputError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def affine(seed: int, dim: int = 16, classes: int = 5) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(dim, classes)).eval()
+
+
+class BackwardCounter(nn.Module):
+    """Counts the rows of every backward pass through the wrapped model's output."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.rows = model, 0
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.model(x)
+        if z.requires_grad:
+            z.register_hook(self._count)
+        return z
+
+    def _count(self, grad: torch.Tensor) -> None:
+        self.rows += grad.shape[0]
+
+
+def test_estimated_constants_by_hand() -> None:
+    gap = torch.tensor([2.0, 0.5, 0.0, 1.0], dtype=torch.float64)
+    norm = torch.tensor([3.0, 1.0, 1.0, 0.0], dtype=torch.float64)
+    c0 = estimated_constants(gap, norm, temperature=0.1)
+    # 0.04 * 9 / (2 * 0.1 * 2) = 0.9;  0.04 * 1 / (2 * 0.1 * 0.5) = 0.4
+    assert ESTIMATE_SCALE == 0.04
+    assert c0[0].item() == pytest.approx(0.9, rel=1e-12)
+    assert c0[1].item() == pytest.approx(0.4, rel=1e-12)
+    assert c0[2].item() == 1e8 and c0[3].item() == 1e-8  # clamped, never 0 or inf
+    nan = estimated_constants(torch.tensor([math.nan]).double(), torch.tensor([1.0]).double(), 0.1)
+    assert nan.item() == FIXED_C_INIT  # a NaN estimate (NaN logits): the fixed start
+
+
+def test_target_geometry_is_exact_on_an_affine_model() -> None:
+    model = affine(0)
+    x = torch.rand(6, 16)
+    targets = torch.tensor([0, 1, 2, 3, 4, 0])
+    gap, norm = target_geometry(model, x, targets)
+    w, b = model[1].weight.detach().double(), model[1].bias.detach().double()
+    z = x.double() @ w.T + b
+    for i, t in enumerate(targets.tolist()):
+        others = [k for k in range(5) if k != t]
+        rival = max(others, key=lambda k: float(z[i, k]))
+        aim = AIM_FACTOR * SUCCESS_MARGIN * max(1.0, float(z[i].abs().max()))
+        expected_gap = max(float(z[i, rival] - z[i, t]), 0.0) + aim
+        assert gap[i].item() == pytest.approx(expected_gap, rel=1e-5, abs=1e-7)
+        assert norm[i].item() == pytest.approx(float((w[t] - w[rival]).norm()), rel=1e-5)
+
+
+def test_linear_geometry_matches_target_geometry_at_the_label_rival() -> None:
+    model = affine(1)
+    x = torch.rand(8, 16)
+    y = model(x).argmax(1)
+    gap, norm = linear_geometry(model, x, y)
+    t = (y + 1) % 5
+    tgap, tnorm = target_geometry(model, x, t)  # the label is the rival of a correct image
+    rows = torch.arange(8)
+    aim = AIM_FACTOR * SUCCESS_MARGIN * model(x).detach().abs().amax(1).clamp(min=1.0)
+    assert torch.allclose(gap[rows, t] + aim.double(), tgap, rtol=1e-5, atol=1e-7)
+    assert torch.allclose(norm[rows, t], tnorm, rtol=1e-5)
+
+
+def test_a_one_stage_search_runs_at_the_estimate_and_counts_it() -> None:
+    """search_steps=1: the returned constant is the stage's, i.e. the estimate itself."""
+    model = affine(2, dim=32, classes=6)
+    with torch.no_grad():
+        model[1].weight.mul_(10.0)
+    x = torch.full((10, 32), 0.5) + 0.1 * torch.rand(10, 32)
+    y = model(x).argmax(1)
+    t = (y + 1) % 6
+    counter = BackwardCounter(model)
+    res = LBFGS(mode="targeted", search_steps=1, progress=False)(counter, x, y, targets=t)
+    gap, norm = target_geometry(model, x, t)
+    expected = estimated_constants(gap, norm, temperature=0.1)
+    ok = res.success
+    assert bool(ok.any())
+    assert torch.allclose(res.c[ok], expected[ok], rtol=1e-12)
+    # every backward pass is counted: the search's evaluations plus one estimate per example
+    assert int(res.grad_evals.sum()) == counter.rows
+    fixed = LBFGS(mode="targeted", search_steps=1, c_init=2.5, progress=False)(
+        model, x, y, targets=t
+    )
+    assert bool((fixed.c[fixed.success] == 2.5).all())
+
+
+def test_untargeted_candidates_start_at_their_estimates_without_extra_passes() -> None:
+    model = affine(3, dim=32, classes=8)
+    x = torch.rand(10, 32)
+    y = model(x).argmax(1)
+    counter = BackwardCounter(model)
+    res = LBFGS(progress=False)(counter, x, y)
+    assert bool(res.success.all())
+    assert int(res.grad_evals.sum()) == counter.rows  # K passes of the class estimate, no more
+
+
+@pytest.mark.parametrize("c_init", [5, 5.0])
+def test_fixed_start_is_still_available(c_init: float) -> None:
+    assert LBFGSConfig(c_init=c_init).c_init == 5.0
+    model = affine(4)
+    x = torch.rand(6, 16)
+    y = model(x).argmax(1)
+    res = LBFGS(c_init=c_init, progress=False)(model, x, y)
+    assert bool(res.success.all()) and res.settings["c_init"] == 5.0
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, math.inf, math.nan, "5"])
+def test_bad_c_init_is_one_clear_error(bad: object) -> None:
+    with pytest.raises(InvalidInputError, match="c_init"):
+        LBFGSConfig(c_init=bad)  # type: ignore[arg-type]
+
+
+def test_estimated_start_is_near_the_final_constant_on_an_affine_model() -> None:
+    """The scale is an empirical median; on an affine model the estimate must be within 10x."""
+    model = affine(5, dim=64, classes=6)
+    with torch.no_grad():
+        model[1].weight.mul_(20.0)
+    x = torch.full((12, 64), 0.5) + 0.05 * torch.rand(12, 64)
+    y = model(x).argmax(1)
+    t = (y + 2) % 6
+    res = LBFGS(mode="targeted", progress=False)(model, x, y, targets=t)
+    gap, norm = target_geometry(model, x, t)
+    ratio = res.c / estimated_constants(gap, norm, temperature=0.1)
+    assert bool(res.success.all())
+    assert float(ratio.min()) > 0.1 and float(ratio.max()) < 10.0
