@@ -17,6 +17,7 @@ from intriguing.attacks import LBFGS, LBFGSConfig
 from intriguing.attacks.lbfgs import (
     ESTIMATE_SCALE,
     FIXED_C_INIT,
+    TARGETED_START,
     estimated_constants,
     linear_geometry,
     target_geometry,
@@ -103,7 +104,7 @@ def test_a_one_stage_search_runs_at_the_estimate_and_counts_it() -> None:
     counter = BackwardCounter(model)
     res = LBFGS(mode="targeted", search_steps=1, progress=False)(counter, x, y, targets=t)
     gap, norm = target_geometry(model, x, t)
-    expected = estimated_constants(gap, norm, temperature=0.1)
+    expected = TARGETED_START * estimated_constants(gap, norm, temperature=0.1)
     ok = res.success
     assert bool(ok.any())
     assert torch.allclose(res.c[ok], expected[ok], rtol=1e-12)
@@ -142,7 +143,7 @@ def test_bad_c_init_is_one_clear_error(bad: object) -> None:
 
 
 def test_estimated_start_is_near_the_final_constant_on_an_affine_model() -> None:
-    """The scale is an empirical median; on an affine model the estimate must be within 10x."""
+    """The scale is an empirical median; on an affine model the start must be within 10x."""
     model = affine(5, dim=64, classes=6)
     with torch.no_grad():
         model[1].weight.mul_(20.0)
@@ -151,6 +152,6 @@ def test_estimated_start_is_near_the_final_constant_on_an_affine_model() -> None
     t = (y + 2) % 6
     res = LBFGS(mode="targeted", progress=False)(model, x, y, targets=t)
     gap, norm = target_geometry(model, x, t)
-    ratio = res.c / estimated_constants(gap, norm, temperature=0.1)
+    ratio = res.c / (TARGETED_START * estimated_constants(gap, norm, temperature=0.1))
     assert bool(res.success.all())
     assert float(ratio.min()) > 0.1 and float(ratio.max()) < 10.0

@@ -86,13 +86,16 @@ REFINE_SEARCH_STEPS = 3
 # relative decrease: on nearly flat models a loose test ends stages after an iteration or two and
 # the search then declares every c a failure. Once a success brackets c, the stages only refine.
 SEARCH_FTOL_FACTOR = 0.1
-# c_init=None: a targeted cross-entropy problem starts at ESTIMATE_SCALE * ||grad(z_t - z_y)||^2 /
+# c_init=None: a targeted cross-entropy problem starts near ESTIMATE_SCALE * ||grad(z_t - z_y)||^2 /
 # (2 T (z_y - z_t)) (estimated_constants), bracketed by ESTIMATE_FACTOR. The scale is the median of
 # final constant / unscaled estimate, measured (issue 18) at 0.035-0.054 on N100-100-10, Conv and
-# the benchmark's ReLU CNN. Measured on the benchmark models (docs/attack.md, "Starting constant"):
-# 8-37% fewer evaluations than c_init=5 with c_factor=3, at equal mean distortion with candidates=3.
+# the benchmark's ReLU CNN. Untargeted candidates start at the estimate; a targeted problem (one
+# class, no other candidate to fall back on) at TARGETED_START times it, from the failing side:
+# on the ReLU networks a search that first fails ends at smaller distortion (docs/attack.md,
+# "Starting constant", benchmarks/start_constant.py).
 ESTIMATE_SCALE = 0.04
 ESTIMATE_FACTOR = 1.5
+TARGETED_START = 2.0
 # the first constant of problems without an estimate (the untargeted loss, the margin loss)
 FIXED_C_INIT = 5.0
 
@@ -124,9 +127,10 @@ class LBFGS(Attack):
             softmax the targeted distortion is 2.3% above the exact optimum at T = 1 and 0.2% at
             T = 0.1; on the sigmoid 100-100-10 net untargeted T = 1 gives the lowest mean distortion).
         c_init: first constant of every problem's search; ``None`` (default): each targeted
-            cross-entropy problem (untargeted mode's candidates included) starts at its own
-            estimate from the model's gradients at the clean image (:func:`estimated_constants`)
-            and brackets with ``ESTIMATE_FACTOR``; the untargeted and the margin loss start at
+            cross-entropy problem starts from its own estimate from the model's gradients at the
+            clean image (:func:`estimated_constants`; untargeted candidates at the estimate,
+            targeted problems at ``TARGETED_START`` = 2 times it) and brackets with
+            ``ESTIMATE_FACTOR`` = 1.5; the untargeted and the margin loss start at
             ``FIXED_C_INIT`` (5). The estimate costs one gradient evaluation per targeted problem
             (none extra for untargeted candidates: it reuses their class estimate), counted in
             ``grad_evals``.
@@ -271,9 +275,9 @@ class LBFGS(Attack):
         problems: _Problems,
         temperature: float,
     ) -> torch.Tensor:
-        """Set ``problems.c0`` to the estimated constants (``c_init=None``, targeted cross-entropy
-        problems) unless already set; returns the extra gradient evaluations per example ``(N,)``
-        (one per problem whose estimate needed a new backward pass)."""
+        """Set ``problems.c0`` to ``TARGETED_START`` times the estimated constants (``c_init=None``,
+        targeted cross-entropy problems) unless already set; returns the extra gradient evaluations
+        per example ``(N,)`` (one per problem: its estimate's backward pass)."""
         cost = torch.zeros(images.shape[0], dtype=torch.long, device=labels.device)
         targeted = bool((problems.targets >= 0).all())
         if self.c_init is not None or self.loss != "ce" or not targeted or problems.c0 is not None:
@@ -286,7 +290,8 @@ class LBFGS(Attack):
             g, n = target_geometry(model, images[ex], problems.goal[rows])
             gap.append(g)
             norm.append(n)
-        problems.c0 = estimated_constants(torch.cat(gap), torch.cat(norm), temperature)
+        estimate = estimated_constants(torch.cat(gap), torch.cat(norm), temperature)
+        problems.c0 = (TARGETED_START * estimate).clamp(max=1e8)
         cost.index_add_(0, problems.example, torch.ones_like(problems.example))
         return cost
 
