@@ -4,14 +4,15 @@
     python benchmarks/start_constant.py --models N100-100-10 --n 300
 
 The first ``n`` correctly classified of MNIST's first 3000 test images (``--n``; default 1000 for
-the MLPs and softmax1, 200 for the CNNs), one thread, untargeted and targeted (``label + 1 mod
-10``). Settings compared, each on the same images:
+the MLPs and softmax1, 200 for the CNNs), one thread, untargeted. Settings compared, each on the
+same images:
 
 - ``c_init=5, candidates=2``: the previous default (fixed start, bracketing factor 3);
 - ``c_init=None, candidates=2``: the estimated start (bracketing factor 1.5), two classes;
-- ``c_init=None, candidates=3``: the default since (see ``docs/attack.md``, "Starting constant");
-- targeted: ``c_init=5``; the estimate itself (``TARGETED_START = 1``, an ablation); the default
-  (twice the estimate).
+- ``c_init=None, candidates=3``: the default since (see ``docs/attack.md``, "Starting constant").
+
+Targeted mode keeps the fixed start; the estimated targeted starts were measured with this script at
+commit a718157 (its targeted rows) and not adopted.
 
 Prints success, mean RMS distortion over successes and gradient evaluations per example (the
 attack's own count, the class estimate and the constants' estimate included), and writes
@@ -32,7 +33,7 @@ import torch
 import strong_models
 from bench_attack import environment
 from intriguing._io import atomic_write_json, atomic_write_text
-from intriguing.attacks import LBFGS, lbfgs
+from intriguing.attacks import LBFGS
 from intriguing.data import load_mnist
 from intriguing.training import load_model
 
@@ -44,27 +45,14 @@ UNTARGETED: list[dict[str, Any]] = [
     {"c_init": None, "candidates": 2},
     {"c_init": None, "candidates": 3},
 ]
-# targeted_start: an ablation of lbfgs.TARGETED_START (the default 2 starts above the estimate)
-TARGETED: list[dict[str, Any]] = [
-    {"c_init": 5.0},
-    {"c_init": None, "targeted_start": 1.0},
-    {"c_init": None},
-]
 
 
 def measure(
     model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, **kwargs: Any
 ) -> dict[str, Any]:
-    targets = (y + 1) % 10 if kwargs.get("mode") == "targeted" else None
-    settings = {k: v for k, v in kwargs.items() if k != "targeted_start"}
-    default_start = lbfgs.TARGETED_START
-    lbfgs.TARGETED_START = kwargs.get("targeted_start", default_start)
-    try:
-        start = time.perf_counter()
-        r = LBFGS(progress=False, **settings)(model, x, y, targets=targets)
-        seconds = time.perf_counter() - start
-    finally:
-        lbfgs.TARGETED_START = default_start
+    start = time.perf_counter()
+    r = LBFGS(progress=False, **kwargs)(model, x, y)
+    seconds = time.perf_counter() - start
     ok = r.success
     return {
         "settings": kwargs,
@@ -85,7 +73,7 @@ def bench_model(name: str, n: int | None) -> list[dict[str, Any]]:
     size = n if n is not None else (200 if name in CNNS else 1000)
     x, y = x[keep][:size], y[keep][:size]
     rows = []
-    for kwargs in UNTARGETED + [{**t, "mode": "targeted"} for t in TARGETED]:
+    for kwargs in UNTARGETED:
         row = {"model": name, **measure(model, x, y, **kwargs)}
         print(
             f"{name} {kwargs}: success {row['success_rate']:.3f} mean {row['mean_rms']:.5f} "
@@ -100,18 +88,14 @@ def markdown(rows: list[dict[str, Any]], command: str) -> str:
     lines = [
         f"Command: `{command}`",
         "",
-        "| model | n | mode | c_init | candidates | success | mean RMS | evals/example |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | n | c_init | candidates | success | mean RMS | evals/example |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         s = r["settings"]
-        start = s["c_init"]
-        if start is None:
-            factor = s.get("targeted_start", 2.0) if s.get("mode") == "targeted" else 1.0
-            start = "estimate" if factor == 1.0 else f"{factor:g} x estimate"
+        start = "estimate" if s["c_init"] is None else s["c_init"]
         lines.append(
-            f"| {r['model']} | {r['n']} | {s.get('mode', 'untargeted')} | "
-            f"{start} | {s.get('candidates', '-')} | "
+            f"| {r['model']} | {r['n']} | {start} | {s['candidates']} | "
             f"{100 * r['success_rate']:.1f}% | {r['mean_rms']:.5f} | {r['evals_per_example']:.1f} |"
         )
     return "\n".join(lines) + "\n"

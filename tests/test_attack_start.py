@@ -1,8 +1,9 @@
-"""Each problem's first constant, estimated from the model at the clean image (issue 18).
+"""Untargeted candidates start their c-search at a constant estimated at the clean image (issue 18).
 
-``c_init=None`` (the default) starts a targeted cross-entropy problem at
-``ESTIMATE_SCALE * ||grad(z_t - z_r)||^2 / (2 T gap)``. On an affine model the gradient and the gap
-are known in closed form: the oracle here. ``c_init=<number>`` keeps the fixed start.
+``c_init=None`` (the default) starts each untargeted candidate (a targeted cross-entropy problem
+toward a class of the class estimate) at ``ESTIMATE_SCALE * ||grad(z_t - z_y)||^2 / (2 T gap)``;
+targeted mode and the other losses keep the fixed ``FIXED_C_INIT``. On an affine model the gradient
+and the gap are known in closed form: the oracle here. ``c_init=<number>`` keeps the fixed start.
 """
 
 from __future__ import annotations
@@ -17,10 +18,8 @@ from intriguing.attacks import LBFGS, LBFGSConfig
 from intriguing.attacks.lbfgs import (
     ESTIMATE_SCALE,
     FIXED_C_INIT,
-    TARGETED_START,
     estimated_constants,
     linear_geometry,
-    target_geometry,
 )
 from intriguing.attacks.metrics import AIM_FACTOR, SUCCESS_MARGIN
 from intriguing.errors import InvalidInputError
@@ -64,58 +63,6 @@ def test_estimated_constants_by_hand() -> None:
     assert nan.item() == FIXED_C_INIT  # a NaN estimate (NaN logits): the fixed start
 
 
-def test_target_geometry_is_exact_on_an_affine_model() -> None:
-    model = affine(0)
-    x = torch.rand(6, 16)
-    targets = torch.tensor([0, 1, 2, 3, 4, 0])
-    gap, norm = target_geometry(model, x, targets)
-    w, b = model[1].weight.detach().double(), model[1].bias.detach().double()
-    z = x.double() @ w.T + b
-    for i, t in enumerate(targets.tolist()):
-        others = [k for k in range(5) if k != t]
-        rival = max(others, key=lambda k: float(z[i, k]))
-        aim = AIM_FACTOR * SUCCESS_MARGIN * max(1.0, float(z[i].abs().max()))
-        expected_gap = max(float(z[i, rival] - z[i, t]), 0.0) + aim
-        assert gap[i].item() == pytest.approx(expected_gap, rel=1e-5, abs=1e-7)
-        assert norm[i].item() == pytest.approx(float((w[t] - w[rival]).norm()), rel=1e-5)
-
-
-def test_linear_geometry_matches_target_geometry_at_the_label_rival() -> None:
-    model = affine(1)
-    x = torch.rand(8, 16)
-    y = model(x).argmax(1)
-    gap, norm = linear_geometry(model, x, y)
-    t = (y + 1) % 5
-    tgap, tnorm = target_geometry(model, x, t)  # the label is the rival of a correct image
-    rows = torch.arange(8)
-    aim = AIM_FACTOR * SUCCESS_MARGIN * model(x).detach().abs().amax(1).clamp(min=1.0)
-    assert torch.allclose(gap[rows, t] + aim.double(), tgap, rtol=1e-5, atol=1e-7)
-    assert torch.allclose(norm[rows, t], tnorm, rtol=1e-5)
-
-
-def test_a_one_stage_search_runs_at_the_estimate_and_counts_it() -> None:
-    """search_steps=1: the returned constant is the stage's, i.e. the estimate itself."""
-    model = affine(2, dim=32, classes=6)
-    with torch.no_grad():
-        model[1].weight.mul_(10.0)
-    x = torch.full((10, 32), 0.5) + 0.1 * torch.rand(10, 32)
-    y = model(x).argmax(1)
-    t = (y + 1) % 6
-    counter = BackwardCounter(model)
-    res = LBFGS(mode="targeted", search_steps=1, progress=False)(counter, x, y, targets=t)
-    gap, norm = target_geometry(model, x, t)
-    expected = TARGETED_START * estimated_constants(gap, norm, temperature=0.1)
-    ok = res.success
-    assert bool(ok.any())
-    assert torch.allclose(res.c[ok], expected[ok], rtol=1e-12)
-    # every backward pass is counted: the search's evaluations plus one estimate per example
-    assert int(res.grad_evals.sum()) == counter.rows
-    fixed = LBFGS(mode="targeted", search_steps=1, c_init=2.5, progress=False)(
-        model, x, y, targets=t
-    )
-    assert bool((fixed.c[fixed.success] == 2.5).all())
-
-
 def test_untargeted_candidates_start_at_their_estimates_without_extra_passes() -> None:
     model = affine(3, dim=32, classes=8)
     x = torch.rand(10, 32)
@@ -142,6 +89,60 @@ def test_bad_c_init_is_one_clear_error(bad: object) -> None:
         LBFGSConfig(c_init=bad)  # type: ignore[arg-type]
 
 
+def test_linear_geometry_is_exact_on_an_affine_model() -> None:
+    model = affine(0)
+    x = torch.rand(6, 16)
+    y = model(x).argmax(1)
+    gap, norm = linear_geometry(model, x, y)
+    w, b = model[1].weight.detach().double(), model[1].bias.detach().double()
+    z = x.double() @ w.T + b
+    for i in range(6):
+        for k in range(5):
+            expected = max(float(z[i, y[i]] - z[i, k]), 0.0)
+            assert gap[i, k].item() == pytest.approx(expected, rel=1e-5, abs=1e-6)
+            if k != int(y[i]):
+                assert norm[i, k].item() == pytest.approx(float((w[y[i]] - w[k]).norm()), rel=1e-5)
+
+
+def candidate_constants(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The nearest class's estimated constant per image, from the closed-form geometry."""
+    gap, norm = linear_geometry(model, x, y)
+    rows = torch.arange(len(y))
+    distance = gap / norm
+    distance[rows, y] = math.inf
+    nearest = distance.argmin(1)
+    aim = AIM_FACTOR * SUCCESS_MARGIN * model(x).detach().abs().amax(1).clamp(min=1.0).double()
+    return estimated_constants(gap[rows, nearest] + aim, norm[rows, nearest], temperature=0.1)
+
+
+def test_a_one_stage_search_runs_at_the_estimate() -> None:
+    """search_steps=1, one candidate: the returned constant is the stage's, the estimate itself."""
+    model = affine(2, dim=32, classes=6)
+    with torch.no_grad():
+        model[1].weight.mul_(10.0)
+    x = torch.full((10, 32), 0.5) + 0.1 * torch.rand(10, 32)
+    y = model(x).argmax(1)
+    res = LBFGS(candidates=1, search_steps=1, progress=False)(model, x, y)
+    ok = res.success
+    assert bool(ok.any())
+    assert torch.allclose(res.c[ok], candidate_constants(model, x, y)[ok], rtol=1e-12)
+    fixed = LBFGS(candidates=1, search_steps=1, c_init=2.5, progress=False)(model, x, y)
+    assert bool((fixed.c[fixed.success] == 2.5).all())
+
+
+def test_targeted_mode_keeps_the_fixed_start() -> None:
+    model = affine(3, dim=32, classes=6)
+    x = torch.full((8, 32), 0.5) + 0.1 * torch.rand(8, 32)
+    y = model(x).argmax(1)
+    t = (y + 1) % 6
+    res = LBFGS(mode="targeted", search_steps=1, progress=False)(model, x, y, targets=t)
+    assert bool(res.success.any())
+    assert bool((res.c[res.success] == FIXED_C_INIT).all())
+    counter = BackwardCounter(model)
+    counted = LBFGS(mode="targeted", progress=False)(counter, x, y, targets=t)
+    assert int(counted.grad_evals.sum()) == counter.rows  # no estimate pass
+
+
 def test_estimated_start_is_near_the_final_constant_on_an_affine_model() -> None:
     """The scale is an empirical median; on an affine model the start must be within 10x."""
     model = affine(5, dim=64, classes=6)
@@ -149,9 +150,7 @@ def test_estimated_start_is_near_the_final_constant_on_an_affine_model() -> None
         model[1].weight.mul_(20.0)
     x = torch.full((12, 64), 0.5) + 0.05 * torch.rand(12, 64)
     y = model(x).argmax(1)
-    t = (y + 2) % 6
-    res = LBFGS(mode="targeted", progress=False)(model, x, y, targets=t)
-    gap, norm = target_geometry(model, x, t)
-    ratio = res.c / (TARGETED_START * estimated_constants(gap, norm, temperature=0.1))
+    res = LBFGS(candidates=1, progress=False)(model, x, y)
+    ratio = res.c / candidate_constants(model, x, y)
     assert bool(res.success.all())
     assert float(ratio.min()) > 0.1 and float(ratio.max()) < 10.0

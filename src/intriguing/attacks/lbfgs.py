@@ -16,8 +16,9 @@ both families sweep the same trade-off curve between distortion and loss, under 
 ``c``. Only the smallest-distortion success is reported, so ``c``'s scale does not matter.
 
 Search over c (per example). Large ``c`` favours small perturbations (failure), small ``c`` the loss
-(success). Stage 1 uses the problem's estimated constant (``c_init=None``, the default: see
-:func:`estimated_constants`) or ``c_init``. While no success has been seen, ``c`` is divided after
+(success). Stage 1 uses ``c_init``; with ``c_init=None`` (the default) an untargeted candidate
+starts at its estimated constant (:func:`estimated_constants`) and every other problem at
+``FIXED_C_INIT`` = 5. While no success has been seen, ``c`` is divided after
 the k-th stage by ``f ** k`` (accelerating: with ``f = c_factor = 3`` from a fixed start, 3, 9, 27,
 ..., so a scale off by 1e-6 is bracketed in 4 stages; ``f = ESTIMATE_FACTOR = 1.5`` from an
 estimate, which is usually within 2x); while no failure has been seen, it is multiplied the same way
@@ -86,16 +87,15 @@ REFINE_SEARCH_STEPS = 3
 # relative decrease: on nearly flat models a loose test ends stages after an iteration or two and
 # the search then declares every c a failure. Once a success brackets c, the stages only refine.
 SEARCH_FTOL_FACTOR = 0.1
-# c_init=None: a targeted cross-entropy problem starts near ESTIMATE_SCALE * ||grad(z_t - z_y)||^2 /
-# (2 T (z_y - z_t)) (estimated_constants), bracketed by ESTIMATE_FACTOR. The scale is the median of
-# final constant / unscaled estimate, measured (issue 18) at 0.035-0.054 on N100-100-10, Conv and
-# the benchmark's ReLU CNN. Untargeted candidates start at the estimate; a targeted problem (one
-# class, no other candidate to fall back on) at TARGETED_START times it, from the failing side:
-# on the ReLU networks a search that first fails ends at smaller distortion (docs/attack.md,
-# "Starting constant", benchmarks/start_constant.py).
+# c_init=None: each untargeted candidate (a targeted cross-entropy problem toward a class of the
+# class estimate) starts at ESTIMATE_SCALE * ||grad(z_t - z_y)||^2 / (2 T (z_y - z_t))
+# (estimated_constants), bracketed by ESTIMATE_FACTOR. The scale is the median of final constant /
+# unscaled estimate, measured (issue 18) at 0.035-0.054 on N100-100-10, Conv and the benchmark's
+# ReLU CNN. Targeted mode keeps FIXED_C_INIT: a single targeted problem has no other candidate to
+# make up for a shorter search, and estimated starts measured +0.3-0.6% distortion on the CNNs
+# (docs/attack.md, "Starting constant").
 ESTIMATE_SCALE = 0.04
 ESTIMATE_FACTOR = 1.5
-TARGETED_START = 2.0
 # the first constant of problems without an estimate (the untargeted loss, the margin loss)
 FIXED_C_INIT = 5.0
 
@@ -126,14 +126,11 @@ class LBFGS(Attack):
             ``None``: 1 for the untargeted loss, 0.1 for targeted problems (measured: on a linear
             softmax the targeted distortion is 2.3% above the exact optimum at T = 1 and 0.2% at
             T = 0.1; on the sigmoid 100-100-10 net untargeted T = 1 gives the lowest mean distortion).
-        c_init: first constant of every problem's search; ``None`` (default): each targeted
-            cross-entropy problem starts from its own estimate from the model's gradients at the
-            clean image (:func:`estimated_constants`; untargeted candidates at the estimate,
-            targeted problems at ``TARGETED_START`` = 2 times it) and brackets with
-            ``ESTIMATE_FACTOR`` = 1.5; the untargeted and the margin loss start at
-            ``FIXED_C_INIT`` (5). The estimate costs one gradient evaluation per targeted problem
-            (none extra for untargeted candidates: it reuses their class estimate), counted in
-            ``grad_evals``.
+        c_init: first constant of every problem's search; ``None`` (default): untargeted mode's
+            candidates each start at their own estimate from the model's gradients at the clean
+            image (:func:`estimated_constants`; it reuses the class estimate, so it costs no extra
+            pass) and bracket with ``ESTIMATE_FACTOR`` = 1.5; every other problem (targeted mode,
+            the untargeted and the margin loss) starts at ``FIXED_C_INIT`` = 5.
         c_factor: bracketing factor (> 1) of searches from a fixed start (``c_init`` or
             ``FIXED_C_INIT``).
         search_steps: maximum number of constants (stages) per example.
@@ -157,10 +154,12 @@ class LBFGS(Attack):
             one forward and ``K`` backward passes, counted as ``K`` gradient evaluations); the
             smallest success is kept. ``0``: the untargeted cross-entropy search, then ``refine``.
             The untargeted search often settles on a class that is not the nearest (issue 18);
-            measured on N100-100-10 (300 images, with ``c_init=5``): 0 -> 0.02985 mean distortion at 34.6
-            evaluations per example, 1 -> 0.02961 at 37.1, 2 -> 0.02929 at 49.9 (with
+            measured on N100-100-10 (300 images, with ``c_init=5``): 0 -> 0.02985 mean distortion
+            at 34.6 evaluations per example, 1 -> 0.02961 at 37.1, 2 -> 0.02929 at 49.9 (with
             ``candidate_ratio=1.2``), every class (``target="best"``) 0.02926 at 329
-            (``benchmarks/class_choice.py``).
+            (``benchmarks/class_choice.py``). Default 3: with the estimated starting constants the
+            third class gives back the distortion that fewer stages lose (docs/attack.md,
+            "Starting constant"; ``benchmarks/start_constant.py``).
         candidate_ratio: a candidate beyond the first is attacked only when its estimate is at most
             this many times the nearest one's (1.2, 1.3, 1.5 and inf measured the same mean
             distortion on N100-100-10 and the ReLU MLP, at 49.9 / 54.1 / 58.3 / 64.8 evaluations).
@@ -244,7 +243,6 @@ class LBFGS(Attack):
         temperature = self.temperature
         if temperature is None:
             temperature = 1.0 if untargeted_loss else 0.1
-        start_cost = self._start_constants(model, images, labels, problems, temperature)
         factor = ESTIMATE_FACTOR if problems.c0 is not None else None
         # one bar for the whole attack: the c-search, then (untargeted) the polish of its successes
         with make_progress(enabled=self.progress) as bar:
@@ -262,38 +260,9 @@ class LBFGS(Attack):
         raw = _reduce(solved, problems, images.shape[0])
         if estimate_evals is not None:
             raw.grad_evals += estimate_evals
-        raw.grad_evals += start_cost
         if self.mode == "untargeted":  # success means "misclassified", whichever class won
             raw.targets = torch.full_like(raw.targets, -1)
         return raw
-
-    def _start_constants(
-        self,
-        model: nn.Module,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        problems: _Problems,
-        temperature: float,
-    ) -> torch.Tensor:
-        """Set ``problems.c0`` to ``TARGETED_START`` times the estimated constants (``c_init=None``,
-        targeted cross-entropy problems) unless already set; returns the extra gradient evaluations
-        per example ``(N,)`` (one per problem: its estimate's backward pass)."""
-        cost = torch.zeros(images.shape[0], dtype=torch.long, device=labels.device)
-        targeted = bool((problems.targets >= 0).all())
-        if self.c_init is not None or self.loss != "ce" or not targeted or problems.c0 is not None:
-            return cost
-        gap, norm = [], []
-        for rows in torch.arange(len(problems.example), device=labels.device).split(
-            self.batch_size
-        ):
-            ex = problems.example[rows]
-            g, n = target_geometry(model, images[ex], problems.goal[rows])
-            gap.append(g)
-            norm.append(n)
-        estimate = estimated_constants(torch.cat(gap), torch.cat(norm), temperature)
-        problems.c0 = (TARGETED_START * estimate).clamp(max=1e8)
-        cost.index_add_(0, problems.example, torch.ones_like(problems.example))
-        return cost
 
     def _candidate_problems(
         self,
@@ -689,29 +658,9 @@ def linear_geometry(
     return gap.double(), norm.double()
 
 
-def target_geometry(
-    model: nn.Module, images: torch.Tensor, targets: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """How far each row's target is from winning, linearised at the clean images ``(N, ...)``.
-
-    Returns the logit gap ``(z_r - z_t)_+`` plus the attack's aim (``AIM_FACTOR`` success
-    margins), ``r`` the strongest other class, and ``||grad(z_t - z_r)||`` (clamped at 1e-12
-    below), both ``(N,)`` float64 for ``targets (N,)``; one forward and one backward pass.
-    """
-    xi = images.detach().requires_grad_(True)
-    rows = torch.arange(targets.shape[0], device=targets.device)
-    with torch.enable_grad():
-        z = model(xi)
-        rival = z.detach().scatter(1, targets[:, None], float("-inf")).argmax(1)
-        lead = z[rows, targets] - z[rows, rival]
-        (grad,) = torch.autograd.grad(lead.sum(), xi)
-    aim = AIM_FACTOR * success_margin(z.detach())
-    gap = (-lead.detach()).clamp(min=0.0) + aim
-    return gap.double(), grad.flatten(1).norm(dim=1).clamp(min=1e-12).double()
-
-
 def estimated_constants(gap: torch.Tensor, norm: torch.Tensor, temperature: float) -> torch.Tensor:
-    """First constants ``c0`` for targeted cross-entropy problems at ``temperature`` ``T``.
+    """First constants ``c0`` for targeted cross-entropy problems at ``temperature`` ``T``
+    (untargeted mode's candidates, ``c_init=None``).
 
     Linearised at the clean image, the target's boundary is ``d = gap / norm`` away, and at the
     solution the quadratic term's gradient ``2 c r`` balances the loss gradient, of order
