@@ -27,7 +27,7 @@ from intriguing.errors import InvalidInputError
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def affine(seed: int, dim: int = 16, classes: int = 5) -> nn.Module:
+def affine(seed: int, dim: int = 16, classes: int = 5) -> nn.Sequential:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Flatten(), nn.Linear(dim, classes)).eval()
 
@@ -115,13 +115,21 @@ def candidate_constants(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> t
     return estimated_constants(gap[rows, nearest] + aim, norm[rows, nearest], temperature=0.1)
 
 
+def steep_batch(
+    seed: int, n: int, dim: int, steepness: float, spread: float
+) -> tuple[nn.Sequential, torch.Tensor, torch.Tensor]:
+    """A 6-class affine model with weights scaled by ``steepness`` and ``n`` images near 0.5 (box
+    faces far from the nearest boundaries) with their predicted labels."""
+    model = affine(seed, dim=dim, classes=6)
+    with torch.no_grad():
+        model[1].weight.mul_(steepness)
+    x = torch.full((n, dim), 0.5) + spread * torch.rand(n, dim)
+    return model, x, model(x).argmax(1)
+
+
 def test_a_one_stage_search_runs_at_the_estimate() -> None:
     """search_steps=1, one candidate: the returned constant is the stage's, the estimate itself."""
-    model = affine(2, dim=32, classes=6)
-    with torch.no_grad():
-        model[1].weight.mul_(10.0)
-    x = torch.full((10, 32), 0.5) + 0.1 * torch.rand(10, 32)
-    y = model(x).argmax(1)
+    model, x, y = steep_batch(2, n=10, dim=32, steepness=10.0, spread=0.1)
     res = LBFGS(candidates=1, search_steps=1, progress=False)(model, x, y)
     ok = res.success
     assert bool(ok.any())
@@ -131,9 +139,7 @@ def test_a_one_stage_search_runs_at_the_estimate() -> None:
 
 
 def test_targeted_mode_keeps_the_fixed_start() -> None:
-    model = affine(3, dim=32, classes=6)
-    x = torch.full((8, 32), 0.5) + 0.1 * torch.rand(8, 32)
-    y = model(x).argmax(1)
+    model, x, y = steep_batch(3, n=8, dim=32, steepness=1.0, spread=0.1)
     t = (y + 1) % 6
     res = LBFGS(mode="targeted", search_steps=1, progress=False)(model, x, y, targets=t)
     assert bool(res.success.any())
@@ -145,11 +151,7 @@ def test_targeted_mode_keeps_the_fixed_start() -> None:
 
 def test_estimated_start_is_near_the_final_constant_on_an_affine_model() -> None:
     """The scale is an empirical median; on an affine model the start must be within 10x."""
-    model = affine(5, dim=64, classes=6)
-    with torch.no_grad():
-        model[1].weight.mul_(20.0)
-    x = torch.full((12, 64), 0.5) + 0.05 * torch.rand(12, 64)
-    y = model(x).argmax(1)
+    model, x, y = steep_batch(5, n=12, dim=64, steepness=20.0, spread=0.05)
     res = LBFGS(candidates=1, progress=False)(model, x, y)
     ratio = res.c / candidate_constants(model, x, y)
     assert bool(res.success.all())
