@@ -34,7 +34,8 @@ import strong_models
 from bench_attack import environment
 from intriguing._io import atomic_write_json, atomic_write_text
 from intriguing.attacks import LBFGS
-from intriguing.data import load_mnist
+from intriguing.data import MNIST, load_mnist
+from intriguing.errors import IntriguingError
 from intriguing.training import load_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -64,9 +65,13 @@ def measure(
     }
 
 
-def bench_model(name: str, n: int | None) -> list[dict[str, Any]]:
-    model = strong_models.load(name) if name.startswith("relu-") else load_model(name)
-    data = load_mnist()
+def load(name: str) -> torch.nn.Module:
+    return strong_models.load(name) if name.startswith("relu-") else load_model(name)
+
+
+def bench_model(
+    name: str, model: torch.nn.Module, data: MNIST, n: int | None
+) -> list[dict[str, Any]]:
     x, y = data.test_images[:3000], data.test_labels[:3000]
     with torch.no_grad():
         keep = model(x).argmax(1) == y
@@ -104,10 +109,17 @@ def markdown(rows: list[dict[str, Any]], command: str) -> str:
 def main(argv: list[str]) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=list(MODELS))
-    p.add_argument("--n", type=int, default=None)
+    p.add_argument("--n", type=int, default=None, help="images per model (>= 1)")
     args = p.parse_args(argv)
+    if args.n is not None and args.n < 1:
+        p.error(f"--n must be >= 1, got {args.n}")
     torch.set_num_threads(1)
-    rows = [row for name in args.models for row in bench_model(name, args.n)]
+    try:  # every model and the data before any attack: a wrong name stops in one line
+        models = {name: load(name) for name in args.models}
+        data = load_mnist()
+    except IntriguingError as err:
+        p.exit(2, f"start_constant.py: error: {err}\n")
+    rows = [row for name, model in models.items() for row in bench_model(name, model, data, args.n)]
     env = environment("start_constant.py", argv, threads=1)
     RESULTS.mkdir(exist_ok=True)
     atomic_write_json(RESULTS / "start_constant.json", {"environment": env, "rows": rows})

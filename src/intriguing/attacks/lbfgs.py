@@ -179,7 +179,7 @@ class LBFGS(Attack):
     loss: str
     kappa: float
     temperature: float | None
-    c_init: float
+    c_init: float | None
     c_factor: float
     search_steps: int
     c_rtol: float
@@ -288,8 +288,9 @@ class LBFGS(Attack):
         keep = torch.zeros(n, m, dtype=torch.bool, device=labels.device)
         keep[:, 0] = True
         cost = torch.zeros(n, dtype=torch.long, device=labels.device)
-        # an already adversarial image is solved at distortion 0 from any constant
-        c0 = torch.full((n, m), FIXED_C_INIT, dtype=torch.float64, device=labels.device)
+        c0: torch.Tensor | None = None
+        if self.c_init is None and self.loss == "ce":  # an already adversarial image: any c
+            c0 = torch.full((n, m), FIXED_C_INIT, dtype=torch.float64, device=labels.device)
         if len(todo):
             parts = [
                 linear_geometry(model, images[i], labels[i]) for i in todo.split(self.batch_size)
@@ -301,17 +302,15 @@ class LBFGS(Attack):
             keep[todo] = near <= near[:, :1] * self.candidate_ratio
             keep[:, 0] = True
             cost[todo] = k
-            if self.c_init is None and self.loss == "ce":
+            if c0 is not None:
                 temperature = 0.1 if self.temperature is None else self.temperature
                 aim = AIM_FACTOR * success_margin(clean_logits[todo])[:, None]
                 c0[todo] = estimated_constants(
                     gap.gather(1, order) + aim, norm.gather(1, order), temperature
                 )
         example = torch.arange(n, device=labels.device)[:, None].expand(-1, m)
-        with_c0 = self.c_init is None and self.loss == "ce"
-        return _Problems(
-            example[keep], goal[keep], goal[keep], c0=c0[keep] if with_c0 else None
-        ), cost
+        start = None if c0 is None else c0[keep]
+        return _Problems(example[keep], goal[keep], goal[keep], c0=start), cost
 
     def _refine(
         self,

@@ -23,8 +23,8 @@ class LBFGSConfig:
     """Every non-runtime setting of the box-constrained L-BFGS attack (paper section 4.1).
 
     Fields, ranges: ``mode`` in ``MODES``; ``target`` a chooser name, a class index or ``None``
-    (targeted ``None`` becomes ``"random"``); ``c_init`` ``None`` (every problem starts at its own
-    estimated constant) or > 0; ``c_rtol`` > 0; ``c_factor`` > 1;
+    (targeted ``None`` becomes ``"random"``); ``c_init`` ``None`` (untargeted candidates start at
+    their estimated constants, every other problem at 5) or > 0; ``c_rtol`` > 0; ``c_factor`` > 1;
     ``search_steps``, ``memory``, ``max_iter``, ``batch_size`` integers >= 1; ``candidates`` an
     integer >= 0; ``candidate_ratio`` >= 1. Raises InvalidInputError (one line) otherwise.
     """

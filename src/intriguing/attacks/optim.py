@@ -560,20 +560,14 @@ def _assign_rows(dst: torch.Tensor, mask: torch.Tensor, src: torch.Tensor) -> No
 def _first_step(
     v: torch.Tensor, d: torch.Tensor, g: torch.Tensor, has_memory: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Initial step lengths ``(B,)``; ``d`` with non-descent rows replaced by ``-v``; those rows.
-
-    Rows with memory and a descent direction step ``1``; the others (a fresh memory, or the
-    steepest-descent fallback) ``min(1, 1 / ||v||)``, computed for those rows only.
-    """
+    """Initial step lengths ``(B,)``; ``d`` with non-descent rows replaced by ``-v``; those rows."""
+    vnorm = v.norm(dim=1).double()
+    first = torch.where(vnorm > 0, 1.0 / vnorm, torch.ones_like(vnorm)).clamp(max=1.0)
+    alpha = torch.where(has_memory, torch.ones_like(first), first)
     bad = _dot(g, d) >= 0  # numerically not a descent direction: fall back to steepest descent
-    alpha = torch.ones(v.shape[0], device=v.device, dtype=torch.float64)
-    first_rows = (bad | ~has_memory).nonzero().squeeze(1)
-    if len(first_rows) == 0:
-        return alpha, d, bad
-    vnorm = v.index_select(0, first_rows).norm(dim=1).double()
-    alpha[first_rows] = torch.where(vnorm > 0, 1.0 / vnorm, torch.ones_like(vnorm)).clamp(max=1.0)
     if bool(bad.any()):
         d = torch.where(bad[:, None], -v, d)
+        alpha = torch.where(bad, first, alpha)
     return alpha, d, bad
 
 

@@ -158,18 +158,18 @@ def remote_step(
     threads: int,
     *dep_outcomes: StepOutcome,
 ) -> StepOutcome:
-    """Body of a step's Ray task: the driver's settings, then the very code the local backend runs."""
-    apply_env(env)
-    torch.set_num_threads(threads)
+    """Body of a step's Ray task: its dependencies' results from their outcomes, then
+    :func:`process_step`."""
     deps = {key: outcome.result for key, outcome in zip(dep_keys, dep_outcomes, strict=True)}
-    return execute_step(step, deps, RunStore(root))
+    return process_step(step, deps, root, env, threads)
 
 
 # ------------------------------------------------------------------------- local processes
 def process_step(
     step: Step, deps: Mapping[str, Any], root: str, env: Mapping[str, str], threads: int
 ) -> StepOutcome:
-    """Body of a step in a local worker process: the driver's settings, then the local code."""
+    """Body of a step in a worker process (local or Ray): the driver's settings, then the very code
+    the local backend runs."""
     apply_env(env)
     torch.set_num_threads(threads)
     return execute_step(step, deps, RunStore(root))
