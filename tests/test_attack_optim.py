@@ -181,3 +181,53 @@ def test_trial_sq_distance_is_the_squared_distance_of_the_evaluated_points() -> 
         qx = (q[idx] @ x[:, :, None]).squeeze(2)
         opt.observe(0.5 * (x * qx).sum(1) + (b[idx] * x).sum(1), qx + b[idx])
     assert float(opt.r2.max()) > 0.0
+
+
+def test_negated_inverse_hessian_is_exactly_minus_h_v() -> None:
+    """``negate=True`` (the direction's form, one pass cheaper) is bit for bit ``-(H v)``, also for
+    a row without memory (``H = I``)."""
+    gen = torch.Generator().manual_seed(11)
+    m, dim = 3, 40
+    s = torch.rand(2, m, dim, generator=gen)
+    yl = s * 1.5 + 0.1 * torch.rand(2, m, dim, generator=gen)
+    mem = torch.cat((s, yl), 1)
+    time = torch.tensor([[2, 0, 1], [NO_TIME, NO_TIME, NO_TIME]])  # row 1: empty memory
+    v = torch.randn(2, dim, generator=gen)
+    grams = (
+        (s @ s.transpose(1, 2)).double(),
+        (s @ yl.transpose(1, 2)).double(),
+        (yl @ yl.transpose(1, 2)).double(),
+    )
+    dv = (mem @ v[:, :, None]).squeeze(2).double()
+    c = torch.tensor([0.3, 0.3], dtype=torch.float64)
+    hv, has = _apply_inverse_hessian(v, dv, c, *grams, time, mem)
+    neg, has_neg = _apply_inverse_hessian(v, dv, c, *grams, time, mem, negate=True)
+    assert has.tolist() == [True, False] and torch.equal(has, has_neg)
+    assert torch.equal(neg, -hv)
+    assert torch.equal(neg[1], -v[1])
+    assert neg.data_ptr() != v.data_ptr()  # a fresh tensor: the caller may scale it in place
+
+
+def test_rejected_rows_keep_their_iterate_and_accepted_rows_move() -> None:
+    """After a step where some trials are rejected (non-finite loss), the rejected rows keep their
+    iterate and the accepted rows' iterate is exactly their trial point; with most rows rejected
+    and with most accepted (the two ways the iterate is updated)."""
+    dim = 6
+    for rejected_rows in ([1], [0, 1, 2, 4]):
+        opt = BoxLBFGS(5, dim, dtype=torch.float64)
+        x0 = torch.full((5, dim), 0.5, dtype=torch.float64)
+        opt.load(torch.arange(5), x0, x0, torch.zeros(5, dtype=torch.float64))
+        _, xt = opt.trial()
+        opt.observe((xt - 0.2).pow(2).sum(1), 2 * (xt - 0.2))  # fresh: every row accepted
+        before = opt.x.clone()
+        _, xt = opt.trial()
+        trial = xt.clone()
+        loss = (trial - 0.2).pow(2).sum(1)
+        loss[rejected_rows] = float("inf")
+        events = opt.observe(loss, 2 * (trial - 0.2))
+        bad = torch.zeros(5, dtype=torch.bool)
+        bad[rejected_rows] = True
+        assert torch.equal(events.accepted, ~bad)
+        assert torch.equal(opt.x[bad], before[bad])
+        assert torch.equal(opt.x[~bad], trial[~bad])
+        assert not torch.equal(trial[~bad], before[~bad])  # the accepted rows did move

@@ -329,24 +329,26 @@ class BoxLBFGS:
         self._r2t = None
         f_new = L + c * r2t
         f_old = self.fl + c * self.r2
-        finite = torch.isfinite(f_new) & torch.isfinite(G.sum(1))
-        armijo = f_new <= f_old + ETA * self.gtd
-        accepted = ev & finite & (self.fresh | armijo)
-        rejected = ev & ~accepted
-        stepped = accepted & ~self.fresh
-        self.evaluations += ev.long()
 
         # the pair (s, yl) of each step; y = yl + 2 c s is the full gradient difference
         s = torch.sub(self.xt, self.x, out=self.pair[:, 0])
         yl = torch.sub(G, self.gl, out=self.pair[:, 1])
         ss, syl, ylyl = _dot(s, s), _dot(s, yl), _dot(yl, yl)
+        # gl is finite, so yl'yl is finite exactly when the new gradient is
+        finite = torch.isfinite(f_new) & torch.isfinite(ylyl)
+        armijo = f_new <= f_old + ETA * self.gtd
+        accepted = ev & finite & (self.fresh | armijo)
+        rejected = ev & ~accepted
+        stepped = accepted & ~self.fresh
+        self.evaluations += ev.long()
         sy = syl + 2.0 * c * ss
         yy = ylyl + 4.0 * c * syl + 4.0 * c * c * ss
         store = stepped & (sy > CURVATURE_EPS * yy) & (sy > 0)
         decrease = f_old - f_new
         scale = torch.maximum(torch.maximum(f_old.abs(), f_new.abs()), torch.ones_like(f_new))
 
-        _assign_rows(self.x, accepted, self.xt)
+        kept = (~accepted).nonzero().squeeze(1)
+        self._accept_trials(accepted, kept)
         _assign_rows(self.gl, accepted, G)
         self.fl = torch.where(accepted, L, self.fl)
         self.r2 = torch.where(accepted, r2t, self.r2)
@@ -357,7 +359,14 @@ class BoxLBFGS:
             accepted, torch.zeros_like(self.ls_steps), self.ls_steps + rejected.long()
         )
 
-        g = self._gradient(self.x, self.gl, self.anchor, c, out=self._buf("g"))
+        # x - anchor: the trial's xt - anchor (left in buffer "r" by _trial_r2) where accepted
+        diff = self._buf("r")
+        if len(kept):
+            diff.index_copy_(
+                0, kept, self.x.index_select(0, kept).sub_(self.anchor.index_select(0, kept))
+            )
+        scale2c = (2.0 * c).to(self.x.dtype)[:, None]
+        g = torch.addcmul(self.gl, scale2c, diff, out=self._buf("g"))
         pg = torch.sub(self.x, g, out=self._buf("p")).clamp_(self.lower, self.upper).sub_(self.x)
         pg.abs_()
         # free (1.0) where a projected gradient step would move the variable, else 0.0: the
@@ -378,6 +387,21 @@ class BoxLBFGS:
             self._backtrack(retry, f_old, f_new, g)
         self.waiting |= converged
         return StepEvents(accepted=accepted[idx], converged=converged[idx])
+
+    def _accept_trials(self, accepted: torch.Tensor, kept: torch.Tensor) -> None:
+        """``x <- xt`` in the ``accepted`` rows ``(B,)``; ``kept`` ``(k,)`` are the other rows.
+
+        When most rows are accepted the two buffers swap and the ``kept`` rows swap back: ``xt``
+        then holds stale rows, which the next direction, backtrack or :meth:`load` rewrites.
+        """
+        if 2 * len(kept) > self.capacity:
+            _assign_rows(self.x, accepted, self.xt)
+            return
+        self.x, self.xt = self.xt, self.x
+        if len(kept):
+            old_x = self.xt.index_select(0, kept)
+            self.xt.index_copy_(0, kept, self.x.index_select(0, kept))
+            self.x.index_copy_(0, kept, old_x)
 
     def _gradient(
         self,
@@ -446,7 +470,7 @@ class BoxLBFGS:
         """New direction and trial point for the slots in ``mask``, dense over all slots."""
         g, free = self._gradient_and_free()
         v = torch.mul(g, free, out=self.pair[:, 2])
-        hv, has_memory = _apply_inverse_hessian(
+        neg_hv, has_memory = _apply_inverse_hessian(
             v,
             self._flush_pairs_and_mem_dot_v(),
             self.c,
@@ -455,13 +479,17 @@ class BoxLBFGS:
             self.YlYl,
             self.time,
             self.mem,
+            negate=True,
         )
-        d = hv.mul_(free).neg_()
+        d = neg_hv.mul_(free)
         alpha, d, reset = _first_step(v, d, g, has_memory)
         reset &= mask
         if bool(reset.any()):
             self.time[reset] = NO_TIME
-        _assign_rows(self.d, mask, d)
+        if bool(mask.all()):
+            self.d = d  # a fresh tensor: adopt it rather than copy
+        else:
+            _assign_rows(self.d, mask, d)
         self._set_trial(mask, alpha, g)
 
     def _gradient_and_free(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -485,7 +513,7 @@ class BoxLBFGS:
         free = (x - g).clamp_(self.lower, self.upper) != x
         v = g * free
         mem = self.mem[slots]
-        hv, has_memory = _apply_inverse_hessian(
+        neg_hv, has_memory = _apply_inverse_hessian(
             v,
             _mem_dot(mem, v),
             c,
@@ -494,8 +522,9 @@ class BoxLBFGS:
             self.YlYl[slots],
             self.time[slots],
             mem,
+            negate=True,
         )
-        d = -hv * free
+        d = neg_hv * free
         alpha, d, reset = _first_step(v, d, g, has_memory)
         if bool(reset.any()):
             self.time[slots[reset]] = NO_TIME
@@ -560,14 +589,20 @@ def _assign_rows(dst: torch.Tensor, mask: torch.Tensor, src: torch.Tensor) -> No
 def _first_step(
     v: torch.Tensor, d: torch.Tensor, g: torch.Tensor, has_memory: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Initial step lengths ``(B,)``; ``d`` with non-descent rows replaced by ``-v``; those rows."""
-    vnorm = v.norm(dim=1).double()
-    first = torch.where(vnorm > 0, 1.0 / vnorm, torch.ones_like(vnorm)).clamp(max=1.0)
-    alpha = torch.where(has_memory, torch.ones_like(first), first)
+    """Initial step lengths ``(B,)``; ``d`` with non-descent rows replaced by ``-v``; those rows.
+
+    A row with memory steps ``a = 1``; a row without memory, or falling back to ``-v``, steps
+    ``min(1, 1 / ||v||)`` (``||v||`` is computed for those rows only).
+    """
     bad = _dot(g, d) >= 0  # numerically not a descent direction: fall back to steepest descent
+    alpha = torch.ones_like(has_memory, dtype=torch.float64)
+    short = (~has_memory | bad).nonzero().squeeze(1)
+    if len(short):
+        vnorm = v.index_select(0, short).norm(dim=1).double()
+        first = torch.where(vnorm > 0, 1.0 / vnorm, torch.ones_like(vnorm)).clamp(max=1.0)
+        alpha.index_copy_(0, short, first)
     if bool(bad.any()):
         d = torch.where(bad[:, None], -v, d)
-        alpha = torch.where(bad, first, alpha)
     return alpha, d, bad
 
 
@@ -580,12 +615,17 @@ def _apply_inverse_hessian(
     YlYl: torch.Tensor,
     time: torch.Tensor,
     mem: torch.Tensor,
+    *,
+    negate: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``H v`` ``(n, D)`` for each row's L-BFGS matrix (compact form) and whether ``H != I`` ``(n,)``.
 
     ``dv = M v`` ``(n, 2m)`` (``M = [S; Y_L]`` the memory ``(n, 2m, D)``), ``c`` ``(n,)``, the Gram
     matrices ``S'S``, ``S'Y_L``, ``Y_L'Y_L`` ``(n, m, m)`` and the pairs' times ``(n, m)`` (-1: empty).
+    ``negate``: return ``-H v`` instead, as a fresh tensor (the coefficients are negated before the
+    product, which rounds symmetrically: the result is exactly ``-(H v)``, one pass cheaper).
     """
+    sign = -1.0 if negate else 1.0
     m = time.shape[1]
     cc = c[:, None, None]
     SY = SYl + 2.0 * cc * SS
@@ -595,7 +635,7 @@ def _apply_inverse_hessian(
     valid = (time >= 0) & (diag_sy > CURVATURE_EPS * diag_yy) & (diag_sy > 0)
     has_memory = valid.any(1)
     if not bool(has_memory.any()):
-        return v, has_memory
+        return (-v if negate else v), has_memory
     newest = torch.where(valid, time, torch.full_like(time, NO_TIME - 1)).argmax(1, keepdim=True)
     gamma = (diag_sy.gather(1, newest) / diag_yy.gather(1, newest).clamp(min=1e-300)).squeeze(1)
     gamma = torch.where(has_memory, gamma, torch.ones_like(gamma))
@@ -613,9 +653,12 @@ def _apply_inverse_hessian(
     p = torch.linalg.solve(R.transpose(1, 2), w) * validf
     q = -u * validf
     coef = torch.cat((p + 2.0 * c[:, None] * gamma[:, None] * q, gamma[:, None] * q), dim=1)
+    if negate:
+        coef, gamma = -coef, -gamma
     hv = coef.to(v.dtype)[:, None, :].bmm(mem).squeeze(1).addcmul_(gamma.to(v.dtype)[:, None], v)
-    if not bool(has_memory.all()):
-        hv = torch.where(has_memory[:, None], hv, v)
+    plain = (~has_memory).nonzero().squeeze(1)  # H = I: the result is (-)v
+    if len(plain):
+        hv.index_copy_(0, plain, v.index_select(0, plain).mul_(sign))
     return hv, has_memory
 
 
