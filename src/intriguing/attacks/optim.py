@@ -359,12 +359,9 @@ class BoxLBFGS:
             accepted, torch.zeros_like(self.ls_steps), self.ls_steps + rejected.long()
         )
 
-        # x - anchor: the trial's xt - anchor (left in buffer "r" by _trial_r2) where accepted
-        diff = self._buf("r")
+        diff = self._buf("r")  # x - anchor: _trial_r2 left xt - anchor here; redo the kept rows
         if len(kept):
-            diff.index_copy_(
-                0, kept, self.x.index_select(0, kept).sub_(self.anchor.index_select(0, kept))
-            )
+            diff[kept] = self.x.index_select(0, kept).sub_(self.anchor.index_select(0, kept))
         scale2c = (2.0 * c).to(self.x.dtype)[:, None]
         g = torch.addcmul(self.gl, scale2c, diff, out=self._buf("g"))
         pg = torch.sub(self.x, g, out=self._buf("p")).clamp_(self.lower, self.upper).sub_(self.x)
@@ -389,11 +386,9 @@ class BoxLBFGS:
         return StepEvents(accepted=accepted[idx], converged=converged[idx])
 
     def _accept_trials(self, accepted: torch.Tensor, kept: torch.Tensor) -> None:
-        """``x <- xt`` in the ``accepted`` rows ``(B,)``; ``kept`` ``(k,)`` are the other rows.
-
-        When most rows are accepted the two buffers swap and the ``kept`` rows swap back: ``xt``
-        then holds stale rows, which the next direction, backtrack or :meth:`load` rewrites.
-        """
+        """``x <- xt`` in the ``accepted`` rows ``(B,)`` (``kept`` ``(k,)``: the others). Mostly
+        accepted: the buffers swap and the ``kept`` rows swap back (``xt``'s stale rows are rewritten
+        by the next direction, backtrack or :meth:`load` before any use)."""
         if 2 * len(kept) > self.capacity:
             _assign_rows(self.x, accepted, self.xt)
             return
@@ -403,20 +398,12 @@ class BoxLBFGS:
             self.xt.index_copy_(0, kept, self.x.index_select(0, kept))
             self.x.index_copy_(0, kept, old_x)
 
+    @staticmethod
     def _gradient(
-        self,
-        x: torch.Tensor,
-        gl: torch.Tensor,
-        anchor: torch.Tensor,
-        c: torch.Tensor,
-        out: torch.Tensor | None = None,
+        x: torch.Tensor, gl: torch.Tensor, anchor: torch.Tensor, c: torch.Tensor
     ) -> torch.Tensor:
-        """Full gradient ``gl + 2 c (x - anchor)`` ``(n, D)`` (into ``out``, a ``(B, D)`` buffer)."""
-        scale = (2.0 * c).to(x.dtype)[:, None]
-        if out is None:
-            return torch.addcmul(gl, scale, x - anchor)
-        diff = torch.sub(x, anchor, out=self._buf("r"))
-        return torch.addcmul(gl, scale, diff, out=out)
+        """Full gradient ``gl + 2 c (x - anchor)`` ``(n, D)`` of ``n`` rows."""
+        return torch.addcmul(gl, (2.0 * c).to(x.dtype)[:, None], x - anchor)
 
     # ----------------------------------------------------------------------------------- internals
     def _flush_pairs(self) -> None:
@@ -589,11 +576,8 @@ def _assign_rows(dst: torch.Tensor, mask: torch.Tensor, src: torch.Tensor) -> No
 def _first_step(
     v: torch.Tensor, d: torch.Tensor, g: torch.Tensor, has_memory: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Initial step lengths ``(B,)``; ``d`` with non-descent rows replaced by ``-v``; those rows.
-
-    A row with memory steps ``a = 1``; a row without memory, or falling back to ``-v``, steps
-    ``min(1, 1 / ||v||)`` (``||v||`` is computed for those rows only).
-    """
+    """Initial step lengths ``(B,)`` (1 with memory, else ``min(1, 1 / ||v||)``, computed for those
+    rows only); ``d`` with non-descent rows replaced by ``-v``; those rows."""
     bad = _dot(g, d) >= 0  # numerically not a descent direction: fall back to steepest descent
     alpha = torch.ones_like(has_memory, dtype=torch.float64)
     short = (~has_memory | bad).nonzero().squeeze(1)
@@ -622,9 +606,8 @@ def _apply_inverse_hessian(
 
     ``dv = M v`` ``(n, 2m)`` (``M = [S; Y_L]`` the memory ``(n, 2m, D)``), ``c`` ``(n,)``, the Gram
     matrices ``S'S``, ``S'Y_L``, ``Y_L'Y_L`` ``(n, m, m)`` and the pairs' times ``(n, m)`` (-1: empty).
-    ``negate``: return ``-H v`` instead, as a fresh tensor (the coefficients are negated before the
-    product, which rounds symmetrically: the result is exactly ``-(H v)``, one pass cheaper).
-    """
+    ``negate``: return exactly ``-(H v)`` as a fresh tensor, one pass cheaper (the coefficients are
+    negated before the product, which rounds symmetrically)."""
     sign = -1.0 if negate else 1.0
     m = time.shape[1]
     cc = c[:, None, None]
