@@ -16,6 +16,7 @@ configuration IDENTICAL; seconds are printed for orientation only (one run each:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -24,9 +25,10 @@ from typing import Any, NoReturn
 import torch
 
 import strong_models
+from intriguing._io import atomic_path
 from intriguing.attacks import LBFGS
 from intriguing.data import load_mnist
-from intriguing.training import load_model
+from intriguing.models.user import select_correct
 
 CONFIGS: list[tuple[str, int, dict[str, Any]]] = [
     ("N100-100-10", 600, {}),
@@ -58,16 +60,9 @@ def run_all(data_dir: str | None) -> list[dict[str, Any]]:
     runs = []
     for name, n, settings in CONFIGS:
         if name not in models:
-            models[name] = (
-                strong_models.load(name, data_dir)
-                if name.startswith("relu-")
-                else load_model(name, data_dir=data_dir)
-            ).eval()
+            models[name] = strong_models.load_any(name, data_dir)
         model = models[name]
-        x, y = data.train_images[:1500], data.train_labels[:1500]
-        with torch.no_grad():
-            correct = model(x).argmax(1) == y
-        x, y = x[correct][:n], y[correct][:n]
+        x, y, _ = select_correct(model, data.train_images[:1500], data.train_labels[:1500], n)
         start = time.perf_counter()
         result = LBFGS(progress=False, **settings)(model, x, y)
         run = {f: getattr(result, f).clone() for f in FIELDS}
@@ -79,6 +74,14 @@ def run_all(data_dir: str | None) -> list[dict[str, Any]]:
 def _fail(message: str) -> NoReturn:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def _check_writable(path: Path) -> None:
+    """Exit 2 with one line, before any attack, when ``path`` cannot be written."""
+    if path.is_dir():
+        _fail(f"{path} is a directory; give a file name")
+    if not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
+        _fail(f"cannot write {path}: its folder does not exist or is not writable")
 
 
 def _reference(path: Path) -> list[dict[str, Any]]:
@@ -104,10 +107,13 @@ def same(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.action == "save":
+        _check_writable(args.file)
     reference = _reference(args.file) if args.action == "compare" else None
     runs = run_all(args.data_dir)
     if args.action == "save":
-        torch.save(runs, args.file)
+        with atomic_path(args.file) as tmp:
+            torch.save(runs, tmp)
         print(f"saved {len(runs)} runs to {args.file}")
         return
     assert reference is not None

@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
+import strong_models
 from bench_attack import environment, measure
 from budget import BUDGETS, BudgetTracker
 from intriguing._io import atomic_path, atomic_write_json, atomic_write_text
@@ -88,16 +89,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--tag", default="", help="suffix of the output files")
     p.add_argument("--render-only", action="store_true", help="rewrite .md and .png from the JSON")
     return p.parse_args(argv)
-
-
-def load(name: str, data_dir: str | None) -> nn.Module:
-    if name.startswith("relu-"):
-        import strong_models
-
-        return strong_models.load(name, data_dir)
-    from intriguing.training import load_model
-
-    return load_model(name, data_dir=data_dir)
 
 
 def image_key(images: torch.Tensor) -> str:
@@ -372,7 +363,7 @@ def main(argv: list[str] | None = None) -> None:
         report["models"] = previous.get("models", {})
         report["budget"] = previous.get("budget", {})
     data = load_mnist(args.data_dir)
-    models = {name: load(name, args.data_dir) for name in names}
+    models = {name: strong_models.load_any(name, args.data_dir) for name in names}
     with torch.no_grad():
         keep = torch.ones(len(data.test_labels), dtype=torch.bool)
         for model in models.values():

@@ -36,7 +36,7 @@ from intriguing._io import atomic_write_json, atomic_write_text
 from intriguing.attacks import LBFGS
 from intriguing.data import MNIST, load_mnist
 from intriguing.errors import IntriguingError
-from intriguing.training import load_model
+from intriguing.models.user import select_correct
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ("softmax1", "N100-100-10", "relu-mlp", "relu-cnn", "Conv")
@@ -65,18 +65,11 @@ def measure(
     }
 
 
-def load(name: str) -> torch.nn.Module:
-    return strong_models.load(name) if name.startswith("relu-") else load_model(name)
-
-
 def bench_model(
     name: str, model: torch.nn.Module, data: MNIST, n: int | None
 ) -> list[dict[str, Any]]:
-    x, y = data.test_images[:3000], data.test_labels[:3000]
-    with torch.no_grad():
-        keep = model(x).argmax(1) == y
     size = n if n is not None else (200 if name in CNNS else 1000)
-    x, y = x[keep][:size], y[keep][:size]
+    x, y, _ = select_correct(model, data.test_images[:3000], data.test_labels[:3000], size)
     rows = []
     for kwargs in UNTARGETED:
         row = {"model": name, **measure(model, x, y, **kwargs)}
@@ -115,7 +108,7 @@ def main(argv: list[str]) -> None:
         p.error(f"--n must be >= 1, got {args.n}")
     torch.set_num_threads(1)
     try:  # every model and the data before any attack: a wrong name stops in one line
-        models = {name: load(name) for name in args.models}
+        models = {name: strong_models.load_any(name) for name in args.models}
         data = load_mnist()
     except IntriguingError as err:
         p.exit(2, f"start_constant.py: error: {err}\n")

@@ -134,3 +134,13 @@ def load(name: str, data_dir: str | None = None, root: Path | None = None) -> nn
     atomic_write_json(sidecar, meta)
     print(f"trained {name}: test error {error:.2%} -> {weights}")
     return model
+
+
+def load_any(name: str, data_dir: str | None = None) -> nn.Module:
+    """A benchmark model by name, in eval mode: ``relu-mlp`` / ``relu-cnn`` (this module) or a zoo
+    model (``intriguing.training.load_model``: trained and cached on first use)."""
+    if name in MODELS:
+        return load(name, data_dir)
+    from intriguing.training import load_model
+
+    return load_model(name, data_dir=data_dir).eval()

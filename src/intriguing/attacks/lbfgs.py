@@ -213,6 +213,13 @@ class LBFGS(Attack):
     def settings(self) -> dict[str, Any]:
         return {"attack": "LBFGS", **dataclasses.asdict(self.config), "threads": self.threads}
 
+    def _temperature(self, *, untargeted_loss: bool) -> float:
+        """The cross-entropy's temperature: ``temperature``, or by default 1 for the untargeted
+        loss and 0.1 for targeted problems."""
+        if self.temperature is not None:
+            return self.temperature
+        return 1.0 if untargeted_loss else 0.1
+
     # ------------------------------------------------------------------------------- problems
     def _problems(
         self, labels: torch.Tensor, targets: torch.Tensor | None, clean_logits: torch.Tensor
@@ -240,10 +247,7 @@ class LBFGS(Attack):
             problems, estimate_evals = self._candidate_problems(model, images, labels, clean_logits)
         else:
             problems = self._problems(labels, targets, clean_logits)
-        untargeted_loss = bool((problems.targets < 0).all())
-        temperature = self.temperature
-        if temperature is None:
-            temperature = 1.0 if untargeted_loss else 0.1
+        temperature = self._temperature(untargeted_loss=bool((problems.targets < 0).all()))
         factor = ESTIMATE_FACTOR if problems.c0 is not None else None
         # one bar for the whole attack: the c-search, then (untargeted) the polish of its successes
         with make_progress(enabled=self.progress) as bar:
@@ -303,7 +307,7 @@ class LBFGS(Attack):
             keep[:, 0] = True
             cost[todo] = k
             if c0 is not None:
-                temperature = 0.1 if self.temperature is None else self.temperature
+                temperature = self._temperature(untargeted_loss=False)
                 aim = AIM_FACTOR * success_margin(clean_logits[todo])[:, None]
                 c0[todo] = estimated_constants(
                     gap.gather(1, order) + aim, norm.gather(1, order), temperature

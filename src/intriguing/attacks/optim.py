@@ -362,8 +362,7 @@ class BoxLBFGS:
         diff = self._buf("r")  # x - anchor: _trial_r2 left xt - anchor here; redo the kept rows
         if len(kept):
             diff[kept] = self.x.index_select(0, kept).sub_(self.anchor.index_select(0, kept))
-        scale2c = (2.0 * c).to(self.x.dtype)[:, None]
-        g = torch.addcmul(self.gl, scale2c, diff, out=self._buf("g"))
+        g = _gradient(self.gl, diff, c, out=self._buf("g"))
         pg = torch.sub(self.x, g, out=self._buf("p")).clamp_(self.lower, self.upper).sub_(self.x)
         pg.abs_()
         # free (1.0) where a projected gradient step would move the variable, else 0.0: the
@@ -397,13 +396,6 @@ class BoxLBFGS:
             old_x = self.xt.index_select(0, kept)
             self.xt.index_copy_(0, kept, self.x.index_select(0, kept))
             self.x.index_copy_(0, kept, old_x)
-
-    @staticmethod
-    def _gradient(
-        x: torch.Tensor, gl: torch.Tensor, anchor: torch.Tensor, c: torch.Tensor
-    ) -> torch.Tensor:
-        """Full gradient ``gl + 2 c (x - anchor)`` ``(n, D)`` of ``n`` rows."""
-        return torch.addcmul(gl, (2.0 * c).to(x.dtype)[:, None], x - anchor)
 
     # ----------------------------------------------------------------------------------- internals
     def _flush_pairs(self) -> None:
@@ -487,7 +479,7 @@ class BoxLBFGS:
         stale = (~self._g_valid).nonzero().squeeze(1)
         if len(stale):
             x = self.x[stale]
-            gs = self._gradient(x, self.gl[stale], self.anchor[stale], self.c[stale])
+            gs = _gradient(self.gl[stale], x - self.anchor[stale], self.c[stale])
             g[stale] = gs
             free[stale] = (x - gs).clamp_(self.lower, self.upper).sub_(x).abs_().sign_()
             self._g_valid[stale] = True
@@ -496,7 +488,7 @@ class BoxLBFGS:
     def _direction_for(self, slots: torch.Tensor) -> None:
         """New direction and trial point for ``slots`` (a few; gathers their memory)."""
         x, c = self.x[slots], self.c[slots]
-        g = self._gradient(x, self.gl[slots], self.anchor[slots], c)
+        g = _gradient(self.gl[slots], x - self.anchor[slots], c)
         free = (x - g).clamp_(self.lower, self.upper) != x
         v = g * free
         mem = self.mem[slots]
@@ -548,6 +540,13 @@ class BoxLBFGS:
         new = torch.where(ok, interp, 0.5 * alpha)
         new = torch.minimum(torch.maximum(new, 0.1 * alpha), 0.5 * alpha)
         self._set_trial(mask, new, g)
+
+
+def _gradient(
+    gl: torch.Tensor, diff: torch.Tensor, c: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Full gradient ``gl + 2 c diff`` ``(n, D)`` with ``diff = x - anchor`` (into ``out``)."""
+    return torch.addcmul(gl, (2.0 * c).to(gl.dtype)[:, None], diff, out=out)
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -618,7 +617,7 @@ def _apply_inverse_hessian(
     valid = (time >= 0) & (diag_sy > CURVATURE_EPS * diag_yy) & (diag_sy > 0)
     has_memory = valid.any(1)
     if not bool(has_memory.any()):
-        return (-v if negate else v), has_memory
+        return v * sign, has_memory
     newest = torch.where(valid, time, torch.full_like(time, NO_TIME - 1)).argmax(1, keepdim=True)
     gamma = (diag_sy.gather(1, newest) / diag_yy.gather(1, newest).clamp(min=1e-300)).squeeze(1)
     gamma = torch.where(has_memory, gamma, torch.ones_like(gamma))
