@@ -46,14 +46,17 @@ def _noise(images: torch.Tensor, stddev: float, seed: int, clip: bool) -> Any:
 def _versus(
     bench: st.Workbench,
     models: list[str],
-    a: torch.Tensor,
+    a: torch.Tensor | dict[str, Any],
     b: torch.Tensor,
     labels: torch.Tensor,
 ) -> dict[str, dict[str, int]]:
-    """Per model, the paired table of "misclassified under a" vs "misclassified under b"."""
+    """Per model, the paired table of "misclassified under a" vs "misclassified under b".
+
+    ``a``: images, or each model's "misclassified" flags on them (computed once when several
+    ``b`` are compared with the same ``a``)."""
+    wrong_a = a if isinstance(a, dict) else {m: _wrong(bench, m, a, labels) for m in models}
     return {
-        m: stats.paired_counts(_wrong(bench, m, a, labels), _wrong(bench, m, b, labels)).to_dict()
-        for m in models
+        m: stats.paired_counts(wrong_a[m], _wrong(bench, m, b, labels)).to_dict() for m in models
     }
 
 
@@ -91,6 +94,7 @@ def paired_step(bench: st.Workbench, ctx: StepContext) -> dict[str, Any]:
         "amplified": None,
         "figure7": None,
     }
+    adv_wrong = {m: _wrong(bench, m, adv, labels) for m in models} if p["noise_stddevs"] else {}
     for stddev in p["noise_stddevs"]:
         noisy = _noise(originals, float(stddev), st.derived_seed(seed, "paired", stddev), clip)
         out["noise"].append(
@@ -98,7 +102,7 @@ def paired_step(bench: st.Workbench, ctx: StepContext) -> dict[str, Any]:
                 "stddev": stddev,
                 "clipped": clip,
                 "achieved_distortion": float(noisy.distortion.double().mean()),
-                "cells": _versus(bench, models, adv, noisy.images, labels),
+                "cells": _versus(bench, models, adv_wrong, noisy.images, labels),
             }
         )
     if p["amplify"] is not None:
