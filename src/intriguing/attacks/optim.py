@@ -589,7 +589,9 @@ def _first_step(
     """Initial step lengths ``(B,)`` (1 with memory, else ``min(1, 1 / ||v||)``, computed for those
     rows only); ``d`` with non-descent rows replaced by ``-v``; those rows. ``work``: see
     :func:`_dot`."""
-    bad = _dot(g, d, work) >= 0  # numerically not a descent direction: fall back to steepest descent
+    bad = (
+        _dot(g, d, work) >= 0
+    )  # numerically not a descent direction: fall back to steepest descent
     alpha = torch.ones_like(has_memory, dtype=torch.float64)
     short = (~has_memory | bad).nonzero().squeeze(1)
     if len(short):
