@@ -7,13 +7,7 @@ import pytest
 import scipy.optimize
 import torch
 
-from intriguing.attacks.optim import (
-    NO_TIME,
-    BoxLBFGS,
-    _apply_inverse_hessian,
-    _dot,
-    minimize_box,
-)
+from intriguing.attacks.optim import NO_TIME, BoxLBFGS, _apply_inverse_hessian, minimize_box
 
 
 def random_box_qps(batch: int, dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -212,19 +206,6 @@ def test_negated_inverse_hessian_is_exactly_minus_h_v() -> None:
     assert torch.equal(neg, -hv)
     assert torch.equal(neg[1], -v[1])
     assert neg.data_ptr() != v.data_ptr()  # a fresh tensor: the caller may scale it in place
-
-
-def test_row_dot_with_a_work_buffer_equals_vecdot_bit_for_bit() -> None:
-    """``_dot(a, b, work)`` (the products written into a reused buffer) gives exactly
-    ``linalg.vecdot``'s float32 sums in float64, whatever the buffer held before."""
-    gen = torch.Generator().manual_seed(5)
-    a, b = torch.randn(37, 301, generator=gen), torch.rand(37, 301, generator=gen)
-    work = torch.full((37, 301), float("nan"))
-    expected = torch.linalg.vecdot(a, b).double()
-    assert torch.equal(_dot(a, b, work), expected)
-    assert torch.equal(_dot(a, b), expected)
-    assert torch.equal(_dot(a, a, work), torch.linalg.vecdot(a, a).double())
-    assert _dot(a, b, work).dtype == torch.float64
 
 
 def test_rejected_rows_keep_their_iterate_and_accepted_rows_move() -> None:

@@ -37,7 +37,8 @@ from intriguing.models.user import (
     MODEL_FORMS,
     first_line,
     load_factory_model,
-    model_device,
+    model_device,  # noqa: F401  (re-exported: intriguing.inputs.model_device)
+    model_input,
     predict,
     select_correct,
 )
@@ -178,6 +179,11 @@ def _check_state(
                 f"--weights {file}: {key} has shape {tuple(got.shape)} in the file but "
                 f"{tuple(want.shape)} in the model"
             )
+        if want.is_floating_point() and not got.is_floating_point():
+            raise InvalidInputError(
+                f"--weights {file}: {key} is {got.dtype} in the file but {want.dtype} in the "
+                "model; save the model's floating weights"
+            )
         if got.is_floating_point() and not bool(torch.isfinite(got).all()):
             raise InvalidInputError(f"--weights {file}: {key} holds NaN or infinite values")
 
@@ -259,6 +265,16 @@ def expected_channels(model: nn.Module) -> int | None:
     return None
 
 
+def _normalize_channels(model: nn.Module) -> int | None:
+    """The number of means of the model's first Normalize (``--normalize``), else None."""
+    from intriguing.models.preprocessing import Normalize
+
+    for module in model.modules():
+        if isinstance(module, Normalize):
+            return int(module.mean.numel())
+    return None
+
+
 def describe_expected(model: nn.Module) -> str:
     """What the model's first layer says about its input, for error messages."""
     for module in model.modules():
@@ -279,13 +295,26 @@ def check_model_input(
     model's expected input and the data's shape on any mismatch, and when a label is ``>= K``.
     """
     shape = "x".join(map(str, images.shape[1:]))
+    means = _normalize_channels(model)
+    if means is not None and means > 1 and images.ndim >= 2 and images.shape[1] != means:
+        raise InvalidInputError(
+            f"the normalisation has {means} channels (means, stds) but the data has "
+            f"{images.shape[1]} ({shape}, C x H x W); give one mean and one std per data channel "
+            "(e.g. --normalize 0.1307,0.3081 for grey images, six numbers for RGB)"
+        )
     channels = expected_channels(model)
     if channels is not None and images.ndim == 4 and images.shape[1] != channels:
+        hint = (
+            "the data looks channels-last (N, H, W, C): store (N, C, H, W), e.g. "
+            "images.permute(0, 3, 1, 2)"
+            if images.shape[3] == channels
+            else "for an image folder set the colour mode (--mode, or --image-mode for attack)"
+        )
         raise InvalidInputError(
             f"the model expects {describe_expected(model)} but the data is {shape} (C x H x W); "
-            "for an image folder set the colour mode (--mode, or --image-mode for attack)"
+            + hint
         )
-    probe = images[:2].to(model_device(model))
+    probe = model_input(model, images[:2])
     try:
         with torch.no_grad():
             logits = model(probe)
@@ -294,10 +323,21 @@ def check_model_input(
             f"the model does not accept the data ({shape}, C x H x W): it expects "
             f"{describe_expected(model)}; the probe forward raised {first_line(exc)}"
         ) from None
-    if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != len(probe):
+    if (
+        not isinstance(logits, torch.Tensor)
+        or logits.ndim != 2
+        or logits.shape[0] != len(probe)
+        or logits.shape[1] < 2
+    ):
         got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise InvalidInputError(
-            f"the model must return logits (N, classes) for images {shape}; it returned {got}"
+            f"the model must return logits (N, classes) with at least 2 classes for images "
+            f"{shape}; it returned {got}"
+        )
+    if not logits.is_floating_point():
+        raise InvalidInputError(
+            f"the model must return floating logits for images {shape}; it returned "
+            f"{logits.dtype} (return the raw scores, not class indices)"
         )
     if not bool(torch.isfinite(logits).all()):
         raise InvalidInputError(f"the model returned NaN or infinite logits on the data ({shape})")
@@ -360,7 +400,7 @@ def _mode_for(model: nn.Module, source: Any) -> str:
         source.mode = mode
         try:
             with torch.no_grad():
-                model(source.batch(0, 1).to(model_device(model)))
+                model(model_input(model, source.batch(0, 1)))
         except Exception:  # this mode does not fit; try the other, then report the probe error
             continue
         return mode
@@ -459,6 +499,13 @@ def load_tensors(path: str | os.PathLike[str]) -> DataSource:
 
 
 def _read_arrays(file: Path, suffix: str) -> dict[str, torch.Tensor]:
+    import zipfile
+
+    if suffix == ".npz" and not zipfile.is_zipfile(file):
+        raise InvalidInputError(
+            f"--tensors {file}: not an .npz (zip) archive; save one with "
+            "numpy.savez(path, images=..., labels=...)"
+        )
     try:
         if suffix == ".npz":
             with np.load(file, allow_pickle=False) as npz:
@@ -494,9 +541,10 @@ def _check_tensor_labels(file: Path, labels: torch.Tensor | None, n: int) -> tor
         raise InvalidInputError(
             f"--tensors {file}: 'labels' must have shape ({n},), got {tuple(labels.shape)}"
         )
+    labels = labels.long()  # first: comparisons are not implemented for uint16/32/64
     if bool((labels < 0).any()):
         raise InvalidInputError(f"--tensors {file}: 'labels' must be >= 0")
-    return labels.long()
+    return labels
 
 
 def choose_examples(

@@ -219,7 +219,26 @@ def read_labels(path: str | os.PathLike[str], names: list[str]) -> tuple[np.ndar
                 f"{path}: no label for image {name!r}; add a line '{name} <label>'"
             )
         raw.append(value)
+    _check_label_kinds(path, names, raw)
     return encode_labels(raw)
+
+
+def _check_label_kinds(path: str | os.PathLike[str], names: list[str], raw: list[str]) -> None:
+    """Refuse negative integer labels and a mix of integer labels and class names, which
+    :func:`encode_labels` would otherwise renumber silently (``-1`` or a typo makes every label a
+    name)."""
+    for name, value in zip(names, raw, strict=True):
+        if re.fullmatch(r"-\d+", value):
+            raise InvalidInputError(
+                f"{path}: label {value} of image {name!r} is negative; class indices must be >= 0"
+            )
+    ints = [bool(re.fullmatch(r"\d+", v)) for v in raw]
+    if any(ints) and not all(ints):
+        name, value = next((n, v) for n, v, i in zip(names, raw, ints, strict=True) if not i)
+        raise InvalidInputError(
+            f"{path}: label {value!r} of image {name!r} is not a class index >= 0 while others are; "
+            "use class indices or class names throughout"
+        )
 
 
 def _parse_label_lines(path: Path) -> dict[str, str]:

@@ -9,7 +9,10 @@ An attack is configured with keyword-only settings in its constructor and called
 The base class guarantees, whatever the subclass does:
 
 - refused inputs: images outside [0, 1], NaN, wrong shapes, mismatched labels/targets, a model in
-  training mode, outputs that look like probabilities (see :mod:`intriguing.attacks.checks`);
+  training mode, outputs that are not one floating ``(N, K)`` tensor or look like probabilities,
+  a model that fails on one image or has no input gradient (see :mod:`intriguing.attacks.checks`);
+- images are cast to the dtype the attack works in: float64 for a float64 model, else float32
+  (half-precision models are refused);
 - every returned image is inside [0, 1] exactly (clipped; the optimiser already stays in the box);
 - every success is re-verified by running the model on the returned images, and the result's
   ``success``, ``predicted``, ``distortion`` and ``l2`` come from that final pass, not from the
@@ -31,10 +34,13 @@ from torch import nn
 
 from intriguing.attacks.checks import (
     AttackWarning,
+    attack_dtype,
     check_eval_mode,
     check_images,
+    check_input_gradient,
     check_labels,
     check_logits,
+    check_output_type,
     model_device,
 )
 from intriguing.attacks.metrics import l2_distance, rms_distortion, success_mask
@@ -125,8 +131,9 @@ class Attack(ABC):
         """Attack ``images`` ``(N, ...)`` in [0, 1].
 
         Args:
-            model: an eval-mode ``nn.Module`` returning logits ``(N, K)``.
-            images: the originals.
+            model: an eval-mode ``nn.Module`` returning logits ``(N, K)``, differentiable in its
+                input.
+            images: the originals (cast to float64 for a float64 model, else float32).
             labels: ``(N,)`` true labels; default: the model's predictions on ``images`` (then every
                 original counts as correctly classified).
             targets: ``(N,)`` target classes for a targeted attack (overriding the target chooser).
@@ -154,7 +161,8 @@ class Attack(ABC):
         check_eval_mode(model)
         n = int(images.shape[0])
         device = model_device(model, images.device)
-        x = images.detach().to(device)
+        x = images.detach().to(device=device, dtype=attack_dtype(model, images.dtype))
+        check_input_gradient(model, x)
         clean_logits = self.predict(model, x)
         num_classes = check_logits(clean_logits, n)
         if labels is None:
@@ -177,7 +185,7 @@ class Attack(ABC):
     def predict(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         """Logits ``(N, K)`` of ``images`` computed in chunks of :attr:`batch_size` without gradients."""
         with torch.no_grad():
-            chunks = [model(chunk) for chunk in images.split(self.batch_size)]
+            chunks = [check_output_type(model(chunk)) for chunk in images.split(self.batch_size)]
         return torch.cat(chunks).detach()
 
     def _finalize(

@@ -6,9 +6,12 @@ Every check raises a one-line :class:`~intriguing.errors.InvalidInputError` (or 
 - images: a float tensor, at least 2-D ``(N, ...)``, no NaN/inf, every value inside [0, 1];
 - labels / targets: int64-compatible ``(N,)`` matching the images, each in ``[0, num_classes)``;
 - model: every submodule in eval mode (dropout and batch-norm make training-mode outputs random);
-- outputs: ``(N, K)`` logits with ``K >= 2``; rows that are non-negative and sum to 1 look like
-  probabilities, which flatten the loss (softmax saturates) and are refused;
-- gradients: an input gradient that is exactly zero (saturated model) is warned about.
+- outputs: one floating tensor of ``(N, K)`` logits with ``K >= 2`` (not a tuple or dict); rows that
+  are non-negative and sum to 1 look like probabilities, which flatten the loss (softmax saturates)
+  and are refused;
+- gradients: the model must run on a single image with gradients enabled and its logits must be
+  differentiable in the input (no argmax, ``.detach()`` or ``torch.no_grad()`` inside); an input
+  gradient that is exactly zero (saturated model) is warned about.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch
 from torch import nn
 
 from intriguing.errors import InvalidInputError
+from intriguing.models.user import model_dtype
 
 
 class AttackWarning(UserWarning):
@@ -43,10 +47,11 @@ def check_images(images: object, *, name: str = "images") -> torch.Tensor:
             f"{name} must have shape (N, ...) with N >= 1, got {tuple(images.shape)}; "
             "add a batch dimension with images.unsqueeze(0)"
         )
-    if not bool(torch.isfinite(images).all()):
-        bad = int((~torch.isfinite(images)).flatten(1).any(1).sum())
+    values = images.detach()  # statistics only: no autograd warning for images requiring grad
+    if not bool(torch.isfinite(values).all()):
+        bad = int((~torch.isfinite(values)).flatten(1).any(1).sum())
         raise InvalidInputError(f"{name} contain NaN or inf in {bad} image(s); clean the input")
-    low, high = float(images.min()), float(images.max())
+    low, high = float(values.min()), float(values.max())
     if low < 0.0 or high > 1.0:
         raise InvalidInputError(
             f"{name} must lie in [0, 1], found values in [{low:.4g}, {high:.4g}]; "
@@ -108,13 +113,34 @@ def check_eval_mode(model: nn.Module) -> None:
         )
 
 
-def check_logits(outputs: torch.Tensor, n: int) -> int:
-    """Validate model outputs ``(n, K)``: logits with ``K >= 2``; returns ``K``.
+def check_output_type(outputs: object) -> torch.Tensor:
+    """The model's output must be one floating tensor (not a tuple, dict or integer tensor).
 
     Raises:
-        InvalidInputError: wrong shape, NaN/inf, or rows that look like probabilities (non-negative
-            and summing to 1), which would make the attack's loss saturate.
+        InvalidInputError: anything else, naming what the model returned.
     """
+    if not isinstance(outputs, torch.Tensor):
+        raise InvalidInputError(
+            f"model must return one logits tensor (N, K), got {type(outputs).__name__}; "
+            "make forward() return the logits only"
+        )
+    if not outputs.is_floating_point():
+        raise InvalidInputError(
+            f"model must return floating logits (N, K), got {outputs.dtype}; "
+            "return the raw scores, not class indices or rounded values"
+        )
+    return outputs
+
+
+def check_logits(outputs: object, n: int) -> int:
+    """Validate model outputs ``(n, K)``: floating logits with ``K >= 2``; returns ``K``.
+
+    Raises:
+        InvalidInputError: not a floating tensor, wrong shape, NaN/inf, or rows that look like
+            probabilities (non-negative and summing to 1), which would make the attack's loss
+            saturate.
+    """
+    outputs = check_output_type(outputs)
     if outputs.ndim != 2 or outputs.shape[0] != n or outputs.shape[1] < 2:
         raise InvalidInputError(
             f"model must return logits of shape ({n}, K) with K >= 2, got {tuple(outputs.shape)}"
@@ -128,6 +154,69 @@ def check_logits(outputs: torch.Tensor, n: int) -> int:
             "remove the final softmax so the model returns logits"
         )
     return int(outputs.shape[1])
+
+
+def check_input_gradient(model: nn.Module, images: torch.Tensor) -> None:
+    """One forward pass on ``images[:1]`` with gradients enabled: the attack's batches shrink to one
+    image, and it needs the logits' gradient with respect to the input (the autograd graph must
+    reach the input; no backward pass is run).
+
+    Raises:
+        InvalidInputError: the model fails on a single image with gradients enabled, or its logits
+            do not depend differentiably on the input (argmax, ``.detach()``, ``torch.no_grad()``).
+    """
+    x = images[:1].detach().clone().requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            logits = model(x)
+    except InvalidInputError:
+        raise
+    except Exception as exc:  # the user's model can fail in any way; report it on one line
+        text = str(exc).strip()
+        why = f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+        raise InvalidInputError(
+            f"the model fails on a batch of 1 image with gradients enabled ({why}); the attack "
+            "calls it on batches of 1 to batch_size images and needs input gradients"
+        ) from None
+    logits = check_output_type(logits)
+    if not _graph_reaches(logits.grad_fn, x):
+        raise InvalidInputError(
+            "the model's logits are not differentiable in its input (argmax, .detach(), "
+            "torch.no_grad() or a non-differentiable op in forward()); the attack needs input "
+            "gradients"
+        )
+
+
+def _graph_reaches(node: object, leaf: torch.Tensor) -> bool:
+    """Whether the autograd graph below ``node`` accumulates into ``leaf`` (no backward is run, so
+    hooks that count backward passes see nothing)."""
+    stack, seen = [node], {}  # id -> node: holding the nodes keeps their ids unique
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen[id(current)] = current
+        if getattr(current, "variable", None) is leaf:
+            return True
+        stack.extend(next_node for next_node, _ in getattr(current, "next_functions", ()))
+    return False
+
+
+def attack_dtype(model: nn.Module, images: torch.dtype) -> torch.dtype:
+    """The dtype an attack works in: float64 for a float64 model (or float64 images into a model
+    without floating parameters), else float32 (the optimiser's state and distances need at least
+    single precision).
+
+    Raises:
+        InvalidInputError: a half-precision (float16 / bfloat16) model.
+    """
+    dtype = model_dtype(model, images if images == torch.float64 else torch.float32)
+    if dtype in (torch.float16, torch.bfloat16):
+        raise InvalidInputError(
+            f"the model's parameters are {dtype}; the attack works in float32 or float64: "
+            "pass model.float()"
+        )
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def warn_zero_gradients(grad: torch.Tensor, *, where: str = "the clean images") -> int:

@@ -283,7 +283,7 @@ class BoxLBFGS:
         """``||xt - anchor||^2`` ``(B,)`` float64 over all slots, cached until the next trial."""
         if self._r2t is None:
             rt = torch.sub(self.xt, self.anchor, out=self._buf("r"))
-            self._r2t = _dot(rt, rt, self._buf("dot"))
+            self._r2t = _dot(rt, rt)
         return self._r2t
 
     def compact(self) -> torch.Tensor:
@@ -333,8 +333,7 @@ class BoxLBFGS:
         # the pair (s, yl) of each step; y = yl + 2 c s is the full gradient difference
         s = torch.sub(self.xt, self.x, out=self.pair[:, 0])
         yl = torch.sub(G, self.gl, out=self.pair[:, 1])
-        work = self._buf("dot")
-        ss, syl, ylyl = _dot(s, s, work), _dot(s, yl, work), _dot(yl, yl, work)
+        ss, syl, ylyl = _dot(s, s), _dot(s, yl), _dot(yl, yl)
         # gl is finite, so yl'yl is finite exactly when the new gradient is
         finite = torch.isfinite(f_new) & torch.isfinite(ylyl)
         armijo = f_new <= f_old + ETA * self.gtd
@@ -462,7 +461,7 @@ class BoxLBFGS:
             negate=True,
         )
         d = neg_hv.mul_(free)
-        alpha, d, reset = _first_step(v, d, g, has_memory, self._buf("dot"))
+        alpha, d, reset = _first_step(v, d, g, has_memory)
         reset &= mask
         if bool(reset.any()):
             self.time[reset] = NO_TIME
@@ -521,7 +520,7 @@ class BoxLBFGS:
         if bool(mask.all()):
             xt = torch.addcmul(self.x, self.alpha.to(dtype)[:, None], self.d, out=self.xt)
             xt.clamp_(self.lower, self.upper)
-            self.gtd = _dot(g, torch.sub(xt, self.x, out=self._buf("r")), self._buf("dot"))
+            self.gtd = _dot(g, torch.sub(xt, self.x, out=self._buf("r")))
             return
         rows = mask.nonzero().squeeze(1)  # only these rows: backtracking often touches a few
         x = self.x.index_select(0, rows)
@@ -550,15 +549,9 @@ def _gradient(
     return torch.addcmul(gl, (2.0 * c).to(gl.dtype)[:, None], diff, out=out)
 
 
-def _dot(a: torch.Tensor, b: torch.Tensor, work: torch.Tensor | None = None) -> torch.Tensor:
-    """Row-wise dot products ``(B, D), (B, D) -> (B,)`` in float64, summed in ``a.dtype``.
-
-    ``work``: a ``(B, D)`` buffer for the products (the same values as ``linalg.vecdot``, which
-    allocates a fresh ``(B, D)`` product per call: on CPU that page-faults and cost 3x the sum).
-    """
-    if work is None:
-        return torch.linalg.vecdot(a, b).double()
-    return torch.mul(a, b, out=work).sum(1).double()
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise dot products ``(B, D), (B, D) -> (B,)`` in float64."""
+    return torch.linalg.vecdot(a, b).double()
 
 
 def _mem_dot(mem: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -580,18 +573,11 @@ def _assign_rows(dst: torch.Tensor, mask: torch.Tensor, src: torch.Tensor) -> No
 
 
 def _first_step(
-    v: torch.Tensor,
-    d: torch.Tensor,
-    g: torch.Tensor,
-    has_memory: torch.Tensor,
-    work: torch.Tensor | None = None,
+    v: torch.Tensor, d: torch.Tensor, g: torch.Tensor, has_memory: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Initial step lengths ``(B,)`` (1 with memory, else ``min(1, 1 / ||v||)``, computed for those
-    rows only); ``d`` with non-descent rows replaced by ``-v``; those rows. ``work``: see
-    :func:`_dot`."""
-    bad = (
-        _dot(g, d, work) >= 0
-    )  # numerically not a descent direction: fall back to steepest descent
+    rows only); ``d`` with non-descent rows replaced by ``-v``; those rows."""
+    bad = _dot(g, d) >= 0  # numerically not a descent direction: fall back to steepest descent
     alpha = torch.ones_like(has_memory, dtype=torch.float64)
     short = (~has_memory | bad).nonzero().squeeze(1)
     if len(short):

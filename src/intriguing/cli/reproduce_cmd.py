@@ -80,7 +80,7 @@ def _dataset_banner(doc: dict[str, Any]) -> Any:
 @click.option(
     "--full",
     is_flag=True,
-    help="The paper's full training and test sets (about 12 min on 2 cores with --workers 2, "
+    help="The paper's full training and test sets (about 10-11 min on 2 cores with --workers 2, "
     "models cached).",
 )
 @click.option("--size", type=click.Choice(SIZE_CHOICES), default=None, hidden=True)

@@ -57,11 +57,9 @@ TABLE1_MODELS: tuple[str, ...] = (
 )
 TABLE3_MODELS: tuple[str, ...] = ("M1", "M1'", "M2")
 ALL_EXAMPLES = 10**9  # "every example of the split" (the stop index is clipped to what exists)
-# --full: 10000-image shards through 1024 optimiser slots. Each attack call ends in a tail of a few
-# slots whose steps cost nearly as much as full ones, so fewer, longer calls are faster (issue 18;
-# N100-100-10, 1 thread, min of interleaved runs, same mean distortion to 4 digits): against
-# 1000-image shards through 512 slots, 5000 through 1024 took 0.78x the time (targeted) and 0.84x
-# (untargeted) on 5000 training images; 10000 through 1024 took 0.84x of 5000 (targeted, 10000).
+# --full: 10000-image shards through 1024 optimiser slots. Each attack call ends in a drain of steps
+# over a few slots that cost nearly as much as full ones, so fewer, longer calls are faster (issue 18;
+# benchmarks/shard_size.py, docs/reproduce.md "Full size": 11 min 47 s -> 10 min 13 s-10 min 47 s).
 FULL_SHARD_SIZE = 10000
 FULL_BATCH_SIZE = 1024
 

@@ -103,13 +103,28 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def model_dtype(model: nn.Module, fallback: torch.dtype) -> torch.dtype:
+    """The floating dtype of the model's first floating parameter or buffer (else ``fallback``)."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return fallback
+
+
+def model_input(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """``images`` on the model's device, in the dtype of its floating parameters (float64 models)."""
+    dtype = model_dtype(model, images.dtype) if images.is_floating_point() else images.dtype
+    return images.to(device=model_device(model), dtype=dtype)
+
+
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     """Predicted classes ``(N,)`` int64 on the CPU, batch by batch on the model's device."""
-    device = model_device(model)
     out = []
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
-            out.append(model(images[start : start + batch_size].to(device)).argmax(1).cpu())
+            out.append(
+                model(model_input(model, images[start : start + batch_size])).argmax(1).cpu()
+            )
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
 

@@ -1,0 +1,55 @@
+"""``benchmarks/step_profile.py`` and ``shard_size.py``: the drain table worked out by hand, and bad
+arguments refused with one line and exit code 2 before any model is loaded or attacked."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import step_profile
+
+
+def test_drain_table_bands_steps_by_rows_and_times_each_until_the_next() -> None:
+    # steps start at 0, 1, 3, 3.5 s evaluating 512, 300, 40, 3 rows; the call ends at 4 s
+    log = [(0.0, 512), (1.0, 300), (3.0, 40), (3.5, 3)]
+    lines = step_profile.drain_table(log, end=4.0)
+    assert lines[2:] == [
+        "| 0-15 | 1 | 0.50 | 500.00 |",
+        "| 16-63 | 1 | 0.50 | 500.00 |",
+        "| >= 256 | 2 | 3.00 | 1500.00 |",
+    ]
+
+
+@pytest.mark.parametrize("flag", ["--n", "--batch-size"])
+def test_counts_below_one_exit_2(flag: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stop:
+        step_profile.main(["softmax1", flag, "0"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {flag} must be >= 1"
+
+
+def test_unknown_model_exits_2_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stop:
+        step_profile.main(["no-such-model", "--data-dir", str(tmp_path)])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "no-such-model" in err
+
+
+def test_shard_configs_parse_and_bad_ones_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    import shard_size
+
+    assert shard_size.parse_configs("1000x512, 5000X1024") == [(1000, 512), (5000, 1024)]
+    for bad in ("1000", "0x512", "ax2", "1000x512x2", "-5x3"):
+        with pytest.raises(SystemExit) as stop:
+            shard_size.main(["N100-100-10", f"--configs={bad}"])
+        assert stop.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: --configs item") and "\n" not in err
