@@ -1,12 +1,17 @@
 """Zoo softmax1: the default attack against the exact QP optimum (issue 18 target), 500 images.
 
-    python benchmarks/softmax1_oracle.py
+    python benchmarks/softmax1_oracle.py                          # softmax1, 500 images
+    python benchmarks/softmax1_oracle.py --model softmax3 --n 300  # any affine zoo model
 
 Untargeted: against the minimum of the exact optima over all targets; targeted: label + 1. The first
-500 MNIST test images softmax1 classifies correctly, one thread.
+``--n`` MNIST test images the model classifies correctly, one thread. ``--model``: softmax1, softmax2
+or softmax3 (the affine zoo models, for which the minimum-distortion problem is a convex QP); bad
+arguments exit 2 with one line.
 """
 
 from __future__ import annotations
+
+import argparse
 
 import torch
 
@@ -26,13 +31,27 @@ def line(name: str, found: AttackResult, optimum: ExactLinearResult) -> str:
     )
 
 
-def main() -> None:
+AFFINE_MODELS = ("softmax1", "softmax2", "softmax3")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--model", choices=AFFINE_MODELS, default="softmax1")
+    p.add_argument("--n", type=int, default=500, help="images (default 500)")
+    args = p.parse_args(argv)
+    if args.n < 1:
+        p.exit(2, "error: --n must be >= 1\n")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     torch.set_num_threads(1)
-    model = load_model("softmax1")
+    model = load_model(args.model)
     data = load_mnist()
     with torch.no_grad():
         keep = model(data.test_images).argmax(1) == data.test_labels
-    x, y = data.test_images[keep][:500], data.test_labels[keep][:500]
+    x, y = data.test_images[keep][: args.n], data.test_labels[keep][: args.n]
     t = (y + 1) % 10
     untargeted = LBFGS(progress=False)(model, x, y)
     print(line("untargeted", untargeted, exact_linear_attack(model, x, y, progress=False)))
