@@ -15,16 +15,12 @@ This chose ``reproduce --full``'s shards (``FULL_SHARD_SIZE``, ``FULL_BATCH_SIZE
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 import torch
 
 import strong_models
 from intriguing.attacks import LBFGS
-from intriguing.data import load_mnist
-from intriguing.errors import IntriguingError
-from intriguing.models.user import select_correct
 
 
 def parse_configs(text: str) -> list[tuple[int, int]]:
@@ -82,14 +78,7 @@ def run_sharded(
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(1)
-    try:
-        model = strong_models.load_any(args.model, args.data_dir).eval()
-        data = load_mnist(args.data_dir)
-        x, y, _ = select_correct(model, data.train_images, data.train_labels, args.n)
-    except (IntriguingError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    targets = (y + 1) % 10 if args.mode == "targeted" else None
+    model, x, y, targets = strong_models.attack_setup(args.model, args.data_dir, args.n, args.mode)
     seconds: dict[tuple[int, int], list[float]] = {c: [] for c in args.configs}
     distortion: dict[tuple[int, int], float] = {}
     for round_ in range(args.repeats):

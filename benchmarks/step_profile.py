@@ -19,7 +19,6 @@ Models: the zoo's names and the benchmark's ``relu-mlp`` / ``relu-cnn``
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections import defaultdict
 from typing import Any
@@ -28,9 +27,6 @@ import torch
 
 import strong_models
 from intriguing.attacks import LBFGS, optim
-from intriguing.data import load_mnist
-from intriguing.errors import IntriguingError
-from intriguing.models.user import select_correct
 
 BANDS = ((0, 16), (16, 64), (64, 256), (256, None))
 
@@ -120,14 +116,7 @@ def ops_table(attack: LBFGS, model: torch.nn.Module, x: Any, y: Any, targets: An
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(1)
-    try:
-        model = strong_models.load_any(args.model, args.data_dir).eval()
-        data = load_mnist(args.data_dir)
-        x, y, _ = select_correct(model, data.train_images, data.train_labels, args.n)
-    except (IntriguingError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    targets = (y + 1) % 10 if args.mode == "targeted" else None
+    model, x, y, targets = strong_models.attack_setup(args.model, args.data_dir, args.n, args.mode)
     attack = LBFGS(progress=False, mode=args.mode, batch_size=args.batch_size)
     attack(model, x[:8], y[:8], targets=None if targets is None else targets[:8])  # warm-up
     log: list[tuple[float, int]] = []

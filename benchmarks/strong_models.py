@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,9 @@ from torch.nn import functional as F
 
 from intriguing._io import atomic_path, atomic_write_json
 from intriguing.data import load_mnist
+from intriguing.errors import IntriguingError
 from intriguing.models.preprocessing import Normalize, Preprocessed
+from intriguing.models.user import select_correct
 from intriguing.paths import cache_dir
 
 MODELS = ("relu-mlp", "relu-cnn")
@@ -144,3 +147,20 @@ def load_any(name: str, data_dir: str | None = None) -> nn.Module:
     from intriguing.training import load_model
 
     return load_model(name, data_dir=data_dir).eval()
+
+
+def attack_setup(
+    name: str, data_dir: str | None, n: int, mode: str
+) -> tuple[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """For a benchmark script: model ``name`` (:func:`load_any`), its first ``n`` correctly
+    classified MNIST training images ``(n, 1, 28, 28)`` and labels, and targets ``label + 1`` in
+    targeted mode (else None). An unknown model, missing data or too few correct images print one
+    ``error:`` line and exit 2."""
+    try:
+        model = load_any(name, data_dir).eval()
+        data = load_mnist(data_dir)
+        x, y, _ = select_correct(model, data.train_images, data.train_labels, n)
+    except (IntriguingError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    return model, x, y, (y + 1) % 10 if mode == "targeted" else None
