@@ -68,6 +68,35 @@ def test_unwritable_outputs_are_one_error_line_before_any_work(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # nothing written
 
 
+@pytest.mark.parametrize(
+    ("argv", "suffix"),
+    [
+        (["attack", "softmax1", "--dataset", "mnist-5k", "--n", "2", "--save"], ".safetensors"),
+        (["curves", "softmax1", "--dataset", "mnist-5k", "--plot"], ".png"),
+        (
+            ["units", "softmax1", "--dataset", "mnist-5k", "--layer", "out", "--save-activations"],
+            ".npy",
+        ),
+    ],
+    ids=["save", "plot", "save-activations"],
+)
+def test_an_output_in_a_fixed_format_must_be_named_for_it(
+    argv: list[str], suffix: str, tmp_path: Path
+) -> None:
+    """``--save out.npz`` would have written safetensors under a .npz name (found by a robustness
+    probe): the name must carry the format's suffix, checked before any work."""
+    wrong = tmp_path / "result.npz"
+    result = CliRunner().invoke(cli, [*argv, str(wrong)])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and f"result{suffix}" in errors[0], result.output
+    assert list(tmp_path.iterdir()) == []
+    accepted = validation.output_file(suffix).convert(
+        str(tmp_path / f"R{suffix.upper()}"), None, None
+    )
+    assert accepted == tmp_path / f"R{suffix.upper()}"  # the suffix is matched case-insensitively
+
+
 def test_json_does_not_create_missing_parents_outside_out(tmp_path: Path) -> None:
     missing = tmp_path / "no" / "such" / "x.json"
     result = CliRunner().invoke(cli, ["data", "info", "--dataset", "mnist-5k", "--json", missing])

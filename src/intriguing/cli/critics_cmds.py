@@ -403,7 +403,7 @@ def _finish_model(*, command: str, payload: dict[str, Any], common: dict[str, An
 @click.option(
     "--plot",
     "plot_path",
-    type=output_file(),
+    type=output_file(".png"),
     default=None,
     help="With MODEL: write the robust-accuracy plot (PNG) here (default: into --out, if given).",
 )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 from typing import Any
 
 import click
@@ -78,8 +79,32 @@ def cli() -> None:
     use_default_threads()  # one torch thread count for every command: identical numbers
 
 
+def one_line_warnings() -> None:
+    """Print the package's own warnings (``AttackWarning``, ...) as one ``Warning: ...`` line on
+    stderr instead of Python's ``file:line: Category: message`` plus a source line; other warnings
+    keep Python's format. Installed by the console script only, not on import."""
+    default = warnings.showwarning
+
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: Any = None,
+        line: str | None = None,
+    ) -> None:
+        if category.__module__.startswith("intriguing."):
+            text = str(message).strip()
+            click.echo(f"Warning: {text.splitlines()[0] if text else category.__name__}", err=True)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``intriguing`` console script."""
+    one_line_warnings()
     try:
         cli.main(args=argv, prog_name="intriguing")
     except KeyboardInterrupt:

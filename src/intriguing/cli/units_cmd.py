@@ -224,7 +224,7 @@ def _print_summary(results: dict[str, Any]) -> None:
 @int_option("--batch-size", 1, 100_000, default=500, help="Images per forward pass.")
 @click.option(
     "--save-activations",
-    type=output_file(),
+    type=output_file(".npy"),
     default=None,
     help="Also store phi as a .npy file (float32, or float16 with --float16).",
 )

@@ -141,10 +141,10 @@ class OutputPath(click.ParamType):
     or :func:`check_output_dir`; a failed check is a usage error (``Error: ...``, exit 2).
     """
 
-    def __init__(self, kind: str = "file") -> None:
+    def __init__(self, kind: str = "file", suffix: str | None = None) -> None:
         if kind not in ("file", "dir"):
             raise ValueError(f"kind must be 'file' or 'dir', not {kind!r}")
-        self.kind = kind
+        self.kind, self.suffix = kind, suffix
         self.name = "directory" if kind == "dir" else "file"
 
     def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
@@ -167,15 +167,24 @@ class OutputPath(click.ParamType):
                 if ctx is not None:
                     ctx.meta.setdefault(_META_KEY, []).append(_check_syntax(path))
                 return checked
+            if self.suffix is not None and path.suffix.lower() != self.suffix:
+                self.fail(
+                    f"{path}: this option writes a {self.suffix} file; name it "
+                    f"{path.with_suffix(self.suffix).name}",
+                    param,
+                    ctx,
+                )
             created = tuple(ctx.meta.get(_META_KEY, [])) if ctx is not None else ()
             return check_output_file(path, created)
         except OutputError as exc:
             self.fail(str(exc), param, ctx)
 
 
-def output_file() -> OutputPath:
-    """The type of every output-file option (``--json``, ``--save``, ``--plot``, ...)."""
-    return OutputPath("file")
+def output_file(suffix: str | None = None) -> OutputPath:
+    """The type of every output-file option (``--json``, ``--save``, ``--plot``, ...); ``suffix``
+    (e.g. ``".safetensors"``): the file's format, which its name must end with (checked before
+    any work, so nothing is written under a misleading name)."""
+    return OutputPath("file", suffix)
 
 
 def output_dir() -> OutputPath:
