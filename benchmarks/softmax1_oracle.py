@@ -12,12 +12,15 @@ arguments exit 2 with one line.
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 
 from intriguing.attacks import LBFGS, AttackResult
 from intriguing.attacks.exact_linear import ExactLinearResult, exact_linear_attack
 from intriguing.data import load_mnist
+from intriguing.errors import IntriguingError
+from intriguing.models.user import select_correct
 from intriguing.training import load_model
 
 
@@ -47,11 +50,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(1)
-    model = load_model(args.model)
-    data = load_mnist()
-    with torch.no_grad():
-        keep = model(data.test_images).argmax(1) == data.test_labels
-    x, y = data.test_images[keep][: args.n], data.test_labels[keep][: args.n]
+    try:  # missing data or too few correct images: one line, before any attack
+        model = load_model(args.model)
+        data = load_mnist()
+        x, y, _ = select_correct(model, data.test_images, data.test_labels, args.n)
+    except IntriguingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
     t = (y + 1) % 10
     untargeted = LBFGS(progress=False)(model, x, y)
     print(line("untargeted", untargeted, exact_linear_attack(model, x, y, progress=False)))

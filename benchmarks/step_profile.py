@@ -21,6 +21,8 @@ from __future__ import annotations
 import argparse
 import time
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -46,8 +48,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _record_steps(log: list[tuple[float, int]]) -> Any:
-    """Wrap ``BoxLBFGS.trial`` to log (start time, evaluated rows) per step; returns the original."""
+@contextmanager
+def recorded_steps() -> Iterator[list[tuple[float, int]]]:
+    """While open, every ``BoxLBFGS.trial`` appends (start time, evaluated rows) to the yielded
+    list; the original method is back afterwards, also on an error."""
+    log: list[tuple[float, int]] = []
     original = optim.BoxLBFGS.trial
 
     def trial(self: optim.BoxLBFGS) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,7 +62,10 @@ def _record_steps(log: list[tuple[float, int]]) -> Any:
         return idx, xt
 
     optim.BoxLBFGS.trial = trial  # type: ignore[method-assign]
-    return original
+    try:
+        yield log
+    finally:
+        optim.BoxLBFGS.trial = original  # type: ignore[method-assign]
 
 
 def drain_table(log: list[tuple[float, int]], end: float) -> list[str]:
@@ -79,20 +87,17 @@ def drain_table(log: list[tuple[float, int]], end: float) -> list[str]:
 
 
 def ops_table(attack: LBFGS, model: torch.nn.Module, x: Any, y: Any, targets: Any) -> list[str]:
-    """Operators on inputs with the pool's row count, per full step, under ``torch.profiler``."""
+    """Operators on inputs with the pool's row count, per full step (a step evaluating the most
+    rows of the run), under ``torch.profiler``."""
     from torch.profiler import ProfilerActivity, profile
 
-    full = attack.batch_size
-    log: list[tuple[float, int]] = []
-    original = _record_steps(log)
-    try:
-        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-            attack(model, x, y, targets=targets)
-    finally:
-        optim.BoxLBFGS.trial = original  # type: ignore[method-assign]
+    with (
+        recorded_steps() as log,
+        profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof,
+    ):
+        attack(model, x, y, targets=targets)
+    full = max(rows for _, rows in log)  # the pool: batch_size, or fewer problems than that
     steps = sum(1 for _, rows in log if rows == full)
-    if steps == 0:
-        return [f"no step evaluated all {full} slots (fewer problems than slots): no op table"]
     rows = []
     for event in prof.key_averages(group_by_input_shape=True):
         shapes = str(event.input_shapes)
@@ -119,14 +124,10 @@ def main(argv: list[str] | None = None) -> None:
     model, x, y, targets = strong_models.attack_setup(args.model, args.data_dir, args.n, args.mode)
     attack = LBFGS(progress=False, mode=args.mode, batch_size=args.batch_size)
     attack(model, x[:8], y[:8], targets=None if targets is None else targets[:8])  # warm-up
-    log: list[tuple[float, int]] = []
-    original = _record_steps(log)
-    try:
+    with recorded_steps() as log:
         start = time.perf_counter()
         result = attack(model, x, y, targets=targets)
         end = time.perf_counter()
-    finally:
-        optim.BoxLBFGS.trial = original  # type: ignore[method-assign]
     print(
         f"{args.model} {args.mode}, {len(y)} images, {args.batch_size} slots: {end - start:.2f} s, "
         f"{len(log)} steps, {float(result.grad_evals.double().mean()):.1f} evaluations per image"

@@ -157,7 +157,7 @@ def attack_setup(
     targeted mode (else None). An unknown model, missing data or too few correct images print one
     ``error:`` line and exit 2."""
     try:
-        model = load_any(name, data_dir).eval()
+        model = load_any(name, data_dir)
         data = load_mnist(data_dir)
         x, y, _ = select_correct(model, data.train_images, data.train_labels, n)
     except (IntriguingError, ValueError) as exc:

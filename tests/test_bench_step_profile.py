@@ -1,5 +1,6 @@
-"""``benchmarks/step_profile.py`` and ``shard_size.py``: the drain table worked out by hand, and bad
-arguments refused with one line and exit code 2 before any model is loaded or attacked."""
+"""``benchmarks/step_profile.py``, ``shard_size.py`` and ``softmax1_oracle.py``: the drain table
+worked out by hand, and bad arguments refused with one line and exit code 2 before any model is
+loaded or attacked."""
 
 from __future__ import annotations
 
@@ -53,3 +54,21 @@ def test_shard_configs_parse_and_bad_ones_exit_2(capsys: pytest.CaptureFixture[s
         assert stop.value.code == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: --configs item") and "\n" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--n", "0"], "error: --n must be >= 1"),
+        (["--model", "N100-100-10"], "invalid choice: 'N100-100-10'"),
+    ],
+)
+def test_oracle_bad_arguments_exit_2_before_loading(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import softmax1_oracle
+
+    with pytest.raises(SystemExit) as stop:
+        softmax1_oracle.main(argv)
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err

@@ -41,11 +41,11 @@ from intriguing.attacks.checks import (
     check_labels,
     check_logits,
     check_output_type,
-    model_device,
 )
 from intriguing.attacks.metrics import l2_distance, rms_distortion, success_mask
 from intriguing.attacks.result import AttackResult
 from intriguing.errors import InvalidInputError
+from intriguing.models.user import model_device
 
 MODES = ("untargeted", "targeted")
 

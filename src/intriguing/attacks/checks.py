@@ -230,10 +230,3 @@ def warn_zero_gradients(grad: torch.Tensor, *, where: str = "the clean images") 
             stacklevel=3,
         )
     return zero
-
-
-def model_device(model: nn.Module, fallback: torch.device) -> torch.device:
-    """The device of the model's first parameter or buffer (``fallback`` when it has none)."""
-    for tensor in (*model.parameters(), *model.buffers()):
-        return tensor.device
-    return fallback

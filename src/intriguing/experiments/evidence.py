@@ -32,8 +32,11 @@ if TYPE_CHECKING:
 REFERENCE_PAIRS = 20000
 
 
-def _wrong(bench: st.Workbench, model: str, images: torch.Tensor, labels: torch.Tensor) -> Any:
-    return (st.predict(bench.model(model), images) != labels).numpy()
+def _wrong(
+    bench: st.Workbench, models: list[str], images: torch.Tensor, labels: torch.Tensor
+) -> dict[str, Any]:
+    """Per model, which images it misclassifies (bool ``(N,)`` arrays)."""
+    return {m: (st.predict(bench.model(m), images) != labels).numpy() for m in models}
 
 
 def _noise(images: torch.Tensor, stddev: float, seed: int, clip: bool) -> Any:
@@ -43,21 +46,10 @@ def _noise(images: torch.Tensor, stddev: float, seed: int, clip: bool) -> Any:
     return gaussian_noise(images, stddev, generator=generator, clip=clip)
 
 
-def _versus(
-    bench: st.Workbench,
-    models: list[str],
-    a: torch.Tensor | dict[str, Any],
-    b: torch.Tensor,
-    labels: torch.Tensor,
-) -> dict[str, dict[str, int]]:
-    """Per model, the paired table of "misclassified under a" vs "misclassified under b".
-
-    ``a``: images, or each model's "misclassified" flags on them (computed once when several
-    ``b`` are compared with the same ``a``)."""
-    wrong_a = a if isinstance(a, dict) else {m: _wrong(bench, m, a, labels) for m in models}
-    return {
-        m: stats.paired_counts(wrong_a[m], _wrong(bench, m, b, labels)).to_dict() for m in models
-    }
+def _versus(wrong_a: dict[str, Any], wrong_b: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """Per model, the paired table of "misclassified under a" vs "misclassified under b" from
+    :func:`_wrong`'s flags."""
+    return {m: stats.paired_counts(wrong_a[m], wrong_b[m]).to_dict() for m in wrong_a}
 
 
 def _distortion(shards: list[dict[str, Any]]) -> dict[str, Any]:
@@ -94,7 +86,7 @@ def paired_step(bench: st.Workbench, ctx: StepContext) -> dict[str, Any]:
         "amplified": None,
         "figure7": None,
     }
-    adv_wrong = {m: _wrong(bench, m, adv, labels) for m in models} if p["noise_stddevs"] else {}
+    adv_wrong = _wrong(bench, models, adv, labels) if p["noise_stddevs"] else {}
     for stddev in p["noise_stddevs"]:
         noisy = _noise(originals, float(stddev), st.derived_seed(seed, "paired", stddev), clip)
         out["noise"].append(
@@ -102,7 +94,7 @@ def paired_step(bench: st.Workbench, ctx: StepContext) -> dict[str, Any]:
                 "stddev": stddev,
                 "clipped": clip,
                 "achieved_distortion": float(noisy.distortion.double().mean()),
-                "cells": _versus(bench, models, adv_wrong, noisy.images, labels),
+                "cells": _versus(adv_wrong, _wrong(bench, models, noisy.images, labels)),
             }
         )
     if p["amplify"] is not None:
@@ -137,7 +129,10 @@ def _amplified(
         "n": int(keep.sum()),
         "amplified_distortion": float(amplified.distortion.double().mean()),
         "noise_distortion": float(noisy.distortion.double().mean()),
-        "cells": _versus(bench, list(p["models"]), amplified.images, noisy.images, labels[keep]),
+        "cells": _versus(
+            _wrong(bench, list(p["models"]), amplified.images, labels[keep]),
+            _wrong(bench, list(p["models"]), noisy.images, labels[keep]),
+        ),
     }
 
 

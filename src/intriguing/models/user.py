@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import itertools
 import os
 import sys
 from pathlib import Path
@@ -96,16 +97,16 @@ def load_factory_model(spec: str) -> nn.Module:
 load_user_model = load_factory_model
 
 
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter or buffer (CPU when it has none)."""
-    for tensor in (*model.parameters(), *model.buffers()):
+def model_device(model: nn.Module, fallback: torch.device | str = "cpu") -> torch.device:
+    """The device of the model's first parameter or buffer (``fallback`` when it has none)."""
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
         return tensor.device
-    return torch.device("cpu")
+    return torch.device(fallback)
 
 
 def model_dtype(model: nn.Module, fallback: torch.dtype) -> torch.dtype:
     """The floating dtype of the model's first floating parameter or buffer (else ``fallback``)."""
-    for tensor in (*model.parameters(), *model.buffers()):
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
         if tensor.is_floating_point():
             return tensor.dtype
     return fallback
@@ -122,9 +123,8 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 512) -> to
     out = []
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
-            out.append(
-                model(model_input(model, images[start : start + batch_size])).argmax(1).cpu()
-            )
+            batch = model_input(model, images[start : start + batch_size])
+            out.append(model(batch).argmax(1).cpu())
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
 
