@@ -31,6 +31,8 @@ def small_model() -> nn.Module:
         (torch.full((2, 6), -0.1), "must lie in"),
         (torch.tensor([[0.5, float("nan")]]), "NaN or inf in 1 image"),
         (torch.tensor([[0.5, float("inf")]]), "NaN or inf"),
+        (torch.tensor([[0.5, -float("inf")], [0.2, 0.3]]), "NaN or inf in 1 image"),
+        (torch.tensor([[float("nan"), 1.5], [0.2, float("nan")]]), "NaN or inf in 2 image"),
         (torch.zeros(6), r"shape \(N, \.\.\.\)"),
         (torch.zeros(0, 6), "N >= 1"),
         (torch.zeros(2, 6, dtype=torch.uint8), "divide uint8 pixels by 255"),

@@ -92,3 +92,39 @@ def test_amplify_unclipped_reaches_the_target_rms_outside_the_box() -> None:
     rms = ((0.05**2 + 0.01**2) / 4) ** 0.5
     assert float(out.images[0, 0]) == pytest.approx(0.95 + 0.05 * 0.2 / rms, rel=1e-5)
     assert float(out.images[0, 0]) > 1.0
+
+
+def test_noise_and_amplify_leave_their_inputs_alone_and_match_the_formula() -> None:
+    """Both work in their own buffers: the inputs are unchanged and the values are exactly
+    ``x + stddev * N(0, 1)`` (same generator) and ``x + delta * stddev / rms``."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(6, 1, 5, 5, generator=g)
+    adv = (x + 0.05 * torch.randn(x.shape, generator=g)).clamp(0.0, 1.0)
+    x_copy, adv_copy = x.clone(), adv.clone()
+    noisy = gaussian_noise(x, 0.2, generator=torch.Generator().manual_seed(9), clip=False)
+    draw = torch.randn(x.shape, generator=torch.Generator().manual_seed(9))
+    assert torch.equal(noisy.images, x + 0.2 * draw)
+    amplified = amplify(x, adv, 0.1, clip=False)
+    scale = (0.1 / rms_distortion(x, adv)).view(-1, 1, 1, 1)
+    assert torch.equal(amplified.images, x + (adv - x) * scale)
+    assert torch.equal(x, x_copy) and torch.equal(adv, adv_copy)
+
+
+def test_distortions_do_not_depend_on_the_chunk_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The measures are reduced in row chunks; every chunk size gives the whole-array values
+    (worked by hand for one row: a 3-4 perturbation over 4 pixels has L2 5 and RMS 2.5)."""
+    from intriguing.attacks import l2_distance, metrics
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand(11, 1, 4, 4, generator=g)
+    adv = torch.rand(11, 1, 4, 4, generator=g)
+    whole_rms = (adv - x).flatten(1).double().pow(2).mean(1).sqrt().float()
+    whole_l2 = (adv - x).flatten(1).double().pow(2).sum(1).sqrt().float()
+    for chunk in (1, 3, 11, 64):
+        monkeypatch.setattr(metrics, "DISTORTION_CHUNK", chunk)
+        assert torch.equal(rms_distortion(x, adv), whole_rms)
+        assert torch.equal(l2_distance(x, adv), whole_l2)
+        assert torch.equal(rms_distortion(x[:1], adv), rms_distortion(x[:1].expand_as(adv), adv))
+    zero = torch.zeros(1, 4)
+    assert l2_distance(zero, torch.tensor([[3.0, 4.0, 0.0, 0.0]])).item() == 5.0
+    assert rms_distortion(zero, torch.tensor([[3.0, 4.0, 0.0, 0.0]])).item() == 2.5

@@ -16,6 +16,7 @@ Every check raises a one-line :class:`~intriguing.errors.InvalidInputError` (or 
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
@@ -48,10 +49,11 @@ def check_images(images: object, *, name: str = "images") -> torch.Tensor:
             "add a batch dimension with images.unsqueeze(0)"
         )
     values = images.detach()  # statistics only: no autograd warning for images requiring grad
-    if not bool(torch.isfinite(values).all()):
+    # min and max propagate NaN and reach +-inf, so one pass finds non-finite values too
+    low, high = (float(v) for v in torch.aminmax(values))
+    if not (math.isfinite(low) and math.isfinite(high)):
         bad = int((~torch.isfinite(values)).flatten(1).any(1).sum())
         raise InvalidInputError(f"{name} contain NaN or inf in {bad} image(s); clean the input")
-    low, high = float(values.min()), float(values.max())
     if low < 0.0 or high > 1.0:
         raise InvalidInputError(
             f"{name} must lie in [0, 1], found values in [{low:.4g}, {high:.4g}]; "

@@ -57,7 +57,7 @@ def gaussian_noise(
     check_images(images)
     sigma = _check_stddev(stddev)
     noise = torch.randn(images.shape, generator=generator, device=images.device, dtype=images.dtype)
-    noisy = images + sigma * noise
+    noisy = noise.mul_(sigma).add_(images)  # images + sigma * noise, without two more full copies
     if clip:
         noisy.clamp_(0.0, 1.0)
     return Perturbed(noisy, rms_distortion(images, noisy))
@@ -91,7 +91,7 @@ def amplify(
             f"{int((rms == 0).sum())} perturbation(s) are zero and cannot be amplified; drop them first"
         )
     scale = (sigma / rms).view(-1, *([1] * (delta.ndim - 1)))
-    amplified = originals + delta * scale
+    amplified = delta.mul_(scale).add_(originals)  # originals + delta * scale, in delta's memory
     if clip:
         amplified.clamp_(0.0, 1.0)
     return Perturbed(amplified, rms_distortion(originals, amplified))
