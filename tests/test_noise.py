@@ -128,3 +128,21 @@ def test_distortions_do_not_depend_on_the_chunk_size(monkeypatch: pytest.MonkeyP
     zero = torch.zeros(1, 4)
     assert l2_distance(zero, torch.tensor([[3.0, 4.0, 0.0, 0.0]])).item() == 5.0
     assert rms_distortion(zero, torch.tensor([[3.0, 4.0, 0.0, 0.0]])).item() == 2.5
+
+
+@pytest.mark.parametrize(
+    ("originals", "adversarials", "message"),
+    [
+        (torch.zeros(3, 4), torch.zeros(2, 4), "differ in shape"),
+        (torch.zeros(3, 4), torch.zeros(3, 5), "differ in shape"),
+        (torch.zeros(4), torch.zeros(4), r"\(N, \.\.\.\) batches"),
+    ],
+)
+def test_distortions_refuse_mismatched_shapes(
+    originals: torch.Tensor, adversarials: torch.Tensor, message: str
+) -> None:
+    from intriguing.attacks import l2_distance
+
+    for measure in (rms_distortion, l2_distance):
+        with pytest.raises(InvalidInputError, match=message):
+            measure(originals, adversarials)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from intriguing.errors import InvalidInputError
+
 #: Minimum logit lead of a success, relative to the row's largest ``|logit|`` (absolute below 1).
 #: float32 logits carry a rounding error of a few ulps of their summands (``eps = 1.2e-7``
 #: relative), and a different batch or kernel changes the summation order: 1e-4 is ~800 ulps.
@@ -37,7 +39,18 @@ def _squared_rows(
     Chunked over rows; each row is reduced exactly as in one whole-array pass (the same kernel on the
     same contiguous row), so the values do not depend on the chunk size.
     """
-    shape = torch.broadcast_shapes(originals.shape, adversarials.shape)
+    try:
+        shape = torch.broadcast_shapes(originals.shape, adversarials.shape)
+    except RuntimeError:
+        raise InvalidInputError(
+            f"originals {tuple(originals.shape)} and adversarials {tuple(adversarials.shape)} "
+            "differ in shape; pass one adversarial per original"
+        ) from None
+    if len(shape) < 2:
+        raise InvalidInputError(
+            f"distortions need (N, ...) batches, got shape {tuple(shape)}; "
+            "add a batch dimension with unsqueeze(0)"
+        )
     a, b = originals.expand(shape), adversarials.expand(shape)
     out = torch.empty(shape[0], dtype=torch.float64, device=originals.device)
     for start in range(0, shape[0], DISTORTION_CHUNK):
