@@ -2,16 +2,20 @@
 
     python benchmarks/softmax1_oracle.py                          # softmax1, 500 images
     python benchmarks/softmax1_oracle.py --model softmax3 --n 300  # any affine zoo model
+    python benchmarks/softmax1_oracle.py --model softmax3 --scale 10  # its logits times 10
 
 Untargeted: against the minimum of the exact optima over all targets; targeted: label + 1. The first
 ``--n`` MNIST test images the model classifies correctly, one thread. ``--model``: softmax1, softmax2
-or softmax3 (the affine zoo models, for which the minimum-distortion problem is a convex QP); bad
-arguments exit 2 with one line.
+or softmax3 (the affine zoo models, for which the minimum-distortion problem is a convex QP);
+``--scale A`` multiplies the model's weights and bias by ``A > 0`` (the same decisions and the same
+optimum, logits ``A`` times larger: how the attack depends on the logits' scale, docs/attack.md
+"Known limitation: small logits"); bad arguments exit 2 with one line.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 import torch
@@ -41,17 +45,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", choices=AFFINE_MODELS, default="softmax1")
     p.add_argument("--n", type=int, default=500, help="images (default 500)")
+    p.add_argument("--scale", type=float, default=1.0, help="logit scale (default 1)")
     args = p.parse_args(argv)
     if args.n < 1:
         p.exit(2, "error: --n must be >= 1\n")
+    if not (math.isfinite(args.scale) and args.scale > 0):
+        p.exit(2, "error: --scale must be a finite number > 0\n")
     return args
+
+
+def scaled(model: torch.nn.Module, scale: float) -> torch.nn.Module:
+    """``model`` with every parameter multiplied by ``scale`` in place (an affine model's logits
+    become ``scale`` times larger; its decisions do not change)."""
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.mul_(scale)
+    return model
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(1)
     try:  # missing data or too few correct images: one line, before any attack
-        model = load_model(args.model)
+        model = scaled(load_model(args.model), args.scale)
         data = load_mnist()
         x, y, _ = select_correct(model, data.test_images, data.test_labels, args.n)
     except IntriguingError as exc:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -61,6 +62,8 @@ def test_shard_configs_parse_and_bad_ones_exit_2(capsys: pytest.CaptureFixture[s
     [
         (["--n", "0"], "error: --n must be >= 1"),
         (["--model", "N100-100-10"], "invalid choice: 'N100-100-10'"),
+        (["--scale", "0"], "error: --scale must be a finite number > 0"),
+        (["--scale", "nan"], "error: --scale must be a finite number > 0"),
     ],
 )
 def test_oracle_bad_arguments_exit_2_before_loading(
@@ -72,3 +75,14 @@ def test_oracle_bad_arguments_exit_2_before_loading(
         softmax1_oracle.main(argv)
     assert stop.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_oracle_scale_multiplies_the_logits_and_keeps_the_decisions() -> None:
+    import softmax1_oracle
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    x = torch.rand(5, 1, 2, 2)
+    before = model(x).detach()
+    after = softmax1_oracle.scaled(model, 10.0)(x).detach()
+    torch.testing.assert_close(after, 10.0 * before)
+    assert torch.equal(after.argmax(1), before.argmax(1))
