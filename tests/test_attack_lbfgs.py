@@ -305,3 +305,18 @@ def test_threads_setting_is_applied_and_restored() -> None:
         torch.set_num_threads(before)
     with pytest.raises(InvalidInputError, match="threads"):
         LBFGS(threads=0)
+
+
+def test_logit_scales_lift_only_small_logits() -> None:
+    """Worked by hand: largest |logit| 1.5 -> 3 / 1.5 = 2; 0.003 -> 1000; 4 (above the reference
+    3) -> exactly 1; all-zero logits -> the cap."""
+    from intriguing.attacks.lbfgs import LOGIT_REFERENCE, MAX_LOGIT_SCALE, logit_scales
+
+    assert LOGIT_REFERENCE == 3.0
+    logits = torch.tensor(
+        [[0.5, -1.5, 0.2], [0.001, -0.003, 0.0], [4.0, 0.0, -1.0], [0.0, 0.0, 0.0]]
+    )
+    scales = logit_scales(logits)
+    assert scales.dtype == torch.float64
+    torch.testing.assert_close(scales[:2], torch.tensor([2.0, 1000.0], dtype=torch.float64))
+    assert scales[2].item() == 1.0 and scales[3].item() == MAX_LOGIT_SCALE

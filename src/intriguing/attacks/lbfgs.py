@@ -99,6 +99,14 @@ ESTIMATE_FACTOR = 1.5
 # the first constant of problems without an estimate (targeted mode, the untargeted loss, the margin
 # loss)
 FIXED_C_INIT = 5.0
+# The cross-entropy's temperatures and the optimiser's tolerances assume logits of the usual scale
+# (largest |logit| 5-18 on the models trained here); the decisions do not depend on the scale, the
+# attack does: softmax3 (largest |logit| 0.78) is 0.71% / 2.28% above its exact optimum, 0.22% /
+# 0.67% with its logits tripled (docs/attack.md, "Small logits"). An example whose clean logits are
+# all below LOGIT_REFERENCE in magnitude has its loss computed on logits scaled up to it
+# (logit_scales); every other example is attacked exactly as before. The success rule is unchanged.
+LOGIT_REFERENCE = 3.0
+MAX_LOGIT_SCALE = 1e6
 
 
 class LBFGS(Attack):
@@ -243,8 +251,13 @@ class LBFGS(Attack):
         model, images, labels = batch.model, batch.images, batch.labels
         targets, clean_logits = batch.targets, batch.clean_logits
         estimate_evals: torch.Tensor | None = None
+        scale = logit_scales(clean_logits) if self.loss == "ce" else None
+        if scale is not None and not bool((scale != 1.0).any()):
+            scale = None  # the usual scale: nothing to rescale
         if self.mode == "untargeted" and self.target is None and self.candidates > 0:
-            problems, estimate_evals = self._candidate_problems(model, images, labels, clean_logits)
+            problems, estimate_evals = self._candidate_problems(
+                model, images, labels, clean_logits, scale
+            )
         else:
             problems = self._problems(labels, targets, clean_logits)
         temperature = self._temperature(untargeted_loss=bool((problems.targets < 0).all()))
@@ -252,7 +265,9 @@ class LBFGS(Attack):
         # one bar for the whole attack: the c-search, then (untargeted) the polish of its successes
         with make_progress(enabled=self.progress) as bar:
             task = bar.add_task("attacking", total=len(problems.example))
-            search = _Search(self, model, images, labels, problems, temperature, factor)
+            search = _Search(
+                self, model, images, labels, problems, temperature, factor, logit_scale=scale
+            )
             solved = search.solve(bar, task)
             if (
                 self.mode == "untargeted"
@@ -260,7 +275,7 @@ class LBFGS(Attack):
                 and self.refine
                 and estimate_evals is None
             ):
-                solved = self._refine(model, images, labels, solved, (bar, task))
+                solved = self._refine(model, images, labels, solved, (bar, task), scale)
                 bar.update(task, description="attacking")
         raw = _reduce(solved, problems, images.shape[0])
         if estimate_evals is not None:
@@ -275,6 +290,7 @@ class LBFGS(Attack):
         images: torch.Tensor,
         labels: torch.Tensor,
         clean_logits: torch.Tensor,
+        scale: torch.Tensor | None = None,
     ) -> tuple[_Problems, torch.Tensor]:
         """Untargeted mode: targeted problems toward the ``candidates`` classes nearest by
         DeepFool's linearised estimate (:func:`linear_distances`); a class beyond
@@ -312,6 +328,8 @@ class LBFGS(Attack):
                 c0[todo] = estimated_constants(
                     gap.gather(1, order) + aim, norm.gather(1, order), temperature
                 )
+                if scale is not None:  # gap and norm in the loss's (scaled) logits
+                    c0[todo] = (c0[todo] * scale[todo, None]).clamp(1e-8, 1e8)
         example = torch.arange(n, device=labels.device)[:, None].expand(-1, m)
         start = None if c0 is None else c0[keep]
         return _Problems(example[keep], goal[keep], goal[keep], c0=start), cost
@@ -323,6 +341,7 @@ class LBFGS(Attack):
         labels: torch.Tensor,
         solved: _Solved,
         progress: tuple[Progress, TaskID],
+        scale: torch.Tensor | None = None,
     ) -> _Solved:
         """Untargeted polish: a targeted search (``REFINE_TEMPERATURE``) toward the class each
         example reached, from its best point and constant; keeps whichever success is smaller."""
@@ -343,6 +362,7 @@ class LBFGS(Attack):
             REFINE_TEMPERATURE,
             REFINE_FACTOR,
             min(self.search_steps, REFINE_SEARCH_STEPS),
+            logit_scale=scale,
         )
         bar, task = progress
         bar.update(task, total=len(solved.success) + len(redo), description="attacking: polishing")
@@ -364,19 +384,28 @@ class LBFGS(Attack):
         goal: torch.Tensor,
         untargeted: torch.Tensor,
         temperature: float,
+        scale: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Logits ``(b, K)``, loss ``(b,)`` and loss gradient ``(b, D)`` at flat points ``x``."""
+        """Logits ``(b, K)``, loss ``(b,)`` and loss gradient ``(b, D)`` at flat points ``x``.
+
+        ``scale`` ``(b,)``: the loss sees the logits (and the lead it aims for) times ``scale``
+        (:func:`logit_scales`); the returned logits are the model's own.
+        """
         xi = x.detach().reshape(x.shape[0], *shape).requires_grad_(True)
         with torch.enable_grad():
             logits = model(xi)
+            seen, lead = logits, AIM_FACTOR * success_margin(logits)
+            if scale is not None:
+                factor = scale.to(logits.dtype)
+                seen, lead = logits * factor[:, None], lead * factor
             loss = attack_loss(
-                logits,
+                seen,
                 goal,
                 untargeted,
                 kind=self.loss,
                 kappa=self.kappa,
                 temperature=temperature,
-                lead=AIM_FACTOR * success_margin(logits),
+                lead=lead,
             )
             (grad,) = torch.autograd.grad(loss.sum(), xi)
         return logits.detach(), loss.detach(), grad.reshape(x.shape[0], -1)
@@ -407,8 +436,12 @@ class _Search:
         temperature: float,
         c_factor: float | None = None,
         search_steps: int | None = None,
+        *,
+        logit_scale: torch.Tensor | None = None,
     ) -> None:
         self.attack, self.model, self.temperature = attack, model, temperature
+        # (N,) per-image factor of the loss's logits (logit_scales); None: all 1
+        self.logit_scale = logit_scale
         self.c_factor = attack.c_factor if c_factor is None else c_factor
         self.search_steps = attack.search_steps if search_steps is None else search_steps
         self.shape = tuple(images.shape[1:])
@@ -520,8 +553,11 @@ class _Search:
         tgt = self.problems.targets[probs]
         untargeted = tgt < 0
         fresh = self.opt.fresh[idx]
+        scale = None
+        if self.logit_scale is not None:
+            scale = self.logit_scale[self.problems.example[probs]]
         logits, loss, grad = self.attack._evaluate(
-            self.model, xt, self.shape, goal, untargeted, self.temperature
+            self.model, xt, self.shape, goal, untargeted, self.temperature, scale
         )
         if bool(fresh.any()):
             self.zero_gradients += int((grad[fresh].abs().amax(1) == 0).sum())
@@ -660,6 +696,14 @@ def linear_geometry(
     gap = (z[rows, labels][:, None] - z).clamp(min=0.0)
     norm = (grads - grads[rows, labels][:, None]).norm(dim=2).clamp(min=1e-12)
     return gap.double(), norm.double()
+
+
+def logit_scales(clean_logits: torch.Tensor) -> torch.Tensor:
+    """Per-image factor of the cross-entropy's logits, ``(N, K)`` -> ``(N,)`` float64 in
+    ``[1, MAX_LOGIT_SCALE]``: ``LOGIT_REFERENCE / max_j |z_j|`` for an image whose clean logits are
+    all smaller than ``LOGIT_REFERENCE`` in magnitude, exactly 1 otherwise."""
+    largest = clean_logits.detach().abs().amax(1).double()
+    return (LOGIT_REFERENCE / largest.clamp(min=1e-300)).clamp(1.0, MAX_LOGIT_SCALE)
 
 
 def estimated_constants(gap: torch.Tensor, norm: torch.Tensor, temperature: float) -> torch.Tensor:
