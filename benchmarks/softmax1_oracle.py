@@ -9,7 +9,7 @@ Untargeted: against the minimum of the exact optima over all targets; targeted: 
 or softmax3 (the affine zoo models, for which the minimum-distortion problem is a convex QP);
 ``--scale A`` multiplies the model's weights and bias by ``A > 0`` (the same decisions and the same
 optimum, logits ``A`` times larger: how the attack depends on the logits' scale, docs/attack.md
-"Known limitation: small logits"); bad arguments exit 2 with one line.
+"Small logits"); bad arguments exit 2 with one line.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""``benchmarks/step_profile.py``, ``shard_size.py`` and ``softmax1_oracle.py``: the drain table
-worked out by hand, and bad arguments refused with one line and exit code 2 before any model is
-loaded or attacked."""
+"""``benchmarks/step_profile.py``, ``shard_size.py``, ``softmax1_oracle.py`` and ``logit_scale.py``:
+the drain table worked out by hand, and bad arguments refused with one line and exit code 2 before
+any model is loaded or attacked."""
 
 from __future__ import annotations
 
@@ -86,3 +86,34 @@ def test_oracle_scale_multiplies_the_logits_and_keeps_the_decisions() -> None:
     after = softmax1_oracle.scaled(model, 10.0)(x).detach()
     torch.testing.assert_close(after, 10.0 * before)
     assert torch.equal(after.argmax(1), before.argmax(1))
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["N100-100-10", "--n", "0"], "error: --n must be >= 1"),
+        (["N100-100-10", "--scales", "1", "0"], "error: every --scales value must be"),
+        (["N100-100-10", "--scales", "inf"], "error: every --scales value must be"),
+        (["no-such-model"], "error:"),
+    ],
+)
+def test_logit_scale_bad_arguments_exit_2(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import logit_scale
+
+    with pytest.raises(SystemExit) as stop:
+        logit_scale.main(argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+
+
+def test_logit_scale_wrapper_keeps_the_decisions() -> None:
+    import logit_scale
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3), torch.nn.Tanh())
+    x = torch.rand(6, 1, 2, 2)
+    scaled = logit_scale.ScaledLogits(model, 0.01)(x).detach()
+    torch.testing.assert_close(scaled, 0.01 * model(x).detach())
+    assert torch.equal(scaled.argmax(1), model(x).argmax(1))

@@ -31,7 +31,9 @@ adversarial point of smallest distortion seen anywhere in its search. A stage "s
 final iterate is adversarial.
 
 Loss. The cross-entropy (``loss="ce"``) at temperature 1 for the untargeted loss and 0.1 for
-targeted problems. Untargeted mode (default ``candidates=3``) solves targeted problems toward the
+targeted problems; an image whose clean logits are all small (below ``LOGIT_REFERENCE`` in
+magnitude) has them scaled up to it inside the loss (:func:`logit_scales`), since the temperatures
+and tolerances assume logits of the usual scale. Untargeted mode (default ``candidates=3``) solves targeted problems toward the
 classes nearest by DeepFool's linearised distance and keeps the smallest success; with
 ``candidates=0`` it minimises the untargeted loss and polishes its successes by a targeted search
 toward the class they reached (``refine``). See :class:`LBFGS` and ``docs/attack.md`` for the measurements behind
