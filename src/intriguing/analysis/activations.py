@@ -30,6 +30,7 @@ from torch import nn
 
 from intriguing._io import atomic_path
 from intriguing.errors import IntriguingError, InvalidInputError
+from intriguing.models.user import model_input
 from intriguing.progress import make_progress
 
 Reduce = Literal["flatten", "mean", "max"]
@@ -112,11 +113,6 @@ def _run_model(model: nn.Module, batch: torch.Tensor) -> None:
         ) from None
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    """Where the model's first parameter lives (CPU for a parameter-free model)."""
-    return next((p.device for p in model.parameters()), torch.device("cpu"))
-
-
 def _as_source(images: torch.Tensor | ImageSource) -> ImageSource:
     return TensorSource(images) if isinstance(images, torch.Tensor) else images
 
@@ -167,7 +163,7 @@ def iter_activations(
             batch = check_images(source.batch(start, min(start + batch_size, len(source))))
             captured.clear()
             with torch.inference_mode(), contextlib.suppress(_StopForwardError):
-                _run_model(model, batch.to(_device_of(model)))
+                _run_model(model, model_input(model, batch))  # float64/bf16 models too
             if not captured:
                 raise InvalidInputError(
                     f"layer {layer!r} was never called in the model's forward pass"

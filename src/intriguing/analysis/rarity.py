@@ -61,6 +61,7 @@ from intriguing._io import finite_or_none
 from intriguing.attacks.checks import check_eval_mode, check_image_pair, check_labels
 from intriguing.attacks.metrics import success_mask
 from intriguing.errors import InvalidInputError
+from intriguing.models.user import model_dtype
 from intriguing.progress import track
 
 BoxMode = Literal["rescale", "clip"]
@@ -183,6 +184,7 @@ class ClippedRays:
 def _changed(model: nn.Module, points: torch.Tensor, label: int, chunk: int) -> torch.Tensor:
     """``(K,)`` bool: the model's prediction on ``points`` is no longer strictly ``label``."""
     out = []
+    points = points.to(dtype=model_dtype(model, points.dtype))  # the rays are float32
     for i in range(0, points.shape[0], chunk):
         logits = model(points[i : i + chunk])
         labels = torch.full((logits.shape[0],), label, dtype=torch.int64)
@@ -370,6 +372,8 @@ def measure_rarity(
     cfg = config or RarityConfig()
     check_eval_mode(model)
     originals, adversarials = check_image_pair(originals, adversarials)
+    dtype = model_dtype(model, originals.dtype)  # a float64 model gets float64 images
+    originals, adversarials = originals.to(dtype=dtype), adversarials.to(dtype=dtype)
     n = originals.shape[0]
     labels = check_labels(labels, n)
     dim = originals[0].numel()

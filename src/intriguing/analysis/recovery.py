@@ -43,6 +43,7 @@ from intriguing.attacks import LBFGS, AttackResult
 from intriguing.attacks.checks import check_eval_mode, check_image_pair, check_labels
 from intriguing.attacks.metrics import rms_distortion
 from intriguing.errors import InvalidInputError
+from intriguing.models.user import model_dtype
 
 CONFIDENCE = 0.95  # the default level of every interval here
 
@@ -213,6 +214,8 @@ def recover_and_detect(
     """
     check_eval_mode(model)
     originals, adversarials = check_image_pair(originals, adversarials)
+    dtype = model_dtype(model, originals.dtype)  # a float64 model gets float64 images
+    originals, adversarials = originals.to(dtype=dtype), adversarials.to(dtype=dtype)
     n = originals.shape[0]
     labels = check_labels(labels, n)
     kw = dict(attack or {})

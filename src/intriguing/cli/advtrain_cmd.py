@@ -80,7 +80,7 @@ def _summary_table(doc: dict[str, Any]) -> Any:
 @int_option("--pool-size", 1, 1_000_000, default=None, help="Examples per pool (default 5000).")
 @click.option(
     "--mix",
-    type=float_range(0, 100),
+    type=float_range(0, 100, min_open=True),
     default=None,
     help="Pool examples per clean example (default 0.5).",
 )

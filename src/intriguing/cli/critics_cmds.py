@@ -18,6 +18,7 @@ print one ``Error: ...`` line and exit with 2. See docs/critics.md.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -157,11 +158,37 @@ def _check_run(from_run: Path | None) -> None:
         check_run(from_run)
 
 
+# the options of MODEL and its images: without MODEL the zoo and MNIST are used, so they are refused
+MODEL_ONLY = (
+    ("weights", "--weights"),
+    ("normalize", "--normalize"),
+    ("images_dir", "--images"),
+    ("labels_file", "--labels"),
+    ("tensors_file", "--tensors"),
+    ("image_size", "--image-size"),
+    ("image_mode", "--mode"),
+)
+
+
+def _check_no_model_options(command: str, common: dict[str, Any]) -> None:
+    """Refuse MODEL's options (--weights, --tensors, ...) and a --device without MODEL: they would
+    be ignored silently, the zoo models attacked on MNIST instead."""
+    given = [flag for key, flag in MODEL_ONLY if common.get(key) is not None]
+    if common.get("device", "cpu") != "cpu":
+        given.append("--device")
+    if given:
+        raise InvalidInputError(
+            f"{', '.join(given)}: only with a MODEL argument (intriguing {command} MODEL "
+            f"{given[0]} ...); without MODEL the --models zoo nets are run on MNIST"
+        )
+
+
 def _run(command: str, n: int, options: dict[str, Any], common: dict[str, Any]) -> None:
     """Run ``command``'s step graph with the options every critics command shares."""
     from intriguing.experiments.backends import make_backend
     from intriguing.experiments.critics import run_critics
 
+    _check_no_model_options(command, common)
     if common["out"] is None:
         raise InvalidInputError(f"--out is required for {command} (the run directory)")
     _check_run(common["from_run"])
@@ -294,8 +321,8 @@ def recover(
         raise InvalidInputError(f"--bootstrap must be >= 1, got {bootstrap}")
     attack = _attack(common["max_iter"], common["search_steps"])
     factors = () if amplify.strip().lower() in ("", "none") else _floats(amplify, "amplify")
-    if any(not k > 1.0 for k in factors):
-        raise InvalidInputError(f"--amplify factors must be > 1, got {amplify!r}")
+    if any(not (math.isfinite(k) and k > 1.0) for k in factors):
+        raise InvalidInputError(f"--amplify factors must be finite numbers > 1, got {amplify!r}")
     options = {
         "attack": attack,
         "bootstrap": bootstrap,

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from intriguing.cli.options import images_option, run_options
-from intriguing.errors import IntriguingError
+from intriguing.errors import IntriguingError, InvalidInputError
 
 
 @click.command()
@@ -56,6 +56,10 @@ def recurrent(
     if n < 1:
         raise IntriguingError(f"--n must be >= 1, got {n}")
     names = [m.strip() for group in models for m in group.split(",") if m.strip()]
+    if models and not names:
+        raise InvalidInputError(
+            f"--models {','.join(models)!r} names no model; give comma-separated zoo names"
+        )
     spec = make_spec(n, names or None, dataset=dataset, seed=seed)
     runner = make_backend(backend, address=address, workers=workers)
     torch.set_num_threads(1)

@@ -34,6 +34,8 @@ from intriguing.report.render import format_bound
 ALEXNET = "alexnet"
 ALEXNET_INPUT = (3, 224, 224)
 MNIST_INPUT = (1, 28, 28)
+MAX_SIDE = 4096  # as --image-size: larger inputs cannot be probed, let alone bounded
+MAX_INPUT_VALUES = 3 * MAX_SIDE * MAX_SIDE
 
 
 def load_named_model(
@@ -145,7 +147,8 @@ def sandwich_table(summary: dict[str, Any]) -> Table:
 
 
 def parse_input_shape(text: str | None) -> tuple[int, ...] | None:
-    """``--input-shape C,H,W`` (or ``CxHxW``): three positive sizes, batch excluded."""
+    """``--input-shape C,H,W`` (or ``CxHxW``): three positive sizes, batch excluded, each at most
+    :data:`MAX_SIDE` and :data:`MAX_INPUT_VALUES` values in all (a probe batch is allocated)."""
     if text is None:
         return None
     try:
@@ -155,6 +158,11 @@ def parse_input_shape(text: str | None) -> tuple[int, ...] | None:
     if len(shape) != 3 or any(d < 1 for d in shape):
         raise InvalidInputError(
             f"--input-shape {text!r}: expected positive sizes without the batch, e.g. 3,32,32"
+        )
+    if max(shape) > MAX_SIDE or shape[0] * shape[1] * shape[2] > MAX_INPUT_VALUES:
+        raise InvalidInputError(
+            f"--input-shape {text!r}: too large to bound (at most {MAX_SIDE} per size and "
+            f"3x{MAX_SIDE}x{MAX_SIDE} values); give the model's real input shape"
         )
     return shape
 
@@ -269,6 +277,9 @@ def spectral(
         raise InvalidInputError(
             f"--sandwich attacks MNIST test images (1,28,28); this model takes {input_shape}"
         )
+    sandwich_data = (
+        _sandwich_data(model, dataset, data_dir, n_sandwich) if n_sandwich else None
+    )  # refused before the bounds are computed
     options = BoundConfig(power_iterations=power_iterations, tol=tol, exact_method=exact_method)
     console = Console()
     if not console.is_terminal:  # files and pipes get the whole table
@@ -289,8 +300,8 @@ def spectral(
         "seed": seed,
         "bound": bound.to_dict(),
     }
-    if n_sandwich:
-        summary, rows = _run_sandwich(model, bound, dataset, data_dir, n_sandwich, run_device)
+    if sandwich_data is not None:
+        summary, rows = _run_sandwich(model, bound, *sandwich_data, run_device)
         console.print(sandwich_table(summary))
         result["sandwich"] = {"summary": summary, "examples": rows}
     if json_path is not None:
@@ -298,13 +309,34 @@ def spectral(
         err.print(f"wrote {json_path}")
 
 
-def _run_sandwich(
-    model: Any, bound: Any, dataset: str, data_dir: Path | None, count: int, device: Any
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    from intriguing.analysis.sandwich import sandwich
+def _sandwich_data(model: Any, dataset: str, data_dir: Path | None, count: int) -> tuple[Any, Any]:
+    """The first ``count`` MNIST test images and labels, checked against the model as the attack
+    will (classes vs labels, dtype, logits not probabilities, input gradients) before any work."""
+    import torch
+
+    from intriguing.attacks.checks import attack_dtype, check_input_gradient, check_logits
     from intriguing.data import load_mnist
+    from intriguing.inputs import check_model_input, model_input
 
     images, labels = load_mnist(data_dir, dataset=dataset).split("test")
-    images, labels = images[:count].to(device), labels[:count].to(device)
+    if count > len(images):
+        raise InvalidInputError(
+            f"--sandwich {count}: the {dataset} test split has only {len(images)} images"
+        )
+    images, labels = images[:count], labels[:count]
+    check_model_input(model, images, labels)
+    probe = model_input(model, images[:2]).to(dtype=attack_dtype(model, torch.float32))
+    with torch.no_grad():
+        check_logits(model(probe), len(probe))
+    check_input_gradient(model, probe)
+    return images, labels
+
+
+def _run_sandwich(
+    model: Any, bound: Any, images: Any, labels: Any, device: Any
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    from intriguing.analysis.sandwich import sandwich
+
+    images, labels = images.to(device), labels.to(device)
     result = sandwich(model.to(device), images, labels, bound)
     return result.summary(), result.per_example()

@@ -121,6 +121,9 @@ def _image_set(
     meta = {k: v for k, v in data.meta.items() if k != "kind"}
     if data.kind == "folder":
         source = data.images
+        if limit is not None:  # --limit: the first N files, as for MNIST and tensors
+            source.files = source.files[:limit]
+            labels = None if labels is None else labels[: len(source)]
         info = {**meta, "kind": "folder", "n_images": len(source), "files": source.names}
         info["pixel_embedding"] = f"{thumb}x{thumb} thumbnails"
         return source, source, labels, source.thumbnails(thumb), {"image_set": info}
@@ -187,7 +190,7 @@ def _print_summary(results: dict[str, Any]) -> None:
     dest="directions",
 )
 @int_option("--k", 1, 1000, default=8, help="Top images per direction.", dest="k")
-@int_option("--n-directions", 1, 100_000, default=100, help="Directions per family.")
+@int_option("--n-directions", 2, 100_000, default=100, help="Directions per family.")
 @click.option(
     "--centre/--no-centre",
     default=False,
@@ -205,10 +208,10 @@ def _print_summary(results: dict[str, Any]) -> None:
     default="0,0.05,0.1,0.2,0.3,0.5,0.75,1",
     help="Rotation powers for the rotation curve ('none' to skip).",
 )
-@int_option("--n-null", 1, 10_000_000, default=10000, help="Random k-subsets in the null.")
+@int_option("--n-null", 100, 10_000_000, default=10000, help="Random k-subsets in the null.")
 @int_option(
     "--n-resamples",
-    1,
+    99,
     10_000_000,
     default=9999,
     help="Permutations in the permutation tests between families.",

@@ -156,11 +156,8 @@ def eval_cmd(
     if checkpoint is None and name is None:
         raise InvalidInputError("give a model NAME or --checkpoint PATH (see `intriguing zoo`)")
     user = {k: v for k, v in params.items() if v is not None and k != "device"}
-    if (
-        name is not None
-        and checkpoint is None
-        and (":" in name or user or params["device"] != "cpu")
-    ):
+    custom = bool(user) or params["device"] != "cpu"
+    if name is not None and checkpoint is None and (":" in name or custom):
         _report(
             _eval_any(name, {**params, "dataset": dataset, "data_dir": data_dir}, seed), json_path
         )
@@ -169,6 +166,14 @@ def eval_cmd(
         trained = load_checkpoint(checkpoint)
         if name is not None and get_entry(name).name != trained.name:
             raise InvalidInputError(f"{checkpoint} holds {trained.name!r}, not {name!r}")
+        if custom:  # --tensors/--images/--weights/--normalize/--device apply to the checkpoint
+            _report(
+                _eval_any(
+                    str(checkpoint), {**params, "dataset": dataset, "data_dir": data_dir}, seed
+                ),
+                json_path,
+            )
+            return
     else:
         get_entry(str(name))
         trained = train_model(

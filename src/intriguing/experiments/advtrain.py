@@ -115,6 +115,13 @@ class AdvTrainRunConfig:
             raise InvalidInputError(f"robust_n must be >= 0, got {self.robust_n}")
         if self.train_limit is not None and self.train_limit < 1:
             raise InvalidInputError(f"train_limit must be >= 1, got {self.train_limit}")
+        pooled = [v for v in self.variants if v.endswith("-pool")]
+        if pooled and self.pool.warmup_epochs >= self.train.epochs:
+            raise InvalidInputError(
+                f"{', '.join(pooled)}: the pools start after {self.pool.warmup_epochs} warm-up "
+                f"epoch(s) but training has {self.train.epochs}, so no adversarial example would "
+                "be used; lower --warmup-epochs below --epochs"
+            )
         from intriguing.models import get_entry
 
         get_entry(self.model)  # unknown names fail here, before any work
