@@ -103,3 +103,16 @@ def test_logit_scale_wrapper_keeps_the_decisions() -> None:
     scaled = logit_scale.ScaledLogits(model, 0.01)(x).detach()
     torch.testing.assert_close(scaled, 0.01 * model(x).detach())
     assert torch.equal(scaled.argmax(1), model(x).argmax(1))
+
+
+def test_logit_scale_missing_data_exits_2_before_any_attack(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import logit_scale
+
+    monkeypatch.setenv("INTRIGUING_CACHE_DIR", str(tmp_path / "cache"))  # nothing cached
+    with pytest.raises(SystemExit) as stop:
+        logit_scale.main(["relu-mlp", "--data-dir", str(tmp_path / "missing")])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "does not exist" in err and "\n" not in err

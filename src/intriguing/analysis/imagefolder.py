@@ -76,6 +76,10 @@ class ImageFolderSource:
     def __len__(self) -> int:
         return len(self.files)
 
+    def keep_first(self, n: int) -> None:
+        """Keep only the first ``n`` images (in the sorted order of :attr:`names`)."""
+        self.files = self.files[:n]
+
     @property
     def names(self) -> list[str]:
         """Paths relative to the folder, in image order."""

@@ -33,11 +33,11 @@ final iterate is adversarial.
 Loss. The cross-entropy (``loss="ce"``) at temperature 1 for the untargeted loss and 0.1 for
 targeted problems; an image whose clean logits are all small (below ``LOGIT_REFERENCE`` in
 magnitude) has them scaled up to it inside the loss (:func:`logit_scales`), since the temperatures
-and tolerances assume logits of the usual scale. Untargeted mode (default ``candidates=3``) solves targeted problems toward the
-classes nearest by DeepFool's linearised distance and keeps the smallest success; with
-``candidates=0`` it minimises the untargeted loss and polishes its successes by a targeted search
-toward the class they reached (``refine``). See :class:`LBFGS` and ``docs/attack.md`` for the measurements behind
-these defaults.
+and tolerances assume logits of the usual scale. Untargeted mode (default ``candidates=3``) solves
+targeted problems toward the classes nearest by DeepFool's linearised distance and keeps the
+smallest success; with ``candidates=0`` it minimises the untargeted loss and polishes its
+successes by a targeted search toward the class they reached (``refine``). See :class:`LBFGS` and
+``docs/attack.md`` for the measurements behind these defaults.
 
 Throughput. Examples are processed through ``batch_size`` slots: when an example's search ends its
 slot takes the next example at once, so every model call is one batched forward+backward over all
@@ -555,15 +555,14 @@ class _Search:
         tgt = self.problems.targets[probs]
         untargeted = tgt < 0
         fresh = self.opt.fresh[idx]
-        scale = None
-        if self.logit_scale is not None:
-            scale = self.logit_scale[self.problems.example[probs]]
+        example = self.problems.example[probs]
+        scale = None if self.logit_scale is None else self.logit_scale[example]
         logits, loss, grad = self.attack._evaluate(
             self.model, xt, self.shape, goal, untargeted, self.temperature, scale
         )
         if bool(fresh.any()):
             self.zero_gradients += int((grad[fresh].abs().amax(1) == 0).sum())
-        labels = self.labels[self.problems.example[probs]]
+        labels = self.labels[example]
         succ = success_mask(logits, labels, tgt, aim=AIM_FACTOR)
         d2 = self.opt.trial_sq_distance()  # (b,) float64 squared L2 of the trial points
         better = succ & (d2 < self.best_d2[idx])

@@ -122,7 +122,7 @@ def _image_set(
     if data.kind == "folder":
         source = data.images
         if limit is not None:  # --limit: the first N files, as for MNIST and tensors
-            source.files = source.files[:limit]
+            source.keep_first(limit)
             labels = None if labels is None else labels[: len(source)]
         info = {**meta, "kind": "folder", "n_images": len(source), "files": source.names}
         info["pixel_embedding"] = f"{thumb}x{thumb} thumbnails"
