@@ -216,13 +216,15 @@ def test_already_adversarial_examples_cost_one_evaluation() -> None:
     assert bool((res.grad_evals == 1).all())
 
 
-def test_zero_gradients_warn() -> None:
+def test_zero_gradients_warn_once_per_example() -> None:
+    """Each of the 2 images is attacked as 2 candidate problems (3 classes): the warning counts
+    the 2 images, not the 4 problems."""
     model = nn.Linear(4, 3)
     with torch.no_grad():
         model.weight.zero_()
         model.bias.copy_(torch.tensor([2.0, 0.0, 0.0]))
     model.eval()
-    with pytest.warns(AttackWarning, match="zero input gradient"):
+    with pytest.warns(AttackWarning, match=r"^2 example\(s\) have an exactly zero input gradient"):
         res = LBFGS(search_steps=2, progress=False)(model, torch.full((2, 4), 0.5))
     assert not bool(res.success.any())
 

@@ -250,6 +250,34 @@ def test_critics_without_model_refuse_model_options(
     assert not (tmp_path / "run" / f"{command}.json").exists()
 
 
+@pytest.mark.parametrize(
+    "command,args,flag",
+    [
+        ("rarity", ["--workers", "2"], "--workers"),
+        ("recover", ["--backend", "ray"], "--backend"),
+        ("rarity", ["--address", "auto"], "--address"),
+        ("curves", ["--eps", "1", "--points", "5"], "--points"),
+        ("curves", ["--eps", "1", "--budget-max", "0.2"], "--budget-max"),
+        ("curves", ["--eps", "1", "--attack-n", "9"], "--attack-n"),
+    ],
+)
+def test_critics_with_model_refuse_the_zoo_runs_options(
+    models: Path, tmp_path: Path, command: str, args: list[str], flag: str
+) -> None:
+    """Before: with MODEL the step graph's options (and curves' grid and --attack-n) were silently
+    ignored; now one line before the model is loaded or anything attacked."""
+    out = tmp_path / "run"
+    result = run(command, spec(models, "plain"), "--n", "2", "--out", str(out), *args)
+    one_line_error(result, flag, "only without a MODEL argument")
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_curves_without_model_refuses_norm(tmp_path: Path) -> None:
+    """--norm applies to MODEL's robust accuracy only; without MODEL it was silently ignored."""
+    result = run("curves", "--models", "softmax1", "--out", str(tmp_path / "run"), "--norm", "rms")
+    one_line_error(result, "--norm", "only with a MODEL")
+
+
 # ------------------------------------------------------------------------ advtrain, recurrent
 def test_recurrent_models_naming_nothing_is_refused(tmp_path: Path) -> None:
     """Before: '--models ,' fell back to the default eight models (training LSTMs for minutes)."""

@@ -485,7 +485,9 @@ class _Search:
             grad_evals=torch.zeros(P, device=dev, dtype=torch.long),
         )
         self.next_problem = 0
-        self.zero_gradients = 0
+        # (N,) examples whose input gradient is exactly zero at the clean image (a problem that
+        # starts elsewhere, the polish's, is not counted: the warning is about the clean image)
+        self.zero_gradient = torch.zeros(images.shape[0], device=dev, dtype=torch.bool)
 
     def solve(self, bar: Progress, task: TaskID) -> _Solved:
         """Run every problem to the end of its search; advance ``task`` as problems finish."""
@@ -498,9 +500,10 @@ class _Search:
             if finished:
                 bar.advance(task, finished)
             self._fill()
-        if self.zero_gradients:
+        zero = int(self.zero_gradient.sum())
+        if zero:
             warnings.warn(
-                f"{self.zero_gradients} example(s) have an exactly zero input gradient at the clean "
+                f"{zero} example(s) have an exactly zero input gradient at the clean "
                 "image (saturated model); the attack cannot move them",
                 AttackWarning,
                 stacklevel=4,
@@ -560,8 +563,9 @@ class _Search:
         logits, loss, grad = self.attack._evaluate(
             self.model, xt, self.shape, goal, untargeted, self.temperature, scale
         )
-        if bool(fresh.any()):
-            self.zero_gradients += int((grad[fresh].abs().amax(1) == 0).sum())
+        if self.problems.start is None and bool(fresh.any()):
+            flat = (grad.abs().amax(1) == 0) & fresh
+            self.zero_gradient[example[flat]] = True
         labels = self.labels[example]
         succ = success_mask(logits, labels, tgt, aim=AIM_FACTOR)
         d2 = self.opt.trial_sq_distance()  # (b,) float64 squared L2 of the trial points

@@ -183,6 +183,32 @@ def _check_no_model_options(command: str, common: dict[str, Any]) -> None:
         )
 
 
+# the options of the run's step graph: a MODEL is attacked here, in this process
+GRAPH_ONLY = (("backend", "--backend"), ("address", "--address"), ("workers", "--workers"))
+
+
+def _refuse_given(options: tuple[tuple[str, str], ...], usage: str) -> None:
+    """Refuse the ``(parameter, flag)`` options given on the command line (not their defaults):
+    they would be ignored silently. ``usage`` says where they apply."""
+    ctx = click.get_current_context()
+    given = [
+        flag
+        for name, flag in options
+        if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
+    ]
+    if given:
+        raise InvalidInputError(f"{', '.join(given)}: {usage}")
+
+
+def _check_model_path(command: str, extra: tuple[tuple[str, str], ...] = ()) -> None:
+    """With MODEL: refuse the step graph's options and ``extra`` (those of the zoo runs)."""
+    _refuse_given(
+        GRAPH_ONLY + extra,
+        f"only without a MODEL argument (intriguing {command} --models ... --out DIR); "
+        "a MODEL is attacked here, in this process",
+    )
+
+
 def _run(command: str, n: int, options: dict[str, Any], common: dict[str, Any]) -> None:
     """Run ``command``'s step graph with the options every critics command shares."""
     from intriguing.experiments.backends import make_backend
@@ -285,7 +311,7 @@ def rarity(
     if model is not None:
         from intriguing.analysis.rarity import measure_rarity
 
-        net, x, adv, y, meta = _model_examples(model, n, common, seed)
+        net, x, adv, y, meta = _model_examples("rarity", model, n, common, seed)
         result = measure_rarity(net, x, adv, y, config)
         for scale, pooled in result["pooled"].items():
             click.echo(
@@ -333,7 +359,7 @@ def recover(
     if model is not None:
         from intriguing.analysis.recovery import recover_and_detect, summarise_recovery
 
-        net, x, adv, y, meta = _model_examples(model, n, common, seed)
+        net, x, adv, y, meta = _model_examples("recover", model, n, common, seed)
         per = recover_and_detect(net, x, adv, y, attack=attack, amplify=tuple(factors))
         summary = summarise_recovery(per, n_resamples=bootstrap, seed=seed, confidence=0.95)
         click.echo(
@@ -347,7 +373,7 @@ def recover(
 
 
 def _model_examples(
-    spec: str, n: int, common: dict[str, Any], seed: int
+    command: str, spec: str, n: int, common: dict[str, Any], seed: int
 ) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
     """Adversarial examples of any MODEL made here: ``(model on CPU, x, x', labels, meta)``.
 
@@ -364,6 +390,7 @@ def _model_examples(
         raise InvalidInputError(f"--n must be at least 1, got {n}")
     if common["models"] is not None or common["from_run"] is not None:
         raise InvalidInputError("a MODEL argument takes no --models or --from-run")
+    _check_model_path(command)
     data = open_user_data(common, split=common["split"])
     net, description = model_from_options(spec, common, seed=0)
     data.fit_to(net)
@@ -456,6 +483,7 @@ def curves(
         return
     if eps is not None or plot_path is not None:
         raise InvalidInputError("--eps and --plot need a MODEL (intriguing curves MODEL --eps ...)")
+    _refuse_given((("norm", "--norm"),), "only with a MODEL (intriguing curves MODEL --eps ...)")
     from intriguing.experiments.critics import budgets_grid
 
     budgets = budgets_grid(budget_max, points)
@@ -491,6 +519,10 @@ def _model_curves(
     eps = _parse_eps(eps_text)
     if common["models"] is not None or common["from_run"] is not None:
         raise InvalidInputError("curves MODEL takes no --models or --from-run")
+    _check_model_path(
+        "curves",
+        (("budget_max", "--budget-max"), ("points", "--points"), ("attack_n", "--attack-n")),
+    )
     if n < 1:
         raise InvalidInputError(f"--n must be at least 1, got {n}")
     torch.set_num_threads(1)
