@@ -229,6 +229,20 @@ def test_zero_gradients_warn_once_per_example() -> None:
     assert not bool(res.success.any())
 
 
+def test_zero_gradients_of_already_misclassified_images_do_not_warn() -> None:
+    """A constant model that already misclassifies the images: solved at distortion 0, nothing is
+    stuck, so no warning."""
+    model = nn.Linear(4, 3)
+    with torch.no_grad():
+        model.weight.zero_()
+        model.bias.copy_(torch.tensor([2.0, 0.0, 0.0]))
+    model.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AttackWarning)
+        res = LBFGS(progress=False)(model, torch.full((2, 4), 0.5), torch.tensor([1, 2]))
+    assert bool(res.success.all()) and bool((res.distortion == 0).all())
+
+
 def test_result_round_trip(tmp_path: Path) -> None:
     model = random_linear()
     x = random_images(5)

@@ -563,11 +563,11 @@ class _Search:
         logits, loss, grad = self.attack._evaluate(
             self.model, xt, self.shape, goal, untargeted, self.temperature, scale
         )
-        if self.problems.start is None and bool(fresh.any()):
-            flat = (grad.abs().amax(1) == 0) & fresh
-            self.zero_gradient[example[flat]] = True
         labels = self.labels[example]
         succ = success_mask(logits, labels, tgt, aim=AIM_FACTOR)
+        if self.problems.start is None and bool(fresh.any()):  # stuck at an unsolved clean image
+            flat = (grad.abs().amax(1) == 0) & fresh & ~succ
+            self.zero_gradient[example[flat]] = True
         d2 = self.opt.trial_sq_distance()  # (b,) float64 squared L2 of the trial points
         better = succ & (d2 < self.best_d2[idx])
         if bool(better.any()):
