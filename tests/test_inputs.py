@@ -266,6 +266,9 @@ def test_select_correct_keeps_the_first_correct_in_order() -> None:
     assert index.tolist() == [0, 2] and y.tolist() == [0, 2] and torch.equal(x, images[[0, 2]])
     with pytest.raises(InvalidInputError, match=r"only 3 correctly classified.*at most 3"):
         select_correct(model, images, labels, 4)
+    wrong = torch.tensor([1, 0, 0, 2, 2])  # none correct: '--n at most 0' would mislead
+    with pytest.raises(InvalidInputError, match=r"none of the 5 images.*normalisation"):
+        select_correct(model, images, wrong, 1)
     tensors = DataSource("tensors", images, labels, list("abcde"))
     x2, y2, index2, source = choose_examples(model, tensors, 3, chunk=2)
     assert index2.tolist() == [0, 2, 4] and source == "labels" and y2.tolist() == [0, 2, 1]

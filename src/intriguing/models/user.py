@@ -160,6 +160,11 @@ def select_correct(
     index = mask.nonzero().squeeze(1)
     if n is not None:
         index = index[:n]
+        if len(index) == 0:
+            raise InvalidInputError(
+                f"none of the {len(labels)} images is classified correctly: check the labels, the "
+                "model's weights and its input normalisation (--normalize)"
+            )
         if len(index) < n:
             raise InvalidInputError(
                 f"only {len(index)} correctly classified images among {len(labels)}; "
