@@ -22,11 +22,14 @@ from torch import fx, nn
 from intriguing.analysis.layer_rules import (
     BoundConfig,
     Shape,
+    batchnorm_scale,
+    celu_constant,
     find_rule,
     gelu_constant,
     log_softmax_constant,
     silu_constant,
     softmax_constant,
+    softplus_constant,
 )
 from intriguing.errors import InvalidInputError
 
@@ -132,9 +135,7 @@ def _constant_rule(constant: float, method: str = "constant") -> Rule:
 
 
 _RELU_LIKE = (F.relu, torch.relu, "relu", F.relu6, F.hardtanh, torch.tanh, F.tanh, "tanh")
-function_rule(*_RELU_LIKE, F.softplus, F.softsign, F.celu, torch.abs, "abs", torch.clamp, "clamp")(
-    _constant_rule(1.0)
-)
+function_rule(*_RELU_LIKE, F.softsign, torch.abs, "abs", torch.clamp, "clamp")(_constant_rule(1.0))
 function_rule(torch.clip, "clip", operator.neg, torch.neg, "neg", "relu_")(_constant_rule(1.0))
 function_rule(torch.sigmoid, F.sigmoid, "sigmoid")(_constant_rule(0.25))
 function_rule(F.hardsigmoid)(_constant_rule(1.0 / 6.0))
@@ -160,6 +161,17 @@ function_rule(*_ISOMETRIES)(_constant_rule(1.0, "isometry"))
 @function_rule(F.leaky_relu)
 def _leaky(ctx: Ctx) -> tuple[float, float, float, str]:
     return _unary(ctx, max(1.0, abs(float(ctx.arg(1, "negative_slope", 0.01)))))
+
+
+@function_rule(F.softplus)
+def _softplus(ctx: Ctx) -> tuple[float, float, float, str]:
+    beta, threshold = float(ctx.arg(1, "beta", 1.0)), float(ctx.arg(2, "threshold", 20.0))
+    return _unary(ctx, softplus_constant(beta, threshold))
+
+
+@function_rule(F.celu)
+def _celu(ctx: Ctx) -> tuple[float, float, float, str]:
+    return _unary(ctx, celu_constant(float(ctx.arg(1, "alpha", 1.0))))
 
 
 @function_rule(F.elu)
@@ -387,7 +399,7 @@ def _batch_norm(ctx: Ctx) -> tuple[float, float, float, str]:
     var, weight = ctx.arg(2, "running_var"), ctx.arg(3, "weight")
     if var is None or ctx.dependent(var) or ctx.dependent(weight):
         raise ctx.refuse("batch norm needs constant running statistics and weight")
-    scale = 1.0 / torch.sqrt(ctx.constant(var) + float(ctx.arg(7, "eps", 1e-5)))
+    scale = batchnorm_scale(ctx.constant(var), float(ctx.arg(7, "eps", 1e-5)))
     if weight is not None:
         scale = scale * ctx.constant(weight)
     return _unary(ctx, float(scale.abs().max()), "diagonal")

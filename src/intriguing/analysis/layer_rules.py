@@ -204,8 +204,14 @@ def _padded_conv_rule(
         )
 
     (h, w), (sh, sw) = geometry.input_hw, geometry.stride
-    exact_circular = (
-        mode == "circular" and h % sh == 0 and w % sw == 0 and out[1:] == (h // sh, w // sw)
+    (dh, dw), (kh, kw) = geometry.dilation, weight.shape[-2:]
+    exact_circular = (  # a dilated kernel wider than the image wraps: the general bound below
+        mode == "circular"
+        and h % sh == 0
+        and w % sw == 0
+        and out[1:] == (h // sh, w // sw)
+        and (kh - 1) * dh < h
+        and (kw - 1) * dw < w
     )
     if exact_circular:
         upper, lower = circular_conv_frame_bounds(
@@ -294,8 +300,10 @@ def _avgpool_rule(
         }
     adjoint = _vjp_adjoint(forward, single)
     ones = torch.ones((1, *single), dtype=torch.float64)
-    row_sums = forward(ones)  # nonnegative matrix: ||A||_2 <= sqrt(||A||_1 ||A||_inf) (Schur test)
-    col_sums = adjoint(torch.ones_like(row_sums))
+    # every entry has the sign of the divisor (a negative divisor_override flips them all), so the
+    # absolute row and column sums are |A 1| and |A^T 1|: ||A||_2 <= sqrt(||A||_1 ||A||_inf) (Schur)
+    row_sums = forward(ones).abs()
+    col_sums = adjoint(torch.ones_like(row_sums)).abs()
     schur = math.sqrt(float(row_sums.max()) * float(col_sums.max()))
     details: dict[str, Any] = {"schur_bound": schur}
     exact = None
@@ -343,7 +351,7 @@ def _batchnorm_rule(
             f"{type(module).__name__} has track_running_stats=False: it normalises by batch statistics, "
             "which is not a fixed layer map"
         )
-    scale = 1.0 / torch.sqrt(module.running_var.detach().double().cpu() + module.eps)
+    scale = batchnorm_scale(module.running_var, module.eps)
     if module.weight is not None:
         scale = scale * module.weight.detach().double().cpu()
     return {
@@ -352,6 +360,18 @@ def _batchnorm_rule(
         "method": "diagonal",
         "size": str(module.num_features),
     }
+
+
+def batchnorm_scale(running_var: torch.Tensor, eps: float) -> torch.Tensor:
+    """``1 / sqrt(running_var + eps)`` in float64; refused where ``var + eps`` is not positive and
+    finite (the layer's output is then NaN or infinite, no Lipschitz map)."""
+    var = running_var.detach().double().cpu() + float(eps)
+    if not bool(torch.isfinite(var).all()) or bool((var <= 0).any()):
+        raise InvalidInputError(
+            f"running_var + eps must be positive and finite (min {float(var.min()):.3g}): "
+            "the normalisation divides by its square root; fix or recompute the running statistics"
+        )
+    return 1.0 / torch.sqrt(var)
 
 
 def _normalize_rule(
@@ -385,7 +405,7 @@ def _constant(value: float, *, lower: float | None = None, identity: bool = Fals
 
 
 register_layer_rule(nn.Sigmoid)(_constant(0.25))  # sigma' = sigma (1 - sigma) <= 1/4
-register_layer_rule(nn.ReLU, nn.ReLU6, nn.Tanh, nn.Hardtanh, nn.Softplus)(_constant(1.0))
+register_layer_rule(nn.ReLU, nn.ReLU6, nn.Tanh, nn.Hardtanh)(_constant(1.0))
 register_layer_rule(nn.Flatten, nn.Unflatten, nn.Identity)(_constant(1.0, lower=1.0, identity=True))
 
 
@@ -422,6 +442,7 @@ def _maxpool_rule(
     Non-overlapping windows give ``c = 1`` (and 1 is then exact).
     """
     assert isinstance(module, nn.MaxPool2d)
+    _refuse_indices(module)
     if len(shape) != 3:
         raise InvalidInputError(f"MaxPool2d expects (C, H, W) inputs, got {shape}")
     kernel = _as_pair(module.kernel_size)
@@ -440,6 +461,15 @@ def _maxpool_rule(
         "stride": _fmt_pair(stride),
         "details": {"max_windows_per_pixel": coverage},
     }
+
+
+def _refuse_indices(module: nn.Module) -> None:
+    """A max pool with ``return_indices=True`` returns the argmax positions too: not Lipschitz."""
+    if getattr(module, "return_indices", False):
+        raise InvalidInputError(
+            f"{type(module).__name__}(return_indices=True) also returns argmax indices, which are not "
+            "Lipschitz: bound the model with return_indices=False"
+        )
 
 
 def _as_pair(value: Any) -> tuple[int, int]:
@@ -519,7 +549,51 @@ register_layer_rule(nn.GELU)(_activation(lambda m: gelu_constant(str(getattr(m, 
 register_layer_rule(nn.SiLU)(_activation(lambda m: silu_constant()))
 # SELU: scale * max(1, alpha e^x) for x <= 0, so scale * max(1, alpha); CELU: e^(x/alpha) <= 1
 register_layer_rule(nn.SELU)(_activation(lambda m: 1.0507009873554805 * 1.6732632423543772))
-register_layer_rule(nn.CELU, nn.Softsign)(_activation(lambda m: 1.0))
+register_layer_rule(nn.Softsign)(_activation(lambda m: 1.0))
+
+
+def softplus_constant(beta: float, threshold: float) -> float:
+    """Softplus ``log(1 + e^(beta x)) / beta``, switched to ``x`` where ``beta x > threshold``: slope
+    ``sigmoid(beta x) <= 1`` on both pieces, but the switch is a jump of ``log1p(e^-threshold) / |beta|``
+    and a jump has no Lipschitz constant. It is refused unless below float32 rounding of the value at
+    the switch (the default threshold 20 jumps by ``2e-9``, far below it); then the constant is 1.
+    """
+    if not beta or not math.isfinite(beta) or not math.isfinite(threshold):
+        raise InvalidInputError(f"Softplus needs a finite non-zero beta, got {beta}")
+    jump = math.log1p(math.exp(-threshold)) / abs(beta) if threshold > -700 else math.inf
+    if jump > 2.0**-24 * max(1.0, abs(threshold / beta)):
+        raise InvalidInputError(
+            f"Softplus(beta={beta}, threshold={threshold}) jumps by {jump:.3g} where it switches "
+            "to x, so it has no Lipschitz constant; use threshold >= 20 (the default)"
+        )
+    return 1.0
+
+
+def celu_constant(alpha: float) -> float:
+    """CELU ``max(0, x) + min(0, alpha (e^(x / alpha) - 1))``: slope ``e^(x / alpha) <= 1`` for
+    ``x < 0`` when ``alpha > 0``; a negative ``alpha`` makes it ``e^(-x / |alpha|)``, unbounded: refused."""
+    if not alpha > 0:
+        raise InvalidInputError(
+            f"CELU with alpha={alpha} has an unbounded slope for x < 0 (no Lipschitz "
+            "constant); use alpha > 0"
+        )
+    return 1.0
+
+
+@register_layer_rule(nn.Softplus)
+def _softplus_rule(
+    module: nn.Module, shape: Shape, out: Shape, options: BoundConfig
+) -> dict[str, Any]:
+    assert isinstance(module, nn.Softplus)
+    return {"upper": softplus_constant(module.beta, module.threshold), "method": "constant"}
+
+
+@register_layer_rule(nn.CELU)
+def _celu_rule(module: nn.Module, shape: Shape, out: Shape, options: BoundConfig) -> dict[str, Any]:
+    assert isinstance(module, nn.CELU)
+    return {"upper": celu_constant(module.alpha), "method": "constant"}
+
+
 register_layer_rule(nn.Hardsigmoid)(_activation(lambda m: 1.0 / 6.0))
 register_layer_rule(nn.Hardswish)(_activation(lambda m: 1.5))  # x/3 + 1/2 on (-3, 3): at most 3/2
 
@@ -601,6 +675,7 @@ def _adaptive_maxpool_rule(
     """Adaptive max pooling: ``sqrt(c)`` as for MaxPool2d; output ``i`` of ``n`` over ``m`` inputs
     reads ``[floor(i m / n), ceil((i + 1) m / n))``, windows that overlap when ``n`` does not divide ``m``.
     """
+    _refuse_indices(module)
     if len(shape) != 3:
         raise InvalidInputError(f"AdaptiveMaxPool2d expects (C, H, W) inputs, got {shape}")
     coverage = 1

@@ -371,7 +371,10 @@ def _chain_bound(
         if progress is not None:
             progress(name)
         out_shape = _output_shape(module, name, shape)
-        fields = rule(module, shape, out_shape, options)
+        try:
+            fields = rule(module, shape, out_shape, options)
+        except InvalidInputError as exc:  # name the layer the rule refused
+            raise InvalidInputError(f"layer {name!r} ({type(module).__name__}): {exc}") from None
         results.append(_layer_bound(name, type(module).__name__, shape, out_shape, fields))
         shape = out_shape
     return NetworkBound(layers=results, input_shape=input_shape)
@@ -413,10 +416,11 @@ def _node_layer(node: NodeBound) -> LayerBound:
 
 
 def _output_shape(module: nn.Module, name: str, shape: Shape) -> Shape:
-    """Shape of ``module``'s output for one input of ``shape`` (run on zeros)."""
-    param = next(module.parameters(), None)
-    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-    device = param.device if param is not None else torch.device("cpu")
+    """Shape of ``module``'s output for one input of ``shape`` (run on zeros in the dtype and on the
+    device of its first floating parameter or buffer: a parameter-free BatchNorm has buffers)."""
+    tensors = [t for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()]
+    dtype = tensors[0].dtype if tensors else torch.float32
+    device = tensors[0].device if tensors else torch.device("cpu")
     try:
         with torch.no_grad():
             out = module(torch.zeros((1, *shape), dtype=dtype, device=device))
@@ -425,4 +429,9 @@ def _output_shape(module: nn.Module, name: str, shape: Shape) -> Shape:
         raise InvalidInputError(
             f"layer {name!r} cannot take input of shape {shape}: {first}"
         ) from None
+    if not isinstance(out, torch.Tensor):
+        raise InvalidInputError(
+            f"layer {name!r} ({type(module).__name__}) returns {type(out).__name__}, not one tensor: "
+            "a chain of layers needs one tensor between layers"
+        )
     return tuple(out.shape[1:])

@@ -203,14 +203,14 @@ def graph_bound(model: nn.Module, shape: Shape, options: BoundConfig) -> GraphBo
     double_model = _double(model)  # the graph module shares its layers: never touch the user's
     gm = trace_model(double_model)
     _refuse_called_layers_without_rule(gm)
-    check_trace_matches(double_model, gm, shape)
-    values = probe_values(gm, shape)
     inputs = [n for n in gm.graph.nodes if is_input(n)]
-    if len(inputs) != 1:
+    if len(inputs) != 1:  # before running it: a second input would fail as a missing argument
         raise InvalidInputError(
             f"{type(model).__name__}.forward takes {len(inputs)} tensors without defaults; "
             "a spectral bound needs exactly one input"
         )
+    check_trace_matches(double_model, gm, shape)
+    values = probe_values(gm, shape)
     bounds: dict[fx.Node, tuple[float, float]] = {}
     nodes: list[NodeBound] = []
     output: fx.Node | None = None
@@ -274,7 +274,11 @@ def _bound_node(
                 "has no Lipschitz rule; supported functions and methods: "
                 + ", ".join(sorted({target_name(t) for t in FUNCTION_RULES}))
             )
-        local, lip, exact, method = rule(ctx)
+        try:
+            local, lip, exact, method = rule(ctx)
+        except InvalidInputError as exc:  # name the node, once
+            message = str(exc)
+            raise (exc if message.startswith("node ") else ctx.refuse(message)) from None
         fields = {}
     if not math.isfinite(lip):
         raise ctx.refuse(f"its Lipschitz bound is not finite ({lip})")
@@ -329,7 +333,10 @@ def _module_node(ctx: Ctx, gm: fx.GraphModule) -> tuple[float, float, float, str
     if len(node.args) != 1 or node.kwargs:
         raise ctx.refuse("a layer with a rule must be called with one tensor")
     (x,) = node.args
-    fields = rule(module, ctx.shape(x), ctx.shape(node), ctx.options)
+    try:
+        fields = rule(module, ctx.shape(x), ctx.shape(node), ctx.options)
+    except InvalidInputError as exc:  # name the node the rule refused
+        raise ctx.refuse(str(exc)) from None
     local = float(fields.pop("upper"))
     exact = fields.get("exact")
     lip, lip_exact = ctx.lip(x)
