@@ -115,3 +115,57 @@ def test_real_zoo_name_is_resolved() -> None:
     result = CliRunner().invoke(cli, ["spectral", "N100-100-11"])
     assert result.exit_code == 2
     assert "Error:" in result.output and "Traceback" not in result.output
+
+
+VECTOR_MODELS = """
+import torch
+from torch import nn
+
+
+def mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(12, 7), nn.ReLU(), nn.Linear(7, 3))
+"""
+
+
+@pytest.fixture
+def vector_model(tmp_path: Path) -> str:
+    """A user's MLP on 12-vectors (no image axes), as ``file.py:factory``."""
+    path = tmp_path / "vector_models.py"
+    path.write_text(VECTOR_MODELS)
+    return f"{path}:mlp"
+
+
+def test_a_model_on_vectors_is_bounded_from_a_one_size_input_shape(
+    vector_model: str, tmp_path: Path
+) -> None:
+    """Before: --input-shape took exactly C,H,W, so an MLP on vectors could not be bounded from the
+    CLI. The bound is the product of the weights' spectral norms (explicit SVDs) and ReLU's 1."""
+    out = tmp_path / "mlp.json"
+    result = CliRunner().invoke(
+        cli, ["spectral", vector_model, "--input-shape", "12", "--json", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    namespace: dict[str, Any] = {}
+    exec(VECTOR_MODELS, namespace)  # the same factory, built here
+    model = namespace["mlp"]()
+    expected = 1.0
+    for layer in (model[0], model[2]):
+        expected *= float(torch.linalg.matrix_norm(layer.weight.detach().double(), ord=2))
+    assert json.loads(out.read_text())["bound"]["lipschitz_upper"] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--input-shape", "1,2,3,4"], "1 to 3 positive sizes"),
+        (["--input-shape", "12", "--normalize", "0.1,0.3"], "--normalize is per image channel"),
+        (["--input-shape", "12", "--sandwich", "2"], "--sandwich attacks MNIST"),
+    ],
+)
+def test_vector_input_shape_mistakes_exit_2(
+    vector_model: str, args: list[str], message: str
+) -> None:
+    result = CliRunner().invoke(cli, ["spectral", vector_model, *args])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1

@@ -9,6 +9,7 @@ MODEL is a zoo name (``intriguing zoo`` lists them; the trained checkpoint is lo
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -147,19 +148,23 @@ def sandwich_table(summary: dict[str, Any]) -> Table:
 
 
 def parse_input_shape(text: str | None) -> tuple[int, ...] | None:
-    """``--input-shape C,H,W`` (or ``CxHxW``): three positive sizes, batch excluded, each at most
-    :data:`MAX_SIDE` and :data:`MAX_INPUT_VALUES` values in all (a probe batch is allocated)."""
+    """``--input-shape C,H,W`` (or ``CxHxW``; one or two sizes for a model on vectors or
+    sequences, e.g. ``784``): positive sizes, batch excluded, each at most :data:`MAX_SIDE` (a flat
+    vector at most :data:`MAX_INPUT_VALUES`) and :data:`MAX_INPUT_VALUES` values in all (a probe
+    batch is allocated)."""
     if text is None:
         return None
     try:
         shape = tuple(int(t) for t in text.replace("x", ",").split(",") if t.strip())
     except ValueError:
         shape = ()
-    if len(shape) != 3 or any(d < 1 for d in shape):
+    if not 1 <= len(shape) <= 3 or any(d < 1 for d in shape):
         raise InvalidInputError(
-            f"--input-shape {text!r}: expected positive sizes without the batch, e.g. 3,32,32"
+            f"--input-shape {text!r}: expected 1 to 3 positive sizes without the batch, e.g. "
+            "3,32,32 (images) or 784 (vectors)"
         )
-    if max(shape) > MAX_SIDE or shape[0] * shape[1] * shape[2] > MAX_INPUT_VALUES:
+    side = MAX_INPUT_VALUES if len(shape) == 1 else MAX_SIDE
+    if max(shape) > side or math.prod(shape) > MAX_INPUT_VALUES:
         raise InvalidInputError(
             f"--input-shape {text!r}: too large to bound (at most {MAX_SIDE} per size and "
             f"3x{MAX_SIDE}x{MAX_SIDE} values); give the model's real input shape"
@@ -195,6 +200,11 @@ def _prepared_model(
         )
     if layers is not None and (params["weights"] or normalize):
         raise InvalidInputError("--weights and --normalize do not apply to alexnet")
+    if normalize is not None and len(input_shape) != 3:
+        raise InvalidInputError(
+            f"--normalize is per image channel; this model takes {input_shape} (not C,H,W): "
+            "put the normalisation inside the model instead"
+        )
     model = finish_model(model, weights=params["weights"], preprocessing=normalize)
     check_model_input(model, torch.zeros(2, *input_shape))
     return model, layers, input_shape
@@ -205,7 +215,8 @@ def _prepared_model(
 @text_option(
     "--input-shape",
     default=None,
-    help="Input shape of a user's model (without the batch), e.g. 3,32,32; zoo: 1,28,28.",
+    help="Input shape of a user's model (without the batch), e.g. 3,32,32, or 784 for a model on "
+    "vectors; zoo: 1,28,28.",
     dest="input_shape_text",
     metavar="C,H,W",
 )
