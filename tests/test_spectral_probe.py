@@ -177,3 +177,30 @@ def test_two_input_model_is_refused_as_such() -> None:
             return self.a(x) + self.a(y)
 
     _refused(Two(), (4,), "2 tensors", "exactly one input")
+
+
+class _FunctionalPReLU(nn.Module):
+    def __init__(self, slopes: torch.Tensor) -> None:
+        super().__init__()
+        self.slopes = nn.Parameter(slopes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.prelu(x, self.slopes)
+
+
+@pytest.mark.parametrize("functional", [False, True])
+def test_prelu_is_bounded_by_its_largest_slope_which_is_attained(functional: bool) -> None:
+    """Before: PReLU (layer and F.prelu) was refused as having no rule. Slopes -4, 0.5 per channel:
+    the bound is 4, and the Jacobian at an all-negative input (diag of the slopes) has norm 4."""
+    slopes = torch.tensor([-4.0, 0.5], dtype=torch.float64)
+    if functional:
+        model: nn.Module = _FunctionalPReLU(slopes.clone())
+    else:
+        model = nn.PReLU(2).double()
+        with torch.no_grad():
+            model.weight.copy_(slopes)
+    bound = network_bounds(model.eval(), (2, 3, 3))
+    assert bound.lipschitz == pytest.approx(4.0)
+    x = -torch.ones(1, 2, 3, 3, dtype=torch.float64)
+    jac = torch.autograd.functional.jacobian(lambda t: model(t).flatten(), x).reshape(18, 18)
+    assert float(torch.linalg.matrix_norm(jac, ord=2)) == pytest.approx(4.0)

@@ -27,6 +27,7 @@ from intriguing.analysis.layer_rules import (
     find_rule,
     gelu_constant,
     log_softmax_constant,
+    prelu_constant,
     silu_constant,
     softmax_constant,
     softplus_constant,
@@ -167,6 +168,11 @@ def _leaky(ctx: Ctx) -> tuple[float, float, float, str]:
 def _softplus(ctx: Ctx) -> tuple[float, float, float, str]:
     beta, threshold = float(ctx.arg(1, "beta", 1.0)), float(ctx.arg(2, "threshold", 20.0))
     return _unary(ctx, softplus_constant(beta, threshold))
+
+
+@function_rule(F.prelu, torch.prelu, "prelu")
+def _prelu(ctx: Ctx) -> tuple[float, float, float, str]:
+    return _unary(ctx, prelu_constant(ctx.constant(ctx.arg(1, "weight"))))
 
 
 @function_rule(F.celu)

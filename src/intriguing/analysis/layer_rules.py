@@ -552,6 +552,15 @@ register_layer_rule(nn.SELU)(_activation(lambda m: 1.0507009873554805 * 1.673263
 register_layer_rule(nn.Softsign)(_activation(lambda m: 1.0))
 
 
+def prelu_constant(weight: torch.Tensor) -> float:
+    """PReLU ``max(0, x) + a min(0, x)`` with slopes ``a`` (one, or one per channel): its slope is
+    1 or ``a`` at every point, so ``max(1, max |a|)`` (attained where the largest ``|a|`` acts)."""
+    return max(1.0, float(weight.detach().double().abs().max()))
+
+
+register_layer_rule(nn.PReLU)(_activation(lambda m: prelu_constant(m.weight)))
+
+
 def softplus_constant(beta: float, threshold: float) -> float:
     """Softplus ``log(1 + e^(beta x)) / beta``, switched to ``x`` where ``beta x > threshold``: slope
     ``sigmoid(beta x) <= 1`` on both pieces, but the switch is a jump of ``log1p(e^-threshold) / |beta|``
