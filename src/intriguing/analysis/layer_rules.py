@@ -558,7 +558,12 @@ def prelu_constant(weight: torch.Tensor) -> float:
     return max(1.0, float(weight.detach().double().abs().max()))
 
 
-register_layer_rule(nn.PReLU)(_activation(lambda m: prelu_constant(m.weight)))
+@register_layer_rule(nn.PReLU)
+def _prelu_rule(
+    module: nn.Module, shape: Shape, out: Shape, options: BoundConfig
+) -> dict[str, Any]:
+    assert isinstance(module, nn.PReLU)
+    return {"upper": prelu_constant(module.weight), "method": "constant"}
 
 
 def softplus_constant(beta: float, threshold: float) -> float:
