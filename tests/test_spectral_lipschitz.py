@@ -230,7 +230,7 @@ def test_explicit_layer_list_for_non_sequential_models() -> None:
     ("model", "message"),
     [
         (nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.LayerNorm(3)).eval(), "LayerNorm"),
-        (nn.Sequential(nn.Flatten(), nn.PReLU()).eval(), "PReLU"),
+        (nn.Sequential(nn.Flatten(), nn.Mish()).eval(), "Mish"),
         (nn.Sequential(nn.Dropout(0.5).train()), "training mode"),
         (nn.Sequential(nn.BatchNorm2d(1).train()), "training mode"),
         (nn.Sequential(nn.BatchNorm2d(1, track_running_stats=False).eval()), "track_running_stats"),

@@ -155,8 +155,8 @@ def parse_input_shape(text: str | None) -> tuple[int, ...] | None:
     if text is None:
         return None
     try:
-        shape = tuple(int(t) for t in text.replace("x", ",").split(",") if t.strip())
-    except ValueError:
+        shape = tuple(int(t) for t in text.replace("x", ",").split(","))
+    except ValueError:  # also an empty size: '3,x', '3,,28'
         shape = ()
     if not 1 <= len(shape) <= 3 or any(d < 1 for d in shape):
         raise InvalidInputError(
@@ -206,7 +206,12 @@ def _prepared_model(
             "put the normalisation inside the model instead"
         )
     model = finish_model(model, weights=params["weights"], preprocessing=normalize)
-    check_model_input(model, torch.zeros(2, *input_shape))
+    try:
+        check_model_input(model, torch.zeros(2, *input_shape))
+    except InvalidInputError as exc:
+        if given is None:
+            raise
+        raise InvalidInputError(f"--input-shape {shape_text}: {exc}") from None
     return model, layers, input_shape
 
 
