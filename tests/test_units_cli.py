@@ -195,7 +195,7 @@ def test_user_model_on_an_image_folder_with_and_without_labels(
             ["{m}:mnist_mlp", "--layer", "2", "--alphas", "0,half"],
             "expected comma-separated numbers",
         ),
-        (["{m}:mnist_mlp", "--layer", "2", "--k", "1"], "k must be at least 2"),
+        (["{m}:mnist_mlp", "--layer", "2", "--k", "1"], "'--k': 1 is not in the range 2<=x"),
         (["{m}:rgb_net", "--layer", "3", "--images", "/no/such/folder"], "not a directory"),
         (["{m}:mnist_mlp", "--layer", "2", "--split", "nope"], "unknown split 'nope'"),
     ],

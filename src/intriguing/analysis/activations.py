@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -137,7 +137,7 @@ def iter_activations(
     *,
     batch_size: int = 500,
     reduce: Reduce = "flatten",
-) -> Iterator[torch.Tensor]:
+) -> Generator[torch.Tensor, None, None]:
     """Yield ``phi(x)`` of ``layer`` batch by batch as float32 tensors ``(B, D)``.
 
     The model runs under ``torch.inference_mode`` in eval mode (dropout off); its previous

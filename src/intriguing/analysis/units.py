@@ -102,6 +102,21 @@ class UnitsConfig:
 
     validate = check_image_set  # the old name
 
+    def rotation_alphas(self) -> tuple[float, ...]:
+        """The rotation powers drawn: the curve's alphas, and 1 for the rotation family."""
+        wanted = [*self.alphas, *((1.0,) if "rotation" in self.families else ())]
+        return tuple(dict.fromkeys(float(a) for a in wanted))
+
+    def check_dimension(self, dim: int, n_images: int) -> None:
+        """Raise :class:`InvalidInputError` for families that are infeasible on a ``dim``-wide layer
+        over ``n_images`` images (checked before any activation is computed, where the CLI can)."""
+        n_units = min(self.n_directions, int(dim))
+        if "pca" in self.families:
+            dirs.check_pca_size(n_images, dim)
+        alphas = self.rotation_alphas()
+        if alphas:
+            dirs.check_rotation_size(int(dim), n_units, len(alphas))
+
     def as_dict(self) -> dict[str, Any]:
         """Every setting, in field order, as JSON (tuples as lists, alphas as floats)."""
         return {**json_safe(asdict(self)), "alphas": [float(a) for a in self.alphas]}
@@ -292,7 +307,7 @@ def _build_family(
     units: np.ndarray,
     config: UnitsConfig,
     rng: np.random.Generator,
-    generator: np.ndarray | None,
+    rotated: dirs.RotatedUnits | None,
 ) -> tuple[np.ndarray, list[str]]:
     """The ``(n, D)`` directions of family ``name`` and their ids."""
     dim = projector.phi.shape[1]
@@ -302,9 +317,9 @@ def _build_family(
         vectors = dirs.random_sphere(dim, config.n_directions, rng)
         return vectors, [f"random {i}" for i in range(len(vectors))]
     if name == "rotation":
-        if generator is None:
-            generator = dirs.rotation_generator(dirs.haar_rotation(dim, rng))
-        return dirs.rotated_basis(generator, 1.0, units), [f"Q e_{u}" for u in units]
+        if rotated is None:
+            rotated = dirs.RotatedUnits(dim, units, (1.0,), rng)
+        return rotated.basis(1.0), [f"Q e_{u}" for u in units]
     if name == "pca":
         vectors = dirs.pca_directions(
             projector.transformed(), config.n_directions, centre=config.centre
@@ -370,11 +385,15 @@ def _comparisons(
 
 
 def rotation_curve(
-    image_set: ImageSet, units: np.ndarray, alphas: tuple[float, ...], generator: np.ndarray
+    image_set: ImageSet,
+    units: np.ndarray,
+    alphas: tuple[float, ...],
+    generator: np.ndarray | dirs.RotatedUnits,
 ) -> dict[str, Any]:
     """Coherence of the rotated units ``Q^alpha e_i`` for each ``alpha`` in ``config.alphas``.
 
-    ``generator`` is ``logm(Q)`` of the rotation (:func:`directions.rotation_generator`).
+    ``generator`` is a :class:`directions.RotatedUnits` drawn for these alphas, or ``logm(Q)`` of
+    the rotation (:func:`directions.rotation_generator`).
     Returns per metric the mean and a 95% normal confidence interval over the non-dead
     directions, and ``mean_abs_cos_to_unit``: the mean ``|<Q^alpha e_i, e_i>|`` (1 at ``alpha = 0``).
     """
@@ -388,7 +407,10 @@ def rotation_curve(
     for metric in (*(("purity", "entropy") if labelled else ()), "pixel_cosine"):
         curve[metric] = {"mean": [], "lo": [], "hi": []}
     for alpha in track(alphas, description="rotation curve"):
-        vectors = dirs.rotated_basis(generator, alpha, units)
+        if isinstance(generator, dirs.RotatedUnits):
+            vectors = generator.basis(alpha)
+        else:
+            vectors = dirs.rotated_basis(generator, alpha, units)
         family = image_set.evaluate("rotation", vectors, [f"Q^{alpha:g} e_{u}" for u in units])
         curve["mean_abs_cos_to_unit"].append(dirs.mean_abs_cosine_to_basis(vectors, units))
         curve["n_dead"].append(int(family.dead.sum()))
@@ -442,22 +464,24 @@ def analyse_units(
     config = config or UnitsConfig()
     y, n_classes = check_inputs(phi, labels, images)
     config.check_image_set(phi.shape[0], y is not None)
+    config.check_dimension(phi.shape[1], phi.shape[0])
     families_wanted = dirs.check_family_names(list(config.families))
     unit_images = coh.unit_rows(np.asarray(images, dtype=np.float32).reshape(images.shape[0], -1))
     projector = Projector(phi, centre=config.centre, standardise=config.standardise)
     units = dirs.pick_units(
         phi.shape[1], config.n_directions, np.random.default_rng([config.seed, 1])
     )
-    generator = None
+    rotated = None
     if "rotation" in families_wanted or config.alphas:
-        q = dirs.haar_rotation(phi.shape[1], np.random.default_rng([config.seed, 4]))
-        generator = dirs.rotation_generator(q)
+        rotated = dirs.RotatedUnits(
+            phi.shape[1], units, config.rotation_alphas(), np.random.default_rng([config.seed, 4])
+        )
     tiebreak = np.random.default_rng([config.seed, 5]).permutation(phi.shape[0])
     image_set = ImageSet(projector, y, unit_images, n_classes, config.k, tiebreak)
     families: dict[str, FamilyResult] = {}
     for name in track(families_wanted, description="direction families"):
         family_rng = np.random.default_rng([config.seed, 2, dirs.FAMILIES.index(name)])
-        vectors, ids = _build_family(name, projector, y, units, config, family_rng, generator)
+        vectors, ids = _build_family(name, projector, y, units, config, family_rng, rotated)
         families[name] = image_set.evaluate(name, vectors, ids)
     metrics = coh.METRICS if y is not None else ("pixel_cosine",)
     null = coh.monte_carlo_null(
@@ -467,8 +491,8 @@ def analyse_units(
     if y is not None:
         exact = coh.purity_null_summary(config.k, np.bincount(y, minlength=n_classes) / y.size)
     curve = None
-    if config.alphas and generator is not None:
-        curve = rotation_curve(image_set, units, config.alphas, generator)
+    if config.alphas and rotated is not None:
+        curve = rotation_curve(image_set, units, config.alphas, rotated)
     return UnitsResult(
         config=config,
         n_images=int(phi.shape[0]),

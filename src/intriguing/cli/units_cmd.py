@@ -26,6 +26,7 @@ from typing import Any
 
 import click
 import numpy as np
+from click.core import ParameterSource
 
 from intriguing.cli.options import (
     choice_option,
@@ -134,6 +135,45 @@ def _image_set(
     return images, array, labels, array, {"image_set": info}
 
 
+def _given(ctx: click.Context, name: str) -> bool:
+    """Whether the user typed option ``name`` (not its default, not an environment variable)."""
+    return ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE
+
+
+def _refuse_ignored_options(
+    ctx: click.Context, model: str, params: dict[str, Any], out_dir: Path | None
+) -> None:
+    """One-line errors for options the run would silently ignore (only when typed by the user)."""
+    own_images = next(
+        (flag for flag, key in (("--images", "images_dir"), ("--tensors", "tensors_file"))
+         if params.get(key) is not None),
+        None,
+    )  # fmt: skip
+    if own_images and _given(ctx, "split"):
+        raise InvalidInputError(
+            f"--split selects an MNIST split and does nothing with {own_images}; drop --split"
+        )
+    if out_dir is None and _given(ctx, "rows"):
+        raise InvalidInputError("--rows sets the figures' rows and needs --out DIR; drop --rows")
+    trained_zoo = ":" not in model and not _is_file(model) and params.get("weights") is None
+    if not trained_zoo and _given(ctx, "model_seed"):
+        raise InvalidInputError(
+            "--model-seed is the training seed of a zoo model and does nothing for a factory, "
+            "a checkpoint or --weights; drop --model-seed"
+        )
+
+
+def _layer_width(net: Any, layer: str, source: Any, reduce: str) -> int:
+    """``D`` of ``layer``: one image through the model (before the long activation pass)."""
+    from intriguing.analysis.activations import iter_activations
+
+    batches = iter_activations(net, layer, source, batch_size=1, reduce=reduce)  # type: ignore[arg-type]
+    try:
+        return int(next(batches).shape[1])
+    finally:
+        batches.close()
+
+
 def _print_summary(results: dict[str, Any]) -> None:
     metrics = results["metrics"]
     click.echo(
@@ -189,7 +229,14 @@ def _print_summary(results: dict[str, Any]) -> None:
     help="Comma-separated direction families.",
     dest="directions",
 )
-@int_option("--k", 1, 1000, default=8, help="Top images per direction.", dest="k")
+@int_option(
+    "--k",
+    2,
+    1000,
+    default=8,
+    help="Top images per direction (2 or more: pairwise metrics).",
+    dest="k",
+)
 @int_option("--n-directions", 2, 100_000, default=100, help="Directions per family.")
 @click.option(
     "--centre/--no-centre",
@@ -216,7 +263,11 @@ def _print_summary(results: dict[str, Any]) -> None:
     default=9999,
     help="Permutations in the permutation tests between families.",
 )
-@text_option("--split", default="test", help="MNIST split used as the image set.")
+@text_option(
+    "--split",
+    default="test",
+    help="MNIST split used as the image set (not with --images/--tensors).",
+)
 @images_option("--limit", default=None, help="Use only the first N images of the split.")
 @choice_option(
     "--reduce",
@@ -240,8 +291,16 @@ def _print_summary(results: dict[str, Any]) -> None:
     default=None,
     help="Write the figures (PNG) into this directory.",
 )
-@int_option("--rows", 1, 100, default=4, help="Directions per family shown in the figures.")
-@int_option("--model-seed", 0, 2**32 - 1, default=0, help="Training seed of a zoo model.")
+@int_option(
+    "--rows", 1, 100, default=4, help="Directions per family shown in the figures (with --out)."
+)
+@int_option(
+    "--model-seed",
+    0,
+    2**32 - 1,
+    default=0,
+    help="Training seed of a zoo model (not with a factory, a checkpoint or --weights).",
+)
 @model_command_options()
 def units(
     model: str,
@@ -278,6 +337,7 @@ def units(
     from intriguing.analysis.units import UnitsConfig, analyse_units
     from intriguing.report.units_figures import render_units_figures
 
+    _refuse_ignored_options(click.get_current_context(), model, params, out_dir)
     families = check_family_names(_parse_list(directions, "directions"))
     config = UnitsConfig(
         families=tuple(families),
@@ -302,6 +362,8 @@ def units(
         )
     data.fit_to(net)
     source, shown, labels, pixels, meta = _image_set(data, limit, 32)
+    config.check_image_set(len(source), labels is not None)
+    config.check_dimension(_layer_width(net, layer, source, reduce), len(source))
     phi = compute_activations(
         net,
         layer,
