@@ -14,6 +14,7 @@ from torch import nn
 from intriguing.attacks import LBFGS
 from intriguing.attacks.exact_linear import exact_linear_attack
 from intriguing.attacks.lbfgs import linear_distances
+from intriguing.attacks.metrics import AIM_FACTOR, SUCCESS_MARGIN
 from intriguing.errors import InvalidInputError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -84,3 +85,52 @@ def test_more_candidates_never_hurt_and_cost_counts_the_estimate() -> None:
 def test_bad_candidate_settings(kwargs: dict[str, float], match: str) -> None:
     with pytest.raises(InvalidInputError, match=match):
         LBFGS(**kwargs)  # type: ignore[arg-type]
+
+
+def box_blocked_model() -> nn.Module:
+    """3 pixels, label 0 (logit 0) at x = 0.5. Class 1's hyperplane x_0 = 1.01 is the nearest by
+    the estimate (0.51 away) but outside the box; class 2's x_1 + x_2 = 1.9 is 0.636 away (1.25x the
+    nearest: beyond ``candidate_ratio`` 1.2, so not a candidate) and inside the box, reached at
+    r = (0, 0.45, 0.45)."""
+    model = nn.Linear(3, 3)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[0.0, 0.0, 0.0], [100.0, 0.0, 0.0], [0.0, 1.0, 1.0]]))
+        model.bias.copy_(torch.tensor([0.0, -101.0, -1.9]))
+    return model.eval()
+
+
+def test_an_example_whose_candidates_all_fail_tries_the_other_classes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before: the only candidate (class 1) cannot be reached inside the box, and the example was
+    reported as a failure although class 2 is reachable; now the other classes are attacked."""
+    model, x, y = box_blocked_model(), torch.full((2, 3), 0.5), torch.zeros(2, dtype=torch.long)
+    est = linear_distances(model, x, y)
+    assert float(est[0, 2] / est[0, 1]) > 1.2  # class 2 is not a candidate
+    result = LBFGS(progress=False)(model, x, y)
+    assert bool(result.success.all())
+    assert torch.equal(model(result.adversarial).argmax(1), torch.tensor([2, 2]))
+    # exact minimum-norm successes toward class 2: the lead x_1 + x_2 - 1.9 must reach the success
+    # margin (1e-4 * max|z| = 1e-4 * |z_1| = 0.0051); the attack aims for AIM_FACTOR margins
+    margin = SUCCESS_MARGIN * 51.0
+    least, aimed = ((0.9 + k * margin) / 2 * 2**0.5 for k in (1.0, AIM_FACTOR))
+    l2 = (result.adversarial - x).norm(dim=1)
+    assert bool((l2 >= least * (1 - 1e-6)).all()) and bool((l2 <= aimed * 1.01).all())
+    monkeypatch.setattr("intriguing.attacks.lbfgs.FALLBACK_CLASSES", 0)
+    assert not bool(LBFGS(progress=False)(model, x, y).success.any())  # the mechanism above
+
+
+def test_examples_that_succeed_pay_nothing_for_the_fallback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every example succeeds with its candidates: the attack is the same with or without the
+    fallback, evaluations included."""
+    model = linear_model(3)
+    x = torch.rand(6, 16)
+    y = model(x).argmax(1)
+    with_fallback = LBFGS(progress=False)(model, x, y)
+    monkeypatch.setattr("intriguing.attacks.lbfgs.FALLBACK_CLASSES", 0)
+    without = LBFGS(progress=False)(model, x, y)
+    assert bool(with_fallback.success.all())
+    assert torch.equal(with_fallback.adversarial, without.adversarial)
+    assert torch.equal(with_fallback.grad_evals, without.grad_evals)
