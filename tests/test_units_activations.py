@@ -125,3 +125,19 @@ def test_a_model_that_cannot_take_the_images_is_a_one_line_error() -> None:
     model = nn.Sequential(nn.Flatten(), nn.Linear(10, 2))
     with pytest.raises(InvalidInputError, match=r"model failed on images of shape \(1, 4, 4\)"):
         compute_activations(model, "1", images(3))
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_float16_overflow_is_refused_not_stored_as_inf(tmp_path: Path, streamed: bool) -> None:
+    """Activations of 1e5 are finite in float32 but inf in float16: before, the streamed .npy
+    silently held inf (the check ran before the cast); now both paths refuse, naming --float16."""
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    with torch.no_grad():
+        model[1].weight.fill_(0.0)
+        model[1].bias.fill_(1e5)
+    path = tmp_path / "act.npy" if streamed else None
+    with pytest.raises(InvalidInputError, match="float16"):
+        compute_activations(model, "1", torch.rand(4, 1, 4, 4), out_path=path, dtype="float16")
+    assert float(compute_activations(model, "1", torch.rand(4, 1, 4, 4)).max()) == 1e5
+    if streamed:
+        assert not path.exists()  # type: ignore[union-attr]

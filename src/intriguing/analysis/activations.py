@@ -215,8 +215,8 @@ def compute_activations(
         rest = _progress_batches(batches, bar, task)
         if out_path is None:
             phi = np.concatenate([first.numpy(), *(b.numpy() for b in rest)], axis=0)
-            result = phi.astype(dtype, copy=False)
-            _check_finite(result, layer)
+            result = _cast(phi, dtype)
+            _check_finite(result, layer, dtype)
             return result
         return _stream_to_npy(first, rest, n, Path(out_path), dtype, layer)
 
@@ -229,9 +229,20 @@ def _progress_batches(
         bar.advance(task, batch.shape[0])
 
 
-def _check_finite(phi: np.ndarray, layer: str) -> None:
+def _cast(values: np.ndarray, dtype: str) -> np.ndarray:
+    """``values`` as ``dtype``; an overflow (float16 beyond 65504) becomes inf, which
+    :func:`_check_finite` refuses with its own message rather than numpy's warning."""
+    with np.errstate(over="ignore"):
+        return values.astype(dtype, copy=False)
+
+
+def _check_finite(phi: np.ndarray, layer: str, dtype: str = "float32") -> None:
+    """Refuse NaN or infinite activations (in ``dtype``: float16 overflows beyond 65504)."""
     if not np.isfinite(phi).all():
-        raise InvalidInputError(f"activations of layer {layer!r} contain NaN or infinite values")
+        hint = "; they exceed float16's range: drop --float16" if dtype == "float16" else ""
+        raise InvalidInputError(
+            f"activations of layer {layer!r} contain NaN or infinite values{hint}"
+        )
 
 
 def _stream_to_npy(
@@ -248,11 +259,8 @@ def _stream_to_npy(
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(n, dim))
         row = 0
         for batch in _chain(first, rest):
-            values = batch.numpy()
-            if not np.isfinite(values).all():
-                raise InvalidInputError(
-                    f"activations of layer {layer!r} contain NaN or infinite values"
-                )
+            values = _cast(batch.numpy(), dtype)
+            _check_finite(values, layer, dtype)
             array[row : row + values.shape[0]] = values
             row += values.shape[0]
         array.flush()
