@@ -166,6 +166,8 @@ def eval_cmd(
         trained = load_checkpoint(checkpoint)
         if name is not None and get_entry(name).name != trained.name:
             raise InvalidInputError(f"{checkpoint} holds {trained.name!r}, not {name!r}")
+        own_data = bool(params.get("images_dir") or params.get("tensors_file"))
+        _check_checkpoint_options(checkpoint, trained.sidecar, dataset, seed, own_data)
         if custom:  # --tensors/--images/--weights/--normalize/--device apply to the checkpoint
             _report(
                 _eval_any(
@@ -193,6 +195,40 @@ def eval_cmd(
         "paper": dict(get_entry(trained.name).paper),
     }
     _report(result, json_path)
+
+
+def _check_checkpoint_options(
+    checkpoint: Path, sidecar: dict[str, Any], dataset: str, seed: int, user_data: bool
+) -> None:
+    """``eval --checkpoint``: refuse a ``--seed`` other than the checkpoint's (it would be ignored)
+    and, on MNIST splits (no --images/--tensors), a ``--dataset`` other than the one it was trained
+    on (its "train" error would be measured on images it never saw)."""
+    from intriguing.cli.options import DATASETS
+    from intriguing.errors import InvalidInputError
+
+    ctx = click.get_current_context()
+    trained_seed = sidecar.get("seed")
+    if (
+        ctx.get_parameter_source("seed") is not click.core.ParameterSource.DEFAULT
+        and isinstance(trained_seed, int)
+        and seed != trained_seed
+    ):
+        raise InvalidInputError(
+            f"--seed {seed} does not apply to --checkpoint {checkpoint} (trained with seed "
+            f"{trained_seed}); drop --seed, or evaluate the zoo model by name with --seed"
+        )
+    identity = sidecar.get("dataset")
+    trained_on = identity.get("dataset") if isinstance(identity, dict) else None
+    if user_data or not isinstance(trained_on, str) or trained_on == dataset:
+        return
+    fix = (
+        f"pass --dataset {trained_on}"
+        if trained_on in DATASETS
+        else "evaluate it on its own data with --tensors or --images"
+    )
+    raise InvalidInputError(
+        f"--checkpoint {checkpoint} was trained on {trained_on}, not --dataset {dataset}; {fix}"
+    )
 
 
 def _paper_value(key: str, value: Any) -> str:

@@ -162,8 +162,13 @@ def _paired_step(
 
 
 def _reference_step(spec: ReproduceSpec, bench: st.Workbench) -> Step:
-    """``reference/test``: mean RMS distance between test images of different classes."""
+    """``reference/test``: mean RMS distance between test images of different classes.
+
+    Its params name the data (it has no model dependency that would): a run directory reused
+    with another ``--dataset`` recomputes it instead of keeping the other data's distance."""
+    identity = bench.data.identity
     params = {
+        "data": {"dataset": identity.get("dataset"), "files": identity.get("files")},
         "split": "test",
         "n_pairs": ev.REFERENCE_PAIRS,
         "seed": st.derived_seed(spec.seed, "reference", "test"),
@@ -482,7 +487,7 @@ def run_reproduce(
     for a Ray cluster; the results are the same with either) and ``render`` (default True); see
     :class:`~intriguing.experiments.rundir.ReportOptions`.
     """
-    run = RunDirectory(out)
+    run = RunDirectory(out, schema=SCHEMA)
     bench = st.Workbench(dataset=spec.dataset, data_dir=options.get("data_dir"), seed=spec.seed)
     data = bench.data
     sizes = {"train": len(data.train_labels), "test": len(data.test_labels)}

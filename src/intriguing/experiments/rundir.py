@@ -53,15 +53,21 @@ class RunDirectory:
     Args:
         out: the run directory (created as needed; a file there is refused).
         one_thread: run on one torch thread (the steps' numbers do not depend on the machine).
+        schema: the ``schema`` of the results this run writes (``intriguing.reproduce/1``): a
+            results.json of another command already in ``out`` is refused, not overwritten.
 
     Raises:
-        InvalidInputError: ``out`` is a file.
+        InvalidInputError: ``out`` is a file, or holds another command's results.json.
     """
 
-    def __init__(self, out: str | os.PathLike[str], *, one_thread: bool = True) -> None:
+    def __init__(
+        self, out: str | os.PathLike[str], *, one_thread: bool = True, schema: str | None = None
+    ) -> None:
         self.root = Path(out)
         if self.root.exists() and not self.root.is_dir():
             raise InvalidInputError(f"--out {self.root} is a file; give a directory")
+        if schema is not None:
+            _check_own_results(self.root / RESULTS_FILE, schema)
         if one_thread:
             torch.set_num_threads(1)
         self.store = RunStore(self.root)
@@ -118,3 +124,19 @@ class RunDirectory:
         document = json.loads(json.dumps(document, allow_nan=False))
         atomic_write_json(self.root / name, document)
         return document
+
+
+def _check_own_results(path: Path, schema: str) -> None:
+    """Refuse ``path`` if it is the results.json of another command (a schema of another family:
+    ``intriguing.classes/1`` where ``intriguing.reproduce/1`` is written). Unreadable or older
+    results of the same command are this run's to rewrite."""
+    try:
+        found = json.loads(path.read_text(encoding="utf-8")).get("schema")
+    except (OSError, ValueError, AttributeError):
+        return
+    family = schema.split("/")[0] + "/"
+    if isinstance(found, str) and not found.startswith(family):
+        raise InvalidInputError(
+            f"--out {path.parent} holds the results of another command ({found[:60]!r}); choose "
+            "another --out (nothing is overwritten)"
+        )

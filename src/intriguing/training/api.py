@@ -191,6 +191,11 @@ def verify_sidecar(sidecar: dict[str, Any], expected: dict[str, Any], path: Path
 def _load_cached(
     model: nn.Module, name: str, weights: Path, expected: dict[str, Any]
 ) -> TrainedModel:
+    if not sidecar_path_for(weights).is_file():  # read_sidecar's advice is for explicit paths
+        raise CheckpointError(
+            f"{sidecar_path_for(weights)}: the cached model's sidecar not found; delete "
+            f"{weights} and rerun to retrain it"
+        )
     sidecar = read_sidecar(weights)
     verify_sidecar(sidecar, expected, weights)
     sidecar["weights_sha256"] = load_weights(model, weights, sidecar["weights_sha256"])
