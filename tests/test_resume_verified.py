@@ -102,18 +102,43 @@ def test_a_deleted_dependency_record_recomputed_differently_invalidates_downstre
     assert store.results()["table"] == {"value": 0.0}  # records and results agree
 
 
-def test_a_record_whose_dependency_record_was_edited_is_recomputed(tmp_path: Path) -> None:
+def test_a_hand_edited_record_is_recomputed_and_downstream_keeps_the_true_value(
+    tmp_path: Path,
+) -> None:
+    """Before: an edited record was trusted (its own fingerprint still matches) and only the steps
+    downstream were recomputed from the edited value (table 70); a reproduce run then showed a
+    hand-edited test error in Table 1. Now the record's own digest catches the edit: the step is
+    recomputed, and the table, whose dependency is the same again, keeps the true value."""
     import json
 
     store = RunStore(tmp_path)
     run_graph(_graph(), store)
     path = store.record_path("summary")
     record = json.loads(path.read_text())
-    record["result"]["value"] = 7.0  # edited by hand; its own fingerprint still matches
+    record["result"]["value"] = 7.0  # edited by hand
     path.write_text(json.dumps(record))
     results = _rerun(store)
-    assert CALLS == ["table"]  # the edited record no longer matches what table was computed from
-    assert results["table"] == {"value": 70.0}
+    assert CALLS == ["summary"]
+    assert results["summary"]["value"] == 1.0 and results["table"] == {"value": 10.0}
+
+
+@pytest.mark.parametrize("edit", ["digest", "nan"])
+def test_a_record_with_a_forged_or_unreadable_digest_is_recomputed(
+    tmp_path: Path, edit: str
+) -> None:
+    import json
+
+    store = RunStore(tmp_path)
+    run_graph(_graph(), store)
+    path = store.record_path("table")
+    record = json.loads(path.read_text())
+    if edit == "digest":
+        record["digest"] = "0" * 32
+    else:
+        record["result"]["value"] = float("nan")
+    path.write_text(json.dumps(record))
+    results = _rerun(store)
+    assert CALLS == ["table"] and results["table"] == {"value": 10.0}
 
 
 def test_old_records_without_hashes_are_recomputed(tmp_path: Path) -> None:

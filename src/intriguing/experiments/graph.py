@@ -11,10 +11,11 @@ executes the steps in dependency order inside a :class:`RunStore` (a results dir
   code version and its dependencies' fingerprints), so it continues where it stopped;
 - changing a step's parameters invalidates it and everything downstream, nothing else;
 - nothing read back is trusted (issue 16): each record stores the SHA-256 of every file in its
-  artifact directory (``artifacts_sha256``) and the digest of each dependency's record (``deps``);
-  a rerun recomputes a step whose artifact is missing, truncated or replaced, or whose
-  dependencies' records changed (a deleted dependency record recomputed to another result, say),
-  and so, digest by digest, everything downstream of it;
+  artifact directory (``artifacts_sha256``), the digest of each dependency's record (``deps``)
+  and its own digest (``digest``); a rerun recomputes a step whose record was edited, whose
+  artifact is missing, truncated or replaced, or whose dependencies' records changed (a deleted
+  dependency record recomputed to another result, say), and so, digest by digest, everything
+  downstream of it;
 - :meth:`RunStore.lock` makes one run directory one run at a time: a second process waits for the
   first and then reuses what it stored.
 
@@ -182,6 +183,7 @@ class RunStore:
             "artifacts_sha256": self.artifact_hashes(key),
             "result": result,
         }
+        record["digest"] = record_digest(record)  # a record edited later no longer matches it
         atomic_write_json(self.record_path(key), record)
         return record
 
@@ -210,9 +212,15 @@ class RunStore:
         }
 
     def is_current(self, record: Mapping[str, Any], deps: Mapping[str, str]) -> bool:
-        """Whether a stored record can be reused: same dependency digests, artifacts intact."""
+        """Whether a stored record can be reused: its own digest matches what it says (not edited
+        since it was written), same dependency digests, artifacts intact."""
         stored = record.get("artifacts_sha256")
         if not isinstance(stored, dict) or record.get("deps") != dict(deps):
+            return False
+        try:
+            if record.get("digest") != record_digest(record):
+                return False
+        except IntriguingError:  # a result that is no longer canonical JSON (NaN edited in)
             return False
         for rel, digest in stored.items():
             path = self.root / str(rel)
