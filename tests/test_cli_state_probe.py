@@ -134,3 +134,18 @@ def test_a_cache_entry_without_its_sidecar_says_to_delete_it(tiny_checkpoint: Pa
         _one_line_error(result, f"delete {tiny_checkpoint} and rerun")
     finally:
         sidecar.write_bytes(saved)
+
+
+@pytest.mark.parametrize("command", ["recurrent", "advtrain", "classes"])
+def test_the_other_run_commands_refuse_a_directory_holding_reproduces_results(
+    tmp_path: Path, command: str
+) -> None:
+    """The same refusal for every command with a run directory: nothing is overwritten."""
+    out = tmp_path / "run"
+    out.mkdir()
+    foreign = '{"schema": "intriguing.reproduce/1"}\n'
+    (out / "results.json").write_text(foreign)
+    result = CliRunner().invoke(cli, [command, "--out", str(out)])
+    _one_line_error(result, "holds the results of another command")
+    assert (out / "results.json").read_text() == foreign
+    assert sorted(p.name for p in out.iterdir()) == ["results.json"]

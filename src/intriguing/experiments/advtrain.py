@@ -356,7 +356,7 @@ def run_advtrain(
     Raises:
         DataError, InvalidInputError: the data cannot be loaded or the spec is invalid.
     """
-    run = RunDirectory(out)
+    run = RunDirectory(out, schema=SCHEMA)
     load_data = MnistSource.of(options.get("data_dir"), spec.dataset)
     load_data()  # a missing or corrupt dataset fails before any step runs
     results = run.run(

@@ -427,7 +427,7 @@ def run_recurrent(
     Raises:
         IntriguingError: unknown models, missing data, an unusable output directory.
     """
-    run = RunDirectory(out)
+    run = RunDirectory(out, schema=SCHEMA)
     bench = st.Workbench(dataset=spec.dataset, data_dir=options.get("data_dir"), seed=spec.seed)
     n_split = len(bench.data.split(spec.split)[1])
     results = run.run(

@@ -12,6 +12,7 @@ from intriguing.experiments.classes.config import ClassesConfig
 from intriguing.experiments.classes.steps import build_steps
 from intriguing.experiments.classes.summary import summarize
 from intriguing.experiments.rundir import RunDirectory
+from intriguing.report.classes import SCHEMA
 
 if TYPE_CHECKING:
     from intriguing.experiments.graph import Backend
@@ -38,7 +39,7 @@ def run_classes(
     Raises:
         IntriguingError: bad settings, missing data, an unusable ``out``.
     """
-    run = RunDirectory(out, one_thread=False)
+    run = RunDirectory(out, one_thread=False, schema=SCHEMA)
     loader = options.get("encoder_loader", load_encoder)
     bench = Bench(config.dataset, options.get("data_dir"), config, encoder_loader=loader)
     results = run.run(
