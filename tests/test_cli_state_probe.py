@@ -149,3 +149,12 @@ def test_the_other_run_commands_refuse_a_directory_holding_reproduces_results(
     _one_line_error(result, "holds the results of another command")
     assert (out / "results.json").read_text() == foreign
     assert sorted(p.name for p in out.iterdir()) == ["results.json"]
+
+
+@pytest.mark.parametrize("kind", ["file", "empty"])
+def test_report_names_a_file_or_an_empty_run_dir_for_what_it_is(tmp_path: Path, kind: str) -> None:
+    """Before: a file was 'no such run directory', and '' silently meant the current directory."""
+    target = tmp_path / "results.txt"
+    target.write_text("x")
+    arg, words = (str(target), "is a file") if kind == "file" else ("", "RUN_DIR is empty")
+    _one_line_error(CliRunner().invoke(cli, ["report", arg]), words)

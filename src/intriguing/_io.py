@@ -141,8 +141,17 @@ def read_results(run_dir: str | os.PathLike[str], schema: str, *, command: str) 
     """
     from intriguing.errors import IntriguingError
 
+    if not str(run_dir).strip():
+        raise IntriguingError(
+            f"the run directory is empty; give the --out DIR of an `intriguing {command}` run"
+        )
     root = Path(run_dir)
     path = root / "results.json"
+    if root.exists() and not root.is_dir():
+        raise IntriguingError(
+            f"{run_dir} is a file, not a run directory; give the --out DIR of an "
+            f"`intriguing {command}` run"
+        )
     if not root.is_dir():
         raise IntriguingError(
             f"{run_dir}: no such run directory; run `intriguing {command} --out {run_dir}` first"

@@ -18,7 +18,7 @@ from intriguing.cli.options import (
     user_data_options,
 )
 from intriguing.cli.validation import output_dir
-from intriguing.errors import IntriguingError
+from intriguing.errors import IntriguingError, InvalidInputError
 
 SIZE_CHOICES = ("tiny", "quick", "default", "full")
 
@@ -167,12 +167,16 @@ def reproduce(
 
 
 @click.command()
-@click.argument("run_dir", type=click.Path(path_type=Path))
-def report(run_dir: Path) -> None:
+@click.argument("run_dir", type=click.Path(path_type=str))
+def report(run_dir: str) -> None:
     """Re-render report.md and report.html of RUN_DIR from its stored results (nothing recomputed)."""
     from intriguing.report.render import render_report
 
-    paths = render_report(run_dir)
+    if not run_dir.strip():  # Path("") would be the current directory
+        raise InvalidInputError(
+            "RUN_DIR is empty; give the --out DIR of an `intriguing reproduce` run"
+        )
+    paths = render_report(Path(run_dir))
     click.echo(f"wrote {paths['markdown']} and {paths['html']}")
 
 
