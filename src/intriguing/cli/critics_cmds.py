@@ -190,12 +190,9 @@ GRAPH_ONLY = (("backend", "--backend"), ("address", "--address"), ("workers", "-
 def _refuse_given(options: tuple[tuple[str, str], ...], usage: str) -> None:
     """Refuse the ``(parameter, flag)`` options given on the command line (not their defaults):
     they would be ignored silently. ``usage`` says where they apply."""
-    ctx = click.get_current_context()
-    given = [
-        flag
-        for name, flag in options
-        if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
-    ]
+    from intriguing.cli.options import typed
+
+    given = [flag for name, flag in options if typed(name)]
     if given:
         raise InvalidInputError(f"{', '.join(given)}: {usage}")
 

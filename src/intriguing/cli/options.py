@@ -275,6 +275,13 @@ def model_command_options(*, mode_flag: str = "--mode") -> Callable[[F], F]:
     return decorate
 
 
+def typed(name: str) -> bool:
+    """Whether the user gave option ``name`` (its parameter name) on the command line of the
+    running command, not its default: the one test behind refusing options a run would ignore."""
+    source = click.get_current_context().get_parameter_source(name)
+    return source is click.core.ParameterSource.COMMANDLINE
+
+
 def open_user_data(params: dict[str, Any], *, split: str = "test") -> Any:
     """:func:`intriguing.inputs.open_data` from the options of :func:`user_data_options`."""
     from intriguing.inputs import open_data

@@ -26,7 +26,6 @@ from typing import Any
 
 import click
 import numpy as np
-from click.core import ParameterSource
 
 from intriguing.cli.options import (
     choice_option,
@@ -36,6 +35,7 @@ from intriguing.cli.options import (
     model_command_options,
     open_user_data,
     text_option,
+    typed,
 )
 from intriguing.cli.validation import output_dir, output_file
 from intriguing.errors import IntriguingError, InvalidInputError
@@ -135,28 +135,21 @@ def _image_set(
     return images, array, labels, array, {"image_set": info}
 
 
-def _given(ctx: click.Context, name: str) -> bool:
-    """Whether the user typed option ``name`` (not its default, not an environment variable)."""
-    return ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE
-
-
-def _refuse_ignored_options(
-    ctx: click.Context, model: str, params: dict[str, Any], out_dir: Path | None
-) -> None:
+def _refuse_ignored_options(model: str, params: dict[str, Any], out_dir: Path | None) -> None:
     """One-line errors for options the run would silently ignore (only when typed by the user)."""
     own_images = next(
         (flag for flag, key in (("--images", "images_dir"), ("--tensors", "tensors_file"))
          if params.get(key) is not None),
         None,
     )  # fmt: skip
-    if own_images and _given(ctx, "split"):
+    if own_images and typed("split"):
         raise InvalidInputError(
             f"--split selects an MNIST split and does nothing with {own_images}; drop --split"
         )
-    if out_dir is None and _given(ctx, "rows"):
+    if out_dir is None and typed("rows"):
         raise InvalidInputError("--rows sets the figures' rows and needs --out DIR; drop --rows")
     trained_zoo = ":" not in model and not _is_file(model) and params.get("weights") is None
-    if not trained_zoo and _given(ctx, "model_seed"):
+    if not trained_zoo and typed("model_seed"):
         raise InvalidInputError(
             "--model-seed is the training seed of a zoo model and does nothing for a factory, "
             "a checkpoint or --weights; drop --model-seed"
@@ -340,7 +333,7 @@ def units(
     from intriguing.analysis.units import UnitsConfig, analyse_units
     from intriguing.report.units_figures import render_units_figures
 
-    _refuse_ignored_options(click.get_current_context(), model, params, out_dir)
+    _refuse_ignored_options(model, params, out_dir)
     families = check_family_names(_parse_list(directions, "directions"))
     config = UnitsConfig(
         families=tuple(families),

@@ -203,16 +203,11 @@ def _check_checkpoint_options(
     """``eval --checkpoint``: refuse a ``--seed`` other than the checkpoint's (it would be ignored)
     and, on MNIST splits (no --images/--tensors), a ``--dataset`` other than the one it was trained
     on (its "train" error would be measured on images it never saw)."""
-    from intriguing.cli.options import DATASETS
+    from intriguing.cli.options import DATASETS, typed
     from intriguing.errors import InvalidInputError
 
-    ctx = click.get_current_context()
     trained_seed = sidecar.get("seed")
-    if (
-        ctx.get_parameter_source("seed") is not click.core.ParameterSource.DEFAULT
-        and isinstance(trained_seed, int)
-        and seed != trained_seed
-    ):
+    if typed("seed") and isinstance(trained_seed, int) and seed != trained_seed:
         raise InvalidInputError(
             f"--seed {seed} does not apply to --checkpoint {checkpoint} (trained with seed "
             f"{trained_seed}); drop --seed, or evaluate the zoo model by name with --seed"

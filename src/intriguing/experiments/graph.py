@@ -502,7 +502,7 @@ def _drive(
                 and store.is_current(record, deps)
             ):
                 results[step.key] = record["result"]
-                digests[step.key] = record_digest(record)
+                digests[step.key] = record["digest"]  # checked by is_current
                 finish(step, record["result"], True)
                 continue
             announce(step.key)
@@ -518,7 +518,7 @@ def _drive(
             deps = {d: digests[d] for d in step.deps}
             record = store.save(step.key, prints[step.key], outcome.result, outcome.elapsed_s, deps)
             results[step.key] = outcome.result
-            digests[step.key] = record_digest(record)
+            digests[step.key] = record["digest"]
             finish(step, outcome.result, False)
             fill()
         aborted = False
