@@ -281,3 +281,25 @@ def test_device_auto_runs_where_cuda_is_or_on_the_cpu(tmp_path: Path) -> None:
     attack = run("attack", "mymodels:colour_cnn", "--tensors", str(tensors), "--n", "1",
                  "--device", "auto")  # fmt: skip
     assert expected in attack.output
+
+
+@pytest.mark.parametrize(
+    ("command", "flag"),
+    [
+        ("eval", ("--dataset", "mnist")),
+        ("attack", ("--data-dir", ".")),
+        ("units", ("--dataset", "mnist")),
+    ],
+)
+def test_data_options_a_factory_model_on_tensors_would_ignore_are_refused(
+    tmp_path: Path, command: str, flag: tuple[str, str]
+) -> None:
+    """--dataset/--data-dir pick the MNIST a zoo model trains on and a command reads: with
+    --tensors and a factory model they did nothing, silently."""
+    tensors = _tensors(tmp_path / "t.safetensors", "mymodels:colour_cnn", (3, 32, 32), n=2)
+    extra = ("--layer", "1") if command == "units" else ()
+    result = run(command, "mymodels:colour_cnn", "--tensors", str(tensors), *extra, *flag)
+    one_line_error(result, f"{flag[0]} does nothing here")
+    # without the option the same command runs (eval: the quickest to show it)
+    if command == "eval":
+        assert run(command, "mymodels:colour_cnn", "--tensors", str(tensors)).exit_code == 0

@@ -298,6 +298,26 @@ def open_user_data(params: dict[str, Any], *, split: str = "test") -> Any:
     )
 
 
+def _refuse_unused_data_options(kind: str, *, trained: bool, params: dict[str, Any]) -> None:
+    """--dataset and --data-dir choose the MNIST a zoo model is trained on and the MNIST a command
+    reads; with the user's own data (--images/--tensors) and a model that is not trained here (a
+    factory, a checkpoint, --weights) they would do nothing: InvalidInputError when typed."""
+    from intriguing.errors import InvalidInputError
+
+    own_data = params.get("images_dir") is not None or params.get("tensors_file") is not None
+    if (kind == "zoo" and trained) or not own_data:
+        return
+    if click.get_current_context(silent=True) is None:  # called from Python, not a command line
+        return
+    source = "--images" if params.get("images_dir") is not None else "--tensors"
+    for name, flag in (("dataset", "--dataset"), ("data_dir", "--data-dir")):
+        if name in params and typed(name):
+            raise InvalidInputError(
+                f"{flag} does nothing here: the images come from {source} and the model is not "
+                f"trained here ({'--weights' if kind == 'zoo' else kind}); drop {flag}"
+            )
+
+
 def model_from_options(spec: str, params: dict[str, Any], *, seed: int = 0) -> tuple[Any, str]:
     """MODEL with the options of :func:`model_options` applied: ``(model, description)``.
 
@@ -316,6 +336,7 @@ def model_from_options(spec: str, params: dict[str, Any], *, seed: int = 0) -> t
         seed=seed,
         trained=weights is None,
     )
+    _refuse_unused_data_options(loaded.kind, trained=weights is None, params=params)
     model = finish_model(loaded.model, weights=weights, preprocessing=normalize, device=device)
     description = loaded.description
     if weights is not None:
