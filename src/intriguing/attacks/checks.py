@@ -158,18 +158,31 @@ def check_logits(outputs: object, n: int) -> int:
     return int(outputs.shape[1])
 
 
-def check_input_gradient(model: nn.Module, images: torch.Tensor) -> None:
+def check_input_gradient(model: nn.Module, images: torch.Tensor) -> int:
     """One forward pass on ``images[:1]`` with gradients enabled: the attack's batches shrink to one
     image, and it needs the logits' gradient with respect to the input (the autograd graph must
     reach the input; no backward pass is run).
+
+    Returns the bytes autograd saved for the backward pass of that one image (the memory a batched
+    forward+backward holds per image: each saved storage once, however many views of it were
+    saved; the model's parameters and buffers, shared by every image, excluded).
 
     Raises:
         InvalidInputError: the model fails on a single image with gradients enabled, or its logits
             do not depend differentiably on the input (argmax, ``.detach()``, ``torch.no_grad()``).
     """
     x = images[:1].detach().clone().requires_grad_(True)
+    shared = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
+    saved: dict[int, int] = {}  # storage address -> bytes: views of one tensor count once
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in shared:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, _unpack):
             logits = model(x)
     except InvalidInputError:
         raise
@@ -187,6 +200,11 @@ def check_input_gradient(model: nn.Module, images: torch.Tensor) -> None:
             "torch.no_grad() or a non-differentiable op in forward()); the attack needs input "
             "gradients"
         )
+    return sum(saved.values())
+
+
+def _unpack(t: torch.Tensor) -> torch.Tensor:
+    return t
 
 
 def _graph_reaches(node: object, leaf: torch.Tensor) -> bool:

@@ -275,6 +275,7 @@ class LBFGS(Attack):
     def run(self, batch: AttackBatch) -> RawAttack:
         model, images, labels = batch.model, batch.images, batch.labels
         targets, clean_logits = batch.targets, batch.clean_logits
+        rows = batch.rows_per_call
         estimate_evals: torch.Tensor | None = None
         scale = logit_scales(clean_logits) if self.loss == "ce" else None
         if scale is not None and not bool((scale != 1.0).any()):
@@ -282,7 +283,7 @@ class LBFGS(Attack):
         untried: _Untried | None = None
         if self.mode == "untargeted" and self.target is None and self.candidates > 0:
             problems, estimate_evals, untried = self._candidate_problems(
-                model, images, labels, clean_logits, scale
+                model, images, labels, clean_logits, scale, rows=rows
             )
         else:
             problems = self._problems(labels, targets, clean_logits)
@@ -292,12 +293,20 @@ class LBFGS(Attack):
         with make_progress(enabled=self.progress) as bar:
             task = bar.add_task("attacking", total=len(problems.example))
             search = _Search(
-                self, model, images, labels, problems, temperature, factor, logit_scale=scale
+                self,
+                model,
+                images,
+                labels,
+                problems,
+                temperature,
+                factor,
+                logit_scale=scale,
+                rows_per_call=rows,
             )
             solved = search.solve(bar, task)
             if untried is not None:
                 problems, solved = self._fallback(
-                    (model, images, labels), problems, solved, untried, (bar, task), scale
+                    (model, images, labels), problems, solved, untried, (bar, task), scale, rows
                 )
             if (
                 self.mode == "untargeted"
@@ -305,7 +314,7 @@ class LBFGS(Attack):
                 and self.refine
                 and estimate_evals is None
             ):
-                solved = self._refine(model, images, labels, solved, (bar, task), scale)
+                solved = self._refine(model, images, labels, solved, (bar, task), scale, rows)
                 bar.update(task, description="attacking")
         raw = _reduce(solved, problems, images.shape[0])
         if estimate_evals is not None:
@@ -321,6 +330,8 @@ class LBFGS(Attack):
         labels: torch.Tensor,
         clean_logits: torch.Tensor,
         scale: torch.Tensor | None = None,
+        *,
+        rows: int,
     ) -> tuple[_Problems, torch.Tensor, _Untried | None]:
         """Untargeted mode: targeted problems toward the ``candidates`` classes nearest by
         DeepFool's linearised estimate (:func:`linear_distances`); a class beyond
@@ -345,9 +356,7 @@ class LBFGS(Attack):
             c0 = torch.full((n, m), FIXED_C_INIT, dtype=torch.float64, device=labels.device)
         untried: _Untried | None = None
         if len(todo):
-            parts = [
-                linear_geometry(model, images[i], labels[i]) for i in todo.split(self.batch_size)
-            ]
+            parts = [linear_geometry(model, images[i], labels[i]) for i in todo.split(rows)]
             gap = torch.cat([p[0] for p in parts])  # (T, K)
             norm = torch.cat([p[1] for p in parts])
             near, order = _distances(gap, norm, labels[todo]).sort(dim=1, stable=True)
@@ -381,6 +390,7 @@ class LBFGS(Attack):
         untried: _Untried,
         progress: tuple[Progress, TaskID],
         scale: torch.Tensor | None,
+        rows: int,
     ) -> tuple[_Problems, _Solved]:
         """Untargeted candidates: attack each estimated example whose every problem failed toward
         up to ``FALLBACK_CLASSES`` classes it has not tried, nearest first; returns all problems
@@ -402,7 +412,17 @@ class LBFGS(Attack):
         more = _Problems(example, goal, goal, c0=c0)
         temperature = self._temperature(untargeted_loss=False)
         factor = ESTIMATE_FACTOR if c0 is not None else None
-        search = _Search(self, model, images, labels, more, temperature, factor, logit_scale=scale)
+        search = _Search(
+            self,
+            model,
+            images,
+            labels,
+            more,
+            temperature,
+            factor,
+            logit_scale=scale,
+            rows_per_call=rows,
+        )
         bar, task = progress
         bar.update(task, total=len(problems.example) + len(example))
         extra = search.solve(bar, task)
@@ -415,7 +435,8 @@ class LBFGS(Attack):
         labels: torch.Tensor,
         solved: _Solved,
         progress: tuple[Progress, TaskID],
-        scale: torch.Tensor | None = None,
+        scale: torch.Tensor | None,
+        rows: int,
     ) -> _Solved:
         """Untargeted polish: a targeted search (``REFINE_TEMPERATURE``) toward the class each
         example reached, from its best point and constant; keeps whichever success is smaller."""
@@ -437,15 +458,16 @@ class LBFGS(Attack):
             REFINE_FACTOR,
             min(self.search_steps, REFINE_SEARCH_STEPS),
             logit_scale=scale,
+            rows_per_call=rows,
         )
         bar, task = progress
         bar.update(task, total=len(solved.success) + len(redo), description="attacking: polishing")
         polished = search.solve(bar, task)
         better = polished.success & (polished.d2 < solved.d2[redo])
-        rows = redo[better]
-        solved.adversarial[rows] = polished.adversarial[better]
-        solved.d2[rows] = polished.d2[better]
-        solved.c[rows] = polished.c[better]
+        improved = redo[better]
+        solved.adversarial[improved] = polished.adversarial[better]
+        solved.d2[improved] = polished.d2[better]
+        solved.c[improved] = polished.c[better]
         solved.iterations[redo] += polished.iterations
         solved.grad_evals[redo] += polished.grad_evals
         return solved
@@ -459,12 +481,31 @@ class LBFGS(Attack):
         untargeted: torch.Tensor,
         temperature: float,
         scale: torch.Tensor | None = None,
+        *,
+        rows: int,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Logits ``(b, K)``, loss ``(b,)`` and loss gradient ``(b, D)`` at flat points ``x``.
+        """Logits ``(b, K)``, loss ``(b,)`` and loss gradient ``(b, D)`` at flat points ``x``, one
+        forward+backward pass per ``rows`` of them.
 
         ``scale`` ``(b,)``: the loss sees the logits (and the lead it aims for) times ``scale``
         (:func:`logit_scales`); the returned logits are the model's own.
         """
+        if x.shape[0] > rows:
+            parts = [
+                self._evaluate(
+                    model,
+                    x[i : i + rows],
+                    shape,
+                    goal[i : i + rows],
+                    untargeted[i : i + rows],
+                    temperature,
+                    None if scale is None else scale[i : i + rows],
+                    rows=rows,
+                )
+                for i in range(0, x.shape[0], rows)
+            ]
+            logits, loss, grad = (torch.cat(part) for part in zip(*parts, strict=True))
+            return logits, loss, grad
         xi = x.detach().reshape(x.shape[0], *shape).requires_grad_(True)
         with torch.enable_grad():
             logits = model(xi)
@@ -512,8 +553,10 @@ class _Search:
         search_steps: int | None = None,
         *,
         logit_scale: torch.Tensor | None = None,
+        rows_per_call: int,
     ) -> None:
         self.attack, self.model, self.temperature = attack, model, temperature
+        self.rows_per_call = rows_per_call  # the model sees at most this many rows per call
         # (N,) per-image factor of the loss's logits (logit_scales); None: all 1
         self.logit_scale = logit_scale
         self.c_factor = attack.c_factor if c_factor is None else c_factor
@@ -633,7 +676,14 @@ class _Search:
         example = self.problems.example[probs]
         scale = None if self.logit_scale is None else self.logit_scale[example]
         logits, loss, grad = self.attack._evaluate(
-            self.model, xt, self.shape, goal, untargeted, self.temperature, scale
+            self.model,
+            xt,
+            self.shape,
+            goal,
+            untargeted,
+            self.temperature,
+            scale,
+            rows=self.rows_per_call,
         )
         labels = self.labels[example]
         succ = success_mask(logits, labels, tgt, aim=AIM_FACTOR)
