@@ -134,3 +134,48 @@ def test_examples_that_succeed_pay_nothing_for_the_fallback(
     assert bool(with_fallback.success.all())
     assert torch.equal(with_fallback.adversarial, without.adversarial)
     assert torch.equal(with_fallback.grad_evals, without.grad_evals)
+
+
+class _Once(torch.autograd.Function):
+    """Identity whose backward runs once per forward, as a torch.compile'd model's (its compiled
+    backward frees its buffers and refuses ``retain_graph``)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor) -> torch.Tensor:
+        ctx.used = False  # type: ignore[attr-defined]
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
+        if ctx.used:  # type: ignore[attr-defined]
+            raise RuntimeError("this backward cannot be retained")
+        ctx.used = True  # type: ignore[attr-defined]
+        return grad
+
+
+class OnceBackward(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(_Once.apply(x))
+
+
+def test_a_model_whose_backward_cannot_be_retained_is_estimated_class_by_class() -> None:
+    """The class estimate backpropagates once per class through one forward (retain_graph); a
+    model that refuses that (torch.compile donates its buffers) gets one forward per class and the
+    same estimate, instead of a RuntimeError."""
+    model = linear_model(4, classes=6)
+    x = torch.rand(5, 16)
+    y = model(x).argmax(1)
+    once = OnceBackward(model).eval()
+    with pytest.raises(RuntimeError, match="cannot be retained"):
+        z = once(x.requires_grad_(True))
+        torch.autograd.grad(z[:, 0].sum(), x, retain_graph=True)
+        torch.autograd.grad(z[:, 1].sum(), x)
+    x = x.detach()
+    assert torch.equal(linear_distances(once, x, y), linear_distances(model, x, y))
+    result = LBFGS(progress=False)(once, x, y)
+    assert bool(result.success.all())
+    assert torch.allclose(result.distortion, LBFGS(progress=False)(model, x, y).distortion)

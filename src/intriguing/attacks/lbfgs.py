@@ -829,18 +829,20 @@ def linear_geometry(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Logit gaps ``(z_y - z_k)_+`` and gradient norms ``||grad z_y - grad z_k||`` (clamped at
     1e-12 below), both ``(N, K)`` float64, at the clean images; one forward and ``K`` backward
-    passes."""
+    passes (``K`` forward passes too for a model whose backward pass cannot be retained)."""
     xi = images.detach().requires_grad_(True)
     with torch.enable_grad():
         z = model(xi)
         k = z.shape[1]
-        grads = torch.stack(
-            [
-                torch.autograd.grad(z[:, j].sum(), xi, retain_graph=j < k - 1)[0].flatten(1)
-                for j in range(k)
-            ],
-            1,
-        )  # (N, K, D)
+        try:
+            per_class = [
+                torch.autograd.grad(z[:, j].sum(), xi, retain_graph=j < k - 1)[0] for j in range(k)
+            ]
+        except RuntimeError:
+            # e.g. a torch.compile'd model, whose compiled backward frees ("donates") its buffers
+            # and refuses retain_graph: one forward per class (a real failure raises again here)
+            per_class = [torch.autograd.grad(model(xi)[:, j].sum(), xi)[0] for j in range(k)]
+        grads = torch.stack([g.flatten(1) for g in per_class], 1)  # (N, K, D)
     z = z.detach()
     rows = torch.arange(labels.shape[0], device=labels.device)
     gap = (z[rows, labels][:, None] - z).clamp(min=0.0)
