@@ -303,3 +303,28 @@ def test_data_options_a_factory_model_on_tensors_would_ignore_are_refused(
     # without the option the same command runs (eval: the quickest to show it)
     if command == "eval":
         assert run(command, "mymodels:colour_cnn", "--tensors", str(tensors)).exit_code == 0
+
+
+def test_a_torch_compiled_factory_is_analysed_as_its_network(tmp_path: Path) -> None:
+    """torch.compile wraps a model in an OptimizedModule: its layer names gain an ``_orig_mod.``
+    prefix, spectral could not trace it and --weights saved from the plain network did not load.
+    Every command now works on the network it holds (compiled lazily: never called here)."""
+    from intriguing.models.user import uncompiled
+
+    plain = load_any_model("mymodels:lenet")
+    compiled = torch.compile(plain)
+    assert uncompiled(compiled) is plain and uncompiled(plain) is plain  # type: ignore[arg-type]
+    assert type(load_any_model("mymodels:compiled_lenet")).__name__ == "LeNet"
+    bounds = []
+    for spec in ("mymodels:lenet", "mymodels:compiled_lenet"):
+        js = tmp_path / f"{spec.split(':')[1]}.json"
+        result = run("spectral", spec, "--input-shape", "1,28,28", "--json", str(js))
+        assert result.exit_code == 0, result.output
+        bounds.append(json.loads(js.read_text()))
+    assert bounds[0]["bound"]["lipschitz_upper"] == bounds[1]["bound"]["lipschitz_upper"]
+    weights = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in plain.state_dict().items()}, str(weights))
+    tensors = _tensors(tmp_path / "t.safetensors", "mymodels:lenet", (1, 28, 28), n=2)
+    result = run("eval", "mymodels:compiled_lenet", "--weights", str(weights),
+                 "--tensors", str(tensors))  # fmt: skip
+    assert result.exit_code == 0, result.output

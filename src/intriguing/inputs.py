@@ -41,6 +41,7 @@ from intriguing.models.user import (
     model_input,
     predict,
     select_correct,
+    uncompiled,
 )
 
 if TYPE_CHECKING:
@@ -216,9 +217,13 @@ def finish_model(
     preprocessing: tuple[Sequence[float], Sequence[float]] | str | None = None,
     device: str | torch.device | None = "cpu",
 ) -> nn.Module:
-    """Load ``weights``, wrap ``preprocessing`` (``(mean, std)`` or ``"MEAN,STD"``), move to ``device``."""
+    """Load ``weights``, wrap ``preprocessing`` (``(mean, std)`` or ``"MEAN,STD"``), move to ``device``.
+
+    A ``torch.compile`` wrapper is taken off first (:func:`uncompiled`).
+    """
     from intriguing.models.preprocessing import with_preprocessing
 
+    model = uncompiled(model)
     target = resolve_device(device)
     if weights is not None:
         load_weights(model, weights)

@@ -68,6 +68,7 @@ from intriguing.analysis.layer_rules import (
 )
 from intriguing.analysis.trace import GraphBound, NodeBound, graph_bound
 from intriguing.errors import InvalidInputError
+from intriguing.models.user import uncompiled
 
 __all__ = [
     "BoundConfig",
@@ -300,6 +301,7 @@ def network_bounds(
         CertificationError: the certified bound is below the measured one (a bug).
     """
     options = options or BoundConfig()
+    model = uncompiled(model)  # a torch.compile wrapper: bound the network it holds
     if not input_shape or any(int(d) < 1 for d in input_shape):
         raise InvalidInputError(
             f"input_shape must be positive sizes without batch, got {input_shape}"

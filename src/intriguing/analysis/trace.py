@@ -121,7 +121,11 @@ def refuse_layers_without_rule(model: nn.Module) -> None:
 
 
 def trace_model(model: nn.Module) -> fx.GraphModule:
-    """``model`` as an fx graph (layers with rules kept whole); untraceable models refused in one line."""
+    """``model`` as an fx graph (layers with rules kept whole); untraceable models refused in one
+    line. A ``torch.compile`` wrapper is traced through to the network it holds."""
+    from intriguing.models.user import uncompiled
+
+    model = uncompiled(model)
     tracer = _Tracer()
     try:
         graph = tracer.trace(model)

@@ -26,6 +26,19 @@ MODEL_FORMS = (
 )
 
 
+def uncompiled(model: nn.Module) -> nn.Module:
+    """The module a ``torch.compile`` wrapper holds, else ``model`` itself.
+
+    The analyses need the network's own structure: ``spectral`` traces it, ``units --layer``
+    names its layers, ``--weights`` loads its state dict (the wrapper prefixes every name with
+    ``_orig_mod.``); and the attack calls it with ever-changing batch sizes, each a recompilation.
+    """
+    inner = getattr(model, "_orig_mod", None)
+    if type(model).__name__ == "OptimizedModule" and isinstance(inner, nn.Module):
+        return inner
+    return model
+
+
 def _import_module(module_name: str, spec: str) -> Any:
     """Import ``module_name`` (or a ``.py`` file) with the current directory importable."""
     if module_name.endswith(".py"):
