@@ -49,15 +49,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--budgets", default="none,16,20,32", help="MiB per call, or none")
     p.add_argument("--repeats", type=int, default=3, help="rounds (default 3)")
     p.add_argument("--data-dir", default=None)
-    args = p.parse_args(argv)
-    for name in ("n", "repeats"):
-        if getattr(args, name) < 1:
-            p.exit(2, f"error: --{name} must be >= 1\n")
-    try:
-        args.budgets = parse_budgets(args.budgets)
-    except ValueError as exc:
-        p.exit(2, f"error: {exc}\n")
-    return args
+    return strong_models.parse_checked(p, argv, ("n", "repeats"), {"budgets": parse_budgets})
 
 
 def main(argv: list[str] | None = None) -> None:

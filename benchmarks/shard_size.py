@@ -42,15 +42,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--configs", default="1000x512,5000x1024,10000x1024")
     p.add_argument("--repeats", type=int, default=2, help="rounds (default 2)")
     p.add_argument("--data-dir", default=None)
-    args = p.parse_args(argv)
-    for name in ("n", "repeats"):
-        if getattr(args, name) < 1:
-            p.exit(2, f"error: --{name} must be >= 1\n")
-    try:
-        args.configs = parse_configs(args.configs)
-    except ValueError as exc:
-        p.exit(2, f"error: {exc}\n")
-    return args
+    return strong_models.parse_checked(p, argv, ("n", "repeats"), {"configs": parse_configs})
 
 
 def run_sharded(

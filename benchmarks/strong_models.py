@@ -13,9 +13,11 @@ this one and the hash matches its tensors; otherwise it is retrained.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -164,3 +166,25 @@ def attack_setup(
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     return model, x, y, (y + 1) % 10 if mode == "targeted" else None
+
+
+def parse_checked(
+    parser: argparse.ArgumentParser,
+    argv: list[str] | None,
+    counts: tuple[str, ...],
+    converters: dict[str, Callable[[str], Any]],
+) -> argparse.Namespace:
+    """``parser.parse_args(argv)`` for a benchmark script, then one ``error:`` line and exit 2
+    when an option named in ``counts`` is below 1, or when a ``converters`` entry (option name ->
+    function of its text, raising ValueError with the reason) refuses its value, which it replaces
+    otherwise."""
+    args = parser.parse_args(argv)
+    for name in counts:
+        if getattr(args, name) < 1:
+            parser.exit(2, f"error: --{name.replace('_', '-')} must be >= 1\n")
+    for name, convert in converters.items():
+        try:
+            setattr(args, name, convert(getattr(args, name)))
+        except ValueError as exc:
+            parser.exit(2, f"error: {exc}\n")
+    return args
