@@ -204,3 +204,90 @@ def test_prelu_is_bounded_by_its_largest_slope_which_is_attained(functional: boo
     x = -torch.ones(1, 2, 3, 3, dtype=torch.float64)
     jac = torch.autograd.functional.jacobian(lambda t: model(t).flatten(), x).reshape(18, 18)
     assert float(torch.linalg.matrix_norm(jac, ord=2)) == pytest.approx(4.0)
+
+
+def _spike_jacobian_norm(pool: nn.Module, shape: tuple[int, ...], at: int) -> float:
+    """``||J||_2`` of ``pool`` at an input whose only large entry is ``at`` (of the flat input):
+    that entry is the max of every window holding it, so its column has one 1 per such window."""
+    x = torch.rand(shape, dtype=torch.float64) * 0.1
+    x.view(-1)[at] = 10.0
+    jac = torch.autograd.functional.jacobian(lambda v: pool(v[None])[0], x)
+    return float(torch.linalg.matrix_norm(jac.reshape(-1, x.numel()), ord=2))
+
+
+@pytest.mark.parametrize(
+    ("pool", "length", "windows"),
+    [
+        (nn.MaxPool1d(3, 1), 12, 3),  # every inner index in 3 windows
+        (nn.MaxPool1d(2), 12, 1),  # disjoint windows
+        (nn.MaxPool1d(3, 2, padding=1, dilation=2), 13, 3),  # odd index 3: windows 0, 1, 2
+        (nn.AdaptiveMaxPool1d(4), 10, 2),  # [0,3) [2,5) [5,8) [7,10): indices 2 and 7 twice
+    ],
+)
+def test_1d_max_pools_are_bounded_by_the_window_count_which_a_spike_attains(
+    pool: nn.Module, length: int, windows: int
+) -> None:
+    """Conv1d was bounded but its pools were refused ("no Lipschitz rule")."""
+    shape = (2, length)
+    bound = network_bounds(nn.Sequential(pool).double().eval(), shape, options=FAST)
+    assert bound.lipschitz == pytest.approx(windows**0.5, rel=1e-12)
+    attained = max(_spike_jacobian_norm(pool, shape, at) for at in range(length))
+    assert attained == pytest.approx(windows**0.5, rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    "pool", [nn.AvgPool1d(3, 2, padding=1), nn.AvgPool1d(2), nn.AdaptiveAvgPool1d(3)]
+)
+def test_1d_average_pools_are_bounded_by_their_operator_norm(pool: nn.Module) -> None:
+    shape = (1, 11)
+    norm = float(
+        torch.linalg.matrix_norm(explicit_operator_matrix(lambda x: pool(x), shape), ord=2)
+    )
+    for options in (FAST, BoundConfig(exact_method="none", explicit_limit=5)):  # SVD, Schur
+        bound = network_bounds(nn.Sequential(pool).double().eval(), shape, options=options)
+        assert bound.lipschitz >= norm * (1 - 1e-12)
+    assert network_bounds(nn.Sequential(pool).double().eval(), shape, options=FAST).lipschitz == (
+        pytest.approx(norm, rel=1e-9)
+    )
+
+
+def test_a_1d_cnn_with_pools_is_bounded_above_its_measured_jacobian() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv1d(2, 4, 3), nn.ReLU(), nn.MaxPool1d(3, 2), nn.AvgPool1d(2),
+        nn.AdaptiveMaxPool1d(3), nn.Flatten(), nn.Linear(12, 5),
+    ).double().eval()  # fmt: skip
+    bound = network_bounds(net, (2, 30), options=FAST)
+    assert [layer.kind for layer in bound.layers][2:5] == [
+        "MaxPool1d", "AvgPool1d", "AdaptiveMaxPool1d"
+    ]  # fmt: skip
+    assert bound.measured is not None and bound.lipschitz >= bound.measured.value > 0
+
+
+def test_1d_pools_as_functions_match_their_layers() -> None:
+    torch.manual_seed(1)
+    conv = nn.Conv1d(2, 3, 3)
+    layers = (
+        nn.Sequential(
+            conv,
+            nn.MaxPool1d(3, 1),
+            nn.AvgPool1d(2),
+            nn.AdaptiveMaxPool1d(5),
+            nn.AdaptiveAvgPool1d(4),
+        )
+        .double()
+        .eval()
+    )
+    graph = (
+        _Fn(
+            lambda s, x: F.adaptive_avg_pool1d(
+                F.adaptive_max_pool1d(F.avg_pool1d(F.max_pool1d(s.c(x), 3, 1), 2), 5), 4
+            ),
+            c=conv,
+        )
+        .double()
+        .eval()
+    )
+    a = network_bounds(layers, (2, 20), options=FAST).lipschitz
+    b = network_bounds(graph, (2, 20), options=FAST).lipschitz
+    assert b == pytest.approx(a, rel=1e-12)

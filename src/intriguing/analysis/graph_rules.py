@@ -346,9 +346,21 @@ def _conv(ctx: Ctx) -> tuple[float, float, float, str]:
 
 @function_rule(F.max_pool2d)
 def _max_pool(ctx: Ctx) -> tuple[float, float, float, str]:
+    return _max_pool_as(ctx, nn.MaxPool2d)
+
+
+@function_rule(F.max_pool1d)
+def _max_pool_1d(ctx: Ctx) -> tuple[float, float, float, str]:
+    return _max_pool_as(ctx, nn.MaxPool1d)
+
+
+def _max_pool_as(
+    ctx: Ctx, cls: type[nn.MaxPool1d] | type[nn.MaxPool2d]
+) -> tuple[float, float, float, str]:
+    """``F.max_pool1d/2d`` (the same arguments) bounded by the rule of their layer ``cls``."""
     if ctx.arg(6, "return_indices", False):
         raise ctx.refuse("return_indices=True is not supported")
-    pool = nn.MaxPool2d(
+    pool = cls(
         ctx.arg(1, "kernel_size"),
         stride=ctx.arg(2, "stride"),
         padding=ctx.arg(3, "padding", 0),
@@ -371,9 +383,26 @@ def _avg_pool(ctx: Ctx) -> tuple[float, float, float, str]:
     return _module_rule_as_function(ctx, pool)
 
 
+@function_rule(F.avg_pool1d)
+def _avg_pool_1d(ctx: Ctx) -> tuple[float, float, float, str]:
+    pool = nn.AvgPool1d(
+        ctx.arg(1, "kernel_size"),
+        stride=ctx.arg(2, "stride"),
+        padding=ctx.arg(3, "padding", 0),
+        ceil_mode=bool(ctx.arg(4, "ceil_mode", False)),
+        count_include_pad=bool(ctx.arg(5, "count_include_pad", True)),
+    )
+    return _module_rule_as_function(ctx, pool)
+
+
 @function_rule(F.adaptive_avg_pool2d)
 def _adaptive_avg_pool(ctx: Ctx) -> tuple[float, float, float, str]:
     return _module_rule_as_function(ctx, nn.AdaptiveAvgPool2d(ctx.arg(1, "output_size")))
+
+
+@function_rule(F.adaptive_avg_pool1d)
+def _adaptive_avg_pool_1d(ctx: Ctx) -> tuple[float, float, float, str]:
+    return _module_rule_as_function(ctx, nn.AdaptiveAvgPool1d(ctx.arg(1, "output_size")))
 
 
 @function_rule(F.pad)
@@ -395,6 +424,13 @@ def _adaptive_max_pool(ctx: Ctx) -> tuple[float, float, float, str]:
     if ctx.arg(2, "return_indices", False):
         raise ctx.refuse("return_indices=True is not supported")
     return _module_rule_as_function(ctx, nn.AdaptiveMaxPool2d(ctx.arg(1, "output_size")))
+
+
+@function_rule(F.adaptive_max_pool1d)
+def _adaptive_max_pool_1d(ctx: Ctx) -> tuple[float, float, float, str]:
+    if ctx.arg(2, "return_indices", False):
+        raise ctx.refuse("return_indices=True is not supported")
+    return _module_rule_as_function(ctx, nn.AdaptiveMaxPool1d(ctx.arg(1, "output_size")))
 
 
 @function_rule(F.batch_norm)

@@ -277,14 +277,25 @@ def _vjp_adjoint(
     return adjoint
 
 
-@register_layer_rule(nn.AvgPool2d, nn.AdaptiveAvgPool2d)
+_POOLS_1D = (nn.AvgPool1d, nn.AdaptiveAvgPool1d, nn.MaxPool1d, nn.AdaptiveMaxPool1d)
+
+
+def _pool_dims(module: nn.Module, shape: Shape) -> int:
+    """1 or 2 spatial dimensions of a pooling layer; InvalidInputError for another input rank."""
+    dims = 1 if isinstance(module, _POOLS_1D) else 2
+    if len(shape) != dims + 1:
+        layout = "(C, L)" if dims == 1 else "(C, H, W)"
+        raise InvalidInputError(f"{type(module).__name__} expects {layout} inputs, got {shape}")
+    return dims
+
+
+@register_layer_rule(nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AvgPool1d, nn.AdaptiveAvgPool1d)
 def _avgpool_rule(
     module: nn.Module, shape: Shape, out: Shape, options: BoundConfig
 ) -> dict[str, Any]:
     """Average pooling acts on each channel alike: bound the single-channel operator."""
-    if len(shape) != 3:
-        raise InvalidInputError(f"{type(module).__name__} expects (C, H, W) inputs, got {shape}")
-    single = (1, shape[1], shape[2])
+    _pool_dims(module, shape)
+    single = (1, *shape[1:])
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         return module(x.to(torch.float64))
@@ -332,10 +343,17 @@ def _exact(
 
 
 def _pool_size(module: nn.Module) -> dict[str, str]:
-    if isinstance(module, nn.AdaptiveAvgPool2d | nn.AdaptiveMaxPool2d):
+    adaptive = (
+        nn.AdaptiveAvgPool2d,
+        nn.AdaptiveMaxPool2d,
+        nn.AdaptiveAvgPool1d,
+        nn.AdaptiveMaxPool1d,
+    )
+    if isinstance(module, adaptive):
         return {"size": f"adaptive {module.output_size}"}
-    kernel = _as_pair(getattr(module, "kernel_size"))  # noqa: B009 - untyped pooling attributes
-    stride = _as_pair(getattr(module, "stride"))  # noqa: B009
+    dims = 1 if isinstance(module, _POOLS_1D) else 2
+    kernel = _as_tuple(getattr(module, "kernel_size"), dims)  # noqa: B009 - untyped attributes
+    stride = _as_tuple(getattr(module, "stride"), dims)  # noqa: B009
     return {"size": "x".join(str(k) for k in kernel), "stride": _fmt_pair(stride)}
 
 
@@ -431,7 +449,7 @@ def _elu_rule(module: nn.Module, shape: Shape, out: Shape, options: BoundConfig)
     return {"upper": max(1.0, abs(module.alpha)), "method": "constant"}
 
 
-@register_layer_rule(nn.MaxPool2d)
+@register_layer_rule(nn.MaxPool2d, nn.MaxPool1d)
 def _maxpool_rule(
     module: nn.Module, shape: Shape, out: Shape, options: BoundConfig
 ) -> dict[str, Any]:
@@ -441,16 +459,15 @@ def _maxpool_rule(
     ``||y - y'||^2 <= sum_W ||x_W - x'_W||^2 = sum_i c_i (x_i - x'_i)^2 <= max_i c_i ||x - x'||^2``.
     Non-overlapping windows give ``c = 1`` (and 1 is then exact).
     """
-    assert isinstance(module, nn.MaxPool2d)
+    assert isinstance(module, nn.MaxPool2d | nn.MaxPool1d)
     _refuse_indices(module)
-    if len(shape) != 3:
-        raise InvalidInputError(f"MaxPool2d expects (C, H, W) inputs, got {shape}")
-    kernel = _as_pair(module.kernel_size)
-    stride = _as_pair(module.stride)
-    padding = _as_pair(module.padding)
-    dilation = _as_pair(module.dilation)
+    dims = _pool_dims(module, shape)
+    kernel = _as_tuple(module.kernel_size, dims)
+    stride = _as_tuple(module.stride, dims)
+    padding = _as_tuple(module.padding, dims)
+    dilation = _as_tuple(module.dilation, dims)
     coverage = 1
-    for dim in range(2):
+    for dim in range(dims):
         coverage *= _max_window_count(
             shape[1 + dim], out[1 + dim], kernel[dim], stride[dim], padding[dim], dilation[dim]
         )
@@ -474,6 +491,13 @@ def _refuse_indices(module: nn.Module) -> None:
 
 def _as_pair(value: Any) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+def _as_tuple(value: Any, dims: int) -> tuple[int, ...]:
+    """A pooling size (an int, or a tuple with one entry per spatial dimension) as ``dims`` ints."""
+    if isinstance(value, int):
+        return (value,) * dims
+    return tuple(int(v) for v in value[:dims])
 
 
 def _max_window_count(
@@ -682,7 +706,7 @@ def _conv1d_rule(
     return fields
 
 
-@register_layer_rule(nn.AdaptiveMaxPool2d)
+@register_layer_rule(nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool1d)
 def _adaptive_maxpool_rule(
     module: nn.Module, shape: Shape, out: Shape, options: BoundConfig
 ) -> dict[str, Any]:
@@ -690,10 +714,9 @@ def _adaptive_maxpool_rule(
     reads ``[floor(i m / n), ceil((i + 1) m / n))``, windows that overlap when ``n`` does not divide ``m``.
     """
     _refuse_indices(module)
-    if len(shape) != 3:
-        raise InvalidInputError(f"AdaptiveMaxPool2d expects (C, H, W) inputs, got {shape}")
+    dims = _pool_dims(module, shape)
     coverage = 1
-    for dim in range(2):
+    for dim in range(dims):
         size, n_out = shape[1 + dim], out[1 + dim]
         counts = [0] * size
         for i in range(n_out):
