@@ -291,3 +291,19 @@ def test_1d_pools_as_functions_match_their_layers() -> None:
     a = network_bounds(layers, (2, 20), options=FAST).lipschitz
     b = network_bounds(graph, (2, 20), options=FAST).lipschitz
     assert b == pytest.approx(a, rel=1e-12)
+
+
+def test_global_max_over_a_dim_is_one_lipschitz() -> None:
+    """A text-CNN's global max pooling, ``x.amax(dim=-1)`` (was refused: no rule for amax)."""
+    torch.manual_seed(2)
+    conv, fc = nn.Conv1d(3, 4, 3), nn.Linear(4, 2)
+    graph = _Fn(lambda s, x: s.fc(torch.relu(s.conv(x)).amax(dim=-1)), conv=conv, fc=fc)
+    layers = nn.Sequential(conv, nn.ReLU(), nn.AdaptiveMaxPool1d(1), nn.Flatten(), fc)
+    a = network_bounds(graph.double().eval(), (3, 16), options=FAST)
+    b = network_bounds(layers.double().eval(), (3, 16), options=FAST)
+    assert a.lipschitz == pytest.approx(b.lipschitz, rel=1e-12)
+    assert a.measured is not None and a.lipschitz >= a.measured.value > 0
+    jac = torch.autograd.functional.jacobian(
+        lambda v: v.amax(dim=-1), torch.tensor([[0.0, 3.0, 1.0], [2.0, 0.0, 1.0]])
+    )
+    assert float(torch.linalg.matrix_norm(jac.reshape(2, 6), ord=2)) == 1.0  # attained

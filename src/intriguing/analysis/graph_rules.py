@@ -230,6 +230,13 @@ def _reduce(ctx: Ctx) -> tuple[float, float, float, str]:
     return _unary(ctx, 1.0 / math.sqrt(k) if mean else math.sqrt(k), "reduction")
 
 
+@function_rule(torch.amax, "amax", torch.amin, "amin")
+def _extreme(ctx: Ctx) -> tuple[float, float, float, str]:
+    """Max (min) over dimensions: each output is the max of its own group of inputs, the groups
+    disjoint, and ``|max_G x - max_G x'| <= ||x_G - x'_G||_2``: 1 (attained by moving one maximum)."""
+    return _unary(ctx, 1.0, "reduction")
+
+
 def _broadcast_factor(ctx: Ctx, a: Any) -> float:
     """``sqrt(k)`` when operand ``a`` is broadcast to ``k`` times its size in the output."""
     return math.sqrt(math.prod(ctx.shape(ctx.node)) / max(1, math.prod(ctx.shape(a))))
