@@ -13,6 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from intriguing._io import results_digest
 from intriguing.cli.main import cli
 from intriguing.errors import IntriguingError
 from intriguing.experiments.reproduce import run_reproduce
@@ -309,8 +310,31 @@ def test_report_refuses_claims_judged_by_older_rules(run_dir: Path, tmp_path: Pa
     doc = json.loads((run_dir / "results.json").read_text())
     old = doc | {"claims": [{"id": "x", "claim": "c", "verdict": "partly", "holds": 1, "total": 2}]}
     old.pop("sanity")
+    old.pop("digest")  # written before results were sealed
     (tmp_path / "results.json").write_text(json.dumps(old))
     result = CliRunner().invoke(cli, ["report", str(tmp_path)])
     assert result.exit_code == 2, result.output
     assert result.output.startswith("Error: ") and "predate the rules" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_report_refuses_a_results_file_changed_after_the_run(run_dir: Path, tmp_path: Path) -> None:
+    """results.json is sealed with a digest of its content: a hand-edited number used to be
+    rendered as if the run had produced it."""
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    doc = json.loads((copy / "results.json").read_text())
+    assert doc["digest"] == results_digest(doc)
+    edited = json.loads(json.dumps(doc))
+    edited["tables"]["table1"]["rows"][0]["mean_distortion"] = 0.001  # edited by hand
+    (copy / "results.json").write_text(json.dumps(edited))
+    result = CliRunner().invoke(cli, ["report", str(copy)])
+    assert result.exit_code == 2, result.output
+    assert "changed after the run" in result.output and "intriguing reproduce" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    # timings are not sealed (wall times differ between identical runs); the content is
+    retimed = doc | {"timings": doc["timings"] | {"wall_time_s": 1.0}}
+    (copy / "results.json").write_text(json.dumps(retimed))
+    assert CliRunner().invoke(cli, ["report", str(copy)]).exit_code == 0

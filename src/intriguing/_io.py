@@ -129,6 +129,23 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         ) from None
 
 
+UNSEALED = ("digest", "timings")  # left out of a results document's digest
+
+
+def results_digest(document: dict[str, Any]) -> str:
+    """SHA-256 of a results document's content: canonical JSON (sorted keys) of every field but
+    ``digest`` itself and ``timings`` (wall times differ between identical runs)."""
+    content = {key: value for key, value in document.items() if key not in UNSEALED}
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def sealed(document: dict[str, Any]) -> dict[str, Any]:
+    """``document`` with its ``digest`` (:func:`results_digest`), as results.json is written:
+    :func:`read_results` then notices a results file changed after its run."""
+    return document | {"digest": results_digest(document)}
+
+
 def read_results(run_dir: str | os.PathLike[str], schema: str, *, command: str) -> dict[str, Any]:
     """``run_dir/results.json`` of an ``intriguing <command>`` run, checked for its ``schema``.
 
@@ -136,8 +153,9 @@ def read_results(run_dir: str | os.PathLike[str], schema: str, *, command: str) 
     with ``/`` (any version). Each failure is one line naming the file and what to run.
 
     Raises:
-        intriguing.errors.IntriguingError: no such directory, no results.json, corrupt JSON, or
-            not a results file of ``command`` (another schema).
+        intriguing.errors.IntriguingError: no such directory, no results.json, corrupt JSON, not a
+            results file of ``command`` (another schema), or changed after its run (its
+            ``digest`` does not match; results written before digests have none and are read).
     """
     from intriguing.errors import IntriguingError
 
@@ -167,5 +185,11 @@ def read_results(run_dir: str | os.PathLike[str], schema: str, *, command: str) 
         raise IntriguingError(
             f"{path}: not a {command} results file (schema {schema!r}, found {found!r}); "
             f"rerun `intriguing {command}`"
+        )
+    if "digest" in doc and doc["digest"] != results_digest(doc):
+        raise IntriguingError(
+            f"{path}: changed after the run (its digest does not match its content); rerun "
+            f"`intriguing {command}` with the same options and --out to re-derive it (finished "
+            "steps are reused)"
         )
     return dict(doc)

@@ -35,7 +35,7 @@ from typing import Any, Unpack
 
 import torch
 
-from intriguing._io import atomic_write_json
+from intriguing._io import atomic_write_json, sealed
 from intriguing.experiments import analysis_steps as an
 from intriguing.experiments import claims as claims_mod
 from intriguing.experiments import evidence as ev
@@ -552,6 +552,7 @@ def run_seeds(
         for k in range(n_seeds)
     ]
     document = docs[0] | {"stability": verdict_stability(docs)} if n_seeds > 1 else docs[0]
+    document = sealed(document)
     atomic_write_json(Path(out) / RESULTS_FILE, document)
     from intriguing.report.render import render_report
 

@@ -20,7 +20,7 @@ from typing import Any, TypedDict
 
 import torch
 
-from intriguing._io import atomic_write_json
+from intriguing._io import atomic_write_json, sealed
 from intriguing.errors import InvalidInputError
 from intriguing.experiments.graph import Backend, RunStore, Step, run_graph
 
@@ -120,8 +120,9 @@ class RunDirectory:
         }
 
     def write(self, document: dict[str, Any], name: str = RESULTS_FILE) -> dict[str, Any]:
-        """Write ``document`` as ``<out>/<name>`` atomically; return it exactly as it reads back."""
-        document = json.loads(json.dumps(document, allow_nan=False))
+        """Write ``document`` as ``<out>/<name>`` atomically, sealed with its digest
+        (:func:`~intriguing._io.sealed`); return it exactly as it reads back."""
+        document = sealed(json.loads(json.dumps(document, allow_nan=False)))
         atomic_write_json(self.root / name, document)
         return document
 
