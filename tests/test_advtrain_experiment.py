@@ -14,6 +14,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from intriguing._io import sealed
 from intriguing.cli.main import cli
 from intriguing.errors import IntriguingError, InvalidInputError
 from intriguing.experiments import advtrain as experiment
@@ -231,13 +232,17 @@ def test_report_renders_from_the_stored_results_only(tmp_path: Path) -> None:
 
 
 def test_report_refuses_missing_or_foreign_results(tmp_path: Path) -> None:
-    with pytest.raises(IntriguingError, match=r"no results\.json"):
+    with pytest.raises(IntriguingError, match=r"results\.json not found"):
         render_advtrain(tmp_path)
     (tmp_path / "results.json").write_text(json.dumps({"schema": "intriguing.reproduce/1"}))
-    with pytest.raises(IntriguingError, match="not an advtrain"):
+    with pytest.raises(IntriguingError, match="not the results of `intriguing advtrain`"):
         render_advtrain(tmp_path)
     (tmp_path / "results.json").write_text("{broken")
     with pytest.raises(IntriguingError, match="not valid JSON"):
+        render_advtrain(tmp_path)
+    sealed_doc = sealed(fake_doc())  # changed after the run: its digest no longer matches
+    (tmp_path / "results.json").write_text(json.dumps(sealed_doc | {"baseline": "other"}))
+    with pytest.raises(IntriguingError, match="changed after the run"):
         render_advtrain(tmp_path)
 
 

@@ -275,7 +275,7 @@ def test_verdict_follows_the_numbers() -> None:
 
 def test_load_classes_results_refuses_other_files(tmp_path: Path) -> None:
     (tmp_path / "results.json").write_text(json.dumps({"schema": "other"}))
-    with pytest.raises(IntriguingError, match="not a classes results file"):
+    with pytest.raises(IntriguingError, match="not the results of `intriguing classes`"):
         load_classes_results(tmp_path)
     (tmp_path / "results.json").write_text("{not json")
     with pytest.raises(IntriguingError, match="not valid JSON"):

@@ -92,7 +92,7 @@ def test_read_results_checks_directory_file_json_and_schema(tmp_path: Path) -> N
     with pytest.raises(IntriguingError, match="not valid JSON"):
         read_results(tmp_path, "intriguing.x/1", command="x")
     (tmp_path / "results.json").write_text(json.dumps({"schema": "intriguing.x/2", "v": 1}))
-    with pytest.raises(IntriguingError, match="not a x results file"):
+    with pytest.raises(IntriguingError, match="not the results of `intriguing x`"):
         read_results(tmp_path, "intriguing.x/1", command="x")
     assert read_results(tmp_path, "intriguing.x/", command="x")["v"] == 1  # prefix: any version
     (tmp_path / "results.json").write_text("[1, 2]")

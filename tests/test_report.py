@@ -183,7 +183,7 @@ def test_report_errors_are_one_line(tmp_path: Path) -> None:
     assert corrupt.exit_code == 2 and "not valid JSON" in corrupt.output
     (tmp_path / "results.json").write_text('{"schema": "other"}')
     other = runner.invoke(cli, ["report", str(tmp_path)])
-    assert other.exit_code == 2 and "not a reproduce results file" in other.output
+    assert other.exit_code == 2 and "not the results of `intriguing reproduce`" in other.output
     assert len(other.output.strip().splitlines()) == 1
 
 

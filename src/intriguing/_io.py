@@ -183,7 +183,7 @@ def read_results(run_dir: str | os.PathLike[str], schema: str, *, command: str) 
     )
     if not ok:
         raise IntriguingError(
-            f"{path}: not a {command} results file (schema {schema!r}, found {found!r}); "
+            f"{path}: not the results of `intriguing {command}` (schema {schema!r}, found {found!r}); "
             f"rerun `intriguing {command}`"
         )
     if "digest" in doc and doc["digest"] != results_digest(doc):

@@ -20,7 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from intriguing._io import atomic_write_text, read_json
+from intriguing._io import atomic_write_text, read_results
 from intriguing.errors import IntriguingError
 from intriguing.report.blocks import Cell as _Cell
 from intriguing.report.blocks import Figure as _Figure
@@ -33,20 +33,12 @@ FIGURE = "figures/advtrain_test_error.png"
 
 
 def load_advtrain_results(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """``DIR/results.json`` of an advtrain run, checked for its schema.
+    """``DIR/results.json`` of an advtrain run (:func:`intriguing._io.read_results`).
 
     Raises:
-        IntriguingError: missing, corrupt, or not an advtrain results file.
+        IntriguingError: missing, corrupt, not an advtrain results file, or changed after its run.
     """
-    path = Path(run_dir) / "results.json"
-    if not path.is_file():
-        raise IntriguingError(
-            f"{path}: no results.json; run `intriguing advtrain --out {run_dir}` first"
-        )
-    doc = read_json(path)
-    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
-        raise IntriguingError(f"{path}: not an advtrain results file (schema {SCHEMA!r} expected)")
-    return doc
+    return read_results(run_dir, SCHEMA, command="advtrain")
 
 
 def _pct(value: float | None, digits: int = 2) -> str:
