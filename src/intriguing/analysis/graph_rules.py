@@ -379,25 +379,26 @@ def _max_pool_as(
 
 @function_rule(F.avg_pool2d)
 def _avg_pool(ctx: Ctx) -> tuple[float, float, float, str]:
-    pool = nn.AvgPool2d(
-        ctx.arg(1, "kernel_size"),
-        stride=ctx.arg(2, "stride"),
-        padding=ctx.arg(3, "padding", 0),
-        ceil_mode=bool(ctx.arg(4, "ceil_mode", False)),
-        count_include_pad=bool(ctx.arg(5, "count_include_pad", True)),
-        divisor_override=ctx.arg(6, "divisor_override"),
-    )
-    return _module_rule_as_function(ctx, pool)
+    return _avg_pool_as(ctx, nn.AvgPool2d, divisor_override=ctx.arg(6, "divisor_override"))
 
 
 @function_rule(F.avg_pool1d)
 def _avg_pool_1d(ctx: Ctx) -> tuple[float, float, float, str]:
-    pool = nn.AvgPool1d(
+    return _avg_pool_as(ctx, nn.AvgPool1d)
+
+
+def _avg_pool_as(
+    ctx: Ctx, cls: type[nn.AvgPool1d] | type[nn.AvgPool2d], **extra: Any
+) -> tuple[float, float, float, str]:
+    """``F.avg_pool1d/2d`` (the same leading arguments; 2-D adds ``divisor_override`` in
+    ``extra``) bounded by the rule of their layer ``cls``."""
+    pool = cls(
         ctx.arg(1, "kernel_size"),
         stride=ctx.arg(2, "stride"),
         padding=ctx.arg(3, "padding", 0),
         ceil_mode=bool(ctx.arg(4, "ceil_mode", False)),
         count_include_pad=bool(ctx.arg(5, "count_include_pad", True)),
+        **extra,
     )
     return _module_rule_as_function(ctx, pool)
 
