@@ -128,8 +128,8 @@ def flushed_denormals() -> Iterator[None]:
 # On a CPU the attack's model calls split their rows so that the tensors autograd saves for the
 # backward pass stay within about this many bytes (issue 18, docs/attack.md, "Model calls in
 # cache-sized chunks"; measured on the 2-core AMD EPYC with its 32 MiB L3): the ReLU CNNs save
-# 130-160 KB per image, and a whole attack ran 14-27% faster at 100-200 rows per call than at 512;
-# an MLP's 3-7 KB per image never splits.
+# 130-160 KB per image, and a whole attack ran 7-16% faster at this budget (129-158 rows per call)
+# than at 512 (benchmarks/chunk_rows.py); an MLP's 3-7 KB per image never splits.
 CPU_SAVED_BYTES = 20 * 2**20
 
 
