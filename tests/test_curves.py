@@ -187,7 +187,7 @@ def test_a_run_of_another_checkpoint_or_a_broken_run_is_refused(
     with pytest.raises(IntriguingError, match="corrupt"):
         _curves(tmp_path / "o2", bad, ["softmax1"], [0.1])
     (bad / "results.json").write_text(json.dumps({"schema": "something/1"}))
-    with pytest.raises(IntriguingError, match="not a reproduce"):
+    with pytest.raises(IntriguingError, match="not the results of `intriguing reproduce`"):
         _curves(tmp_path / "o3", bad, ["softmax1"], [0.1])
 
 
