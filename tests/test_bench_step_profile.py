@@ -1,6 +1,6 @@
-"""``benchmarks/step_profile.py``, ``shard_size.py``, ``softmax1_oracle.py`` and ``logit_scale.py``:
-the drain table worked out by hand, and bad arguments refused with one line and exit code 2 before
-any model is loaded or attacked."""
+"""``benchmarks/step_profile.py``, ``shard_size.py``, ``chunk_rows.py``, ``softmax1_oracle.py`` and
+``logit_scale.py``: the drain table worked out by hand, and bad arguments refused with one line and
+exit code 2 before any model is loaded or attacked."""
 
 from __future__ import annotations
 
@@ -69,6 +69,11 @@ def test_shard_configs_parse_and_bad_ones_exit_2(capsys: pytest.CaptureFixture[s
         ("logit_scale", ["N100-100-10", "--scales", "1", "0"], "error: every --scales value"),
         ("logit_scale", ["N100-100-10", "--scales", "inf"], "error: every --scales value"),
         ("logit_scale", ["no-such-model"], "error:"),
+        ("chunk_rows", ["relu-cnn", "--n", "0"], "error: --n must be >= 1"),
+        ("chunk_rows", ["relu-cnn", "--repeats", "0"], "error: --repeats must be >= 1"),
+        ("chunk_rows", ["relu-cnn", "--budgets", "none,0"], "error: --budgets item '0'"),
+        ("chunk_rows", ["relu-cnn", "--budgets", "20,x"], "error: --budgets item 'x'"),
+        ("chunk_rows", ["no-such-model"], "error:"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(
@@ -82,6 +87,12 @@ def test_bad_arguments_exit_2_with_one_line(
     assert message in err
     if message.startswith("error:"):  # ours: one line (argparse's own add its usage line)
         assert "\n" not in err
+
+
+def test_chunk_budgets_parse_in_mib() -> None:
+    import chunk_rows
+
+    assert chunk_rows.parse_budgets("none, 16,32") == [chunk_rows.NONE, 16 * 2**20, 32 * 2**20]
 
 
 def test_oracle_scale_multiplies_the_logits_and_keeps_the_decisions() -> None:

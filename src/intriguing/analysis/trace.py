@@ -121,11 +121,7 @@ def refuse_layers_without_rule(model: nn.Module) -> None:
 
 
 def trace_model(model: nn.Module) -> fx.GraphModule:
-    """``model`` as an fx graph (layers with rules kept whole); untraceable models refused in one
-    line. A ``torch.compile`` wrapper is traced through to the network it holds."""
-    from intriguing.models.user import uncompiled
-
-    model = uncompiled(model)
+    """``model`` as an fx graph (layers with rules kept whole); untraceable models refused in one line."""
     tracer = _Tracer()
     try:
         graph = tracer.trace(model)
