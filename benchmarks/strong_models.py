@@ -152,16 +152,21 @@ def load_any(name: str, data_dir: str | None = None) -> nn.Module:
 
 
 def attack_setup(
-    name: str, data_dir: str | None, n: int, mode: str
+    name: str, data_dir: str | None, n: int, mode: str, split: str = "train"
 ) -> tuple[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """For a benchmark script: model ``name`` (:func:`load_any`), its first ``n`` correctly
-    classified MNIST training images ``(n, 1, 28, 28)`` and labels, and targets ``label + 1`` in
-    targeted mode (else None). An unknown model, missing data or too few correct images print one
-    ``error:`` line and exit 2."""
+    classified MNIST ``split`` (``train`` or ``test``) images ``(n, 1, 28, 28)`` and labels, and
+    targets ``label + 1`` in targeted mode (else None). An unknown model, missing data or too few
+    correct images print one ``error:`` line and exit 2."""
     try:
         model = load_any(name, data_dir)
         data = load_mnist(data_dir)
-        x, y, _ = select_correct(model, data.train_images, data.train_labels, n)
+        images, labels = (
+            (data.test_images, data.test_labels)
+            if split == "test"
+            else (data.train_images, data.train_labels)
+        )
+        x, y, _ = select_correct(model, images, labels, n)
     except (IntriguingError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -1,5 +1,5 @@
-"""``benchmarks/step_profile.py``, ``shard_size.py``, ``chunk_rows.py``, ``softmax1_oracle.py`` and
-``logit_scale.py``: the drain table worked out by hand, and bad arguments refused with one line and
+"""``benchmarks/step_profile.py``, ``shard_size.py``, ``chunk_rows.py``, ``softmax1_oracle.py``,
+``logit_scale.py`` and ``estimate_classes.py``: the drain table worked out by hand, and bad arguments refused with one line and
 exit code 2 before any model is loaded or attacked."""
 
 from __future__ import annotations
@@ -74,6 +74,10 @@ def test_shard_configs_parse_and_bad_ones_exit_2(capsys: pytest.CaptureFixture[s
         ("chunk_rows", ["relu-cnn", "--budgets", "none,0"], "error: --budgets item '0'"),
         ("chunk_rows", ["relu-cnn", "--budgets", "20,x"], "error: --budgets item 'x'"),
         ("chunk_rows", ["no-such-model"], "error:"),
+        ("estimate_classes", ["softmax1", "--n", "0"], "error: --n must be >= 1"),
+        ("estimate_classes", ["softmax1", "--classes", "5,0"], "error: --classes '5,0'"),
+        ("estimate_classes", ["softmax1", "--classes", "5,x"], "error: --classes '5,x'"),
+        ("estimate_classes", ["softmax1", "no-such-model"], "error:"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(
@@ -93,6 +97,20 @@ def test_chunk_budgets_parse_in_mib() -> None:
     import chunk_rows
 
     assert chunk_rows.parse_budgets("none, 16,32") == [chunk_rows.NONE, 16 * 2**20, 32 * 2**20]
+
+
+def test_top_logit_count_on_a_model_whose_distances_follow_the_logits() -> None:
+    """Equal-norm class directions: the nearest classes are the largest logits, so the three
+    nearest lie within the top e logits exactly when e >= 3."""
+    import estimate_classes
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(6, 6, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.eye(6) * 3.0)
+    x = torch.rand(10, 6)
+    y = model(x).argmax(1)
+    assert [estimate_classes.within_top_logits(model, x, y, e) for e in (2, 3, 5)] == [0, 10, 10]
 
 
 def test_oracle_scale_multiplies_the_logits_and_keeps_the_decisions() -> None:
