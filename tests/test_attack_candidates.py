@@ -261,3 +261,32 @@ def test_many_classes_cost_estimate_classes_passes_and_the_attack_still_succeeds
     oracle = exact_linear_attack(model.model, x, y, progress=False)
     assert torch.equal(result.predicted, oracle.target)  # the nearest class, found
     assert float((result.distortion.double() / oracle.distortion).mean()) < 1.02  # margin aside
+
+
+def test_a_candidate_beaten_by_another_class_stops_early(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three candidates per image on an affine model: a candidate whose stage fails farther out
+    than another class's success stops searching. The winners are the same as without the rule
+    (an affine model's stages are convex problems, solved nearly exactly), with fewer
+    evaluations."""
+    model = linear_model(7, dim=32, classes=6)
+    x = torch.rand(10, 32)
+    y = model(x).argmax(1)
+    pruned = LBFGS(candidate_ratio=10.0, progress=False)(model, x, y)
+    monkeypatch.setattr("intriguing.attacks.lbfgs.PRUNE_BEATEN", False)
+    full = LBFGS(candidate_ratio=10.0, progress=False)(model, x, y)
+    assert bool(pruned.success.all()) and bool(full.success.all())
+    assert torch.equal(pruned.predicted, full.predicted)
+    assert torch.allclose(pruned.distortion, full.distortion, rtol=1e-4)
+    assert int(pruned.grad_evals.sum()) < int(full.grad_evals.sum())
+
+
+def test_target_best_searches_every_class_to_the_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``target="best"`` promises the minimum over every class: no candidate is cut short."""
+    model = linear_model(8, dim=32, classes=6)
+    x = torch.rand(6, 32)
+    y = model(x).argmax(1)
+    best = LBFGS(target="best", progress=False)(model, x, y)
+    monkeypatch.setattr("intriguing.attacks.lbfgs.PRUNE_BEATEN", False)
+    unpruned = LBFGS(target="best", progress=False)(model, x, y)
+    assert torch.equal(best.grad_evals, unpruned.grad_evals)
+    assert torch.equal(best.adversarial, unpruned.adversarial)

@@ -1,5 +1,5 @@
 """``benchmarks/step_profile.py``, ``shard_size.py``, ``chunk_rows.py``, ``softmax1_oracle.py``,
-``logit_scale.py`` and ``estimate_classes.py``: the drain table worked out by hand, and bad arguments refused with one line and
+``logit_scale.py``, ``estimate_classes.py`` and ``prune_beaten.py``: the drain table worked out by hand, and bad arguments refused with one line and
 exit code 2 before any model is loaded or attacked."""
 
 from __future__ import annotations
@@ -77,7 +77,12 @@ def test_shard_configs_parse_and_bad_ones_exit_2(capsys: pytest.CaptureFixture[s
         ("estimate_classes", ["softmax1", "--n", "0"], "error: --n must be >= 1"),
         ("estimate_classes", ["softmax1", "--classes", "5,0"], "error: --classes '5,0'"),
         ("estimate_classes", ["softmax1", "--classes", "5,x"], "error: --classes '5,x'"),
-        ("estimate_classes", ["softmax1", "no-such-model"], "error:"),
+        ("estimate_classes", ["no-such-model"], "error:"),
+        ("prune_beaten", ["softmax1", "--n", "0"], "error: --n must be >= 1"),
+        ("prune_beaten", ["softmax1", "--factors", "1,0.9"], "error: --factors '1,0.9'"),
+        ("prune_beaten", ["softmax1", "--factors", "1,x"], "error: --factors '1,x'"),
+        ("prune_beaten", ["softmax1", "--factors", "nan"], "error: --factors 'nan'"),
+        ("prune_beaten", ["no-such-model"], "error:"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(

@@ -1,0 +1,94 @@
+"""Beaten untargeted candidates stop early (issue 18): ``PRUNE_BEATEN`` / ``PRUNE_FACTOR``.
+
+    python benchmarks/prune_beaten.py Conv --n 300 --factors 1,1.02,1.05
+    python benchmarks/prune_beaten.py relu-mlp N100-100-10 softmax1 AE400-10 relu-cnn Conv --split train --n 500 --factors 1.05
+
+The untargeted attack searches its candidate classes side by side; a candidate whose stage fails at
+a point ``PRUNE_FACTOR`` times as far as another class's success (or farther) stops
+(``intriguing.attacks.lbfgs._Search._beaten``). Per model, on its first ``--n`` correctly
+classified MNIST ``--split`` images (default: test), one thread: the attack without the rule, then
+with it at each factor of ``--factors``: success, mean RMS distortion, gradient evaluations per
+example, and each example's distortion against the unpruned run's (largest and smallest ratio,
+examples more than 0.1% worse). Distortions and counts are exact (no timing). Bad arguments exit 2
+with one line before any work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import torch
+
+import intriguing.attacks.lbfgs as lbfgs
+import strong_models
+from intriguing.attacks import LBFGS, AttackResult
+
+
+def parse_factors(text: str) -> list[float]:
+    """``"1,1.05"`` -> ``[1.0, 1.05]``; ValueError with the reason."""
+    try:
+        factors = [float(item) for item in text.split(",")]
+    except ValueError:
+        factors = []
+    if not factors or not all(math.isfinite(f) and f >= 1.0 for f in factors):
+        raise ValueError(f"--factors {text!r} must be comma-separated numbers >= 1, e.g. 1,1.05")
+    return factors
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("models", nargs="+", help="zoo names, relu-mlp or relu-cnn")
+    p.add_argument("--n", type=int, default=300, help="images (default 300)")
+    p.add_argument("--factors", default="1,1.02,1.05", help="values of PRUNE_FACTOR")
+    p.add_argument("--split", choices=("test", "train"), default="test")
+    p.add_argument("--data-dir", default=None)
+    return strong_models.parse_checked(p, argv, ("n",), {"factors": parse_factors})
+
+
+def attack(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, factor: float | None
+) -> AttackResult:
+    """The default attack with the rule at ``factor`` (None: without the rule)."""
+    saved = lbfgs.PRUNE_BEATEN, lbfgs.PRUNE_FACTOR
+    lbfgs.PRUNE_BEATEN = factor is not None
+    lbfgs.PRUNE_FACTOR = 1.0 if factor is None else factor
+    try:
+        return LBFGS(progress=False)(model, x, y)
+    finally:
+        lbfgs.PRUNE_BEATEN, lbfgs.PRUNE_FACTOR = saved
+
+
+def row(name: str, label: str, result: AttackResult, base: AttackResult) -> str:
+    ok = result.success
+    ratio = result.distortion.double() / base.distortion.double()
+    worse = int((ratio > 1.001).sum())
+    return (
+        f"| {name} | {label} | {float(ok.double().mean()):.3f} | "
+        f"{float(result.distortion[ok].double().mean()):.5f} | "
+        f"{float(result.grad_evals.double().mean()):.1f} | {float(ratio.max()):.4f} | "
+        f"{float(ratio.min()):.4f} | {worse} |"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(1)
+    setups = {
+        name: strong_models.attack_setup(name, args.data_dir, args.n, "untargeted", args.split)[:3]
+        for name in args.models
+    }
+    print(f"{args.n} first correctly classified {args.split} images per model, 1 thread")
+    print(
+        "| model | rule | success | mean RMS | evals/ex | largest ratio | smallest | worse >0.1% |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for name, (model, x, y) in setups.items():
+        base = attack(model, x, y, None)
+        print(row(name, "off", base, base), flush=True)
+        for factor in args.factors:
+            print(row(name, f"factor {factor:g}", attack(model, x, y, factor), base), flush=True)
+
+
+if __name__ == "__main__":
+    main()
