@@ -74,10 +74,7 @@ def row(name: str, label: str, result: AttackResult, base: AttackResult) -> str:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(1)
-    setups = {
-        name: strong_models.attack_setup(name, args.data_dir, args.n, "untargeted", args.split)[:3]
-        for name in args.models
-    }
+    setups = strong_models.untargeted_setups(args.models, args.data_dir, args.n, args.split)
     print(f"{args.n} first correctly classified {args.split} images per model, 1 thread")
     print(
         "| model | rule | success | mean RMS | evals/ex | largest ratio | smallest | worse >0.1% |"

@@ -173,6 +173,14 @@ def attack_setup(
     return model, x, y, (y + 1) % 10 if mode == "targeted" else None
 
 
+def untargeted_setups(
+    names: list[str], data_dir: str | None, n: int, split: str
+) -> dict[str, tuple[nn.Module, torch.Tensor, torch.Tensor]]:
+    """:func:`attack_setup` (untargeted) for every model of ``names``, before any attack: model,
+    images and labels by name. An unknown model exits 2 with one line before any work."""
+    return {name: attack_setup(name, data_dir, n, "untargeted", split)[:3] for name in names}
+
+
 def parse_checked(
     parser: argparse.ArgumentParser,
     argv: list[str] | None,

@@ -62,6 +62,31 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
+class BackwardCounter(nn.Module):
+    """``model`` in eval mode, counting the backward passes through its output and their rows."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.passes, self.rows = model, 0, 0
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.model(x)
+        if z.requires_grad:
+            z.register_hook(self._count)
+        return z
+
+    def _count(self, grad: torch.Tensor) -> None:
+        self.passes += 1
+        self.rows += grad.shape[0]
+
+
+@pytest.fixture
+def backward_counter() -> type[BackwardCounter]:
+    """:class:`BackwardCounter`: wrap a model to count the backward passes an attack makes."""
+    return BackwardCounter
+
+
 FitOnMnist = Callable[
     [Callable[[], nn.Module], int, int], tuple[nn.Module, torch.Tensor, torch.Tensor]
 ]

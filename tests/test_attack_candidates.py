@@ -8,6 +8,8 @@ distance to each class's hyperplane (without the box), which is the oracle here.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -190,24 +192,6 @@ def test_a_model_whose_backward_cannot_be_retained_is_estimated_class_by_class()
     assert torch.allclose(result.distortion, LBFGS(progress=False)(model, x, y).distortion)
 
 
-class CountingBackward(nn.Module):
-    """``model`` that counts the backward passes through its output (a hook per forward)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.backwards = 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.model(x)
-        if z.requires_grad:
-            z.register_hook(self._count)
-        return z
-
-    def _count(self, grad: torch.Tensor) -> None:
-        self.backwards += 1
-
-
 def test_estimated_classes_are_the_largest_logits_but_the_label() -> None:
     logits = torch.tensor([[0.0, 3.0, 1.0, 2.0, -1.0], [5.0, 4.0, 6.0, 4.5, 0.0]])
     labels = torch.tensor([1, 2])
@@ -215,16 +199,18 @@ def test_estimated_classes_are_the_largest_logits_but_the_label() -> None:
     assert estimated_classes(logits, labels, 10).tolist() == [[3, 2, 0, 4], [0, 3, 1, 4]]
 
 
-def test_the_estimate_looks_at_the_classes_asked_for_only() -> None:
+def test_the_estimate_looks_at_the_classes_asked_for_only(
+    backward_counter: Callable[[nn.Module], Any],
+) -> None:
     """Norms at the given classes equal the affine model's ``||w_y - w_k||``; every other class,
     the label included, is NaN, and its distance is ``inf``. One backward pass per class asked."""
-    model = CountingBackward(linear_model(5, classes=8))
+    model = backward_counter(linear_model(5, classes=8))
     x = torch.rand(4, 16)
     y = model(x).argmax(1)
     classes = estimated_classes(model(x), y, 3)
-    model.backwards = 0
+    model.passes = 0
     gap, norm = linear_geometry(model, x, y, classes)
-    assert model.backwards == 3
+    assert model.passes == 3
     w = model.model[1].weight.detach().double()
     for i in range(4):
         for k in range(8):
@@ -246,11 +232,13 @@ def test_the_fallback_order_puts_classes_left_out_after_the_estimate_by_logit() 
     assert near[0, :2].tolist() == [0.25, 2.0] and bool(torch.isinf(near[0, 2:]).all())
 
 
-def test_many_classes_cost_estimate_classes_passes_and_the_attack_still_succeeds() -> None:
+def test_many_classes_cost_estimate_classes_passes_and_the_attack_still_succeeds(
+    backward_counter: Callable[[nn.Module], Any],
+) -> None:
     """A 40-class model: the class estimate backpropagates ESTIMATE_CLASSES times per call, not 40
     (its gradients would also hold (N, K, D) floats), and is counted so in ``grad_evals``."""
     torch.manual_seed(6)
-    model = CountingBackward(linear_model(6, dim=32, classes=40)).eval()
+    model = backward_counter(linear_model(6, dim=32, classes=40))
     x = torch.rand(9, 32)
     y = model(x).argmax(1)
     attack = LBFGS(progress=False)

@@ -9,6 +9,8 @@ and the gap are known in closed form: the oracle here. ``c_init=<number>`` keeps
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -32,24 +34,6 @@ def affine(seed: int, dim: int = 16, classes: int = 5) -> nn.Sequential:
     return nn.Sequential(nn.Flatten(), nn.Linear(dim, classes)).eval()
 
 
-class BackwardCounter(nn.Module):
-    """Counts the rows of every backward pass through the wrapped model's output."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model, self.rows = model, 0
-        self.eval()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.model(x)
-        if z.requires_grad:
-            z.register_hook(self._count)
-        return z
-
-    def _count(self, grad: torch.Tensor) -> None:
-        self.rows += grad.shape[0]
-
-
 def test_estimated_constants_by_hand() -> None:
     gap = torch.tensor([2.0, 0.5, 0.0, 1.0], dtype=torch.float64)
     norm = torch.tensor([3.0, 1.0, 1.0, 0.0], dtype=torch.float64)
@@ -63,14 +47,16 @@ def test_estimated_constants_by_hand() -> None:
     assert nan.item() == FIXED_C_INIT  # a NaN estimate (NaN logits): the fixed start
 
 
-def test_untargeted_candidates_start_at_their_estimates_without_extra_passes() -> None:
+def test_untargeted_candidates_start_at_their_estimates_without_extra_passes(
+    backward_counter: Callable[[nn.Module], Any],
+) -> None:
     model = affine(3, dim=32, classes=8)
     x = torch.rand(10, 32)
     y = model(x).argmax(1)
-    counter = BackwardCounter(model)
+    counter = backward_counter(model)
     res = LBFGS(progress=False)(counter, x, y)
     assert bool(res.success.all())
-    assert int(res.grad_evals.sum()) == counter.rows  # K passes of the class estimate, no more
+    assert int(res.grad_evals.sum()) == counter.rows  # the class estimate's passes, no more
 
 
 @pytest.mark.parametrize("c_init", [5, 5.0])
@@ -138,13 +124,13 @@ def test_a_one_stage_search_runs_at_the_estimate() -> None:
     assert bool((fixed.c[fixed.success] == 2.5).all())
 
 
-def test_targeted_mode_keeps_the_fixed_start() -> None:
+def test_targeted_mode_keeps_the_fixed_start(backward_counter: Callable[[nn.Module], Any]) -> None:
     model, x, y = steep_batch(3, n=8, dim=32, steepness=1.0, spread=0.1)
     t = (y + 1) % 6
     res = LBFGS(mode="targeted", search_steps=1, progress=False)(model, x, y, targets=t)
     assert bool(res.success.any())
     assert bool((res.c[res.success] == FIXED_C_INIT).all())
-    counter = BackwardCounter(model)
+    counter = backward_counter(model)
     counted = LBFGS(mode="targeted", progress=False)(counter, x, y, targets=t)
     assert int(counted.grad_evals.sum()) == counter.rows  # no estimate pass
 
