@@ -376,12 +376,8 @@ class LBFGS(Attack):
         if len(todo):
             classes = estimated_classes(clean_logits[todo], labels[todo], ESTIMATE_CLASSES)
             parts = [
-                linear_geometry(model, images[i], labels[i], classes[j])
-                for i, j in zip(
-                    todo.split(rows),
-                    torch.arange(len(todo), device=todo.device).split(rows),
-                    strict=True,
-                )
+                linear_geometry(model, images[i], labels[i], chunk)
+                for i, chunk in zip(todo.split(rows), classes.split(rows), strict=True)
             ]
             gap = torch.cat([p[0] for p in parts])  # (T, K)
             norm = torch.cat([p[1] for p in parts])
@@ -784,10 +780,8 @@ class _Search:
         the boundary the target's adversarial points have the lower loss: ``||r_c||`` bounds this
         class's distortion from below. A stage ends at a local, approximate minimum, hence the
         factor; the search of a class that cannot beat the example's best stops."""
-        example = self.problems.example[self.slot_problem[slots]]
-        best = self.example_best[example]
-        x = self.opt.x[slots]
-        d2_last = (x - self.opt.anchor[slots]).double().pow(2).sum(1)
+        best = self.example_best[self.problems.example[self.slot_problem[slots]]]
+        d2_last = self.opt.r2[slots]  # the optimiser's ||x - anchor||^2 at the stage's end
         return ~ok & (best < self.best_d2[slots]) & (d2_last >= best * PRUNE_FACTOR**2)
 
     def _retire(self, slots: torch.Tensor) -> None:
