@@ -69,8 +69,9 @@ def test_large_activations_are_attacked_in_chunks_with_the_same_outcome(
     chunked = LBFGS(progress=False)(counter, x, y)
     assert max(counter.rows) == 7 and len(counter.rows) > 10  # every call carried <= 7 images
     monkeypatch.setattr("intriguing.attacks.base.CPU_SAVED_BYTES", 10**12)
+    counter.rows.clear()
     whole = LBFGS(progress=False)(counter, x, y)
-    assert max(counter.rows[-5:]) > 7
+    assert max(counter.rows) > 7
     assert bool(chunked.success.all()) and bool(whole.success.all())
     # the same attack: rows are computed independently, up to float summation order
     assert torch.allclose(chunked.distortion, whole.distortion, rtol=1e-3, atol=1e-6)

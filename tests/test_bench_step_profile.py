@@ -1,5 +1,5 @@
 """``benchmarks/step_profile.py``, ``shard_size.py``, ``chunk_rows.py``, ``softmax1_oracle.py``,
-``logit_scale.py``, ``estimate_classes.py`` and ``prune_beaten.py``: the drain table worked out by hand, and bad arguments refused with one line and
+``logit_scale.py``, ``estimate_classes.py``, ``prune_beaten.py`` and ``lead_first.py``: the drain table worked out by hand, and bad arguments refused with one line and
 exit code 2 before any model is loaded or attacked."""
 
 from __future__ import annotations
@@ -83,6 +83,13 @@ def test_shard_configs_parse_and_bad_ones_exit_2(capsys: pytest.CaptureFixture[s
         ("prune_beaten", ["softmax1", "--factors", "1,x"], "error: --factors '1,x'"),
         ("prune_beaten", ["softmax1", "--factors", "nan"], "error: --factors 'nan'"),
         ("prune_beaten", ["no-such-model"], "error:"),
+        ("lead_first", ["softmax1", "--n", "-1"], "error: --n must be >= 0"),
+        ("lead_first", ["softmax1", "--pairs", "-2"], "error: --pairs must be >= 0"),
+        ("lead_first", ["softmax1", "--time-n", "0"], "error: --time-n must be >= 1"),
+        ("lead_first", ["softmax1", "--head-starts", "20,0"], "error: --head-starts '20,0'"),
+        ("lead_first", ["softmax1", "--head-starts", "nan"], "error: --head-starts 'nan'"),
+        ("lead_first", ["softmax1", "--head-starts", "x"], "error: --head-starts 'x'"),
+        ("lead_first", ["no-such-model"], "error:"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(
@@ -151,3 +158,17 @@ def test_logit_scale_missing_data_exits_2_before_any_attack(
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "does not exist" in err and "\n" not in err
+
+
+def test_lead_first_schedule_restores_the_defaults() -> None:
+    import intriguing.attacks.lbfgs as lbfgs
+    import lead_first
+
+    saved = lbfgs.LEAD_FIRST, lbfgs.LEAD_HEAD_START
+    with lead_first.schedule(None):
+        assert lbfgs.LEAD_FIRST is False
+    with lead_first.schedule(float("inf")):
+        assert lbfgs.LEAD_FIRST is True and lbfgs.LEAD_HEAD_START == lead_first.NEVER
+    with lead_first.schedule(7.0):
+        assert lbfgs.LEAD_HEAD_START == 7
+    assert saved == (lbfgs.LEAD_FIRST, lbfgs.LEAD_HEAD_START)
