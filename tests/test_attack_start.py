@@ -16,10 +16,11 @@ import pytest
 import torch
 from torch import nn
 
-from intriguing.attacks import LBFGS, LBFGSConfig
+from intriguing.attacks import LBFGS, AttackResult, LBFGSConfig
 from intriguing.attacks.lbfgs import (
     ESTIMATE_SCALE,
     FIXED_C_INIT,
+    RAY_STEPS,
     estimated_constants,
     linear_geometry,
 )
@@ -47,6 +48,11 @@ def test_estimated_constants_by_hand() -> None:
     assert nan.item() == FIXED_C_INIT  # a NaN estimate (NaN logits): the fixed start
 
 
+def ray_passes(result: AttackResult) -> int:
+    """The forward passes of the final move toward the originals (LBFGS._shrink_along_rays)."""
+    return RAY_STEPS * int((result.success & (result.distortion > 0)).sum())
+
+
 def test_untargeted_candidates_start_at_their_estimates_without_extra_passes(
     backward_counter: Callable[[nn.Module], Any],
 ) -> None:
@@ -56,7 +62,8 @@ def test_untargeted_candidates_start_at_their_estimates_without_extra_passes(
     counter = backward_counter(model)
     res = LBFGS(progress=False)(counter, x, y)
     assert bool(res.success.all())
-    assert int(res.grad_evals.sum()) == counter.rows  # the class estimate's passes, no more
+    # the class estimate's passes, no more (besides the forward passes of the final move)
+    assert int(res.grad_evals.sum()) == counter.rows + ray_passes(res)
 
 
 @pytest.mark.parametrize("c_init", [5, 5.0])
@@ -132,7 +139,7 @@ def test_targeted_mode_keeps_the_fixed_start(backward_counter: Callable[[nn.Modu
     assert bool((res.c[res.success] == FIXED_C_INIT).all())
     counter = backward_counter(model)
     counted = LBFGS(mode="targeted", progress=False)(counter, x, y, targets=t)
-    assert int(counted.grad_evals.sum()) == counter.rows  # no estimate pass
+    assert int(counted.grad_evals.sum()) == counter.rows + ray_passes(counted)  # no estimate pass
 
 
 def test_estimated_start_is_near_the_final_constant_on_an_affine_model() -> None:

@@ -39,6 +39,9 @@ the others joining once it has had a head start) and keeps the smallest success;
 successes by a targeted search toward the class they reached (``refine``). See :class:`LBFGS` and
 ``docs/attack.md`` for the measurements behind these defaults.
 
+Every success is finally moved toward its original along the segment between them, to the nearest
+point on it (within ``RAY_SPAN``) that is still a success (:meth:`LBFGS._shrink_along_rays`).
+
 Throughput. Examples are processed through ``batch_size`` slots: when an example's search ends its
 slot takes the next example at once, so every model call is one batched forward+backward over all
 unfinished examples, and no example waits for others to finish a stage.
@@ -158,6 +161,15 @@ PRUNE_FACTOR = 1.05
 # ends (no head-start limit) gained no more and let a late example's search run on alone.
 LEAD_FIRST = True
 LEAD_HEAD_START = 20
+# Every success is finally moved toward its original along the segment between them, to the nearest
+# point that is still a success with the search's aim: bisection over t in [1 - RAY_SPAN, 1],
+# RAY_STEPS forward passes without gradients (_shrink_along_rays; resolution RAY_SPAN / 2^7). The
+# c-search stops with a bracket of c_rtol, so its best point lies a little past the boundary:
+# measured on the first 300 correctly classified test images of N100-100-10, softmax1 and relu-mlp
+# and 100 of Conv, 10 bisection steps over [0, 1] took 0.025-0.061% off the mean distortion, and
+# every point moved by less than 2.5% (t >= 0.976).
+RAY_SPAN = 0.05
+RAY_STEPS = 7
 
 
 class LBFGS(Attack):
@@ -353,7 +365,35 @@ class LBFGS(Attack):
             raw.grad_evals += estimate_evals
         if self.mode == "untargeted":  # success means "misclassified", whichever class won
             raw.targets = torch.full_like(raw.targets, -1)
+        self._shrink_along_rays(model, images, labels, raw)
         return raw
+
+    def _shrink_along_rays(
+        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, raw: RawAttack
+    ) -> None:
+        """Move each success ``x'`` toward its original ``x`` to the nearest point
+        ``x + t (x' - x)``, ``t`` in ``[1 - RAY_SPAN, 1]``, that is still a success with the search's
+        aim (bisection, ``RAY_STEPS`` forward passes without gradients, counted as evaluations)."""
+        k = raw.claimed.shape[0]
+        flat = images.reshape(k, -1)
+        adv = raw.adversarial.reshape(k, -1)
+        rows = (raw.claimed & (adv != flat).any(1)).nonzero().squeeze(1)
+        if RAY_STEPS == 0 or len(rows) == 0:
+            return
+        x, step = flat[rows], adv[rows] - flat[rows]
+        targets = raw.targets[rows]
+        lo = torch.full((len(rows), 1), 1.0 - RAY_SPAN, dtype=x.dtype, device=x.device)
+        hi = torch.ones_like(lo)
+        for _ in range(RAY_STEPS):
+            mid = (lo + hi) / 2
+            logits = self.predict(model, (x + mid * step).reshape(-1, *images.shape[1:]))
+            ok = success_mask(logits, labels[rows], targets, aim=AIM_FACTOR)[:, None]
+            hi, lo = torch.where(ok, mid, hi), torch.where(ok, lo, mid)
+        moved = (hi < 1.0).squeeze(1)
+        shrunk = adv.clone()
+        shrunk[rows[moved]] = (x + hi * step)[moved].to(adv.dtype)  # the very points evaluated
+        raw.adversarial = shrunk.reshape(raw.adversarial.shape)
+        raw.grad_evals[rows] += RAY_STEPS
 
     def _candidate_problems(
         self,

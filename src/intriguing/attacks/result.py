@@ -52,7 +52,8 @@ class AttackResult:
         c: ``(N,)`` float64, the constant of the returned example (``c * ||r||^2 + loss``); NaN when
             the returned image comes from no optimisation (e.g. an image that was already adversarial).
         iterations: ``(N,)`` int64, L-BFGS iterations summed over all constants and targets tried.
-        grad_evals: ``(N,)`` int64, model forward+backward evaluations spent on the example.
+        grad_evals: ``(N,)`` int64, model evaluations spent on the example (forward+backward;
+            a forward pass without gradients counts as one too).
         labels: ``(N,)`` int64, the true (or given) labels of the originals.
         predicted: ``(N,)`` int64, ``argmax f(adversarial)``.
         targets: ``(N,)`` int64, the target label of the returned example; ``-1`` in untargeted mode.
