@@ -35,9 +35,10 @@ targeted problems; an image whose clean logits are all small (below ``LOGIT_REFE
 magnitude) has them scaled up to it inside the loss (:func:`logit_scales`), since the temperatures
 and tolerances assume logits of the usual scale. Untargeted mode (default ``candidates=3``) solves
 targeted problems toward the classes nearest by DeepFool's linearised distance (the nearest first,
-the others joining once it has had a head start) and keeps the smallest success; with ``candidates=0`` it minimises the untargeted loss and polishes its
-successes by a targeted search toward the class they reached (``refine``). See :class:`LBFGS` and
-``docs/attack.md`` for the measurements behind these defaults.
+the others joining once it has had a head start) and keeps the smallest success; with
+``candidates=0`` it minimises the untargeted loss and polishes its successes by a targeted search
+toward the class they reached (``refine``). See :class:`LBFGS` and ``docs/attack.md`` for the
+measurements behind these defaults.
 
 Every success is finally moved toward its original along the segment between them, to the nearest
 point on it (within ``RAY_SPAN``) that is still a success (:meth:`LBFGS._shrink_along_rays`).
@@ -227,9 +228,9 @@ class LBFGS(Attack):
             one forward and ``E`` backward passes, counted as ``E`` gradient evaluations); the
             nearest class is searched first and the others join after its first stage or
             ``LEAD_HEAD_START`` evaluations; the smallest success is kept, and a candidate whose
-            stage fails ``PRUNE_FACTOR`` times as far out as another class's success stops early; an example whose candidates all fail
-            is attacked again toward up to ``FALLBACK_CLASSES`` further classes, nearest first,
-            then by logit. ``0``: the untargeted cross-entropy search, then ``refine``.
+            stage fails ``PRUNE_FACTOR`` times as far out as another class's success stops early;
+            an example whose candidates all fail is attacked again toward up to
+            ``FALLBACK_CLASSES`` further classes, nearest first, then by logit. ``0``: the untargeted cross-entropy search, then ``refine``.
             The untargeted search often settles on a class that is not the nearest (issue 18);
             measured on N100-100-10 (300 images, with ``c_init=5``): 0 -> 0.02985 mean distortion
             at 34.6 evaluations per example, 1 -> 0.02961 at 37.1, 2 -> 0.02929 at 49.9 (with

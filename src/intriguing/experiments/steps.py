@@ -168,7 +168,10 @@ def select_step(bench: Workbench, ctx: StepContext) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------- attacks
 # 2: every LBFGSConfig field is in the params (candidates, candidate_ratio, ...) and the attack's
 # success rule has a logit margin; shards stored by the version-1 attack recompute.
-ATTACK_SHARD_VERSION = "2"
+# 3: the attack's results changed with its settings unchanged (issue 18: the class estimate over
+# the largest logits, beaten candidates stop, the nearest class first, the final move toward the
+# original): a run resumed across the upgrade recomputes its shards instead of mixing the two.
+ATTACK_SHARD_VERSION = "3"
 
 
 def attack_steps(
