@@ -40,15 +40,7 @@ NEVER = 2**62  # a head start no search reaches: wait for the first stage to end
 
 def parse_head_starts(text: str) -> list[float]:
     """``"10,inf"`` -> ``[10.0, inf]``; ValueError with the reason."""
-    try:
-        values = [float(item) for item in text.split(",")]
-    except ValueError:
-        values = []
-    if not values or not all(v >= 1 and not math.isnan(v) for v in values):
-        raise ValueError(
-            f"--head-starts {text!r} must be comma-separated numbers >= 1 or inf, e.g. 10,20,inf"
-        )
-    return values
+    return strong_models.number_list(text, "--head-starts", "10,20,inf", allow_inf=True)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -16,7 +16,6 @@ with one line before any work.
 from __future__ import annotations
 
 import argparse
-import math
 
 import torch
 
@@ -27,13 +26,7 @@ from intriguing.attacks import LBFGS, AttackResult
 
 def parse_factors(text: str) -> list[float]:
     """``"1,1.05"`` -> ``[1.0, 1.05]``; ValueError with the reason."""
-    try:
-        factors = [float(item) for item in text.split(",")]
-    except ValueError:
-        factors = []
-    if not factors or not all(math.isfinite(f) and f >= 1.0 for f in factors):
-        raise ValueError(f"--factors {text!r} must be comma-separated numbers >= 1, e.g. 1,1.05")
-    return factors
+    return strong_models.number_list(text, "--factors", "1,1.05")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -201,3 +202,19 @@ def parse_checked(
         except ValueError as exc:
             parser.exit(2, f"error: {exc}\n")
     return args
+
+
+def number_list(text: str, option: str, example: str, *, allow_inf: bool = False) -> list[float]:
+    """``"1,1.05"`` -> ``[1.0, 1.05]`` for a benchmark option: comma-separated numbers >= 1 (and
+    ``inf`` when ``allow_inf``); ValueError naming ``option`` and an ``example`` otherwise."""
+    try:
+        values = [float(item) for item in text.split(",")]
+    except ValueError:
+        values = []
+    top = math.inf if allow_inf else math.nextafter(math.inf, 0.0)
+    if not values or not all(1.0 <= v <= top for v in values):  # NaN fails every comparison
+        also = " or inf" if allow_inf else ""
+        raise ValueError(
+            f"{option} {text!r} must be comma-separated numbers >= 1{also}, e.g. {example}"
+        )
+    return values

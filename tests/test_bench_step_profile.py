@@ -5,6 +5,7 @@ exit code 2 before any model is loaded or attacked."""
 from __future__ import annotations
 
 import importlib
+import math
 import sys
 from pathlib import Path
 
@@ -174,3 +175,19 @@ def test_lead_first_schedule_restores_the_defaults() -> None:
     with lead_first.schedule(7.0):
         assert lbfgs.LEAD_HEAD_START == 7
     assert saved == (lbfgs.LEAD_FIRST, lbfgs.LEAD_HEAD_START)
+
+
+def test_number_lists_take_numbers_from_1_and_inf_only_when_allowed() -> None:
+    import strong_models
+
+    assert strong_models.number_list("1, 1.05", "--x", "1,2") == [1.0, 1.05]
+    assert strong_models.number_list("20,inf", "--x", "1,2", allow_inf=True) == [20.0, math.inf]
+    for text, allow_inf in (
+        ("inf", False),
+        ("0.5", True),
+        ("nan", True),
+        ("", False),
+        ("1,x", True),
+    ):
+        with pytest.raises(ValueError, match="--x"):
+            strong_models.number_list(text, "--x", "1,2", allow_inf=allow_inf)
