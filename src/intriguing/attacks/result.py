@@ -49,8 +49,10 @@ class AttackResult:
         distortion: ``(N,)`` float32, the paper's measure ``sqrt(sum (x'-x)^2 / n)`` with ``n`` the
             number of values per image (784 on MNIST): an RMS per pixel.
         l2: ``(N,)`` float32, ``||x' - x||_2`` (``= sqrt(n) * distortion``).
-        c: ``(N,)`` float64, the constant of the returned example (``c * ||r||^2 + loss``); NaN when
-            the returned image comes from no optimisation (e.g. an image that was already adversarial).
+        c: ``(N,)`` float64, the constant (``c * ||r||^2 + loss``) of the search stage that found
+            the returned example (L-BFGS then moves it toward the original along the segment, see
+            ``LBFGS._shrink_along_rays``); NaN when the returned image comes from no optimisation
+            (e.g. an image that was already adversarial).
         iterations: ``(N,)`` int64, L-BFGS iterations summed over all constants and targets tried.
         grad_evals: ``(N,)`` int64, model evaluations spent on the example (forward+backward;
             a forward pass without gradients counts as one too).
