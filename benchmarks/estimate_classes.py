@@ -40,13 +40,9 @@ def parse_classes(text: str) -> list[int]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("models", nargs="+", help="zoo names, relu-mlp or relu-cnn")
-    p.add_argument("--n", type=int, default=500, help="images (default 500)")
+    p = strong_models.model_parser(__doc__, 500, "images (default 500)", split=True)
     p.add_argument("--classes", default="9,6,5,4", help="values of E (default 9,6,5,4)")
-    p.add_argument("--split", choices=("test", "train"), default="test")
     p.add_argument("--no-budget", action="store_true", help="skip the budget view's second run")
-    p.add_argument("--data-dir", default=None)
     return strong_models.parse_checked(p, argv, ("n",), {"classes": parse_classes})
 
 

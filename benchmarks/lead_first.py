@@ -44,18 +44,17 @@ def parse_head_starts(text: str) -> list[float]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("models", nargs="+", help="zoo names, relu-mlp or relu-cnn")
-    p.add_argument("--n", type=int, default=100, help="images for the budget view (0: skip)")
+    p = strong_models.model_parser(__doc__, 100, "images for the budget view (0: skip)")
     p.add_argument("--head-starts", default="20", help="values of LEAD_HEAD_START (inf allowed)")
     p.add_argument("--time-n", type=int, default=500, help="images for the timing pairs")
     p.add_argument("--pairs", type=int, default=0, help="interleaved timing pairs (0: skip)")
-    p.add_argument("--data-dir", default=None)
-    args = strong_models.parse_checked(p, argv, ("time_n",), {"head_starts": parse_head_starts})
-    for name in ("n", "pairs"):
-        if getattr(args, name) < 0:
-            p.exit(2, f"error: --{name.replace('_', '-')} must be >= 0\n")
-    return args
+    return strong_models.parse_checked(
+        p,
+        argv,
+        ("n", "time_n", "pairs"),
+        {"head_starts": parse_head_starts},
+        may_be_zero=("n", "pairs"),
+    )
 
 
 @contextmanager

@@ -30,12 +30,8 @@ def parse_factors(text: str) -> list[float]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("models", nargs="+", help="zoo names, relu-mlp or relu-cnn")
-    p.add_argument("--n", type=int, default=300, help="images (default 300)")
+    p = strong_models.model_parser(__doc__, 300, "images (default 300)", split=True)
     p.add_argument("--factors", default="1,1.02,1.05", help="values of PRUNE_FACTOR")
-    p.add_argument("--split", choices=("test", "train"), default="test")
-    p.add_argument("--data-dir", default=None)
     return strong_models.parse_checked(p, argv, ("n",), {"factors": parse_factors})
 
 

@@ -23,10 +23,7 @@ from intriguing.attacks import LBFGS, AttackResult
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("models", nargs="+", help="zoo names, relu-mlp or relu-cnn")
-    p.add_argument("--n", type=int, default=200, help="images (default 200)")
-    p.add_argument("--data-dir", default=None)
+    p = strong_models.model_parser(__doc__, 200, "images (default 200)")
     return strong_models.parse_checked(p, argv, ("n",), {})
 
 

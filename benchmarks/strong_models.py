@@ -182,20 +182,36 @@ def untargeted_setups(
     return {name: attack_setup(name, data_dir, n, "untargeted", split)[:3] for name in names}
 
 
+def model_parser(doc: str, n: int, n_help: str, *, split: bool = False) -> argparse.ArgumentParser:
+    """A per-model benchmark script's parser, with the arguments those scripts share: the models
+    (zoo names, ``relu-mlp``, ``relu-cnn``), ``--n`` images (default ``n``, ``n_help``),
+    ``--split test|train`` when ``split``, and ``--data-dir``."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("models", nargs="+", help="zoo names, relu-mlp or relu-cnn")
+    p.add_argument("--n", type=int, default=n, help=n_help)
+    if split:
+        p.add_argument("--split", choices=("test", "train"), default="test")
+    p.add_argument("--data-dir", default=None)
+    return p
+
+
 def parse_checked(
     parser: argparse.ArgumentParser,
     argv: list[str] | None,
     counts: tuple[str, ...],
     converters: dict[str, Callable[[str], Any]],
+    *,
+    may_be_zero: tuple[str, ...] = (),
 ) -> argparse.Namespace:
     """``parser.parse_args(argv)`` for a benchmark script, then one ``error:`` line and exit 2
-    when an option named in ``counts`` is below 1, or when a ``converters`` entry (option name ->
-    function of its text, raising ValueError with the reason) refuses its value, which it replaces
-    otherwise."""
+    when an option named in ``counts`` is below 1 (below 0 for those also in ``may_be_zero``:
+    "0: skip"), or when a ``converters`` entry (option name -> function of its text, raising
+    ValueError with the reason) refuses its value, which it replaces otherwise."""
     args = parser.parse_args(argv)
     for name in counts:
-        if getattr(args, name) < 1:
-            parser.exit(2, f"error: --{name.replace('_', '-')} must be >= 1\n")
+        least = 0 if name in may_be_zero else 1
+        if getattr(args, name) < least:
+            parser.exit(2, f"error: --{name.replace('_', '-')} must be >= {least}\n")
     for name, convert in converters.items():
         try:
             setattr(args, name, convert(getattr(args, name)))

@@ -63,22 +63,33 @@ def one_thread() -> Iterator[None]:
 
 
 class BackwardCounter(nn.Module):
-    """``model`` in eval mode, counting the backward passes through its output and their rows."""
+    """``model`` in eval mode, counting the backward passes through its output and their rows;
+    ``calls`` holds ``[rows, backward passes]`` per forward with gradients (the class estimate
+    makes several backward passes per forward, the search one)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model, self.passes, self.rows = model, 0, 0
+        self.calls: list[list[int]] = []
         self.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.model(x)
         if z.requires_grad:
-            z.register_hook(self._count)
+            call = [x.shape[0], 0]
+            self.calls.append(call)
+
+            def count(grad: torch.Tensor) -> None:
+                self.passes += 1
+                self.rows += grad.shape[0]
+                call[1] += 1
+
+            z.register_hook(count)
         return z
 
-    def _count(self, grad: torch.Tensor) -> None:
-        self.passes += 1
-        self.rows += grad.shape[0]
+    def search_rows(self) -> list[int]:
+        """Rows of the forwards with one backward pass each (the c-search's evaluations)."""
+        return [rows for rows, passes in self.calls if passes == 1]
 
 
 @pytest.fixture

@@ -280,45 +280,21 @@ def test_target_best_searches_every_class_to_the_end(monkeypatch: pytest.MonkeyP
     assert torch.equal(best.adversarial, unpruned.adversarial)
 
 
-class CallRecorder(nn.Module):
-    """``model`` in eval mode, recording each forward's row count and the backward passes
-    through it (the estimate makes several per forward, the search one)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.calls: list[list[int]] = []  # [rows, backward passes]
-        self.eval()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.model(x)
-        if z.requires_grad:
-            call = [x.shape[0], 0]
-            self.calls.append(call)
-
-            def count(grad: torch.Tensor) -> None:
-                call[1] += 1
-
-            z.register_hook(count)
-        return z
-
-    def search_rows(self) -> list[int]:
-        """Rows of the forwards that had one backward pass each (the c-search's evaluations)."""
-        return [rows for rows, passes in self.calls if passes == 1]
-
-
-def test_the_nearest_candidate_starts_alone(monkeypatch: pytest.MonkeyPatch) -> None:
-    """An example's other candidates wait until a stage of its nearest one has ended: the
-    search's first evaluation has one row per example, and the others join later."""
+def test_the_nearest_candidate_starts_alone(
+    monkeypatch: pytest.MonkeyPatch, backward_counter: Callable[[nn.Module], Any]
+) -> None:
+    """An example's other candidates wait until a stage of its nearest one has ended (or it has
+    had its head start): the search's first evaluation has one row per example, and the others
+    join later."""
     model = linear_model(9, dim=32, classes=6)
     x = torch.rand(10, 32)
     y = model(x).argmax(1)
-    lead = CallRecorder(model)
+    lead = backward_counter(model)
     first = LBFGS(candidate_ratio=10.0, progress=False)(lead, x, y)
     assert lead.search_rows()[0] == 10  # the leads only
     assert max(lead.search_rows()) > 10  # the other candidates did run
     monkeypatch.setattr("intriguing.attacks.lbfgs.LEAD_FIRST", False)
-    together = CallRecorder(model)
+    together = backward_counter(model)
     LBFGS(candidate_ratio=10.0, progress=False)(together, x, y)
     assert together.search_rows()[0] == 30  # every candidate at once
     assert bool(first.success.all())

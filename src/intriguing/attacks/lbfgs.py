@@ -230,7 +230,8 @@ class LBFGS(Attack):
             ``LEAD_HEAD_START`` evaluations; the smallest success is kept, and a candidate whose
             stage fails ``PRUNE_FACTOR`` times as far out as another class's success stops early;
             an example whose candidates all fail is attacked again toward up to
-            ``FALLBACK_CLASSES`` further classes, nearest first, then by logit. ``0``: the untargeted cross-entropy search, then ``refine``.
+            ``FALLBACK_CLASSES`` further classes, nearest first, then by logit. ``0``: the
+            untargeted cross-entropy search, then ``refine``.
             The untargeted search often settles on a class that is not the nearest (issue 18);
             measured on N100-100-10 (300 images, with ``c_init=5``): 0 -> 0.02985 mean distortion
             at 34.6 evaluations per example, 1 -> 0.02961 at 37.1, 2 -> 0.02929 at 49.9 (with
@@ -456,16 +457,15 @@ class LBFGS(Attack):
             left[:, :m] = ~chosen
             untried = _Untried(todo, order, left, every_c0)
         example = torch.arange(n, device=labels.device)[:, None].expand(-1, m)
-        start = None if c0 is None else c0[keep]
-        if not LEAD_FIRST:
-            return _Problems(example[keep], goal[keep], goal[keep], c0=start), cost, untried
-        # every example's nearest class first, then the others (column-major)
         lead = torch.zeros_like(keep)
         lead[:, 0] = True
-        order = keep.T
-        c0t = None if c0 is None else c0.T[order]
-        goal_t = goal.T[order]
-        problems = _Problems(example.T[order], goal_t, goal_t, c0=c0t, lead=lead.T[order])
+        if LEAD_FIRST:  # every example's nearest class first, then the others (column-major)
+            example, goal, keep, lead = example.T, goal.T, keep.T, lead.T
+            c0 = None if c0 is None else c0.T
+        start = None if c0 is None else c0[keep]
+        problems = _Problems(
+            example[keep], goal[keep], goal[keep], c0=start, lead=lead[keep] if LEAD_FIRST else None
+        )
         return problems, cost, untried
 
     def _fallback(
@@ -766,9 +766,6 @@ class _Search:
         ready = self.queued
         lead = self.problems.lead
         if lead is not None:
-            running = (self.slot_problem >= 0).nonzero().squeeze(1)
-            ahead = running[self.opt.evaluations[running] >= LEAD_HEAD_START]
-            self.started[self.problems.example[self.slot_problem[ahead]]] = True
             ready = ready & (lead | self.started[self.problems.example])
         return ready.nonzero().squeeze(1)[:most]
 
@@ -806,6 +803,8 @@ class _Search:
             self.best_c[slots] = torch.where(fresh[better], math.nan, self.opt.c[slots])
             self.example_best.scatter_reduce_(0, example[rows], d2[better], reduce="amin")
         events = self.opt.observe(loss, grad)
+        if self.left and self.problems.lead is not None:  # head starts (LEAD_HEAD_START)
+            self.started[example[self.opt.evaluations[idx] >= LEAD_HEAD_START]] = True
         self.succ_cur[idx[events.accepted]] = succ[events.accepted]
         done_now = idx[self.best_d2[idx] == 0]  # already adversarial: nothing to minimise
         converged = idx[events.converged & (self.best_d2[idx] > 0)]
