@@ -220,7 +220,7 @@ def fake_doc() -> dict[str, Any]:
 
 
 def test_report_renders_from_the_stored_results_only(tmp_path: Path) -> None:
-    (tmp_path / "results.json").write_text(json.dumps(fake_doc()))
+    (tmp_path / "results.json").write_text(json.dumps(sealed(fake_doc())))
     paths = render_advtrain(tmp_path)
     text = paths["report"].read_text()
     assert "| input-pool | 2 | 1.25% |" in text

@@ -16,11 +16,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from intriguing._io import sealed
 from intriguing.analysis.curves import budget_for_rate, curve_summary, robustness_curve
 from intriguing.analysis.rarity import clopper_pearson
 from intriguing.cli.main import cli
 from intriguing.errors import IntriguingError
+from intriguing.experiments.graph import RunStore, shard_key
 from intriguing.experiments.specs import make_spec
+from intriguing.training.api import cached_weights_sha256
 
 DATASET = "mnist-5k"
 # the reproduce pipeline's "tiny" attack settings (few constants and iterations, no polish)
@@ -92,24 +95,24 @@ def _fake_run(root: Path) -> Path:
         "distortion": result.distortion.tolist(),
         "success": result.success.tolist(),
     }
-    record = root / "steps/attack/train/softmax1/untargeted/shard-0000.json"
-    record.parent.mkdir(parents=True)
-    record.write_text(json.dumps({"key": "k", "fingerprint": "f1", "result": shard}))
-    (root / "steps/attacks/train/softmax1").mkdir(parents=True)
-    (root / "steps/attacks/train/softmax1/untargeted.json").write_text(
-        json.dumps({"key": "k", "fingerprint": "f2", "result": {}})
+    store = RunStore(root)
+    shard_record = store.save(shard_key("train", "softmax1", "untargeted", 0), "f1", shard, 0.0)
+    store.save(
+        "attacks/train/softmax1/untargeted",
+        "f2",
+        {},
+        0.0,
+        {shard_record["key"]: shard_record["digest"]},
     )
     key = st.checkpoint_key("softmax1", bench.data.identity, 0)
+    weights = cached_weights_sha256("softmax1", bench.data.identity, 0)
     settings = {k: v for k, v in TINY_ATTACK.items() if k not in ("threads", "progress")}
-    (root / "results.json").write_text(
-        json.dumps(
-            {
-                "schema": "intriguing.reproduce/1",
-                "config": {"dataset": DATASET, "attack": settings},
-                "models": {"softmax1": {"checkpoint_key": key}},
-            }
-        )
-    )
+    document = {
+        "schema": "intriguing.reproduce/1",
+        "config": {"dataset": DATASET, "attack": settings},
+        "models": {"softmax1": {"checkpoint_key": key, "weights_sha256": weights}},
+    }
+    (root / "results.json").write_text(json.dumps(sealed(document)))
     return root
 
 
@@ -180,15 +183,62 @@ def test_a_run_of_another_checkpoint_or_a_broken_run_is_refused(
     shutil.copytree(fake_run, bad)
     results = json.loads((bad / "results.json").read_text())
     results["models"]["softmax1"]["checkpoint_key"] = "other"
-    (bad / "results.json").write_text(json.dumps(results))
+    (bad / "results.json").write_text(json.dumps(sealed(results)))
     with pytest.raises(IntriguingError, match="another recipe"):
         _curves(tmp_path / "o1", bad, ["softmax1"], [0.1])
+    results = json.loads((fake_run / "results.json").read_text())
+    results["models"]["softmax1"]["weights_sha256"] = "0" * 64  # retrained since, or another cache
+    (bad / "results.json").write_text(json.dumps(sealed(results)))
+    with pytest.raises(IntriguingError, match="other weights than the cached model"):
+        _curves(tmp_path / "o4", bad, ["softmax1"], [0.1])
     (bad / "results.json").write_text("{not json")
     with pytest.raises(IntriguingError, match="corrupt"):
         _curves(tmp_path / "o2", bad, ["softmax1"], [0.1])
     (bad / "results.json").write_text(json.dumps({"schema": "something/1"}))
     with pytest.raises(IntriguingError, match="not the results of `intriguing reproduce`"):
         _curves(tmp_path / "o3", bad, ["softmax1"], [0.1])
+
+
+def test_from_run_reads_only_the_shards_its_summary_lists(fake_run: Path, tmp_path: Path) -> None:
+    """A killed run with other settings leaves shards that the finished run did not write over:
+    they used to be globbed into the source (3593 examples where the run had 100)."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(fake_run, run)
+    shards = run / "steps/attack/train/softmax1/untargeted"
+    leftover = json.loads((shards / "shard-0000.json").read_text())
+    leftover["key"] = leftover["key"].replace("shard-0000", "shard-0001")
+    (shards / "shard-0001.json").write_text(json.dumps(leftover))
+    doc = _curves(tmp_path / "out", run, ["softmax1"], [0.1])
+    assert doc["models"]["softmax1"]["n"] == 8
+
+
+def test_from_run_refuses_an_edited_shard_or_one_the_summary_did_not_read(
+    fake_run: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(fake_run, run)
+    path = run / "steps/attack/train/softmax1/untargeted/shard-0000.json"
+    record = json.loads(path.read_text())
+    record["result"]["distortion"] = [10 * d for d in record["result"]["distortion"]]
+    path.write_text(json.dumps(record))  # edited by hand: its digest no longer matches
+    with pytest.raises(IntriguingError, match="changed after the run"):
+        _curves(tmp_path / "o1", run, ["softmax1"], [0.1])
+    # resealed by hand, it is still not the record the summary was computed from
+    from intriguing.experiments.graph import record_digest
+
+    record["digest"] = record_digest(record)
+    path.write_text(json.dumps(record))
+    with pytest.raises(IntriguingError, match="left over from another run"):
+        _curves(tmp_path / "o2", run, ["softmax1"], [0.1])
+    shutil.copy(fake_run / path.relative_to(run), path)
+    artifact = run / json.loads(path.read_text())["result"]["artifact"]
+    artifact.write_bytes(artifact.read_bytes()[:-8] + bytes(8))  # the images changed
+    with pytest.raises(IntriguingError, match="changed after the run"):
+        _curves(tmp_path / "o3", run, ["softmax1"], [0.1])
 
 
 def test_curves_cli_writes_json_and_exits_2_on_mistakes(fake_run: Path, tmp_path: Path) -> None:

@@ -174,3 +174,55 @@ def test_step_key_is_the_one_way_keys_are_built() -> None:
     for bad in (("a", ""), ("a", "b/c"), ()):
         with pytest.raises(ValueError, match="step key"):
             step_key(*bad)
+
+
+def test_a_step_not_reusable_by_its_own_rule_is_recomputed_with_its_dependents(
+    tmp_path: Path,
+) -> None:
+    """``Step.reusable`` guards state outside the run directory (a model step: the cached weights
+    it measured): a stored result it rejects is recomputed, and a changed result recomputes its
+    dependents instead of mixing two states in one run."""
+    state = {"weights": "w1"}
+
+    def measured(ctx: StepContext) -> Any:
+        CALLS.append(ctx.step.key)
+        return {"value": ctx.params["x"], "weights": state["weights"]}
+
+    def graph() -> list[Step]:
+        same = lambda result: result["weights"] == state["weights"]  # noqa: E731
+        return [
+            Step("total", _total, deps=("sq/a", "sq/b")),
+            Step("sq/a", measured, params={"x": 2}, reusable=same),
+            Step("sq/b", _square, params={"x": 3}),
+        ]
+
+    run_graph(graph(), RunStore(tmp_path))
+    CALLS.clear()
+    run_graph(graph(), RunStore(tmp_path))
+    assert CALLS == []
+    state["weights"] = "w2"  # the cache now holds other weights under the same key
+    results = run_graph(graph(), RunStore(tmp_path))
+    assert CALLS == ["sq/a", "total"] and results["sq/a"]["weights"] == "w2"
+
+
+def test_verified_reads_only_intact_records_of_the_run(tmp_path: Path) -> None:
+    store = RunStore(tmp_path)
+    run_graph(_graph(), store)
+    total = store.verified("total")
+    part = store.verified("sq/a", total["deps"]["sq/a"])
+    assert part["result"] == {"value": 4}
+    with pytest.raises(IntriguingError, match="missing or unreadable"):
+        store.verified("sq/c")
+    path = store.record_path("sq/a")
+    record = json.loads(path.read_text())
+    record["result"]["value"] = 5
+    path.write_text(json.dumps(record))
+    with pytest.raises(IntriguingError, match="changed after the run"):
+        store.verified("sq/a")
+    from intriguing.experiments.graph import record_digest
+
+    record["digest"] = record_digest(record)  # resealed: intact, but not what total read
+    path.write_text(json.dumps(record))
+    assert store.verified("sq/a")["result"] == {"value": 5}
+    with pytest.raises(IntriguingError, match="left over from another run"):
+        store.verified("sq/a", total["deps"]["sq/a"])

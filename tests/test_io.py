@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from intriguing._io import atomic_path, atomic_write_json, read_json
+from intriguing._io import atomic_path, atomic_write_json, read_json, sealed
 from intriguing.errors import IntriguingError
 
 
@@ -91,10 +91,19 @@ def test_read_results_checks_directory_file_json_and_schema(tmp_path: Path) -> N
     (tmp_path / "results.json").write_text("{bad")
     with pytest.raises(IntriguingError, match="not valid JSON"):
         read_results(tmp_path, "intriguing.x/1", command="x")
-    (tmp_path / "results.json").write_text(json.dumps({"schema": "intriguing.x/2", "v": 1}))
+    (tmp_path / "results.json").write_text(json.dumps(sealed({"schema": "intriguing.x/2", "v": 1})))
     with pytest.raises(IntriguingError, match="not the results of `intriguing x`"):
         read_results(tmp_path, "intriguing.x/1", command="x")
     assert read_results(tmp_path, "intriguing.x/", command="x")["v"] == 1  # prefix: any version
+    (tmp_path / "results.json").write_text(json.dumps({"schema": "intriguing.x/2", "v": 1}))
+    with pytest.raises(IntriguingError, match="has no digest"):  # unsealed: cannot be checked
+        read_results(tmp_path, "intriguing.x/", command="x")
+    for constant in ("NaN", "Infinity", "-Infinity"):  # json.loads takes them; no writer emits them
+        (tmp_path / "results.json").write_text(
+            '{"schema": "intriguing.x/2", "v": ' + constant + "}"
+        )
+        with pytest.raises(IntriguingError, match=f"non-finite number {constant}"):
+            read_results(tmp_path, "intriguing.x/", command="x")
     (tmp_path / "results.json").write_text("[1, 2]")
     with pytest.raises(IntriguingError, match="found None"):
         read_results(tmp_path, "intriguing.x/", command="x")

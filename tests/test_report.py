@@ -13,7 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from intriguing._io import results_digest
+from intriguing._io import results_digest, sealed
 from intriguing.cli.main import cli
 from intriguing.errors import IntriguingError
 from intriguing.experiments.reproduce import run_reproduce
@@ -310,8 +310,8 @@ def test_report_refuses_claims_judged_by_older_rules(run_dir: Path, tmp_path: Pa
     doc = json.loads((run_dir / "results.json").read_text())
     old = doc | {"claims": [{"id": "x", "claim": "c", "verdict": "partly", "holds": 1, "total": 2}]}
     old.pop("sanity")
-    old.pop("digest")  # written before results were sealed
-    (tmp_path / "results.json").write_text(json.dumps(old))
+    old.pop("digest")
+    (tmp_path / "results.json").write_text(json.dumps(sealed(old)))
     result = CliRunner().invoke(cli, ["report", str(tmp_path)])
     assert result.exit_code == 2, result.output
     assert result.output.startswith("Error: ") and "predate the rules" in result.output
@@ -338,3 +338,75 @@ def test_report_refuses_a_results_file_changed_after_the_run(run_dir: Path, tmp_
     retimed = doc | {"timings": doc["timings"] | {"wall_time_s": 1.0}}
     (copy / "results.json").write_text(json.dumps(retimed))
     assert CliRunner().invoke(cli, ["report", str(copy)]).exit_code == 0
+
+
+def _report_of_copy(run_dir: Path, tmp_path: Path, edit: Any) -> Any:
+    """``intriguing report`` on a copy of ``run_dir`` after ``edit(copy)``."""
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    edit(copy)
+    return CliRunner().invoke(cli, ["report", str(copy)])
+
+
+def _one_error_line(result: Any, *phrases: str) -> None:
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("Error: ") and len(result.output.strip().splitlines()) == 1
+    for phrase in phrases:
+        assert phrase in result.output, result.output
+
+
+def test_report_refuses_a_results_file_without_its_digest(run_dir: Path, tmp_path: Path) -> None:
+    """With the digest deleted, a hand-edited number used to be rendered as the run's."""
+
+    def edit(copy: Path) -> None:
+        doc = json.loads((copy / "results.json").read_text())
+        doc["tables"]["table1"]["rows"][0]["mean_distortion"] = 0.5
+        doc.pop("digest")
+        (copy / "results.json").write_text(json.dumps(doc))
+
+    _one_error_line(_report_of_copy(run_dir, tmp_path, edit), "has no digest", "reproduce")
+
+
+def test_report_refuses_non_finite_numbers_in_one_line(run_dir: Path, tmp_path: Path) -> None:
+    """json.loads accepts NaN; the digest then failed with a traceback (exit 1)."""
+
+    def edit(copy: Path) -> None:
+        text = (copy / "results.json").read_text()
+        first = text.index('"mean_distortion": ') + len('"mean_distortion": ')
+        end = text.index(",", first)
+        (copy / "results.json").write_text(text[:first] + "NaN" + text[end:])
+
+    _one_error_line(_report_of_copy(run_dir, tmp_path, edit), "non-finite number NaN")
+
+
+def test_report_refuses_figure7_images_of_another_run(run_dir: Path, tmp_path: Path) -> None:
+    """The images were drawn as found on disk, under this run's titles."""
+
+    def edit(copy: Path) -> None:
+        doc = json.loads((copy / "results.json").read_text())
+        path = copy / doc["figure7"]["artifact"]
+        from safetensors.torch import load_file, save_file
+
+        tensors = load_file(str(path))
+        name = next(iter(tensors))
+        tensors[name] = torch.flip(tensors[name], dims=[0]).contiguous()  # another run's images
+        save_file(tensors, str(path))
+
+    _one_error_line(_report_of_copy(run_dir, tmp_path, edit), "not the Figure 7 images of this run")
+
+
+def test_a_results_path_that_is_a_directory_is_refused_before_the_run(tmp_path: Path) -> None:
+    from intriguing.errors import InvalidInputError
+    from intriguing.experiments.rundir import RunDirectory
+
+    (tmp_path / "a" / "results.json").mkdir(parents=True)
+    with pytest.raises(InvalidInputError, match=r"results\.json is a directory"):
+        RunDirectory(tmp_path / "a")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "steps").write_text("")
+    with pytest.raises(InvalidInputError, match="steps is a file"):
+        RunDirectory(tmp_path / "b")
+    result = CliRunner().invoke(cli, ["report", str(tmp_path / "a")])
+    _one_error_line(result, "is a directory, not a results file")

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from intriguing._io import sealed
 from intriguing.cli.main import cli
 from intriguing.errors import IntriguingError
 from intriguing.report import render as render_module
@@ -59,7 +60,7 @@ def test_figures_inside_the_run_are_embedded_and_must_be_png(tmp_path: Path) -> 
 def _run_dir(tmp_path: Path, doc: object) -> Path:
     run = tmp_path / "run"
     run.mkdir()
-    (run / "results.json").write_text(json.dumps(doc))
+    (run / "results.json").write_text(json.dumps(sealed(doc)))  # sealed: the content is checked
     return run
 
 

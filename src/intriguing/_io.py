@@ -115,18 +115,35 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"non-finite number {name}")
+
+
+def loads_strict(text: str) -> Any:
+    """``json.loads`` that refuses ``NaN`` and ``Infinity``: every file this package writes is
+    strict JSON (``allow_nan=False``), so such a value was put there by hand. Raises ValueError
+    (``json.JSONDecodeError`` for malformed text)."""
+    return json.loads(text, parse_constant=_refuse_constant)
+
+
 def read_json(path: str | os.PathLike[str]) -> Any:
-    """Read a JSON file; a corrupt file raises :class:`intriguing.errors.IntriguingError`."""
+    """Read a strict JSON file (:func:`loads_strict`); a missing, unreadable or corrupt file
+    raises :class:`intriguing.errors.IntriguingError` in one line."""
     from intriguing.errors import IntriguingError
 
+    target = Path(path)
+    if target.is_dir():
+        raise IntriguingError(f"{path} is a directory, not a JSON file; remove it and rerun")
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        return loads_strict(target.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise IntriguingError(f"{path}: file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
         raise IntriguingError(
             f"{path}: corrupt, not valid JSON ({exc}); delete it and rerun"
         ) from None
+    except OSError as exc:
+        raise IntriguingError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
 
 UNSEALED = ("digest", "timings")  # left out of a results document's digest
@@ -155,7 +172,7 @@ def read_results(run_dir: str | os.PathLike[str], schema: str, *, command: str) 
     Raises:
         intriguing.errors.IntriguingError: no such directory, no results.json, corrupt JSON, not a
             results file of ``command`` (another schema), or changed after its run (its
-            ``digest`` does not match; results written before digests have none and are read).
+            ``digest`` does not match or is missing).
     """
     from intriguing.errors import IntriguingError
 
@@ -174,6 +191,11 @@ def read_results(run_dir: str | os.PathLike[str], schema: str, *, command: str) 
         raise IntriguingError(
             f"{run_dir}: no such run directory; run `intriguing {command} --out {run_dir}` first"
         )
+    if path.is_dir():
+        raise IntriguingError(
+            f"{path} is a directory, not a results file; remove it and rerun "
+            f"`intriguing {command} --out {run_dir}`"
+        )
     if not path.is_file():
         raise IntriguingError(f"{path} not found; run `intriguing {command} --out {run_dir}` first")
     doc = read_json(path)
@@ -186,7 +208,13 @@ def read_results(run_dir: str | os.PathLike[str], schema: str, *, command: str) 
             f"{path}: not the results of `intriguing {command}` (schema {schema!r}, found {found!r}); "
             f"rerun `intriguing {command}`"
         )
-    if "digest" in doc and doc["digest"] != results_digest(doc):
+    if "digest" not in doc:
+        raise IntriguingError(
+            f"{path}: has no digest, so its numbers cannot be checked against its run (edited, or "
+            f"written by an older version); rerun `intriguing {command}` with the same options "
+            "and --out to re-derive it (finished steps are reused)"
+        )
+    if doc["digest"] != results_digest(doc):
         raise IntriguingError(
             f"{path}: changed after the run (its digest does not match its content); rerun "
             f"`intriguing {command}` with the same options and --out to re-derive it (finished "

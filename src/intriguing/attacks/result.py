@@ -12,7 +12,6 @@ statistics of distortion use successes only.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from intriguing._io import atomic_path, atomic_write_json
+from intriguing._io import atomic_path, atomic_write_json, loads_strict
 from intriguing.errors import IntriguingError
 
 _TENSOR_FIELDS = (
@@ -146,7 +145,7 @@ class AttackResult:
             raise IntriguingError(f"{target}: attack result or its .json sidecar not found")
         try:
             tensors = load_file(str(target))
-            meta = json.loads(sidecar.read_text(encoding="utf-8"))
+            meta = loads_strict(sidecar.read_text(encoding="utf-8"))
         except Exception as exc:  # safetensors raises several types for corrupt files
             raise IntriguingError(
                 f"{target}: corrupt attack result ({exc}); rerun the attack"

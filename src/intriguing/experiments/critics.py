@@ -29,7 +29,6 @@ report section ``<out>/<command>.md`` with its figures under ``<out>/figures/``.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -40,11 +39,17 @@ from typing import Any
 
 import torch
 
-from intriguing._io import atomic_write_json, atomic_write_text, json_safe, read_results
+from intriguing._io import (
+    atomic_write_json,
+    atomic_write_text,
+    json_safe,
+    read_results,
+)
 from intriguing.errors import IntriguingError, InvalidInputError
 from intriguing.experiments import steps as st
 from intriguing.experiments.graph import Backend, RunStore, Step, StepContext, run_graph, step_key
 from intriguing.models.user import select_correct
+from intriguing.training.api import cached_weights_sha256
 
 SCHEMA = "intriguing.critics/1"
 COMMANDS = ("rarity", "recover", "curves")
@@ -59,16 +64,24 @@ def default_attack() -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- sources
-def _read_record(path: Path) -> dict[str, Any]:
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise IntriguingError(f"{path} not found; is the reproduce run complete?") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise IntriguingError(f"{path}: corrupt step record ({exc}); rerun reproduce") from None
-    if not isinstance(record, dict) or "result" not in record:
-        raise IntriguingError(f"{path}: not a step record; rerun reproduce")
-    return record
+def run_shards(run: Path, model: str, split: str) -> list[dict[str, Any]]:
+    """The verified records of the untargeted attack shards that the reproduce run at ``run``
+    summarised for ``model`` on ``split``, in order.
+
+    Read through the run's summary record, not by listing the folder: a shard left over from a
+    killed run with other settings is not the run's. Each record's digest, its artifact hashes
+    and the summary's digest of it are checked (:meth:`RunStore.verified`); a mismatch raises
+    IntriguingError in one line.
+    """
+    store = RunStore(run)
+    summary = store.verified(step_key("attacks", split, model, "untargeted"))
+    prefix = step_key("attack", split, model, "untargeted") + "/"
+    deps = {k: v for k, v in summary["deps"].items() if k.startswith(prefix)}
+    if not deps:
+        raise IntriguingError(
+            f"{store.record_path(summary['key'])}: lists no attack shard of {model}; rerun reproduce"
+        )
+    return [store.verified(key, digest) for key, digest in sorted(deps.items())]
 
 
 def run_attack_split(run: Path, model: str) -> str | None:
@@ -91,11 +104,10 @@ def run_source_step(bench: st.Workbench, ctx: StepContext) -> dict[str, Any]:
     """Reference one model's untargeted attack shards of a reproduce run (nothing is copied)."""
     p = ctx.params
     run, model, split = Path(str(p["run"])), str(p["model"]), str(p["split"])
-    shard_dir = run / "steps" / "attack" / split / model / "untargeted"
-    records = [_read_record(path)["result"] for path in sorted(shard_dir.glob("shard-*.json"))]
+    records = [r["result"] for r in run_shards(run, model, split)]
     records = [r for r in records if r.get("artifact")]
     if not records:
-        raise IntriguingError(f"{shard_dir}: no attack shards of {model}; rerun reproduce")
+        raise IntriguingError(f"{run}: no attack shards of {model} with results; rerun reproduce")
     return {
         "model": model,
         "origin": "run",
@@ -192,11 +204,7 @@ def source_steps(
         run_split = None if from_run is None else run_attack_split(from_run, model)
         if from_run is not None and run_split is not None:
             _check_run_model(from_run, run_config, run_models, model, checkpoint, bench)
-            shard_dir = from_run / "steps" / "attack" / run_split / model / "untargeted"
-            prints = [
-                _read_record(path).get("fingerprint")
-                for path in sorted(shard_dir.glob("shard-*.json"))
-            ]
+            prints = [r["fingerprint"] for r in run_shards(from_run, model, run_split)]
             run_attack = {**run_config.get("attack", {}), "threads": 1, "progress": False}
             key = step_key("source", model, "run")
             params: dict[str, Any] = {
@@ -240,6 +248,13 @@ def _check_run_model(
         raise IntriguingError(
             f"--from-run {run}: {model} was trained with another recipe or seed than the cached "
             "model; rerun reproduce or drop --from-run"
+        )
+    weights = models.get(model, {}).get("weights_sha256")
+    cached = cached_weights_sha256(model, bench.data.identity, bench.seed)
+    if weights is not None and cached is not None and weights != cached:
+        raise IntriguingError(
+            f"--from-run {run}: {model} was attacked with other weights than the cached model "
+            "(retrained or another cache directory); rerun reproduce or drop --from-run"
         )
 
 

@@ -43,7 +43,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from intriguing._io import atomic_write_json, file_sha256
+from intriguing._io import atomic_write_json, file_sha256, loads_strict
 from intriguing.errors import IntriguingError, OutputError
 from intriguing.progress import make_progress
 
@@ -106,6 +106,8 @@ class Step:
         params: JSON-serialisable settings (including seeds); part of the fingerprint.
         deps: keys of the steps whose results ``fn`` reads.
         version: bump it when ``fn``'s code changes meaning, to invalidate stored results.
+        reusable: when given, a stored result is reused only if ``reusable(result)`` holds: for
+            state outside the run directory that the result depends on (a cached checkpoint).
     """
 
     key: str
@@ -113,6 +115,7 @@ class Step:
     params: Mapping[str, Any] = field(default_factory=dict)
     deps: tuple[str, ...] = ()
     version: str = "1"
+    reusable: Callable[[Any], bool] | None = None
 
 
 @dataclass(frozen=True)
@@ -155,8 +158,8 @@ class RunStore:
         """The stored record of ``key``, or None if absent or unreadable (then it is recomputed)."""
         path = self.record_path(key)
         try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+            record = loads_strict(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, UnicodeDecodeError):
             return None
         if not isinstance(record, dict) or record.get("key") != key or "result" not in record:
             return None
@@ -214,19 +217,51 @@ class RunStore:
     def is_current(self, record: Mapping[str, Any], deps: Mapping[str, str]) -> bool:
         """Whether a stored record can be reused: its own digest matches what it says (not edited
         since it was written), same dependency digests, artifacts intact."""
+        return record.get("deps") == dict(deps) and self._intact(record)
+
+    def _intact(self, record: Mapping[str, Any]) -> bool:
+        """The record's digest matches its content and its artifact files their hashes."""
         stored = record.get("artifacts_sha256")
-        if not isinstance(stored, dict) or record.get("deps") != dict(deps):
+        if not isinstance(stored, dict):
             return False
         try:
             if record.get("digest") != record_digest(record):
                 return False
-        except IntriguingError:  # a result that is no longer canonical JSON (NaN edited in)
+        except IntriguingError:  # a result that is no longer canonical JSON
             return False
         for rel, digest in stored.items():
             path = self.root / str(rel)
             if not path.is_file() or file_sha256(path) != digest:
                 return False
         return True
+
+    def verified(
+        self, key: str, digest: str | None = None, *, command: str = "reproduce"
+    ) -> dict[str, Any]:
+        """The record of a finished step, checked before another command reads it: present,
+        unedited (its digest), its artifact files intact and, given ``digest``, the very record
+        that a dependant step was computed from (not one left over from another run).
+
+        Raises:
+            IntriguingError: one line naming the record and what to run (``intriguing
+                <command>``).
+        """
+        rerun = f"rerun `intriguing {command}` with the same options and --out"
+        path = self.record_path(key)
+        record = self.load(key)
+        if record is None:
+            raise IntriguingError(f"{path}: missing or unreadable step record; {rerun}")
+        if not self._intact(record):
+            raise IntriguingError(
+                f"{path}: changed after the run (its digest or an artifact file does not match); "
+                f"{rerun} to re-derive it"
+            )
+        if digest is not None and record.get("digest") != digest:
+            raise IntriguingError(
+                f"{path}: not the record its run's summary was computed from (left over from "
+                f"another run); {rerun}"
+            )
+        return record
 
     @contextlib.contextmanager
     def lock(self, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
@@ -500,6 +535,7 @@ def _drive(
                 record is not None
                 and record.get("fingerprint") == prints[step.key]
                 and store.is_current(record, deps)
+                and (step.reusable is None or step.reusable(record["result"]))
             ):
                 results[step.key] = record["result"]
                 digests[step.key] = record["digest"]  # checked by is_current

@@ -48,9 +48,13 @@ from intriguing.report.render import SCHEMA  # the one results.json schema of re
 
 
 def _step(
-    key: str, fn: Callable[[StepContext], Any], params: dict[str, Any], deps: tuple[str, ...] = ()
+    key: str,
+    fn: Callable[[StepContext], Any],
+    params: dict[str, Any],
+    deps: tuple[str, ...] = (),
+    version: str = "1",
 ) -> Step:
-    return Step(key=key, fn=fn, params=params, deps=deps)
+    return Step(key=key, fn=fn, params=params, deps=deps, version=version)
 
 
 def _table_steps(
@@ -224,6 +228,7 @@ def build_steps(
                 "noise_clip": spec.noise_clip,
             },
             (*f7_deps, *(f"model/{m}" for m in f7.models)),
+            version=st.FIGURE7_VERSION,
         )
     )
     analysis = _analysis_steps(spec, bench, split_sizes, steps, sum12)

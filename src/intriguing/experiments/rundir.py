@@ -25,6 +25,10 @@ from intriguing.errors import InvalidInputError
 from intriguing.experiments.graph import Backend, RunStore, Step, run_graph
 
 RESULTS_FILE = "results.json"
+# what a run writes into its directory: checked before any work, so that a directory where a file
+# goes (or a file where a folder goes) fails in one line at the start, not after the run
+RUN_FILES = (RESULTS_FILE, "report.md", "report.html")
+RUN_FOLDERS = ("steps", "artifacts", "figures")
 
 
 class RunOptions(TypedDict, total=False):
@@ -66,6 +70,7 @@ class RunDirectory:
         self.root = Path(out)
         if self.root.exists() and not self.root.is_dir():
             raise InvalidInputError(f"--out {self.root} is a file; give a directory")
+        _check_layout(self.root)
         if schema is not None:
             _check_own_results(self.root / RESULTS_FILE, schema)
         if one_thread:
@@ -125,6 +130,23 @@ class RunDirectory:
         document = sealed(json.loads(json.dumps(document, allow_nan=False)))
         atomic_write_json(self.root / name, document)
         return document
+
+
+def _check_layout(root: Path) -> None:
+    """Refuse a run directory whose results or report paths are folders, or whose step, artifact
+    or figure folders are files (the run could not write there)."""
+    for name in RUN_FILES:
+        if (root / name).is_dir():
+            raise InvalidInputError(
+                f"--out {root}: {root / name} is a directory where the run writes a file; "
+                "remove it or choose another --out"
+            )
+    for name in RUN_FOLDERS:
+        if (root / name).exists() and not (root / name).is_dir():
+            raise InvalidInputError(
+                f"--out {root}: {root / name} is a file where the run keeps a folder; "
+                "remove it or choose another --out"
+            )
 
 
 def _check_own_results(path: Path, schema: str) -> None:

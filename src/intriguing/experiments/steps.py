@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from intriguing._io import atomic_path
+from intriguing._io import atomic_path, file_sha256
 from intriguing.errors import IntriguingError
 from intriguing.experiments.graph import shard_key, shipped_as, step_key
 from intriguing.models.user import predict as user_predict
@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 
 ATTACK_FILE = "result.safetensors"
 FIGURE7_FILE = "figure7.safetensors"
+# 2: the result carries the images' SHA-256, which the report checks before drawing them
+FIGURE7_VERSION = "2"
 
 
 class LazyData:
@@ -120,9 +122,19 @@ def model_steps(bench: Workbench, models: Iterable[str], dataset: str, seed: int
                 "data": data_id,
                 "checkpoint": checkpoint_key(m, identity, seed),
             },
+            reusable=partial(_same_cached_weights, identity, seed, m),
         )
         for m in models
     ]
+
+
+def _same_cached_weights(identity: Any, seed: int, name: str, result: Mapping[str, Any]) -> bool:
+    """A stored model step is reused only while the cache holds the very weights it measured: a
+    checkpoint retrained or replaced since (another cache directory, another CPU) recomputes the
+    step, and with it every step downstream, instead of mixing two models' results in one run."""
+    from intriguing.training.api import cached_weights_sha256
+
+    return cached_weights_sha256(name, identity, seed) == result.get("weights_sha256")
 
 
 def model_step(bench: Workbench, ctx: StepContext) -> dict[str, Any]:
@@ -454,6 +466,7 @@ def figure7_step(bench: Workbench, ctx: StepContext) -> dict[str, Any]:
     accuracy = {m: 1.0 - (error_of(bench.model(m), noisy.images, y) or 0.0) for m in p["models"]}
     return {
         "artifact": _rel(ctx, path),
+        "sha256": file_sha256(path),
         "shown": shown,
         "noise": {
             "stddev": p["noise_stddev"],

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from intriguing._io import atomic_write_text, read_results
+from intriguing._io import atomic_write_text, file_sha256, read_results
 from intriguing.errors import IntriguingError
 from intriguing.report.blocks import (
     Alert,
@@ -592,19 +592,27 @@ def check_claims(doc: Mapping[str, Any], path: Path) -> None:
         )
 
 
-def load_figure7(root: Path, artifact: str) -> dict[str, Any]:
-    """The Figure 7 tensors the reproduce step stored at ``root / artifact`` (safetensors).
+def load_figure7(root: Path, figure7: Mapping[str, Any]) -> dict[str, Any]:
+    """The Figure 7 tensors the reproduce step stored at ``root / figure7["artifact"]``
+    (safetensors), checked against the SHA-256 that the sealed results recorded for them.
 
     Returns name -> ``torch.Tensor`` (originals, adversarials, noise images and their labels).
 
     Raises:
-        IntriguingError: the file is missing or unreadable.
+        IntriguingError: the file is missing, unreadable or not the run's (another hash).
     """
     from safetensors.torch import load_file
 
     from intriguing.report.html import inside_run
 
-    path = inside_run(root, artifact, "Figure 7 images")
+    path = inside_run(root, figure7.get("artifact"), "Figure 7 images")
+    if not path.is_file():
+        raise IntriguingError(f"{path}: Figure 7 images not found; rerun reproduce")
+    if file_sha256(path) != figure7.get("sha256"):
+        raise IntriguingError(
+            f"{path}: not the Figure 7 images of this run (its SHA-256 differs from the one in "
+            "results.json); rerun `intriguing reproduce` with the same options and --out"
+        )
     try:
         return load_file(str(path))
     except Exception as exc:  # safetensors raises several types for corrupt files
@@ -626,7 +634,7 @@ def render_figures(run_dir: Path, doc: Mapping[str, Any]) -> dict[str, str]:
         "table2": fg.plot_transfer(tables["table2"], out / "table2.png", "Table 2"),
         "table4": fg.plot_transfer(tables["table4"], out / "table4.png", "Table 4"),
         "figure7": fg.plot_figure7(
-            load_figure7(run_dir, doc["figure7"]["artifact"]), doc["figure7"], out / "figure7.png"
+            load_figure7(run_dir, doc["figure7"]), doc["figure7"], out / "figure7.png"
         ),
     }
     paths = {kind: path.relative_to(run_dir).as_posix() for kind, path in made.items()}

@@ -155,6 +155,23 @@ def checkpoint_key(name: str, identity: Any, seed: int) -> str:
     return _zoo_key(get_entry(name), identity, seed)[2]
 
 
+def cached_weights_sha256(name: str, identity: Any, seed: int) -> str | None:
+    """The ``weights_sha256`` recorded by the cached checkpoint that :func:`train_model` would load
+    for zoo model ``name`` (dataset ``identity``, ``seed``); None when none is cached or its
+    sidecar is unreadable (loading it then retrains or fails in one line)."""
+    from intriguing.models import get_entry
+
+    entry = get_entry(name)
+    weights, _ = checkpoint_paths(entry.name, _zoo_key(entry, identity, seed)[2])
+    if not weights.is_file():
+        return None
+    try:
+        found = read_sidecar(weights).get("weights_sha256")
+    except CheckpointError:
+        return None
+    return found if isinstance(found, str) else None
+
+
 def _expected_sidecar(
     entry: ZooEntry, model: nn.Module, config: TrainConfig, key: str, identity: dict[str, Any]
 ) -> dict[str, Any]:

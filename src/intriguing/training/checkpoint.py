@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from intriguing._io import atomic_path, atomic_write_json, file_sha256
+from intriguing._io import atomic_path, atomic_write_json, file_sha256, loads_strict
 from intriguing.errors import CheckpointError
 from intriguing.paths import models_dir
 from intriguing.training.config import TrainConfig
@@ -162,8 +162,8 @@ def read_sidecar(path: Path) -> dict[str, Any]:
             f"{sidecar_file}: checkpoint sidecar not found; pass a checkpoint written by intriguing"
         )
     try:
-        data = json.loads(sidecar_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data = loads_strict(sidecar_file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
         raise CheckpointError(
             f"{sidecar_file}: corrupt sidecar ({exc}); delete the checkpoint and retrain"
         ) from None
@@ -329,7 +329,7 @@ def load_state(path: Path, format_version: int) -> tuple[dict[str, torch.Tensor]
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
         if meta_text is None:
             raise ValueError("no training state in its metadata")
-        meta = json.loads(meta_text)
+        meta = loads_strict(meta_text)
     except (SafetensorError, OSError, ValueError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(
