@@ -19,7 +19,8 @@ from intriguing.errors import IntriguingError, InvalidInputError
 
 
 class Exploding(nn.Module):
-    """Fails if it is ever run: the hook must stop the forward pass before it."""
+    """Fails if it is run: the hook must stop each batch's forward pass before it (the one full
+    pass that counts the chosen layer's calls ends here, after the layer has run)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         raise RuntimeError("layers above the chosen one must not run")

@@ -4,8 +4,13 @@ Section 3 of Szegedy et al. (2014) studies ``phi(x)``, the activation vector of 
 "image set" (the MNIST test set, the ImageNet validation set). This module computes it for any
 ``torch.nn.Module`` and any sub-module chosen by its dotted name (``model.named_modules()``):
 
+- a layer is named by any of its dotted names, aliases included (``self.dec = self.enc`` makes
+  ``dec`` a second name of ``enc``);
 - images are fed in batches; the forward pass stops as soon as the chosen layer has produced its
-  output (the layers above it are never run);
+  output (the layers above it are not run), except once: a full forward pass on a few images counts
+  the layer's calls (a layer called twice, e.g. a shared activation or tied weights, has two
+  activation vectors per image, so it is refused) and checks with a batch of another size that its
+  output is batch-first (row ``i`` belongs to image ``i``; a ``(features, batch)`` output is refused);
 - each output is flattened to ``(B, D)`` (a convolutional map ``(B, C, H, W)`` gives
   ``D = C * H * W``) or, with ``reduce="mean"``/``"max"``, pooled over space to ``(B, C)``;
 - the result is an ``(N, D)`` float32 array in memory or, for large image sets, a float16/float32
@@ -72,14 +77,21 @@ class _StopForwardError(Exception):
     """Raised inside the hook to stop the forward pass once the chosen layer has run."""
 
 
+def _named_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Every dotted name of every sub-module (the root excluded), aliases included."""
+    return [(name, m) for name, m in model.named_modules(remove_duplicate=False) if name]
+
+
 def layer_names(model: nn.Module) -> list[str]:
-    """Dotted names of all sub-modules of ``model`` (the root itself excluded), in forward order."""
-    return [name for name, _ in model.named_modules() if name]
+    """Dotted names of all sub-modules of ``model`` (the root itself excluded), in registration
+    order; a module registered under several names (an alias, tied weights) is listed under each."""
+    return [name for name, _ in _named_layers(model)]
 
 
 def get_layer(model: nn.Module, name: str) -> nn.Module:
-    """The sub-module called ``name``; an unknown name raises an error listing the valid ones."""
-    modules = dict(model.named_modules())
+    """The sub-module called ``name`` (an alias resolves to the module it names); an unknown name
+    raises an error listing the valid ones."""
+    modules = dict(_named_layers(model))
     if not name or name not in modules:
         names = layer_names(model)
         shown = ", ".join(names[:40]) + (", ..." if len(names) > 40 else "")
@@ -117,17 +129,95 @@ def _as_source(images: torch.Tensor | ImageSource) -> ImageSource:
     return TensorSource(images) if isinstance(images, torch.Tensor) else images
 
 
-def _flatten_output(output: object, reduce: Reduce) -> torch.Tensor:
-    """``(B, ...)`` layer output -> ``(B, D)`` float32 (first tensor of a tuple output)."""
+def _first_tensor(output: object) -> torch.Tensor:
+    """The layer's output tensor (the first tensor of a tuple output)."""
     if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
         output = output[0]
     if not isinstance(output, torch.Tensor):
         raise InvalidInputError(f"the chosen layer returned {type(output).__name__}, not a tensor")
-    out = output.detach().float().cpu()
+    return output
+
+
+def _flatten_output(output: object, reduce: Reduce) -> torch.Tensor:
+    """``(B, ...)`` layer output -> ``(B, D)`` float32 (first tensor of a tuple output)."""
+    out = _first_tensor(output).detach().float().cpu()
     if reduce != "flatten" and out.ndim > 2:
         spatial = out.flatten(2)
         out = spatial.mean(dim=2) if reduce == "mean" else spatial.amax(dim=2)
     return out.reshape(out.shape[0], -1)
+
+
+class _Capture:
+    """A forward hook keeping the chosen layer's outputs; ``stop`` ends the forward pass at the
+    first call (the layers above are not run)."""
+
+    def __init__(self) -> None:
+        self.outputs: list[object] = []
+        self.stop = True
+
+    def __call__(self, _module: nn.Module, _inputs: object, output: object) -> None:
+        self.outputs.append(output)
+        if self.stop:
+            raise _StopForwardError
+
+
+def _layer_output(
+    model: nn.Module, capture: _Capture, batch: torch.Tensor, layer: str
+) -> torch.Tensor:
+    """The output tensor ``(B, ...)`` of ``layer`` for ``batch`` ``(B, C, H, W)``, batch-first."""
+    capture.outputs.clear()
+    with torch.inference_mode(), contextlib.suppress(_StopForwardError):
+        _run_model(model, model_input(model, batch))  # float64/bf16 models too
+    if not capture.outputs:
+        raise InvalidInputError(f"layer {layer!r} was never called in the model's forward pass")
+    output = _first_tensor(capture.outputs[0])
+    _check_batch_first(output, len(batch), layer)
+    return output
+
+
+def _check_batch_first(output: torch.Tensor, size: int, layer: str) -> None:
+    """Refuse an output whose first dimension is not the batch (``size`` images)."""
+    if output.dim() == 0 or output.shape[0] != size:
+        raise InvalidInputError(
+            f"layer {layer!r} returned shape {tuple(output.shape)} for a batch of {size}: its "
+            "first dimension must be the batch (one row per image); choose a layer whose output "
+            "is (batch, ...), e.g. the module after a transpose, or use batch_first=True"
+        )
+
+
+def _probe_size(size: int, shape: tuple[int, ...]) -> int:
+    """The smallest batch size that is neither ``size`` nor any dimension of ``shape``."""
+    return next(n for n in range(1, size + len(shape) + 2) if n != size and n not in shape)
+
+
+def _check_one_call(
+    model: nn.Module, capture: _Capture, layer: str, batch: torch.Tensor, shape: tuple[int, ...]
+) -> None:
+    """One full forward pass on a batch of another size than ``batch`` and than any dimension of
+    the first output's ``shape``: the layer must be called once and its output be batch-first
+    (row ``i`` is image ``i``, section 3). Layers above it that fail on these images (a feature
+    extractor used on images the head does not take) end the count there."""
+    size = _probe_size(len(batch), shape)
+    probe = batch[torch.arange(size) % len(batch)]
+    capture.outputs.clear()
+    capture.stop = False
+    try:
+        with torch.inference_mode(), contextlib.suppress(Exception):
+            model(model_input(model, probe))
+    finally:
+        capture.stop = True
+    calls = len(capture.outputs)
+    if calls > 1:
+        module = get_layer(model, layer)
+        aliases = [n for n, m in _named_layers(model) if m is module and n != layer]
+        also = f" (also named {', '.join(map(repr, aliases))})" if aliases else ""
+        raise InvalidInputError(
+            f"layer {layer!r}{also} is called {calls} times in one forward pass, so its "
+            "activations are ambiguous: wrap each use in its own module (e.g. "
+            "nn.Sequential(shared) per call) and choose one of those"
+        )
+    if calls == 1:
+        _check_batch_first(_first_tensor(capture.outputs[0]), size, layer)
 
 
 def iter_activations(
@@ -141,7 +231,13 @@ def iter_activations(
     """Yield ``phi(x)`` of ``layer`` batch by batch as float32 tensors ``(B, D)``.
 
     The model runs under ``torch.inference_mode`` in eval mode (dropout off); its previous
-    train/eval mode is restored afterwards. The hook stops each forward pass at ``layer``.
+    train/eval mode is restored afterwards. The hook stops each forward pass at ``layer``; before
+    the first batch is yielded, one full pass on a few of its images checks that ``layer`` is called
+    once and returns ``(batch, ...)``.
+
+    Raises:
+        InvalidInputError: unknown layer, bad images, a layer never called or called more than once
+            per forward pass, an output whose first dimension is not the batch.
     """
     if reduce not in REDUCTIONS:
         raise InvalidInputError(f"unknown reduce {reduce!r}; choose one of {', '.join(REDUCTIONS)}")
@@ -149,26 +245,17 @@ def iter_activations(
         raise InvalidInputError(f"batch size must be at least 1, got {batch_size}")
     module = get_layer(model, layer)
     source = _as_source(images)
-    captured: list[torch.Tensor] = []
-
-    def hook(_module: nn.Module, _inputs: object, output: object) -> None:
-        captured.append(_flatten_output(output, reduce))
-        raise _StopForwardError
-
+    capture = _Capture()
     was_training = model.training
-    handle = module.register_forward_hook(hook)
+    handle = module.register_forward_hook(capture)
     model.eval()
     try:
         for start in range(0, len(source), batch_size):
             batch = check_images(source.batch(start, min(start + batch_size, len(source))))
-            captured.clear()
-            with torch.inference_mode(), contextlib.suppress(_StopForwardError):
-                _run_model(model, model_input(model, batch))  # float64/bf16 models too
-            if not captured:
-                raise InvalidInputError(
-                    f"layer {layer!r} was never called in the model's forward pass"
-                )
-            yield captured[0]
+            output = _layer_output(model, capture, batch, layer)
+            if start == 0:
+                _check_one_call(model, capture, layer, batch, tuple(output.shape))
+            yield _flatten_output(output, reduce)
     finally:
         handle.remove()
         model.train(was_training)

@@ -5,6 +5,12 @@ of the nodes before it) and returns ``(local, L_v, L_v_exact, method)``: the nod
 certified constant with respect to the model input, the same with exact layer norms, and the rule's
 name. Rules for layers (``call_module``) are in :mod:`intriguing.analysis.layer_rules`; the walk is
 :mod:`intriguing.analysis.trace`. Every constant is derived in ``docs/spectral.md``.
+
+Arguments are read by position or by name (``F.linear(input=x, weight=W)``), and every argument
+other than the one a rule bounds must not depend on the input. A tuple or list of tensors (the
+output of ``chunk``, ``split``, their concatenation ``a + b`` or repetition ``a * k``, a literal
+``(x, y)``) has the constant of its concatenation, ``sqrt(sum_i L_i^2)`` at most, and each of its
+elements keeps its own constant ``L_i`` (:attr:`Ctx.elements`), which indexing reads.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -34,20 +40,45 @@ from intriguing.analysis.layer_rules import (
 )
 from intriguing.errors import InvalidInputError
 
+Lips = tuple[float, float]  # (certified constant, the same with exact layer norms)
+
 
 @dataclass
 class Ctx:
-    """What a function rule sees: the node, the probe values and the constants found so far."""
+    """What a function rule sees: the node, the probe values and the constants found so far.
+
+    ``elements``: for nodes whose value is a tuple or list of tensors, each element's constants
+    (shared by every node of one graph; a container without an entry bounds each element by its own
+    constant, which bounds the whole concatenation).
+    """
 
     node: fx.Node
     values: dict[fx.Node, Any]
-    bounds: dict[fx.Node, tuple[float, float]]
+    bounds: dict[fx.Node, Lips]
     options: BoundConfig
+    elements: dict[fx.Node, list[Lips]] = field(default_factory=dict)
 
     def arg(self, index: int, name: str, default: Any = None) -> Any:
+        """Argument ``index`` if given by position, else the keyword ``name`` (else ``default``)."""
         if index < len(self.node.args):
             return self.node.args[index]
         return self.node.kwargs.get(name, default)
+
+    def input_and_others(self) -> tuple[Any, list[Any]]:
+        """The first argument (positional, or the keyword ``input``/``tensor``) and all the others."""
+        args, kwargs = list(self.node.args), dict(self.node.kwargs)
+        if args:
+            return args[0], args[1:] + list(kwargs.values())
+        key = next((k for k in ("input", "tensor", "tensors", "self") if k in kwargs), None)
+        first = kwargs.pop(key) if key is not None else None
+        return first, list(kwargs.values())
+
+    def only_input_varies(self) -> Any:
+        """The first argument, after refusing any other argument that depends on the input."""
+        x, others = self.input_and_others()
+        if x is None or any(self.dependent(a) for a in others):
+            raise self.refuse("only its first argument may depend on the input")
+        return x
 
     def value(self, a: Any) -> Any:
         """The probe value of an argument (a node's value, or the literal itself)."""
@@ -64,8 +95,27 @@ class Ctx:
         )
         return any(found)
 
-    def lip(self, a: Any) -> tuple[float, float]:
-        return self.bounds.get(a, (0.0, 0.0)) if isinstance(a, fx.Node) else (0.0, 0.0)
+    def lip(self, a: Any) -> Lips:
+        """Constants of an argument: a node's; a tuple or list literal's concatenation (the root
+        of the sum of its elements' squares); 0 for anything else (a constant)."""
+        if isinstance(a, fx.Node):
+            return self.bounds.get(a, (0.0, 0.0))
+        if isinstance(a, list | tuple):
+            return _root_sum_squares([self.lip(item) for item in a])
+        return 0.0, 0.0
+
+    def element_lips(self, a: Any) -> list[Lips]:
+        """Each element's constants of a tuple or list (a node's value, or a literal)."""
+        if isinstance(a, list | tuple):
+            return [self.lip(item) for item in a]
+        if not isinstance(a, fx.Node):
+            return []
+        recorded = self.elements.get(a)
+        return list(recorded) if recorded is not None else [self.lip(a)] * len(self.values[a])
+
+    def is_sequence(self, a: Any) -> bool:
+        """True when the argument's value is a tuple or list (not a tensor)."""
+        return isinstance(self.value(a), list | tuple)
 
     def constant(self, a: Any) -> torch.Tensor:
         """A constant argument as a detached float64 tensor."""
@@ -80,6 +130,14 @@ class Ctx:
 
     def refuse(self, why: str) -> InvalidInputError:
         return InvalidInputError(f"node {self.node.name!r} ({describe(self.node)}): {why}")
+
+
+def _root_sum_squares(parts: list[Lips]) -> Lips:
+    """``(sqrt(sum L_i^2), sqrt(sum E_i^2))``: the constants of a concatenation of the parts."""
+    return (
+        math.sqrt(sum(p[0] ** 2 for p in parts)),
+        math.sqrt(sum(p[1] ** 2 for p in parts)),
+    )
 
 
 def is_input(n: fx.Node) -> bool:
@@ -123,10 +181,7 @@ def target_name(target: Any) -> str:
 
 def _unary(ctx: Ctx, constant: float, method: str = "constant") -> tuple[float, float, float, str]:
     """``f(x, constants...)`` with ``Lip(f) <= constant``: only the first argument may vary."""
-    x = ctx.node.args[0] if ctx.node.args else None
-    others = list(ctx.node.args[1:]) + list(ctx.node.kwargs.values())
-    if x is None or any(ctx.dependent(a) for a in others):
-        raise ctx.refuse("only its first argument may depend on the input")
+    x = ctx.only_input_varies()
     lip, exact = ctx.lip(x)
     return constant, constant * lip, constant * exact, method
 
@@ -203,11 +258,13 @@ def _dropout(ctx: Ctx) -> tuple[float, float, float, str]:
 
 @function_rule(operator.getitem, "narrow", torch.narrow, "select", torch.select)
 def _slice(ctx: Ctx) -> tuple[float, float, float, str]:
-    """Taking some coordinates (a projection) is 1-Lipschitz; repeated indices would copy, refused."""
-    index = ctx.node.args[1] if len(ctx.node.args) > 1 else None
-    if ctx.node.target is operator.getitem and isinstance(
-        ctx.value(ctx.node.args[0]), torch.Tensor
-    ):
+    """Taking some coordinates (a projection) is 1-Lipschitz; repeated indices would copy, refused.
+    An element of a tuple or list has its own constant (:func:`_take`)."""
+    index = ctx.arg(1, "index")
+    source = ctx.arg(0, "input")
+    if ctx.node.target is operator.getitem and ctx.is_sequence(source):
+        return _take(ctx, source, index)
+    if ctx.node.target is operator.getitem and isinstance(ctx.value(source), torch.Tensor):
         items = index if isinstance(index, tuple) else (index,)
         if not all(isinstance(i, int | slice | type(None) | type(Ellipsis)) for i in items):
             raise ctx.refuse(
@@ -216,15 +273,36 @@ def _slice(ctx: Ctx) -> tuple[float, float, float, str]:
     return _unary(ctx, 1.0, "projection")
 
 
+def _take(ctx: Ctx, source: Any, index: Any) -> tuple[float, float, float, str]:
+    """``source[index]`` of a tuple or list: one element's own constants; a slice keeps its
+    elements' (its concatenation: at most the source's and the root of their squares' sum)."""
+    if ctx.dependent(index):
+        raise ctx.refuse("an index computed from the input is not Lipschitz")
+    parts = ctx.element_lips(source)
+    if isinstance(index, int) and -len(parts) <= index < len(parts):
+        lip, exact = parts[index]
+        return 1.0, lip, exact, "element"
+    whole = ctx.lip(source)
+    if not isinstance(index, slice):  # an index we cannot read: every element is within the whole
+        return 1.0, whole[0], whole[1], "elements"
+    chosen = parts[index]
+    ctx.elements[ctx.node] = chosen
+    lip, exact = _root_sum_squares(chosen)
+    return 1.0, min(lip, whole[0]), min(exact, whole[1]), "elements"
+
+
 @function_rule(torch.split, "split", torch.chunk, "chunk", torch.unbind, "unbind")
 def _split(ctx: Ctx) -> tuple[float, float, float, str]:
-    return _unary(ctx, 1.0, "projection")
+    """Pieces partitioning ``x``: together (their concatenation) and each one, ``L_x``."""
+    local, lip, exact, method = _unary(ctx, 1.0, "projection")
+    ctx.elements[ctx.node] = [(lip, exact)] * len(ctx.values[ctx.node])
+    return local, lip, exact, method
 
 
 @function_rule(torch.mean, "mean", torch.sum, "sum")
 def _reduce(ctx: Ctx) -> tuple[float, float, float, str]:
     """Sum of ``k`` values: ``sqrt(k)``; mean: ``1 / sqrt(k)`` (Cauchy-Schwarz, attained)."""
-    x = ctx.node.args[0]
+    x = ctx.only_input_varies()
     k = math.prod(ctx.shape(x)) / max(1, math.prod(ctx.shape(ctx.node)))
     mean = target_name(ctx.node.target) == "mean"
     return _unary(ctx, 1.0 / math.sqrt(k) if mean else math.sqrt(k), "reduction")
@@ -246,21 +324,51 @@ def _broadcast_factor(ctx: Ctx, a: Any) -> float:
     operator.add, torch.add, "add", operator.iadd, operator.sub, torch.sub, "sub", operator.isub
 )
 def _sum(ctx: Ctx) -> tuple[float, float, float, str]:
-    """``a +- alpha b``: ``L_a + |alpha| L_b`` (triangle inequality), broadcast copies included."""
-    a, b = ctx.node.args[0], ctx.arg(1, "other")
+    """``a +- alpha b``: ``L_a + |alpha| L_b`` (triangle inequality), broadcast copies included.
+    ``a + b`` of tuples or lists is their concatenation (:func:`_sequence_sum`)."""
+    a, b = ctx.arg(0, "input"), ctx.arg(1, "other")
+    if ctx.is_sequence(ctx.node):
+        return _sequence_sum(ctx, a, b)
     alpha = abs(float(ctx.constant(ctx.node.kwargs.get("alpha", 1.0))))
     lip = exact = 0.0
     for operand, weight in ((a, 1.0), (b, alpha)):
-        factor = weight * _broadcast_factor(ctx, operand) if isinstance(operand, fx.Node) else 0.0
+        if not isinstance(operand, fx.Node):
+            if ctx.dependent(operand):
+                raise ctx.refuse("an operand is a tuple or list of input-dependent tensors")
+            continue  # a constant
+        factor = weight * _broadcast_factor(ctx, operand)
         lip += factor * ctx.lip(operand)[0]
         exact += factor * ctx.lip(operand)[1]
     return 1.0, lip, exact, "sum of branches"
 
 
+def _sequence_sum(ctx: Ctx, a: Any, b: Any) -> tuple[float, float, float, str]:
+    """``a + b`` of tuples or lists (``x.chunk(2, 1) + (y,)``): the elements of both, each with its
+    own constants; the concatenation's constant is ``sqrt(L_a^2 + L_b^2)``."""
+    ctx.elements[ctx.node] = ctx.element_lips(a) + ctx.element_lips(b)
+    lip, exact = _root_sum_squares([ctx.lip(a), ctx.lip(b)])
+    return 1.0, lip, exact, "tuple concatenation"
+
+
+def _sequence_repeat(ctx: Ctx, a: Any, b: Any) -> tuple[float, float, float, str]:
+    """``a * k`` of a tuple or list: each element ``k`` times, the concatenation ``sqrt(k) L_a``."""
+    sequence, times = (a, b) if ctx.is_sequence(a) else (b, a)
+    if ctx.dependent(times):
+        raise ctx.refuse("a repetition count computed from the input is not Lipschitz")
+    count = max(0, int(ctx.value(times)))
+    ctx.elements[ctx.node] = ctx.element_lips(sequence) * count
+    lip, exact = ctx.lip(sequence)
+    factor = math.sqrt(count)
+    return factor, factor * lip, factor * exact, "tuple repetition"
+
+
 @function_rule(operator.mul, torch.mul, "mul", operator.imul, operator.truediv, torch.div, "div")
 def _scale(ctx: Ctx) -> tuple[float, float, float, str]:
-    """A product with (or quotient by) a constant: ``max |c|`` (``1 / min |c|``)."""
-    a, b = ctx.node.args[0], ctx.arg(1, "other")
+    """A product with (or quotient by) a constant: ``max |c|`` (``1 / min |c|``); a tuple or list
+    times ``k`` repeats it (:func:`_sequence_repeat`)."""
+    a, b = ctx.arg(0, "input"), ctx.arg(1, "other")
+    if ctx.is_sequence(ctx.node):
+        return _sequence_repeat(ctx, a, b)
     divide = target_name(ctx.node.target) in ("truediv", "div")
     if ctx.node.kwargs.get("rounding_mode") is not None:
         raise ctx.refuse("rounded division is not Lipschitz")
@@ -278,29 +386,32 @@ def _scale(ctx: Ctx) -> tuple[float, float, float, str]:
 
 @function_rule(torch.cat, torch.concat, torch.concatenate, torch.stack)
 def _cat(ctx: Ctx) -> tuple[float, float, float, str]:
-    """``sqrt(sum_i L_i^2)``: the squared distance of a concatenation is the sum of its parts'."""
-    parts = ctx.node.args[0]
-    if not isinstance(parts, list | tuple):
+    """``sqrt(sum_i L_i^2)``: the squared distance of a concatenation is the sum of its parts'.
+    A tuple node (``torch.cat(x.chunk(2, 1) + (y,))``) brings its concatenation's constant."""
+    parts = ctx.only_input_varies()
+    if not ctx.is_sequence(parts):
         raise ctx.refuse("expected a list of tensors")
-    lips = [ctx.lip(p) for p in parts]
-    lip = math.sqrt(sum(p[0] ** 2 for p in lips))
-    return 1.0, lip, math.sqrt(sum(p[1] ** 2 for p in lips)), "sqrt of sum of squares"
+    lip, exact = ctx.lip(parts)
+    return 1.0, lip, exact, "sqrt of sum of squares"
 
 
 @function_rule(F.linear)
 def _linear(ctx: Ctx) -> tuple[float, float, float, str]:
+    """``x W^T + b`` with constant ``W`` and ``b``: ``||W||_2``."""
     weight = ctx.arg(1, "weight")
     if ctx.dependent(weight):
         raise ctx.refuse("an input-dependent weight has no global Lipschitz bound")
+    x = ctx.only_input_varies()
     norm = float(torch.linalg.matrix_norm(ctx.constant(weight), ord=2))
-    lip, exact = ctx.lip(ctx.node.args[0])
+    lip, exact = ctx.lip(x)
     return norm, norm * lip, norm * exact, "svd"
 
 
 @function_rule(operator.matmul, torch.matmul, "matmul", torch.mm, "mm")
 def _matmul(ctx: Ctx) -> tuple[float, float, float, str]:
     """``x @ W`` or ``W @ x`` with a constant 2-D ``W``: copies of ``W`` on independent slices, ``||W||_2``."""
-    a, b = ctx.node.args[0], ctx.node.args[1]
+    second = "mat2" if target_name(ctx.node.target) == "mm" else "other"
+    a, b = ctx.arg(0, "input"), ctx.arg(1, second)
     if ctx.dependent(a) == ctx.dependent(b):
         raise ctx.refuse("a product of two input-dependent tensors has no global Lipschitz bound")
     x, w = (a, b) if ctx.dependent(a) else (b, a)
@@ -313,7 +424,9 @@ def _matmul(ctx: Ctx) -> tuple[float, float, float, str]:
 
 
 def _module_rule_as_function(ctx: Ctx, module: nn.Module) -> tuple[float, float, float, str]:
-    x = ctx.node.args[0]
+    """The function bounded by the rule of ``module``, the layer with the same arguments; every
+    argument but the input (a bias too) must be constant."""
+    x = ctx.only_input_varies()
     fields = find_rule(module)(module, ctx.shape(x), ctx.shape(ctx.node), ctx.options)  # type: ignore[misc]
     local = float(fields["upper"])
     exact = fields.get("exact")
@@ -420,10 +533,8 @@ def _pad(ctx: Ctx) -> tuple[float, float, float, str]:
         raise ctx.refuse(
             "only mode='constant' padding is supported as a function (use padding_mode)"
         )
-    x = ctx.node.args[0]
+    x = ctx.only_input_varies()  # an input-dependent padding value is refused here
     lip, exact = ctx.lip(x)
-    if ctx.dependent(ctx.arg(3, "value", 0.0)):
-        raise ctx.refuse("an input-dependent padding value is not supported")
     return 1.0, lip, exact, "isometry"
 
 

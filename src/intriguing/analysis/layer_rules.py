@@ -95,6 +95,17 @@ def supported_layers() -> list[str]:
     return sorted(t.__name__ for t in _RULES)
 
 
+def no_rule_message(name: str, module: nn.Module) -> str:
+    """One line for layer ``name`` that has no rule: what to do, then the supported types."""
+    kind = type(module).__name__
+    return (
+        f"layer {name!r} ({kind}) has no Lipschitz rule: register a certified bound with "
+        f"intriguing.analysis.register_layer_rule({kind})(rule) (from the command line: in the file "
+        f"that defines the model; see docs/spectral.md), or replace the layer; supported layers: "
+        f"{', '.join(supported_layers())}"
+    )
+
+
 def find_rule(module: nn.Module) -> LayerRule | None:
     """The rule for exactly this type: a subclass may override ``forward``, so it needs its own."""
     rule = _RULES.get(type(module))

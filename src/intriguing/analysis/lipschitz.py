@@ -63,10 +63,11 @@ from intriguing.analysis.layer_rules import (
     LayerRule,
     Shape,
     find_rule,
+    no_rule_message,
     register_layer_rule,
     supported_layers,
 )
-from intriguing.analysis.trace import GraphBound, NodeBound, graph_bound
+from intriguing.analysis.trace import GraphBound, NodeBound, graph_bound, refuse_forward_hooks
 from intriguing.errors import InvalidInputError
 from intriguing.models.user import uncompiled
 
@@ -243,7 +244,9 @@ def sequential_layers(
 
     ``model`` must be an ``nn.Sequential`` unless ``layers`` lists its layers in call order (modules
     or ``(name, module)`` pairs); anything else is refused, since the call order of a general
-    ``forward`` cannot be read off the module tree.
+    ``forward`` cannot be read off the module tree. A module the Sequential holds more than once
+    (tied weights, ``[block] * 3``) is listed at every position it is called from, under that
+    position's name: each call is one factor of the product (section 4.3).
     """
     if layers is not None:
         named = [
@@ -252,7 +255,7 @@ def sequential_layers(
         if not named:
             raise InvalidInputError("layers= is empty: list the model's layers in call order")
     elif _is_plain_sequential(model):
-        named = list(model.named_children())
+        named = _every_call(model)
     else:
         raise InvalidInputError(
             f"{type(model).__name__} is not an nn.Sequential: pass layers=[...] (its layers in call order)"
@@ -264,6 +267,12 @@ def sequential_layers(
         else:
             out.append((name, module))
     return out
+
+
+def _every_call(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(name, child)`` for every entry of ``model._modules``, the order ``Sequential.forward``
+    calls them in; unlike ``named_children()``, a child held twice is listed twice."""
+    return [(name, child) for name, child in model._modules.items() if child is not None]
 
 
 def _is_plain_sequential(module: nn.Module) -> bool:
@@ -297,7 +306,7 @@ def network_bounds(
 
     Raises:
         InvalidInputError: one line, for a layer or node without rule, an untraceable model, a
-            ``layers=`` list that is not the model, a bad shape.
+            ``layers=`` list that is not the model, a bad shape, a module with a forward hook.
         CertificationError: the certified bound is below the measured one (a bug).
     """
     options = options or BoundConfig()
@@ -307,9 +316,10 @@ def network_bounds(
             f"input_shape must be positive sizes without batch, got {input_shape}"
         )
     shape: Shape = tuple(int(d) for d in input_shape)
+    named = sequential_layers(model, layers) if layers is not None else []
+    refuse_forward_hooks(model, named)
     probes = probe_inputs(shape, _check_samples(samples, shape), options.probe_inputs)
     if layers is not None:
-        named = sequential_layers(model, layers)
         check_chain(model, named, probes)
         bound = _chain_bound(named, shape, options, progress)
     elif _is_plain_sequential(model) and all(
@@ -366,10 +376,7 @@ def _chain_bound(
     for name, module in named:
         rule = find_rule(module)
         if rule is None:
-            raise InvalidInputError(
-                f"layer {name!r} ({type(module).__name__}) has no Lipschitz rule; supported: "
-                f"{', '.join(supported_layers())} (add one with register_layer_rule)"
-            )
+            raise InvalidInputError(no_rule_message(name, module))
         if progress is not None:
             progress(name)
         out_shape = _output_shape(module, name, shape)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +37,7 @@ from intriguing.analysis.graph_rules import (
     is_input,
     target_name,
 )
-from intriguing.analysis.layer_rules import BoundConfig, Shape, find_rule, supported_layers
+from intriguing.analysis.layer_rules import BoundConfig, Shape, find_rule, no_rule_message
 from intriguing.errors import InvalidInputError
 
 PROBE_BATCH = 5  # the probe run uses five examples, so a node that mixes examples shows
@@ -114,10 +114,42 @@ def refuse_layers_without_rule(model: nn.Module) -> None:
         if not name or isinstance(module, _CONTAINERS) or find_rule(module) is not None:
             continue
         if type(module).__module__.startswith(("torch.nn", "torch.ao.nn")):
-            raise InvalidInputError(
-                f"layer {name!r} ({type(module).__name__}) has no Lipschitz rule; supported layers: "
-                f"{', '.join(supported_layers())}"
-            )
+            raise InvalidInputError(no_rule_message(name, module))
+
+
+_HOOK_FIX = (
+    "remove it (handle.remove(); for torch.nn.utils.weight_norm / spectral_norm call "
+    "remove_weight_norm / remove_spectral_norm) or do its work in forward"
+)
+
+
+def refuse_forward_hooks(model: nn.Module, layers: Sequence[tuple[str, nn.Module]] = ()) -> None:
+    """One line for the first forward (pre-)hook on ``model``, any sub-module or a ``layers=`` entry.
+
+    A hook changes what a module computes, but the chain walk reads the layer's type and weights and
+    torch.fx calls ``forward`` directly: the bound (section 4.3) would be of another map, possibly
+    too small. Backward hooks do not change the forward map and are allowed.
+    """
+    global_hooks = nn.modules.module
+    if global_hooks._global_forward_hooks or global_hooks._global_forward_pre_hooks:
+        raise InvalidInputError(
+            "a global forward hook (torch.nn.modules.module.register_module_forward_hook or "
+            "register_module_forward_pre_hook) runs on every module and the spectral bound cannot "
+            f"see it: {_HOOK_FIX}"
+        )
+    for name, module in [*layers, *model.named_modules(remove_duplicate=False)]:
+        for kind, hooks in (
+            ("forward pre-hook", module._forward_pre_hooks),
+            ("forward hook", module._forward_hooks),
+        ):
+            if hooks:
+                where = f"layer {name!r}" if name else "the model"
+                hook = next(iter(hooks.values()))
+                label = getattr(hook, "__qualname__", None) or type(hook).__name__
+                raise InvalidInputError(
+                    f"{where} ({type(module).__name__}) has a {kind} ({label}), which can change "
+                    f"what it computes and which the spectral bound cannot see: {_HOOK_FIX}"
+                )
 
 
 def trace_model(model: nn.Module) -> fx.GraphModule:
@@ -212,13 +244,14 @@ def graph_bound(model: nn.Module, shape: Shape, options: BoundConfig) -> GraphBo
     check_trace_matches(double_model, gm, shape)
     values = probe_values(gm, shape)
     bounds: dict[fx.Node, tuple[float, float]] = {}
+    elements: dict[fx.Node, list[tuple[float, float]]] = {}  # tuple nodes: each element's
     nodes: list[NodeBound] = []
     output: fx.Node | None = None
     for node in gm.graph.nodes:
         if node.op == "output":
             output = _output_node(node)
             continue
-        result = _bound_node(node, gm, values, bounds, options)
+        result = _bound_node(node, gm, values, bounds, options, elements)
         if result is not None:
             nodes.append(result)
     assert output is not None
@@ -230,10 +263,7 @@ def _refuse_called_layers_without_rule(gm: fx.GraphModule) -> None:
     for node in gm.graph.nodes:
         module = gm.get_submodule(str(node.target)) if node.op == "call_module" else None
         if module is not None and find_rule(module) is None:
-            raise InvalidInputError(
-                f"layer {node.target!r} ({type(module).__name__}) has no Lipschitz rule; supported "
-                f"layers: {', '.join(supported_layers())}"
-            )
+            raise InvalidInputError(no_rule_message(str(node.target), module))
 
 
 def _double(model: nn.Module) -> nn.Module:
@@ -257,8 +287,9 @@ def _bound_node(
     values: dict[fx.Node, Any],
     bounds: dict[fx.Node, tuple[float, float]],
     options: BoundConfig,
+    elements: dict[fx.Node, list[tuple[float, float]]],
 ) -> NodeBound | None:
-    ctx = Ctx(node, values, bounds, options)
+    ctx = Ctx(node, values, bounds, options, elements)
     if is_input(node):
         bounds[node] = (1.0, 1.0)
         return None
