@@ -129,3 +129,30 @@ def test_parse_target() -> None:
     assert attack_cmd.parse_target(None) is None
     assert attack_cmd.parse_target("7") == 7
     assert attack_cmd.parse_target("least-likely") == "least-likely"
+
+
+@pytest.mark.parametrize("command", ["attack", "eval", "units", "spectral", "curves", "figure5"])
+@pytest.mark.parametrize("text", ["", "  ", "0.5,"])
+def test_an_empty_or_odd_normalize_is_refused_before_any_work(
+    patched_loader: list[str], command: str, text: str
+) -> None:
+    """``--normalize ""`` was ignored silently: the model ran unnormalised (found by a robustness
+    probe). Every command with --normalize refuses it while parsing, before loading the model."""
+    code, output = run([command, "tiny", "--normalize", text])
+    assert code == 2, output
+    assert output.startswith("Error:") and "--normalize" in output, output
+    assert len(output.strip().splitlines()) == 1 and "Traceback" not in output
+    assert patched_loader == []
+
+
+def test_none_of_the_images_correct_says_so(patched_loader: list[str], tmp_path: Path) -> None:
+    """Before: 'only 0 correctly classified images among 4; lower --n to at most 0'."""
+    from safetensors.torch import save_file
+
+    images = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        wrong = (tiny_model()(images).argmax(1) + 1) % 10
+    save_file({"images": images, "labels": wrong}, str(tmp_path / "d.safetensors"))
+    code, output = run(["attack", "tiny", "--tensors", str(tmp_path / "d.safetensors"), "--n", "2"])
+    assert code == 2
+    assert output.startswith("Error: none of the 4 images is classified correctly"), output

@@ -12,6 +12,7 @@ from intriguing.attacks import LBFGS, AttackWarning
 from intriguing.attacks.checks import (
     check_eval_mode,
     check_images,
+    check_input_gradient,
     check_labels,
     check_logits,
     warn_zero_gradients,
@@ -35,6 +36,8 @@ def small_model() -> nn.Module:
         (torch.tensor([[float("nan"), 1.5], [0.2, float("nan")]]), "NaN or inf in 2 image"),
         (torch.zeros(6), r"shape \(N, \.\.\.\)"),
         (torch.zeros(0, 6), "N >= 1"),
+        (torch.zeros(5, 1, 0, 28), r"no values: shape \(5, 1, 0, 28\)"),
+        (torch.zeros(2, 0), r"no values: shape \(2, 0\)"),
         (torch.zeros(2, 6, dtype=torch.uint8), "divide uint8 pixels by 255"),
         (torch.zeros(2, 6).numpy(), "must be a torch.Tensor"),
     ],
@@ -163,3 +166,69 @@ def test_bad_settings_are_refused(settings: dict[str, object], message: str) -> 
 def test_non_module_model_is_refused() -> None:
     with pytest.raises(InvalidInputError, match=r"nn\.Module"):
         LBFGS(progress=False)(lambda x: x, torch.rand(2, 6))  # type: ignore[arg-type]
+
+
+class Squeezed(nn.Module):
+    """``net(x).squeeze()``: logits (N, 3) for N >= 2, but (3,) for one image (found by a robustness
+    probe: every check passed, then success_margin raised IndexError mid-attack)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = small_model()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze()
+
+
+def test_a_model_that_drops_the_batch_axis_for_one_image_is_refused() -> None:
+    x = torch.rand(4, 6)
+    with pytest.raises(InvalidInputError, match=r"returned shape \(3,\) for a batch of 1") as info:
+        check_input_gradient(Squeezed().eval(), x)
+    assert "(1, K)" in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(InvalidInputError, match=r"returned shape \(3,\) for a batch of 1"):
+        LBFGS(progress=False)(Squeezed().eval(), x, torch.zeros(4, dtype=torch.long))
+
+
+class SqrtInput(nn.Module):
+    """Finite logits, but an infinite input gradient wherever a pixel is 0 (sqrt at 0)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(6, 10))
+        torch.manual_seed(0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.sqrt(x))
+
+
+def _attack_warnings(model: nn.Module, x: torch.Tensor) -> list[str]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        LBFGS(search_steps=2, max_iter=20, progress=False)(model.eval(), x)
+    return [str(w.message) for w in caught if issubclass(w.category, AttackWarning)]
+
+
+def test_non_finite_input_gradients_are_warned_about_once() -> None:
+    """Before: 0% success after the whole search, no word why (found by a robustness probe)."""
+    torch.manual_seed(0)
+    x = torch.rand(3, 6)
+    x[:, 0] = 0.0  # a zero pixel: an infinite gradient at the clean image
+    messages = _attack_warnings(SqrtInput(), x)
+    assert len(messages) == 1, messages
+    assert messages[0].startswith("3 example(s) have a NaN or infinite input gradient")
+    assert "sqrt" in messages[0] and "\n" not in messages[0]
+    assert _attack_warnings(SqrtInput().net, x) == []  # the same model without sqrt: no warning
+
+
+def test_the_zero_gradient_warning_is_given_once_per_attack() -> None:
+    """With 10 classes the untargeted attack runs its candidates, then a fallback search for the
+    classes they did not try: each search warned, so the warning printed twice."""
+    model = nn.Linear(6, 10)
+    with torch.no_grad():
+        model.weight.zero_()
+        model.bias.copy_(torch.arange(10.0))
+    messages = _attack_warnings(model, torch.rand(3, 6))
+    assert messages == [
+        "3 example(s) have an exactly zero input gradient at the clean image (saturated model); "
+        "the attack cannot move them"
+    ]

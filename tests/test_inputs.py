@@ -215,6 +215,7 @@ def test_huge_and_empty_inputs_are_refused_in_one_line(tmp_path: Path) -> None:
         ({"pixels": np.zeros((2, 1, 4, 4), np.float32)}, "no 'images' entry"),
         ({"images": np.zeros((2, 1, 4, 4), np.uint8)}, "store floats in"),
         ({"images": np.full((2, 1, 4, 4), np.nan, np.float32)}, "NaN"),
+        ({"images": np.zeros((5, 1, 0, 28), np.float32)}, r"no values: shape \(5, 1, 0, 28\)"),
         (
             {"images": np.zeros((2, 1, 4, 4), np.float32), "labels": np.zeros(3, np.int64)},
             r"'labels' must have shape \(2,\)",
@@ -269,6 +270,8 @@ def test_select_correct_keeps_the_first_correct_in_order() -> None:
     wrong = torch.tensor([1, 0, 0, 2, 2])  # none correct: '--n at most 0' would mislead
     with pytest.raises(InvalidInputError, match=r"none of the 5 images.*normalisation"):
         select_correct(model, images, wrong, 1)
+    with pytest.raises(InvalidInputError, match=r"^none of the 5 images is classified correctly"):
+        choose_examples(model, DataSource("tensors", images, wrong, list("abcde")), 4, chunk=2)
     tensors = DataSource("tensors", images, labels, list("abcde"))
     x2, y2, index2, source = choose_examples(model, tensors, 3, chunk=2)
     assert index2.tolist() == [0, 2, 4] and source == "labels" and y2.tolist() == [0, 2, 1]
@@ -358,3 +361,123 @@ def test_probe_refuses_non_logits_and_nan_logits() -> None:
         check_model_input(nan_model, torch.rand(2, 1, 2, 2))
     with pytest.raises(InvalidInputError, match=r"must return logits \(N, classes\)"):
         check_model_input(torch.nn.Identity(), torch.rand(2, 1, 2, 2))
+
+
+# ------------------------------------------------------------------------- file.py:factory
+NET_FILE = """
+import torch
+from torch import nn
+
+
+def net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+"""
+
+
+def test_a_model_file_named_like_a_stdlib_module_leaves_that_module_alone(tmp_path: Path) -> None:
+    """``sub/random.py:net`` replaced ``random`` in sys.modules for the whole process, and a later
+    ``import sympy`` crashed (found by a robustness probe)."""
+    import json
+    import random
+
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    before = dict(sys.modules)
+    for name in ("random", "json", "random"):  # twice: a second load replaces nothing either
+        (sub / f"{name}.py").write_text(NET_FILE)
+        assert load_any_model(f"{sub}/{name}.py:net")(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    assert sys.modules["random"] is random and sys.modules["json"] is json
+    assert [k for k, v in before.items() if sys.modules.get(k) is not v] == []
+    assert random.Random(0).random() == pytest.approx(0.8444218515250481)
+
+
+def test_a_model_file_imports_its_siblings_absolutely_or_relatively(tmp_path: Path) -> None:
+    (tmp_path / "zz_width.py").write_text("WIDTH = 7\n")
+    (tmp_path / "zz_head.py").write_text(
+        "from torch import nn\n\n\ndef head(width):\n    return nn.Linear(784, width)\n"
+    )
+    (tmp_path / "zz_net.py").write_text(
+        "from torch import nn\n\nimport zz_width\n\nfrom . import zz_head\n\n\n"
+        "def net():\n    return nn.Sequential(nn.Flatten(), zz_head.head(zz_width.WIDTH))\n"
+    )
+    model = load_any_model(f"{tmp_path}/zz_net.py:net")
+    assert model(torch.rand(2, 1, 28, 28)).shape == (2, 7)
+    assert "zz_head" not in sys.modules  # the relative import stays private to the file
+
+
+def test_a_failing_model_file_leaves_no_module_behind(tmp_path: Path) -> None:
+    (tmp_path / "broken.py").write_text("raise RuntimeError('boom')\n")
+    before = set(sys.modules)
+    with pytest.raises(InvalidInputError, match="importing it raised RuntimeError: boom"):
+        load_any_model(f"{tmp_path}/broken.py:net")
+    assert set(sys.modules) == before
+
+
+# ------------------------------------------------------------------------------ model probe
+class Squeezed(torch.nn.Module):
+    """``net(x).squeeze()``: logits (N, 10) for N >= 2 but (10,) for one image."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze()
+
+
+def test_probe_refuses_a_model_that_drops_the_batch_axis_for_one_image() -> None:
+    """It passed the probe of 2 images, then crashed in the attack, curves or eval (a last chunk of
+    one image) with an IndexError (found by a robustness probe)."""
+    with pytest.raises(InvalidInputError, match=r"returned shape \(10,\) for a batch of 1") as info:
+        check_model_input(Squeezed().eval(), torch.rand(3, 1, 2, 2))
+    assert "(1, K)" in str(info.value)
+    with pytest.raises(InvalidInputError, match=r"returned shape \(10,\) for a batch of 1"):
+        check_model_input(Squeezed().eval(), torch.rand(1, 1, 2, 2))
+
+
+@pytest.mark.parametrize(
+    ("layers", "expected"),
+    [
+        (
+            [torch.nn.Conv1d(1, 4, 5), torch.nn.Flatten(), torch.nn.Linear(96, 10)],
+            r"1-channel signals \(N, C, L\) \(first layer Conv1d\(1, \.\.\.\)\)",
+        ),
+        (
+            [torch.nn.Conv3d(2, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(10)],
+            r"2-channel volumes \(N, C, D, H, W\) \(first layer Conv3d\(2, \.\.\.\)\)",
+        ),
+        (
+            [torch.nn.ConvTranspose2d(5, 1, 3), torch.nn.Flatten(), torch.nn.LazyLinear(10)],
+            r"5-channel images \(N, C, H, W\) \(first layer ConvTranspose2d\(5, \.\.\.\)\)",
+        ),
+        (
+            [torch.nn.Flatten(), torch.nn.Linear(96, 10)],
+            r"96 inputs per image \(first layer Linear\(96, \.\.\.\)\)",
+        ),
+    ],
+    ids=["conv1d", "conv3d", "conv-transpose", "linear"],
+)
+def test_the_input_error_names_the_first_layer_of_any_kind(
+    layers: list[torch.nn.Module], expected: str
+) -> None:
+    """A Conv1d model was said to take 'first layer Linear(96, ...)' (found by a robustness probe)."""
+    with pytest.raises(InvalidInputError, match=expected):
+        check_model_input(torch.nn.Sequential(*layers).eval(), torch.rand(2, 1, 28, 28))
+
+
+class LaterRegistered(torch.nn.Module):
+    """The head is registered before the convolution that runs first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = torch.nn.Linear(12, 10)
+        self.conv = torch.nn.Conv2d(3, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.conv(x).flatten(1))
+
+
+def test_the_first_layer_is_the_first_one_forward_runs() -> None:
+    with pytest.raises(InvalidInputError, match=r"first layer Conv2d\(3, \.\.\.\)"):
+        check_model_input(LaterRegistered().eval(), torch.rand(2, 1, 2, 2))

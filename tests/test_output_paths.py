@@ -12,10 +12,11 @@ from pathlib import Path
 
 import click
 import pytest
+import torch
 from click.testing import CliRunner
 
 from intriguing._io import atomic_write_json
-from intriguing.cli import validation
+from intriguing.cli import options, validation
 from intriguing.cli.main import cli
 from intriguing.errors import OutputError
 
@@ -180,3 +181,201 @@ def test_a_failed_atomic_write_is_one_line_and_leaves_nothing(
         atomic_write_json(tmp_path / "r.json", {"a": 1})
     assert "\n" not in str(info.value)
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------------------
+# Outputs that would replace an input or another output (found by a robustness probe: `attack
+# --weights w.safetensors --save w.safetensors` overwrote the weights after the attack, `--save
+# c.safetensors --json c.safetensors` left a corrupt result, `--json X.safetensors.json` silently
+# replaced the sidecar of `--save X.safetensors`; `--save .` was a ValueError traceback).
+MODEL_FILE = """
+from pathlib import Path
+
+import torch
+from torch import nn
+
+Path(__file__).with_name("imported").write_text("the model was loaded")
+
+
+def net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 10))
+"""
+
+
+@pytest.fixture
+def inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A model file, its weights, a tensor file, an image folder and a labels file in ``tmp_path``
+    (the current directory); loading the model leaves a file ``imported``."""
+    from PIL import Image
+    from safetensors.torch import save_file
+    from torch import nn
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m.py").write_text(MODEL_FILE)
+    save_file(dict(nn.Sequential(nn.Flatten(), nn.Linear(16, 10)).state_dict()), "w.safetensors")
+    save_file({"images": torch.rand(3, 1, 4, 4), "labels": torch.arange(3)}, "d.safetensors")
+    (tmp_path / "photos").mkdir()
+    Image.new("L", (4, 4)).save(tmp_path / "photos" / "a.png")
+    (tmp_path / "labels.txt").write_text("a.png 1\n")
+    return tmp_path
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def _refused(args: list[str], root: Path, *words: str) -> str:
+    before = _snapshot(root)
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "Traceback" not in result.output, result.output
+    for word in words:
+        assert word in errors[0], result.output
+    assert _snapshot(root) == before  # nothing written, the model never loaded (no `imported`)
+    return errors[0]
+
+
+ATTACK = ["attack", "m.py:net", "--n", "2"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["--weights", "w.safetensors", "--save", "w.safetensors"], ["--save", "--weights"]),
+        (["--tensors", "d.safetensors", "--save", "d.safetensors"], ["--save", "--tensors"]),
+        (["--tensors", "d.safetensors", "--json", "d.safetensors"], ["--json", "--tensors"]),
+        (["--json", "m.py"], ["--json", "MODEL"]),
+        (["--save", "c.safetensors", "--json", "c.safetensors"], ["--save", "--json"]),
+        (["--save", "x.safetensors", "--json", "x.safetensors.json"], ["sidecar", "--save"]),
+        (["--images", "photos", "--json", "photos/a.png"], ["--images"]),
+        (["--images", "photos", "--labels", "labels.txt", "--json", "labels.txt"], ["--labels"]),
+        (["--weights", "./sub/../w.safetensors", "--json", "w.safetensors"], ["--weights"]),
+    ],
+    ids=[
+        "weights",
+        "tensors",
+        "tensors-json",
+        "model-file",
+        "save-json",
+        "sidecar",
+        "image-folder-file",
+        "labels",
+        "spelled-differently",
+    ],
+)
+def test_an_output_that_would_replace_an_input_or_output_is_refused_before_any_work(
+    inputs: Path, extra: list[str], words: list[str]
+) -> None:
+    (inputs / "sub").mkdir()
+    _refused([*ATTACK, *extra], inputs, *words)
+
+
+def test_links_to_an_input_are_refused(inputs: Path) -> None:
+    os.symlink(inputs / "w.safetensors", inputs / "soft.safetensors")
+    os.link(inputs / "d.safetensors", inputs / "hard.safetensors")
+    _refused([*ATTACK, "--weights", "w.safetensors", "--save", "soft.safetensors"], inputs)
+    _refused([*ATTACK, "--tensors", "d.safetensors", "--save", "hard.safetensors"], inputs)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["eval", "m.py:net", "--weights", "w.safetensors", "--json", "w.safetensors"],
+        ["units", "m.py:net", "--tensors", "d.safetensors", "--json", "d.safetensors"],
+        ["units", "m.py:net", "--layer", "1", "--save-activations", "m.npy"],
+        ["spectral", "m.py:net", "--weights", "w.safetensors", "--json", "w.safetensors"],
+        ["curves", "m.py:net", "--tensors", "d.safetensors", "--eps", "1", "--plot", "d.png"],
+        ["curves", "m.py:net", "--eps", "1", "--json", "j.png", "--plot", "j.png"],
+        ["rarity", "m.py:net", "--weights", "w.safetensors", "--json", "w.safetensors"],
+        ["recover", "m.py:net", "--tensors", "d.safetensors", "--json", "d.safetensors"],
+        ["data", "info", "--data-dir", ".", "--json", "t10k-labels-idx1-ubyte"],
+        ["train", "softmax1", "--data-dir", ".", "--json", "t10k-labels-idx1-ubyte"],
+        ["eval", "--checkpoint", "k.safetensors", "--json", "k.json"],
+    ],
+    ids=lambda a: " ".join(a[:1] + a[-2:-1]),
+)
+def test_every_command_refuses_outputs_that_replace_inputs(inputs: Path, argv: list[str]) -> None:
+    """One check for every command (the console script's group applies it to each)."""
+    (inputs / "m.npy").symlink_to(inputs / "m.py")
+    (inputs / "d.png").symlink_to(inputs / "d.safetensors")
+    (inputs / "t10k-labels-idx1-ubyte").write_bytes(b"x")
+    (inputs / "k.safetensors").write_bytes(b"x")
+    (inputs / "k.json").write_text("{}")
+    flags = [a for a in argv if a.startswith("--") and a not in ("--eps", "--layer")]
+    _refused(argv, inputs, *flags[-2:])
+
+
+def test_an_output_file_that_is_also_an_output_directory_is_refused(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    args = ["units", "softmax1", "--layer", "out", "--out", str(run), "--json", str(run)]
+    assert "also the --out directory" in _refused(args, tmp_path)
+
+
+def test_distinct_outputs_pass_and_a_sidecar_collision_names_both() -> None:
+    """The check itself, on parsed values."""
+    save = validation.Output("--save", Path("a.safetensors"), (".json",))
+    validation.refuse_overwrites(
+        [save, validation.Output("--json", Path("a.json"))],
+        [validation.Input("--weights", Path("w.safetensors"))],
+    )
+    with pytest.raises(
+        OutputError, match=r"^--json a\.safetensors\.json is also the \.json sidecar"
+    ):
+        validation.refuse_overwrites(
+            [validation.Output("--json", Path("a.safetensors.json")), save], []
+        )
+
+
+def test_a_rerun_may_replace_its_own_output_in_a_data_folder(inputs: Path) -> None:
+    """Only the files an input folder reads are protected: a result already in --data-dir or
+    --images (a rerun) may be replaced, an IDX file or an image may not."""
+    (inputs / "train-images-idx3-ubyte.gz").write_bytes(b"x")
+    (inputs / "r.json").write_text("{}")
+    (inputs / "photos" / "r.json").write_text("{}")
+    images = validation.Input("--images", Path("photos"), options._image_file)
+    data = validation.Input("--data-dir", Path("."), options._mnist_file)
+    validation.refuse_overwrites([validation.Output("--json", Path("photos/r.json"))], [images])
+    validation.refuse_overwrites([validation.Output("--json", Path("r.json"))], [data])
+    with pytest.raises(OutputError, match="--data-dir"):
+        validation.refuse_overwrites(
+            [validation.Output("--json", Path("train-images-idx3-ubyte.gz"))], [data]
+        )
+
+
+@pytest.mark.parametrize("text", [".", "/", "..", "./", "sub/", "sub/.", "sub/.."])
+def test_directory_like_output_files_are_refused_as_directories(
+    text: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    for suffix in (".safetensors", ".png", None):
+        with pytest.raises(click.BadParameter, match="is a directory; give a file name") as info:
+            validation.output_file(suffix).convert(text, None, None)
+        assert "..." not in str(info.value)
+
+
+def test_save_dot_is_one_error_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for argv in (
+        ["attack", "softmax1", "--dataset", "mnist-5k", "--save", "."],
+        ["attack", "softmax1", "--dataset", "mnist-5k", "--save", "/"],
+        ["curves", "softmax1", "--dataset", "mnist-5k", "--eps", "1", "--plot", "."],
+    ):
+        assert "is a directory" in _refused(argv, tmp_path)
+
+
+def test_every_command_of_the_console_script_checks_its_outputs() -> None:
+    """The group guards each command it loads (nested ones too), so a new command with an output
+    option is covered without code of its own."""
+    from intriguing.cli.main import COMMANDS
+
+    ctx = click.Context(cli)
+    pending = [cli.get_command(ctx, name) for name in COMMANDS]
+    while pending:
+        command = pending.pop()
+        assert command is not None and command.callback is not None
+        assert getattr(command.callback, "_intriguing_outputs_guarded", False), command.name
+        if isinstance(command, click.Group):
+            pending.extend(command.commands.values())

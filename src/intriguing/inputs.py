@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from intriguing.attacks.checks import check_images
+from intriguing.attacks.checks import check_images, logits_shape_problem
 from intriguing.errors import InvalidInputError, UnknownModelError
 from intriguing.models.user import (
     MODEL_FORMS,
@@ -39,6 +39,7 @@ from intriguing.models.user import (
     load_factory_model,
     model_device,  # noqa: F401  (re-exported: intriguing.inputs.model_device)
     model_input,
+    none_correct,
     predict,
     select_correct,
     uncompiled,
@@ -194,6 +195,11 @@ def parse_normalize(text: str) -> tuple[list[float], list[float]]:
 
     The first half of the numbers are the means, the second half the standard deviations.
     """
+    if not text.strip():
+        raise InvalidInputError(
+            "--normalize is empty; give the means then the stds, one of each per channel "
+            "(e.g. 0.1307,0.3081 or 0.5,0.5,0.5,0.2,0.2,0.2), or leave the option out"
+        )
     try:
         values = [float(t) for t in text.split(",") if t.strip()]
     except ValueError:
@@ -256,15 +262,28 @@ def load_any_model(
 
 
 # ----------------------------------------------------------------------------- model/data checks
+_CONVOLUTIONS = (
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+)
+_FIRST_LAYERS = (*_CONVOLUTIONS, nn.Linear)  # lazy versions included (subclasses)
+_INPUTS = {1: "signals (N, C, L)", 2: "images (N, C, H, W)", 3: "volumes (N, C, D, H, W)"}
+
+
 def expected_channels(model: nn.Module) -> int | None:
-    """Input channels the model states: its first Normalize (more than one channel) or Conv."""
+    """Input channels the model states: its first Normalize (more than one channel) or
+    convolution (not a lazy one, whose channels follow the data)."""
     from intriguing.models.preprocessing import Normalize
 
     for module in model.modules():
         if isinstance(module, Normalize) and module.mean.numel() > 1:
             return int(module.mean.numel())
-        if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d):
-            return int(module.in_channels)
+        if isinstance(module, _CONVOLUTIONS):
+            return int(module.in_channels) or None
         if isinstance(module, nn.Linear):
             return None
     return None
@@ -280,13 +299,45 @@ def _normalize_channels(model: nn.Module) -> int | None:
     return None
 
 
-def describe_expected(model: nn.Module) -> str:
-    """What the model's first layer says about its input, for error messages."""
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            return f"{module.in_channels}-channel images (first layer Conv2d({module.in_channels}, ...))"
-        if isinstance(module, nn.Linear):
-            return f"{module.in_features} inputs per image (first layer Linear({module.in_features}, ...))"
+def first_layer(model: nn.Module, probe: torch.Tensor | None = None) -> nn.Module | None:
+    """The model's first convolution or linear layer: the first one its forward calls on
+    ``probe`` (even if the forward then fails), else (no probe, or none called) the first one
+    registered."""
+    layers = [m for m in model.modules() if isinstance(m, _FIRST_LAYERS)]
+    called: list[nn.Module] = []
+    if probe is not None and layers:
+        hooks = [m.register_forward_pre_hook(lambda m, _: called.append(m)) for m in layers]
+        try:
+            with torch.no_grad():
+                model(probe)
+        except Exception:  # the probe that failed: only the layers called before matter
+            pass
+        finally:
+            for hook in hooks:
+                hook.remove()
+    return (called or layers or [None])[0]
+
+
+def _describe_layer(layer: nn.Module) -> str:
+    name = type(layer).__name__
+    if isinstance(layer, nn.Linear):
+        if not layer.in_features:  # LazyLinear before its first call
+            return f"flattened inputs (first layer {name}, its size inferred)"
+        size = layer.in_features
+        return f"{size} inputs per image (first layer {name}({size}, ...))"
+    if not isinstance(layer, _CONVOLUTIONS):
+        return f"another input shape (first layer {name})"
+    kind = _INPUTS.get(len(layer.kernel_size), "inputs")
+    if not layer.in_channels:  # a lazy convolution before its first call
+        return f"{kind} (first layer {name}, its channels inferred)"
+    return f"{layer.in_channels}-channel {kind} (first layer {name}({layer.in_channels}, ...))"
+
+
+def describe_expected(model: nn.Module, probe: torch.Tensor | None = None) -> str:
+    """What the model's first layer (:func:`first_layer`) says about its input, for messages."""
+    layer = first_layer(model, probe)
+    if layer is not None:
+        return _describe_layer(layer)
     channels = expected_channels(model)
     return f"{channels}-channel images" if channels else "another input shape"
 
@@ -294,12 +345,30 @@ def describe_expected(model: nn.Module) -> str:
 def check_model_input(
     model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None = None
 ) -> int:
-    """One probe forward of ``images[:2]``: the model must return finite logits ``(B, K)``.
+    """Probe forwards of ``images[:2]`` and ``images[:1]``: the model must return finite logits
+    ``(B, K)`` for both batch sizes.
 
     Returns the number of classes ``K``. Raises a one-line :class:`InvalidInputError` naming the
     model's expected input and the data's shape on any mismatch, and when a label is ``>= K``.
     """
     shape = "x".join(map(str, images.shape[1:]))
+    _check_channels(model, images, shape)
+    probe = model_input(model, images[:2])
+    logits = _logits(_probe(model, probe, shape), len(probe), shape)
+    if len(probe) > 1:  # batches of one image too (an attack's, an evaluation's last chunk)
+        _logits(_probe_one(model, probe[:1]), 1, shape)
+    if not bool(torch.isfinite(logits).all()):
+        raise InvalidInputError(f"the model returned NaN or infinite logits on the data ({shape})")
+    classes = int(logits.shape[1])
+    if labels is not None and len(labels) and int(labels.max()) >= classes:
+        raise InvalidInputError(
+            f"label {int(labels.max())} is out of range for a model with {classes} outputs"
+        )
+    return classes
+
+
+def _check_channels(model: nn.Module, images: torch.Tensor, shape: str) -> None:
+    """Refuse data whose channels differ from the model's normalisation or first convolution."""
     means = _normalize_channels(model)
     if means is not None and means > 1 and images.ndim >= 2 and images.shape[1] != means:
         raise InvalidInputError(
@@ -319,39 +388,50 @@ def check_model_input(
             f"the model expects {describe_expected(model)} but the data is {shape} (C x H x W); "
             + hint
         )
-    probe = model_input(model, images[:2])
+
+
+def _probe(model: nn.Module, probe: torch.Tensor, shape: str) -> Any:
+    """The model's output on ``probe``; a one-line error naming its expected input if it fails."""
     try:
         with torch.no_grad():
-            logits = model(probe)
+            return model(probe)
     except Exception as exc:  # any shape error of the user's model
         raise InvalidInputError(
             f"the model does not accept the data ({shape}, C x H x W): it expects "
-            f"{describe_expected(model)}; the probe forward raised {first_line(exc)}"
+            f"{describe_expected(model, probe)}; the probe forward raised {first_line(exc)}"
         ) from None
-    if (
-        not isinstance(logits, torch.Tensor)
-        or logits.ndim != 2
-        or logits.shape[0] != len(probe)
-        or logits.shape[1] < 2
-    ):
-        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+
+
+def _probe_one(model: nn.Module, probe: torch.Tensor) -> Any:
+    """The model's output on one image (it ran on two); a one-line error if it fails."""
+    try:
+        with torch.no_grad():
+            return model(probe)
+    except Exception as exc:  # batch statistics (BatchNorm in training mode), reshapes, ...
+        raise InvalidInputError(
+            f"the model fails on a batch of 1 image ({first_line(exc)}) though it runs on 2; "
+            "commands call it on batches of any size, down to 1"
+        ) from None
+
+
+def _logits(output: Any, n: int, shape: str) -> torch.Tensor:
+    """``output`` if it is floating logits ``(n, K)`` with ``K >= 2``; else a one-line error."""
+    if isinstance(output, torch.Tensor) and n == 1:
+        problem = logits_shape_problem(tuple(output.shape), 1)
+        if problem is not None:
+            raise InvalidInputError(problem)
+    if not isinstance(output, torch.Tensor) or logits_shape_problem(tuple(output.shape), n):
+        got = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
         raise InvalidInputError(
             f"the model must return logits (N, classes) with at least 2 classes for images "
             f"{shape}; it returned {got}"
         )
-    if not logits.is_floating_point():
+    if not output.is_floating_point():
         raise InvalidInputError(
             f"the model must return floating logits for images {shape}; it returned "
-            f"{logits.dtype} (return the raw scores, not class indices)"
+            f"{output.dtype} (return the raw scores, not class indices)"
         )
-    if not bool(torch.isfinite(logits).all()):
-        raise InvalidInputError(f"the model returned NaN or infinite logits on the data ({shape})")
-    classes = int(logits.shape[1])
-    if labels is not None and len(labels) and int(labels.max()) >= classes:
-        raise InvalidInputError(
-            f"label {int(labels.max())} is out of range for a model with {classes} outputs"
-        )
-    return classes
+    return output
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -586,6 +666,8 @@ def choose_examples(
             break
     if n is not None and found < n:
         what = "correctly classified" if correct_only and data.labels is not None else "suitable"
+        if found == 0 and what == "correctly classified":
+            raise none_correct(len(data))
         raise InvalidInputError(
             f"only {found} {what} images among {len(data)}; lower --n to at most {found}"
         )

@@ -3,7 +3,8 @@
 Every check raises a one-line :class:`~intriguing.errors.InvalidInputError` (or warns with an
 :class:`AttackWarning`) naming what is wrong and what to do:
 
-- images: a float tensor, at least 2-D ``(N, ...)``, no NaN/inf, every value inside [0, 1];
+- images: a float tensor, at least 2-D ``(N, ...)``, no axis of size 0, no NaN/inf, every value
+  inside [0, 1];
 - labels / targets: int64-compatible ``(N,)`` matching the images, each in ``[0, num_classes)``;
 - model: every submodule in eval mode (dropout and batch-norm make training-mode outputs random);
 - outputs: one floating tensor of ``(N, K)`` logits with ``K >= 2`` (not a tuple or dict); rows that
@@ -34,8 +35,8 @@ def check_images(images: object, *, name: str = "images") -> torch.Tensor:
     """Validate a batch of images ``(N, ...)`` in [0, 1]; returns it unchanged.
 
     Raises:
-        InvalidInputError: not a floating tensor, fewer than 2 dimensions, empty, NaN/inf, or values
-            outside [0, 1].
+        InvalidInputError: not a floating tensor, fewer than 2 dimensions, empty (no images, or an
+            axis of size 0), NaN/inf, or values outside [0, 1].
     """
     if not isinstance(images, torch.Tensor):
         raise InvalidInputError(f"{name} must be a torch.Tensor, got {type(images).__name__}")
@@ -47,6 +48,11 @@ def check_images(images: object, *, name: str = "images") -> torch.Tensor:
         raise InvalidInputError(
             f"{name} must have shape (N, ...) with N >= 1, got {tuple(images.shape)}; "
             "add a batch dimension with images.unsqueeze(0)"
+        )
+    if images[0].numel() == 0:
+        raise InvalidInputError(
+            f"{name} have no values: shape {tuple(images.shape)} has an axis of size 0; every "
+            "image needs at least one value (C, H, W >= 1)"
         )
     values = images.detach()  # statistics only: no autograd warning for images requiring grad
     # min and max propagate NaN and reach +-inf, so one pass finds non-finite values too
@@ -158,6 +164,18 @@ def check_logits(outputs: object, n: int) -> int:
     return int(outputs.shape[1])
 
 
+def logits_shape_problem(shape: tuple[int, ...], n: int) -> str | None:
+    """Why model outputs of ``shape`` for a batch of ``n`` images are not logits ``(n, K)`` with
+    ``K >= 2`` (one line), or None when they are."""
+    if len(shape) == 2 and shape[0] == n and shape[1] >= 2:
+        return None
+    hint = "; a .squeeze() in forward() drops the batch axis of one image" if n == 1 else ""
+    return (
+        f"the model returned shape {shape} for a batch of {n} image{'' if n == 1 else 's'}; it "
+        f"must return logits ({n}, K) with K >= 2 classes, (N, K) for every batch size N{hint}"
+    )
+
+
 def check_input_gradient(model: nn.Module, images: torch.Tensor) -> int:
     """One forward pass on ``images[:1]`` with gradients enabled: the attack's batches shrink to one
     image, and it needs the logits' gradient with respect to the input (the autograd graph must
@@ -168,8 +186,9 @@ def check_input_gradient(model: nn.Module, images: torch.Tensor) -> int:
     saved; the model's parameters and buffers, shared by every image, excluded).
 
     Raises:
-        InvalidInputError: the model fails on a single image with gradients enabled, or its logits
-            do not depend differentiably on the input (argmax, ``.detach()``, ``torch.no_grad()``).
+        InvalidInputError: the model fails on a single image with gradients enabled, returns
+            anything but logits ``(1, K)`` for it, or its logits do not depend differentiably on
+            the input (argmax, ``.detach()``, ``torch.no_grad()``).
     """
     x = images[:1].detach().clone().requires_grad_(True)
     shared = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
@@ -194,6 +213,9 @@ def check_input_gradient(model: nn.Module, images: torch.Tensor) -> int:
             "calls it on batches of 1 to batch_size images and needs input gradients"
         ) from None
     logits = check_output_type(logits)
+    problem = logits_shape_problem(tuple(logits.shape), 1)
+    if problem is not None:
+        raise InvalidInputError(problem)
     if not _graph_reaches(logits.grad_fn, x):
         raise InvalidInputError(
             "the model's logits are not differentiable in its input (argmax, .detach(), "

@@ -334,6 +334,7 @@ class LBFGS(Attack):
             problems = self._problems(labels, targets, clean_logits)
         temperature = self._temperature(untargeted_loss=bool((problems.targets < 0).all()))
         factor = ESTIMATE_FACTOR if problems.c0 is not None else None
+        trouble = _Trouble.none(images.shape[0], images.device)  # warned about once, below
         # one bar for the whole attack: the c-search, then (untargeted) the polish of its successes
         with make_progress(enabled=self.progress) as bar:
             task = bar.add_task("attacking", total=len(problems.example))
@@ -348,11 +349,19 @@ class LBFGS(Attack):
                 logit_scale=scale,
                 rows_per_call=rows,
                 prune=untried is not None,
+                trouble=trouble,
             )
             solved = search.solve(bar, task)
             if untried is not None:
                 problems, solved = self._fallback(
-                    (model, images, labels), problems, solved, untried, (bar, task), scale, rows
+                    (model, images, labels),
+                    problems,
+                    solved,
+                    untried,
+                    (bar, task),
+                    scale,
+                    rows,
+                    trouble,
                 )
             if (
                 self.mode == "untargeted"
@@ -360,8 +369,11 @@ class LBFGS(Attack):
                 and self.refine
                 and estimate_evals is None
             ):
-                solved = self._refine(model, images, labels, solved, (bar, task), scale, rows)
+                solved = self._refine(
+                    model, images, labels, solved, (bar, task), scale, rows, trouble
+                )
                 bar.update(task, description="attacking")
+        trouble.warn()
         raw = _reduce(solved, problems, images.shape[0])
         if estimate_evals is not None:
             raw.grad_evals += estimate_evals
@@ -477,6 +489,7 @@ class LBFGS(Attack):
         progress: tuple[Progress, TaskID],
         scale: torch.Tensor | None,
         rows: int,
+        trouble: _Trouble,
     ) -> tuple[_Problems, _Solved]:
         """Untargeted candidates: attack each estimated example whose every problem failed toward
         up to ``FALLBACK_CLASSES`` classes it has not tried, nearest first; returns all problems
@@ -508,6 +521,7 @@ class LBFGS(Attack):
             factor,
             logit_scale=scale,
             rows_per_call=rows,
+            trouble=trouble,
         )
         bar, task = progress
         bar.update(task, total=len(problems.example) + len(example))
@@ -523,6 +537,7 @@ class LBFGS(Attack):
         progress: tuple[Progress, TaskID],
         scale: torch.Tensor | None,
         rows: int,
+        trouble: _Trouble,
     ) -> _Solved:
         """Untargeted polish: a targeted search (``REFINE_TEMPERATURE``) toward the class each
         example reached, from its best point and constant; keeps whichever success is smaller."""
@@ -545,6 +560,7 @@ class LBFGS(Attack):
             min(self.search_steps, REFINE_SEARCH_STEPS),
             logit_scale=scale,
             rows_per_call=rows,
+            trouble=trouble,
         )
         bar, task = progress
         bar.update(task, total=len(solved.success) + len(redo), description="attacking: polishing")
@@ -613,6 +629,58 @@ class LBFGS(Attack):
 
 
 @dataclass
+class _Trouble:
+    """Examples ``(N,)`` bool whose input gradient is exactly zero at the clean image (``zero``;
+    a problem that starts elsewhere, the polish's, is not counted) or whose loss or gradient was
+    NaN or infinite anywhere (``nonfinite``); shared by an attack's searches so that each warning
+    is given once per attack (:meth:`warn`)."""
+
+    zero: torch.Tensor
+    nonfinite: torch.Tensor
+
+    @classmethod
+    def none(cls, n: int, device: torch.device) -> _Trouble:
+        return cls(*(torch.zeros(n, device=device, dtype=torch.bool) for _ in range(2)))
+
+    def observe(
+        self,
+        example: torch.Tensor,
+        grad: torch.Tensor,
+        stuck: torch.Tensor,
+        finite: torch.Tensor,
+        *,
+        clean: bool,
+    ) -> None:
+        """Record the rows of one evaluation: ``example`` ``(b,)``, loss gradients ``grad``
+        ``(b, D)``; ``stuck``: first evaluations of problems not yet adversarial; ``finite``: the
+        optimiser found the loss and gradient finite (:class:`StepEvents`, no extra pass over
+        ``grad``); ``clean``: the problems start at the clean images."""
+        if clean and bool(stuck.any()):
+            self.zero[example[(grad.abs().amax(1) == 0) & stuck]] = True
+        if not bool(finite.all()):
+            self.nonfinite[example[~finite]] = True
+
+    def warn(self) -> None:
+        """One :class:`AttackWarning` line per kind of trouble seen, counting examples."""
+        zero, nonfinite = int(self.zero.sum()), int(self.nonfinite.sum())
+        if zero:
+            warnings.warn(
+                f"{zero} example(s) have an exactly zero input gradient at the clean "
+                "image (saturated model); the attack cannot move them",
+                AttackWarning,
+                stacklevel=4,
+            )
+        if nonfinite:
+            warnings.warn(
+                f"{nonfinite} example(s) have a NaN or infinite input gradient (a "
+                "non-differentiable operation such as sqrt or log at 0 in the model?); the attack "
+                "cannot follow it, so a failure on them says nothing about robustness",
+                AttackWarning,
+                stacklevel=4,
+            )
+
+
+@dataclass
 class _Solved:
     """Per-problem outcome ``(P, ...)`` of the c-search."""
 
@@ -641,6 +709,7 @@ class _Search:
         logit_scale: torch.Tensor | None = None,
         rows_per_call: int,
         prune: bool = False,
+        trouble: _Trouble | None = None,
     ) -> None:
         self.attack, self.model, self.temperature = attack, model, temperature
         self.prune = prune and PRUNE_BEATEN
@@ -694,9 +763,8 @@ class _Search:
         self.started = torch.zeros(images.shape[0], device=dev, dtype=torch.bool)
         # (N,) squared L2 of each example's smallest success so far, over all its problems
         self.example_best = f64(images.shape[0], math.inf)
-        # (N,) examples whose input gradient is exactly zero at the clean image (a problem that
-        # starts elsewhere, the polish's, is not counted: the warning is about the clean image)
-        self.zero_gradient = torch.zeros(images.shape[0], device=dev, dtype=torch.bool)
+        # examples with a zero or non-finite input gradient, shared by the attack's searches
+        self.trouble = trouble or _Trouble.none(images.shape[0], dev)
 
     def solve(self, bar: Progress, task: TaskID) -> _Solved:
         """Run every problem to the end of its search; advance ``task`` as problems finish."""
@@ -709,14 +777,6 @@ class _Search:
             if finished:
                 bar.advance(task, finished)
             self._fill()
-        zero = int(self.zero_gradient.sum())
-        if zero:
-            warnings.warn(
-                f"{zero} example(s) have an exactly zero input gradient at the clean "
-                "image (saturated model); the attack cannot move them",
-                AttackWarning,
-                stacklevel=4,
-            )
         return self.out
 
     _SLOT_STATE = (
@@ -790,9 +850,6 @@ class _Search:
         )
         labels = self.labels[example]
         succ = success_mask(logits, labels, tgt, aim=AIM_FACTOR)
-        if self.problems.start is None and bool(fresh.any()):  # stuck at an unsolved clean image
-            flat = (grad.abs().amax(1) == 0) & fresh & ~succ
-            self.zero_gradient[example[flat]] = True
         d2 = self.opt.trial_sq_distance()  # (b,) float64 squared L2 of the trial points
         better = succ & (d2 < self.best_d2[idx])
         if bool(better.any()):
@@ -803,6 +860,8 @@ class _Search:
             self.best_c[slots] = torch.where(fresh[better], math.nan, self.opt.c[slots])
             self.example_best.scatter_reduce_(0, example[rows], d2[better], reduce="amin")
         events = self.opt.observe(loss, grad)
+        stuck = fresh & ~succ
+        self.trouble.observe(example, grad, stuck, events.finite, clean=self.problems.start is None)
         if self.left and self.problems.lead is not None:  # head starts (LEAD_HEAD_START)
             self.started[example[self.opt.evaluations[idx] >= LEAD_HEAD_START]] = True
         self.succ_cur[idx[events.accepted]] = succ[events.accepted]

@@ -64,10 +64,12 @@ class StepEvents:
         accepted: the trial point became the slot's iterate (its evaluation is the iterate's).
         converged: the slot's stage ended; the caller must :meth:`~BoxLBFGS.set_c`,
             :meth:`~BoxLBFGS.load` or :meth:`~BoxLBFGS.release` it before the next :meth:`trial`.
+        finite: the loss and the gradient were finite (a non-finite trial is rejected).
     """
 
     accepted: torch.Tensor
     converged: torch.Tensor
+    finite: torch.Tensor
 
 
 class BoxLBFGS:
@@ -382,7 +384,7 @@ class BoxLBFGS:
         if bool(retry.any()):
             self._backtrack(retry, f_old, f_new, g)
         self.waiting |= converged
-        return StepEvents(accepted=accepted[idx], converged=converged[idx])
+        return StepEvents(accepted=accepted[idx], converged=converged[idx], finite=finite[idx])
 
     def _accept_trials(self, accepted: torch.Tensor, kept: torch.Tensor) -> None:
         """``x <- xt`` in the ``accepted`` rows ``(B,)`` (``kept`` ``(k,)``: the others). Mostly

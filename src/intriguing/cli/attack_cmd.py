@@ -90,7 +90,7 @@ def verify_successes(model: Any, result: Any) -> int:
 @click.option(
     "--save",
     "save_path",
-    type=output_file(".safetensors"),
+    type=output_file(".safetensors", sidecars=(".json",)),
     default=None,
     help="Write the full result (safetensors, plus a .json sidecar) to this file.",
 )

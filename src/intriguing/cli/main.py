@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from intriguing.cli.validation import guard_outputs
 from intriguing.errors import IntriguingError
 
 # name -> "module:attribute" of a click.Command; add a line to register a new subcommand.
@@ -59,7 +60,7 @@ class LazyGroup(click.Group):
         command = getattr(importlib.import_module(module_name), attr)
         if not isinstance(command, click.Command):
             raise TypeError(f"{target} is not a click command")
-        return command
+        return guard_outputs(command)  # no output may replace an input or another output
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

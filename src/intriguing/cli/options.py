@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import click
 
-from intriguing.cli.validation import output_dir, output_file
+from intriguing.cli.validation import InputPath, output_dir, output_file
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -62,9 +62,11 @@ def text_option(
     help: str,
     dest: str | None = None,
     metavar: str | None = None,
+    callback: Callable[[click.Context, click.Parameter, Any], Any] | None = None,
 ) -> Callable[[F], F]:
-    """A free-text option (comma-separated lists and the like); its default shown when set."""
-    return _option(flag, dest, default=default, help=help, metavar=metavar)
+    """A free-text option (comma-separated lists and the like); its default shown when set;
+    ``callback`` checks the value while the command line is parsed."""
+    return _option(flag, dest, default=default, help=help, metavar=metavar, callback=callback)
 
 
 def flag_option(flag: str, help: str, *, dest: str | None = None) -> Callable[[F], F]:
@@ -105,11 +107,23 @@ def _announce_dataset(ctx: click.Context, param: click.Parameter, value: str) ->
     return value
 
 
+def _mnist_file(path: Path) -> bool:
+    """Whether ``path`` is one of the IDX files --data-dir reads (``*-ubyte`` or ``*-ubyte.gz``)."""
+    return "-ubyte" in path.name
+
+
+def _image_file(path: Path) -> bool:
+    """Whether ``path`` is a file --images reads (an image suffix)."""
+    from intriguing.analysis.imagefolder import IMAGE_SUFFIXES
+
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
 def data_options(func: F) -> F:
     """``--dataset`` (announcing mnist-5k's caveat loudly) and ``--data-dir``."""
     func = click.option(
         "--data-dir",
-        type=click.Path(file_okay=False, path_type=Path),
+        type=InputPath(file_okay=False, reads=_mnist_file),
         default=None,
         help="Directory with the four MNIST IDX files (else $INTRIGUING_DATA_DIR, the cache, a download).",
     )(func)
@@ -185,6 +199,16 @@ def device_option(func: F) -> F:
     )(func)
 
 
+def _check_normalize(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Refuse a --normalize that is empty or malformed while parsing, before any work (an empty one
+    was ignored: the model ran unnormalised)."""
+    if value is not None:
+        from intriguing.inputs import parse_normalize
+
+        parse_normalize(value)  # InvalidInputError: one line, exit 2
+    return value
+
+
 def model_options(func: F) -> F:
     """``--weights FILE.safetensors``, ``--normalize MEAN,STD`` and ``--device`` for a MODEL.
 
@@ -195,6 +219,7 @@ def model_options(func: F) -> F:
     func = text_option(
         "--normalize",
         default=None,
+        callback=_check_normalize,
         help="Per-channel input normalisation applied before the model, means first then stds: "
         "0.1307,0.3081 (grey) or 0.485,0.456,0.406,0.229,0.224,0.225 (RGB). Attacks and "
         "budgets stay in [0, 1] pixel space.",
@@ -219,7 +244,7 @@ def user_data_options(*, mode_flag: str = "--mode") -> Callable[[F], F]:
         click.option(
             "--images",
             "images_dir",
-            type=click.Path(path_type=Path),
+            type=InputPath(reads=_image_file),
             default=None,
             help="A folder of images instead of MNIST: flat (labels from --labels) or one "
             "subfolder per class (ImageFolder layout).",
@@ -327,7 +352,7 @@ def model_from_options(spec: str, params: dict[str, Any], *, seed: int = 0) -> t
 
     device = resolve_device(params.get("device") or "cpu")
     text = params.get("normalize")
-    normalize = parse_normalize(text) if text else None
+    normalize = parse_normalize(text) if text is not None else None
     weights = params.get("weights")
     loaded = resolve_model(
         spec,
@@ -341,6 +366,6 @@ def model_from_options(spec: str, params: dict[str, Any], *, seed: int = 0) -> t
     description = loaded.description
     if weights is not None:
         description += f", weights {Path(weights).name}"
-    if text:
+    if text is not None:
         description += f", normalised ({text})"
     return model, description

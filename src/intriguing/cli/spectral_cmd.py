@@ -180,7 +180,7 @@ def _prepared_model(
 
     from intriguing.inputs import check_model_input, finish_model, parse_normalize
 
-    normalize = parse_normalize(params["normalize"]) if params["normalize"] else None
+    normalize = parse_normalize(params["normalize"]) if params["normalize"] is not None else None
     given = parse_input_shape(shape_text)
     if params["weights"] is not None and model_name != ALEXNET:
         from intriguing.inputs import resolve_model

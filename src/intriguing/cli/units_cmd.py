@@ -81,7 +81,7 @@ def _load_model(
         return model_from_options(spec, params, seed=model_seed)[0], None
     net, record = _load_zoo_model(spec, params["dataset"], params["data_dir"], model_seed)
     text = params.get("normalize")
-    normalize = parse_normalize(text) if text else None
+    normalize = parse_normalize(text) if text is not None else None
     return finish_model(net, preprocessing=normalize, device=params.get("device")), record
 
 

@@ -16,13 +16,22 @@ read-only file systems. Problems become one-line :class:`~intriguing.errors.Outp
 raised as click usage errors (``Error: ...``, exit 2) while the command line is parsed, i.e. before
 any data is read, any model trained or any attack run. The writes themselves are atomic
 (:mod:`intriguing._io`).
+
+Once every option is parsed, :func:`refuse_overwrites` (applied to every command of the console
+script by :func:`guard_outputs`) refuses an output file that is, by any spelling, symlink or hard
+link, an input (a ``click.Path`` option such as ``--weights``, ``--tensors``, ``--labels``, a file an
+input folder reads, or the file a MODEL argument names), another output, a sidecar another output
+writes (``--save X.safetensors`` writes ``X.safetensors.json``) or an output directory.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +93,15 @@ def _existing_ancestor(path: Path) -> Path:
     return current
 
 
+def refuse_directory_name(text: str) -> None:
+    """OutputError when an output file's name is a directory: an existing one, ``.``, ``..``, ``/``
+    or a name ending in a separator (a file name is needed; ``Path.with_suffix`` fails on them)."""
+    last = text.replace(os.altsep or os.sep, os.sep).rsplit(os.sep, 1)[-1]
+    existing = Path(text).expanduser().is_dir()
+    if existing or last in ("", ".", ".."):
+        raise OutputError(f"{text} {'is' if existing else 'names'} a directory; give a file name")
+
+
 def check_output_dir(path: Path) -> Path:
     """Check that ``path`` is (or can be created as) a writable directory; return it unchanged.
 
@@ -115,8 +133,7 @@ def check_output_file(path: Path, created_dirs: tuple[Path, ...] = ()) -> Path:
             ``created_dirs``), a file, read-only, or under /proc, /sys or /dev.
     """
     absolute = _check_syntax(path)
-    if absolute.is_dir():
-        raise OutputError(f"{path} is a directory; give a file name")
+    refuse_directory_name(str(path))
     if absolute.exists() and not absolute.is_file():
         raise OutputError(f"{path} is not a regular file; give a file name")
     parent = absolute.parent
@@ -141,10 +158,12 @@ class OutputPath(click.ParamType):
     or :func:`check_output_dir`; a failed check is a usage error (``Error: ...``, exit 2).
     """
 
-    def __init__(self, kind: str = "file", suffix: str | None = None) -> None:
+    def __init__(
+        self, kind: str = "file", suffix: str | None = None, sidecars: tuple[str, ...] = ()
+    ) -> None:
         if kind not in ("file", "dir"):
             raise ValueError(f"kind must be 'file' or 'dir', not {kind!r}")
-        self.kind, self.suffix = kind, suffix
+        self.kind, self.suffix, self.sidecars = kind, suffix, sidecars
         self.name = "directory" if kind == "dir" else "file"
 
     def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
@@ -167,6 +186,8 @@ class OutputPath(click.ParamType):
                 if ctx is not None:
                     ctx.meta.setdefault(_META_KEY, []).append(_check_syntax(path))
                 return checked
+            _check_syntax(path)
+            refuse_directory_name(value if isinstance(value, str) else str(path))
             if self.suffix is not None and path.suffix.lower() != self.suffix:
                 self.fail(
                     f"{path}: this option writes a {self.suffix} file; name it "
@@ -180,17 +201,204 @@ class OutputPath(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
-def output_file(suffix: str | None = None) -> OutputPath:
+def output_file(suffix: str | None = None, sidecars: tuple[str, ...] = ()) -> OutputPath:
     """The type of every output-file option (``--json``, ``--save``, ``--plot``, ...); ``suffix``
     (e.g. ``".safetensors"``): the file's format, which its name must end with (checked before
-    any work, so nothing is written under a misleading name)."""
-    return OutputPath("file", suffix)
+    any work, so nothing is written under a misleading name); ``sidecars``: what the command
+    appends to the name for the files it writes beside it (``(".json",)``: ``NAME.json``)."""
+    return OutputPath("file", suffix, sidecars)
 
 
 def output_dir() -> OutputPath:
     """The type of every output-directory option (``--out``); declare it ``is_eager=True`` so a
     file option inside it (``--json OUT/x.json``) may name a parent that ``--out`` creates."""
     return OutputPath("dir")
+
+
+# ------------------------------------------------------------------ outputs that replace inputs
+@dataclass(frozen=True)
+class Output:
+    """An output a command writes: ``flag`` (``--save``) and ``path``; ``sidecars``: suffixes
+    appended to the name for the files written beside it; ``directory``: an ``--out`` folder."""
+
+    flag: str
+    path: Path
+    sidecars: tuple[str, ...] = ()
+    directory: bool = False
+
+
+@dataclass(frozen=True)
+class Input:
+    """A file or folder a command reads: ``flag`` (``--weights``, ``MODEL``) and ``path``;
+    ``reads``: for a folder, which of its files the command reads (None: every file)."""
+
+    flag: str
+    path: Path
+    reads: Callable[[Path], bool] | None = None
+
+
+class InputPath(click.Path):
+    """``click.Path`` for an input option; ``reads``: which files of an input folder are read
+    (:func:`refuse_overwrites` refuses only outputs that would replace one of those);
+    ``companions``: suffixes of the files read with it (a checkpoint's ``.json`` sidecar)."""
+
+    def __init__(
+        self,
+        *,
+        reads: Callable[[Path], bool] | None = None,
+        companions: tuple[str, ...] = (),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(path_type=Path, **kwargs)
+        self.reads, self.companions = reads, companions
+
+    def inputs(self, flag: str, path: Path) -> list[Input]:
+        """The inputs the option's value ``path`` stands for."""
+        others = [path.with_suffix(s) for s in self.companions if path.name not in ("", "..")]
+        return [Input(flag, path, self.reads), *(Input(flag, p) for p in others)]
+
+
+def _identity(path: Path) -> tuple[Any, ...]:
+    """What makes two paths the same file: device and inode where it exists (hard links,
+    symlinks), else the absolute path with symlinks resolved."""
+    real = Path(os.path.abspath(path.expanduser())).resolve()
+    try:
+        info = real.stat()
+    except OSError:
+        return ("path", str(real))
+    return ("inode", info.st_dev, info.st_ino)
+
+
+def _inside(path: Path, folder: Path, reads: Callable[[Path], bool] | None) -> bool:
+    """Whether ``path`` is an existing file in ``folder`` (at any depth) that the folder's input
+    reads."""
+    real = Path(os.path.abspath(path.expanduser())).resolve()
+    root = Path(os.path.abspath(folder.expanduser())).resolve()
+    if root not in real.parents or not real.is_file():
+        return False
+    return reads is None or reads(real)
+
+
+def _written(outputs: Sequence[Output]) -> list[tuple[str, Path]]:
+    """Every file the outputs write, each with how to name it in a message."""
+    files: list[tuple[str, Path]] = []
+    for out in outputs:
+        if out.directory:
+            continue
+        files.append((f"{out.flag} {out.path}", out.path))
+        for suffix in out.sidecars:
+            sidecar = out.path.with_name(out.path.name + suffix)
+            files.append((f"the {suffix} sidecar that {out.flag} {out.path} writes", sidecar))
+    return files
+
+
+def _check_input(what: str, path: Path, source: Input) -> None:
+    """OutputError if the output ``path`` (named ``what``) would replace the input ``source``."""
+    folder = source.path.expanduser().is_dir()
+    if folder and _inside(path, source.path, source.reads):
+        raise OutputError(
+            f"{what} would overwrite a file of the {source.flag} folder {source.path}; "
+            "write the output elsewhere"
+        )
+    if not folder and _identity(path) == _identity(source.path):
+        raise OutputError(
+            f"{what} would overwrite the {source.flag} file {source.path}; "
+            "choose another output name"
+        )
+
+
+def refuse_overwrites(outputs: Sequence[Output], inputs: Sequence[Input]) -> None:
+    """Refuse an output file that is an input (or a file an input folder reads), another output,
+    another output's sidecar or an output directory, whatever the spelling, symlink or hard link.
+
+    Raises:
+        OutputError: one line naming both options.
+    """
+    files = _written(outputs)
+    seen: dict[tuple[Any, ...], str] = {
+        _identity(out.path): f"the {out.flag} directory {out.path}"
+        for out in outputs
+        if out.directory
+    }
+    for what, path in files:
+        for source in inputs:
+            _check_input(what, path, source)
+        other = seen.setdefault(_identity(path), what)
+        if other != what:
+            # name an option first: "--json X is also the .json sidecar that --save Y writes"
+            first, second = (other, what) if what.startswith("the ") else (what, other)
+            raise OutputError(f"{first} is also {second}; give each output its own name")
+
+
+def model_files(spec: str) -> list[Path]:
+    """The files a MODEL argument reads: ``file.py`` of ``file.py:factory``, the module file of
+    ``package.module:factory`` in the current directory, a checkpoint and its sidecar."""
+    text = spec.strip()
+    suffix = Path(text).suffix.lower()
+    if suffix in (".safetensors", ".json"):
+        return [Path(text).with_suffix(".safetensors"), Path(text).with_suffix(".json")]
+    module = text.rpartition(":")[0]
+    if not module:
+        return []
+    if module.endswith(".py"):
+        return [Path(module)]
+    base = Path(*module.split("."))
+    return [base.with_suffix(".py"), base / "__init__.py"]
+
+
+def _values(value: Any) -> Iterable[Any]:
+    return value if isinstance(value, tuple | list) else (value,)
+
+
+def _parsed(ctx: click.Context) -> tuple[list[Output], list[Input]]:
+    """The outputs and inputs of the command line parsed into ``ctx``."""
+    outputs: list[Output] = []
+    inputs: list[Input] = []
+    for param in ctx.command.params:
+        flag = param.opts[0] if isinstance(param, click.Option) else param.human_readable_name
+        for value in _values(ctx.params.get(param.name or "")):
+            if value is None:
+                continue
+            kind = param.type
+            if isinstance(kind, OutputPath):
+                outputs.append(Output(flag, Path(value), kind.sidecars, kind.kind == "dir"))
+            elif isinstance(kind, InputPath):
+                inputs.extend(kind.inputs(flag, Path(value)))
+            elif isinstance(kind, click.Path):
+                inputs.append(Input(flag, Path(value)))
+            elif isinstance(param, click.Argument) and isinstance(value, str):
+                inputs.extend(Input(flag, path) for path in model_files(value))
+    return outputs, inputs
+
+
+def check_overwrites(ctx: click.Context) -> None:
+    """:func:`refuse_overwrites` on the command line parsed into ``ctx``."""
+    outputs, inputs = _parsed(ctx)
+    if outputs:
+        refuse_overwrites(outputs, inputs)
+
+
+_GUARDED = "_intriguing_outputs_guarded"
+
+
+def guard_outputs(command: click.Command) -> click.Command:
+    """Make ``command`` (and a group's subcommands) run :func:`check_overwrites` once its options
+    are parsed, before its own code: the console script applies it to every command."""
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            guard_outputs(sub)
+    callback = command.callback
+    if callback is None or getattr(callback, _GUARDED, False):
+        return command
+
+    @functools.wraps(callback)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        check_overwrites(click.get_current_context())
+        return callback(*args, **kwargs)
+
+    setattr(checked, _GUARDED, True)
+    command.callback = checked
+    return command
 
 
 class FiniteFloatRange(click.FloatRange):

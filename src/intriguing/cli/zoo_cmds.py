@@ -17,6 +17,7 @@ from intriguing.cli.options import (
     seed_option,
     user_data_options,
 )
+from intriguing.cli.validation import InputPath
 
 
 def _percent(value: Any) -> str:
@@ -128,7 +129,7 @@ def train(
 @json_option
 @click.option(
     "--checkpoint",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=InputPath(dir_okay=False, companions=(".safetensors", ".json")),
     default=None,
     help="Evaluate this checkpoint (.safetensors or its .json sidecar) instead of the cached model.",
 )

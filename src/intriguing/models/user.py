@@ -12,6 +12,7 @@ import importlib.util
 import itertools
 import os
 import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -39,20 +40,54 @@ def uncompiled(model: nn.Module) -> nn.Module:
     return model
 
 
-def _import_module(module_name: str, spec: str) -> Any:
-    """Import ``module_name`` (or a ``.py`` file) with the current directory importable."""
-    if module_name.endswith(".py"):
-        path = Path(module_name)
-        if not path.is_file():
-            raise InvalidInputError(f"model {spec!r}: file {module_name} not found")
-        loader_spec = importlib.util.spec_from_file_location(path.stem, path)
-        if loader_spec is None or loader_spec.loader is None:
-            raise InvalidInputError(f"model {spec!r}: cannot load {module_name}")
-        module = importlib.util.module_from_spec(loader_spec)
-        sys.modules[path.stem] = module
-        loader = loader_spec.loader
+_FILE_MODULES = itertools.count()
+
+
+def _import_file(path: Path, spec: str) -> Any:
+    """Run ``file.py`` as the module ``<package>.<stem>`` of a private package whose path is the
+    file's folder: its name never shadows another module (a ``random.py`` leaves ``random``
+    alone), ``from . import sibling`` imports its siblings privately, and its folder is appended to
+    ``sys.path`` so that ``import sibling`` works too (after every other entry: never shadowing)."""
+    if not path.is_file():
+        raise InvalidInputError(f"model {spec!r}: file {path} not found")
+    folder = str(path.resolve().parent)
+    package = _unused_module_name()
+    loader_spec = importlib.util.spec_from_file_location(f"{package}.{path.stem}", path)
+    if loader_spec is None or loader_spec.loader is None:
+        raise InvalidInputError(f"model {spec!r}: cannot load {path}")
+    parent = types.ModuleType(package)
+    parent.__path__ = [folder]
+    module = importlib.util.module_from_spec(loader_spec)
+    if folder not in sys.path:
+        sys.path.append(folder)
+    sys.modules[package], sys.modules[loader_spec.name] = parent, module
+    loader = loader_spec.loader
+    try:
         _run_user_code(lambda: loader.exec_module(module), spec, "importing it")
-        return module
+    except InvalidInputError:
+        _forget(package)
+        raise
+    return module
+
+
+def _unused_module_name() -> str:
+    """A top-level module name that nothing in ``sys.modules`` uses."""
+    while (name := f"_intriguing_model_file_{next(_FILE_MODULES)}") in sys.modules:
+        pass
+    return name
+
+
+def _forget(package: str) -> None:
+    """Take ``package`` and its submodules (a failed import's own entries) out of sys.modules."""
+    for name in [n for n in sys.modules if n == package or n.startswith(package + ".")]:
+        del sys.modules[name]
+
+
+def _import_module(module_name: str, spec: str) -> Any:
+    """Import ``module_name`` with the current directory importable, or a ``.py`` file
+    (:func:`_import_file`)."""
+    if module_name.endswith(".py"):
+        return _import_file(Path(module_name), spec)
     cwd = os.getcwd()
     if cwd not in sys.path and "" not in sys.path:
         sys.path.insert(0, cwd)
@@ -141,6 +176,14 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 512) -> to
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
 
+def none_correct(n: int) -> InvalidInputError:
+    """The error for ``n`` images none of which the model classifies correctly."""
+    return InvalidInputError(
+        f"none of the {n} images is classified correctly: check the labels, the model's weights "
+        "and its input normalisation (--normalize)"
+    )
+
+
 def select_correct(
     model: nn.Module,
     images: torch.Tensor,
@@ -174,10 +217,7 @@ def select_correct(
     if n is not None:
         index = index[:n]
         if len(index) == 0:
-            raise InvalidInputError(
-                f"none of the {len(labels)} images is classified correctly: check the labels, the "
-                "model's weights and its input normalisation (--normalize)"
-            )
+            raise none_correct(len(labels))
         if len(index) < n:
             raise InvalidInputError(
                 f"only {len(index)} correctly classified images among {len(labels)}; "
