@@ -8,6 +8,8 @@ of the QP optima over all targets.
 
 from __future__ import annotations
 
+import math
+import warnings
 from pathlib import Path
 
 import pytest
@@ -192,3 +194,49 @@ def test_small_logits_without_the_scale_up_miss_the_optimum(
     small = (scaled_copy(model, 0.01), pool, pool_labels)
     with pytest.raises(AssertionError, match="above the exact optimum"):
         run_oracle_comparison(small, 60, "targeted", SMALL_LOGIT_GAP)
+
+
+@pytest.mark.parametrize("factor", [1e12, 1e20])
+def test_large_logits_stay_near_the_exact_optimum(
+    softmax_model: tuple[nn.Module, torch.Tensor, torch.Tensor], factor: float
+) -> None:
+    """Logits 1e12 or 1e20 times larger: the same decisions and optimum (the oracle of the model
+    itself); the loss sees them scaled down to LOGIT_CEILING and the c-search starts at the scaled
+    estimate. Before, at 1e20 no example was fooled after 1805 evaluations each."""
+    model, pool, pool_labels = softmax_model
+    images, labels = correctly_classified(model, pool, pool_labels, 30)
+    oracle = exact_linear_attack(model, images, labels, progress=False)
+    attack = LBFGS(mode="untargeted", progress=False)(scaled_copy(model, factor), images, labels)
+    assert bool(attack.success.all())
+    assert_matches_oracle(attack, oracle, UNTARGETED_SAMPLE_GAP)
+
+
+def test_large_logits_without_the_scale_down_are_not_fooled(
+    softmax_model: tuple[nn.Module, torch.Tensor, torch.Tensor], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The comparison above can fail: without the scale-down the c-search cannot reach constants
+    1e20 times the usual within its stages."""
+    from intriguing.attacks import lbfgs
+
+    monkeypatch.setattr(lbfgs, "LOGIT_CEILING", math.inf)
+    model, pool, pool_labels = softmax_model
+    images, labels = correctly_classified(model, pool, pool_labels, 10)
+    attack = LBFGS(mode="untargeted", progress=False)(scaled_copy(model, 1e20), images, labels)
+    assert not bool(attack.success.all())
+
+
+def test_tiny_logits_are_warned_about_and_usual_ones_are_not(
+    softmax_model: tuple[nn.Module, torch.Tensor, torch.Tensor],
+) -> None:
+    """Logits 1e-6 times the model's (largest about 2e-5): the success rule's lead of 1e-4 logits
+    dwarfs them, so the attack says so; at 0.01 times (largest about 0.2) it does not."""
+    from intriguing.attacks import AttackWarning
+
+    model, pool, pool_labels = softmax_model
+    images, labels = correctly_classified(model, pool, pool_labels, 4)
+    quick = LBFGS(mode="untargeted", progress=False, search_steps=2, max_iter=5)
+    with pytest.warns(AttackWarning, match=r"4 example\(s\) have logits below 0.01"):
+        quick(scaled_copy(model, 1e-6), images, labels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AttackWarning)
+        quick(scaled_copy(model, 0.01), images, labels)

@@ -219,3 +219,22 @@ def test_bound_of_another_model_is_refused() -> None:
     other = network_bounds(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)), SHAPE)
     with pytest.raises(InvalidInputError, match="other layers"):
         certified_radii(model, images, labels, other)
+
+
+def test_a_model_with_a_zero_lipschitz_bound_has_infinite_radii_without_numpy_warnings() -> None:
+    """Zero weights and a bias that prefers class 3: no input changes the decision, so the certified
+    radius is infinite; it used to leak numpy's 'invalid value encountered in divide'."""
+    import warnings
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10)).eval()
+    with torch.no_grad():
+        model[1].weight.zero_()
+        model[1].bias.copy_(torch.arange(10.0) == 3)
+    images = torch.rand(4, *SHAPE, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([3, 3, 0, 3])
+    bound = network_bounds(model, SHAPE)
+    assert bound.margin_bound == 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        radii = certified_radii(model, images, labels, bound)
+    assert radii.global_.tolist() == [math.inf, math.inf, 0.0, math.inf]

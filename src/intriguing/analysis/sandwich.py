@@ -115,7 +115,9 @@ def certified_radii(
     correct = margin > 0
     n_values = math.prod(images.shape[1:])
     to_rms = 1.0 / math.sqrt(n_values)
-    global_ = np.where(correct, margin / (math.sqrt(2.0) * bound.margin_bound), 0.0) * to_rms
+    with np.errstate(divide="ignore", invalid="ignore"):  # a constant model: bound 0, radius inf
+        radius = margin / (math.sqrt(2.0) * bound.margin_bound)
+    global_ = np.where(correct, radius, 0.0) * to_rms
     pairwise, l_features = _pairwise(model, layers, bound, logits, labels)
     if pairwise is not None:
         pairwise = np.where(correct, pairwise, 0.0) * to_rms

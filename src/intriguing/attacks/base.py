@@ -41,6 +41,7 @@ from intriguing.attacks.checks import (
     check_labels,
     check_logits,
     check_output_type,
+    warn_tiny_logits,
 )
 from intriguing.attacks.metrics import l2_distance, rms_distortion, success_mask
 from intriguing.attacks.result import AttackResult
@@ -205,6 +206,7 @@ class Attack(ABC):
         saved_per_image = check_input_gradient(model, x)
         clean_logits = self.predict(model, x)
         num_classes = check_logits(clean_logits, n)
+        warn_tiny_logits(clean_logits)
         if labels is None:
             labels = clean_logits.argmax(1)
         labels = check_labels(labels, n, num_classes=num_classes).to(device)

@@ -12,7 +12,9 @@ Every check raises a one-line :class:`~intriguing.errors.InvalidInputError` (or 
   and are refused;
 - gradients: the model must run on a single image with gradients enabled and its logits must be
   differentiable in the input (no argmax, ``.detach()`` or ``torch.no_grad()`` inside); an input
-  gradient that is exactly zero (saturated model) is warned about.
+  gradient that is exactly zero (saturated model) is warned about;
+- logit scale: clean logits all far below 1 in magnitude are warned about (the success rule's
+  lead, ``SUCCESS_MARGIN * max(1, max |z|)``, is then a large share of their range).
 """
 
 from __future__ import annotations
@@ -272,3 +274,33 @@ def warn_zero_gradients(grad: torch.Tensor, *, where: str = "the clean images") 
             stacklevel=3,
         )
     return zero
+
+
+# Clean logits below this in magnitude make the success rule's absolute floor (a lead of
+# SUCCESS_MARGIN = 1e-4 logits) at least 1% of their scale: successes need visibly more distortion.
+TINY_LOGITS = 1e-2
+
+
+def warn_tiny_logits(clean_logits: torch.Tensor) -> int:
+    """Warn when some examples' clean logits ``(N, K)`` are all smaller than ``TINY_LOGITS`` in
+    magnitude (a model whose output was scaled down: its decisions are unchanged, but the lead a
+    success must reach is not); returns their count."""
+    from intriguing.attacks.metrics import SUCCESS_MARGIN
+
+    largest = clean_logits.detach().abs().amax(1)
+    tiny = int((largest < TINY_LOGITS).sum())
+    if tiny:
+        advice = (
+            "some are exactly 0 (a constant output?)"
+            if bool((largest == 0).any())
+            else "multiply the model's output by a constant (its decisions stay the same)"
+        )
+        warnings.warn(
+            f"{tiny} example(s) have logits below {TINY_LOGITS:g} in magnitude (the smallest "
+            f"largest |logit| is {float(largest.min()):.3g}); a success must lead by "
+            f"{SUCCESS_MARGIN:g} logits, a large share of that scale, so their distortions come "
+            f"out inflated: {advice}",
+            AttackWarning,
+            stacklevel=4,
+        )
+    return tiny

@@ -131,6 +131,11 @@ FIXED_C_INIT = 5.0
 # (logit_scales); every other example is attacked exactly as before. The success rule is unchanged.
 LOGIT_REFERENCE = 3.0
 MAX_LOGIT_SCALE = 1e6
+# Logits far above the usual scale (a model whose output was multiplied by 1e12) make the c-search
+# start many orders of magnitude off and the cross-entropy saturate: an example whose largest clean
+# |logit| exceeds LOGIT_CEILING has its loss computed on logits scaled down to it (no model here
+# comes near: largest |logit| at most 37 on the MNIST test set).
+LOGIT_CEILING = 1e3
 # Untargeted candidates: when every candidate problem of an example fails (its search got stuck,
 # e.g. on a plateau where the model's gradient vanishes, as in randomly initialised ReLU nets),
 # the example is attacked again toward up to FALLBACK_CLASSES further classes, nearest first by the
@@ -460,10 +465,11 @@ class LBFGS(Attack):
                 temperature = self._temperature(untargeted_loss=False)
                 aim = AIM_FACTOR * success_margin(clean_logits[todo])[:, None]
                 every_c0 = estimated_constants(
-                    gap.gather(1, order) + aim, norm.gather(1, order), temperature
+                    gap.gather(1, order) + aim,
+                    norm.gather(1, order),
+                    temperature,
+                    None if scale is None else scale[todo, None],  # the loss's (scaled) logits
                 )
-                if scale is not None:  # gap and norm in the loss's (scaled) logits
-                    every_c0 = (every_c0 * scale[todo, None]).clamp(1e-8, 1e8)
                 c0[todo] = every_c0[:, :m]  # type: ignore[index]
             left = torch.ones_like(order, dtype=torch.bool)
             left[:, :m] = ~chosen
@@ -1076,24 +1082,36 @@ def linear_geometry(
 
 def logit_scales(clean_logits: torch.Tensor) -> torch.Tensor:
     """Per-image factor of the cross-entropy's logits, ``(N, K)`` -> ``(N,)`` float64 in
-    ``[1, MAX_LOGIT_SCALE]``: ``LOGIT_REFERENCE / max_j |z_j|`` for an image whose clean logits are
-    all smaller than ``LOGIT_REFERENCE`` in magnitude, exactly 1 otherwise."""
+    ``(0, MAX_LOGIT_SCALE]``: ``LOGIT_REFERENCE / max_j |z_j|`` (at most ``MAX_LOGIT_SCALE``) for an
+    image whose clean logits are all smaller than ``LOGIT_REFERENCE`` in magnitude,
+    ``LOGIT_CEILING / max_j |z_j|`` for one whose largest exceeds ``LOGIT_CEILING``, exactly 1
+    otherwise."""
     largest = clean_logits.detach().abs().amax(1).double()
-    return (LOGIT_REFERENCE / largest.clamp(min=1e-300)).clamp(1.0, MAX_LOGIT_SCALE)
+    up = (LOGIT_REFERENCE / largest.clamp(min=1e-300)).clamp(1.0, MAX_LOGIT_SCALE)
+    return torch.where(largest > LOGIT_CEILING, LOGIT_CEILING / largest, up)
 
 
-def estimated_constants(gap: torch.Tensor, norm: torch.Tensor, temperature: float) -> torch.Tensor:
+def estimated_constants(
+    gap: torch.Tensor,
+    norm: torch.Tensor,
+    temperature: float,
+    scale: torch.Tensor | None = None,
+) -> torch.Tensor:
     """First constants ``c0`` for targeted cross-entropy problems at ``temperature`` ``T``
     (untargeted mode's candidates, ``c_init=None``).
 
     Linearised at the clean image, the target's boundary is ``d = gap / norm`` away, and at the
     solution the quadratic term's gradient ``2 c r`` balances the loss gradient, of order
     ``norm / T``: ``c ~ norm / (2 T d) = norm^2 / (2 T gap)``. ``ESTIMATE_SCALE`` absorbs the
-    softmax factor (measured, see its comment). ``gap``, ``norm``: any equal shapes, float64;
-    the result is clamped to ``[1e-8, 1e8]``.
+    softmax factor (measured, see its comment). ``gap``, ``norm``: any equal shapes, float64, in
+    the model's logits; ``scale`` (broadcastable): the loss sees the logits times it
+    (:func:`logit_scales`), so ``c`` scales with it, before the clamp to ``[1e-8, 1e8]`` (a model
+    whose logits are 1e20 times the usual has unscaled constants far beyond it).
     """
     c0 = ESTIMATE_SCALE * norm.square() / (2.0 * temperature * gap.clamp(min=1e-300))
     c0 = torch.where(torch.isnan(c0), torch.full_like(c0, FIXED_C_INIT), c0)
+    if scale is not None:
+        c0 = c0 * scale
     return c0.clamp(1e-8, 1e8)
 
 
