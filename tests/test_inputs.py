@@ -211,7 +211,7 @@ def test_huge_and_empty_inputs_are_refused_in_one_line(tmp_path: Path) -> None:
     ("arrays", "message"),
     [
         ({"images": np.full((2, 1, 4, 4), 1.5, np.float32)}, r"must lie in \[0, 1\], found"),
-        ({"images": np.zeros((2, 4, 4), np.float32)}, "add a channel axis"),
+        ({"images": np.zeros(4, np.float32)}, r"must have shape \(N, \.\.\.\)"),
         ({"pixels": np.zeros((2, 1, 4, 4), np.float32)}, "no 'images' entry"),
         ({"images": np.zeros((2, 1, 4, 4), np.uint8)}, "store floats in"),
         ({"images": np.full((2, 1, 4, 4), np.nan, np.float32)}, "NaN"),
@@ -481,3 +481,46 @@ class LaterRegistered(torch.nn.Module):
 def test_the_first_layer_is_the_first_one_forward_runs() -> None:
     with pytest.raises(InvalidInputError, match=r"first layer Conv2d\(3, \.\.\.\)"):
         check_model_input(LaterRegistered().eval(), torch.rand(2, 1, 2, 2))
+
+
+_FLAT_MODELS = """
+import torch
+from torch import nn
+
+
+def mlp():  # feature vectors (N, 20) -> 3 classes
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(20, 32), nn.Tanh(), nn.Linear(32, 3))
+
+
+def conv1d():  # signals (N, 2, 16) -> 3 classes
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv1d(2, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(56, 3))
+"""
+
+
+@pytest.mark.parametrize(("factory", "shape"), [("mlp", (12, 20)), ("conv1d", (12, 2, 16))])
+def test_feature_vectors_and_signals_are_data_too(
+    tmp_path: Path, factory: str, shape: tuple[int, ...]
+) -> None:
+    """--tensors took only (N, C, H, W): a researcher's tabular features or 1-D signals were
+    refused although the attack works on any (N, ...). Every success is re-verified here."""
+    from click.testing import CliRunner
+
+    from intriguing.attacks import AttackResult
+    from intriguing.cli.main import cli
+
+    (tmp_path / "flat.py").write_text(_FLAT_MODELS)
+    np.savez(tmp_path / "d.npz", images=np.random.default_rng(0).random(shape, np.float32))
+    spec = f"{tmp_path / 'flat.py'}:{factory}"
+    data, out = str(tmp_path / "d.npz"), str(tmp_path / "adv.safetensors")
+    args = ["attack", spec, "--tensors", data, "--n", "6", "--all-images", "--save", out]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    saved = AttackResult.load(out)
+    assert saved.adversarial.shape == (6, *shape[1:]) and bool(saved.success.all())
+    model = load_any_model(spec)
+    with torch.no_grad():
+        assert bool((model(saved.adversarial).argmax(1) != saved.labels).all())
+    normalized = CliRunner().invoke(cli, [*args[:-2], "--normalize", "0.5,0.2"])
+    assert normalized.exit_code == 0, normalized.output

@@ -14,8 +14,9 @@ pixel space and the spectral bound includes it) and ``device="cpu"|"cuda"|"auto"
 
 DATA (:func:`open_data`) is MNIST (``dataset="mnist"|"mnist-5k"``, a split), a folder of images
 (flat with an optional labels file, or one subfolder per class as torchvision's ImageFolder), or a
-tensor file (``.safetensors`` / ``.npz`` with ``images`` float ``(N, C, H, W)`` in [0, 1] and
-optional ``labels`` int ``(N,)``). :func:`check_model_input` runs one probe forward before any work;
+tensor file (``.safetensors`` / ``.npz`` with ``images`` float ``(N, ...)`` in [0, 1]: images
+``(N, C, H, W)``, signals ``(N, C, L)``, feature vectors ``(N, D)``; and optional ``labels`` int
+``(N,)``). :func:`check_model_input` runs one probe forward before any work;
 :func:`select_correct` is the one way to pick correctly classified examples.
 """
 
@@ -557,7 +558,8 @@ def _open_folder(
 
 
 def load_tensors(path: str | os.PathLike[str]) -> DataSource:
-    """A ``.safetensors`` / ``.npz`` file with ``images`` (N, C, H, W) in [0, 1] and ``labels`` (N,).
+    """A ``.safetensors`` / ``.npz`` file with ``images`` ``(N, ...)`` in [0, 1] (images
+    ``(N, C, H, W)``, signals ``(N, C, L)``, feature vectors ``(N, D)``) and ``labels`` ``(N,)``.
 
     Raises:
         InvalidInputError: another suffix, a missing ``images`` key, a wrong rank, dtype, range or
@@ -603,10 +605,10 @@ def _read_arrays(file: Path, suffix: str) -> dict[str, torch.Tensor]:
 
 
 def _check_tensor_images(file: Path, images: torch.Tensor) -> torch.Tensor:
-    if images.ndim != 4:
+    if images.ndim < 2:
         raise InvalidInputError(
-            f"--tensors {file}: 'images' must have shape (N, C, H, W), got {tuple(images.shape)}"
-            + ("; add a channel axis" if images.ndim == 3 else "")
+            f"--tensors {file}: 'images' must have shape (N, ...), e.g. (N, C, H, W) images, "
+            f"(N, C, L) signals or (N, D) feature vectors; got {tuple(images.shape)}"
         )
     if len(images) == 0:
         raise InvalidInputError(f"--tensors {file}: 'images' holds no images")

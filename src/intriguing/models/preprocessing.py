@@ -43,8 +43,18 @@ class Normalize(nn.Module):
         self.register_buffer("std", std_t[:, None, None])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, C, H, W)`` -> ``(N, C, H, W)``; C must match the number of means (or they are 1)."""
-        return (x - self.mean) / self.std
+        """``(N, C, ...)`` -> the same shape: images ``(N, C, H, W)``, signals ``(N, C, L)``, feature
+        vectors ``(N, D)`` (one mean and std for all, or one per feature); C must match the number
+        of means, or there is one."""
+        channels = self.mean.numel()
+        if x.dim() < 2 or (channels > 1 and x.shape[1] != channels):
+            raise InvalidInputError(
+                f"normalisation has {channels} means and stds but the data has shape "
+                f"{tuple(x.shape)} (axis 1 holds the channels); give one mean and one std per "
+                "channel, or one of each for all"
+            )
+        shape = (channels,) + (1,) * (x.dim() - 2)
+        return (x - self.mean.view(shape)) / self.std.view(shape)
 
     def extra_repr(self) -> str:
         return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
