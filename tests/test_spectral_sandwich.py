@@ -171,7 +171,7 @@ def test_no_pairwise_form_when_the_net_does_not_end_linearly() -> None:
     ("images", "labels", "message"),
     [
         (torch.full((2, *SHAPE), 1.5), torch.zeros(2, dtype=torch.int64), r"\[0, 1\]"),
-        (torch.full((2, *SHAPE), float("nan")), torch.zeros(2, dtype=torch.int64), "finite"),
+        (torch.full((2, *SHAPE), float("nan")), torch.zeros(2, dtype=torch.int64), "NaN or inf"),
         (torch.rand((2, 1, 14, 14)), torch.zeros(2, dtype=torch.int64), "shape"),
         (torch.rand((2, *SHAPE)), torch.zeros(3, dtype=torch.int64), "labels"),
         (torch.rand((2, *SHAPE)), torch.zeros(2, dtype=torch.float32), "labels"),

@@ -97,9 +97,10 @@ def resolve_model(
 
     Raises:
         UnknownModelError: ``spec`` is none of the forms (the message lists them).
-        InvalidInputError, CheckpointError: the form is right but the model cannot be built.
+        InvalidInputError, CheckpointError: the form is right but the model cannot be built, or
+            ``spec`` is not a string (an ``nn.Module`` is refused in one line).
     """
-    text = str(spec).strip()
+    text = _spec_text(spec)
     if Path(text).suffix.lower() in (".safetensors", ".json"):
         from intriguing.training.api import load_checkpoint
 
@@ -123,6 +124,20 @@ def resolve_model(
     done = train_model(entry.name, **training)
     description = f"zoo model {done.name} ({training.get('dataset', 'mnist')})"
     return LoadedModel(done.model.eval(), "zoo", description, done.name)
+
+
+def _spec_text(spec: object) -> str:
+    """``spec`` as stripped text; an ``nn.Module`` or any other non-string raises one line."""
+    if isinstance(spec, nn.Module):
+        raise InvalidInputError(
+            f"MODEL must be a spec string, got a {type(spec).__name__} module; pass the module "
+            "directly to the analysis functions, or give a 'module:factory' spec"
+        )
+    if not isinstance(spec, str | os.PathLike):
+        raise InvalidInputError(
+            f"MODEL must be a spec string, got {type(spec).__name__}; give {MODEL_FORMS}"
+        )
+    return str(os.fspath(spec)).strip()
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
@@ -217,6 +232,49 @@ def parse_normalize(text: str) -> tuple[list[float], list[float]]:
     return values[:half], values[half:]
 
 
+_PREPROCESSING_USAGE = (
+    "give preprocessing=(mean, std) with one number per channel in each, e.g. ([0.1307], "
+    "[0.3081]), or the text '0.1307,0.3081'"
+)
+
+
+def preprocessing_pair(
+    preprocessing: tuple[Sequence[float], Sequence[float]] | str,
+) -> tuple[list[float], list[float]]:
+    """``(mean, std)`` as two lists of floats, from a pair of sequences or ``"MEAN,STD"`` text.
+
+    Raises:
+        InvalidInputError: not a pair, a part that is a single number or text, or a value that is
+            not a number (one line). Lengths, finiteness and ``std > 0`` are checked by
+            :class:`~intriguing.models.preprocessing.Normalize`.
+    """
+    if isinstance(preprocessing, str):
+        return parse_normalize(preprocessing)
+    if not isinstance(preprocessing, tuple | list) or len(preprocessing) != 2:
+        size = f" of length {len(preprocessing)}" if isinstance(preprocessing, tuple | list) else ""
+        raise InvalidInputError(
+            f"preprocessing must be a (mean, std) pair, got a {type(preprocessing).__name__}{size}; "
+            + _PREPROCESSING_USAGE
+        )
+    parts: list[list[float]] = []
+    for name, part in zip(("mean", "std"), preprocessing, strict=True):
+        if isinstance(part, str | bytes) or not isinstance(
+            part, Sequence | np.ndarray | torch.Tensor
+        ):
+            raise InvalidInputError(
+                f"preprocessing's {name} must be a sequence of numbers (one per channel), got "
+                f"{part!r}; " + _PREPROCESSING_USAGE
+            )
+        values = part.tolist() if isinstance(part, np.ndarray | torch.Tensor) else list(part)
+        if any(isinstance(v, bool) or not isinstance(v, int | float) for v in values):
+            raise InvalidInputError(
+                f"preprocessing's {name} must hold numbers only, got {values!r}; "
+                + _PREPROCESSING_USAGE
+            )
+        parts.append([float(v) for v in values])
+    return parts[0], parts[1]
+
+
 def finish_model(
     model: nn.Module,
     *,
@@ -230,15 +288,15 @@ def finish_model(
     """
     from intriguing.models.preprocessing import with_preprocessing
 
+    if not isinstance(model, nn.Module):
+        raise InvalidInputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    pair = None if preprocessing is None else preprocessing_pair(preprocessing)
     model = uncompiled(model)
     target = resolve_device(device)
     if weights is not None:
         load_weights(model, weights)
-    if preprocessing is not None:
-        mean, std = (
-            parse_normalize(preprocessing) if isinstance(preprocessing, str) else preprocessing
-        )
-        model = with_preprocessing(model, mean, std)
+    if pair is not None:
+        model = with_preprocessing(model, *pair)
     return model.to(target).eval()
 
 
@@ -258,6 +316,8 @@ def load_any_model(
     ``Preprocessed(Normalize(mean, std), model)``: it then takes images in [0, 1].
     """
     target = resolve_device(device)  # refuse a bad device before any training
+    if preprocessing is not None:
+        preprocessing = preprocessing_pair(preprocessing)  # and bad preprocessing
     loaded = resolve_model(spec, trained=weights is None, **training)
     return finish_model(loaded.model, weights=weights, preprocessing=preprocessing, device=target)
 
@@ -461,7 +521,8 @@ class DataSource:
         return self.images.batch(start, min(stop, len(self.images)))
 
     def take(self, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None, list[str]]:
-        """The first ``n`` (all when None) images, labels and names, decoded."""
+        """The first ``n`` (all when None; else an integer >= 1) images, labels and names, decoded."""
+        check_count_or_none("n", n)
         count = len(self) if n is None else min(n, len(self))
         labels = None if self.labels is None else self.labels[:count]
         return self.batch(0, count), labels, self.names[:count]
@@ -510,6 +571,11 @@ def open_data(
     """
     if images is not None and tensors is not None:
         raise InvalidInputError("give --images or --tensors, not both")
+    if (images is not None or tensors is not None) and split != "test":
+        raise InvalidInputError(
+            f"split={split!r} chooses an MNIST split and does nothing with "
+            f"{'--images' if images is not None else '--tensors'}; leave the split out"
+        )
     if labels_file is not None and images is None:
         raise InvalidInputError("--labels needs --images (a folder of images)")
     if images is None and (image_size is not None or mode is not None):
@@ -649,8 +715,12 @@ def choose_examples(
     ``"labels"`` or ``"predictions"``.
 
     Raises:
-        InvalidInputError: fewer than ``n`` suitable examples.
+        InvalidInputError: ``n`` not None or an integer >= 1, ``chunk`` not an integer >= 1, or
+            fewer than ``n`` suitable examples.
     """
+    check_count_or_none("n", n)
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise InvalidInputError(f"chunk must be an integer >= 1, got {chunk!r}")
     parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     found = 0
     for start in range(0, len(data), chunk):
@@ -681,3 +751,11 @@ def choose_examples(
         torch.cat([p[2] for p in parts]),
         ("predictions" if data.labels is None else "labels"),
     )
+
+
+def check_count_or_none(name: str, value: object) -> None:
+    """InvalidInputError unless ``value`` is None (all) or an integer (not a bool) >= 1."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise InvalidInputError(f"{name} must be an integer >= 1 (or None for all), got {value!r}")

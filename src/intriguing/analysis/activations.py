@@ -37,6 +37,7 @@ from intriguing._io import atomic_path
 from intriguing.errors import IntriguingError, InvalidInputError
 from intriguing.models.user import model_input
 from intriguing.progress import make_progress
+from intriguing.training.trainer import eval_mode
 
 Reduce = Literal["flatten", "mean", "max"]
 REDUCTIONS: tuple[str, ...] = ("flatten", "mean", "max")
@@ -230,8 +231,9 @@ def iter_activations(
 ) -> Generator[torch.Tensor, None, None]:
     """Yield ``phi(x)`` of ``layer`` batch by batch as float32 tensors ``(B, D)``.
 
-    The model runs under ``torch.inference_mode`` in eval mode (dropout off); its previous
-    train/eval mode is restored afterwards. The hook stops each forward pass at ``layer``; before
+    Each forward pass runs under ``torch.inference_mode`` in eval mode (dropout off) with a hook on
+    ``layer``; after each pass (so also while the generator is paused between batches) the hook is
+    removed and every sub-module's own train/eval flag is restored. The hook stops each forward pass at ``layer``; before
     the first batch is yielded, one full pass on a few of its images checks that ``layer`` is called
     once and returns ``(batch, ...)``.
 
@@ -246,19 +248,27 @@ def iter_activations(
     module = get_layer(model, layer)
     source = _as_source(images)
     capture = _Capture()
-    was_training = model.training
-    handle = module.register_forward_hook(capture)
-    model.eval()
-    try:
-        for start in range(0, len(source), batch_size):
-            batch = check_images(source.batch(start, min(start + batch_size, len(source))))
+    for start in range(0, len(source), batch_size):
+        batch = check_images(source.batch(start, min(start + batch_size, len(source))))
+        with _hooked(model, module, capture):
             output = _layer_output(model, capture, batch, layer)
             if start == 0:
                 _check_one_call(model, capture, layer, batch, tuple(output.shape))
-            yield _flatten_output(output, reduce)
+        capture.outputs.clear()
+        yield _flatten_output(output, reduce)
+
+
+@contextlib.contextmanager
+def _hooked(model: nn.Module, module: nn.Module, capture: _Capture) -> Iterator[None]:
+    """One forward pass's setting: ``model`` in eval mode with ``capture`` hooked on ``module``;
+    afterwards the hook is removed and every sub-module's train/eval flag restored. Used around each
+    forward pass only, never across a ``yield``, so the caller's model is untouched between batches."""
+    handle = module.register_forward_hook(capture)
+    try:
+        with eval_mode(model):
+            yield
     finally:
         handle.remove()
-        model.train(was_training)
 
 
 def compute_activations(

@@ -22,6 +22,7 @@ Every rate comes with an exact Clopper-Pearson interval (binomial over the ``N``
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any, Literal, get_args
 
@@ -53,6 +54,55 @@ def _check(distortion: torch.Tensor, success: torch.Tensor) -> tuple[torch.Tenso
     return torch.where(ok, d, torch.inf), ok
 
 
+def _flags(values: object, name: str) -> torch.Tensor:
+    """``values`` as a bool tensor: a bool tensor, or a numeric one holding only 0 and 1."""
+    if not isinstance(values, torch.Tensor):
+        raise InvalidInputError(
+            f"{name} must be a bool torch tensor of shape (N,), got {type(values).__name__}"
+        )
+    if values.dtype == torch.bool:
+        return values
+    if values.is_complex() or not bool(((values == 0) | (values == 1)).all()):
+        raise InvalidInputError(
+            f"{name} must be a bool tensor (or hold only 0 and 1), got {values.dtype} with other "
+            "values; pass e.g. result.success"
+        )
+    return values.bool()
+
+
+def _check_rate(rate: object) -> float:
+    """A rate in ``(0, 1]`` (a real number, not a string or a bool)."""
+    if isinstance(rate, bool) or not isinstance(rate, numbers.Real):
+        raise InvalidInputError(f"rate must be a number in (0, 1], got {rate!r}")
+    if not 0.0 < float(rate) <= 1.0:
+        raise InvalidInputError(f"rate must be in (0, 1], got {rate}")
+    return float(rate)
+
+
+def _check_budgets(eps: object) -> torch.Tensor:
+    """Budgets as a ``(E,)`` float64 tensor: finite numbers >= 0, at least one."""
+    if isinstance(eps, (str, bytes)):
+        raise InvalidInputError(f"budgets must be numbers >= 0, got the string {eps!r}")
+    try:
+        b = torch.as_tensor(eps, dtype=torch.float64).reshape(-1)
+    except (TypeError, ValueError, RuntimeError):
+        raise InvalidInputError(
+            f"budgets must be a sequence of numbers >= 0, got {type(eps).__name__}"
+        ) from None
+    if b.numel() == 0 or not bool(torch.isfinite(b).all()) or bool((b < 0).any()):
+        raise InvalidInputError("budgets must be finite numbers >= 0 (at least one)")
+    return b
+
+
+def _check_confidence(confidence: object) -> None:
+    if (
+        isinstance(confidence, bool)
+        or not isinstance(confidence, numbers.Real)
+        or not 0.0 < float(confidence) < 1.0
+    ):
+        raise InvalidInputError(f"confidence must be a number in (0, 1), got {confidence!r}")
+
+
 def robustness_curve(
     distortion: torch.Tensor, success: torch.Tensor, budgets: Sequence[float] | torch.Tensor
 ) -> torch.Tensor:
@@ -75,8 +125,7 @@ def robustness_curve(
 
 def budget_for_rate(distortion: torch.Tensor, success: torch.Tensor, rate: float) -> float:
     """The smallest budget ``b`` with ``S(b) >= rate``; ``inf`` when the attack never gets there."""
-    if not 0.0 < rate <= 1.0:
-        raise InvalidInputError(f"rate must be in (0, 1], got {rate}")
+    rate = _check_rate(rate)
     d, _ = _check(distortion, success)
     k = math.ceil(rate * d.numel() - 1e-9)
     return float(torch.sort(d).values[k - 1])
@@ -139,12 +188,12 @@ def robust_accuracy(
         success: ``(N,)`` bool; only examples that are correct can succeed.
         eps: ``E`` budgets >= 0 in the unit of ``distortion``.
     """
-    if not isinstance(correct, torch.Tensor) or correct.shape != success.shape:
+    correct = _flags(correct, "correct")
+    success = _flags(success, "success")
+    if correct.shape != success.shape:
         raise InvalidInputError("correct must be a bool tensor of the same shape (N,) as success")
-    b = torch.as_tensor(eps, dtype=torch.float64).reshape(-1)
-    if b.numel() == 0 or not bool(torch.isfinite(b).all()) or bool((b < 0).any()):
-        raise InvalidInputError("budgets must be finite numbers >= 0 (at least one)")
-    fooled_rate = robustness_curve(distortion, success & correct.bool(), b)
+    b = _check_budgets(eps)
+    fooled_rate = robustness_curve(distortion, success & correct, b)
     return correct.double().mean() - fooled_rate
 
 
@@ -164,6 +213,9 @@ def robust_accuracy_summary(
     """
     if norm not in NORMS:
         raise InvalidInputError(f"unknown norm {norm!r}; choose one of {', '.join(NORMS)}")
+    correct = _flags(correct, "correct")
+    success = _flags(success, "success")
+    _check_confidence(confidence)
     n = int(correct.numel())
     accuracy = robust_accuracy(correct, distortion, success, eps)
     counts = [round(float(a) * n) for a in accuracy]
@@ -206,16 +258,35 @@ def model_robust_accuracy(
     Returns ``(summary as in robust_accuracy_summary, AttackResult of the correct examples)``.
     """
     from intriguing.attacks import LBFGS
+    from intriguing.attacks.checks import check_images, check_labels, check_output_type
     from intriguing.attacks.metrics import success_mask
-    from intriguing.models.user import model_device, predict
+    from intriguing.models.user import model_device, model_input
     from intriguing.training.trainer import predict_logits
 
     if norm not in NORMS:
         raise InvalidInputError(f"unknown norm {norm!r}; choose one of {', '.join(NORMS)}")
+    if attack is not None and not callable(attack):
+        raise InvalidInputError(
+            f"attack must be an attack object such as LBFGS(...), got {type(attack).__name__}"
+        )
+    _check_budgets(eps)
+    _check_confidence(confidence)
+    images = check_images(images)
+    n = len(images)
+    labels = check_labels(labels, n).cpu()
     device = model_device(model)
-    labels = labels.cpu().long()
-    correct = predict(model, images) == labels
-    n = len(labels)
+    with torch.no_grad():
+        outputs = [
+            check_output_type(model(model_input(model, images[i : i + 512]))).cpu()
+            for i in range(0, n, 512)
+        ]
+    clean_logits = torch.cat(outputs)
+    if clean_logits.ndim != 2 or clean_logits.shape[0] != n:
+        raise InvalidInputError(
+            f"model must return logits of shape ({n}, K), got {tuple(clean_logits.shape)}"
+        )
+    check_labels(labels, n, num_classes=int(clean_logits.shape[1]))
+    correct = clean_logits.argmax(1) == labels
     distortion = torch.zeros(n, dtype=torch.float64)
     success = torch.zeros(n, dtype=torch.bool)
     result = None

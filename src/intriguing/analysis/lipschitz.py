@@ -39,6 +39,7 @@ lower bound, the largest Jacobian norm found by power iteration at sample inputs
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -282,7 +283,7 @@ def _is_plain_sequential(module: nn.Module) -> bool:
 
 def network_bounds(
     model: nn.Module,
-    input_shape: Shape,
+    input_shape: Shape | Sequence[int] | int,
     *,
     layers: Sequence[nn.Module | tuple[str, nn.Module]] | None = None,
     options: BoundConfig | None = None,
@@ -294,7 +295,8 @@ def network_bounds(
     Args:
         model: any ``nn.Module`` mapping ``(N, *input_shape)`` to ``(N, ...)`` (logits): a plain
             ``nn.Sequential`` is walked as a chain, anything else traced with torch.fx.
-        input_shape: one example's shape, e.g. ``(1, 28, 28)`` for MNIST, ``(3, 224, 224)``.
+        input_shape: one example's shape, e.g. ``(1, 28, 28)`` for MNIST, ``(3, 224, 224)``: a
+            tuple, list or ``torch.Size`` of positive ints; a single int ``d`` means ``(d,)``.
         layers: optionally the layers in call order; checked against ``model(x)`` first.
         options: :class:`BoundConfig`.
         progress: called with each layer's name before it is analysed (chains).
@@ -309,13 +311,10 @@ def network_bounds(
             ``layers=`` list that is not the model, a bad shape, a module with a forward hook.
         CertificationError: the certified bound is below the measured one (a bug).
     """
+    shape = _check_input_shape(input_shape)
     options = options or BoundConfig()
     model = uncompiled(model)  # a torch.compile wrapper: bound the network it holds
-    if not input_shape or any(int(d) < 1 for d in input_shape):
-        raise InvalidInputError(
-            f"input_shape must be positive sizes without batch, got {input_shape}"
-        )
-    shape: Shape = tuple(int(d) for d in input_shape)
+    _refuse_meta(model)
     named = sequential_layers(model, layers) if layers is not None else []
     refuse_forward_hooks(model, named)
     probes = probe_inputs(shape, _check_samples(samples, shape), options.probe_inputs)
@@ -332,6 +331,37 @@ def network_bounds(
     check_batch_independent(model, probes)
     _measure(bound, model, probes, options)
     return bound
+
+
+def _is_size(d: object) -> bool:
+    return isinstance(d, numbers.Integral) and not isinstance(d, bool) and int(d) >= 1
+
+
+def _check_input_shape(input_shape: object) -> Shape:
+    """``input_shape`` as a tuple of positive ints (a single int ``d`` is ``(d,)``), or one line."""
+    if _is_size(input_shape):
+        return (int(input_shape),)  # type: ignore[call-overload]
+    if not isinstance(input_shape, (tuple, list)) or not input_shape:
+        raise InvalidInputError(
+            f"input_shape must be a tuple of positive ints without the batch, e.g. (1, 28, 28), "
+            f"got {input_shape!r}"
+        )
+    if not all(_is_size(d) for d in input_shape):
+        raise InvalidInputError(
+            f"input_shape must hold positive ints (sizes without the batch), e.g. (1, 28, 28), "
+            f"got {tuple(input_shape)!r}"
+        )
+    return tuple(int(d) for d in input_shape)
+
+
+def _refuse_meta(model: nn.Module) -> None:
+    """A model whose parameters or buffers are on the 'meta' device holds no numbers to bound."""
+    tensors = [*model.parameters(), *model.buffers()]
+    if any(t.is_meta for t in tensors):
+        raise InvalidInputError(
+            "the model has no data (meta device): load its weights first "
+            "(e.g. model.to_empty(device='cpu') then load_state_dict)"
+        )
 
 
 def _check_samples(samples: torch.Tensor | None, shape: Shape) -> torch.Tensor | None:

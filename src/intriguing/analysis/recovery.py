@@ -29,7 +29,9 @@ paper's RMS per pixel ``sqrt(sum (a - b)^2 / n)``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import numbers
 from collections.abc import Mapping
 from typing import Any, TypedDict, Unpack
 
@@ -39,7 +41,7 @@ from scipy import stats
 from torch import nn
 
 from intriguing._io import finite_or_none
-from intriguing.attacks import LBFGS, AttackResult
+from intriguing.attacks import LBFGS, AttackResult, LBFGSConfig
 from intriguing.attacks.checks import check_eval_mode, check_image_pair, check_labels
 from intriguing.attacks.metrics import rms_distortion
 from intriguing.errors import InvalidInputError
@@ -179,6 +181,54 @@ def _attack(kwargs: Mapping[str, Any], mode: str) -> LBFGS:
     return LBFGS(mode=mode, **settings)
 
 
+_RUNTIME_SETTINGS = ("threads", "progress")
+
+
+def _check_attack_settings(attack: object) -> dict[str, Any]:
+    """``attack`` (LBFGS keyword settings or None) as a dict, after building both attacks once so
+    that every unknown or out-of-range setting is refused before any work."""
+    if attack is None:
+        return {}
+    if not isinstance(attack, Mapping):
+        raise InvalidInputError(
+            f"attack must be a dict of LBFGS settings such as {{'max_iter': 100}}, got "
+            f"{type(attack).__name__}"
+        )
+    known = {f.name for f in dataclasses.fields(LBFGSConfig)} | set(_RUNTIME_SETTINGS)
+    unknown = sorted(str(k) for k in attack if k not in known)
+    if unknown:
+        raise InvalidInputError(
+            f"unknown LBFGS setting(s) {', '.join(map(repr, unknown))} in attack; valid ones: "
+            f"{', '.join(sorted(known))}"
+        )
+    kw = dict(attack)
+    for mode in ("targeted", "untargeted"):
+        try:
+            _attack(kw, mode)
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, InvalidInputError):
+                raise
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InvalidInputError(f"bad LBFGS settings in attack: {first}") from None
+    return kw
+
+
+def _check_amplify(amplify: object) -> tuple[float, ...]:
+    """Amplification factors: a tuple or list of finite numbers > 1."""
+    if not isinstance(amplify, (tuple, list)):
+        raise InvalidInputError(
+            f"amplify must be a tuple of factors > 1, e.g. (2.0,), got {amplify!r}"
+        )
+    for k in amplify:
+        if (
+            isinstance(k, bool)
+            or not isinstance(k, numbers.Real)
+            or not (math.isfinite(float(k)) and float(k) > 1.0)
+        ):
+            raise InvalidInputError(f"amplification factors must be finite numbers > 1, got {k!r}")
+    return tuple(float(k) for k in amplify)
+
+
 def recover_and_detect(
     model: nn.Module,
     originals: torch.Tensor,
@@ -218,7 +268,18 @@ def recover_and_detect(
     originals, adversarials = originals.to(dtype=dtype), adversarials.to(dtype=dtype)
     n = originals.shape[0]
     labels = check_labels(labels, n)
-    kw = dict(attack or {})
+    kw = _check_attack_settings(attack)
+    factors = _check_amplify(amplify)
+    if clean_statistic is not None:
+        if not isinstance(clean_statistic, torch.Tensor):
+            raise InvalidInputError(
+                f"clean_statistic must be a tensor of shape ({n},), got "
+                f"{type(clean_statistic).__name__}"
+            )
+        if tuple(clean_statistic.reshape(-1).shape) != (n,):
+            raise InvalidInputError(
+                f"clean_statistic must have shape ({n},), got {tuple(clean_statistic.shape)}"
+            )
     with torch.no_grad():
         clean_pred = model(originals).argmax(1)
         adv_pred = model(adversarials).argmax(1)
@@ -244,9 +305,7 @@ def recover_and_detect(
     ok = back.success.bool()
     to_original = rms_distortion(originals, back.adversarial).double()
     amplified: dict[str, torch.Tensor] = {}
-    for k in amplify:
-        if not (math.isfinite(k) and k > 1.0):
-            raise InvalidInputError(f"amplification factors must be > 1, got {k}")
+    for k in factors:
         pushed = (originals + k * (adversarials - originals)).clamp(0.0, 1.0)
         with torch.no_grad():
             pushed_pred = model(pushed).argmax(1)

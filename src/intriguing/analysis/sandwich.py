@@ -91,14 +91,14 @@ def certified_radii(
     Args:
         model: the network (logits out); the same one ``bound`` was computed for.
         images: ``(N, *input_shape)`` float in ``[0, 1]``.
-        labels: ``(N,)`` int64 in ``[0, K)``.
+        labels: ``(N,)`` integer tensor (any integer dtype) in ``[0, K)``.
         bound: :func:`~intriguing.analysis.lipschitz.network_bounds` of ``model``.
         layers: the layers in call order, for non-Sequential models (as for ``network_bounds``).
 
     Returns:
         :class:`CertifiedRadii` (RMS distortion units).
     """
-    _check_inputs(images, labels, bound)
+    images, labels = _check_inputs(images, labels, bound)
     _check_bound_is_of(model, bound)
     measured = _measured_at(model, images, bound)
     double = copy.deepcopy(model).double().eval()
@@ -155,22 +155,35 @@ def _measured_at(model: nn.Module, images: torch.Tensor, bound: NetworkBound) ->
     return max(measured.value, bound.measured.value if bound.measured else 0.0)
 
 
-def _check_inputs(images: torch.Tensor, labels: torch.Tensor, bound: NetworkBound) -> None:
+def _check_inputs(
+    images: object, labels: object, bound: object
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images, labels as int64)`` after checking them against ``bound`` (one line otherwise):
+    images a float tensor ``(N, *input_shape)`` with ``N >= 1``, finite and in ``[0, 1]``; labels
+    an integer tensor ``(N,)`` of any integer dtype, ``>= 0``."""
+    from intriguing.attacks.checks import check_images, check_labels
+
+    if not isinstance(bound, NetworkBound):
+        raise InvalidInputError(
+            f"bound must be the NetworkBound of network_bounds(model, ...), got {type(bound).__name__}"
+        )
+    if isinstance(images, np.ndarray):
+        raise InvalidInputError(
+            "images must be a torch.Tensor, got a numpy array; convert it with torch.from_numpy"
+        )
+    if isinstance(images, torch.Tensor) and images.ndim >= 1 and images.shape[0] == 0:
+        raise InvalidInputError("no images given: pass at least one (image, label) pair")
+    images = check_images(images)
     if tuple(images.shape[1:]) != tuple(bound.input_shape):
         raise InvalidInputError(
             f"images have shape {tuple(images.shape[1:])} per example, the bound was computed for "
             f"{tuple(bound.input_shape)}"
         )
-    if labels.shape != (images.shape[0],) or labels.dtype != torch.int64:
+    if isinstance(labels, np.ndarray):
         raise InvalidInputError(
-            f"labels must be int64 of shape ({images.shape[0]},), got {tuple(labels.shape)}"
+            "labels must be a torch.Tensor, got a numpy array; convert it with torch.from_numpy"
         )
-    if not torch.isfinite(images).all() or images.min() < 0 or images.max() > 1:
-        raise InvalidInputError("images must be finite and in [0, 1]")
-    if images.shape[0] == 0:
-        raise InvalidInputError("no images given")
-    if int(labels.min()) < 0:
-        raise InvalidInputError("labels must be non-negative class indices")
+    return images, check_labels(labels, int(images.shape[0]))
 
 
 def _pairwise(
@@ -368,6 +381,7 @@ def sandwich(
     Returns:
         :class:`SandwichResult`.
     """
+    images, labels = _check_inputs(images, labels, bound)
     radii = certified_radii(model, images, labels, bound, layers=layers)
     if attack_result is None:
         attack = attack or _default_attack()

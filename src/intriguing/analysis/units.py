@@ -23,6 +23,7 @@ images, because it re-weights the units.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -68,7 +69,23 @@ class UnitsConfig:
 
     def __post_init__(self) -> None:
         """Raise :class:`InvalidInputError` for settings that are wrong on any image set."""
+        if isinstance(self.families, str):
+            raise InvalidInputError(
+                f"families must be a tuple of family names, got the string {self.families!r}; "
+                f"write families=({self.families!r},)"
+            )
         dirs.check_family_names(list(self.families))
+        for name in ("k", "n_directions", "seed", "n_null", "n_resamples"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise InvalidInputError(f"{name} must be an integer, got {value!r}")
+        for name in ("centre", "standardise"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise InvalidInputError(
+                    f"{name} must be True or False, got {getattr(self, name)!r}"
+                )
+        if self.seed < 0:
+            raise InvalidInputError(f"seed must be >= 0, got {self.seed}")
         if self.k < 2:
             raise InvalidInputError(f"k must be at least 2 (pairwise metrics), got {self.k}")
         if self.n_directions < 2:
@@ -81,8 +98,11 @@ class UnitsConfig:
             raise InvalidInputError(
                 f"the null needs at least 100 random subsets, got {self.n_null}"
             )
-        if any(not np.isfinite(a) for a in self.alphas):
-            raise InvalidInputError("rotation alphas must be finite numbers")
+        if isinstance(self.alphas, (str, bytes)) or any(
+            isinstance(a, bool) or not isinstance(a, numbers.Real) or not np.isfinite(a)
+            for a in self.alphas
+        ):
+            raise InvalidInputError(f"rotation alphas must be finite numbers, got {self.alphas!r}")
 
     def check_settings(self) -> None:
         """The checks of ``__post_init__`` again (kept for old callers; a made config passed them)."""
@@ -427,13 +447,35 @@ def rotation_curve(
 def check_inputs(
     phi: np.ndarray, labels: np.ndarray | None, images: np.ndarray
 ) -> tuple[np.ndarray | None, int]:
-    """Check shapes/values; return the labels as int64 (or None) and the number of classes."""
+    """Check shapes/values; return the labels as int64 (or None) and the number of classes.
+
+    ``phi`` must be a numeric numpy array ``(N, D)`` (memory-mapped is fine) with no NaN or infinite
+    value (checked block by block), ``images`` a numeric numpy array ``(N, ...)`` with finite values.
+    """
+    for name, array in (("activations phi", phi), ("images", images)):
+        if not isinstance(array, np.ndarray):
+            raise InvalidInputError(
+                f"{name} must be a numpy array, got {type(array).__name__}; "
+                "convert it with np.asarray (or tensor.numpy())"
+            )
+        if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+            raise InvalidInputError(f"{name} must hold real numbers, got dtype {array.dtype}")
     if phi.ndim != 2 or phi.shape[0] == 0 or phi.shape[1] == 0:
         raise InvalidInputError(
             f"activations must have shape (N, D) with N, D >= 1, got {phi.shape}"
         )
-    if images.shape[0] != phi.shape[0]:
-        raise InvalidInputError(f"{images.shape[0]} images but {phi.shape[0]} activation rows")
+    if images.ndim < 1 or images.shape[0] != phi.shape[0]:
+        n_images = images.shape[0] if images.ndim else 0
+        raise InvalidInputError(f"{n_images} images but {phi.shape[0]} activation rows")
+    for start, block in zip(range(0, phi.shape[0], 4096), dirs.row_chunks(phi), strict=True):
+        if not np.isfinite(block).all():
+            row = start + int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
+            raise InvalidInputError(
+                f"activations contain NaN or infinite values (first in row {row}); "
+                "recompute them or drop those images"
+            )
+    if not np.isfinite(images).all():
+        raise InvalidInputError("images contain NaN or infinite values; clean the data first")
     if labels is None:
         return None, 0
     y = np.asarray(labels)

@@ -22,6 +22,7 @@ The base class guarantees, whatever the subclass does:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
 import warnings
 from abc import ABC, abstractmethod
@@ -143,6 +144,19 @@ def rows_per_call(saved_per_image: int, device: torch.device, batch_size: int) -
     return max(1, min(batch_size, CPU_SAVED_BYTES // max(saved_per_image, 1)))
 
 
+def check_not_meta(model: nn.Module) -> None:
+    """Refuse a model whose parameters or buffers live on the ``meta`` device (shapes, no data).
+
+    Raises:
+        InvalidInputError: any parameter or buffer is a meta tensor.
+    """
+    if any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())):
+        raise InvalidInputError(
+            "the model has no data (meta device): load its weights first "
+            "(e.g. model.to_empty(device='cpu') then load_state_dict)"
+        )
+
+
 class Attack(ABC):
     """An attack on any ``nn.Module`` mapping images ``(N, ...)`` in [0, 1] to logits ``(N, K)``.
 
@@ -183,7 +197,8 @@ class Attack(ABC):
             An :class:`AttackResult` on the device of ``images``.
 
         Raises:
-            InvalidInputError: bad images, labels, targets, model mode or model outputs.
+            InvalidInputError: bad images, labels, targets, model mode or model outputs, or a
+                model on the meta device.
         """
         with torch_threads(self.threads), flushed_denormals():
             return self._call(model, images, labels, targets)
@@ -200,6 +215,7 @@ class Attack(ABC):
         if not isinstance(model, nn.Module):
             raise InvalidInputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         check_eval_mode(model)
+        check_not_meta(model)
         n = int(images.shape[0])
         device = model_device(model, images.device)
         x = images.detach().to(device=device, dtype=attack_dtype(model, images.dtype))

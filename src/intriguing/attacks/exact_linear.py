@@ -47,7 +47,9 @@ import torch
 from scipy.optimize import linprog, minimize
 from torch import nn
 
+from intriguing.attacks.checks import attack_dtype
 from intriguing.errors import InvalidInputError
+from intriguing.models.user import model_device
 from intriguing.progress import track
 
 #: Largest tolerated constraint violation (logit units) for a solution to count as feasible.
@@ -263,6 +265,7 @@ def solve_targeted_qp(
         The optimum with its KKT certificate; ``feasible`` is False (and ``l2`` infinite) when no
         point of the box gives the target the lead.
     """
+    check_margin(margin)
     x = np.asarray(x, dtype=np.float64)
     A, c = _constraints(classifier, target, margin)
     mu0 = np.zeros(A.shape[0])
@@ -294,6 +297,7 @@ def solve_targeted_qp_slsqp(
     Its cost grows like m^3 per iteration, so use it on small problems (tests, a few images); the
     multipliers are recovered from the active constraints by least squares on the free pixels.
     """
+    check_margin(margin)
     x = np.asarray(x, dtype=np.float64)
     A, c = _constraints(classifier, target, margin)
     fit = minimize(
@@ -411,6 +415,13 @@ def _check_batch(
     for name, tensor in (("labels", labels), ("targets", targets)):
         if tensor is None:
             continue
+        if not isinstance(tensor, torch.Tensor):
+            raise InvalidInputError(
+                f"{name} must be an integer torch.Tensor of shape ({images.shape[0]},), got "
+                f"{type(tensor).__name__}; wrap it with torch.tensor(...)"
+            )
+        if tensor.dtype == torch.bool or tensor.is_complex():
+            raise InvalidInputError(f"{name} must be an integer tensor, got {tensor.dtype}")
         if tensor.shape != (images.shape[0],) or tensor.dtype.is_floating_point:
             raise InvalidInputError(
                 f"{name} must be an integer tensor of shape ({images.shape[0]},)"
@@ -419,11 +430,31 @@ def _check_batch(
             raise InvalidInputError(f"{name} must be class indices in 0..{k - 1}")
     if labels is None and targets is None:
         raise InvalidInputError("pass labels (untargeted) or targets (targeted)")
+    if labels is not None and targets is not None:
+        same = int((targets.long().cpu() == labels.long().cpu()).sum())
+        if same:
+            raise InvalidInputError(f"{same} target(s) equal their label; choose targets != labels")
+
+
+def check_margin(margin: object) -> float:
+    """``margin`` as a float; InvalidInputError unless it is a finite number >= 0 (a negative lead
+    would return images that keep their label)."""
+    if (
+        isinstance(margin, bool)
+        or not isinstance(margin, int | float)
+        or not math.isfinite(margin)
+        or margin < 0
+    ):
+        raise InvalidInputError(
+            f"margin must be a finite number >= 0 (the target's required logit lead), got {margin!r}"
+        )
+    return float(margin)
 
 
 def _check_affine(model: nn.Module, classifier: AffineClassifier, images: torch.Tensor) -> None:
     """Verify ``model(images) == W x + b`` on the batch (catches modules that are not affine)."""
-    probe = images[: min(16, images.shape[0])]
+    dtype = attack_dtype(model, images.dtype)  # a float64 model takes float64 probes
+    probe = images[: min(16, images.shape[0])].to(model_device(model, images.device), dtype)
     with torch.no_grad():
         logits = model(probe).detach().to(torch.float64).cpu().numpy()
     flat = probe.reshape(probe.shape[0], -1).to(torch.float64).cpu().numpy()
@@ -464,9 +495,11 @@ def exact_linear_attack(
         An :class:`ExactLinearResult`.
 
     Raises:
-        InvalidInputError: a non-affine model, or images/labels/targets of the wrong shape, dtype
-            or range.
+        InvalidInputError: a non-affine or half-precision model, images/labels/targets of the wrong
+            type, shape, dtype or range, targets equal to their labels, or a margin that is not a
+            finite number >= 0.
     """
+    check_margin(margin)
     classifier = model if isinstance(model, AffineClassifier) else affine_parameters(model)
     _check_batch(images, labels, targets, classifier)
     if isinstance(model, nn.Module):

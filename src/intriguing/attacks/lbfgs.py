@@ -286,6 +286,7 @@ class LBFGS(Attack):
     ) -> None:
         """``config`` (default :class:`LBFGSConfig`) with keyword ``overrides`` of its fields."""
         config = config if config is not None else LBFGSConfig()
+        LBFGSConfig.check_names(overrides, also=("threads", "progress"))
         self.config = dataclasses.replace(config, **overrides) if overrides else config
         if threads is not None:
             check_count("threads", threads, 1)

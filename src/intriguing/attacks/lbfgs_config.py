@@ -8,7 +8,9 @@ declared here only. See :class:`~intriguing.attacks.lbfgs.LBFGS` for what each s
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +64,22 @@ class LBFGSConfig:
         if not (isinstance(self.candidate_ratio, (int, float)) and self.candidate_ratio >= 1.0):
             raise InvalidInputError(f"candidate_ratio must be >= 1, got {self.candidate_ratio!r}")
         self._normalise()
+
+    @classmethod
+    def check_names(cls, settings: Iterable[str], *, also: Sequence[str] = ()) -> None:
+        """Refuse setting names that are not fields (nor ``also``) in one line listing the valid
+        ones (instead of the dataclass's raw TypeError).
+
+        Raises:
+            InvalidInputError: an unknown name.
+        """
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(settings) - set(names) - set(also))
+        if unknown:
+            raise InvalidInputError(
+                f"unknown LBFGS setting(s) {', '.join(map(repr, unknown))}; valid settings: "
+                f"{', '.join([*names, *also])}"
+            )
 
     def _check_goal(self) -> None:
         if self.mode not in MODES:

@@ -12,6 +12,7 @@ statistics of distortion use successes only.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from intriguing._io import atomic_path, atomic_write_json, loads_strict
+from intriguing._io import atomic_path, atomic_write_text, loads_strict
 from intriguing.errors import IntriguingError
 
 _TENSOR_FIELDS = (
@@ -35,6 +36,8 @@ _TENSOR_FIELDS = (
     "predicted",
     "targets",
 )
+
+MODES = ("untargeted", "targeted")  # as intriguing.attacks.base.MODES (base imports this module)
 
 
 @dataclass
@@ -120,47 +123,152 @@ class AttackResult:
     def save(self, path: str | Path) -> Path:
         """Write the tensors to ``path`` (safetensors) and metadata to ``path`` + ``.json``, atomically.
 
-        Returns the JSON sidecar's path.
+        The metadata is checked and serialised before anything is written, so a result that cannot
+        be stored leaves an earlier result at ``path`` untouched. Returns the JSON sidecar's path.
+
+        Raises:
+            IntriguingError: a field of the wrong shape or dtype, an unknown ``mode``, a non-finite
+                or negative ``elapsed_s``, or ``settings`` that are not plain JSON (one line).
         """
         target = Path(path)
-        tensors = {name: getattr(self, name).detach().cpu().contiguous() for name in _TENSOR_FIELDS}
-        with atomic_path(target) as tmp:
-            save_file(tensors, str(tmp))
         sidecar = target.with_name(target.name + ".json")
+        problem = _tensor_problem({name: getattr(self, name) for name in _TENSOR_FIELDS})
+        if problem is None:
+            problem = _meta_problem(self.mode, self.elapsed_s, self.settings)
+        if problem is not None:
+            raise IntriguingError(f"{target}: cannot save the attack result: {problem}")
         meta = {
             "mode": self.mode,
-            "elapsed_s": self.elapsed_s,
+            "elapsed_s": float(self.elapsed_s),
             "settings": self.settings,
             "summary": _json_safe(self.summary()),
         }
-        atomic_write_json(sidecar, meta)
+        try:
+            text = json.dumps(meta, indent=2, allow_nan=False) + "\n"
+        except (TypeError, ValueError) as exc:
+            raise IntriguingError(
+                f"{target}: cannot save the attack result: its metadata is not strict JSON ({exc})"
+            ) from None
+        tensors = {name: getattr(self, name).detach().cpu().contiguous() for name in _TENSOR_FIELDS}
+        with atomic_path(target) as tmp:
+            save_file(tensors, str(tmp))
+        atomic_write_text(sidecar, text)
         return sidecar
 
     @classmethod
     def load(cls, path: str | Path) -> AttackResult:
-        """Read a result written by :meth:`save`; a missing or corrupt file raises IntriguingError."""
+        """Read a result written by :meth:`save`; a missing or corrupt file raises IntriguingError.
+
+        Every tensor is checked (present, ``N`` rows, its dtype) and so is the sidecar (a JSON
+        object with a known ``mode``, a finite ``elapsed_s`` >= 0 and a ``settings`` object).
+        """
         target = Path(path)
         sidecar = target.with_name(target.name + ".json")
-        if not target.exists() or not sidecar.exists():
+        if not target.is_file() or not sidecar.is_file():
             raise IntriguingError(f"{target}: attack result or its .json sidecar not found")
         try:
             tensors = load_file(str(target))
             meta = loads_strict(sidecar.read_text(encoding="utf-8"))
         except Exception as exc:  # safetensors raises several types for corrupt files
+            why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise IntriguingError(
-                f"{target}: corrupt attack result ({exc}); rerun the attack"
+                f"{target}: corrupt attack result ({why}); rerun the attack"
             ) from None
         missing = [name for name in _TENSOR_FIELDS if name not in tensors]
         if missing:
             raise IntriguingError(
                 f"{target}: attack result lacks {', '.join(missing)}; rerun the attack"
             )
+        problem = _tensor_problem(tensors)
+        if problem is None:
+            if not isinstance(meta, dict):
+                problem = f"its .json sidecar is a {type(meta).__name__}, not an object"
+            else:
+                problem = _meta_problem(
+                    meta.get("mode"), meta.get("elapsed_s", 0.0), meta.get("settings", {})
+                )
+        if problem is not None:
+            raise IntriguingError(f"{target}: corrupt attack result: {problem}; rerun the attack")
         return cls(
             **{name: tensors[name] for name in _TENSOR_FIELDS},
-            mode=str(meta.get("mode", "")),
+            mode=str(meta["mode"]),
             elapsed_s=float(meta.get("elapsed_s", 0.0)),
             settings=dict(meta.get("settings", {})),
         )
+
+
+# The dtype of each per-example field (``adversarial``: any floating dtype).
+_DTYPES = {
+    "success": (torch.bool,),
+    "distortion": (torch.float32, torch.float64),
+    "l2": (torch.float32, torch.float64),
+    "c": (torch.float64, torch.float32),
+    "iterations": (torch.int64,),
+    "grad_evals": (torch.int64,),
+    "labels": (torch.int64,),
+    "predicted": (torch.int64,),
+    "targets": (torch.int64,),
+}
+
+
+def _tensor_problem(tensors: dict[str, Any]) -> str | None:
+    """Why the per-example fields do not form a result of ``N`` rows (one line), or None."""
+    for name in _TENSOR_FIELDS:
+        if not isinstance(tensors[name], torch.Tensor):
+            return f"{name} is a {type(tensors[name]).__name__}, not a tensor"
+    adversarial = tensors["adversarial"]
+    if adversarial.ndim < 1 or not adversarial.is_floating_point():
+        return f"adversarial must be floating images (N, ...), got {adversarial.dtype} {tuple(adversarial.shape)}"
+    n = int(adversarial.shape[0])
+    for name, dtypes in _DTYPES.items():
+        tensor = tensors[name]
+        if tuple(tensor.shape) != (n,):
+            return f"{name} has shape {tuple(tensor.shape)}, not ({n},) like the {n} adversarial images"
+        if tensor.dtype not in dtypes:
+            return f"{name} is {tensor.dtype}, not {dtypes[0]}"
+    return None
+
+
+def _meta_problem(mode: object, elapsed_s: object, settings: object) -> str | None:
+    """Why the metadata of a result is unusable (one line), or None."""
+    if mode not in MODES:
+        return f"mode is {mode!r}, not one of {', '.join(MODES)}"
+    if (
+        isinstance(elapsed_s, bool)
+        or not isinstance(elapsed_s, int | float)
+        or not math.isfinite(elapsed_s)
+        or elapsed_s < 0
+    ):
+        return f"elapsed_s must be a finite number of seconds >= 0, got {elapsed_s!r}"
+    if not isinstance(settings, dict):
+        return f"settings must be a dict, got {type(settings).__name__}"
+    bad = _not_json(settings, "settings")
+    if bad is not None:
+        return f"{bad}; settings take plain str, int, finite float, bool, None, lists and dicts"
+    return None
+
+
+def _not_json(value: object, where: str) -> str | None:
+    """The first part of ``value`` that is not plain strict JSON, described in one line, or None."""
+    if value is None or isinstance(value, bool | int | str):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{where} is {value!r}"
+    if isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            bad = _not_json(item, f"{where}[{i}]")
+            if bad is not None:
+                return bad
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"{where} has a key {key!r} that is not a str"
+            bad = _not_json(item, f"{where}[{key!r}]")
+            if bad is not None:
+                return bad
+        return None
+    return f"{where} is a {type(value).__name__}"
 
 
 def _json_safe(obj: dict[str, Any]) -> dict[str, Any]:

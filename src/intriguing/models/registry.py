@@ -24,6 +24,7 @@ from torch import nn
 
 from intriguing.errors import InvalidInputError, UnknownModelError
 from intriguing.models.recipe import TrainConfig
+from intriguing.models.user import first_line
 
 ModelFactory = Callable[[], nn.Module]
 TRAIN_SPLITS: tuple[str, ...] = ("train", "p1", "p2")
@@ -56,8 +57,27 @@ class ZooEntry:
     aliases: tuple[str, ...] = ()
 
     def build(self) -> nn.Module:
-        """A fresh, untrained instance (initialised from the global torch RNG)."""
-        return self.factory()
+        """A fresh, untrained instance (initialised from the global torch RNG).
+
+        Raises:
+            InvalidInputError: the factory raises, or returns something that is not an
+                ``nn.Module`` (one line naming the model).
+        """
+        try:
+            model = self.factory()
+        except InvalidInputError:
+            raise
+        except Exception as exc:  # user code can fail in any way; report it on one line
+            raise InvalidInputError(
+                f"model {self.name!r}: its factory raised {first_line(exc)}; fix the factory "
+                "registered with register_model"
+            ) from None
+        if not isinstance(model, nn.Module):
+            raise InvalidInputError(
+                f"model {self.name!r}: its factory returned {type(model).__name__}, not an "
+                "nn.Module; fix the factory registered with register_model"
+            )
+        return model
 
 
 _REGISTRY: dict[str, ZooEntry] = {}
@@ -124,12 +144,15 @@ def register_model(
         factory unchanged).
 
     Raises:
-        InvalidInputError: a clash with an existing name or alias, or an unknown split.
+        InvalidInputError: a clash with an existing name or alias, an unknown split, or an argument
+            of the wrong type (a blank or non-string name, a non-callable factory, ``aliases`` given
+            as one string, a ``train_config`` that is not a ``TrainConfig``, ...).
     """
-    if train_split not in TRAIN_SPLITS:
-        raise InvalidInputError(
-            f"train_split must be one of {', '.join(TRAIN_SPLITS)}; got {train_split!r}"
-        )
+    alias_names = _check_registration(
+        name, description, train_config, train_split, paper, hidden_layer, aliases, replace
+    )
+    if factory is not None:
+        _check_factory(name, factory)
 
     def make(fn: ModelFactory) -> ZooEntry:
         entry = ZooEntry(
@@ -140,7 +163,7 @@ def register_model(
             train_split=train_split,
             paper=dict(paper or {}),
             hidden_layer=hidden_layer,
-            aliases=tuple(aliases),
+            aliases=alias_names,
         )
         _add(entry, replace=replace)
         return entry
@@ -149,10 +172,77 @@ def register_model(
         return make(factory)
 
     def decorator(fn: ModelFactory) -> ModelFactory:
+        _check_factory(name, fn)
         make(fn)
         return fn
 
     return decorator
+
+
+def _blank(value: object) -> bool:
+    """Whether ``value`` is not a non-blank string."""
+    return not isinstance(value, str) or not value.strip()
+
+
+def _check_registration(
+    name: object,
+    description: object,
+    train_config: object,
+    train_split: object,
+    paper: object,
+    hidden_layer: object,
+    aliases: object,
+    replace: object,
+) -> tuple[str, ...]:
+    """Refuse unusable :func:`register_model` arguments with one line each; returns the aliases
+    as a tuple."""
+    if _blank(name):
+        raise InvalidInputError(f"model name must be a non-blank string, got {name!r}")
+    if not isinstance(description, str):
+        raise InvalidInputError(
+            f"model {name!r}: description must be a string, got {type(description).__name__}"
+        )
+    if train_config is not None and not isinstance(train_config, TrainConfig):
+        raise InvalidInputError(
+            f"model {name!r}: train_config must be a TrainConfig, got "
+            f"{type(train_config).__name__}; pass TrainConfig(**settings)"
+        )
+    if train_split not in TRAIN_SPLITS:
+        raise InvalidInputError(
+            f"train_split must be one of {', '.join(TRAIN_SPLITS)}; got {train_split!r}"
+        )
+    if paper is not None and not isinstance(paper, Mapping):
+        raise InvalidInputError(
+            f"model {name!r}: paper must be a dict of the paper's numbers, got "
+            f"{type(paper).__name__}"
+        )
+    if hidden_layer is not None and _blank(hidden_layer):
+        raise InvalidInputError(
+            f"model {name!r}: hidden_layer must be a module name (a non-blank string) or None, "
+            f"got {hidden_layer!r}"
+        )
+    if isinstance(aliases, str | bytes) or not isinstance(aliases, Iterable):
+        raise InvalidInputError(
+            f"model {name!r}: aliases must be a list or tuple of names, got {aliases!r}; "
+            f"write aliases=[{aliases!r}] for one alias"
+        )
+    names = tuple(aliases)
+    bad = [alias for alias in names if _blank(alias)]
+    if bad:
+        raise InvalidInputError(
+            f"model {name!r}: every alias must be a non-blank string, got {bad[0]!r}"
+        )
+    if not isinstance(replace, bool):
+        raise InvalidInputError(f"replace must be True or False, got {replace!r}")
+    return names
+
+
+def _check_factory(name: str, factory: object) -> None:
+    if not callable(factory):
+        raise InvalidInputError(
+            f"model {name!r}: factory must be a callable () -> nn.Module, got "
+            f"{type(factory).__name__}"
+        )
 
 
 def _add(entry: ZooEntry, *, replace: bool) -> None:

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any, TypedDict
 import torch
 from torch import nn
 
-from intriguing.errors import CheckpointError
+from intriguing.errors import CheckpointError, InvalidInputError
+from intriguing.models.user import first_line, model_device
 from intriguing.training.checkpoint import (
     cache_key,
     checkpoint_paths,
@@ -35,7 +36,7 @@ from intriguing.training.checkpoint import (
     weights_path_for,
 )
 from intriguing.training.config import TrainConfig
-from intriguing.training.trainer import LogFn, error_rate, train, training_threads
+from intriguing.training.trainer import LogFn, error_rate, eval_mode, train, training_threads
 
 if TYPE_CHECKING:
     from intriguing.data import MNIST
@@ -107,12 +108,16 @@ def train_model(
         UnknownModelError: ``name`` is not in the zoo.
         DataError, InvalidInputError: the dataset cannot be loaded.
         CheckpointError: a cached checkpoint is corrupt (delete it or pass ``retrain=True``).
+        InvalidInputError: ``seed`` is not an integer >= 0, or the model's factory fails, returns
+            no ``nn.Module``, or builds a model that does not map one MNIST image
+            ``(1, 1, 28, 28)`` to logits ``(1, K)`` with ``K >= 10`` (checked before training).
     """
     from intriguing.data import load_mnist
     from intriguing.data.files import verify_directory
     from intriguing.data.mnist import locate_mnist, published_identity
     from intriguing.models import get_entry
 
+    check_seed(seed)
     entry = get_entry(name)
     # The full MNIST's identity is known without reading it, so a cached checkpoint loads offline
     # and without parsing the data; an explicitly named directory is still MD5-verified.
@@ -121,6 +126,7 @@ def train_model(
         verify_directory(locate_mnist(data_dir, download=False)[0])
     identity = published_identity() if data is None else data.identity
     model, config, key = _zoo_key(entry, identity, seed)
+    probe_mnist_input(model, entry.name)
     weights, _ = checkpoint_paths(entry.name, key)
     expected = _expected_sidecar(entry, model, config, key, identity)
     log = log or logger.info
@@ -137,10 +143,54 @@ def train_model(
 
 def _zoo_key(entry: ZooEntry, identity: Any, seed: int) -> tuple[nn.Module, TrainConfig, str]:
     """The untrained model (built under ``seed``), its training config and its cache key."""
+    check_seed(seed)
     config = entry.train_config.replace(seed=seed)
     with seeded(seed):  # building draws from the global RNG: leave it untouched
         model = entry.build()
     return model, config, cache_key(entry.name, repr(model), config, entry.train_split, identity)
+
+
+def check_seed(seed: object) -> int:
+    """``seed`` unchanged; InvalidInputError unless it is an integer (not a bool) >= 0."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise InvalidInputError(f"seed must be an integer >= 0, got {seed!r}")
+    return seed
+
+
+MNIST_CLASSES = 10
+
+
+def probe_mnist_input(model: nn.Module, name: str) -> None:
+    """One forward pass of an MNIST-shaped image ``(1, 1, 28, 28)`` through ``model`` (eval mode,
+    no gradients; every submodule's mode restored), so that a model that cannot train on MNIST
+    is refused in one line before any data is read or any training starts.
+
+    Raises:
+        InvalidInputError: the model fails on the image, or returns anything but one floating
+            tensor of logits ``(1, K)`` with ``K >= 10``.
+    """
+    probe = torch.full((1, 1, 28, 28), 0.5, device=model_device(model))
+    try:
+        with eval_mode(model), torch.no_grad():
+            out = model(probe)
+    except Exception as exc:  # the user's model can fail in any way: one line naming it
+        raise InvalidInputError(
+            f"model {name!r} fails on one MNIST image (1, 1, 28, 28) ({first_line(exc)}); zoo "
+            "models must map (N, 1, 28, 28) images in [0, 1] to (N, 10) logits"
+        ) from None
+    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else None
+    if (
+        shape is None
+        or not out.is_floating_point()
+        or len(shape) != 2
+        or shape[0] != 1
+        or shape[1] < MNIST_CLASSES
+    ):
+        got = f"shape {shape}" if shape is not None else type(out).__name__
+        raise InvalidInputError(
+            f"model {name!r} returned {got} for one MNIST image (1, 1, 28, 28); zoo models must "
+            f"return floating logits (N, K) with K >= {MNIST_CLASSES}"
+        )
 
 
 def checkpoint_key(name: str, identity: Any, seed: int) -> str:

@@ -23,7 +23,7 @@ import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -153,6 +153,20 @@ def weight_penalty(terms: list[tuple[torch.Tensor, float]]) -> torch.Tensor:
     return total
 
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run a block with ``model`` and all its sub-modules in eval mode, then restore each
+    sub-module's own ``training`` flag (a train-mode model with a frozen, eval-mode BatchNorm comes
+    back exactly so)."""
+    flags = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in flags:
+            module.training = training
+
+
 @torch.no_grad()
 def predict_logits(model: nn.Module, images: torch.Tensor, chunk: int = EVAL_CHUNK) -> torch.Tensor:
     """Logits ``(N, C)`` of ``model`` on ``images`` in chunks (no gradient; mode left unchanged)."""
@@ -162,12 +176,8 @@ def predict_logits(model: nn.Module, images: torch.Tensor, chunk: int = EVAL_CHU
 @torch.no_grad()
 def error_rate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
     """Fraction in [0, 1] of ``images`` that ``model`` (in eval mode) misclassifies."""
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         wrong = (predict_logits(model, images).argmax(dim=1) != labels).sum().item()
-    finally:
-        model.train(was_training)
     return wrong / max(1, labels.shape[0])
 
 
@@ -281,15 +291,12 @@ def _objective(
     terms: list[tuple[torch.Tensor, float]],
 ) -> float:
     """Full-data objective (mean cross-entropy + penalty) in eval mode, without gradient."""
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         total = 0.0
         for i in range(0, inputs.shape[0], EVAL_CHUNK):
             logits = model(inputs[i : i + EVAL_CHUNK])
             total += F.cross_entropy(logits, labels[i : i + EVAL_CHUNK], reduction="sum").item()
         value = total / inputs.shape[0] + float(weight_penalty(terms))
-    model.train(was_training)
     return value
 
 

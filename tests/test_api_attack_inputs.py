@@ -1,0 +1,327 @@
+"""Input validation of the Python API: attack results on disk, attacks, data and model helpers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from intriguing.attacks import LBFGS, AttackResult, exact_linear_attack
+from intriguing.attacks.fgm import fgm_l2
+from intriguing.errors import IntriguingError, InvalidInputError
+from intriguing.inputs import choose_examples, finish_model, open_data, resolve_model
+from intriguing.models import get_entry, register_model, unregister_model
+from intriguing.models.registry import ZooEntry
+from intriguing.training.api import check_seed, probe_mnist_input, train_model
+
+
+def _result(n: int = 3, *, elapsed: float = 1.0, settings: Any = None) -> AttackResult:
+    return AttackResult(
+        adversarial=torch.rand(n, 4),
+        success=torch.ones(n, dtype=torch.bool),
+        distortion=torch.rand(n),
+        l2=torch.rand(n),
+        c=torch.ones(n, dtype=torch.float64),
+        iterations=torch.zeros(n, dtype=torch.long),
+        grad_evals=torch.zeros(n, dtype=torch.long),
+        labels=torch.zeros(n, dtype=torch.long),
+        predicted=torch.ones(n, dtype=torch.long),
+        targets=torch.full((n,), -1),
+        mode="untargeted",
+        elapsed_s=elapsed,
+        settings={"attack": "old"} if settings is None else settings,
+    )
+
+
+def _mlp(d: int = 8, k: int = 3) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(d, 16), nn.ReLU(), nn.Linear(16, k)).eval()
+
+
+# ------------------------------------------------------------------------- 1. AttackResult.save
+@pytest.mark.parametrize(
+    ("elapsed", "settings"),
+    [
+        (float("nan"), {"attack": "new"}),
+        (1.0, {"x": float("nan")}),
+        (1.0, {"x": np.float32(1.0)}),
+        (1.0, {"x": torch.ones(2)}),
+    ],
+    ids=["nan-elapsed", "nan-setting", "numpy-setting", "tensor-setting"],
+)
+def test_save_refuses_bad_metadata_and_keeps_the_old_result(
+    tmp_path: Path, elapsed: float, settings: dict[str, Any]
+) -> None:
+    path = tmp_path / "r.safetensors"
+    _result(2).save(path)
+    with pytest.raises(IntriguingError, match="cannot save the attack result") as info:
+        _result(5, elapsed=elapsed, settings=settings).save(path)
+    assert "\n" not in str(info.value)
+    back = AttackResult.load(path)
+    assert len(back) == 2 and back.settings == {"attack": "old"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.safetensors", "r.safetensors.json"]
+
+
+def test_save_then_load_round_trips(tmp_path: Path) -> None:
+    result = _result(3, settings={"attack": "LBFGS", "target": None, "seeds": [1, 2]})
+    result.save(tmp_path / "r.safetensors")
+    back = AttackResult.load(tmp_path / "r.safetensors")
+    assert back.settings == result.settings and back.mode == "untargeted"
+    assert torch.equal(back.adversarial, result.adversarial)
+
+
+# ------------------------------------------------------------------------- 2. AttackResult.load
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("success", torch.full((5,), 5, dtype=torch.long)),
+        ("success", torch.ones(3, dtype=torch.long)),
+        ("labels", torch.zeros(3)),
+        ("distortion", torch.zeros(3, 2)),
+    ],
+    ids=["success-length", "success-dtype", "labels-float", "distortion-2d"],
+)
+def test_load_refuses_tampered_tensors(tmp_path: Path, field: str, value: torch.Tensor) -> None:
+    path = tmp_path / "r.safetensors"
+    _result(3).save(path)
+    save_file({**load_file(path), field: value}, path)
+    with pytest.raises(IntriguingError, match=f"corrupt attack result: {field}"):
+        AttackResult.load(path)
+
+
+@pytest.mark.parametrize(
+    ("sidecar", "match"),
+    [
+        ([1, 2], "not an object"),
+        ({"mode": "untargeted", "settings": "abc"}, "settings must be a dict"),
+        ({"mode": "untargeted", "elapsed_s": "x"}, "elapsed_s"),
+        ({"mode": "untargeted", "elapsed_s": -1.0}, "elapsed_s"),
+        ({"mode": "bogus"}, "mode is 'bogus'"),
+        ({"settings": {}}, "mode is None"),
+    ],
+    ids=["list", "settings-str", "elapsed-str", "elapsed-negative", "mode-bogus", "no-mode"],
+)
+def test_load_refuses_tampered_sidecars(tmp_path: Path, sidecar: Any, match: str) -> None:
+    path = tmp_path / "r.safetensors"
+    _result(3).save(path)
+    (tmp_path / "r.safetensors.json").write_text(json.dumps(sidecar))
+    with pytest.raises(IntriguingError, match=match) as info:
+        AttackResult.load(path)
+    assert "corrupt attack result" in str(info.value) and "\n" not in str(info.value)
+
+
+# ------------------------------------------------------------------ 3. choose_examples / take
+@pytest.fixture
+def tensor_data(tmp_path: Path) -> Any:
+    x = torch.rand(7, 1, 28, 28)
+    file = tmp_path / "d.npz"
+    np.savez(file, images=x.numpy(), labels=np.zeros(7, dtype=np.int64))
+    return open_data(tensors=file)
+
+
+@pytest.mark.parametrize("n", [-2, 0, 2.5, True], ids=["negative", "zero", "float", "bool"])
+def test_choose_examples_and_take_refuse_bad_counts(tensor_data: Any, n: Any) -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10)).eval()
+    with pytest.raises(InvalidInputError, match="n must be an integer >= 1"):
+        choose_examples(model, tensor_data, n, correct_only=False)
+    with pytest.raises(InvalidInputError, match="n must be an integer >= 1"):
+        tensor_data.take(n)
+
+
+def test_choose_examples_refuses_a_zero_chunk(tensor_data: Any) -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10)).eval()
+    with pytest.raises(InvalidInputError, match="chunk must be an integer >= 1"):
+        choose_examples(model, tensor_data, 2, chunk=0)
+    assert len(choose_examples(model, tensor_data, 2, correct_only=False, chunk=3)[0]) == 2
+    assert len(tensor_data.take(None)[0]) == 7 and len(tensor_data.take(9)[0]) == 7
+
+
+def test_open_data_refuses_a_split_with_tensors(tmp_path: Path) -> None:
+    file = tmp_path / "d.npz"
+    np.savez(file, images=np.random.rand(3, 1, 4, 4).astype("float32"))
+    with pytest.raises(InvalidInputError, match=r"split='p1'.*--tensors"):
+        open_data(tensors=file, split="p1")
+
+
+# ---------------------------------------------------------------------- 4. exact_linear_attack
+def _linear() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    lin = nn.Sequential(nn.Flatten(), nn.Linear(8, 3)).eval()
+    x = torch.rand(3, 8)
+    return lin, x, lin(x).argmax(1)
+
+
+@pytest.mark.parametrize("margin", [-100.0, float("nan"), float("inf")], ids=["neg", "nan", "inf"])
+def test_exact_linear_refuses_bad_margins(margin: float) -> None:
+    lin, x, y = _linear()
+    with pytest.raises(InvalidInputError, match="margin must be a finite number >= 0"):
+        exact_linear_attack(lin, x, y, margin=margin, progress=False)
+
+
+def test_exact_linear_refuses_list_labels_and_targets_equal_to_labels() -> None:
+    lin, x, y = _linear()
+    with pytest.raises(InvalidInputError, match=r"labels must be an integer torch.Tensor"):
+        exact_linear_attack(lin, x, y.tolist(), progress=False)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="equal their label"):
+        exact_linear_attack(lin, x, y, targets=y, progress=False)
+
+
+def test_exact_linear_runs_a_float64_model_like_its_float32_twin() -> None:
+    lin, x, y = _linear()
+    targets = (y + 1) % 3
+    single = exact_linear_attack(lin, x, targets=targets, progress=False)
+    double = exact_linear_attack(lin.double(), x, targets=targets, progress=False)
+    assert torch.equal(single.feasible, double.feasible)
+    assert torch.allclose(single.distortion, double.distortion, equal_nan=True)
+
+
+# ------------------------------------------------------------------------------------ 5. fgm_l2
+@pytest.mark.parametrize("epsilon", [float("nan"), -0.1, float("inf")], ids=["nan", "neg", "inf"])
+def test_fgm_refuses_bad_epsilon(epsilon: float) -> None:
+    m, x = _mlp(), torch.rand(3, 8)
+    with pytest.raises(InvalidInputError, match="epsilon must be a finite number >= 0"):
+        fgm_l2(m, x, m(x).argmax(1), epsilon)
+
+
+def test_fgm_refuses_bad_labels() -> None:
+    m, x = _mlp(), torch.rand(3, 8)
+    with pytest.raises(InvalidInputError, match="must be < 3"):
+        fgm_l2(m, x, torch.tensor([0, 1, 7]), 0.1)
+    with pytest.raises(InvalidInputError, match=r"torch.Tensor, got list"):
+        fgm_l2(m, x, [0, 1, 2], 0.1)  # type: ignore[arg-type]
+
+
+def test_fgm_runs_a_float64_model_and_returns_the_inputs_dtype() -> None:
+    x = torch.rand(3, 8)
+    single, double = _mlp(), _mlp().double()
+    y = single(x).argmax(1)
+    a, b = fgm_l2(single, x, y, 0.1), fgm_l2(double, x, y, 0.1)
+    assert b.dtype == torch.float32 and torch.allclose(a, b, atol=1e-5)
+
+
+# ------------------------------------------------------------------------- 6. register_model
+def _tiny() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"name": "api-a", "aliases": "pb2"}, "aliases must be a list"),
+        ({"name": 5}, "non-blank string"),
+        ({"name": ""}, "non-blank string"),
+        ({"name": "  "}, "non-blank string"),
+        ({"name": "api-b", "factory": 5}, "factory must be a callable"),
+        ({"name": "api-c", "train_config": {"optimizer": "adam"}}, "must be a TrainConfig"),
+        ({"name": "api-d", "paper": [1, 2]}, "paper must be a dict"),
+        ({"name": "api-e", "aliases": ["ok", " "]}, "every alias"),
+    ],
+    ids=[
+        "alias-str",
+        "name-int",
+        "name-empty",
+        "name-blank",
+        "factory",
+        "config",
+        "paper",
+        "alias",
+    ],
+)
+def test_register_model_refuses_bad_arguments(kwargs: dict[str, Any], match: str) -> None:
+    args: dict[str, Any] = {"factory": _tiny, "description": "x"} | kwargs
+    name: Any = args.pop("name")
+    with pytest.raises(InvalidInputError, match=match):
+        register_model(name, **args)
+    with pytest.raises(IntriguingError):
+        get_entry(str(name) if str(name).strip() else "api-none")
+
+
+# ------------------------------------------------------------------ 7. ZooEntry.build, training
+def _boom() -> nn.Module:
+    raise RuntimeError("boom")
+
+
+@pytest.mark.parametrize(
+    ("factory", "match"),
+    [(_boom, "its factory raised RuntimeError: boom"), (lambda: 5, "its factory returned int")],
+    ids=["raises", "returns-int"],
+)
+def test_zoo_entry_build_reports_factory_failures(factory: Any, match: str) -> None:
+    entry = ZooEntry(name="api-f", description="x", factory=factory)
+    with pytest.raises(InvalidInputError, match=f"model 'api-f': {match}"):
+        entry.build()
+
+
+def test_probe_refuses_a_model_that_does_not_fit_mnist() -> None:
+    with pytest.raises(InvalidInputError, match="model 'api-g' fails on one MNIST image"):
+        probe_mnist_input(nn.Sequential(nn.Flatten(), nn.Linear(100, 10)), "api-g")
+    with pytest.raises(InvalidInputError, match=r"returned shape \(1, 3\)"):
+        probe_mnist_input(nn.Sequential(nn.Flatten(), nn.Linear(784, 3)), "api-g")
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10), nn.Dropout()).train()
+    probe_mnist_input(model, "api-g")
+    assert all(module.training for module in model.modules())  # modes restored
+
+
+def test_train_model_refuses_a_wrong_input_size_before_training() -> None:
+    register_model(
+        "api-h", lambda: nn.Sequential(nn.Flatten(), nn.Linear(100, 10)), description="x"
+    )
+    try:
+        with pytest.raises(InvalidInputError, match="model 'api-h' fails on one MNIST image"):
+            train_model("api-h", dataset="mnist-5k", data_dir="/nonexistent")
+    finally:
+        unregister_model("api-h")
+
+
+@pytest.mark.parametrize("seed", [1.5, -1, True], ids=["float", "negative", "bool"])
+def test_train_model_refuses_bad_seeds(seed: Any) -> None:
+    with pytest.raises(InvalidInputError, match="seed must be an integer >= 0"):
+        train_model("softmax1", dataset="mnist-5k", seed=seed)
+    with pytest.raises(InvalidInputError):
+        check_seed(seed)
+
+
+# ------------------------------------------------------------------- 8. meta device, LBFGS kwargs
+def test_attack_refuses_a_meta_model() -> None:
+    with pytest.raises(InvalidInputError, match=r"no data \(meta device\)"):
+        LBFGS()(_mlp().to("meta"), torch.rand(2, 8))
+
+
+def test_lbfgs_refuses_unknown_settings_in_one_line() -> None:
+    with pytest.raises(InvalidInputError, match=r"unknown LBFGS setting.*'nonsense'.*max_iter"):
+        LBFGS(nonsense=1)
+
+
+# ------------------------------------------------------------ 9. resolve_model / finish_model
+def test_resolve_model_refuses_a_module() -> None:
+    with pytest.raises(InvalidInputError, match="pass the module directly") as info:
+        resolve_model(_mlp())  # type: ignore[arg-type]
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("preprocessing", "match"),
+    [
+        ((0.1, 0.3), "mean must be a sequence"),
+        (([0.1],), "pair, got a tuple of length 1"),
+        (([0.1], ["a"]), "std must hold numbers"),
+        (5, "pair, got a int"),
+    ],
+    ids=["scalars", "one", "text", "int"],
+)
+def test_finish_model_refuses_bad_preprocessing(preprocessing: Any, match: str) -> None:
+    with pytest.raises(InvalidInputError, match=match):
+        finish_model(_mlp(784, 10), preprocessing=preprocessing)
+
+
+def test_finish_model_accepts_pairs_and_text() -> None:
+    x = torch.rand(2, 1, 28, 28)
+    a = finish_model(_mlp(784, 10), preprocessing=([0.1307], [0.3081]))
+    b = finish_model(_mlp(784, 10), preprocessing="0.1307,0.3081")
+    assert torch.equal(a(x), b(x))
