@@ -98,6 +98,23 @@ def test_eval_reports_every_split(runner: CliRunner, tmp_path: Path) -> None:
     assert f"{100 * data['test_error']:.2f}%" in by_path.output
 
 
+def test_eval_takes_a_checkpoint_as_model(runner: CliRunner, tmp_path: Path) -> None:
+    out = tmp_path / "train.json"
+    trained = runner.invoke(cli, ["train", TINY, "--dataset", "mnist-5k", "--json", str(out)])
+    assert trained.exit_code == 0, trained.output
+    checkpoint = json.loads(out.read_text())["checkpoint"]
+    by_option = runner.invoke(cli, ["eval", "--checkpoint", checkpoint, "--dataset", "mnist-5k"])
+    assert by_option.exit_code == 0, by_option.output
+    for given in (checkpoint, str(Path(checkpoint).with_suffix(".json"))):
+        as_model = runner.invoke(cli, ["eval", given, "--dataset", "mnist-5k"])
+        assert as_model.exit_code == 0, as_model.output
+        assert as_model.stdout == by_option.stdout
+    both = runner.invoke(cli, ["eval", checkpoint, "--checkpoint", checkpoint])
+    _assert_one_line_error(both, "not both")
+    missing = runner.invoke(cli, ["eval", str(tmp_path / "none.safetensors")])
+    _assert_one_line_error(missing, "not found")
+
+
 @pytest.mark.parametrize("command", ["train", "eval"])
 def test_unknown_model_exits_2_with_one_line(runner: CliRunner, command: str) -> None:
     result = runner.invoke(cli, [command, "N100-100", "--dataset", "mnist-5k"])

@@ -184,12 +184,48 @@ def folder_labels(names: list[str]) -> tuple[np.ndarray, list[str]] | None:
 
     Integer class folders (``0/``, ``7/``) keep their value as the label; other names are numbered
     in sorted order, as torchvision's ImageFolder does. Returns ``(labels (N,) int64, classes)``.
+
+    Raises:
+        InvalidInputError: a negative integer folder, or integer and named folders mixed
+            (``3/``, ``8/``, ``unsure/``), which would renumber every class silently.
     """
     parts = [name.split("/") for name in names]
     if not parts or any(len(p) != 2 for p in parts):
         return None
     raw = [p[0] for p in parts]
+    problem = _label_kind_problem(raw)
+    if problem is not None:
+        index, negative = problem
+        folder = raw[index]
+        why = (
+            "is a negative number; class indices must be >= 0"
+            if negative
+            else f"is not a class index while other class folders are ({_integer_folders(raw)})"
+        )
+        raise InvalidInputError(f"class folder {folder!r} {why}: rename or remove {folder}/")
     return encode_labels(raw)
+
+
+def _integer_folders(raw: list[str]) -> str:
+    """The first few integer class folders among ``raw``, e.g. ``3/, 8/``."""
+    ints = sorted({int(v) for v in raw if re.fullmatch(r"\d+", v)})
+    return ", ".join(f"{v}/" for v in ints[:3]) + (", ..." if len(ints) > 3 else "")
+
+
+def unlabelled_reason(names: list[str], folder: str) -> str:
+    """Why the images ``names`` (paths relative to ``folder``) take no labels from their folders,
+    and what to do: one line for an error message."""
+    fix = f"class subfolders must hold the images directly ({folder}/<class>/<image>)"
+    depths = [name.count("/") for name in names]
+    if not any(depths):
+        return f"the images lie directly in {folder}: give --labels FILE, or {fix}"
+    odd = next(i for i, depth in enumerate(depths) if depth != 1)
+    where = (
+        "lies outside any class subfolder"
+        if depths[odd] == 0
+        else f"lies {depths[odd]} folders deep"
+    )
+    return f"{names[odd]!r} {where}, but {fix}; move the images or give --labels FILE"
 
 
 def _resize_centre_crop(image: Image.Image, size: int) -> Image.Image:
@@ -228,21 +264,34 @@ def read_labels(path: str | os.PathLike[str], names: list[str]) -> tuple[np.ndar
 
 
 def _check_label_kinds(path: str | os.PathLike[str], names: list[str], raw: list[str]) -> None:
-    """Refuse negative integer labels and a mix of integer labels and class names, which
-    :func:`encode_labels` would otherwise renumber silently (``-1`` or a typo makes every label a
-    name)."""
-    for name, value in zip(names, raw, strict=True):
+    """Refuse the labels of a labels file that :func:`encode_labels` would misread."""
+    problem = _label_kind_problem(raw)
+    if problem is None:
+        return
+    index, negative = problem
+    value, name = raw[index], names[index]
+    if negative:
+        raise InvalidInputError(
+            f"{path}: label {value} of image {name!r} is negative; class indices must be >= 0"
+        )
+    raise InvalidInputError(
+        f"{path}: label {value!r} of image {name!r} is not a class index >= 0 while others are; "
+        "use class indices or class names throughout"
+    )
+
+
+def _label_kind_problem(raw: list[str]) -> tuple[int, bool] | None:
+    """``(index, negative)`` of the first label :func:`encode_labels` would misread, else None:
+    a negative integer (``negative``), or a name among class indices, which would renumber every
+    label silently (``-1``, a typo or an ``unsure/`` folder makes all of them names). The one rule
+    for labels files and class folders."""
+    for index, value in enumerate(raw):
         if re.fullmatch(r"-\d+", value):
-            raise InvalidInputError(
-                f"{path}: label {value} of image {name!r} is negative; class indices must be >= 0"
-            )
+            return index, True
     ints = [bool(re.fullmatch(r"\d+", v)) for v in raw]
     if any(ints) and not all(ints):
-        name, value = next((n, v) for n, v, i in zip(names, raw, ints, strict=True) if not i)
-        raise InvalidInputError(
-            f"{path}: label {value!r} of image {name!r} is not a class index >= 0 while others are; "
-            "use class indices or class names throughout"
-        )
+        return ints.index(False), False
+    return None
 
 
 def _parse_label_lines(path: Path) -> dict[str, str]:

@@ -15,6 +15,7 @@ from intriguing.cli.options import (
     int_option,
     run_options,
     text_option,
+    typed,
 )
 from intriguing.cli.validation import float_range
 from intriguing.errors import InvalidInputError
@@ -30,6 +31,32 @@ def _variants(text: str | None) -> tuple[str, ...] | None:
     if not names:
         raise InvalidInputError("--variants is empty; give a comma-separated list")
     return names
+
+
+# the options that set the pools of adversarial examples, which only the *-pool variants have
+POOL_OPTIONS: tuple[tuple[str, str], ...] = (
+    ("attack", "--attack"),
+    ("pool_size", "--pool-size"),
+    ("mix", "--mix"),
+    ("warmup_epochs", "--warmup-epochs"),
+    ("refresh_every", "--refresh-every"),
+)
+
+
+def _refuse_pool_options(chosen: tuple[str, ...] | None) -> None:
+    """A pool option typed while --variants selects no pool variant would do nothing: refused
+    (unknown variants are left to the run's configuration, which names them)."""
+    from intriguing.experiments.advtrain import VARIANTS
+
+    if chosen is None or any(v.endswith("-pool") or v not in VARIANTS for v in chosen):
+        return
+    given = [flag for name, flag in POOL_OPTIONS if typed(name)]
+    if given:
+        raise InvalidInputError(
+            f"{given[0]} sets the pools of adversarial examples, which only the input-pool and "
+            f"hidden-pool variants have, and --variants {','.join(chosen)} selects neither; drop "
+            f"{given[0]} or add a pool variant"
+        )
 
 
 def _summary_table(doc: dict[str, Any]) -> Any:
@@ -130,12 +157,13 @@ def advtrain(
     examples on the 100-100-10 sigmoid net (§4.2), over several seeds, with 95% intervals, Welch
     tests against weight decay, robustness and times. Writes results.json, report.md and a plot;
     a killed run resumes (per-epoch checkpoints) when rerun with the same options."""
-    from rich.console import Console
-
     from intriguing._io import atomic_write_json
+    from intriguing.cli.plain import plain_console
     from intriguing.experiments.advtrain import AdvTrainRunConfig, quick_spec, run_advtrain
     from intriguing.experiments.backends import make_backend
 
+    chosen = _variants(variants)
+    _refuse_pool_options(chosen)
     spec = quick_spec() if quick else AdvTrainRunConfig()
     pool = spec.pool
     if attack is not None:
@@ -149,7 +177,7 @@ def advtrain(
     if refresh_every is not None:
         pool = dataclasses.replace(pool, refresh_every=refresh_every)
     changes: dict[str, Any] = {"dataset": dataset, "pool": pool}
-    if (chosen := _variants(variants)) is not None:
+    if chosen is not None:
         changes["variants"] = chosen
     if seeds is not None:
         changes["seeds"] = seeds
@@ -161,7 +189,7 @@ def advtrain(
     root = out if out is not None else Path("advtrain-quick" if quick else "advtrain")
     runner = make_backend(backend, address=address, workers=workers)
     doc = run_advtrain(spec, root, data_dir=data_dir, backend=runner)
-    Console().print(_summary_table(doc))
+    plain_console().print(_summary_table(doc))
     click.echo(f"wrote {root / 'results.json'}, {root / 'report.md'}")
     if json_path is not None:
         atomic_write_json(json_path, doc)

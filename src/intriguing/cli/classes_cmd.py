@@ -8,7 +8,14 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from intriguing.cli.options import flag_option, images_option, int_option, run_options, text_option
+from intriguing.cli.options import (
+    MNIST_IMAGES,
+    flag_option,
+    images_option,
+    int_option,
+    run_options,
+    text_option,
+)
 
 if TYPE_CHECKING:
     from intriguing.data import DatasetName
@@ -59,10 +66,12 @@ def _summary_table(doc: dict[str, Any]) -> Any:
     default=4700,
     help="Adam updates per model, the same for every task (4700 = 10 MNIST epochs).",
 )
-@images_option(
+@int_option(
     "--train-limit",
+    2,
+    MNIST_IMAGES,
     default=None,
-    help="Train on the first N training images of each task only (quick runs).",
+    help="Train on the first N (at least 2) training images of each task only (quick runs).",
 )
 @flag_option("--no-restricted", "Skip the 10-class comparison on the same images.")
 @run_options(
@@ -117,9 +126,9 @@ def classes(
         from intriguing._io import atomic_write_bytes
 
         atomic_write_bytes(json_path, (out / "results.json").read_bytes())  # checked beforehand
-    from rich.console import Console
+    from intriguing.cli.plain import plain_console
 
-    Console().print(_summary_table(doc))
+    plain_console().print(_summary_table(doc))
     click.echo(verdict(doc))
     click.echo(
         f"report: {paths['markdown']} ({paths['figure'].name}); results: {out / 'results.json'}; "

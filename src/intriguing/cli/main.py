@@ -5,6 +5,7 @@ Subcommands live in their own modules (``intriguing.cli.<name>``) and are import
 User mistakes (:class:`intriguing.errors.IntriguingError`) and bad option values (click's
 ``BadParameter``: out of range, unwritable output path, ...) become a one-line ``Error: ...`` on
 stderr and exit code 2; click's other usage errors (unknown option, missing argument) also exit 2.
+Ctrl-C in any command prints one line saying how to resume and exits with 130.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import importlib
 import sys
 import warnings
-from typing import Any
+from typing import IO, Any
 
 import click
 
@@ -46,6 +47,19 @@ class UserError(click.ClickException):
     exit_code = 2
 
 
+INTERRUPTED = "interrupted; rerun the same command to resume where it stopped"
+
+
+class Interrupted(click.ClickException):
+    """Ctrl-C: :data:`INTERRUPTED` on stderr (no ``Error:``, no click ``Aborted!``) and exit code
+    130 (128 + SIGINT), as shells report an interrupted program."""
+
+    exit_code = 130
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(self.message, file=file, err=file is None)
+
+
 class LazyGroup(click.Group):
     """A group that imports each subcommand's module on first use."""
 
@@ -69,6 +83,8 @@ class LazyGroup(click.Group):
             raise UserError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
         except click.BadParameter as exc:  # a bad value (range, output path): one line, no usage
             raise UserError(exc.format_message().splitlines()[0]) from None
+        except KeyboardInterrupt:  # before click's standalone mode makes it "Aborted!", exit 1
+            raise Interrupted(INTERRUPTED) from None
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -108,8 +124,8 @@ def main(argv: list[str] | None = None) -> None:
     one_line_warnings()
     try:
         cli.main(args=argv, prog_name="intriguing")
-    except KeyboardInterrupt:
-        click.echo("interrupted; rerun the same command to resume where it stopped", err=True)
+    except KeyboardInterrupt:  # outside a command (LazyGroup.invoke catches the rest)
+        click.echo(INTERRUPTED, err=True)
         sys.exit(130)
 
 

@@ -307,6 +307,41 @@ def typed(name: str) -> bool:
     return source is click.core.ParameterSource.COMMANDLINE
 
 
+CHECKPOINT_SUFFIXES = (".safetensors", ".json")  # a MODEL naming a zoo checkpoint file
+
+
+def is_checkpoint_spec(spec: str) -> bool:
+    """Whether MODEL ``spec`` names a zoo checkpoint file (``.safetensors`` or its ``.json``)."""
+    return Path(spec.strip()).suffix.lower() in CHECKPOINT_SUFFIXES
+
+
+def trains_zoo_model(spec: str, params: dict[str, Any]) -> bool:
+    """Whether MODEL ``spec`` is a zoo name trained (or loaded from the cache) by the command: not
+    a factory, a checkpoint or a zoo architecture given --weights. Only then does a training seed
+    matter."""
+    return ":" not in spec and not is_checkpoint_spec(spec) and params.get("weights") is None
+
+
+def refuse_unused_seed(
+    spec: str, params: dict[str, Any], *, name: str = "seed", flag: str = "--seed"
+) -> None:
+    """Refuse option ``flag`` (parameter ``name``), a zoo model's training seed, when typed for a
+    MODEL that is not trained here: it would change nothing."""
+    from intriguing.errors import InvalidInputError
+
+    if trains_zoo_model(spec, params) or not typed(name):
+        return
+    if params.get("weights") is not None:
+        what = f"{spec} with --weights (its weights come from that file)"
+    elif is_checkpoint_spec(spec):
+        what = f"the checkpoint {spec} (trained already)"
+    else:
+        what = f"the factory model {spec}"
+    raise InvalidInputError(
+        f"{flag} is the training seed of a zoo model and does nothing for {what}; drop {flag}"
+    )
+
+
 def open_user_data(params: dict[str, Any], *, split: str = "test") -> Any:
     """:func:`intriguing.inputs.open_data` from the options of :func:`user_data_options`."""
     from intriguing.inputs import open_data

@@ -61,6 +61,7 @@ def recurrent(
             f"--models {','.join(models)!r} names no model; give comma-separated zoo names"
         )
     spec = make_spec(n, names or None, dataset=dataset, seed=seed)
+    _refuse_no_recurrent(spec)
     runner = make_backend(backend, address=address, workers=workers)
     torch.set_num_threads(1)
     doc = run_recurrent(spec, out, data_dir=data_dir, backend=runner)
@@ -71,10 +72,22 @@ def recurrent(
     click.echo(f"report: {out / 'report.md'} (and results.json)")
 
 
+def _refuse_no_recurrent(spec: Any) -> None:
+    """The run attacks recurrent nets: --models without one would train and attack for nothing."""
+    from intriguing.models.recurrent import RECURRENT_MODELS
+
+    if not spec.recurrent:
+        raise InvalidInputError(
+            f"--models {','.join(spec.feedforward)} names no recurrent model; add at least one "
+            f"of {', '.join(RECURRENT_MODELS)} (the run attacks recurrent nets and measures how "
+            "their examples transfer)"
+        )
+
+
 def _print_summary(doc: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
+    from intriguing.cli.plain import plain_console
     from intriguing.report.render import num, pct
 
     table = doc["table"]
@@ -89,4 +102,4 @@ def _print_summary(doc: dict[str, Any]) -> None:
             pct(r["success_rate"]),
             num(r["mean_distortion"]),
         )
-    Console().print(out)
+    plain_console().print(out)

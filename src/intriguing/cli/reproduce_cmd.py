@@ -152,9 +152,9 @@ def reproduce(
     runner = make_backend(backend, address=address, workers=workers)
     spec = dataclasses.replace(make_spec(size, seed=seed, dataset=dataset), noise_clip=noise_clip)
     doc = run_seeds(spec, out, seeds, data_dir=data_dir, backend=runner)
-    from rich.console import Console
+    from intriguing.cli.plain import plain_console
 
-    console = Console()
+    console = plain_console()
     banner = _dataset_banner(doc)
     if banner is not None:
         console.print(banner)

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from intriguing._io import json_safe
@@ -25,9 +24,12 @@ from intriguing.cli.options import (
     int_option,
     json_option,
     model_options,
+    refuse_unused_seed,
     seed_option,
     text_option,
+    typed,
 )
+from intriguing.cli.plain import plain_console
 from intriguing.cli.validation import float_range
 from intriguing.errors import IntriguingError, InvalidInputError
 from intriguing.report.render import format_bound
@@ -145,6 +147,18 @@ def sandwich_table(summary: dict[str, Any]) -> Table:
         f"pairwise {format_bound(summary['mean_certified_pairwise'])}"
     )
     return table
+
+
+def sandwich_report(summary: dict[str, Any]) -> Table | str:
+    """:func:`sandwich_table`, or one line when no example is both classified correctly and fooled
+    by the attack (nothing to compare: the table would have no column)."""
+    if summary["used"] and summary["ratio_global_quantiles"]:
+        return sandwich_table(summary)
+    return (
+        "sandwich: no example to compare (one classified correctly and fooled by the attack): "
+        f"{summary['correct']} of the {summary['examples']} test images are classified "
+        f"correctly, {summary['attack_success']} attacks succeeded"
+    )
 
 
 def parse_input_shape(text: str | None) -> tuple[int, ...] | None:
@@ -285,6 +299,7 @@ def spectral(
     from intriguing.inputs import resolve_device
 
     run_device = resolve_device(device)  # refused before any work
+    _refuse_unused_seed(model_name, weights)
     if n_sandwich and model_name == ALEXNET:
         raise IntriguingError("--sandwich works on the MNIST zoo only, not on alexnet")
     params = {"weights": weights, "normalize": normalize, "dataset": dataset, "data_dir": data_dir}
@@ -297,10 +312,10 @@ def spectral(
         _sandwich_data(model, dataset, data_dir, n_sandwich) if n_sandwich else None
     )  # refused before the bounds are computed
     options = BoundConfig(power_iterations=power_iterations, tol=tol, exact_method=exact_method)
-    console = Console()
+    console = plain_console()  # model specs, paths and layer names print as typed
     if not console.is_terminal:  # files and pipes get the whole table
-        console = Console(width=max(console.width, 130))
-    err = Console(file=sys.stderr)
+        console = plain_console(width=max(console.width, 130))
+    err = plain_console(file=sys.stderr)
     with err.status("computing layer bounds") as status:
         bound = network_bounds(
             model,
@@ -318,11 +333,22 @@ def spectral(
     }
     if sandwich_data is not None:
         summary, rows = _run_sandwich(model, bound, *sandwich_data, run_device)
-        console.print(sandwich_table(summary))
+        console.print(sandwich_report(summary))
         result["sandwich"] = {"summary": summary, "examples": rows}
     if json_path is not None:
         atomic_write_json(json_path, json_safe(result))
         err.print(f"wrote {json_path}")
+
+
+def _refuse_unused_seed(model_name: str, weights: Path | None) -> None:
+    """--seed trains a zoo model here and does nothing else: refused (when typed) otherwise."""
+    if model_name != ALEXNET:
+        refuse_unused_seed(model_name, {"weights": weights})
+    elif typed("seed"):
+        raise InvalidInputError(
+            "--seed is the training seed of a zoo model and does nothing for alexnet (pretrained "
+            "weights); drop --seed"
+        )
 
 
 def _sandwich_data(model: Any, dataset: str, data_dir: Path | None, count: int) -> tuple[Any, Any]:
@@ -332,7 +358,7 @@ def _sandwich_data(model: Any, dataset: str, data_dir: Path | None, count: int) 
 
     from intriguing.attacks.checks import attack_dtype, check_input_gradient, check_logits
     from intriguing.data import load_mnist
-    from intriguing.inputs import check_model_input, model_input
+    from intriguing.inputs import check_model_input, model_input, predict
 
     images, labels = load_mnist(data_dir, dataset=dataset).split("test")
     if count > len(images):
@@ -345,6 +371,12 @@ def _sandwich_data(model: Any, dataset: str, data_dir: Path | None, count: int) 
     with torch.no_grad():
         check_logits(model(probe), len(probe))
     check_input_gradient(model, probe)
+    if not bool((predict(model, images) == labels).any()):
+        raise InvalidInputError(
+            f"--sandwich {count}: none of the first {count} test images is classified correctly, "
+            "so there is no example to compare with the certified bounds; give a trained model "
+            "(--weights) or a larger --sandwich"
+        )
     return images, labels
 
 

@@ -34,7 +34,9 @@ from intriguing.cli.options import (
     int_option,
     model_command_options,
     open_user_data,
+    refuse_unused_seed,
     text_option,
+    trains_zoo_model,
     typed,
 )
 from intriguing.cli.validation import output_dir, output_file
@@ -77,16 +79,12 @@ def _load_model(
     from intriguing.inputs import finish_model, parse_normalize, resolve_device
 
     resolve_device(params.get("device"))  # refused before any training
-    if ":" in spec or params.get("weights") is not None or _is_file(spec):
+    if not trains_zoo_model(spec, params):
         return model_from_options(spec, params, seed=model_seed)[0], None
     net, record = _load_zoo_model(spec, params["dataset"], params["data_dir"], model_seed)
     text = params.get("normalize")
     normalize = parse_normalize(text) if text is not None else None
     return finish_model(net, preprocessing=normalize, device=params.get("device")), record
-
-
-def _is_file(spec: str) -> bool:
-    return Path(spec).suffix.lower() in (".safetensors", ".json")
 
 
 def _load_zoo_model(
@@ -148,12 +146,7 @@ def _refuse_ignored_options(model: str, params: dict[str, Any], out_dir: Path | 
         )
     if out_dir is None and typed("rows"):
         raise InvalidInputError("--rows sets the figures' rows and needs --out DIR; drop --rows")
-    trained_zoo = ":" not in model and not _is_file(model) and params.get("weights") is None
-    if not trained_zoo and typed("model_seed"):
-        raise InvalidInputError(
-            "--model-seed is the training seed of a zoo model and does nothing for a factory, "
-            "a checkpoint or --weights; drop --model-seed"
-        )
+    refuse_unused_seed(model, params, name="model_seed", flag="--model-seed")
 
 
 def _layer_width(net: Any, layer: str, source: Any, reduce: str) -> int:

@@ -12,8 +12,10 @@ import click
 from intriguing.cli.options import (
     data_options,
     flag_option,
+    is_checkpoint_spec,
     json_option,
     model_options,
+    refuse_unused_seed,
     seed_option,
     user_data_options,
 )
@@ -30,9 +32,9 @@ def _percent(value: Any) -> str:
 @flag_option("--json", "Print the zoo as JSON instead of a table.", dest="as_json")
 def zoo(as_json: bool) -> None:
     """List the model zoo: names, descriptions and the paper's numbers."""
-    from rich.console import Console
     from rich.table import Table
 
+    from intriguing.cli.plain import plain_console
     from intriguing.models import list_entries
 
     entries = list_entries()
@@ -63,7 +65,8 @@ def zoo(as_json: bool) -> None:
             _percent(paper.get("test_error")),
             str(paper.get("distortion", "-")),
         )
-    Console(width=max(120, Console().width)).print(table)
+    console = plain_console()
+    plain_console(width=max(120, console.width)).print(table)
 
 
 def _entry_dict(entry: Any) -> dict[str, Any]:
@@ -97,6 +100,7 @@ def train(
     from intriguing.models import get_entry
     from intriguing.training import train_model
 
+    _refuse_other_model_forms(name)
     get_entry(name)  # unknown names fail before any data is loaded
     trained = train_model(
         name, dataset=dataset, data_dir=data_dir, seed=seed, retrain=retrain, log=_echo_log
@@ -122,6 +126,24 @@ def train(
     _report(result, json_path)
 
 
+def _refuse_other_model_forms(name: str) -> None:
+    """``train`` trains zoo models only: a factory or a checkpoint gets one line saying what to do."""
+    from intriguing.errors import InvalidInputError
+
+    if is_checkpoint_spec(name):
+        raise InvalidInputError(
+            f"train takes a zoo model name (see `intriguing zoo`), and {name} is a checkpoint, "
+            f"trained already: evaluate it with `intriguing eval {name}`, or give any command "
+            "its weights with --weights FILE.safetensors"
+        )
+    if ":" in name:
+        raise InvalidInputError(
+            f"train takes a zoo model name (see `intriguing zoo`), not {name}: train your own "
+            "model yourself and give its weights to the other commands with --weights "
+            f"FILE.safetensors (e.g. intriguing eval {name} --weights FILE.safetensors)"
+        )
+
+
 @click.command("eval")
 @click.argument("name", required=False)
 @data_options
@@ -144,50 +166,81 @@ def eval_cmd(
     checkpoint: Path | None,
     **params: Any,
 ) -> None:
-    """Evaluate zoo model NAME (trained and cached if needed) on train, test, P1 and P2.
+    """Evaluate zoo model NAME (trained and cached if needed) on train, test, P1 and P2; a zoo
+    checkpoint (NAME a .safetensors or .json file, or --checkpoint) likewise.
 
     Any other MODEL (package.module:factory, file.py:factory; --weights, --normalize, --device) or
     --images/--tensors data: the error rate on the test split or on that data.
     """
-    from intriguing.data import load_mnist
     from intriguing.errors import InvalidInputError
-    from intriguing.models import get_entry
-    from intriguing.training import error_rate, load_checkpoint, train_model
 
     if checkpoint is None and name is None:
         raise InvalidInputError("give a model NAME or --checkpoint PATH (see `intriguing zoo`)")
-    user = {k: v for k, v in params.items() if v is not None and k != "device"}
-    custom = bool(user) or params["device"] != "cpu"
-    if name is not None and checkpoint is None and (":" in name or custom):
-        _report(
-            _eval_any(name, {**params, "dataset": dataset, "data_dir": data_dir}, seed), json_path
-        )
-        return
-    if checkpoint is not None:
-        trained = load_checkpoint(checkpoint)
-        if name is not None and get_entry(name).name != trained.name:
-            raise InvalidInputError(f"{checkpoint} holds {trained.name!r}, not {name!r}")
-        own_data = bool(params.get("images_dir") or params.get("tensors_file"))
-        _check_checkpoint_options(checkpoint, trained.sidecar, dataset, seed, own_data)
-        if custom:  # --tensors/--images/--weights/--normalize/--device apply to the checkpoint
-            _report(
-                _eval_any(
-                    str(checkpoint), {**params, "dataset": dataset, "data_dir": data_dir}, seed
-                ),
-                json_path,
+    flag = "--checkpoint "
+    if name is not None and is_checkpoint_spec(name):  # a checkpoint as MODEL: as --checkpoint
+        if checkpoint is not None:
+            raise InvalidInputError(
+                f"give the checkpoint as MODEL ({name}) or with --checkpoint, not both"
             )
-            return
+        checkpoint, name, flag = Path(name), None, ""
+    options = {**params, "dataset": dataset, "data_dir": data_dir}
+    if checkpoint is not None:
+        result = _eval_checkpoint(checkpoint, name, options, seed, flag)
+    elif ":" in str(name) or _custom(params):
+        refuse_unused_seed(str(name), params)
+        result = _eval_any(str(name), options, seed)
     else:
-        get_entry(str(name))
-        trained = train_model(
-            str(name), dataset=dataset, data_dir=data_dir, seed=seed, log=_echo_log
-        )
+        result = _eval_zoo(str(name), dataset, data_dir, seed)
+    _report(result, json_path)
+
+
+def _custom(params: dict[str, Any]) -> bool:
+    """Whether --weights, --normalize, --device or the user's own data were given."""
+    user = {k: v for k, v in params.items() if v is not None and k != "device"}
+    return bool(user) or params["device"] != "cpu"
+
+
+def _eval_checkpoint(
+    checkpoint: Path, name: str | None, options: dict[str, Any], seed: int, flag: str
+) -> dict[str, Any]:
+    """A zoo checkpoint: every split, or the error on the user's data / with the user's options."""
+    from intriguing.errors import InvalidInputError
+    from intriguing.models import get_entry
+    from intriguing.training import load_checkpoint
+
+    trained = load_checkpoint(checkpoint)
+    if name is not None and get_entry(name).name != trained.name:
+        raise InvalidInputError(f"{checkpoint} holds {trained.name!r}, not {name!r}")
+    own_data = bool(options.get("images_dir") or options.get("tensors_file"))
+    given = f"{flag}{checkpoint}"
+    _check_checkpoint_options(given, trained.sidecar, options["dataset"], seed, own_data)
+    if _custom({k: v for k, v in options.items() if k not in ("dataset", "data_dir")}):
+        return _eval_any(str(checkpoint), options, seed)  # --tensors/--images/--weights/...
+    return _split_errors(trained, options["dataset"], options["data_dir"])
+
+
+def _eval_zoo(name: str, dataset: str, data_dir: Path | None, seed: int) -> dict[str, Any]:
+    """Zoo model ``name``, trained (or loaded from the cache): its error on every split."""
+    from intriguing.models import get_entry
+    from intriguing.training import train_model
+
+    get_entry(name)  # unknown names fail before any data is loaded
+    trained = train_model(name, dataset=dataset, data_dir=data_dir, seed=seed, log=_echo_log)
+    return _split_errors(trained, dataset, data_dir)
+
+
+def _split_errors(trained: Any, dataset: str, data_dir: Path | None) -> dict[str, Any]:
+    """Errors of a trained zoo model on train, test, P1 and P2, beside the paper's numbers."""
+    from intriguing.data import load_mnist
+    from intriguing.models import get_entry
+    from intriguing.training import error_rate
+
     data = load_mnist(data_dir, dataset=dataset)
     errors = {
         split: error_rate(trained.model, *data.split(split))
         for split in ("train", "test", "p1", "p2")
     }
-    result = {
+    return {
         "model": trained.name,
         "dataset": dataset,
         "checkpoint": str(trained.path),
@@ -195,22 +248,22 @@ def eval_cmd(
         **{f"{split}_error": value for split, value in errors.items()},
         "paper": dict(get_entry(trained.name).paper),
     }
-    _report(result, json_path)
 
 
 def _check_checkpoint_options(
-    checkpoint: Path, sidecar: dict[str, Any], dataset: str, seed: int, user_data: bool
+    given: str, sidecar: dict[str, Any], dataset: str, seed: int, user_data: bool
 ) -> None:
-    """``eval --checkpoint``: refuse a ``--seed`` other than the checkpoint's (it would be ignored)
-    and, on MNIST splits (no --images/--tensors), a ``--dataset`` other than the one it was trained
-    on (its "train" error would be measured on images it never saw)."""
+    """``eval`` of a checkpoint (``given``: as the command line named it): refuse a ``--seed``
+    other than the checkpoint's (it would be ignored) and, on MNIST splits (no --images/--tensors),
+    a ``--dataset`` other than the one it was trained on (its "train" error would be measured on
+    images it never saw)."""
     from intriguing.cli.options import DATASETS, typed
     from intriguing.errors import InvalidInputError
 
     trained_seed = sidecar.get("seed")
     if typed("seed") and isinstance(trained_seed, int) and seed != trained_seed:
         raise InvalidInputError(
-            f"--seed {seed} does not apply to --checkpoint {checkpoint} (trained with seed "
+            f"--seed {seed} does not apply to {given} (trained with seed "
             f"{trained_seed}); drop --seed, or evaluate the zoo model by name with --seed"
         )
     identity = sidecar.get("dataset")
@@ -222,9 +275,7 @@ def _check_checkpoint_options(
         if trained_on in DATASETS
         else "evaluate it on its own data with --tensors or --images"
     )
-    raise InvalidInputError(
-        f"--checkpoint {checkpoint} was trained on {trained_on}, not --dataset {dataset}; {fix}"
-    )
+    raise InvalidInputError(f"{given} was trained on {trained_on}, not --dataset {dataset}; {fix}")
 
 
 def _paper_value(key: str, value: Any) -> str:
@@ -241,12 +292,10 @@ def _eval_any(spec: str, params: dict[str, Any], seed: int) -> dict[str, Any]:
     from intriguing.inputs import predict
 
     data = open_user_data(params)
+    if data.labels is None:  # refused before the model is built or trained
+        raise InvalidInputError(f"eval needs labels: {_missing_labels(data)}")
     model, description = model_from_options(spec, params, seed=seed)
     data.fit_to(model)
-    if data.labels is None:
-        raise InvalidInputError(
-            "these images have no labels: give --labels, class subfolders or 'labels'"
-        )
     wrong = 0
     for start in range(0, len(data), 512):
         stop = min(start + 512, len(data))
@@ -259,6 +308,18 @@ def _eval_any(spec: str, params: dict[str, Any], seed: int) -> dict[str, Any]:
         f"{where}_error": wrong / len(data),
         "device": str(params["device"]),
     }
+
+
+def _missing_labels(data: Any) -> str:
+    """Why ``data`` (--images or --tensors) has no labels, and how to give them."""
+    from intriguing.analysis.imagefolder import unlabelled_reason
+
+    if data.kind == "folder":
+        return unlabelled_reason(data.names, str(data.meta["path"]))
+    return (
+        f"--tensors {data.meta['path']} has no 'labels' entry; save one with "
+        "numpy.savez(path, images=..., labels=...)"
+    )
 
 
 def _report(result: dict[str, Any], json_path: Path | None) -> None:

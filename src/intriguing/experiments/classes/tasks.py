@@ -145,12 +145,28 @@ def parse_tasks(names: str | Sequence[str]) -> list[Task]:
     Raises:
         InvalidInputError: no task, an unknown name or a repeated task.
     """
-    items = names.split(",") if isinstance(names, str) else list(names)
-    tasks = [get_task(item) for item in items if str(item).strip()]
+    given = names.split(",") if isinstance(names, str) else list(names)
+    items = [str(item).strip() for item in given if str(item).strip()]
+    tasks = [get_task(item) for item in items]
     if not tasks:
         raise InvalidInputError(f"no task given; name at least one: {TASK_HELP}")
-    seen = [t.name for t in tasks]
-    repeated = sorted({n for n in seen if seen.count(n) > 1})
-    if repeated:
-        raise InvalidInputError(f"task {repeated[0]!r} is listed twice; name each task once")
+    _refuse_repeats(items, tasks)
     return tasks
+
+
+def _refuse_repeats(items: list[str], tasks: list[Task]) -> None:
+    """Refuse a task listed twice, by the same name or another one for the same classes (``3v8``
+    and ``8v3``, ``0-1`` and ``0v1``, ``0-9`` and ``all``): it would be trained and attacked twice."""
+    seen: dict[frozenset[frozenset[int]], str] = {}
+    for item, task in zip(items, tasks, strict=True):
+        key = frozenset(frozenset(group) for group in task.groups)
+        if key not in seen:
+            seen[key] = item
+            continue
+        first = seen[key]
+        what = (
+            f"task {item!r} is listed twice"
+            if first == item
+            else f"tasks {first!r} and {item!r} are the same task (the same classes), listed twice"
+        )
+        raise InvalidInputError(f"{what}; name each task once")

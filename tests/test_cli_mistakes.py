@@ -1,0 +1,307 @@
+"""Command-line mistakes refused in one line (exit 2) before any long work; Ctrl-C's one line and
+exit code 130; user text (model specs, paths) printed literally by rich.
+
+Models come from ``tests/fixtures/mymodels.py`` or from small files written into ``tmp_path``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import types
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+import pytest
+from click.testing import CliRunner, Result
+from PIL import Image
+
+from intriguing.analysis import imagefolder
+from intriguing.cli import main as cli_main
+from intriguing.cli.main import cli
+from intriguing.errors import InvalidInputError
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+LENET = f"{Path(__file__).resolve().parent / 'fixtures' / 'mymodels.py'}:lenet"
+INTERRUPTED = "interrupted; rerun the same command to resume where it stopped"
+
+
+def one_line_error(result: Result, *fragments: str) -> str:
+    """The only ``Error: ...`` line of a run that exited with 2, checked to hold ``fragments``."""
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1, result.output
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    return errors[0]
+
+
+def grey_pngs(folder: Path, *names: str) -> Path:
+    """28x28 grey PNGs at ``folder / name`` for each relative ``name``."""
+    rng = np.random.default_rng(0)
+    for name in names:
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8), "L").save(path)
+    return folder
+
+
+# ----------------------------------------------------------------- 1: class-folder labels
+def test_integer_and_named_class_folders_are_not_mixed() -> None:
+    with pytest.raises(
+        InvalidInputError, match="class folder 'unsure' is not a class index"
+    ) as caught:
+        imagefolder.folder_labels(["3/a.png", "8/b.png", "unsure/c.png"])
+    assert "(3/, 8/): rename or remove unsure/" in str(caught.value)
+    with pytest.raises(InvalidInputError, match="class folder '-1' is a negative number"):
+        imagefolder.folder_labels(["-1/a.png", "-2/b.png"])
+    labels, classes = imagefolder.folder_labels(["3/a.png", "8/b.png"]) or (None, None)
+    assert (
+        labels is not None and labels.tolist() == [3, 8] and classes == [str(i) for i in range(9)]
+    )
+    labels, classes = imagefolder.folder_labels(["dog/a.png", "cat/b.png"]) or (None, None)
+    assert labels is not None and labels.tolist() == [1, 0] and classes == ["cat", "dog"]
+
+
+def test_eval_refuses_mixed_class_folders_before_loading_the_model(tmp_path: Path) -> None:
+    images = grey_pngs(tmp_path / "mixed", "3/a.png", "8/b.png", "unsure/c.png")
+    result = CliRunner().invoke(cli, ["eval", LENET, "--images", str(images)])
+    one_line_error(result, "'unsure'")
+
+
+def test_nested_class_folders_are_explained() -> None:
+    deep = imagefolder.unlabelled_reason(["5/deeper/0.png", "5/deeper/1.png"], "nested")
+    assert "'5/deeper/0.png' lies 2 folders deep" in deep
+    assert "class subfolders must hold the images directly (nested/<class>/<image>)" in deep
+    mixed = imagefolder.unlabelled_reason(["5/deeper/0.png", "5/top.png"], "nested")
+    assert "'5/deeper/0.png' lies 2 folders deep" in mixed
+    outside = imagefolder.unlabelled_reason(["3/a.png", "b.png"], "f")
+    assert "'b.png' lies outside any class subfolder" in outside
+    flat = imagefolder.unlabelled_reason(["a.png", "b.png"], "f")
+    assert "--labels" in flat and "f/<class>/<image>" in flat
+
+
+def test_eval_on_nested_folders_says_where_the_images_are(tmp_path: Path) -> None:
+    images = grey_pngs(tmp_path / "nested", "5/top.png", "5/deeper/0.png")
+    result = CliRunner().invoke(cli, ["eval", LENET, "--images", str(images)])
+    one_line_error(result, "lies 2 folders deep", "must hold the images directly")
+
+
+# ------------------------------------------------------------------------------ 2: Ctrl-C
+@pytest.fixture
+def interrupted_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = types.ModuleType("intriguing_interrupted_cmd")
+
+    @click.command()
+    def stop() -> None:
+        raise KeyboardInterrupt
+
+    module.stop = stop  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setitem(cli_main.COMMANDS, "stop", f"{module.__name__}:stop")
+
+
+def test_ctrl_c_prints_one_line_and_exits_130(
+    interrupted_command: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as caught:
+        cli_main.main(["stop"])
+    assert caught.value.code == 130
+    captured = capsys.readouterr()
+    assert captured.err.strip() == INTERRUPTED and "Aborted" not in captured.err
+    result = CliRunner().invoke(cli, ["stop"])
+    assert result.exit_code == 130 and result.stderr.strip() == INTERRUPTED
+
+
+SLEEPER = textwrap.dedent(
+    """
+    import sys, time, types
+    import click
+    from intriguing.cli import main as m
+
+    @click.command()
+    def sleep() -> None:
+        print("ready", flush=True)
+        time.sleep(60)
+
+    module = types.ModuleType("sleeper")
+    module.sleep = sleep
+    sys.modules["sleeper"] = module
+    m.COMMANDS["sleep"] = "sleeper:sleep"
+    m.main(["sleep"])
+    """
+)
+
+
+def test_sigint_during_a_command_exits_130_with_one_line() -> None:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with subprocess.Popen(
+        [sys.executable, "-c", SLEEPER],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    ) as child:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=60)
+    assert child.returncode == 130, err
+    assert err.strip() == INTERRUPTED
+
+
+# --------------------------------------------------------- 3 and 4: spectral, rich text
+def write_model_file(folder: Path, body: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "m.py"
+    path.write_text("import torch\nfrom torch import nn\n\n" + textwrap.dedent(body))
+    return path
+
+
+def test_sandwich_with_no_correct_image_is_refused_before_the_bounds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from intriguing.data import load_mnist
+
+    labels = load_mnist(dataset="mnist-5k").split("test")[1][:3].tolist()
+    wrong = next(c for c in range(10) if c not in labels)
+    body = f"""
+    def always_wrong():
+        model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+        with torch.no_grad():
+            model[1].weight.mul_(1e-3)
+            model[1].bias.zero_()
+            model[1].bias[{wrong}] = 10.0
+        return model
+    """
+    path = write_model_file(tmp_path, body)
+
+    def no_bounds(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("bounds computed before the refusal")
+
+    monkeypatch.setattr("intriguing.analysis.lipschitz.network_bounds", no_bounds)
+    args = ["spectral", f"{path}:always_wrong", "--input-shape", "1,28,28", "--sandwich", "3"]
+    result = CliRunner().invoke(cli, [*args, "--dataset", "mnist-5k"])
+    one_line_error(result, "none of the first 3 test images is classified correctly")
+
+
+def test_sandwich_with_nothing_to_compare_prints_one_line() -> None:
+    from intriguing.cli.spectral_cmd import sandwich_report
+
+    summary = {"examples": 4, "correct": 2, "attack_success": 0, "used": 0}
+    summary |= {"ratio_global_quantiles": None, "ratio_pairwise_quantiles": None}
+    line = sandwich_report(summary)
+    assert isinstance(line, str)
+    assert "no example to compare" in line and "2 of the 4" in line
+
+
+ZERO = """
+def zero():
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+"""
+
+
+def test_user_text_is_printed_literally(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_model_file(tmp_path / "[bold]d", ZERO)
+    spec = "[bold]d/m.py:zero"
+    json_path = "[red]out.json"
+    args = ["spectral", spec, "--input-shape", "1,28,28", "--json", json_path]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert f"{spec}: frame bounds" in result.output  # no emoji for ':zero:', no bold markup
+    assert f"wrote {json_path}" in result.output
+
+
+# ------------------------------------------------------------------ 5: recurrent models
+def test_recurrent_needs_a_recurrent_model(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = ["recurrent", "--models", "softmax1", "--n", "2", "--out", str(out)]
+    result = CliRunner().invoke(cli, [*args, "--dataset", "mnist-5k"])
+    one_line_error(result, "no recurrent model", "LSTM-rows, GRU-rows, Feedback")
+    assert not (out / "results.json").exists()
+
+
+# --------------------------------------------------------------------- 7: train's MODEL
+@pytest.mark.parametrize("spec", [LENET, "mymodels:lenet", "net.safetensors"])
+def test_train_takes_zoo_names_only(spec: str) -> None:
+    result = CliRunner().invoke(cli, ["train", spec, "--dataset", "mnist-5k"])
+    one_line_error(result, "train takes a zoo model name", "--weights")
+
+
+# ------------------------------------------------------------ 8: options that do nothing
+@pytest.mark.parametrize(
+    "args,option",
+    [
+        (["--variants", "weight-decay", "--attack", "fgm"], "--attack"),
+        (["--variants", "dropout", "--pool-size", "100"], "--pool-size"),
+        (["--variants", "weight-decay,dropout", "--mix", "2"], "--mix"),
+        (["--variants", "dropout", "--warmup-epochs", "2"], "--warmup-epochs"),
+        (["--variants", "dropout", "--refresh-every", "2"], "--refresh-every"),
+    ],
+)
+def test_advtrain_pool_options_need_a_pool_variant(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], option: str
+) -> None:
+    def never(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the run started")
+
+    monkeypatch.setattr("intriguing.experiments.advtrain.run_advtrain", never)
+    result = CliRunner().invoke(cli, ["advtrain", *args, "--out", str(tmp_path / "run")])
+    one_line_error(result, option, "input-pool", "hidden-pool")
+
+
+def test_advtrain_pool_options_with_a_pool_variant_are_accepted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[Any] = []
+
+    def fake(spec: Any, *args: Any, **kwargs: Any) -> None:
+        seen.append(spec)
+        raise InvalidInputError("stopped by the test")
+
+    monkeypatch.setattr("intriguing.experiments.advtrain.run_advtrain", fake)
+    args = ["advtrain", "--variants", "dropout,hidden-pool", "--attack", "fgm", "--pool-size", "7"]
+    result = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "run")])
+    one_line_error(result, "stopped by the test")
+    assert seen[0].pool.attack == "fgm" and seen[0].pool.size == 7
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["eval", LENET, "--seed", "7"],
+        ["eval", "softmax1", "--weights", "w.safetensors", "--seed", "7"],
+        ["spectral", LENET, "--input-shape", "1,28,28", "--seed", "7"],
+        ["spectral", "softmax1", "--weights", "w.safetensors", "--seed", "7"],
+    ],
+)
+def test_a_training_seed_for_a_model_not_trained_here_is_refused(args: list[str]) -> None:
+    result = CliRunner().invoke(cli, [*args, "--dataset", "mnist-5k"])
+    one_line_error(result, "--seed", "does nothing")
+
+
+def test_eval_of_a_user_model_without_seed_runs(tmp_path: Path) -> None:
+    images = grey_pngs(tmp_path / "digits", "3/a.png", "8/b.png")
+    result = CliRunner().invoke(cli, ["eval", LENET, "--images", str(images)])
+    assert result.exit_code == 0, result.output
+    assert "folder_error" in result.output
+
+
+# ------------------------------------------------------------------------ 9: classes
+def test_classes_train_limit_names_the_option(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["classes", "--train-limit", "1", "--out", str(tmp_path)])
+    one_line_error(result, "--train-limit")
+    assert "None" not in result.output and "train_limit" not in result.output
+
+
+@pytest.mark.parametrize("tasks", ["3v8,8v3", "0-1,0v1", "0-9,all"])
+def test_classes_refuses_the_same_task_named_twice(tmp_path: Path, tasks: str) -> None:
+    result = CliRunner().invoke(cli, ["classes", "--tasks", tasks, "--out", str(tmp_path / "o")])
+    one_line_error(result, "twice")
