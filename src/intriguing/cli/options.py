@@ -261,8 +261,9 @@ def user_data_options(*, mode_flag: str = "--mode") -> Callable[[F], F]:
             "tensors_file",
             type=click.Path(dir_okay=False, path_type=Path),
             default=None,
-            help="A .safetensors or .npz file with 'images' float (N, C, H, W) in [0, 1] and "
-            "optional int 'labels' (N,).",
+            help="A .safetensors or .npz file with 'images' float (N, ...) in [0, 1] (images "
+            "(N, C, H, W), signals (N, C, L), feature vectors (N, D)) and optional int 'labels' "
+            "(N,).",
         ),
         int_option(
             "--image-size",
