@@ -122,9 +122,13 @@ def test_ctrl_c_prints_one_line_and_exits_130(
 
 SLEEPER = textwrap.dedent(
     """
-    import sys, time, types
+    import signal, sys, time, types
     import click
     from intriguing.cli import main as m
+
+    # a shell that started the tests in the background made SIGINT ignored, and Python then
+    # installs no KeyboardInterrupt handler: restore the interactive default for this check
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     @click.command()
     def sleep() -> None:
