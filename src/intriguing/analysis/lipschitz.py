@@ -69,6 +69,7 @@ from intriguing.analysis.layer_rules import (
     supported_layers,
 )
 from intriguing.analysis.trace import GraphBound, NodeBound, graph_bound, refuse_forward_hooks
+from intriguing.attacks.checks import check_not_meta
 from intriguing.errors import InvalidInputError
 from intriguing.models.user import uncompiled
 
@@ -314,7 +315,7 @@ def network_bounds(
     shape = _check_input_shape(input_shape)
     options = options or BoundConfig()
     model = uncompiled(model)  # a torch.compile wrapper: bound the network it holds
-    _refuse_meta(model)
+    check_not_meta(model)
     named = sequential_layers(model, layers) if layers is not None else []
     refuse_forward_hooks(model, named)
     probes = probe_inputs(shape, _check_samples(samples, shape), options.probe_inputs)
@@ -352,16 +353,6 @@ def _check_input_shape(input_shape: object) -> Shape:
             f"got {tuple(input_shape)!r}"
         )
     return tuple(int(d) for d in input_shape)
-
-
-def _refuse_meta(model: nn.Module) -> None:
-    """A model whose parameters or buffers are on the 'meta' device holds no numbers to bound."""
-    tensors = [*model.parameters(), *model.buffers()]
-    if any(t.is_meta for t in tensors):
-        raise InvalidInputError(
-            "the model has no data (meta device): load its weights first "
-            "(e.g. model.to_empty(device='cpu') then load_state_dict)"
-        )
 
 
 def _check_samples(samples: torch.Tensor | None, shape: Shape) -> torch.Tensor | None:

@@ -22,7 +22,6 @@ The base class guarantees, whatever the subclass does:
 from __future__ import annotations
 
 import contextlib
-import itertools
 import time
 import warnings
 from abc import ABC, abstractmethod
@@ -41,6 +40,7 @@ from intriguing.attacks.checks import (
     check_input_gradient,
     check_labels,
     check_logits,
+    check_not_meta,
     check_output_type,
     warn_tiny_logits,
 )
@@ -142,19 +142,6 @@ def rows_per_call(saved_per_image: int, device: torch.device, batch_size: int) -
     if device.type != "cpu":
         return batch_size
     return max(1, min(batch_size, CPU_SAVED_BYTES // max(saved_per_image, 1)))
-
-
-def check_not_meta(model: nn.Module) -> None:
-    """Refuse a model whose parameters or buffers live on the ``meta`` device (shapes, no data).
-
-    Raises:
-        InvalidInputError: any parameter or buffer is a meta tensor.
-    """
-    if any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())):
-        raise InvalidInputError(
-            "the model has no data (meta device): load its weights first "
-            "(e.g. model.to_empty(device='cpu') then load_state_dict)"
-        )
 
 
 class Attack(ABC):

@@ -304,3 +304,29 @@ def warn_tiny_logits(clean_logits: torch.Tensor) -> int:
             stacklevel=4,
         )
     return tiny
+
+
+def check_not_meta(model: nn.Module) -> None:
+    """Refuse a model whose parameters or buffers live on the ``meta`` device (shapes, no data).
+
+    Raises:
+        InvalidInputError: any parameter or buffer is a meta tensor.
+    """
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        raise InvalidInputError(
+            "the model has no data (meta device): load its weights first "
+            "(e.g. model.to_empty(device='cpu') then load_state_dict)"
+        )
+
+
+def check_nonnegative(name: str, value: object, meaning: str) -> float:
+    """``value`` as a float; InvalidInputError unless it is a finite real number >= 0 (not a
+    bool); ``meaning`` says what it is, in the message."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise InvalidInputError(f"{name} must be a finite number >= 0 ({meaning}), got {value!r}")
+    return float(value)

@@ -47,7 +47,7 @@ import torch
 from scipy.optimize import linprog, minimize
 from torch import nn
 
-from intriguing.attacks.checks import attack_dtype
+from intriguing.attacks.checks import attack_dtype, check_nonnegative
 from intriguing.errors import InvalidInputError
 from intriguing.models.user import model_device
 from intriguing.progress import track
@@ -265,7 +265,7 @@ def solve_targeted_qp(
         The optimum with its KKT certificate; ``feasible`` is False (and ``l2`` infinite) when no
         point of the box gives the target the lead.
     """
-    check_margin(margin)
+    check_nonnegative("margin", margin, "the target's required logit lead")
     x = np.asarray(x, dtype=np.float64)
     A, c = _constraints(classifier, target, margin)
     mu0 = np.zeros(A.shape[0])
@@ -297,7 +297,7 @@ def solve_targeted_qp_slsqp(
     Its cost grows like m^3 per iteration, so use it on small problems (tests, a few images); the
     multipliers are recovered from the active constraints by least squares on the free pixels.
     """
-    check_margin(margin)
+    check_nonnegative("margin", margin, "the target's required logit lead")
     x = np.asarray(x, dtype=np.float64)
     A, c = _constraints(classifier, target, margin)
     fit = minimize(
@@ -436,21 +436,6 @@ def _check_batch(
             raise InvalidInputError(f"{same} target(s) equal their label; choose targets != labels")
 
 
-def check_margin(margin: object) -> float:
-    """``margin`` as a float; InvalidInputError unless it is a finite number >= 0 (a negative lead
-    would return images that keep their label)."""
-    if (
-        isinstance(margin, bool)
-        or not isinstance(margin, int | float)
-        or not math.isfinite(margin)
-        or margin < 0
-    ):
-        raise InvalidInputError(
-            f"margin must be a finite number >= 0 (the target's required logit lead), got {margin!r}"
-        )
-    return float(margin)
-
-
 def _check_affine(model: nn.Module, classifier: AffineClassifier, images: torch.Tensor) -> None:
     """Verify ``model(images) == W x + b`` on the batch (catches modules that are not affine)."""
     dtype = attack_dtype(model, images.dtype)  # a float64 model takes float64 probes
@@ -499,7 +484,7 @@ def exact_linear_attack(
             type, shape, dtype or range, targets equal to their labels, or a margin that is not a
             finite number >= 0.
     """
-    check_margin(margin)
+    check_nonnegative("margin", margin, "the target's required logit lead")
     classifier = model if isinstance(model, AffineClassifier) else affine_parameters(model)
     _check_batch(images, labels, targets, classifier)
     if isinstance(model, nn.Module):

@@ -17,6 +17,7 @@ from intriguing.attacks.checks import (
     attack_dtype,
     check_images,
     check_labels,
+    check_nonnegative,
     check_output_type,
     logits_shape_problem,
 )
@@ -45,15 +46,7 @@ def fgm_l2(
     if not isinstance(model, nn.Module):
         raise InvalidInputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     check_images(inputs, name="inputs")
-    if (
-        isinstance(epsilon, bool)
-        or not isinstance(epsilon, int | float)
-        or not math.isfinite(epsilon)
-        or epsilon < 0
-    ):
-        raise InvalidInputError(
-            f"epsilon must be a finite number >= 0 (the step's RMS size), got {epsilon!r}"
-        )
+    check_nonnegative("epsilon", epsilon, "the step's RMS size")
     n = int(inputs.shape[0])
     if not isinstance(labels, torch.Tensor):  # before the forward pass: a cheap refusal first
         check_labels(labels, n)
