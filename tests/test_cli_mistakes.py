@@ -70,6 +70,39 @@ def test_integer_and_named_class_folders_are_not_mixed() -> None:
     assert labels is not None and labels.tolist() == [1, 0] and classes == ["cat", "dog"]
 
 
+def test_two_folders_of_one_class_index_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInputError, match="class folders 03/ and 3/ are both class 3"):
+        imagefolder.folder_labels(["3/a.png", "03/b.png", "8/c.png"])
+    labels, _ = imagefolder.folder_labels(["03/a.png", "08/b.png"]) or (None, None)
+    assert labels is not None and labels.tolist() == [3, 8]
+    images = grey_pngs(tmp_path / "twins", "3/a.png", "03/b.png")
+    result = CliRunner().invoke(cli, ["eval", LENET, "--images", str(images)])
+    one_line_error(result, "03/ and 3/", "merge them")
+
+
+@pytest.mark.parametrize(
+    ("layout", "names", "why"),
+    [
+        ("flat", ("a.png", "b.png"), "the images lie directly in"),
+        ("nested", ("5/deep/a.png", "5/deep/b.png"), "lies 2 folders deep"),
+    ],
+)
+def test_attack_says_when_predictions_stand_in_for_labels(
+    tmp_path: Path, layout: str, names: tuple[str, ...], why: str
+) -> None:
+    images = grey_pngs(tmp_path / layout, *names)
+    args = ["attack", LENET, "--images", str(images), "--n", "1", "--all-images"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    note = [line for line in result.stderr.splitlines() if line.startswith("note: no labels")]
+    assert len(note) == 1 and why in note[0], result.stderr
+    labelled = grey_pngs(tmp_path / "classes", "3/a.png", "8/b.png")
+    args = ["attack", LENET, "--images", str(labelled), "--n", "1", "--all-images"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "note: no labels" not in result.output
+
+
 def test_eval_refuses_mixed_class_folders_before_loading_the_model(tmp_path: Path) -> None:
     images = grey_pngs(tmp_path / "mixed", "3/a.png", "8/b.png", "unsure/c.png")
     result = CliRunner().invoke(cli, ["eval", LENET, "--images", str(images)])

@@ -307,6 +307,35 @@ def test_every_command_refuses_outputs_that_replace_inputs(inputs: Path, argv: l
     _refused(argv, inputs, *flags[-2:])
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["figure5", "m.py:net", "--images", "photos", "--out", "photos"],
+        ["figure5", "m.py:net", "--images", "photos", "--out", "photos/figs"],
+        ["curves", "--from-run", "run", "--out", "run"],
+        ["rarity", "--from-run", "run", "--out", "run/sub"],
+    ],
+    ids=["images-is-out", "out-inside-images", "from-run-is-out", "out-inside-from-run"],
+)
+def test_an_output_directory_inside_a_folder_it_reads_is_refused(
+    inputs: Path, argv: list[str]
+) -> None:
+    """A figure written into an --images folder would be read as an image next time; a
+    --from-run folder would mix the command's files with the run's."""
+    (inputs / "run").mkdir()
+    (inputs / "run" / "results.json").write_text("{}")
+    _refused(argv, inputs, "--out", "which the command reads")
+
+
+def test_an_output_directory_inside_a_folder_of_other_files_passes(tmp_path: Path) -> None:
+    """An --out folder inside the MNIST folder is fine: --data-dir reads only the IDX files."""
+    idx = validation.Input("--data-dir", tmp_path, lambda p: p.name.endswith("-ubyte"))
+    run = validation.Output("--out", tmp_path / "run", directory=True)
+    validation.refuse_overwrites([run], [idx])
+    with pytest.raises(OutputError, match="lies inside the --images folder"):
+        validation.refuse_overwrites([run], [validation.Input("--images", tmp_path)])
+
+
 def test_an_output_file_that_is_also_an_output_directory_is_refused(tmp_path: Path) -> None:
     run = tmp_path / "run"
     args = ["units", "softmax1", "--layer", "out", "--out", str(run), "--json", str(run)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -302,14 +303,26 @@ def test_cat_bound_is_the_root_sum_of_squares() -> None:
     assert exact <= bound.lipschitz * (1 + 1e-12) and bound.lipschitz < la + lb
 
 
-def test_log_softmax_keeps_margins_so_radii_use_the_logits_bound() -> None:
+LOG_SOFTMAX_FORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "positional": lambda z: F.log_softmax(z, 1),
+    "dim keyword": lambda z: F.log_softmax(z, dim=1),
+    "all keywords": lambda z: F.log_softmax(input=z, dim=-1),
+    "method": lambda z: z.log_softmax(dim=1),
+    "torch, keywords": lambda z: torch.log_softmax(input=z, dim=1),
+}
+
+
+@pytest.mark.parametrize("form", LOG_SOFTMAX_FORMS.values(), ids=LOG_SOFTMAX_FORMS.keys())
+def test_log_softmax_keeps_margins_so_radii_use_the_logits_bound(
+    form: Callable[[torch.Tensor], torch.Tensor],
+) -> None:
     class LogLinear(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.fc = nn.Linear(16, 10)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return F.log_softmax(self.fc(x.flatten(1)), dim=1)
+            return form(self.fc(x.flatten(1)))
 
     torch.manual_seed(8)
     model = LogLinear().eval()

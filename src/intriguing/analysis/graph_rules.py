@@ -43,6 +43,14 @@ from intriguing.errors import InvalidInputError
 Lips = tuple[float, float]  # (certified constant, the same with exact layer norms)
 
 
+def node_arg(node: fx.Node, index: int, name: str, default: Any = None) -> Any:
+    """Argument ``index`` of ``node`` if given by position, else the keyword ``name`` (else
+    ``default``): the one way the rules read a call's arguments."""
+    if index < len(node.args):
+        return node.args[index]
+    return node.kwargs.get(name, default)
+
+
 @dataclass
 class Ctx:
     """What a function rule sees: the node, the probe values and the constants found so far.
@@ -60,9 +68,7 @@ class Ctx:
 
     def arg(self, index: int, name: str, default: Any = None) -> Any:
         """Argument ``index`` if given by position, else the keyword ``name`` (else ``default``)."""
-        if index < len(self.node.args):
-            return self.node.args[index]
-        return self.node.kwargs.get(name, default)
+        return node_arg(self.node, index, name, default)
 
     def input_and_others(self) -> tuple[Any, list[Any]]:
         """The first argument (positional, or the keyword ``input``/``tensor``) and all the others."""

@@ -186,8 +186,9 @@ def folder_labels(names: list[str]) -> tuple[np.ndarray, list[str]] | None:
     in sorted order, as torchvision's ImageFolder does. Returns ``(labels (N,) int64, classes)``.
 
     Raises:
-        InvalidInputError: a negative integer folder, or integer and named folders mixed
-            (``3/``, ``8/``, ``unsure/``), which would renumber every class silently.
+        InvalidInputError: a negative integer folder, integer and named folders mixed (``3/``,
+            ``8/``, ``unsure/``), which would renumber every class silently, or two folders of one
+            class index (``3/`` and ``03/``).
     """
     parts = [name.split("/") for name in names]
     if not parts or any(len(p) != 2 for p in parts):
@@ -203,7 +204,26 @@ def folder_labels(names: list[str]) -> tuple[np.ndarray, list[str]] | None:
             else f"is not a class index while other class folders are ({_integer_folders(raw)})"
         )
         raise InvalidInputError(f"class folder {folder!r} {why}: rename or remove {folder}/")
+    twins = _same_class_folders(raw)
+    if twins is not None:
+        first, second = twins
+        raise InvalidInputError(
+            f"class folders {first}/ and {second}/ are both class {int(first)}: "
+            "merge them into one folder"
+        )
     return encode_labels(raw)
+
+
+def _same_class_folders(raw: list[str]) -> tuple[str, str] | None:
+    """Two integer class folders spelled differently with one value (``3/`` and ``03/``), else
+    None: their images would merge into one class without a word."""
+    seen: dict[int, str] = {}
+    for name in sorted(set(raw)):
+        if re.fullmatch(r"\d+", name):
+            other = seen.setdefault(int(name), name)
+            if other != name:
+                return other, name
+    return None
 
 
 def _integer_folders(raw: list[str]) -> str:

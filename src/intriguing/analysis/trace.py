@@ -35,6 +35,7 @@ from intriguing.analysis.graph_rules import (
     FUNCTION_RULES,
     Ctx,
     is_input,
+    node_arg,
     target_name,
 )
 from intriguing.analysis.layer_rules import BoundConfig, Shape, find_rule, no_rule_message
@@ -408,8 +409,8 @@ def _margin_node(output: fx.Node, gm: fx.GraphModule, values: dict[fx.Node, Any]
     from every logit of an example)."""
     node = output
     while True:
-        source = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
-        if source is None or not _keeps_margins(node, gm, values):
+        source = node_arg(node, 0, "input")
+        if not isinstance(source, fx.Node) or not _keeps_margins(node, gm, values):
             return node
         node = source
 
@@ -423,10 +424,9 @@ def _keeps_margins(node: fx.Node, gm: fx.GraphModule, values: dict[fx.Node, Any]
             return module.dim in (1, -1) and values[node].dim() == 2
         return False
     if node.target in (F.log_softmax, torch.log_softmax, "log_softmax"):
-        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-        return dim in (1, -1) and values[node].dim() == 2
+        return node_arg(node, 1, "dim") in (1, -1) and values[node].dim() == 2
     if node.target is F.dropout:
-        return (node.args[2] if len(node.args) > 2 else node.kwargs.get("training", True)) is False
+        return node_arg(node, 2, "training", True) is False
     return False
 
 

@@ -31,6 +31,7 @@ from intriguing.cli.options import (
     int_option,
     model_command_options,
     model_from_options,
+    note_label_source,
     open_user_data,
     text_option,
 )
@@ -129,6 +130,7 @@ def attack(
     images, labels, index, label_source = choose_examples(
         model, data, n, correct_only=not all_images
     )
+    note_label_source(data, label_source)
     device = model_device(model)
     result = attacker(model, images.to(device), labels.to(device))
     summary = result.summary()

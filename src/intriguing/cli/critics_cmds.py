@@ -379,7 +379,7 @@ def _model_examples(
     and that moved are kept.
     """
     from intriguing.attacks import LBFGS
-    from intriguing.cli.options import model_from_options, open_user_data
+    from intriguing.cli.options import model_from_options, note_label_source, open_user_data
     from intriguing.experiments.steps import reverify
     from intriguing.inputs import choose_examples, model_device
 
@@ -393,6 +393,7 @@ def _model_examples(
     data.fit_to(net)
     count = min(_attack_n(common["attack_n"], n), len(data))
     x, y, index, label_source = choose_examples(net, data, count, correct_only=True)
+    note_label_source(data, label_source)
     attack = _attack(common["max_iter"], common["search_steps"])
     attacker = LBFGS(mode="untargeted", seed=seed, **_lbfgs_settings(attack))
     device = model_device(net)
@@ -510,7 +511,7 @@ def _model_curves(
     from intriguing._io import atomic_write_json
     from intriguing.analysis.curves import model_robust_accuracy
     from intriguing.attacks import LBFGS
-    from intriguing.cli.options import model_from_options, open_user_data
+    from intriguing.cli.options import model_from_options, note_label_source, open_user_data
     from intriguing.inputs import choose_examples
 
     eps = _parse_eps(eps_text)
@@ -527,6 +528,7 @@ def _model_curves(
     net, description = model_from_options(spec, common, seed=0)
     data.fit_to(net)
     images, labels, _, label_source = choose_examples(net, data, n, correct_only=False)
+    note_label_source(data, label_source)
     attack = _attack(common["max_iter"], common["search_steps"])
     attacker = LBFGS(mode="untargeted", seed=common["seed"], **_lbfgs_settings(attack))
     summary, _ = model_robust_accuracy(net, images, labels, eps, norm=norm, attack=attacker)

@@ -359,6 +359,28 @@ def open_user_data(params: dict[str, Any], *, split: str = "test") -> Any:
     )
 
 
+def missing_labels(data: Any) -> str:
+    """Why ``data`` (--images or --tensors) has no labels, and how to give them: one line."""
+    from intriguing.analysis.imagefolder import unlabelled_reason
+
+    if data.kind == "folder":
+        return unlabelled_reason(data.names, str(data.meta["path"]))
+    return (
+        f"--tensors {data.meta['path']} has no 'labels' entry; save one with "
+        "numpy.savez(path, images=..., labels=...)"
+    )
+
+
+def note_label_source(data: Any, label_source: str) -> None:
+    """Say on stderr when the model's own predictions stand in for missing labels (the attack then
+    moves each image away from what the model says, right or wrong)."""
+    if label_source == "predictions":
+        click.echo(
+            f"note: no labels, so the model's predictions serve as labels ({missing_labels(data)})",
+            err=True,
+        )
+
+
 def _refuse_unused_data_options(kind: str, *, trained: bool, params: dict[str, Any]) -> None:
     """--dataset and --data-dir choose the MNIST a zoo model is trained on and the MNIST a command
     reads; with the user's own data (--images/--tensors) and a model that is not trained here (a

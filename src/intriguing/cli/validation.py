@@ -307,13 +307,42 @@ def _check_input(what: str, path: Path, source: Input) -> None:
         )
 
 
+# the kinds of file an output directory receives (figures, tables, JSON, tensors)
+DIRECTORY_SUFFIXES = (".png", ".json", ".md", ".html", ".safetensors", ".npz", ".txt")
+
+
+def _check_directory(out: Output, source: Input) -> None:
+    """OutputError if the output directory ``out`` is the input folder ``source`` or lies inside
+    it, and that folder reads files of the kinds a command writes (an ``--images`` folder would
+    take a written figure for an image on the next run; a ``--from-run`` folder would mix)."""
+    real = Path(os.path.abspath(out.path.expanduser())).resolve()
+    root = Path(os.path.abspath(source.path.expanduser())).resolve()
+    if not root.is_dir() or (real != root and root not in real.parents):
+        return
+    if source.reads is not None and not any(
+        source.reads(real / f"output{suffix}") for suffix in DIRECTORY_SUFFIXES
+    ):
+        return
+    where = "is" if real == root else "lies inside"
+    raise OutputError(
+        f"{out.flag} {out.path} {where} the {source.flag} folder {source.path}, which the command "
+        "reads; write the output elsewhere"
+    )
+
+
 def refuse_overwrites(outputs: Sequence[Output], inputs: Sequence[Input]) -> None:
     """Refuse an output file that is an input (or a file an input folder reads), another output,
-    another output's sidecar or an output directory, whatever the spelling, symlink or hard link.
+    another output's sidecar or an output directory, and an output directory that is (or lies
+    inside) an input folder reading what it would receive, whatever the spelling, symlink or hard
+    link.
 
     Raises:
         OutputError: one line naming both options.
     """
+    for out in outputs:
+        if out.directory:
+            for source in inputs:
+                _check_directory(out, source)
     files = _written(outputs)
     seen: dict[tuple[Any, ...], str] = {
         _identity(out.path): f"the {out.flag} directory {out.path}"

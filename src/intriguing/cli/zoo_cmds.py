@@ -287,13 +287,13 @@ def _paper_value(key: str, value: Any) -> str:
 
 def _eval_any(spec: str, params: dict[str, Any], seed: int) -> dict[str, Any]:
     """Error rate of any MODEL on MNIST's test split, --images or --tensors (labels needed)."""
-    from intriguing.cli.options import model_from_options, open_user_data
+    from intriguing.cli.options import missing_labels, model_from_options, open_user_data
     from intriguing.errors import InvalidInputError
     from intriguing.inputs import predict
 
     data = open_user_data(params)
     if data.labels is None:  # refused before the model is built or trained
-        raise InvalidInputError(f"eval needs labels: {_missing_labels(data)}")
+        raise InvalidInputError(f"eval needs labels: {missing_labels(data)}")
     model, description = model_from_options(spec, params, seed=seed)
     data.fit_to(model)
     wrong = 0
@@ -308,18 +308,6 @@ def _eval_any(spec: str, params: dict[str, Any], seed: int) -> dict[str, Any]:
         f"{where}_error": wrong / len(data),
         "device": str(params["device"]),
     }
-
-
-def _missing_labels(data: Any) -> str:
-    """Why ``data`` (--images or --tensors) has no labels, and how to give them."""
-    from intriguing.analysis.imagefolder import unlabelled_reason
-
-    if data.kind == "folder":
-        return unlabelled_reason(data.names, str(data.meta["path"]))
-    return (
-        f"--tensors {data.meta['path']} has no 'labels' entry; save one with "
-        "numpy.savez(path, images=..., labels=...)"
-    )
 
 
 def _report(result: dict[str, Any], json_path: Path | None) -> None:
