@@ -19,6 +19,7 @@ from intriguing.analysis import (
     sequential_layers,
 )
 from intriguing.errors import InvalidInputError
+from intriguing.models.preprocessing import Normalize as PackageNormalize
 
 
 def seeded(seed: int = 0) -> None:
@@ -190,10 +191,34 @@ def test_normalize_layer_rule() -> None:
             mean = torch.tensor(self.mean).reshape(-1, 1, 1)
             return (x - mean) / torch.tensor(self.std).reshape(-1, 1, 1)
 
-    bound = network_bounds(nn.Sequential(Normalize()), (3, 4, 4))
+    # a user's class named Normalize is traced through its forward: (x - mean) / std
+    traced = network_bounds(nn.Sequential(Normalize()).eval(), (3, 4, 4))
+    assert traced.lipschitz == pytest.approx(4.0)
+    assert [layer.kind for layer in traced.layers] == ["sub", "truediv"]
+    # the package's Normalize (and torchvision's) take the diagonal rule: upper 1/min std, lower
+    bound = network_bounds(
+        nn.Sequential(PackageNormalize([0.5, 0.2, 0.3], [0.25, 0.5, 2.0])), (3, 4, 4)
+    )
     assert bound.layers[0].upper == pytest.approx(4.0) and bound.layers[0].lower == pytest.approx(
         0.5
     )
+
+
+def test_a_class_named_normalize_is_not_trusted_by_its_name() -> None:
+    """``50 relu((x - mean) / std - 3)`` in a class called Normalize with ``std = 1``: the rule by
+    name gave 1 for it (network bound 0.63, true norm 31)."""
+
+    class Normalize(nn.Module):
+        mean, std = 0.0, 1.0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 50 * torch.relu((x - self.mean) / self.std - 3)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), Normalize(), nn.Linear(12, 2)).eval()
+    bound = network_bounds(model, (3, 2, 2))
+    weight_norm = float(torch.linalg.matrix_norm(model[2].weight.detach().double(), ord=2))
+    assert bound.lipschitz == pytest.approx(50 * weight_norm, rel=1e-9)
 
 
 def test_register_layer_rule_extends_the_walk() -> None:

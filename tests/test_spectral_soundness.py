@@ -260,6 +260,50 @@ def test_backward_hooks_do_not_change_the_forward_map_and_are_allowed() -> None:
     assert bound.lipschitz == pytest.approx(2.0, rel=1e-12)
 
 
+def patched_relu() -> nn.Sequential:
+    """The ReLU's forward replaced on the instance by ``100 relu(x - 5)``: Jacobian norm 100 at
+    x = 6, and the class's rule gave 1."""
+    relu = nn.ReLU()
+    relu.forward = lambda x: 100 * torch.relu(x - 5)  # type: ignore[method-assign]
+    return nn.Sequential(nn.Flatten(), scaled_identity(6, 1.0), relu).eval()
+
+
+class PatchedInside(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = scaled_identity(6, 1.0)
+        self.fc.forward = lambda x: 7 * F.linear(x, self.fc.weight)  # type: ignore[method-assign]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.flatten(1))
+
+
+def patched_sequential() -> nn.Sequential:
+    """A Sequential whose forward was replaced: its children are not a chain any more."""
+    model = nn.Sequential(nn.Flatten(), scaled_identity(6, 1.0))
+    model.forward = lambda x: 3 * model[1](model[0](x))  # type: ignore[method-assign]
+    return model.eval()
+
+
+@pytest.mark.parametrize(
+    ("make", "where"),
+    [
+        (patched_relu, "layer '2' (ReLU)"),
+        (lambda: PatchedInside().eval(), "layer 'fc' (Linear)"),
+        (patched_sequential, "the model (Sequential)"),
+    ],
+    ids=["sequential-layer", "traced-layer", "sequential-itself"],
+)
+def test_a_forward_replaced_on_the_instance_is_refused(
+    make: Callable[[], nn.Module], where: str
+) -> None:
+    model = make()
+    assert jacobian_norm(model, torch.full((1, 6), 6.0)) > 2.0  # what a class rule would miss
+    with pytest.raises(InvalidInputError, match="forward replaced on the instance") as caught:
+        network_bounds(model, (6,), options=FAST)
+    assert where in str(caught.value)
+
+
 HOOKED_FILE = """
 import torch
 from torch import nn

@@ -108,12 +108,23 @@ def no_rule_message(name: str, module: nn.Module) -> str:
 
 def find_rule(module: nn.Module) -> LayerRule | None:
     """The rule for exactly this type: a subclass may override ``forward``, so it needs its own."""
-    rule = _RULES.get(type(module))
+    kind = type(module)
+    rule = _RULES.get(kind)
     if rule is not None:
         return rule
-    if type(module).__name__ == "Normalize" and hasattr(module, "std"):
+    if (kind.__module__, kind.__qualname__) in NORMALIZE_CLASSES:
         return _normalize_rule
     return None
+
+
+# ``(x - mean) / std`` modules by where they are defined, never by name alone: a user's class called
+# Normalize may compute anything (it is traced through its forward instead)
+NORMALIZE_CLASSES = frozenset(
+    {
+        ("intriguing.models.preprocessing", "Normalize"),
+        ("torchvision.transforms.transforms", "Normalize"),
+    }
+)
 
 
 def _require_eval(module: nn.Module, what: str) -> None:

@@ -278,8 +278,13 @@ def _every_call(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def _is_plain_sequential(module: nn.Module) -> bool:
-    """An ``nn.Sequential`` whose ``forward`` is Sequential's own (calls its children in order)."""
-    return isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
+    """An ``nn.Sequential`` whose ``forward`` is Sequential's own (calls its children in order),
+    also on the instance."""
+    return (
+        isinstance(module, nn.Sequential)
+        and type(module).forward is nn.Sequential.forward
+        and "forward" not in vars(module)
+    )
 
 
 def network_bounds(

@@ -125,7 +125,8 @@ _HOOK_FIX = (
 
 
 def refuse_forward_hooks(model: nn.Module, layers: Sequence[tuple[str, nn.Module]] = ()) -> None:
-    """One line for the first forward (pre-)hook on ``model``, any sub-module or a ``layers=`` entry.
+    """One line for the first forward (pre-)hook, or ``forward`` replaced on the instance, on
+    ``model``, any sub-module or a ``layers=`` entry.
 
     A hook changes what a module computes, but the chain walk reads the layer's type and weights and
     torch.fx calls ``forward`` directly: the bound (section 4.3) would be of another map, possibly
@@ -139,6 +140,13 @@ def refuse_forward_hooks(model: nn.Module, layers: Sequence[tuple[str, nn.Module
             f"see it: {_HOOK_FIX}"
         )
     for name, module in [*layers, *model.named_modules(remove_duplicate=False)]:
+        if "forward" in vars(module):
+            where = f"layer {name!r}" if name else "the model"
+            raise InvalidInputError(
+                f"{where} ({type(module).__name__}) has its forward replaced on the instance "
+                "(module.forward = ...), which the spectral bound cannot see: it bounds the class's "
+                "forward; write the new forward in a subclass instead"
+            )
         for kind, hooks in (
             ("forward pre-hook", module._forward_pre_hooks),
             ("forward hook", module._forward_hooks),
