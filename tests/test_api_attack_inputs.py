@@ -325,3 +325,101 @@ def test_finish_model_accepts_pairs_and_text() -> None:
     a = finish_model(_mlp(784, 10), preprocessing=([0.1307], [0.3081]))
     b = finish_model(_mlp(784, 10), preprocessing="0.1307,0.3081")
     assert torch.equal(a(x), b(x))
+
+
+# ------------------------------------------------------------- stochastic models and NaN logits
+class AlwaysDropout(nn.Module):
+    """``F.dropout(x, p)`` whose ``training`` defaults to True: random in eval mode too."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p, self.fc = p, nn.Linear(64, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(nn.functional.dropout(x.flatten(1), self.p))
+
+
+class BatchStatistics(nn.Module):
+    """Normalises with the batch's own statistics: an image's logits depend on its batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(64, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        return self.fc((x - x.mean(0)) * 10)
+
+
+@pytest.mark.parametrize(
+    "model",
+    [AlwaysDropout(0.3), AlwaysDropout(0.05), BatchStatistics()],
+    ids=["dropout-0.3", "dropout-0.05", "batch-statistics"],
+)
+def test_a_model_whose_logits_change_between_passes_is_refused_before_the_attack(
+    model: nn.Module,
+) -> None:
+    """Before: 375 evaluations per example, then 'numerical tie' warnings and 0% success."""
+    torch.manual_seed(0)
+    images = torch.rand(4, 64)
+    with pytest.raises(InvalidInputError, match="different logits for the same image"):
+        LBFGS()(model.eval(), images, torch.zeros(4, dtype=torch.long))
+    from intriguing.inputs import check_model_input
+
+    with pytest.raises(InvalidInputError, match=r"F\.dropout\(x, p\) without training"):
+        check_model_input(model.eval(), images)
+
+
+def test_a_deterministic_model_passes_the_same_logits_check() -> None:
+    from intriguing.attacks.checks import check_same_logits
+    from intriguing.inputs import check_model_input
+
+    model = _mlp()
+    check_model_input(model, torch.rand(2, 8))
+    logits = torch.tensor([30.0, -2.0, 1.0])
+    check_same_logits(logits, logits + 0.29)  # within 1% of the largest |logit|
+    with pytest.raises(InvalidInputError, match=r"largest change 0\.31"):
+        check_same_logits(logits, logits - 0.31)
+
+
+class NanForBright(nn.Module):
+    """NaN logits where the first pixel is above 0.5: argmax read them as class 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        z = self.fc(x)
+        return torch.where(x[:, :1] > 0.5, torch.full_like(z, float("nan")), z)
+
+
+def test_predictions_refuse_nan_logits_instead_of_reading_them_as_class_0() -> None:
+    from intriguing.models.user import predict
+
+    images = torch.zeros(6, 8)
+    images[4, 0] = 1.0
+    with pytest.raises(InvalidInputError, match=r"NaN or inf logits for image 4 \(0-based\)"):
+        predict(NanForBright().eval(), images, batch_size=4)
+    with pytest.raises(InvalidInputError, match=r"for image 104 \(0-based\) and 0 more"):
+        predict(NanForBright().eval(), images, batch_size=4, offset=100)
+    assert predict(NanForBright().eval(), images[:4]).tolist() == [
+        int(v) for v in NanForBright().eval()(images[:4]).argmax(1)
+    ]
+
+
+def test_outputs_in_the_unit_interval_are_warned_about() -> None:
+    """A final sigmoid gave 2-7x the distortions of the same model's scores (with no word)."""
+    import warnings
+
+    from intriguing.attacks.checks import AttackWarning
+
+    scores = _mlp(8, 3)
+    sigmoid = nn.Sequential(scores, nn.Sigmoid()).eval()
+    images = torch.rand(3, 8, generator=torch.Generator().manual_seed(0))
+    with pytest.warns(AttackWarning, match=r"every model output lies in \[0, 1\]"):
+        LBFGS(max_iter=2, search_steps=1)(sigmoid, images)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AttackWarning)
+        LBFGS(max_iter=2, search_steps=1)(scores, images)

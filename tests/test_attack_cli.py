@@ -95,7 +95,7 @@ def test_targeted_fixed_class_and_saved_result(
         (["--target", "next"], "needs mode='targeted'"),
         (["--mode", "targeted", "--target", "closest"], "unknown target chooser"),
         (["--mode", "targeted", "--target", "12"], "out of range"),
-        (["--n", "100000"], "lower --n"),
+        (["--n", "100000"], "lower n (--n)"),
     ],
 )
 def test_user_mistakes_exit_2_with_one_line(

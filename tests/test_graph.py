@@ -88,6 +88,34 @@ def test_failure_keeps_finished_steps(tmp_path: Path) -> None:
     assert results["total"]["value"] == 13
 
 
+def test_a_rerun_that_computes_a_step_retires_the_results_built_on_the_old_records(
+    tmp_path: Path,
+) -> None:
+    """A rerun with other settings killed half-way must not leave the old results.json sealed
+    over changed records (``--from-run`` read such a run's new shards under the old results)."""
+    from intriguing.experiments.rundir import RunDirectory
+
+    def finished_run(steps: list[Step]) -> RunDirectory:
+        run = RunDirectory(tmp_path, one_thread=False)
+        run.run(steps, description="test")
+        run.write({"schema": "intriguing.test/1", "total": run.results["total"]["value"]})
+        (tmp_path / "report.md").write_text("13")
+        return run
+
+    finished_run(_graph())
+    RunDirectory(tmp_path, one_thread=False).run(_graph(), description="test")  # all reused
+    assert (tmp_path / "results.json").is_file() and (tmp_path / "report.md").is_file()
+
+    def boom(ctx: StepContext) -> Any:
+        raise RuntimeError("killed")
+
+    changed = [*_graph(x_b=4)[1:], Step("total", boom, deps=("sq/a", "sq/b"))]
+    with pytest.raises(RuntimeError):
+        RunDirectory(tmp_path, one_thread=False).run(changed, description="test")
+    assert not (tmp_path / "results.json").exists() and not (tmp_path / "report.md").exists()
+    assert RunStore(tmp_path).load("sq/b")["result"] == {"value": 16}  # the new record stays
+
+
 @pytest.mark.parametrize(
     ("steps", "message"),
     [

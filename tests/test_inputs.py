@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 
 from intriguing.analysis import imagefolder
 from intriguing.analysis.curves import model_robust_accuracy, robust_accuracy
-from intriguing.errors import InvalidInputError, UnknownModelError
+from intriguing.errors import IntriguingError, InvalidInputError, UnknownModelError
 from intriguing.inputs import (
     DataSource,
     check_model_input,
@@ -77,9 +77,9 @@ def test_preprocessing_wrapper_equals_normalisation_inside_the_model(in_fixtures
 def test_parse_normalize_splits_means_then_stds() -> None:
     assert parse_normalize("0.1307,0.3081") == ([0.1307], [0.3081])
     assert parse_normalize("0.5,0.4,0.3,0.2,0.2,0.1") == ([0.5, 0.4, 0.3], [0.2, 0.2, 0.1])
-    for bad in ("0.5", "0.5,0.2,0.1", "a,b", ""):
+    for bad in ("0.5", "0.5,0.2,0.1", "a,b", "", "0.5,0", "0.5,-0.2", "nan,0.3", "0.1,inf"):
         with pytest.raises(InvalidInputError, match="--normalize"):
-            parse_normalize(bad)
+            parse_normalize(bad)  # std <= 0 and non-finite values too: before a zoo model trains
 
 
 def test_weights_round_trip_and_every_refusal(in_fixtures: Path, tmp_path: Path) -> None:
@@ -207,10 +207,22 @@ def test_huge_and_empty_inputs_are_refused_in_one_line(tmp_path: Path) -> None:
     assert imagefolder.MAX_PIXELS < 20000 * 20000
 
 
+def test_an_image_pillow_cannot_convert_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    """A CIELAB TIFF: Pillow's ValueError was a traceback."""
+    (tmp_path / "lab").mkdir()
+    Image.new("LAB", (4, 4)).save(tmp_path / "lab" / "x.tif")
+    with pytest.raises(
+        IntriguingError, match=r"x\.tif: cannot read the image \(conversion from LAB"
+    ):
+        open_data(images=tmp_path / "lab", mode="L").batch(0, 1)
+
+
 @pytest.mark.parametrize(
     ("arrays", "message"),
     [
         ({"images": np.full((2, 1, 4, 4), 1.5, np.float32)}, r"must lie in \[0, 1\], found"),
+        # 1.0001 printed as 1 before: "must lie in [0, 1], found values in [0, 1]"
+        ({"images": np.full((2, 1, 4, 4), 1.0001, np.float64)}, r"found values in \[1\.0001, "),
         ({"images": np.zeros(4, np.float32)}, r"must have shape \(N, \.\.\.\)"),
         ({"pixels": np.zeros((2, 1, 4, 4), np.float32)}, "no 'images' entry"),
         ({"images": np.zeros((2, 1, 4, 4), np.uint8)}, "store floats in"),

@@ -88,6 +88,9 @@ def test_read_results_checks_directory_file_json_and_schema(tmp_path: Path) -> N
         read_results(tmp_path / "nope", "intriguing.x/1", command="x")
     with pytest.raises(IntriguingError, match="not found; run `intriguing x"):
         read_results(tmp_path, "intriguing.x/1", command="x")
+    (tmp_path / "steps").mkdir()  # a run that started: finish it with its own options
+    with pytest.raises(IntriguingError, match=r"has not finished .* with the same options"):
+        read_results(tmp_path, "intriguing.x/1", command="x")
     (tmp_path / "results.json").write_text("{bad")
     with pytest.raises(IntriguingError, match="not valid JSON"):
         read_results(tmp_path, "intriguing.x/1", command="x")

@@ -161,6 +161,16 @@ def test_syntactically_bad_outputs(path: str, message: str) -> None:
             validation.OutputPath(kind).convert(path, None, None)
 
 
+def test_a_directory_too_long_for_the_files_written_inside_it_is_refused(tmp_path: Path) -> None:
+    """Every name under 255 bytes and the whole under 4096, but the run's shard files inside would
+    pass the limit: refused before any work (it failed after the first attack shard)."""
+    deep = tmp_path.joinpath(*["c" * 250] * 15, "d" * 100)
+    assert len(os.fsencode(str(deep))) < 4096 - 100
+    with pytest.raises(OutputError, match="path limit; choose a shorter path"):
+        validation.check_output_dir(deep)
+    validation.check_output_dir(tmp_path.joinpath(*["c" * 250] * 10))
+
+
 def test_directory_or_special_file_as_output_file(tmp_path: Path) -> None:
     with pytest.raises(OutputError, match="is a directory"):
         validation.check_output_file(tmp_path)

@@ -180,9 +180,16 @@ def test_cli_weights_with_integer_values(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("labels", "message"),
     [
-        (["1", "-1", "2", "0"], "label -1 of image 'img1.png' is negative"),
+        (["1", "-1", "2", "0"], "label '-1' of image 'img1.png' is negative"),
         (["1", "3", "x", "0"], "label 'x' of image 'img2.png' is not a class index"),
+        # read as names, 7.0 and 9.0 became classes 0 and 1 (with no 8.0, every 9 became 8)
+        (["1.0", "3.0", "0", "2"], "label '1.0' of image 'img0.png' is a number but not a class"),
+        (["1", "2e0", "0", "2"], "label '2e0' of image 'img1.png' is a number but not a class"),
+        # an int64 overflow traceback, or gigabytes for the list of class names
+        (["1", "99999999999999999999", "0", "2"], "is above 1,000,000"),
+        (["1", "30000000", "0", "2"], "label '30000000' of image 'img1.png' is above 1,000,000"),
     ],
+    ids=["negative", "name-among-indices", "float", "exponent", "overflow", "huge"],
 )
 def test_cli_labels_file_with_negative_or_mixed_labels(
     labels: list[str], message: str, tmp_path: Path
@@ -199,6 +206,63 @@ def test_cli_labels_file_with_negative_or_mixed_labels(
         "linear", "--images", str(folder), "--labels", str(labels_file), "--all-images"
     )
     assert_one_line_error(code, output, message)
+
+
+def _image_folder(tmp_path: Path, *names: str) -> Path:
+    """The test images saved as PNGs under ``names`` (relative paths) in ``tmp_path / 'imgs'``."""
+    folder = tmp_path / "imgs"
+    for name, pixels in zip(names, images(), strict=False):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((pixels[0].numpy() * 255).astype(np.uint8), "L").save(folder / name)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("names", "lines", "message"),
+    [
+        (  # the last line won silently
+            ("a.png", "b.png"),
+            "a.png 1\nb.png 2\na.png 3\n",
+            "labels.txt:3: image 'a.png' has label '3' here and '1' on line 1; keep one",
+        ),
+        (  # one bare name labelled both images
+            ("s/x.png", "t/x.png"),
+            "x.png 1\n",
+            "'x.png' names both 's/x.png' and 't/x.png'; give each image's path",
+        ),
+    ],
+    ids=["twice", "ambiguous-file-name"],
+)
+def test_cli_labels_file_that_labels_an_image_twice_or_ambiguously(
+    names: tuple[str, ...], lines: str, message: str, tmp_path: Path
+) -> None:
+    folder = _image_folder(tmp_path, *names)
+    (tmp_path / "labels.txt").write_text(lines)
+    code, output = attack(
+        "linear", "--images", str(folder), "--labels", str(tmp_path / "labels.txt"), "--all-images"
+    )
+    assert_one_line_error(code, output, message)
+
+
+def test_labels_files_with_a_bom_spaces_quotes_and_comments_are_read() -> None:
+    """The label is the last field: names may hold spaces, commas and '#'; a BOM is dropped."""
+    import tempfile
+
+    from intriguing.analysis.imagefolder import read_labels
+
+    text = (
+        "\ufeff# image label\n"
+        "img 0.png 1  # a comment\n"
+        '"quoted, name.png",2\n'
+        "a#1.png\t0\n"
+        "./sub/x.png 2\n"
+    )
+    names = ["img 0.png", "quoted, name.png", "a#1.png", "sub/x.png"]
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "labels.txt"
+        path.write_text(text, encoding="utf-8")
+        labels, classes = read_labels(path, names)
+    assert labels.tolist() == [1, 2, 0, 2] and classes == ["0", "1", "2"]
 
 
 def test_cli_normalize_with_the_wrong_number_of_channels(tmp_path: Path) -> None:

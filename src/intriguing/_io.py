@@ -196,6 +196,12 @@ def read_results(run_dir: str | os.PathLike[str], schema: str, *, command: str) 
             f"{path} is a directory, not a results file; remove it and rerun "
             f"`intriguing {command} --out {run_dir}`"
         )
+    if not path.is_file() and (root / "steps").is_dir():
+        raise IntriguingError(
+            f"{path} not found: the run in {run_dir} has not finished (it was stopped, or a later "
+            "run with other options is changing it); rerun the command that made it, with the "
+            "same options, to finish it"
+        )
     if not path.is_file():
         raise IntriguingError(f"{path} not found; run `intriguing {command} --out {run_dir}` first")
     doc = read_json(path)

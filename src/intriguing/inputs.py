@@ -22,6 +22,7 @@ tensor file (``.safetensors`` / ``.npz`` with ``images`` float ``(N, ...)`` in [
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from intriguing.attacks.checks import check_images, logits_shape_problem
+from intriguing.attacks.checks import check_images, check_same_logits, logits_shape_problem
 from intriguing.errors import InvalidInputError, UnknownModelError
 from intriguing.models.user import (
     MODEL_FORMS,
@@ -209,7 +210,8 @@ def _check_state(
 def parse_normalize(text: str) -> tuple[list[float], list[float]]:
     """``"MEAN,STD"`` per channel: ``"0.1307,0.3081"`` or ``"m_r,m_g,m_b,s_r,s_g,s_b"``.
 
-    The first half of the numbers are the means, the second half the standard deviations.
+    The first half of the numbers are the means, the second half the standard deviations
+    (finite, stds > 0: checked here, before any model is trained).
     """
     if not text.strip():
         raise InvalidInputError(
@@ -229,7 +231,14 @@ def parse_normalize(text: str) -> tuple[list[float], list[float]]:
             "(e.g. 0.1307,0.3081 or 0.5,0.5,0.5,0.2,0.2,0.2)"
         )
     half = len(values) // 2
-    return values[:half], values[half:]
+    means, stds = values[:half], values[half:]
+    if not all(math.isfinite(v) for v in values):
+        raise InvalidInputError(f"--normalize {text!r}: every mean and std must be a finite number")
+    if any(s <= 0 for s in stds):
+        raise InvalidInputError(
+            f"--normalize {text!r}: every std (the second half of the numbers) must be > 0"
+        )
+    return means, stds
 
 
 _PREPROCESSING_USAGE = (
@@ -407,7 +416,8 @@ def check_model_input(
     model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None = None
 ) -> int:
     """Probe forwards of ``images[:2]`` and ``images[:1]``: the model must return finite logits
-    ``(B, K)`` for both batch sizes.
+    ``(B, K)`` for both batch sizes, the same for the first image in both
+    (:func:`~intriguing.attacks.checks.check_same_logits`).
 
     Returns the number of classes ``K``. Raises a one-line :class:`InvalidInputError` naming the
     model's expected input and the data's shape on any mismatch, and when a label is ``>= K``.
@@ -416,10 +426,11 @@ def check_model_input(
     _check_channels(model, images, shape)
     probe = model_input(model, images[:2])
     logits = _logits(_probe(model, probe, shape), len(probe), shape)
-    if len(probe) > 1:  # batches of one image too (an attack's, an evaluation's last chunk)
-        _logits(_probe_one(model, probe[:1]), 1, shape)
+    # batches of one image too (an attack's, an evaluation's last chunk)
+    alone = _logits(_probe_one(model, probe[:1]), 1, shape)
     if not bool(torch.isfinite(logits).all()):
         raise InvalidInputError(f"the model returned NaN or infinite logits on the data ({shape})")
+    check_same_logits(logits[0], alone[0])
     classes = int(logits.shape[1])
     if labels is not None and len(labels) and int(labels.max()) >= classes:
         raise InvalidInputError(
@@ -726,7 +737,7 @@ def choose_examples(
     for start in range(0, len(data), chunk):
         stop = min(start + chunk, len(data))
         x = data.batch(start, stop)
-        y = predict(model, x) if data.labels is None else data.labels[start:stop]
+        y = predict(model, x, offset=start) if data.labels is None else data.labels[start:stop]
         index = torch.arange(start, stop)
         if correct_only and data.labels is not None:
             x, y, hit = select_correct(model, x, y, None)
@@ -741,7 +752,7 @@ def choose_examples(
         if found == 0 and what == "correctly classified":
             raise none_correct(len(data))
         raise InvalidInputError(
-            f"only {found} {what} images among {len(data)}; lower --n to at most {found}"
+            f"only {found} {what} images among {len(data)}; lower n (--n) to at most {found}"
         )
     images = torch.cat([p[0] for p in parts])
     labels = torch.cat([p[1] for p in parts]).long()

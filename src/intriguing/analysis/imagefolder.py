@@ -10,8 +10,11 @@ image files (searched recursively, sorted by relative path) can play that role:
 - with ``size=S`` each image is resized so that its shorter side is ``S`` and centre-cropped to
   ``S x S``; without it all images must already share one size;
 - an optional labels file maps images to classes, one ``<relative path or file name> <label>`` per
-  line (comma, tab or space separated; ``#`` starts a comment). Labels may be integers or names;
-  names are numbered in sorted order. Without a labels file, a folder laid out as torchvision's
+  line: the label is the line's last field (after a comma, tab or space), so names may hold
+  spaces; a ``#`` at the start of a line or after a space starts a comment. Labels may be class indices (0, 1, 2, ...) or
+  names; names are numbered in sorted order. Numbers that are not class indices (``7.0``, ``-1``)
+  and an image given two labels are refused; a bare file name is matched only where it is unique
+  in the folder. Without a labels file, a folder laid out as torchvision's
   ImageFolder (every image exactly one subfolder deep) takes its labels from the subfolder names
   (:func:`folder_labels`).
 
@@ -133,7 +136,8 @@ def decode_image(path: Path, mode: str) -> Image.Image:
         raise InvalidInputError(
             f"{path}: too many pixels (limit {MAX_PIXELS}); downscale the image first"
         ) from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        # ValueError: a colour space Pillow cannot convert (a CIELAB TIFF to RGB or L)
         raise DataError(f"{path}: cannot read the image ({exc}); remove or replace it") from None
 
 
@@ -196,13 +200,14 @@ def folder_labels(names: list[str]) -> tuple[np.ndarray, list[str]] | None:
     raw = [p[0] for p in parts]
     problem = _label_kind_problem(raw)
     if problem is not None:
-        index, negative = problem
+        index, kind = problem
         folder = raw[index]
-        why = (
-            "is a negative number; class indices must be >= 0"
-            if negative
-            else f"is not a class index while other class folders are ({_integer_folders(raw)})"
-        )
+        why = {
+            "negative": "is a negative number; class indices must be >= 0",
+            "number": "is a number but not a class index (0, 1, 2, ...)",
+            "large": f"is a class index above {MAX_CLASS_INDEX:,}",
+            "mixed": f"is not a class index while other class folders are ({_integer_folders(raw)})",
+        }[kind]
         raise InvalidInputError(f"class folder {folder!r} {why}: rename or remove {folder}/")
     twins = _same_class_folders(raw)
     if twins is not None:
@@ -269,11 +274,21 @@ def read_labels(path: str | os.PathLike[str], names: list[str]) -> tuple[np.ndar
     for key, label in entries.items():
         base = key.rsplit("/", 1)[-1]
         by_base[base] = None if base in by_base and by_base[base] != label else label
+    images_by_base: dict[str, list[str]] = {}
+    for name in names:
+        images_by_base.setdefault(name.rsplit("/", 1)[-1], []).append(name)
     raw: list[str] = []
     for name in names:
         value: str | None = entries.get(name)
+        base = name.rsplit("/", 1)[-1]
+        if value is None and base in by_base and len(images_by_base[base]) > 1:
+            first, second = images_by_base[base][:2]
+            raise InvalidInputError(
+                f"{path}: '{base}' names both {first!r} and {second!r}; give each image's path "
+                f"relative to the folder ('{first} <label>')"
+            )
         if value is None:
-            value = by_base.get(name.rsplit("/", 1)[-1])
+            value = by_base.get(base)
         if value is None:
             raise InvalidInputError(
                 f"{path}: no label for image {name!r}; add a line '{name} <label>'"
@@ -288,48 +303,74 @@ def _check_label_kinds(path: str | os.PathLike[str], names: list[str], raw: list
     problem = _label_kind_problem(raw)
     if problem is None:
         return
-    index, negative = problem
+    index, kind = problem
     value, name = raw[index], names[index]
-    if negative:
-        raise InvalidInputError(
-            f"{path}: label {value} of image {name!r} is negative; class indices must be >= 0"
-        )
-    raise InvalidInputError(
-        f"{path}: label {value!r} of image {name!r} is not a class index >= 0 while others are; "
-        "use class indices or class names throughout"
-    )
+    why = {
+        "negative": "is negative; class indices must be >= 0",
+        "number": "is a number but not a class index (0, 1, 2, ...); write it as an integer",
+        "large": f"is above {MAX_CLASS_INDEX:,}, more classes than any model here has",
+        "mixed": "is not a class index >= 0 while others are; use class indices or class names "
+        "throughout",
+    }[kind]
+    raise InvalidInputError(f"{path}: label {value!r} of image {name!r} {why}")
 
 
-def _label_kind_problem(raw: list[str]) -> tuple[int, bool] | None:
-    """``(index, negative)`` of the first label :func:`encode_labels` would misread, else None:
-    a negative integer (``negative``), or a name among class indices, which would renumber every
-    label silently (``-1``, a typo or an ``unsure/`` folder makes all of them names). The one rule
-    for labels files and class folders."""
+MAX_CLASS_INDEX = 1_000_000  # larger integer labels are typos (and a class list that long, memory)
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _label_kind_problem(raw: list[str]) -> tuple[int, str] | None:
+    """``(index, kind)`` of the first label :func:`encode_labels` would misread, else None:
+    ``negative`` (``-1``), ``number`` (a number that is not a class index, ``7.0``, which would be
+    read as a name and renumbered), ``large`` (above :data:`MAX_CLASS_INDEX`), or ``mixed`` (a name
+    among class indices, which would renumber every label silently: a typo or an ``unsure/``
+    folder makes all of them names). The one rule for labels files and class folders."""
     for index, value in enumerate(raw):
         if re.fullmatch(r"-\d+", value):
-            return index, True
+            return index, "negative"
+        if _NUMBER.fullmatch(value) and not re.fullmatch(r"\d+", value):
+            return index, "number"
+        if re.fullmatch(r"\d+", value) and int(value) > MAX_CLASS_INDEX:
+            return index, "large"
     ints = [bool(re.fullmatch(r"\d+", v)) for v in raw]
     if any(ints) and not all(ints):
-        return ints.index(False), False
+        return ints.index(False), "mixed"
     return None
 
 
 def _parse_label_lines(path: Path) -> dict[str, str]:
+    """``{image name: label}`` from the lines ``<name> <label>`` of a labels file: the label is
+    the last field, the name everything before it (quotes around it dropped), so names may hold
+    spaces, commas and ``#``; a ``#`` at the start of a line or after a space starts a comment; an
+    image given two different labels is refused."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # -sig: a BOM from Windows editors
     except FileNotFoundError:
         raise InvalidInputError(f"{path}: labels file not found") from None
     except (UnicodeDecodeError, IsADirectoryError, PermissionError) as exc:
         raise InvalidInputError(f"{path}: cannot read the labels file ({exc})") from None
     entries: dict[str, str] = {}
+    lines: dict[str, int] = {}
     for number, line in enumerate(text.splitlines(), start=1):
-        line = line.split("#", 1)[0].strip()
+        line = re.sub(r"(^|\s)#.*", "", line).strip()  # comments: '#' at the start or after a space
         if not line:
             continue
-        parts = [p for p in re.split(r"[,\t ]+", line) if p]
-        if len(parts) != 2:
-            raise InvalidInputError(f"{path}:{number}: expected '<image> <label>', got {line!r}")
-        entries[parts[0].removeprefix("./")] = parts[1]
+        found = re.fullmatch(r"(.+?)[,\t ]+([^,\t ]+)", line)
+        if found is None:
+            raise InvalidInputError(
+                f"{path}:{number}: expected '<image> <label>' (the label last, after a space, tab "
+                f"or comma), got {line!r}"
+            )
+        name = found.group(1).strip().strip(",").strip()
+        if len(name) > 1 and name[0] == name[-1] and name[0] in "\"'":
+            name = name[1:-1]
+        name, label = name.removeprefix("./"), found.group(2)
+        if name in entries and entries[name] != label:
+            raise InvalidInputError(
+                f"{path}:{number}: image {name!r} has label {label!r} here and "
+                f"{entries[name]!r} on line {lines[name]}; keep one"
+            )
+        entries[name], lines[name] = label, number
     if not entries:
         raise InvalidInputError(f"{path}: the labels file has no entries")
     return entries

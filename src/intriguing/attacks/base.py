@@ -37,12 +37,14 @@ from intriguing.attacks.checks import (
     attack_dtype,
     check_eval_mode,
     check_images,
-    check_input_gradient,
     check_labels,
     check_logits,
     check_not_meta,
     check_output_type,
+    check_same_logits,
+    input_gradient_probe,
     warn_tiny_logits,
+    warn_unit_interval_logits,
 )
 from intriguing.attacks.metrics import l2_distance, rms_distortion, success_mask
 from intriguing.attacks.result import AttackResult
@@ -206,10 +208,12 @@ class Attack(ABC):
         n = int(images.shape[0])
         device = model_device(model, images.device)
         x = images.detach().to(device=device, dtype=attack_dtype(model, images.dtype))
-        saved_per_image = check_input_gradient(model, x)
+        saved_per_image, alone = input_gradient_probe(model, x)
         clean_logits = self.predict(model, x)
         num_classes = check_logits(clean_logits, n)
+        check_same_logits(clean_logits[0], alone[0])
         warn_tiny_logits(clean_logits)
+        warn_unit_interval_logits(clean_logits)
         if labels is None:
             labels = clean_logits.argmax(1)
         labels = check_labels(labels, n, num_classes=num_classes).to(device)

@@ -64,10 +64,20 @@ def check_images(images: object, *, name: str = "images") -> torch.Tensor:
         raise InvalidInputError(f"{name} contain NaN or inf in {bad} image(s); clean the input")
     if low < 0.0 or high > 1.0:
         raise InvalidInputError(
-            f"{name} must lie in [0, 1], found values in [{low:.4g}, {high:.4g}]; "
+            f"{name} must lie in [0, 1], found values in [{_shown(low)}, {_shown(high)}]; "
             "pass unnormalised pixels scaled to [0, 1]"
         )
     return images
+
+
+def _shown(value: float) -> str:
+    """``value`` with the fewest digits (at least 4) that still lie outside [0, 1] when it does
+    (1.0001, not 1)."""
+    for digits in range(4, 18):
+        text = f"{value:.{digits}g}"
+        if (0.0 <= float(text) <= 1.0) == (0.0 <= value <= 1.0):
+            return text
+    return repr(value)
 
 
 def check_image_pair(originals: object, adversarials: object) -> tuple[torch.Tensor, torch.Tensor]:
@@ -166,6 +176,34 @@ def check_logits(outputs: object, n: int) -> int:
     return int(outputs.shape[1])
 
 
+# largest change of one image's logits between two forward passes, relative to max(1, max |logit|),
+# that a deterministic model may show (batch sizes pick other kernels: float32 differences are
+# ~1e-6, TF32 convolutions on a GPU ~1e-3); dropout or batch statistics move logits by far more
+STABLE_LOGITS = 1e-2
+
+
+def check_same_logits(first: torch.Tensor, second: torch.Tensor) -> None:
+    """Refuse a model whose logits ``(K,)`` for one image differ between two forward passes
+    (``first``: in a batch with other images, ``second``: alone) by more than ``STABLE_LOGITS``.
+
+    A random forward (``F.dropout(x, p)``, whose ``training`` defaults to True, noise layers) or
+    batch statistics would make the attack's successes fail re-verification, or count as
+    successes that do not hold.
+
+    Raises:
+        InvalidInputError: one line naming the change and the usual causes.
+    """
+    first, second = first.detach().double().cpu(), second.detach().double().cpu()
+    gap = float((first - second).abs().max())
+    if not gap <= STABLE_LOGITS * max(1.0, float(first.abs().max())):
+        raise InvalidInputError(
+            f"the model gives different logits for the same image in two forward passes "
+            f"(largest change {gap:.3g}): a random or batch-dependent forward, e.g. "
+            "F.dropout(x, p) without training=self.training, noise, or batch statistics; make "
+            "forward deterministic in eval mode"
+        )
+
+
 def logits_shape_problem(shape: tuple[int, ...], n: int) -> str | None:
     """Why model outputs of ``shape`` for a batch of ``n`` images are not logits ``(n, K)`` with
     ``K >= 2`` (one line), or None when they are."""
@@ -179,13 +217,19 @@ def logits_shape_problem(shape: tuple[int, ...], n: int) -> str | None:
 
 
 def check_input_gradient(model: nn.Module, images: torch.Tensor) -> int:
+    """:func:`input_gradient_probe`'s bytes saved per image."""
+    return input_gradient_probe(model, images)[0]
+
+
+def input_gradient_probe(model: nn.Module, images: torch.Tensor) -> tuple[int, torch.Tensor]:
     """One forward pass on ``images[:1]`` with gradients enabled: the attack's batches shrink to one
     image, and it needs the logits' gradient with respect to the input (the autograd graph must
     reach the input; no backward pass is run).
 
     Returns the bytes autograd saved for the backward pass of that one image (the memory a batched
     forward+backward holds per image: each saved storage once, however many views of it were
-    saved; the model's parameters and buffers, shared by every image, excluded).
+    saved; the model's parameters and buffers, shared by every image, excluded) and the image's
+    logits ``(1, K)``, detached (to compare with its logits in a batch: :func:`check_same_logits`).
 
     Raises:
         InvalidInputError: the model fails on a single image with gradients enabled, returns
@@ -224,7 +268,7 @@ def check_input_gradient(model: nn.Module, images: torch.Tensor) -> int:
             "torch.no_grad() or a non-differentiable op in forward()); the attack needs input "
             "gradients"
         )
-    return sum(saved.values())
+    return sum(saved.values()), logits.detach()
 
 
 def _unpack(t: torch.Tensor) -> torch.Tensor:
@@ -304,6 +348,26 @@ def warn_tiny_logits(clean_logits: torch.Tensor) -> int:
             stacklevel=4,
         )
     return tiny
+
+
+def warn_unit_interval_logits(clean_logits: torch.Tensor) -> bool:
+    """Warn when every clean output ``(N, K)`` lies in [0, 1] (per-class sigmoids or probabilities
+    that do not sum to 1): the attack's loss saturates where the outputs flatten out, and the
+    distortions come out larger than the same model's raw scores give; returns whether it warned.
+    """
+    values = clean_logits.detach()
+    if values.numel() < 2 or float(values.min()) < 0.0 or float(values.max()) > 1.0:
+        return False
+    if float(values.abs().amax(1).min()) < TINY_LOGITS:
+        return False  # warn_tiny_logits speaks for these
+    warnings.warn(
+        "every model output lies in [0, 1] (a final sigmoid?): the attack's loss saturates where "
+        "such outputs flatten out, so the distortions come out larger than the model's raw scores "
+        "give; return the scores before the final sigmoid (the decisions stay the same)",
+        AttackWarning,
+        stacklevel=4,
+    )
+    return True
 
 
 def check_not_meta(model: nn.Module) -> None:

@@ -130,9 +130,9 @@ def attack(
     images, labels, index, label_source = choose_examples(
         model, data, n, correct_only=not all_images
     )
-    note_label_source(data, label_source)
     device = model_device(model)
     result = attacker(model, images.to(device), labels.to(device))
+    note_label_source(data, label_source)  # after the checks: errors stay one line
     summary = result.summary()
     verified = verify_successes(model, result)
     where = split if data.kind == "mnist" else data.kind

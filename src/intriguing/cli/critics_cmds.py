@@ -393,11 +393,11 @@ def _model_examples(
     data.fit_to(net)
     count = min(_attack_n(common["attack_n"], n), len(data))
     x, y, index, label_source = choose_examples(net, data, count, correct_only=True)
-    note_label_source(data, label_source)
     attack = _attack(common["max_iter"], common["search_steps"])
     attacker = LBFGS(mode="untargeted", seed=seed, **_lbfgs_settings(attack))
     device = model_device(net)
     result = attacker(net, x.to(device), y.to(device))
+    note_label_source(data, label_source)  # after the checks: errors stay one line
     adv = result.adversarial.detach().cpu()
     fooled = result.success.cpu() & reverify(net, result.adversarial, y.to(device)).cpu()
     keep = (fooled & ((adv - x).flatten(1).abs().amax(1) > 0)).nonzero().flatten()[:n]
@@ -528,10 +528,10 @@ def _model_curves(
     net, description = model_from_options(spec, common, seed=0)
     data.fit_to(net)
     images, labels, _, label_source = choose_examples(net, data, n, correct_only=False)
-    note_label_source(data, label_source)
     attack = _attack(common["max_iter"], common["search_steps"])
     attacker = LBFGS(mode="untargeted", seed=common["seed"], **_lbfgs_settings(attack))
     summary, _ = model_robust_accuracy(net, images, labels, eps, norm=norm, attack=attacker)
+    note_label_source(data, label_source)  # after the checks: errors stay one line
     payload = {
         "model": spec,
         "description": description,

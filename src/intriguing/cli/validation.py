@@ -42,6 +42,9 @@ from intriguing.errors import OutputError
 _FORBIDDEN = (Path("/proc"), Path("/sys"), Path("/dev"))
 _NAME_MAX = 255
 _PATH_MAX = 4096
+# room an output directory leaves for what a run writes inside it (the longest today, such as
+# artifacts/attack/train/<model>/untargeted/shard-0000/result.safetensors, is under 100 bytes)
+DIRECTORY_ROOM = 256
 _META_KEY = "intriguing.output_dirs"
 
 
@@ -106,10 +109,15 @@ def check_output_dir(path: Path) -> Path:
     """Check that ``path`` is (or can be created as) a writable directory; return it unchanged.
 
     Raises:
-        OutputError: ``path`` is a file, lies below a file, under /proc, /sys or /dev, or its
-            nearest existing ancestor is not writable.
+        OutputError: ``path`` is a file, lies below a file, under /proc, /sys or /dev, is too long
+            to hold the files written inside it, or its nearest existing ancestor is not writable.
     """
     absolute = _check_syntax(path)
+    if len(os.fsencode(str(absolute))) + DIRECTORY_ROOM > _PATH_MAX:
+        raise OutputError(
+            f"{str(path)[:60]}...: the files written inside this directory would pass the system's "
+            f"{_PATH_MAX}-byte path limit; choose a shorter path"
+        )
     if absolute.exists():
         if not absolute.is_dir():
             raise OutputError(f"{path} is a file; give a directory")

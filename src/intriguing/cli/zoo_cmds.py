@@ -299,7 +299,8 @@ def _eval_any(spec: str, params: dict[str, Any], seed: int) -> dict[str, Any]:
     wrong = 0
     for start in range(0, len(data), 512):
         stop = min(start + 512, len(data))
-        wrong += int((predict(model, data.batch(start, stop)) != data.labels[start:stop]).sum())
+        predicted = predict(model, data.batch(start, stop), offset=start)
+        wrong += int((predicted != data.labels[start:stop]).sum())
     where = data.meta.get("split") if data.kind == "mnist" else data.kind
     return {
         "model": description,

@@ -140,11 +140,21 @@ class RunStore:
 
     ``step_keys``: the keys of the graph being run (set by :func:`run_graph`); an artifact
     directory nested inside another step's (``a`` and ``a/b``) belongs to the inner step.
+    ``derived``: files built from the records (a run's results.json and reports), deleted before
+    the first step is computed: from then on they no longer describe the records, and a rerun
+    with other settings that is killed must not leave them sealed over changed records.
     """
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, derived: Iterable[str] = ()) -> None:
         self.root = Path(root)
         self.step_keys: frozenset[str] = frozenset()
+        self.derived = tuple(derived)
+
+    def retire_derived(self) -> None:
+        """Delete the ``derived`` files (once a step is about to be computed)."""
+        for name in self.derived:
+            (self.root / name).unlink(missing_ok=True)
+        self.derived = ()
 
     def record_path(self, key: str) -> Path:
         return self.root / "steps" / f"{key}.json"
@@ -542,6 +552,7 @@ def _drive(
                 finish(step, record["result"], True)
                 continue
             announce(step.key)
+            store.retire_derived()
             backend.submit(step, {d: results[d] for d in step.deps}, store)
             in_flight[step.key] = step
 

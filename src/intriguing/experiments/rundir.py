@@ -75,7 +75,7 @@ class RunDirectory:
             _check_own_results(self.root / RESULTS_FILE, schema)
         if one_thread:
             torch.set_num_threads(1)
-        self.store = RunStore(self.root)
+        self.store = RunStore(self.root, derived=RUN_FILES)
         self.reused: list[str] = []  # keys of the steps found finished in the store
         self.results: dict[str, Any] = {}
         self._wall = time.perf_counter()

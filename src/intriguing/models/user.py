@@ -166,13 +166,28 @@ def model_input(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return images.to(device=model_device(model), dtype=dtype)
 
 
-def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """Predicted classes ``(N,)`` int64 on the CPU, batch by batch on the model's device."""
+def predict(
+    model: nn.Module, images: torch.Tensor, batch_size: int = 512, *, offset: int = 0
+) -> torch.Tensor:
+    """Predicted classes ``(N,)`` int64 on the CPU, batch by batch on the model's device;
+    ``offset``: the index of ``images[0]`` in the user's data, for messages.
+
+    Raises:
+        InvalidInputError: a row of NaN or inf logits (argmax would read it as a class).
+    """
     out = []
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
-            batch = model_input(model, images[start : start + batch_size])
-            out.append(model(batch).argmax(1).cpu())
+            logits = model(model_input(model, images[start : start + batch_size]))
+            finite = torch.isfinite(logits).flatten(1).all(1)
+            if not bool(finite.all()):
+                at = offset + start
+                raise InvalidInputError(
+                    f"the model returned NaN or inf logits for image {at + int((~finite).nonzero()[0])}"
+                    f" (0-based) and {int((~finite).sum()) - 1} more of images {at}-"
+                    f"{at + len(finite) - 1}; check the model and its inputs"
+                )
+            out.append(logits.argmax(1).cpu())
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
 
@@ -207,7 +222,7 @@ def select_correct(
     found = 0
     for start in range(0, len(labels), batch_size):
         chunk = slice(start, start + batch_size)
-        hit = predict(model, images[chunk], batch_size) == labels[chunk].cpu()
+        hit = predict(model, images[chunk], batch_size, offset=start) == labels[chunk].cpu()
         keep.append(hit)
         found += int(hit.sum())
         if n is not None and found >= n:
@@ -221,6 +236,6 @@ def select_correct(
         if len(index) < n:
             raise InvalidInputError(
                 f"only {len(index)} correctly classified images among {len(labels)}; "
-                f"lower --n to at most {len(index)} (or attack all images)"
+                f"lower n (--n) to at most {len(index)} (or attack all images)"
             )
     return images[index], labels[index], index
