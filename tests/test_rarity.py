@@ -299,3 +299,17 @@ def test_rays_zero_skips_the_boundary_distance(
     out = measure_rarity(model, originals, adversarials, torch.zeros(2, dtype=torch.int64), cfg)
     assert out["rays"] == {"directions": 0}
     assert out["pooled"]["1"]["valid"] == 100
+
+
+def test_the_median_of_example_medians_counts_censored_examples_as_farthest() -> None:
+    """Medians 2, censored (no boundary within reach) and 4: the median is 4 by hand. Dropping
+    the censored example gave 2, the examples farthest from the boundary left out."""
+    from intriguing.analysis.rarity import _ray_summary
+
+    inf = float("inf")
+    ratios = [torch.tensor([1.0, 2.0, 3.0]), torch.tensor([inf, inf, 5.0]), torch.full((3,), 4.0)]
+    summary = _ray_summary(ratios, 3)
+    assert summary["median_of_example_medians"] == 4.0
+    assert summary["censored"] == 2 and summary["ratio_median"] == 4.0
+    all_censored = _ray_summary([torch.full((2,), inf)], 2)
+    assert all_censored["median_of_example_medians"] is None

@@ -71,6 +71,18 @@ def test_auc_interval_contains_the_auc_and_is_degenerate_under_perfect_separatio
     assert sep["auc"] == pytest.approx(auc) and len(sep["roc"]["fpr"]) <= 202
 
 
+@pytest.mark.parametrize("n", [20, 200])
+def test_auc_interval_is_centred_when_each_pair_is_close(n: int) -> None:
+    """Each image's adversarial statistic just above its clean one (after amplification): the
+    AUC is (n - 1) / 2n by hand, and resampling pairs gave intervals that excluded it."""
+    clean = np.arange(n, dtype=np.float64)
+    adv = clean + 0.1
+    auc = auc_low_is_positive(clean, adv)
+    assert auc == pytest.approx((n - 1) / (2 * n))
+    lo, hi = auc_confidence_interval(clean, adv, n_resamples=1000, seed=0)
+    assert lo < auc < hi and lo < 0.5 < hi  # a chance-level detector is not 'below chance'
+
+
 def test_auc_refuses_nan_and_empty() -> None:
     with pytest.raises(IntriguingError, match="NaN"):
         auc_low_is_positive([1.0, float("nan")], [0.5])

@@ -487,8 +487,9 @@ def _ray_summary(ratios: list[torch.Tensor], m: int) -> dict[str, Any]:
         return {"directions": 0}
     r = torch.cat(ratios)
     finite = torch.isfinite(r)
-    per_example_median = [_quantiles(x, [0.5])[0] for x in ratios]
-    med_values = [v for v in per_example_median if v is not None]
+    # a censored median (no boundary within reach) is larger than every finite one, not dropped
+    medians = [_quantiles(x, [0.5])[0] for x in ratios]
+    example_medians = torch.tensor([math.inf if v is None else v for v in medians])
     q10, q50, q90 = _quantiles(r, [0.1, 0.5, 0.9])
     return {
         "directions": int(r.numel()),
@@ -497,9 +498,7 @@ def _ray_summary(ratios: list[torch.Tensor], m: int) -> dict[str, Any]:
         "ratio_q10": q10,
         "ratio_median": q50,
         "ratio_q90": q90,
-        "median_of_example_medians": float(torch.tensor(med_values).median())
-        if med_values
-        else None,
+        "median_of_example_medians": _quantiles(example_medians, [0.5])[0],
         "below_adversarial": int((r <= 1.0).sum()),
         "censored": int((~finite).sum()),
         "ratios_sample": [

@@ -89,10 +89,13 @@ def auc_confidence_interval(
     n_resamples: int = 2000,
     seed: int = 0,
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of :func:`auc_low_is_positive`.
+    """Percentile bootstrap interval of :func:`auc_low_is_positive`, resampling the clean and the
+    adversarial statistics independently (stratified, as for any AUC).
 
-    Resamples (clean, adversarial) pairs when both have the same length (the paired design of
-    this module), independent samples otherwise.
+    Not by (clean, adversarial) pairs of one image, although this module's design is paired: a
+    pair drawn ``k`` times would count its own within-image comparison ``k^2`` times, pulling the
+    resampled AUCs toward the within-image rate (an interval [0.435, 0.4625] around an AUC of
+    0.475 was measured that way).
     """
     c = _as_scores(clean, "clean statistic")
     a = _as_scores(adversarial, "adversarial statistic")
@@ -112,7 +115,7 @@ def auc_confidence_interval(
     res = stats.bootstrap(
         (rc, ra),
         statistic,
-        paired=c.size == a.size,
+        paired=False,
         vectorized=True,
         n_resamples=n_resamples,
         confidence_level=confidence,

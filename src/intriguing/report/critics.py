@@ -547,8 +547,9 @@ _PARTS = {
         "the untargeted minimum distortion that changes the current prediction, on the clean "
         "``x`` and on ``x'``; small ``S`` flags an adversarial. Oracle (uses the label): "
         "``||x'' - x'||`` for ``x'`` against the targeted distortion from ``x`` to ``t`` for "
-        "``x``. AUC = P(S(x') < S(x)) by the Mann-Whitney formula, with a paired percentile "
-        "bootstrap interval; failed attacks count as ``S = inf``.",
+        "``x``. AUC = P(S(x') < S(x)) by the Mann-Whitney formula, with a percentile bootstrap "
+        "interval resampling clean and adversarial statistics independently; failed attacks "
+        "count as ``S = inf``.",
         _recover_figure,
         recover_verdict,
     ),
