@@ -153,6 +153,54 @@ def test_ctrl_c_prints_one_line_and_exits_130(
     assert result.exit_code == 130 and result.stderr.strip() == INTERRUPTED
 
 
+@pytest.mark.parametrize(
+    ("error", "one_line"),
+    [
+        (PermissionError(13, "Permission denied", "/data/t10k.gz"), "/data/t10k.gz: Permission"),
+        (NotADirectoryError(20, "Not a directory", "/cache/models"), "/cache/models: Not a dir"),
+        (OSError(28, "No space left on device", "/out/x.safetensors"), "No space left"),
+    ],
+    ids=["unreadable", "file-for-folder", "disk-full"],
+)
+def test_a_file_the_system_refuses_is_one_line_naming_it(
+    monkeypatch: pytest.MonkeyPatch, error: OSError, one_line: str
+) -> None:
+    module = types.ModuleType("intriguing_refused_cmd")
+
+    @click.command()
+    def refused() -> None:
+        raise error
+
+    module.refused = refused  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setitem(cli_main.COMMANDS, "refused", f"{module.__name__}:refused")
+    one_line_error(CliRunner().invoke(cli, ["refused"]), one_line, "check the path")
+
+
+def test_a_model_cache_that_cannot_be_written_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cache is a file: training's lock gave a NotADirectoryError traceback."""
+    (tmp_path / "cache").write_text("not a folder")
+    monkeypatch.setenv("INTRIGUING_CACHE_DIR", str(tmp_path / "cache"))
+    result = CliRunner().invoke(cli, ["train", "softmax1", "--dataset", "mnist-5k"])
+    one_line_error(result, "cannot write in the model cache", "INTRIGUING_CACHE_DIR")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["eval", "softmax1", "--dataset", "mnist-5k", "--data-dir", "."],
+        ["train", "softmax1", "--data-dir", ".", "--dataset", "mnist-5k"],
+        ["data", "info", "--dataset", "mnist-5k", "--data-dir", "."],
+    ],
+    ids=["dataset-first", "data-dir-first", "data-info"],
+)
+def test_data_dir_with_mnist5k_does_nothing_and_is_refused(argv: list[str]) -> None:
+    """It was ignored: a corrupt or empty --data-dir 'worked'."""
+    one_line_error(CliRunner().invoke(cli, argv), "--data-dir does nothing with --dataset mnist-5k")
+
+
 SLEEPER = textwrap.dedent(
     """
     import signal, sys, time, types

@@ -252,6 +252,25 @@ def test_offline_without_files_names_the_remedies(
         assert fragment in message
 
 
+def test_a_partial_cache_names_the_missing_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three of the four files in the cache: the message said 'nothing in' the folder."""
+    monkeypatch.delenv(DATA_DIR_ENV, raising=False)
+    monkeypatch.setenv("INTRIGUING_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("INTRIGUING_NO_DOWNLOAD", "1")
+    from intriguing.data.files import MNIST_FILES
+    from intriguing.paths import data_cache_dir
+
+    cache = data_cache_dir("mnist")
+    cache.mkdir(parents=True, exist_ok=True)
+    for spec in MNIST_FILES[:3]:
+        (cache / spec.gz_name).write_bytes(b"x")
+    with pytest.raises(DataError, match=f"lacks {MNIST_FILES[3].gz_name}") as exc:
+        load_mnist()
+    assert "nothing in" not in str(exc.value)
+
+
 def test_download_false_argument(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(DATA_DIR_ENV, raising=False)
     monkeypatch.setenv("INTRIGUING_CACHE_DIR", str(tmp_path))

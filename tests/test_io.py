@@ -110,3 +110,37 @@ def test_read_results_checks_directory_file_json_and_schema(tmp_path: Path) -> N
     (tmp_path / "results.json").write_text("[1, 2]")
     with pytest.raises(IntriguingError, match="found None"):
         read_results(tmp_path, "intriguing.x/", command="x")
+
+
+def test_tensor_files_are_written_shared_like_the_json_beside_them(tmp_path: Path) -> None:
+    """safetensors' save_file replaced our temporary with its own 0600 file, and a kill left that
+    file behind under a random name; now the bytes are ours, the mode is the JSON's."""
+    import os
+
+    import torch
+    from safetensors.torch import load_file, save
+
+    from intriguing._io import atomic_path, atomic_save_tensors, atomic_write_json
+
+    tensors = {"b": torch.rand(3, 4), "a": torch.arange(5)}
+    atomic_save_tensors(tmp_path / "t.safetensors", tensors, metadata={"k": "v"})
+    atomic_write_json(tmp_path / "t.json", {"x": 1})
+    mode = os.stat(tmp_path / "t.safetensors").st_mode & 0o777
+    assert mode == os.stat(tmp_path / "t.json").st_mode & 0o777 == 0o666 & ~_umask()
+    assert (tmp_path / "t.safetensors").read_bytes() == save(tensors, metadata={"k": "v"})
+    assert torch.equal(load_file(tmp_path / "t.safetensors")["b"], tensors["b"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.json", "t.safetensors"]
+    with atomic_path(tmp_path / "r.bin") as tmp:  # a writer that replaces the file (0600)
+        replacement = tmp.with_name("other")
+        replacement.write_bytes(b"x")
+        os.chmod(replacement, 0o600)
+        os.replace(replacement, tmp)
+    assert os.stat(tmp_path / "r.bin").st_mode & 0o777 == 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

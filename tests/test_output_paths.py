@@ -346,6 +346,13 @@ def test_an_output_directory_inside_a_folder_of_other_files_passes(tmp_path: Pat
         validation.refuse_overwrites([run], [validation.Input("--images", tmp_path)])
 
 
+def test_a_sidecar_name_that_is_a_directory_is_refused_before_any_work(inputs: Path) -> None:
+    """``x.safetensors.json/`` existing as a folder: the attack ran, wrote ``x.safetensors`` and
+    then failed on its sidecar."""
+    (inputs / "x.safetensors.json").mkdir()
+    _refused([*ATTACK, "--save", "x.safetensors"], inputs, "sidecar", "is an existing directory")
+
+
 def test_an_output_file_that_is_also_an_output_directory_is_refused(tmp_path: Path) -> None:
     run = tmp_path / "run"
     args = ["units", "softmax1", "--layer", "out", "--out", str(run), "--json", str(run)]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 
@@ -293,9 +294,11 @@ def test_zoo_model_uses_the_entry_hidden_layer_and_records_the_checkpoint(
     import intriguing.training as training
     from intriguing.models import build_model
 
+    torch.manual_seed(0)
+    model = build_model("N100-100-10").eval()  # untrained: about 90% error, not the sidecar's 2%
+
     def fake_train_model(name: str, **kwargs: object) -> training.TrainedModel:
         sidecar = {"key": "abc", "metrics": {"train_error": 0.0, "test_error": 0.02}}
-        model = build_model(name).eval()
         return training.TrainedModel(model, name, tmp_path / "w.safetensors", sidecar, cached=True)
 
     monkeypatch.setattr(training, "train_model", fake_train_model)
@@ -316,7 +319,13 @@ def test_zoo_model_uses_the_entry_hidden_layer_and_records_the_checkpoint(
     assert result.exit_code == 0, result.output
     payload = json.loads(js.read_text())
     assert payload["layer"] == "act2" and payload["dim"] == 100
-    assert payload["checkpoint"]["key"] == "abc" and payload["checkpoint"]["test_error"] == 0.02
+    # the errors are measured now on the data, never copied from a (hand-editable) sidecar
+    from intriguing.data import load_mnist
+    from intriguing.training.api import error_rate
+
+    test_error = error_rate(model, *load_mnist(mnist_dir).split("test"))
+    assert payload["checkpoint"]["key"] == "abc" and test_error > 0.5
+    assert payload["checkpoint"]["test_error"] == pytest.approx(test_error, abs=1e-12)
 
 
 def test_unknown_zoo_model_exits_2() -> None:

@@ -77,9 +77,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise _output_error(target, exc) from None
     os.close(fd)
     tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; results are meant to be shared
     try:
         yield tmp
+        # after the writer: mkstemp makes 0600, and so do writers that replace the file with their
+        # own temporary (safetensors' save_file); results are meant to be shared
+        os.chmod(tmp, 0o666 & ~_current_umask())
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         try:
@@ -103,6 +105,19 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def atomic_save_tensors(
+    path: str | os.PathLike[str],
+    tensors: dict[str, Any],
+    metadata: dict[str, str] | None = None,
+) -> None:
+    """Write ``tensors`` as a ``.safetensors`` file at ``path`` atomically: serialised in memory
+    (the same bytes as ``safetensors.torch.save_file``, whose own temporary file a kill would leave
+    behind under a random name) and renamed into place."""
+    from safetensors.torch import save
+
+    atomic_write_bytes(path, save(tensors, metadata=metadata))
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:

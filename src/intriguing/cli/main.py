@@ -4,12 +4,14 @@ Subcommands live in their own modules (``intriguing.cli.<name>``) and are import
 ``intriguing --help`` is instant and one broken optional dependency cannot break every command.
 User mistakes (:class:`intriguing.errors.IntriguingError`) and bad option values (click's
 ``BadParameter``: out of range, unwritable output path, ...) become a one-line ``Error: ...`` on
-stderr and exit code 2; click's other usage errors (unknown option, missing argument) also exit 2.
+stderr and exit code 2; click's other usage errors (unknown option, missing argument) also exit 2,
+and so does a file the system refuses (permissions, a file where a folder belongs, a full disk).
 Ctrl-C in any command prints one line saying how to resume and exits with 130.
 """
 
 from __future__ import annotations
 
+import errno
 import importlib
 import sys
 import warnings
@@ -39,6 +41,23 @@ COMMANDS: dict[str, str] = {
     "recover": "intriguing.cli.critics_cmds:recover",
     "curves": "intriguing.cli.critics_cmds:curves",
 }
+
+
+# what the file system refuses for reasons of the user's environment (permissions, a file where a
+# folder is expected, a full disk): one line naming the file, as for any user mistake
+REFUSED_BY_SYSTEM = frozenset(
+    {
+        errno.EACCES,
+        errno.EPERM,
+        errno.EROFS,
+        errno.ENOTDIR,
+        errno.EISDIR,
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.ENAMETOOLONG,
+        errno.ELOOP,
+    }
+)
 
 
 class UserError(click.ClickException):
@@ -85,6 +104,13 @@ class LazyGroup(click.Group):
             raise UserError(exc.format_message().splitlines()[0]) from None
         except KeyboardInterrupt:  # before click's standalone mode makes it "Aborted!", exit 1
             raise Interrupted(INTERRUPTED) from None
+        except OSError as exc:
+            if exc.errno not in REFUSED_BY_SYSTEM or exc.filename is None:
+                raise
+            raise UserError(
+                f"{exc.filename}: {exc.strerror}; check the path and its permissions (a model "
+                "cache elsewhere: INTRIGUING_CACHE_DIR)"
+            ) from None
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

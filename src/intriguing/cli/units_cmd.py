@@ -95,6 +95,10 @@ def _load_zoo_model(
 
     trained = train_model(name, dataset=dataset, data_dir=data_dir, seed=model_seed)
     metrics = trained.metrics
+    if trained.cached:  # measured now, never copied from the sidecar (as `train` does)
+        from intriguing.training.api import measured_errors
+
+        metrics.update(measured_errors(trained, dataset=dataset, data_dir=data_dir))
     record = {
         "name": trained.name,
         "file": trained.path.name,

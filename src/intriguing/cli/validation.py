@@ -352,6 +352,9 @@ def refuse_overwrites(outputs: Sequence[Output], inputs: Sequence[Input]) -> Non
             for source in inputs:
                 _check_directory(out, source)
     files = _written(outputs)
+    for what, path in files:
+        if path.expanduser().is_dir():  # the option's own name was checked when parsed
+            raise OutputError(f"{what} is an existing directory: {path}; remove it or rename")
     seen: dict[tuple[Any, ...], str] = {
         _identity(out.path): f"the {out.flag} directory {out.path}"
         for out in outputs

@@ -374,8 +374,14 @@ def locate_mnist(
     if has_all_files(cache):
         return cache, "cache"
     if not download or download_disabled():
+        missing = missing_files(cache)
+        found = (
+            f"nothing in {cache}"
+            if len(missing) == len(MNIST_FILES) or not cache.is_dir()
+            else f"{cache} lacks {', '.join(missing)}"
+        )
         raise DataError(
-            f"MNIST not found (no data_dir, ${DATA_DIR_ENV} unset, nothing in {cache}) and "
+            f"MNIST not found (no data_dir, ${DATA_DIR_ENV} unset, {found}) and "
             f"downloads are off (run `intriguing data download`); {where_to_put_files()}"
         )
     from intriguing.data.download import download_mnist

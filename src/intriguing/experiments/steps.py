@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
-from intriguing._io import atomic_path, file_sha256
+from intriguing._io import atomic_save_tensors, file_sha256
 from intriguing.errors import IntriguingError
 from intriguing.experiments.graph import shard_key, shipped_as, step_key
 from intriguing.models.user import predict as user_predict
@@ -461,8 +460,7 @@ def figure7_step(bench: Workbench, ctx: StepContext) -> dict[str, Any]:
     tensors["noise.original"] = x[:n_show].contiguous()
     tensors["noise.noisy"] = noisy.images[:n_show].contiguous()
     path = ctx.artifact_dir() / FIGURE7_FILE
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp))
+    atomic_save_tensors(path, tensors)
     accuracy = {m: 1.0 - (error_of(bench.model(m), noisy.images, y) or 0.0) for m in p["models"]}
     return {
         "artifact": _rel(ctx, path),

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from intriguing._io import atomic_path, atomic_write_json, file_sha256, loads_strict
+from intriguing._io import atomic_save_tensors, atomic_write_json, file_sha256, loads_strict
 from intriguing.errors import CheckpointError
 from intriguing.paths import models_dir
 from intriguing.training.config import TrainConfig
@@ -130,14 +130,12 @@ def save_checkpoint(
     Adds ``format_version``, ``weights_file``, ``weights_sha256``, ``versions`` and ``created`` to
     the sidecar, and returns the completed sidecar.
     """
-    from safetensors.torch import save_file
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     check_finite(tensors, weights_path)
-    with atomic_path(weights_path) as tmp:
-        save_file(
-            tensors, str(tmp), metadata={"format": "pt", "model": str(sidecar.get("model", ""))}
-        )
+    atomic_save_tensors(
+        weights_path, tensors, metadata={"format": "pt", "model": str(sidecar.get("model", ""))}
+    )
     full = {
         "format_version": FORMAT_VERSION,
         **sidecar,
@@ -163,6 +161,8 @@ def read_sidecar(path: Path) -> dict[str, Any]:
         )
     try:
         data = loads_strict(sidecar_file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise CheckpointError(f"{sidecar_file}: cannot read the sidecar ({exc.strerror})") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise CheckpointError(
             f"{sidecar_file}: corrupt sidecar ({exc}); delete the checkpoint and retrain"
@@ -277,8 +277,15 @@ def training_lock(
         yield
         return
     lock_path = weights_path.with_suffix(".lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a+b") as handle:
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(lock_path, "a+b")  # noqa: SIM115 (closed by the with below)
+    except OSError as exc:
+        raise CheckpointError(
+            f"cannot write in the model cache {lock_path.parent} ({exc.strerror}); set "
+            "INTRIGUING_CACHE_DIR to a writable folder"
+        ) from None
+    with handle:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -303,13 +310,11 @@ def seeded(seed: int) -> Iterator[None]:
 def save_state(path: Path, tensors: Mapping[str, torch.Tensor], meta: dict[str, Any]) -> None:
     """Write a training state atomically: ``tensors`` in one safetensors file, ``meta`` (JSON-safe,
     with a ``"format"`` version) in its metadata. Read back with :func:`load_state`."""
-    from safetensors.torch import save_file
 
     payload = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     check_finite(payload, path)
     meta = {**meta, "tensors_sha256": tensors_sha256(payload)}
-    with atomic_path(path) as tmp:
-        save_file(payload, str(tmp), metadata={"state": json.dumps(meta, allow_nan=False)})
+    atomic_save_tensors(path, payload, metadata={"state": json.dumps(meta, allow_nan=False)})
 
 
 def load_state(path: Path, format_version: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

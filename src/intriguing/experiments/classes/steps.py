@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from intriguing._io import atomic_path, finite_or_none, json_safe
+from intriguing._io import atomic_save_tensors, finite_or_none, json_safe
 from intriguing.errors import IntriguingError
 from intriguing.experiments.classes.bench import Bench
 from intriguing.experiments.classes.config import ClassesConfig, train_config
@@ -32,7 +32,6 @@ def _rel(ctx: StepContext, path: Path) -> str:
 
 def train_step(bench: Bench, ctx: StepContext) -> dict[str, Any]:
     """Train one family on one task's training images; store the weights; measure test error."""
-    from safetensors.torch import save_file
 
     from intriguing.training import train
     from intriguing.training.checkpoint import seeded
@@ -46,8 +45,7 @@ def train_step(bench: Bench, ctx: StepContext) -> dict[str, Any]:
         model = build_task_model(family, task.num_classes, encoder)
     metrics = train(model, images, labels, config, description=f"{task.name}/{family}")
     path = ctx.artifact_dir() / MODEL_FILE
-    with atomic_path(path) as tmp:
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    atomic_save_tensors(path, {k: v.contiguous() for k, v in model.state_dict().items()})
     _, test_images, test_labels = bench.task_split(task, "test")
     test_error = float((predict(model, test_images) != test_labels).double().mean())
     bench._models[_rel(ctx, path)] = model.eval()
