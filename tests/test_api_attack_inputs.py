@@ -423,3 +423,239 @@ def test_outputs_in_the_unit_interval_are_warned_about() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error", AttackWarning)
         LBFGS(max_iter=2, search_steps=1)(scores, images)
+
+
+# ------------------------------------- 10. AttackResult.load refuses tampered or mixed results
+# The sidecar records the SHA-256 of the tensor file's bytes (written after the tensor file), so an
+# edited tensor file, or a tensor file and sidecar from two saves (a kill between the two renames),
+# is refused; the values and the sidecar's summary are checked too ("resealed" edits below
+# recompute the hash so that each of those checks is shown to fire on its own).
+def _saved_attack(tmp_path: Path) -> tuple[Path, AttackResult]:
+    import warnings
+
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(8, 3)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = LBFGS(max_iter=2, search_steps=1)(model, torch.rand(3, 8))
+    assert bool(result.success.all()) and len(result) == 3
+    path = tmp_path / "r.safetensors"
+    result.save(path)
+    return path, result
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+def _reseal(path: Path) -> None:
+    from intriguing._io import file_sha256
+
+    meta = json.loads(_sidecar(path).read_text())
+    meta["tensor_file_sha256"] = file_sha256(path)
+    _sidecar(path).write_text(json.dumps(meta))
+
+
+def _load_error(path: Path, match: str) -> str:
+    with pytest.raises(IntriguingError, match=match) as info:
+        AttackResult.load(path)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message and "rerun the attack" in message
+    return message
+
+
+def _scale_distortion(t: dict[str, torch.Tensor]) -> None:
+    t["distortion"] *= 10
+
+
+def _double_distortion(t: dict[str, torch.Tensor]) -> None:
+    t["distortion"] *= 2  # still within [0, 1]: only the summary tells
+
+
+def _clear_success(t: dict[str, torch.Tensor]) -> None:
+    t["success"][:] = False
+
+
+def _nan_pixel(t: dict[str, torch.Tensor]) -> None:
+    t["adversarial"][0, 0] = float("nan")
+
+
+def _inf_distortion(t: dict[str, torch.Tensor]) -> None:
+    t["distortion"][1] = float("inf")
+
+
+def _pixels_times_5(t: dict[str, torch.Tensor]) -> None:
+    t["adversarial"] *= 5
+
+
+def _label_77(t: dict[str, torch.Tensor]) -> None:
+    t["labels"][0] = 77
+
+
+def _label_negative(t: dict[str, torch.Tensor]) -> None:
+    t["labels"][0] = -3
+
+
+def _predicted_is_label(t: dict[str, torch.Tensor]) -> None:
+    t["predicted"][2] = t["labels"][2]
+
+
+def _targets_set(t: dict[str, torch.Tensor]) -> None:
+    t["targets"][:] = 1
+
+
+def _negative_l2(t: dict[str, torch.Tensor]) -> None:
+    t["l2"][0] = -0.5
+
+
+def _negative_c(t: dict[str, torch.Tensor]) -> None:
+    t["c"][0] = -1.0
+
+
+_TENSOR_EDITS = {
+    "distortion-x10": (_scale_distortion, r"distortion has 2 value\(s\) above 1"),
+    "distortion-x2": (_double_distortion, r"the sidecar's summary says mean_distortion = "),
+    "success-cleared": (
+        _clear_success,
+        "the sidecar's summary says successes = 3 but the tensors give 0",
+    ),
+    "nan-pixel": (_nan_pixel, r"adversarial has NaN or infinite pixels in 1 image"),
+    "inf-distortion": (_inf_distortion, r"distortion has 1 NaN or infinite value"),
+    "pixels-x5": (_pixels_times_5, r"adversarial pixels span \[.*, 4\.9.*\], outside \[0, 1\]"),
+    "label-77": (_label_77, None),  # the number of classes is not stored: only the hash sees it
+    "label-negative": (_label_negative, r"labels has 1 negative value"),
+    "predicted-is-label": (_predicted_is_label, r"1 success\(es\) predicted as their own label"),
+    "targets-set": (_targets_set, r"mode is untargeted but 3 target\(s\) are not -1"),
+    "l2-negative": (_negative_l2, r"l2 has 1 negative value"),
+    "c-negative": (_negative_c, r"c has 1 negative value"),
+}
+
+
+@pytest.mark.parametrize("edit", list(_TENSOR_EDITS), ids=list(_TENSOR_EDITS))
+def test_load_refuses_an_edited_tensor_file_by_its_hash(tmp_path: Path, edit: str) -> None:
+    path, _ = _saved_attack(tmp_path)
+    tensors = load_file(path)
+    _TENSOR_EDITS[edit][0](tensors)
+    save_file(tensors, path)
+    _load_error(path, r"corrupt attack result: the file's SHA-256 differs from the tensor_file")
+
+
+@pytest.mark.parametrize(
+    "edit", [k for k, v in _TENSOR_EDITS.items() if v[1]], ids=lambda k: f"resealed-{k}"
+)
+def test_load_refuses_inconsistent_values_even_with_a_matching_hash(
+    tmp_path: Path, edit: str
+) -> None:
+    path, _ = _saved_attack(tmp_path)
+    tensors = load_file(path)
+    change, match = _TENSOR_EDITS[edit]
+    change(tensors)
+    save_file(tensors, path)
+    _reseal(path)
+    assert match is not None
+    _load_error(path, f"corrupt attack result: {match}")
+
+
+def test_load_refuses_one_flipped_byte(tmp_path: Path) -> None:
+    path, _ = _saved_attack(tmp_path)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    _load_error(path, r"SHA-256 differs from the tensor_file_sha256 in its \.json sidecar")
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        ({"mode": "targeted"}, r"mode is targeted but 3 target\(s\) are negative"),
+        ({"summary": {"n": 99}}, r"summary says n = 99 but the tensors give 3"),
+        ({"summary": {"mean_distortion": 0.5}}, r"summary says mean_distortion = 0\.5 but"),
+        ({"summary": {"mode": "targeted"}}, r"summary says mode = 'targeted' but"),
+        ({"summary": [1]}, r"summary is a list, not an object"),
+    ],
+    ids=["mode-targeted", "summary-n", "summary-distortion", "summary-mode", "summary-list"],
+)
+def test_load_refuses_an_edited_sidecar(tmp_path: Path, edit: dict[str, Any], match: str) -> None:
+    path, _ = _saved_attack(tmp_path)
+    meta = json.loads(_sidecar(path).read_text())
+    for key, value in edit.items():
+        meta[key] = {**meta[key], **value} if isinstance(value, dict) else value
+    _sidecar(path).write_text(json.dumps(meta))
+    _load_error(
+        path, f"corrupt attack result: the sidecar's {match}" if "summary" in edit else match
+    )
+
+
+def test_load_refuses_a_sidecar_without_the_hash(tmp_path: Path) -> None:
+    path, _ = _saved_attack(tmp_path)
+    meta = json.loads(_sidecar(path).read_text())
+    del meta["tensor_file_sha256"]
+    _sidecar(path).write_text(json.dumps(meta))
+    _load_error(path, r"saved by an older version of intriguing, or not by AttackResult\.save")
+
+
+def test_load_refuses_a_pair_from_two_saves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A save killed between its two renames leaves the new tensors with the old sidecar."""
+    import intriguing.attacks.result as result_module
+
+    path, first = _saved_attack(tmp_path)
+    old_sidecar = _sidecar(path).read_text()
+
+    def killed(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt  # stands for a SIGKILL right after the tensor file's rename
+
+    monkeypatch.setattr(result_module, "atomic_write_text", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _result(7).save(path)
+    assert _sidecar(path).read_text() == old_sidecar and len(load_file(path)["success"]) == 7
+    _load_error(path, r"come from two different saves")
+    # the same mix made by hand: the first save's tensors with another save's sidecar
+    monkeypatch.undo()
+    other = tmp_path / "other.safetensors"
+    first.save(path)
+    _result(3).save(other)
+    _sidecar(path).write_text(_sidecar(other).read_text())
+    _load_error(path, r"come from two different saves")
+
+
+def test_save_refuses_values_load_would_refuse_and_keeps_the_old_result(tmp_path: Path) -> None:
+    path, _ = _saved_attack(tmp_path)
+    before = path.read_bytes(), _sidecar(path).read_text()
+    bad = _result(3)
+    bad.distortion[1] = float("nan")
+    with pytest.raises(
+        IntriguingError, match=r"cannot save the attack result: distortion has 1 NaN"
+    ):
+        bad.save(path)
+    assert (path.read_bytes(), _sidecar(path).read_text()) == before
+
+
+def test_untampered_attack_result_round_trips_exactly(tmp_path: Path) -> None:
+    from intriguing._io import file_sha256
+
+    path, result = _saved_attack(tmp_path)
+    meta = json.loads(_sidecar(path).read_text())
+    assert meta["tensor_file_sha256"] == file_sha256(path)
+    back = AttackResult.load(path)
+    for name in (
+        "adversarial",
+        "success",
+        "distortion",
+        "l2",
+        "c",
+        "iterations",
+        "grad_evals",
+        "labels",
+        "predicted",
+        "targets",
+    ):
+        mine, theirs = getattr(back, name), getattr(result, name)
+        assert mine.dtype == theirs.dtype and torch.equal(mine, theirs), name
+    assert (back.mode, back.elapsed_s, back.settings) == (
+        result.mode,
+        result.elapsed_s,
+        result.settings,
+    )
+    assert back.summary() == result.summary()

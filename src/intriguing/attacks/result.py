@@ -12,6 +12,7 @@ statistics of distortion use successes only.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -19,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
-from intriguing._io import atomic_path, atomic_write_text, loads_strict
+from intriguing._io import atomic_write_bytes, atomic_write_text, file_sha256, loads_strict
 from intriguing.errors import IntriguingError
 
 _TENSOR_FIELDS = (
@@ -38,6 +40,9 @@ _TENSOR_FIELDS = (
 )
 
 MODES = ("untargeted", "targeted")  # as intriguing.attacks.base.MODES (base imports this module)
+
+# The sidecar's key for the SHA-256 of the tensor file's bytes: ties the pair written by one save.
+HASH_KEY = "tensor_file_sha256"
 
 
 @dataclass
@@ -123,18 +128,29 @@ class AttackResult:
     def save(self, path: str | Path) -> Path:
         """Write the tensors to ``path`` (safetensors) and metadata to ``path`` + ``.json``, atomically.
 
-        The metadata is checked and serialised before anything is written, so a result that cannot
-        be stored leaves an earlier result at ``path`` untouched. Returns the JSON sidecar's path.
+        The result and its metadata are checked and serialised before anything is written, so a
+        result that cannot be stored (or that :meth:`load` would refuse) leaves an earlier result at
+        ``path`` untouched. The sidecar, written second, records the SHA-256 of the tensor file's
+        bytes (``tensor_file_sha256``): a save killed between the two renames leaves a pair that
+        :meth:`load` refuses. Returns the JSON sidecar's path.
 
         Raises:
-            IntriguingError: a field of the wrong shape or dtype, an unknown ``mode``, a non-finite
-                or negative ``elapsed_s``, or ``settings`` that are not plain JSON (one line).
+            IntriguingError: a field of the wrong shape or dtype, values :meth:`load` refuses (NaN,
+                pixels outside [0, 1], negative distortions, targets that do not fit ``mode``, ...),
+                an unknown ``mode``, a non-finite or negative ``elapsed_s``, or ``settings`` that
+                are not plain JSON (one line).
         """
         target = Path(path)
         sidecar = target.with_name(target.name + ".json")
         problem = _tensor_problem({name: getattr(self, name) for name in _TENSOR_FIELDS})
         if problem is None:
             problem = _meta_problem(self.mode, self.elapsed_s, self.settings)
+        tensors: dict[str, torch.Tensor] = {}
+        if problem is None:
+            tensors = {
+                name: getattr(self, name).detach().cpu().contiguous() for name in _TENSOR_FIELDS
+            }
+            problem = _content_problem(tensors, self.mode)
         if problem is not None:
             raise IntriguingError(f"{target}: cannot save the attack result: {problem}")
         meta = {
@@ -144,23 +160,27 @@ class AttackResult:
             "summary": _json_safe(self.summary()),
         }
         try:
-            text = json.dumps(meta, indent=2, allow_nan=False) + "\n"
+            json.dumps(meta, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise IntriguingError(
                 f"{target}: cannot save the attack result: its metadata is not strict JSON ({exc})"
             ) from None
-        tensors = {name: getattr(self, name).detach().cpu().contiguous() for name in _TENSOR_FIELDS}
-        with atomic_path(target) as tmp:
-            save_file(tensors, str(tmp))
-        atomic_write_text(sidecar, text)
+        data = safetensors_bytes(tensors)  # what save_file writes, without its own temporary
+        meta[HASH_KEY] = hashlib.sha256(data).hexdigest()
+        atomic_write_bytes(target, data)
+        atomic_write_text(sidecar, json.dumps(meta, indent=2, allow_nan=False) + "\n")
         return sidecar
 
     @classmethod
     def load(cls, path: str | Path) -> AttackResult:
         """Read a result written by :meth:`save`; a missing or corrupt file raises IntriguingError.
 
-        Every tensor is checked (present, ``N`` rows, its dtype) and so is the sidecar (a JSON
-        object with a known ``mode``, a finite ``elapsed_s`` >= 0 and a ``settings`` object).
+        Checked in this order, each failure one line naming the file: the tensors (present, ``N``
+        rows, their dtypes) and the sidecar (a JSON object with a known ``mode``, a finite
+        ``elapsed_s`` >= 0 and a ``settings`` object); the sidecar's ``tensor_file_sha256`` (present,
+        and equal to the SHA-256 of the tensor file: an edited file, or a tensor file and sidecar
+        from two different saves, is refused); the values (see :func:`_content_problem`); the
+        sidecar's ``summary`` against the tensors.
         """
         target = Path(path)
         sidecar = target.with_name(target.name + ".json")
@@ -189,12 +209,31 @@ class AttackResult:
                 )
         if problem is not None:
             raise IntriguingError(f"{target}: corrupt attack result: {problem}; rerun the attack")
-        return cls(
+        recorded = meta.get(HASH_KEY)
+        if recorded is None:
+            raise IntriguingError(
+                f"{target}: attack result without {HASH_KEY} in its .json sidecar (saved by an "
+                "older version of intriguing, or not by AttackResult.save); rerun the attack"
+            )
+        if recorded != file_sha256(target):
+            raise IntriguingError(
+                f"{target}: corrupt attack result: the file's SHA-256 differs from the "
+                f"{HASH_KEY} in its .json sidecar (the file was edited, or it and the sidecar "
+                "come from two different saves); rerun the attack"
+            )
+        mode = str(meta["mode"])
+        problem = _content_problem(tensors, mode)
+        result = cls(
             **{name: tensors[name] for name in _TENSOR_FIELDS},
-            mode=str(meta["mode"]),
+            mode=mode,
             elapsed_s=float(meta.get("elapsed_s", 0.0)),
             settings=dict(meta.get("settings", {})),
         )
+        if problem is None and "summary" in meta:
+            problem = _summary_problem(meta["summary"], result)
+        if problem is not None:
+            raise IntriguingError(f"{target}: corrupt attack result: {problem}; rerun the attack")
+        return result
 
 
 # The dtype of each per-example field (``adversarial``: any floating dtype).
@@ -226,6 +265,82 @@ def _tensor_problem(tensors: dict[str, Any]) -> str | None:
             return f"{name} has shape {tuple(tensor.shape)}, not ({n},) like the {n} adversarial images"
         if tensor.dtype not in dtypes:
             return f"{name} is {tensor.dtype}, not {dtypes[0]}"
+    return None
+
+
+def _count(mask: torch.Tensor) -> int:
+    return int(mask.sum())
+
+
+def _content_problem(tensors: dict[str, torch.Tensor], mode: str) -> str | None:
+    """Why the values of well-formed per-example fields cannot come from an attack (one line), or
+    None.
+
+    Holds for every result an attack returns (``Attack._finalize``), whether or not it succeeded:
+    ``adversarial`` finite and in [0, 1]; ``distortion`` and ``l2`` finite, >= 0 and at most what
+    two images in [0, 1] can differ by (1, ``sqrt(values per image)``); ``c`` >= 0 or NaN (no
+    optimisation); ``iterations``, ``grad_evals``, ``labels`` and ``predicted`` >= 0 (the number of
+    classes is not stored); ``targets`` all -1 exactly in untargeted mode; every success predicted
+    as other than its label (untargeted) or as its target (targeted). The originals are not
+    stored, so distortions are checked for their ranges only.
+    """
+    adversarial = tensors["adversarial"].detach().cpu()
+    n = int(adversarial.shape[0])
+    bad = _count(~torch.isfinite(adversarial).reshape(n, -1).all(1)) if n else 0
+    if bad:
+        return f"adversarial has NaN or infinite pixels in {bad} image(s)"
+    if adversarial.numel():
+        low, high = float(adversarial.min()), float(adversarial.max())
+        if low < 0.0 or high > 1.0:
+            return f"adversarial pixels span [{low:.6g}, {high:.6g}], outside [0, 1]"
+    values = adversarial[0].numel() if n else 1
+    for name, bound in (("distortion", 1.0), ("l2", math.sqrt(values))):
+        tensor = tensors[name].detach().cpu().double()
+        if bad := _count(~torch.isfinite(tensor)):
+            return f"{name} has {bad} NaN or infinite value(s)"
+        if bad := _count(tensor < 0):
+            return f"{name} has {bad} negative value(s)"
+        if bad := _count(tensor > bound * (1.0 + 1e-5)):
+            return (
+                f"{name} has {bad} value(s) above {bound:.6g}, more than two images in [0, 1] "
+                "can differ by"
+            )
+    if bad := _count(tensors["c"].detach().cpu() < 0):
+        return f"c has {bad} negative value(s)"
+    for name in ("iterations", "grad_evals", "labels", "predicted"):
+        if bad := _count(tensors[name].detach().cpu() < 0):
+            return f"{name} has {bad} negative value(s)"
+    targets = tensors["targets"].detach().cpu()
+    if mode == "untargeted" and (bad := _count(targets != -1)):
+        return f"mode is untargeted but {bad} target(s) are not -1"
+    if mode == "targeted" and (bad := _count(targets < 0)):
+        return f"mode is targeted but {bad} target(s) are negative (-1 means untargeted)"
+    success = tensors["success"].detach().cpu()
+    predicted = tensors["predicted"].detach().cpu()
+    if mode == "untargeted":
+        bad = _count(success & (predicted == tensors["labels"].detach().cpu()))
+        if bad:
+            return f"{bad} success(es) predicted as their own label"
+    elif bad := _count(success & (predicted != targets)):
+        return f"{bad} success(es) not predicted as their target"
+    return None
+
+
+def _summary_problem(summary: object, result: AttackResult) -> str | None:
+    """Why the sidecar's ``summary`` does not describe ``result`` (one line), or None."""
+    if not isinstance(summary, dict):
+        return f"the sidecar's summary is a {type(summary).__name__}, not an object"
+    expected = _json_safe(result.summary())
+    for key, want in expected.items():
+        if key not in summary:
+            continue
+        got = summary[key]
+        if isinstance(want, float) and isinstance(got, int | float) and not isinstance(got, bool):
+            same = math.isclose(float(got), want, rel_tol=1e-9, abs_tol=1e-12)
+        else:
+            same = type(got) is type(want) and got == want
+        if not same:
+            return f"the sidecar's summary says {key} = {got!r} but the tensors give {want!r}"
     return None
 
 
