@@ -260,6 +260,8 @@ def test_report_refuses_missing_or_foreign_results(tmp_path: Path) -> None:
         (["--refresh-every", "0"], "--refresh-every"),
         (["--data-dir", "/nonexistent/mnist"], "/nonexistent/mnist"),
         (["--attack", "pgd"], "pgd"),
+        # cut to the 1000 test images of mnist-5k silently before
+        (["--dataset", "mnist-5k", "--robust-n", "1500"], "exceeds the 1000 test images"),
     ],
 )
 def test_cli_user_mistakes_exit_2(tmp_path: Path, args: list[str], message: str) -> None:

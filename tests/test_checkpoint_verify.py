@@ -105,6 +105,16 @@ def test_non_integer_seed_in_a_sidecar_is_a_clean_error(
         load_checkpoint(entry_a.path)
 
 
+def test_a_sidecar_seed_edited_away_from_its_config_is_refused(
+    entry_a: api_module.TrainedModel,
+) -> None:
+    """The edited seed was accepted, then used to refuse --seed with the true one."""
+    true_seed = load_checkpoint(entry_a.path).sidecar["config"]["seed"]
+    _write_sidecar(entry_a.path, seed=true_seed + 5)
+    with pytest.raises(CheckpointError, match="differs from its config's seed"):
+        load_checkpoint(entry_a.path)
+
+
 def test_train_shows_measured_errors_not_the_sidecars(entry_a: api_module.TrainedModel) -> None:
     measured = entry_a.sidecar["metrics"]["test_error"]
     _write_sidecar(entry_a.path, metrics={**entry_a.sidecar["metrics"], "test_error": 0.5})

@@ -273,6 +273,27 @@ def test_verdict_follows_the_numbers() -> None:
     assert verdict(single).startswith("No verdict")
 
 
+def test_verdict_quotes_the_fewest_class_models_only() -> None:
+    """A 5-class task with a larger distortion (0.0694) and a lower success: the sentence about
+    'the 2-class models' quoted them (0.069, 'at least 50%')."""
+    doc = _doc(0.061, 0.03)
+    doc["tasks"].insert(1, {"name": "0-4", "num_classes": 5})
+    doc["rows"].insert(
+        1,
+        {
+            "task": "0-4",
+            "num_classes": 5,
+            "family": "mlp",
+            "success_rate": 0.5,
+            "distortion": {"mean": 0.0694},
+        },
+    )
+    sentence = verdict(doc)
+    assert "the 2-class models need" in sentence
+    assert "fooled all of their correctly classified test images" in sentence
+    assert "at most 0.061" in sentence and "0.0694" not in sentence and "0.069" not in sentence
+
+
 def test_load_classes_results_refuses_other_files(tmp_path: Path) -> None:
     (tmp_path / "results.json").write_text(json.dumps({"schema": "other"}))
     with pytest.raises(IntriguingError, match="not the results of `intriguing classes`"):

@@ -315,9 +315,19 @@ def test_recurrent_needs_a_recurrent_model(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------- 7: train's MODEL
 @pytest.mark.parametrize("spec", [LENET, "mymodels:lenet", "net.safetensors"])
-def test_train_takes_zoo_names_only(spec: str) -> None:
+def test_train_takes_zoo_names_only(spec: str, tmp_path: Path) -> None:
+    if spec.endswith(".safetensors"):
+        spec = str(tmp_path / spec)
+        Path(spec).write_bytes(b"x")
     result = CliRunner().invoke(cli, ["train", spec, "--dataset", "mnist-5k"])
     one_line_error(result, "train takes a zoo model name", "--weights")
+
+
+def test_train_of_a_missing_file_does_not_call_it_a_checkpoint(tmp_path: Path) -> None:
+    missing = str(tmp_path / "does_not_exist.safetensors")
+    result = CliRunner().invoke(cli, ["train", missing, "--dataset", "mnist-5k"])
+    line = one_line_error(result, "not a file, and", "does not exist either")
+    assert "trained already" not in line
 
 
 # ------------------------------------------------------------ 8: options that do nothing

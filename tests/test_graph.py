@@ -116,6 +116,35 @@ def test_a_rerun_that_computes_a_step_retires_the_results_built_on_the_old_recor
     assert RunStore(tmp_path).load("sq/b")["result"] == {"value": 16}  # the new record stays
 
 
+def _resumable(ctx: StepContext) -> Any:
+    """Keeps its state in its artifact folder, as advtrain's epoch checkpoints: resumes from it."""
+    state = ctx.artifact_dir() / "state.json"
+    seen = json.loads(state.read_text()) if state.exists() else {"x": ctx.params["x"], "tries": 0}
+    seen["tries"] += 1
+    state.write_text(json.dumps(seen))
+    if ctx.params.get("fail"):
+        raise RuntimeError("killed")
+    return seen
+
+
+def test_artifacts_of_other_settings_are_cleared_and_a_killed_steps_are_kept(
+    tmp_path: Path,
+) -> None:
+    """advtrain rerun with another --epochs found the finished step's checkpoint and stopped
+    ('written with another config'); a killed step of the same settings must still resume."""
+    run_graph([Step("s", _resumable, params={"x": 3})], RunStore(tmp_path))
+    again = run_graph([Step("s", _resumable, params={"x": 4})], RunStore(tmp_path))
+    assert again["s"] == {"x": 4, "tries": 1}  # not the x = 3 state
+    with pytest.raises(RuntimeError):
+        run_graph([Step("s", _resumable, params={"x": 5, "fail": True})], RunStore(tmp_path))
+    with pytest.raises(RuntimeError):  # the same settings: resumes from its own state
+        run_graph([Step("s", _resumable, params={"x": 5, "fail": True})], RunStore(tmp_path))
+    state = json.loads((tmp_path / "artifacts" / "s" / "state.json").read_text())
+    assert state == {"x": 5, "tries": 2}
+    hashes = RunStore(tmp_path).artifact_hashes("s")
+    assert list(hashes) == ["artifacts/s/state.json"]  # the fingerprint marker is not hashed
+
+
 @pytest.mark.parametrize(
     ("steps", "message"),
     [

@@ -91,6 +91,13 @@ def test_eval_reports_every_split(runner: CliRunner, tmp_path: Path) -> None:
     assert {"train_error", "test_error", "p1_error", "p2_error"} <= set(data)
     # P1 and P2 halve the training set: the train error is their mean (2000 images each)
     assert data["train_error"] == pytest.approx((data["p1_error"] + data["p2_error"]) / 2)
+    # a model trained on P1: train_error is P1's, as `train` and the paper's Table 3 mean it
+    p1 = runner.invoke(cli, ["eval", "M1'", "--dataset", "mnist-5k", "--json", str(out)])
+    assert p1.exit_code == 0, p1.output
+    on_p1 = json.loads(out.read_text())
+    assert on_p1["train_split"] == "p1" and on_p1["train_error"] == on_p1["p1_error"]
+    trained = runner.invoke(cli, ["train", "M1'", "--dataset", "mnist-5k", "--json", str(out)])
+    assert json.loads(out.read_text())["train_error"] == on_p1["train_error"], trained.output
     by_path = runner.invoke(
         cli, ["eval", "--checkpoint", data["checkpoint"], "--dataset", "mnist-5k"]
     )

@@ -358,7 +358,12 @@ def run_advtrain(
     """
     run = RunDirectory(out, schema=SCHEMA)
     load_data = MnistSource.of(options.get("data_dir"), spec.dataset)
-    load_data()  # a missing or corrupt dataset fails before any step runs
+    data = load_data()  # a missing or corrupt dataset fails before any step runs
+    if spec.robust_n > len(data.test_labels):  # it was cut to the test split silently
+        raise InvalidInputError(
+            f"robust_n (--robust-n) {spec.robust_n} exceeds the {len(data.test_labels)} test "
+            f"images of {spec.dataset}; give at most {len(data.test_labels)}"
+        )
     results = run.run(
         build_steps(spec, load_data), description="advtrain", backend=options.get("backend")
     )

@@ -43,7 +43,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from intriguing._io import atomic_write_json, file_sha256, loads_strict
+from intriguing._io import atomic_write_json, atomic_write_text, file_sha256, loads_strict
 from intriguing.errors import IntriguingError, OutputError
 from intriguing.progress import make_progress
 
@@ -135,6 +135,11 @@ class StepContext:
         return self.store.artifact_dir(self.step.key)
 
 
+FINGERPRINT_FILE = (
+    ".fingerprint"  # in a step's artifact folder: the fingerprint its files belong to
+)
+
+
 class RunStore:
     """A results directory holding one JSON record per finished step.
 
@@ -199,6 +204,26 @@ class RunStore:
         record["digest"] = record_digest(record)  # a record edited later no longer matches it
         atomic_write_json(self.record_path(key), record)
         return record
+
+    def claim_artifacts(self, key: str, fingerprint: str) -> None:
+        """Before ``key`` is computed with ``fingerprint``: delete the artifact files a run of the
+        step with another fingerprint left (a finished step of other settings, or one killed
+        part-way), keep those of this fingerprint (a killed step resumes from them: advtrain's
+        epoch checkpoints) and those of unknown origin (no marker, no record: the step's own
+        checks judge them), and record the fingerprint in the folder (``.fingerprint``, hidden, so
+        not one of the step's hashed artifacts)."""
+        base = self.root / "artifacts" / key
+        marker = base / FINGERPRINT_FILE
+        try:
+            previous: str | None = marker.read_text(encoding="utf-8").strip()
+        except OSError:  # no marker (a folder from before markers): the step's record, if any
+            record = self.load(key)
+            previous = None if record is None else str(record.get("fingerprint"))
+        if previous is not None and previous != fingerprint:
+            for path in self.artifact_files(key):
+                path.unlink()
+        base.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(marker, fingerprint)
 
     def artifact_files(self, key: str) -> list[Path]:
         """The files of ``key``'s artifact directory (not those of steps nested inside it)."""
@@ -553,6 +578,7 @@ def _drive(
                 continue
             announce(step.key)
             store.retire_derived()
+            store.claim_artifacts(step.key, prints[step.key])
             backend.submit(step, {d: results[d] for d in step.deps}, store)
             in_flight[step.key] = step
 

@@ -111,8 +111,8 @@ def verdict(doc: Mapping[str, Any]) -> str:
     """One sentence answering the critique's question from the stored numbers.
 
     Size: the geometric mean over (fewest-class task, family) of the mean-distortion ratio to the
-    most-class task (beyond :data:`LESS_SEVERE` either way counts). Kind: every model still fooled on
-    (almost) every image below the paper's noise level. Cause: the same-image 10-class comparison
+    most-class task (beyond :data:`LESS_SEVERE` either way counts). Kind: every fewest-class model
+    still fooled on (almost) every image below the paper's noise level. Cause: the same-image 10-class comparison
     splits the ratio into fewer alternatives x training for the task (geometric means).
     """
     ratios = distortion_ratios(doc)
@@ -130,8 +130,10 @@ def verdict(doc: Mapping[str, Any]) -> str:
         size = "more severe in size"
     else:
         size = "about as severe in size"
-    success = min(float(r["success_rate"]) for r in attacked)
-    worst = max(m for r in attacked if (m := _mean(r)) is not None)
+    # the sentence speaks of the fewest-class models: their rows only (not every task's)
+    fewest = [r for r in attacked if int(r["num_classes"]) == ks[0]] or attacked
+    success = min(float(r["success_rate"]) for r in fewest)
+    worst = max((m for r in fewest if (m := _mean(r)) is not None), default=math.nan)
     small_noise = success >= 0.99 and worst < NOISE_LEVEL
     tasks = list(dict.fromkeys(task for task, _ in ratios))
     per_task = ", ".join(

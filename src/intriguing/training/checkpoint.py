@@ -193,7 +193,8 @@ _SIDECAR_TYPES: dict[str, type | tuple[type, ...]] = {
 
 
 def _check_sidecar_types(data: dict[str, Any], sidecar_file: Path) -> None:
-    """Every known field of the right JSON type; ``seed`` a (non-bool) integer."""
+    """Every known field of the right JSON type; ``seed`` a (non-bool) integer, the same as the
+    training config's ``seed`` where the sidecar has one."""
     for name, kind in _SIDECAR_TYPES.items():
         if name in data and not isinstance(data[name], kind):
             raise CheckpointError(
@@ -205,6 +206,12 @@ def _check_sidecar_types(data: dict[str, Any], sidecar_file: Path) -> None:
         raise CheckpointError(
             f"{sidecar_file}: sidecar seed {seed!r} is not an integer; delete the checkpoint "
             "and retrain"
+        )
+    config = data.get("config")
+    if isinstance(config, dict) and "seed" in config and config["seed"] != seed:
+        raise CheckpointError(
+            f"{sidecar_file}: sidecar seed {seed!r} differs from its config's seed "
+            f"{config['seed']!r} (edited?); delete the checkpoint and retrain"
         )
 
 
