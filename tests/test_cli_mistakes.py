@@ -18,6 +18,7 @@ from typing import Any
 import click
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner, Result
 from PIL import Image
 
@@ -400,3 +401,62 @@ def test_classes_train_limit_names_the_option(tmp_path: Path) -> None:
 def test_classes_refuses_the_same_task_named_twice(tmp_path: Path, tasks: str) -> None:
     result = CliRunner().invoke(cli, ["classes", "--tasks", tasks, "--out", str(tmp_path / "o")])
     one_line_error(result, "twice")
+
+
+# ------------------------------------------------------------------ 9: shapes beyond images
+@pytest.mark.parametrize(
+    "shape",
+    [(3, 20), (3, 1, 64), (3, 2, 8, 8), (3, 4, 8, 8)],
+    ids=["vectors", "signal", "2ch", "4ch"],
+)
+def test_figure5_refuses_data_it_cannot_draw_before_the_attack(
+    tmp_path: Path, shape: tuple[int, ...]
+) -> None:
+    """A traceback after the attack (matplotlib: 'Invalid shape (20,) for image data')."""
+    data = tmp_path / "d.npz"
+    np.savez(data, images=np.random.default_rng(0).random(shape, dtype=np.float32))
+    (tmp_path / "m.py").write_text(
+        "from torch import nn\n"
+        f"def net():\n    return nn.Sequential(nn.Flatten(), nn.Linear({int(np.prod(shape[1:]))}, 3))\n"
+    )
+    result = CliRunner().invoke(
+        cli,
+        [
+            "figure5",
+            f"{tmp_path / 'm.py'}:net",
+            "--tensors",
+            str(data),
+            "--out",
+            str(tmp_path / "f"),
+        ],
+    )
+    example = "x".join(map(str, shape[1:]))
+    one_line_error(result, "figure5 draws images (N, C, H, W) with 1 or 3 channels", example)
+    assert not (tmp_path / "f").exists()
+
+
+def test_shapes_are_named_by_their_axes() -> None:
+    from intriguing.inputs import shape_text
+
+    assert shape_text(torch.zeros(2, 3, 32, 33)) == "3x32x33 (C x H x W)"
+    assert shape_text(torch.zeros(2, 2, 4096)) == "2x4096 (C x L)"
+    assert shape_text(torch.zeros(2, 10000)) == "10000 (D)"
+
+
+def test_units_help_says_images_only() -> None:
+    text = " ".join(CliRunner().invoke(cli, ["units", "--help"]).output.split())
+    assert "(N, C, H, W) in [0, 1] (images only)" in text and "signals" not in text
+    attack = " ".join(CliRunner().invoke(cli, ["attack", "--help"]).output.split())
+    assert "signals (N, C, L)" in attack
+
+
+def test_image_sizes_are_named_height_by_width(tmp_path: Path) -> None:
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    Image.new("L", (48, 64)).save(folder / "a.png")  # PIL sizes are (W, H): H 64, W 48
+    Image.new("L", (64, 48)).save(folder / "b.png")
+    with pytest.raises(
+        InvalidInputError,
+        match=r"b\.png: size 48x64 \(H x W\) differs from the first image's 64x48",
+    ):
+        imagefolder.ImageFolderSource(folder, mode="L").batch(0, 2)

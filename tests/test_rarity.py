@@ -178,6 +178,32 @@ def test_measure_rarity_pools_counts_and_compares_ray_distances(
     assert again["pooled"] == out["pooled"]
 
 
+def test_directions_in_blocks_give_the_same_counts_and_distances(
+    plane: tuple[nn.Module, torch.Tensor, torch.Tensor], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Large images are measured in blocks of directions (all 1000 at once held 16 GB for
+    3x224x224): the counts and ray distances equal one block's."""
+    import intriguing.analysis.rarity as rarity
+
+    model, x0, w = plane
+    originals = x0.repeat(2, 1).reshape(2, 1, DIM)
+    adversarials = (x0 + (DIST + 0.01) * w).clamp(0, 1).repeat(2, 1).reshape(2, 1, DIM)
+    labels = torch.zeros(2, dtype=torch.int64)
+    cfg = RarityConfig(samples=300, scales=(1.0, 2.0), ray_directions=30, seed=5)
+    whole = measure_rarity(model, originals, adversarials, labels, cfg)
+    monkeypatch.setattr(rarity, "RAY_BYTES", rarity.RAY_ARRAYS * 8 * DIM * 7)  # 7 per block
+    assert len(list(rarity.ray_blocks(originals[0], torch.rand(30, DIM)))) == 5
+    blocks = measure_rarity(model, originals, adversarials, labels, cfg)
+    for scale in ("1", "2"):
+        for key in ("flips", "valid", "unreachable", "ci"):
+            assert blocks["pooled"][scale][key] == whole["pooled"][scale][key]
+        for a, b in zip(blocks["per_example"], whole["per_example"], strict=True):
+            assert a["scales"][scale]["mean_norm"] == pytest.approx(
+                b["scales"][scale]["mean_norm"], rel=1e-12
+            )
+    assert blocks["rays"]["ratios_sample"] == whole["rays"]["ratios_sample"]
+
+
 def test_measure_rarity_refuses_bad_input(
     plane: tuple[nn.Module, torch.Tensor, torch.Tensor],
 ) -> None:

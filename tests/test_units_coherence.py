@@ -34,6 +34,31 @@ def test_pixel_cosine_identical_and_orthogonal_images() -> None:
     np.testing.assert_allclose(three, [1 / 3])
 
 
+def test_pixel_cosine_blocks_by_bytes_give_the_same_values(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Blocks sized by a byte budget (one row at a time here) equal one block of all rows."""
+    rng = np.random.default_rng(0)
+    images = coh.unit_rows(rng.random((40, 50)))
+    topk = rng.integers(0, 40, (30, 4))
+    whole = coh.pixel_cosine(images, topk)
+    monkeypatch.setattr(coh, "PIXEL_COSINE_BYTES", 4 * 50 * 8)  # one row of (4, 50) float64
+    np.testing.assert_array_equal(coh.pixel_cosine(images, topk), whole)
+    wide = images.astype(np.float64)
+    expected = [  # every ordered pair of positions i != j (a repeated image counts as 1)
+        np.mean(
+            [
+                float(np.dot(wide[row[i]], wide[row[j]]))
+                for i in range(4)
+                for j in range(4)
+                if i != j
+            ]
+        )
+        for row in topk
+    ]
+    np.testing.assert_allclose(whole, expected, rtol=1e-12)
+
+
 @pytest.mark.parametrize(
     ("k", "mean", "p95", "p99"),
     [(10, 0.274, 0.40, 0.50), (25, 0.206, 0.28, 0.32), (100, 0.151, 0.18, 0.20)],

@@ -422,7 +422,7 @@ def check_model_input(
     Returns the number of classes ``K``. Raises a one-line :class:`InvalidInputError` naming the
     model's expected input and the data's shape on any mismatch, and when a label is ``>= K``.
     """
-    shape = "x".join(map(str, images.shape[1:]))
+    shape = shape_text(images)
     _check_channels(model, images, shape)
     probe = model_input(model, images[:2])
     logits = _logits(_probe(model, probe, shape), len(probe), shape)
@@ -439,13 +439,20 @@ def check_model_input(
     return classes
 
 
+def shape_text(images: torch.Tensor) -> str:
+    """One example's shape with its axes named: ``3x32x33 (C x H x W)``, ``2x4096 (C x L)``,
+    ``10000 (D)``."""
+    axes = {3: " (C x H x W)", 2: " (C x L)", 1: " (D)"}.get(images.ndim - 1, "")
+    return "x".join(map(str, images.shape[1:])) + axes
+
+
 def _check_channels(model: nn.Module, images: torch.Tensor, shape: str) -> None:
     """Refuse data whose channels differ from the model's normalisation or first convolution."""
     means = _normalize_channels(model)
     if means is not None and means > 1 and images.ndim >= 2 and images.shape[1] != means:
         raise InvalidInputError(
             f"the normalisation has {means} channels (means, stds) but the data has "
-            f"{images.shape[1]} ({shape}, C x H x W); give one mean and one std per data channel "
+            f"{images.shape[1]} ({shape}); give one mean and one std per data channel "
             "(e.g. --normalize 0.1307,0.3081 for grey images, six numbers for RGB)"
         )
     channels = expected_channels(model)
@@ -457,8 +464,7 @@ def _check_channels(model: nn.Module, images: torch.Tensor, shape: str) -> None:
             else "for an image folder set the colour mode (--mode, or --image-mode for attack)"
         )
         raise InvalidInputError(
-            f"the model expects {describe_expected(model)} but the data is {shape} (C x H x W); "
-            + hint
+            f"the model expects {describe_expected(model)} but the data is {shape}; " + hint
         )
 
 
@@ -469,7 +475,7 @@ def _probe(model: nn.Module, probe: torch.Tensor, shape: str) -> Any:
             return model(probe)
     except Exception as exc:  # any shape error of the user's model
         raise InvalidInputError(
-            f"the model does not accept the data ({shape}, C x H x W): it expects "
+            f"the model does not accept the data ({shape}): it expects "
             f"{describe_expected(model, probe)}; the probe forward raised {first_line(exc)}"
         ) from None
 

@@ -89,12 +89,18 @@ def pixel_cosine(unit_images: np.ndarray, topk: np.ndarray) -> np.ndarray:
         )
     k = idx.shape[1]
     out = np.empty(idx.shape[0])
-    for start in range(0, idx.shape[0], 256):
-        sel = unit_images[idx[start : start + 256]].astype(np.float64)  # (b, k, P)
+    # rows per block from a byte budget: (rows, k, P) float64 (256 fixed rows of 3x224x224
+    # images held 2.4 GB and, over a null of 1000 draws, ran out of memory)
+    rows = max(1, min(256, PIXEL_COSINE_BYTES // max(1, k * unit_images.shape[1] * 8)))
+    for start in range(0, idx.shape[0], rows):
+        sel = unit_images[idx[start : start + rows]].astype(np.float64)  # (b, k, P)
         gram = np.einsum("nip,njp->nij", sel, sel)
         off_diagonal = gram.sum(axis=(1, 2)) - np.trace(gram, axis1=1, axis2=2)
-        out[start : start + 256] = off_diagonal / (k * (k - 1))
+        out[start : start + rows] = off_diagonal / (k * (k - 1))
     return out
+
+
+PIXEL_COSINE_BYTES = 64 * 2**20  # the largest block pixel_cosine gathers at once
 
 
 # --------------------------------------------------------------------------- null distributions

@@ -97,8 +97,9 @@ class ImageFolderSource:
             self._shape = image.size
         elif image.size != self._shape:
             raise InvalidInputError(
-                f"{self.files[index]}: size {image.size[0]}x{image.size[1]} differs from "
-                f"{self._shape[0]}x{self._shape[1]}; pass --image-size to resize all images"
+                f"{self.files[index]}: size {image.size[1]}x{image.size[0]} (H x W) differs from "
+                f"the first image's {self._shape[1]}x{self._shape[0]}; pass --image-size to "
+                "resize all images"
             )
         return image
 

@@ -49,7 +49,7 @@ correctly classified examples used) is no longer the strict argmax, as in
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -108,6 +108,34 @@ def uniform_directions(count: int, dim: int, generator: torch.Generator) -> torc
     """``(count, dim)`` float64 unit vectors, uniform on the sphere (normalised Gaussians)."""
     g = torch.randn(count, dim, generator=generator, dtype=torch.float64)
     return g / g.norm(dim=1, keepdim=True)
+
+
+RAY_BYTES = 512 * 2**20  # the most memory one block of clipped rays may hold
+RAY_ARRAYS = 13  # (K, D) float64-sized arrays a ClippedRays block holds at once
+
+
+def ray_blocks(x: torch.Tensor, directions: torch.Tensor) -> Iterator[ClippedRays]:
+    """:class:`ClippedRays` over consecutive blocks of ``directions`` ``(K, D)``, each within
+    :data:`RAY_BYTES` (one block where it fits: MNIST's 1000 directions of 784 values; 34 at a
+    time for 3x224x224 images, where all 1000 at once held 16 GB)."""
+    dim = int(directions.shape[1]) if directions.ndim == 2 else 1
+    rows = max(1, RAY_BYTES // (RAY_ARRAYS * 8 * dim))
+    for start in range(0, int(directions.shape[0]), rows):
+        yield ClippedRays(x, directions[start : start + rows])
+
+
+def _merged_counts(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """:func:`flip_counts` of several blocks of directions as one (a single block unchanged)."""
+    if len(parts) == 1:
+        return parts[0]
+    valid = sum(int(p["valid"]) for p in parts)
+    norm_sum = sum(float(p["mean_norm"]) * int(p["valid"]) for p in parts if p["valid"])
+    return {
+        "flips": sum(int(p["flips"]) for p in parts),
+        "valid": valid,
+        "unreachable": sum(int(p["unreachable"]) for p in parts),
+        "mean_norm": norm_sum / valid if valid else None,
+    }
 
 
 class ClippedRays:
@@ -397,23 +425,33 @@ def measure_rarity(
         gen = torch.Generator().manual_seed(cfg.seed + i)
         rho = float(l2[i])
         entry: dict[str, Any] = {"l2": rho, "rms": rho / math.sqrt(dim), "scales": {}}
-        rays = ClippedRays(originals[i], uniform_directions(cfg.samples, dim, gen))
+        parts: dict[float, list[dict[str, Any]]] = {scale: [] for scale in cfg.scales}
+        for rays in ray_blocks(originals[i], uniform_directions(cfg.samples, dim, gen)):
+            for scale in cfg.scales:
+                parts[scale].append(
+                    flip_counts(
+                        model, rays, int(labels[i]), rho * scale, box=cfg.box, chunk=cfg.chunk
+                    )
+                )
         for scale in cfg.scales:
-            counts = flip_counts(
-                model, rays, int(labels[i]), rho * scale, box=cfg.box, chunk=cfg.chunk
-            )
+            counts = _merged_counts(parts[scale])
             lo, hi = clopper_pearson(counts["flips"], counts["valid"], cfg.confidence)
             entry["scales"][f"{scale:g}"] = {**counts, "ci": [lo, hi]}
         if cfg.ray_directions:
-            ray_set = ClippedRays(originals[i], uniform_directions(cfg.ray_directions, dim, gen))
-            dist = ray_boundary_distances(
-                model,
-                ray_set,
-                int(labels[i]),
-                start=rho / 4.0,
-                grid=cfg.grid,
-                bisect_steps=cfg.bisect_steps,
-                chunk=cfg.chunk,
+            directions = uniform_directions(cfg.ray_directions, dim, gen)
+            dist = torch.cat(
+                [
+                    ray_boundary_distances(
+                        model,
+                        ray_set,
+                        int(labels[i]),
+                        start=rho / 4.0,
+                        grid=cfg.grid,
+                        bisect_steps=cfg.bisect_steps,
+                        chunk=cfg.chunk,
+                    )
+                    for ray_set in ray_blocks(originals[i], directions)
+                ]
             )
             ray_all.append(dist / rho)
             med = _quantiles(dist, [0.5])[0]

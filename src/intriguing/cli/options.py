@@ -252,10 +252,21 @@ def model_options(func: F) -> F:
     return func
 
 
-def user_data_options(*, mode_flag: str = "--mode") -> Callable[[F], F]:
+TENSORS_HELP = (
+    "A .safetensors or .npz file with 'images' float (N, ...) in [0, 1] (images (N, C, H, W), "
+    "signals (N, C, L), feature vectors (N, D)) and optional int 'labels' (N,)."
+)
+IMAGE_TENSORS_HELP = (
+    "A .safetensors or .npz file with 'images' float (N, C, H, W) in [0, 1] (images only) and "
+    "optional int 'labels' (N,)."
+)
+
+
+def user_data_options(*, mode_flag: str = "--mode", images_only: bool = False) -> Callable[[F], F]:
     """``--images DIR``, ``--labels FILE``, ``--tensors FILE``, ``--image-size``, ``--mode``.
 
-    ``mode_flag`` renames ``--mode`` where a command already uses it (``attack``: ``--image-mode``).
+    ``mode_flag`` renames ``--mode`` where a command already uses it (``attack``: ``--image-mode``);
+    ``images_only``: the command takes images only (``units``, ``figure5``), as its help says.
     """
     options = [
         click.option(
@@ -278,9 +289,7 @@ def user_data_options(*, mode_flag: str = "--mode") -> Callable[[F], F]:
             "tensors_file",
             type=click.Path(dir_okay=False, path_type=Path),
             default=None,
-            help="A .safetensors or .npz file with 'images' float (N, ...) in [0, 1] (images "
-            "(N, C, H, W), signals (N, C, L), feature vectors (N, D)) and optional int 'labels' "
-            "(N,).",
+            help=IMAGE_TENSORS_HELP if images_only else TENSORS_HELP,
         ),
         int_option(
             "--image-size",
@@ -306,11 +315,13 @@ def user_data_options(*, mode_flag: str = "--mode") -> Callable[[F], F]:
     return decorate
 
 
-def model_command_options(*, mode_flag: str = "--mode") -> Callable[[F], F]:
+def model_command_options(
+    *, mode_flag: str = "--mode", images_only: bool = False
+) -> Callable[[F], F]:
     """Every option of a command that takes a MODEL and its images, in this order:
-    :func:`model_options`, :func:`user_data_options` (``mode_flag`` as there), :func:`data_options`,
-    :func:`seed_option` and :func:`json_option`."""
-    with_data = user_data_options(mode_flag=mode_flag)
+    :func:`model_options`, :func:`user_data_options` (``mode_flag`` and ``images_only`` as there),
+    :func:`data_options`, :func:`seed_option` and :func:`json_option`."""
+    with_data = user_data_options(mode_flag=mode_flag, images_only=images_only)
 
     def decorate(func: F) -> F:
         return model_options(with_data(data_options(seed_option(json_option(func)))))

@@ -192,7 +192,7 @@ def report(run_dir: str) -> None:
     help="Directory for figure5.png, figure5.json and figure5.safetensors.",
 )
 @model_options
-@user_data_options()
+@user_data_options(images_only=True)
 @data_options
 @seed_option
 def figure5(model: str, n: int, out: Path, seed: int, **params: Any) -> None:
@@ -205,12 +205,13 @@ def figure5(model: str, n: int, out: Path, seed: int, **params: Any) -> None:
     import torch
 
     from intriguing.errors import InvalidInputError
-    from intriguing.experiments.figure5 import run_figure5
+    from intriguing.experiments.figure5 import check_drawable, run_figure5
 
     if n < 1:
         raise InvalidInputError(f"--n must be at least 1, got {n}")
     torch.set_num_threads(1)
     data = open_user_data(params)
+    check_drawable(data.batch(0, 1))  # before a zoo model trains or the attack runs
     net, description = model_from_options(model, params, seed=seed)
     data.fit_to(net)
     batch, _, names = data.take(n)

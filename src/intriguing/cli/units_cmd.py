@@ -294,7 +294,7 @@ def _print_summary(results: dict[str, Any]) -> None:
     default=0,
     help="Training seed of a zoo model (not with a factory, a checkpoint or --weights).",
 )
-@model_command_options()
+@model_command_options(images_only=True)
 def units(
     model: str,
     layer: str | None,

@@ -83,6 +83,19 @@ def load_images(
     return images, names
 
 
+def check_drawable(images: torch.Tensor) -> None:
+    """Figure 5 draws images: ``(N, C, H, W)`` with 1 (grey) or 3 (RGB) channels. Raises
+    InvalidInputError (one line) for other data (feature vectors, signals, 2 or 4 channels), before
+    the attack runs."""
+    from intriguing.inputs import shape_text
+
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise InvalidInputError(
+            f"figure5 draws images (N, C, H, W) with 1 or 3 channels; the data's examples are "
+            f"{shape_text(images)}: use attack --save for other data"
+        )
+
+
 def run_figure5(
     model: nn.Module,
     images: torch.Tensor,
@@ -102,6 +115,7 @@ def run_figure5(
     from intriguing.inputs import model_device
     from intriguing.report.figures import plot_figure5
 
+    check_drawable(images)
     out = Path(out_dir)
     settings = {"threads": 1, **(attack_settings or {})}
     result = LBFGS(mode="untargeted", **settings)(model.eval(), images.to(model_device(model)))
