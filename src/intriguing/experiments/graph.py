@@ -135,9 +135,8 @@ class StepContext:
         return self.store.artifact_dir(self.step.key)
 
 
-FINGERPRINT_FILE = (
-    ".fingerprint"  # in a step's artifact folder: the fingerprint its files belong to
-)
+# in a step's artifact folder: the fingerprint its files belong to
+FINGERPRINT_FILE = ".fingerprint"
 
 
 class RunStore:
@@ -192,13 +191,23 @@ class RunStore:
 
         Returns the record as written (with ``artifacts_sha256`` of the step's files).
         """
+        hashes = self.artifact_hashes(key)
+        if not hashes:  # a step without files: no folder left holding only its marker
+            base = self.root / "artifacts" / key
+            (base / FINGERPRINT_FILE).unlink(missing_ok=True)
+            while base != self.root / "artifacts":
+                try:
+                    base.rmdir()  # empty folders only: another step's files stay
+                except OSError:
+                    break
+                base = base.parent
         record = {
             "key": key,
             "fingerprint": fingerprint,
             "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "elapsed_s": round(elapsed_s, 3),
             "deps": dict(sorted((deps or {}).items())),
-            "artifacts_sha256": self.artifact_hashes(key),
+            "artifacts_sha256": hashes,
             "result": result,
         }
         record["digest"] = record_digest(record)  # a record edited later no longer matches it
