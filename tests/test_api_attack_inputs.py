@@ -279,9 +279,11 @@ def test_train_model_refuses_a_wrong_input_size_before_training() -> None:
         unregister_model("api-h")
 
 
-@pytest.mark.parametrize("seed", [1.5, -1, True], ids=["float", "negative", "bool"])
+@pytest.mark.parametrize(
+    "seed", [1.5, -1, True, 2**32], ids=["float", "negative", "bool", "repeats-seed-0"]
+)
 def test_train_model_refuses_bad_seeds(seed: Any) -> None:
-    with pytest.raises(InvalidInputError, match="seed must be an integer >= 0"):
+    with pytest.raises(InvalidInputError, match=r"seed must be an integer in \[0, 4294967295\]"):
         train_model("softmax1", dataset="mnist-5k", seed=seed)
     with pytest.raises(InvalidInputError):
         check_seed(seed)

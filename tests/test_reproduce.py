@@ -317,8 +317,18 @@ def test_seeds_record_each_verdict_and_reuse_the_first_run(
         assert record["verdicts"] == [c0["verdict"], c1["verdict"]]
         assert record["stable"] == (c0["verdict"] == c1["verdict"])
     assert "same verdict at seeds 0, 1" in (copy_dir / "report.md").read_text()
+    # the timings are the whole invocation's: seed 1's steps too (seed 0's alone were shown)
+    steps = both["timings"]["steps_s"]
+    assert set(second["timings"]["steps_s"]) == {
+        key.removeprefix("seeds/seed-1/") for key in steps if key.startswith("seeds/seed-1/")
+    }
+    assert both["timings"]["wall_time_s"] >= second["timings"]["wall_time_s"]
     with pytest.raises(IntriguingError, match="--seeds"):
         run_seeds(make_spec("tiny", dataset=DATASET), copy_dir, 0)
+    # seed 2**32 would train exactly seed 0's models under another label
+    with pytest.raises(IntriguingError, match="reaches seed 4294967296, above 4294967295"):
+        run_seeds(make_spec("tiny", dataset=DATASET, seed=2**32 - 1), tmp_path / "none", 2)
+    assert not (tmp_path / "none").exists()
 
 
 def test_two_worker_processes_give_the_same_results(

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
+import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -540,13 +541,23 @@ def run_seeds(
     its own resumable run (models retrained with that seed); ``out``'s results.json gets the
     ``stability`` of every verdict across them and the report a column for it.
 
+    With several seeds, ``timings`` cover the whole invocation: its wall time and every seed's
+    steps (``seeds/seed-<s>/<step>``).
+
     Raises:
-        InvalidInputError: ``n_seeds < 1``.
+        InvalidInputError: ``n_seeds < 1``, or a last seed above ``MAX_SEED``.
     """
     from intriguing.errors import InvalidInputError
+    from intriguing.training.api import MAX_SEED
 
     if n_seeds < 1:
         raise InvalidInputError(f"--seeds must be >= 1, got {n_seeds}")
+    if spec.seed + n_seeds - 1 > MAX_SEED:  # a larger seed would repeat a smaller one's models
+        raise InvalidInputError(
+            f"--seed {spec.seed} with --seeds {n_seeds} reaches seed {spec.seed + n_seeds - 1}, "
+            f"above {MAX_SEED}; lower --seed or --seeds"
+        )
+    start = time.perf_counter()
     docs = [
         run_reproduce(
             dataclasses.replace(spec, seed=spec.seed + k),
@@ -557,6 +568,13 @@ def run_seeds(
         for k in range(n_seeds)
     ]
     document = docs[0] | {"stability": verdict_stability(docs)} if n_seeds > 1 else docs[0]
+    if n_seeds > 1:  # the timings of this whole invocation, every seed's steps (outside the seal)
+        steps_s = dict(docs[0]["timings"]["steps_s"])
+        for k, doc in enumerate(docs[1:], start=1):
+            prefix = seed_dir(out, spec.seed + k).relative_to(Path(out)).as_posix()
+            steps_s.update({f"{prefix}/{key}": s for key, s in doc["timings"]["steps_s"].items()})
+        wall = round(time.perf_counter() - start, 3)
+        document["timings"] = {**docs[0]["timings"], "wall_time_s": wall, "steps_s": steps_s}
     document = sealed(document)
     atomic_write_json(Path(out) / RESULTS_FILE, document)
     from intriguing.report.render import render_report

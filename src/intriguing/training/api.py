@@ -150,10 +150,14 @@ def _zoo_key(entry: ZooEntry, identity: Any, seed: int) -> tuple[nn.Module, Trai
     return model, config, cache_key(entry.name, repr(model), config, entry.train_split, identity)
 
 
+MAX_SEED = 2**32 - 1  # larger seeds repeat smaller ones (2**32 trains exactly seed 0's weights)
+
+
 def check_seed(seed: object) -> int:
-    """``seed`` unchanged; InvalidInputError unless it is an integer (not a bool) >= 0."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise InvalidInputError(f"seed must be an integer >= 0, got {seed!r}")
+    """``seed`` unchanged; InvalidInputError unless it is an integer (not a bool) in
+    ``[0, MAX_SEED]``."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise InvalidInputError(f"seed must be an integer in [0, {MAX_SEED}], got {seed!r}")
     return seed
 
 
