@@ -460,3 +460,12 @@ def test_image_sizes_are_named_height_by_width(tmp_path: Path) -> None:
         match=r"b\.png: size 48x64 \(H x W\) differs from the first image's 64x48",
     ):
         imagefolder.ImageFolderSource(folder, mode="L").batch(0, 2)
+
+
+def test_figure5_refuses_an_output_name_taken_by_a_folder_before_the_attack(tmp_path: Path) -> None:
+    """``OUT/figure5.json/`` existing as a folder: the PNG and result were written, then it failed."""
+    out = tmp_path / "f5"
+    (out / "figure5.json").mkdir(parents=True)
+    result = CliRunner().invoke(cli, ["figure5", LENET, "--n", "1", "--out", str(out)])
+    one_line_error(result, "figure5.json is a folder; remove it or choose another --out")
+    assert sorted(p.name for p in out.iterdir()) == ["figure5.json"]

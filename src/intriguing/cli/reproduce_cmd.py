@@ -205,13 +205,14 @@ def figure5(model: str, n: int, out: Path, seed: int, **params: Any) -> None:
     import torch
 
     from intriguing.errors import InvalidInputError
-    from intriguing.experiments.figure5 import check_drawable, run_figure5
+    from intriguing.experiments.figure5 import check_drawable, check_out_folder, run_figure5
 
     if n < 1:
         raise InvalidInputError(f"--n must be at least 1, got {n}")
     torch.set_num_threads(1)
     data = open_user_data(params)
     check_drawable(data.batch(0, 1))  # before a zoo model trains or the attack runs
+    check_out_folder(out)
     net, description = model_from_options(model, params, seed=seed)
     data.fit_to(net)
     batch, _, names = data.take(n)

@@ -83,6 +83,20 @@ def load_images(
     return images, names
 
 
+# what run_figure5 writes into its folder (the AttackResult's sidecar last)
+FIGURE5_FILES = ("figure5.png", "figure5.json", "figure5.safetensors", "figure5.safetensors.json")
+
+
+def check_out_folder(out_dir: str | os.PathLike[str]) -> None:
+    """InvalidInputError (one line) when a file Figure 5 writes into ``out_dir`` exists there as a
+    folder: found before the attack, not when its result is written."""
+    taken = [name for name in FIGURE5_FILES if (Path(out_dir) / name).is_dir()]
+    if taken:
+        raise InvalidInputError(
+            f"{Path(out_dir) / taken[0]} is a folder; remove it or choose another --out"
+        )
+
+
 def check_drawable(images: torch.Tensor) -> None:
     """Figure 5 draws images: ``(N, C, H, W)`` with 1 (grey) or 3 (RGB) channels. Raises
     InvalidInputError (one line) for other data (feature vectors, signals, 2 or 4 channels), before
@@ -116,10 +130,11 @@ def run_figure5(
     from intriguing.report.figures import plot_figure5
 
     check_drawable(images)
+    check_out_folder(out_dir)
     out = Path(out_dir)
     settings = {"threads": 1, **(attack_settings or {})}
     result = LBFGS(mode="untargeted", **settings)(model.eval(), images.to(model_device(model)))
-    result.save(out / "figure5.safetensors")
+    result.save(out / FIGURE5_FILES[2])
     adversarial = result.adversarial.detach().cpu()
     rows = [
         {
@@ -133,7 +148,7 @@ def run_figure5(
     ]
     images = images.cpu()
     plot_figure5(
-        images, magnified_difference(images, adversarial), adversarial, rows, out / "figure5.png"
+        images, magnified_difference(images, adversarial), adversarial, rows, out / FIGURE5_FILES[0]
     )
     doc: dict[str, Any] = {
         "model": description,
@@ -141,5 +156,5 @@ def run_figure5(
         "summary": result.summary(),
         "settings": result.settings,
     }
-    atomic_write_json(out / "figure5.json", doc)
+    atomic_write_json(out / FIGURE5_FILES[1], doc)
     return doc
