@@ -230,8 +230,13 @@ def _image_folder(tmp_path: Path, *names: str) -> Path:
             "x.png 1\n",
             "'x.png' names both 's/x.png' and 't/x.png'; give each image's path",
         ),
+        (  # s/x.png's line must not label t/x.png through their shared file name
+            ("s/x.png", "t/x.png"),
+            "s/x.png 1\n",
+            "no label for image 't/x.png'; add a line 't/x.png <label>'",
+        ),
     ],
-    ids=["twice", "ambiguous-file-name"],
+    ids=["twice", "ambiguous-file-name", "path-of-another-image"],
 )
 def test_cli_labels_file_that_labels_an_image_twice_or_ambiguously(
     names: tuple[str, ...], lines: str, message: str, tmp_path: Path
@@ -256,13 +261,14 @@ def test_labels_files_with_a_bom_spaces_quotes_and_comments_are_read() -> None:
         '"quoted, name.png",2\n'
         "a#1.png\t0\n"
         "./sub/x.png 2\n"
+        '"q.png","10"\n'  # csv.QUOTE_ALL: the quoted "10" was a class name, sorted as text
     )
-    names = ["img 0.png", "quoted, name.png", "a#1.png", "sub/x.png"]
+    names = ["img 0.png", "quoted, name.png", "a#1.png", "sub/x.png", "q.png"]
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "labels.txt"
         path.write_text(text, encoding="utf-8")
         labels, classes = read_labels(path, names)
-    assert labels.tolist() == [1, 2, 0, 2] and classes == ["0", "1", "2"]
+    assert labels.tolist() == [1, 2, 0, 2, 10] and classes == [str(i) for i in range(11)]
 
 
 def test_cli_normalize_with_the_wrong_number_of_channels(tmp_path: Path) -> None:

@@ -282,13 +282,14 @@ def read_labels(path: str | os.PathLike[str], names: list[str]) -> tuple[np.ndar
     for name in names:
         value: str | None = entries.get(name)
         base = name.rsplit("/", 1)[-1]
-        if value is None and base in by_base and len(images_by_base[base]) > 1:
+        unique = len(images_by_base[base]) == 1  # a file name stands for one image only
+        if value is None and base in entries and not unique:
             first, second = images_by_base[base][:2]
             raise InvalidInputError(
                 f"{path}: '{base}' names both {first!r} and {second!r}; give each image's path "
                 f"relative to the folder ('{first} <label>')"
             )
-        if value is None:
+        if value is None and unique:
             value = by_base.get(base)
         if value is None:
             raise InvalidInputError(
@@ -362,10 +363,8 @@ def _parse_label_lines(path: Path) -> dict[str, str]:
                 f"{path}:{number}: expected '<image> <label>' (the label last, after a space, tab "
                 f"or comma), got {line!r}"
             )
-        name = found.group(1).strip().strip(",").strip()
-        if len(name) > 1 and name[0] == name[-1] and name[0] in "\"'":
-            name = name[1:-1]
-        name, label = name.removeprefix("./"), found.group(2)
+        name, label = (_unquoted(found.group(k).strip().strip(",").strip()) for k in (1, 2))
+        name = name.removeprefix("./")
         if name in entries and entries[name] != label:
             raise InvalidInputError(
                 f"{path}:{number}: image {name!r} has label {label!r} here and "
@@ -375,6 +374,13 @@ def _parse_label_lines(path: Path) -> dict[str, str]:
     if not entries:
         raise InvalidInputError(f"{path}: the labels file has no entries")
     return entries
+
+
+def _unquoted(text: str) -> str:
+    """``text`` without one pair of matching quotes around it (CSV writers quote fields)."""
+    if len(text) > 1 and text[0] == text[-1] and text[0] in "\"'":
+        return text[1:-1]
+    return text
 
 
 def encode_labels(raw: list[str]) -> tuple[np.ndarray, list[str]]:
