@@ -129,17 +129,22 @@ def test_eval_on_nested_folders_says_where_the_images_are(tmp_path: Path) -> Non
 
 
 # ------------------------------------------------------------------------------ 2: Ctrl-C
+def add_command(monkeypatch: pytest.MonkeyPatch, name: str, error: BaseException) -> None:
+    """A command ``name`` of the console script that raises ``error``, for this test only."""
+    module = types.ModuleType(f"intriguing_{name}_cmd")
+
+    @click.command(name)
+    def command() -> None:
+        raise error
+
+    module.command = command  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setitem(cli_main.COMMANDS, name, f"{module.__name__}:command")
+
+
 @pytest.fixture
 def interrupted_command(monkeypatch: pytest.MonkeyPatch) -> None:
-    module = types.ModuleType("intriguing_interrupted_cmd")
-
-    @click.command()
-    def stop() -> None:
-        raise KeyboardInterrupt
-
-    module.stop = stop  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, module.__name__, module)
-    monkeypatch.setitem(cli_main.COMMANDS, "stop", f"{module.__name__}:stop")
+    add_command(monkeypatch, "stop", KeyboardInterrupt())
 
 
 def test_ctrl_c_prints_one_line_and_exits_130(
@@ -166,15 +171,7 @@ def test_ctrl_c_prints_one_line_and_exits_130(
 def test_a_file_the_system_refuses_is_one_line_naming_it(
     monkeypatch: pytest.MonkeyPatch, error: OSError, one_line: str
 ) -> None:
-    module = types.ModuleType("intriguing_refused_cmd")
-
-    @click.command()
-    def refused() -> None:
-        raise error
-
-    module.refused = refused  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, module.__name__, module)
-    monkeypatch.setitem(cli_main.COMMANDS, "refused", f"{module.__name__}:refused")
+    add_command(monkeypatch, "refused", error)
     one_line_error(CliRunner().invoke(cli, ["refused"]), one_line, "check the path")
 
 

@@ -266,10 +266,15 @@ class InputPath(click.Path):
         return [Input(flag, path, self.reads), *(Input(flag, p) for p in others)]
 
 
+def _real(path: Path) -> Path:
+    """``path`` absolute, ``~`` expanded and symlinks resolved: the one spelling compared."""
+    return Path(os.path.abspath(path.expanduser())).resolve()
+
+
 def _identity(path: Path) -> tuple[Any, ...]:
     """What makes two paths the same file: device and inode where it exists (hard links,
     symlinks), else the absolute path with symlinks resolved."""
-    real = Path(os.path.abspath(path.expanduser())).resolve()
+    real = _real(path)
     try:
         info = real.stat()
     except OSError:
@@ -280,8 +285,8 @@ def _identity(path: Path) -> tuple[Any, ...]:
 def _inside(path: Path, folder: Path, reads: Callable[[Path], bool] | None) -> bool:
     """Whether ``path`` is an existing file in ``folder`` (at any depth) that the folder's input
     reads."""
-    real = Path(os.path.abspath(path.expanduser())).resolve()
-    root = Path(os.path.abspath(folder.expanduser())).resolve()
+    real = _real(path)
+    root = _real(folder)
     if root not in real.parents or not real.is_file():
         return False
     return reads is None or reads(real)
@@ -323,8 +328,8 @@ def _check_directory(out: Output, source: Input) -> None:
     """OutputError if the output directory ``out`` is the input folder ``source`` or lies inside
     it, and that folder reads files of the kinds a command writes (an ``--images`` folder would
     take a written figure for an image on the next run; a ``--from-run`` folder would mix)."""
-    real = Path(os.path.abspath(out.path.expanduser())).resolve()
-    root = Path(os.path.abspath(source.path.expanduser())).resolve()
+    real = _real(out.path)
+    root = _real(source.path)
     if not root.is_dir() or (real != root and root not in real.parents):
         return
     if source.reads is not None and not any(
