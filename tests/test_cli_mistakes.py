@@ -24,6 +24,7 @@ from PIL import Image
 
 from intriguing.analysis import imagefolder
 from intriguing.cli import main as cli_main
+from intriguing.cli.critics_cmds import _slug
 from intriguing.cli.main import cli
 from intriguing.errors import InvalidInputError
 
@@ -466,3 +467,26 @@ def test_figure5_refuses_an_output_name_taken_by_a_folder_before_the_attack(tmp_
     result = CliRunner().invoke(cli, ["figure5", LENET, "--n", "1", "--out", str(out)])
     one_line_error(result, "figure5.json is a folder; remove it or choose another --out")
     assert sorted(p.name for p in out.iterdir()) == ["figure5.json"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "taken"),
+    [
+        (["curves", LENET, "--n", "1", "--eps", "0.1"], f"curves-{_slug(LENET)}.json"),
+        (["curves", LENET, "--n", "1", "--eps", "0.1"], f"curves-{_slug(LENET)}.png"),
+        (["rarity", LENET, "--n", "1"], f"rarity-{_slug(LENET)}.json"),
+        (["recover", "--models", "softmax1", "--n", "1"], "recover.md"),
+        (["rarity", "--models", "softmax1", "--n", "1"], "figures/rarity.png"),
+    ],
+)
+def test_critics_refuse_an_output_name_taken_by_a_folder_before_the_work(
+    tmp_path: Path, argv: list[str], taken: str
+) -> None:
+    """A folder holding the name of a file the command writes into --out: it was found only when
+    the results were written, after the attacks."""
+    out = tmp_path / "out"
+    (out / taken).mkdir(parents=True)
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    result = CliRunner().invoke(cli, [*argv, "--out", str(out)])
+    one_line_error(result, f"{taken} is a folder; remove it or choose another --out")
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before

@@ -38,8 +38,8 @@ from intriguing.cli.options import (
     text_option,
     user_data_options,
 )
-from intriguing.cli.validation import float_range, output_file
-from intriguing.errors import InvalidInputError
+from intriguing.cli.validation import check_output_file, float_range, output_file
+from intriguing.errors import InvalidInputError, OutputError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -214,6 +214,7 @@ def _run(command: str, n: int, options: dict[str, Any], common: dict[str, Any]) 
     _check_no_model_options(command, common)
     if common["out"] is None:
         raise InvalidInputError(f"--out is required for {command} (the run directory)")
+    _check_written(common["out"], [f"{command}.json", f"{command}.md", f"figures/{command}.png"])
     _check_run(common["from_run"])
     runner = make_backend(common["backend"], address=common["address"], workers=common["workers"])
     payload = run_critics(
@@ -232,6 +233,17 @@ def _run(command: str, n: int, options: dict[str, Any], common: dict[str, Any]) 
         backend=runner,
     )
     _finish(payload, common["out"], common["json_path"])
+
+
+def _check_written(out: Path | None, names: list[str]) -> None:
+    """OutputError (one line) before any work when a file the command will write into ``out``
+    (``names``, relative) cannot be written there, e.g. a folder already holds its name."""
+    if out is None:
+        return
+    for name in names:
+        if (out / name).is_dir():
+            raise OutputError(f"{out / name} is a folder; remove it or choose another --out")
+        check_output_file(out / name, created_dirs=(out,))
 
 
 def _finish(payload: dict[str, Any], out: Path, json_path: Path | None) -> None:
@@ -388,6 +400,7 @@ def _model_examples(
     if common["models"] is not None or common["from_run"] is not None:
         raise InvalidInputError("a MODEL argument takes no --models or --from-run")
     _check_model_path(command)
+    _check_written(common["out"], [f"{command}-{_slug(spec)}.json"])
     data = open_user_data(common, split=common["split"])
     net, description = model_from_options(spec, common, seed=0)
     data.fit_to(net)
@@ -523,6 +536,8 @@ def _model_curves(
     )
     if n < 1:
         raise InvalidInputError(f"--n must be at least 1, got {n}")
+    names = [f"curves-{_slug(spec)}.json", *([] if plot_path else [f"curves-{_slug(spec)}.png"])]
+    _check_written(common["out"], names)
     torch.set_num_threads(1)
     data = open_user_data(common, split=common["split"])
     net, description = model_from_options(spec, common, seed=0)
