@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from intriguing.cli import main as cli_main
 from intriguing.cli.options import data_options
+from intriguing.data import warn_mnist5k
 from intriguing.errors import DataError
 
 
@@ -24,7 +25,11 @@ def fake_commands(monkeypatch: pytest.MonkeyPatch) -> None:
 
     @click.command()
     @data_options
-    def which(dataset: str, data_dir: object) -> None:
+    @click.option("--n", type=click.IntRange(min=1), default=1)
+    def which(dataset: str, data_dir: object, n: int) -> None:
+        if dataset == "mnist-5k":
+            for _ in range(2):  # two loads, as a command reading train and test does
+                warn_mnist5k()
         click.echo(f"dataset={dataset}")
 
     module.fails = fails  # type: ignore[attr-defined]
@@ -49,9 +54,18 @@ def test_unknown_command_and_option_exit_2() -> None:
 def test_mnist5k_is_announced_on_stderr_and_mnist_is_not(fake_commands: None) -> None:
     small = CliRunner().invoke(cli_main.cli, ["which", "--dataset", "mnist-5k"])
     assert small.exit_code == 0 and "dataset=mnist-5k" in small.stdout
-    assert "NOT match the paper" in small.stderr
+    assert small.stderr.count("NOT match the paper") == 1
+    assert "Mnist5kWarning" not in small.stderr  # the banner replaces the warning
     full = CliRunner().invoke(cli_main.cli, ["which"])
     assert full.exit_code == 0 and full.stderr == ""
+
+
+def test_mnist5k_banner_waits_for_the_data(fake_commands: None) -> None:
+    """A refused option's error is the only line: the banner comes when the data is loaded."""
+    bad = CliRunner().invoke(cli_main.cli, ["which", "--dataset", "mnist-5k", "--n", "0"])
+    assert bad.exit_code == 2
+    lines = [line for line in bad.stderr.splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1 and "NOT match the paper" not in bad.stderr
 
 
 def test_every_registered_command_imports() -> None:

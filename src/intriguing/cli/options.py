@@ -111,16 +111,33 @@ def _check_data_dir(ctx: click.Context, param: click.Parameter, value: Path | No
 
 
 def _announce_dataset(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    """Print the mnist-5k caveat once on stderr; the banner replaces the Python warning."""
+    """With mnist-5k, print its caveat on stderr when the data is first loaded (so that a refused
+    option's ``Error:`` line stays the only output); the banner replaces the Python warning."""
     _refuse_data_dir_for_mnist5k(value, ctx.params.get("data_dir"))
     if value == "mnist-5k":
-        import warnings
-
-        from intriguing.data import MNIST5K_BANNER, Mnist5kWarning
-
-        click.secho(MNIST5K_BANNER, err=True, fg="yellow", bold=True)
-        warnings.simplefilter("ignore", Mnist5kWarning)
+        _banner_at_first_load()
     return value
+
+
+def _banner_at_first_load() -> None:
+    """Show each :class:`~intriguing.data.Mnist5kWarning` of this process as the banner, once."""
+    import warnings
+
+    from intriguing.data import MNIST5K_BANNER, Mnist5kWarning
+
+    show = warnings.showwarning
+    shown = False
+
+    def show_banner(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        nonlocal shown
+        if not issubclass(category, Mnist5kWarning):
+            show(message, category, *args, **kwargs)
+        elif not shown:
+            shown = True
+            click.secho(MNIST5K_BANNER, err=True, fg="yellow", bold=True)
+
+    warnings.showwarning = show_banner
+    warnings.simplefilter("always", Mnist5kWarning)
 
 
 def _mnist_file(path: Path) -> bool:
