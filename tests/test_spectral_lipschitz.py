@@ -333,3 +333,21 @@ def test_subclasses_with_their_own_forward_are_traced_not_trusted() -> None:
     with pytest.raises(InvalidInputError, match="cannot take input") as info:
         network_bounds(reversed_net, (3,))
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("layers", [False, True])
+def test_training_mode_statistics_are_refused_before_any_forward_pass(layers: bool) -> None:
+    """A training-mode norm layer was run once (the shape probe, or the ``layers=`` check) before
+    its rule refused it: the user's running statistics changed in place (BatchNorm1d on one
+    example: a raw ValueError instead)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(4, 5), nn.BatchNorm1d(5), nn.Linear(5, 2))
+    net.train()
+    with torch.no_grad():
+        net(torch.rand(8, 1, 4) if layers else torch.rand(8, 4))
+    before = copy.deepcopy(net.state_dict())
+    named = list(net.named_children()) if layers else None
+    with pytest.raises(InvalidInputError, match=r"layer '2' \(BatchNorm1d\) is in training mode"):
+        network_bounds(net, (4,), layers=named)
+    after = net.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)

@@ -321,6 +321,7 @@ def network_bounds(
     options = options or BoundConfig()
     model = uncompiled(model)  # a torch.compile wrapper: bound the network it holds
     check_not_meta(model)
+    refuse_training_statistics(model)
     named = sequential_layers(model, layers) if layers is not None else []
     refuse_forward_hooks(model, named)
     probes = probe_inputs(shape, _check_samples(samples, shape), options.probe_inputs)
@@ -337,6 +338,21 @@ def network_bounds(
     check_batch_independent(model, probes)
     _measure(bound, model, probes, options)
     return bound
+
+
+# layers whose training mode uses batch statistics (updating running ones) or randomness
+_TRAINING_DEPENDENT = (nn.modules.batchnorm._NormBase, nn.modules.dropout._DropoutNd)
+
+
+def refuse_training_statistics(model: nn.Module) -> None:
+    """InvalidInputError (one line) for a normalisation or dropout layer in training mode, before
+    any forward pass: one would update the user's running statistics in place."""
+    for name, module in model.named_modules():
+        if module.training and isinstance(module, _TRAINING_DEPENDENT):
+            raise InvalidInputError(
+                f"layer {name!r} ({type(module).__name__}) is in training mode: call model.eval() "
+                "before bounding"
+            )
 
 
 def _is_size(d: object) -> bool:
