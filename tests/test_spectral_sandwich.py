@@ -238,3 +238,25 @@ def test_a_model_with_a_zero_lipschitz_bound_has_infinite_radii_without_numpy_wa
         warnings.simplefilter("error")
         radii = certified_radii(model, images, labels, bound)
     assert radii.global_.tolist() == [math.inf, math.inf, 0.0, math.inf]
+
+
+def test_an_attack_result_of_other_examples_is_refused() -> None:
+    """Only the length was checked: a result on other images, other labels or a targeted attack
+    gave a sandwich whose ratios belong to no pair of examples."""
+    from intriguing.attacks import LBFGS
+
+    model = sigmoid_mlp().eval()
+    images, labels = images_and_predictions(model, n=6)
+    bound = network_bounds(model, SHAPE)
+    attack = LBFGS(progress=False, max_iter=20, search_steps=3)
+    own = attack(model, images, labels)
+    assert sandwich(model, images, labels, bound, attack_result=own).attack_success.all()
+    shifted = (images + 0.1).clamp(0, 1)
+    other = attack(model, shifted, labels)
+    with pytest.raises(InvalidInputError, match="computed on other images"):
+        sandwich(model, images, labels, bound, attack_result=other)
+    with pytest.raises(InvalidInputError, match="labels differ from labels"):
+        sandwich(model, images, (labels + 1) % 10, bound, attack_result=own)
+    targeted = LBFGS(progress=False, mode="targeted", max_iter=20, search_steps=3)
+    with pytest.raises(InvalidInputError, match="targeted attack's; .* untargeted"):
+        sandwich(model, images, labels, bound, attack_result=targeted(model, images, labels))

@@ -390,7 +390,35 @@ def sandwich(
     success = attack_result.success.detach().cpu().numpy().astype(bool)
     if distortion.shape != (images.shape[0],) or success.shape != (images.shape[0],):
         raise InvalidInputError("attack result must hold one distortion and success flag per image")
+    _check_same_examples(attack_result, images, labels)
     return SandwichResult(radii=radii, attack_distortion=distortion, attack_success=success)
+
+
+def _check_same_examples(result: AttackLike, images: torch.Tensor, labels: torch.Tensor) -> None:
+    """InvalidInputError (one line) when a result that records its mode, labels or adversarials
+    (an :class:`~intriguing.attacks.AttackResult`) was not an untargeted attack on these examples."""
+    mode = getattr(result, "mode", None)
+    if mode not in (None, "untargeted"):
+        raise InvalidInputError(
+            f"attack_result is a {mode} attack's; the sandwich compares the certified radii with "
+            "untargeted distortions: pass an untargeted result"
+        )
+    given = getattr(result, "labels", None)
+    if isinstance(given, torch.Tensor) and not torch.equal(given.cpu().long(), labels.cpu().long()):
+        raise InvalidInputError(
+            "attack_result's labels differ from labels: it was computed on other examples"
+        )
+    adversarial = getattr(result, "adversarial", None)
+    if isinstance(adversarial, torch.Tensor) and adversarial.numel() == images.numel():
+        flat = images.detach().double().cpu().reshape(images.shape[0], -1)
+        moved = adversarial.detach().double().cpu().reshape(flat.shape) - flat
+        measured = moved.pow(2).mean(1).sqrt()
+        stated = result.distortion.detach().double().cpu()
+        if not torch.allclose(measured, stated, rtol=1e-3, atol=1e-6):
+            raise InvalidInputError(
+                "attack_result's distortions are not those of its adversarials from images: it was "
+                "computed on other images"
+            )
 
 
 def _default_attack() -> Attack:
