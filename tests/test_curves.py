@@ -61,8 +61,11 @@ def test_curve_refuses_bad_input() -> None:
         robustness_curve(torch.tensor([0.1, 0.2, 0.3]), ok, [0.1])
     with pytest.raises(IntriguingError, match="at least one"):
         robustness_curve(torch.zeros(0), torch.zeros(0, dtype=torch.bool), [0.1])
-    with pytest.raises(IntriguingError, match="NaN"):
-        robustness_curve(torch.tensor([0.1, 0.2]), ok, [float("nan")])
+    for budgets in ([float("nan")], [-1.0, 0.25], "0.1"):  # as robust_accuracy refuses them
+        with pytest.raises(IntriguingError, match="budgets must be"):
+            robustness_curve(torch.tensor([0.1, 0.2]), ok, budgets)  # type: ignore[arg-type]
+    with pytest.raises(IntriguingError, match="success must be a bool tensor"):
+        robustness_curve(torch.tensor([0.1, 0.2]), torch.tensor([0.5, 0.0]), [1.0])
     with pytest.raises(IntriguingError, match="rate"):
         budget_for_rate(torch.tensor([0.1, 0.2]), ok, 0.0)
     # a failure's distortion may be anything (it is ignored)

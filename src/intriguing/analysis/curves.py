@@ -44,7 +44,7 @@ def _check(distortion: torch.Tensor, success: torch.Tensor) -> tuple[torch.Tenso
         )
     if distortion.numel() == 0:
         raise InvalidInputError("no attacked examples: the curve needs at least one")
-    ok = success.bool()
+    ok = _flags(success, "success")
     # compare in the distortions' own precision: a float32 0.1 is within a budget of 0.1
     d = distortion if distortion.is_floating_point() else distortion.double()
     if bool(torch.isnan(d[ok]).any()) or bool((d[ok] < 0).any()) or bool(torch.isinf(d[ok]).any()):
@@ -114,10 +114,7 @@ def robustness_curve(
         budgets: ``B`` budgets in the same unit as ``distortion``.
     """
     d, _ = _check(distortion, success)
-    b = torch.as_tensor(budgets, dtype=torch.float64).reshape(-1)
-    if bool(torch.isnan(b).any()):
-        raise InvalidInputError("budgets contain NaN")
-    b = b.to(d.dtype)
+    b = _check_budgets(budgets).to(d.dtype)
     ordered = torch.sort(d).values
     counts = torch.searchsorted(ordered, b, right=True)
     return counts.double() / d.numel()
