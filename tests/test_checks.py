@@ -104,8 +104,12 @@ def test_probability_outputs_are_refused() -> None:
 @pytest.mark.parametrize(
     ("outputs", "message"),
     [
-        (torch.zeros(2, 1), "K >= 2"),
-        (torch.zeros(3, 4), r"shape \(2, K\)"),
+        (torch.zeros(2, 1), r"one output per image .* binary classifier .* torch\.cat\(\[-z, z\]"),
+        (torch.zeros(2), "K >= 2"),
+        (
+            torch.zeros(3, 4),
+            r"shape \(3, 4\) for a batch of 2 images; it must return logits \(2, K\)",
+        ),
         (torch.zeros(2, 3, 1), "shape"),
         (torch.tensor([[0.0, float("nan")], [0.0, 1.0]]), "NaN or inf outputs"),
     ],

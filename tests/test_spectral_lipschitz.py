@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -351,3 +352,16 @@ def test_training_mode_statistics_are_refused_before_any_forward_pass(layers: bo
         network_bounds(net, (4,), layers=named)
     after = net.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize(
+    "compile_", [torch.jit.script, lambda m: torch.jit.trace(m, torch.rand(2, 4))]
+)
+def test_torchscript_models_are_refused_with_the_right_advice(compile_: Any) -> None:
+    """A scripted model was refused as one whose forward was "replaced on the instance", a traced
+    one with advice about torch.fx."""
+    net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)).eval()
+    with pytest.raises(
+        InvalidInputError, match=r"TorchScript module.*pass the original nn\.Module"
+    ):
+        network_bounds(compile_(net), (4,))

@@ -258,5 +258,5 @@ def test_an_attack_result_of_other_examples_is_refused() -> None:
     with pytest.raises(InvalidInputError, match="labels differ from labels"):
         sandwich(model, images, (labels + 1) % 10, bound, attack_result=own)
     targeted = LBFGS(progress=False, mode="targeted", max_iter=20, search_steps=3)
-    with pytest.raises(InvalidInputError, match="targeted attack's; .* untargeted"):
+    with pytest.raises(InvalidInputError, match=r"targeted attack's; .* untargeted"):
         sandwich(model, images, labels, bound, attack_result=targeted(model, images, labels))

@@ -142,3 +142,18 @@ def test_float16_overflow_is_refused_not_stored_as_inf(tmp_path: Path, streamed:
     assert float(compute_activations(model, "1", torch.rand(4, 1, 4, 4)).max()) == 1e5
     if streamed:
         assert not path.exists()  # type: ignore[union-attr]
+
+
+def test_numpy_images_and_torchscript_models_are_one_line_errors() -> None:
+    """A numpy array ended in ``AttributeError: ... no attribute 'batch'``, a scripted model in
+    torch's ``register_forward_hook is not supported on ScriptModules``."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 5), nn.Sigmoid()).eval()
+    with pytest.raises(InvalidInputError, match=r"got ndarray; e\.g\. torch\.from_numpy"):
+        compute_activations(model, "2", images().numpy())  # type: ignore[arg-type]
+    scripted = torch.jit.script(model)
+    for call in (
+        lambda: compute_activations(scripted, "2", images()),
+        lambda: next(iter_activations(scripted, "2", images())),
+    ):
+        with pytest.raises(InvalidInputError, match="TorchScript module, whose layers take no"):
+            call()

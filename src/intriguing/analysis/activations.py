@@ -35,7 +35,7 @@ from torch import nn
 
 from intriguing._io import atomic_path
 from intriguing.errors import IntriguingError, InvalidInputError
-from intriguing.models.user import model_input
+from intriguing.models.user import model_input, refuse_script_module
 from intriguing.progress import make_progress
 from intriguing.training.trainer import eval_mode
 
@@ -127,7 +127,14 @@ def _run_model(model: nn.Module, batch: torch.Tensor) -> None:
 
 
 def _as_source(images: torch.Tensor | ImageSource) -> ImageSource:
-    return TensorSource(images) if isinstance(images, torch.Tensor) else images
+    if isinstance(images, torch.Tensor):
+        return TensorSource(images)
+    if not (callable(getattr(images, "batch", None)) and hasattr(images, "__len__")):
+        raise InvalidInputError(
+            f"images must be a torch tensor (N, C, H, W) or an image source, got "
+            f"{type(images).__name__}; e.g. torch.from_numpy(array)"
+        )
+    return images
 
 
 def _first_tensor(output: object) -> torch.Tensor:
@@ -245,6 +252,7 @@ def iter_activations(
         raise InvalidInputError(f"unknown reduce {reduce!r}; choose one of {', '.join(REDUCTIONS)}")
     if batch_size < 1:
         raise InvalidInputError(f"batch size must be at least 1, got {batch_size}")
+    refuse_script_module(model, "whose layers take no forward hooks")
     module = get_layer(model, layer)
     source = _as_source(images)
     capture = _Capture()
@@ -300,6 +308,7 @@ def compute_activations(
     """
     if dtype not in STORE_DTYPES:
         raise InvalidInputError(f"unknown dtype {dtype!r}; choose one of {', '.join(STORE_DTYPES)}")
+    refuse_script_module(model, "whose layers take no forward hooks")  # before the bar
     source = _as_source(images)
     n = len(source)
     if n == 0:

@@ -255,7 +255,12 @@ def model_robust_accuracy(
     Returns ``(summary as in robust_accuracy_summary, AttackResult of the correct examples)``.
     """
     from intriguing.attacks import LBFGS
-    from intriguing.attacks.checks import check_images, check_labels, check_output_type
+    from intriguing.attacks.checks import (
+        check_images,
+        check_labels,
+        check_logits,
+        check_output_type,
+    )
     from intriguing.attacks.metrics import success_mask
     from intriguing.models.user import model_device, model_input
     from intriguing.training.trainer import predict_logits
@@ -278,10 +283,7 @@ def model_robust_accuracy(
             for i in range(0, n, 512)
         ]
     clean_logits = torch.cat(outputs)
-    if clean_logits.ndim != 2 or clean_logits.shape[0] != n:
-        raise InvalidInputError(
-            f"model must return logits of shape ({n}, K), got {tuple(clean_logits.shape)}"
-        )
+    check_logits(clean_logits, n)
     check_labels(labels, n, num_classes=int(clean_logits.shape[1]))
     correct = clean_logits.argmax(1) == labels
     distortion = torch.zeros(n, dtype=torch.float64)

@@ -71,7 +71,7 @@ from intriguing.analysis.layer_rules import (
 from intriguing.analysis.trace import GraphBound, NodeBound, graph_bound, refuse_forward_hooks
 from intriguing.attacks.checks import check_not_meta
 from intriguing.errors import InvalidInputError
-from intriguing.models.user import uncompiled
+from intriguing.models.user import refuse_script_module, uncompiled
 
 __all__ = [
     "BoundConfig",
@@ -321,6 +321,7 @@ def network_bounds(
     options = options or BoundConfig()
     model = uncompiled(model)  # a torch.compile wrapper: bound the network it holds
     check_not_meta(model)
+    refuse_script_module(model, "whose layers cannot be traced")
     refuse_training_statistics(model)
     named = sequential_layers(model, layers) if layers is not None else []
     refuse_forward_hooks(model, named)

@@ -161,10 +161,9 @@ def check_logits(outputs: object, n: int) -> int:
             saturate.
     """
     outputs = check_output_type(outputs)
-    if outputs.ndim != 2 or outputs.shape[0] != n or outputs.shape[1] < 2:
-        raise InvalidInputError(
-            f"model must return logits of shape ({n}, K) with K >= 2, got {tuple(outputs.shape)}"
-        )
+    problem = logits_shape_problem(tuple(outputs.shape), n)
+    if problem is not None:
+        raise InvalidInputError(problem)
     if not bool(torch.isfinite(outputs).all()):
         raise InvalidInputError("model returned NaN or inf outputs; check the model and its inputs")
     sums = outputs.double().sum(1)
@@ -209,6 +208,12 @@ def logits_shape_problem(shape: tuple[int, ...], n: int) -> str | None:
     ``K >= 2`` (one line), or None when they are."""
     if len(shape) == 2 and shape[0] == n and shape[1] >= 2:
         return None
+    if len(shape) == 2 and shape[0] == n and shape[1] == 1:
+        return (
+            f"the model returned one output per image (shape {shape}); the attack needs logits "
+            "(N, K) with K >= 2 classes: for a binary classifier with one logit z, return "
+            "torch.cat([-z, z], 1) / 2 (the same softmax probabilities)"
+        )
     hint = "; a .squeeze() in forward() drops the batch axis of one image" if n == 1 else ""
     return (
         f"the model returned shape {shape} for a batch of {n} image{'' if n == 1 else 's'}; it "

@@ -43,6 +43,15 @@ def uncompiled(model: nn.Module) -> nn.Module:
 _FILE_MODULES = itertools.count()
 
 
+def refuse_script_module(model: nn.Module, what: str) -> None:
+    """InvalidInputError (one line) for a TorchScript module, which ``what`` (why it cannot be used)."""
+    if isinstance(model, torch.jit.ScriptModule):
+        raise InvalidInputError(
+            f"{type(model).__name__} is a TorchScript module, {what}; pass the original nn.Module "
+            "(before torch.jit.script / torch.jit.trace)"
+        )
+
+
 def _import_file(path: Path, spec: str) -> Any:
     """Run ``file.py`` as the module ``<package>.<stem>`` of a private package whose path is the
     file's folder: its name never shadows another module (a ``random.py`` leaves ``random``
