@@ -283,3 +283,34 @@ def test_curves_verdict_names_the_weakest_model_and_the_99_percent_budgets() -> 
     weak = curves_verdict({"models": {"a": row(1.0, 0.05), "b": row(0.9, None)}})
     assert "90.00%" in weak and "(lowest: b)" in weak and "never 99% for b" in weak
     assert "does not hold" in weak
+
+
+def test_reported_medians_of_an_even_count_are_the_mean_of_the_two_middle_values() -> None:
+    """``torch.median`` returns the lower middle value: the attack summary, the robust-accuracy
+    summary and the attack-summary step reported 0.2 for distortions 0.1, 0.2, 0.4, 0.8 (by hand:
+    (0.2 + 0.4) / 2 = 0.3), while the package's other medians were numpy's."""
+    from intriguing.analysis.curves import robust_accuracy_summary
+    from intriguing.attacks import AttackResult
+    from intriguing.attacks.metrics import median
+
+    dist = torch.tensor([0.8, 0.1, 0.4, 0.2])
+    assert median(dist) == pytest.approx(0.3) and median(dist[:3]) == pytest.approx(0.4)
+    with pytest.raises(IntriguingError, match="no values"):
+        median(dist[:0])
+    ok = torch.ones(4, dtype=torch.bool)
+    summary = robust_accuracy_summary(ok, dist, ok, [0.5], norm="l2")
+    assert summary["median_distortion"] == pytest.approx(0.3)
+    result = AttackResult(
+        adversarial=torch.zeros(4, 1),
+        success=ok,
+        distortion=dist,
+        l2=dist,
+        c=torch.ones(4, dtype=torch.float64),
+        iterations=torch.zeros(4, dtype=torch.long),
+        grad_evals=torch.zeros(4, dtype=torch.long),
+        labels=torch.zeros(4, dtype=torch.long),
+        predicted=torch.ones(4, dtype=torch.long),
+        targets=torch.full((4,), -1),
+        mode="untargeted",
+    )
+    assert result.summary()["median_distortion"] == pytest.approx(0.3)

@@ -30,6 +30,7 @@ import torch
 
 from intriguing._io import finite_or_none
 from intriguing.analysis.rarity import clopper_pearson
+from intriguing.attacks.metrics import median
 from intriguing.errors import InvalidInputError
 
 
@@ -228,9 +229,7 @@ def robust_accuracy_summary(
         "ci_high": [c[1] for c in cis],
         "attacked": int(correct.sum()),
         "fooled": int(fooled.sum()),
-        "median_distortion": float(distortion[fooled].double().median())
-        if bool(fooled.any())
-        else None,
+        "median_distortion": median(distortion[fooled]) if bool(fooled.any()) else None,
         "confidence": confidence,
         "bound": "upper bound on the robust accuracy (the attack's distortion bounds the minimum from above)",
     }

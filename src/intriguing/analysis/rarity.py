@@ -59,7 +59,7 @@ from torch import nn
 
 from intriguing._io import finite_or_none
 from intriguing.attacks.checks import check_eval_mode, check_image_pair, check_labels
-from intriguing.attacks.metrics import success_mask
+from intriguing.attacks.metrics import median, success_mask
 from intriguing.errors import InvalidInputError
 from intriguing.models.user import model_dtype
 from intriguing.progress import track
@@ -489,7 +489,7 @@ def _summary(values: list[float]) -> dict[str, float | None]:
     t = torch.tensor(values, dtype=torch.float64)
     return {
         "mean": float(t.mean()),
-        "median": float(t.median()),
+        "median": median(t),
         "min": float(t.min()),
         "max": float(t.max()),
     }

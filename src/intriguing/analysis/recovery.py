@@ -43,7 +43,7 @@ from torch import nn
 from intriguing._io import finite_or_none
 from intriguing.attacks import LBFGS, AttackResult, LBFGSConfig
 from intriguing.attacks.checks import check_eval_mode, check_image_pair, check_labels
-from intriguing.attacks.metrics import rms_distortion
+from intriguing.attacks.metrics import median, rms_distortion
 from intriguing.errors import InvalidInputError
 from intriguing.models.user import model_dtype
 
@@ -348,7 +348,7 @@ def summarise_recovery(
     adv_ok = adv[ok]
 
     def med(t: torch.Tensor) -> float | None:
-        return float(t.median()) if t.numel() else None
+        return median(t) if t.numel() else None
 
     return {
         "n": n,

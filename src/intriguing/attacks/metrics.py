@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from intriguing.errors import InvalidInputError
@@ -29,6 +30,15 @@ AIM_FACTOR = 2.0
 #: Rows per chunk of the distortion measures: their float64 work copies stay a few MB however many
 #: images there are (whole-array float64 copies of 60000 MNIST images page-fault 750 MB per call).
 DISTORTION_CHUNK = 2048
+
+
+def median(values: torch.Tensor) -> float:
+    """The usual median of a non-empty tensor: of an even count, the mean of the two middle values
+    (numpy's; ``torch.median`` returns the lower one). Every median the package reports is this."""
+    flat = values.detach().reshape(-1).double()
+    if flat.numel() == 0:
+        raise InvalidInputError("the median of no values is undefined")
+    return float(np.median(flat.cpu().numpy()))
 
 
 def _squared_rows(

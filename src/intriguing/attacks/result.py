@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
 from intriguing._io import atomic_write_bytes, atomic_write_text, file_sha256, loads_strict
+from intriguing.attacks.metrics import median
 from intriguing.errors import IntriguingError
 
 _TENSOR_FIELDS = (
@@ -109,7 +110,7 @@ class AttackResult:
             "successes": int(ok.sum()),
             "success_rate": self.success_rate,
             "mean_distortion": float(dist.mean()) if has else None,
-            "median_distortion": float(dist.median()) if has else None,
+            "median_distortion": median(dist) if has else None,
             "max_distortion": float(dist.max()) if has else None,
             "mean_l2": float(l2.mean()) if has else None,
             "elapsed_s": self.elapsed_s,

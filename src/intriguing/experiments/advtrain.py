@@ -38,6 +38,7 @@ import torch
 
 from intriguing._io import json_safe
 from intriguing.analysis.stats import t_interval, welch
+from intriguing.attacks.metrics import median
 from intriguing.errors import InvalidInputError
 from intriguing.experiments.graph import Step, StepContext, step_key
 from intriguing.experiments.rundir import RunDirectory, RunOptions
@@ -218,7 +219,7 @@ def _robustness(
         "attacked": int(kept[0].shape[0]),
         "of": int(images.shape[0]),
         "success_rate": float(result.success.double().mean()),
-        "median": float(dist.median()) if dist.numel() else None,
+        "median": median(dist) if dist.numel() else None,
         "mean": float(dist.mean()) if dist.numel() else None,
     }
 

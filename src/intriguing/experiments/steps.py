@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from intriguing._io import atomic_save_tensors, file_sha256
+from intriguing.attacks.metrics import median
 from intriguing.errors import IntriguingError
 from intriguing.experiments.graph import shard_key, shipped_as, step_key
 from intriguing.models.user import predict as user_predict
@@ -323,7 +324,7 @@ def attack_summary_step(bench: Workbench, ctx: StepContext) -> dict[str, Any]:
         "successes": sum(success),
         "success_rate": sum(success) / n if n else None,
         "mean_distortion": float(dist.mean()) if len(dist) else None,
-        "median_distortion": float(dist.median()) if len(dist) else None,
+        "median_distortion": median(dist) if len(dist) else None,
         "max_distortion": float(dist.max()) if len(dist) else None,
         "verified": sum(1 for s, v in zip(success, verified, strict=True) if s and v),
         "verify_mismatches": sum(1 for s, v in zip(success, verified, strict=True) if s != v),
