@@ -183,13 +183,17 @@ def _conv_rule(module: nn.Module, shape: Shape, out: Shape, options: BoundConfig
         )
         details: dict[str, Any] = {
             "circular_grid": list(bounds.circular_grid),
+            # the circular stand-in's smallest singular value: not a bound on the layer's own
+            "circular_lower": bounds.circular_lower,
             "injective": math.prod(out) >= math.prod(shape),
         }
         if bounds.power is not None:
             details["exact_norm"] = bounds.power.to_dict()
+        pointwise = tuple(module.weight.shape[-2:]) == (1, 1) and geometry.stride == (1, 1)
+        same_operator = pointwise and geometry.pad_before == geometry.pad_after == (0, 0)
         return {
             "upper": bounds.upper,
-            "lower": bounds.circular_lower,
+            "lower": bounds.circular_lower if same_operator else None,
             "exact": bounds.exact,
             "method": f"fft-circular+{bounds.power.method}" if bounds.power else "fft-circular",
             "size": size,

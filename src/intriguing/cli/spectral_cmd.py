@@ -123,8 +123,8 @@ def bound_table(bound: Any, title: str) -> Table:
         f"{structure} (certified Lipschitz upper bound) = {format_bound(bound.lipschitz)}; "
         f"measured lower bound (largest Jacobian norm at probe inputs) = {measured}; "
         f"with exact norms = {format_bound(bound.lipschitz_exact_norms)}. upper: certified; exact: zero-padded "
-        "operator by power iteration (from below; * = not converged); lower: smallest singular value "
-        "of the linear operator bounded by 'upper'"
+        "operator by power iteration (from below; * = not converged); lower: the layer's smallest "
+        "singular value (- where not computed: non-linear layers, padded or strided convolutions)"
     )
     return table
 
