@@ -194,3 +194,29 @@ def test_recover_cli_user_mistakes_exit_2(tmp_path: Path) -> None:
         result = runner.invoke(cli, args)
         assert result.exit_code == 2, (args, result.output)
         assert result.output.startswith("Error:") and "Traceback" not in result.output
+
+
+class _Scaled(nn.Module):
+    def __init__(self, inner: nn.Module, factor: float) -> None:
+        super().__init__()
+        self.inner, self.factor = inner, factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x) * self.factor
+
+
+def _tiny_logit_warnings(model: nn.Module, x: torch.Tensor, adv: torch.Tensor) -> int:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        recover_and_detect(model, x, adv, torch.zeros(8, dtype=torch.int64), amplify=(2.0,))
+    return sum("have logits below" in str(w.message) for w in caught)
+
+
+def test_the_attacks_from_the_boundary_do_not_call_a_fine_model_scaled_down() -> None:
+    """Adversarial examples of a two-class model sit where both logits are near 0: the attacks
+    that start there warned, once per attack, that the model's logits were tiny and its output
+    should be multiplied by a constant, though its clean logits were not tiny."""
+    model, x, d, w = _plane()
+    adv = x + ((d + 0.004)[:, None] * w).reshape(8, 1, DIM).float()  # logits (0, 0.004)
+    assert _tiny_logit_warnings(model, x, adv) == 0
+    assert _tiny_logit_warnings(_Scaled(model, 1e-3).eval(), x, adv) > 0  # truly scaled down

@@ -29,10 +29,12 @@ paper's RMS per pixel ``sqrt(sum (a - b)^2 / n)``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import numbers
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
 from typing import Any, TypedDict, Unpack
 
 import numpy as np
@@ -42,7 +44,14 @@ from torch import nn
 
 from intriguing._io import finite_or_none
 from intriguing.attacks import LBFGS, AttackResult, LBFGSConfig
-from intriguing.attacks.checks import check_eval_mode, check_image_pair, check_labels
+from intriguing.attacks.checks import (
+    TINY_LOGITS,
+    TINY_LOGITS_MESSAGE,
+    AttackWarning,
+    check_eval_mode,
+    check_image_pair,
+    check_labels,
+)
 from intriguing.attacks.metrics import median, rms_distortion
 from intriguing.errors import InvalidInputError
 from intriguing.models.user import model_dtype
@@ -232,6 +241,17 @@ def _check_amplify(amplify: object) -> tuple[float, ...]:
     return tuple(float(k) for k in amplify)
 
 
+@contextlib.contextmanager
+def _from_the_boundary(clean_logits: torch.Tensor) -> Iterator[None]:
+    """Attacks that start at adversarial examples: near the decision boundary every logit of a
+    two-class model is near 0, so the attack's tiny-logits warning (meant for a model whose output
+    was scaled down) is silenced unless the clean examples' logits are tiny too."""
+    with warnings.catch_warnings():
+        if not bool((clean_logits.detach().abs().amax(1) < TINY_LOGITS).any()):
+            warnings.filterwarnings("ignore", message=TINY_LOGITS_MESSAGE, category=AttackWarning)
+        yield
+
+
 def recover_and_detect(
     model: nn.Module,
     originals: torch.Tensor,
@@ -284,7 +304,8 @@ def recover_and_detect(
                 f"clean_statistic must have shape ({n},), got {tuple(clean_statistic.shape)}"
             )
     with torch.no_grad():
-        clean_pred = model(originals).argmax(1)
+        clean_logits = model(originals)
+        clean_pred = clean_logits.argmax(1)
         adv_pred = model(adversarials).argmax(1)
     if bool((clean_pred != labels).any()):
         raise InvalidInputError(
@@ -294,8 +315,9 @@ def recover_and_detect(
         raise InvalidInputError(
             f"{int((adv_pred == labels).sum())} adversarial(s) still have their true label; drop failed attacks first"
         )
-    back = _attack(kw, "targeted")(model, adversarials, adv_pred, targets=labels)
-    detect_adv = _attack(kw, "untargeted")(model, adversarials, adv_pred)
+    with _from_the_boundary(clean_logits):
+        back = _attack(kw, "targeted")(model, adversarials, adv_pred, targets=labels)
+        detect_adv = _attack(kw, "untargeted")(model, adversarials, adv_pred)
     if clean_statistic is None:
         clean_stat = _statistic(_attack(kw, "untargeted")(model, originals, labels))
     else:
@@ -315,7 +337,8 @@ def recover_and_detect(
         still = pushed_pred != labels
         stat = torch.full((n,), torch.nan, dtype=torch.float64)
         if bool(still.any()):
-            res = _attack(kw, "untargeted")(model, pushed[still], pushed_pred[still])
+            with _from_the_boundary(clean_logits):
+                res = _attack(kw, "untargeted")(model, pushed[still], pushed_pred[still])
             stat[still] = _statistic(res)
         amplified[f"detector_amplified_{k:g}"] = stat
     return {

@@ -328,6 +328,7 @@ def warn_zero_gradients(grad: torch.Tensor, *, where: str = "the clean images") 
 # Clean logits below this in magnitude make the success rule's absolute floor (a lead of
 # SUCCESS_MARGIN = 1e-4 logits) at least 1% of their scale: successes need visibly more distortion.
 TINY_LOGITS = 1e-2
+TINY_LOGITS_MESSAGE = r"\d+ example\(s\) have logits below"  # the start of its warning (a regex)
 
 
 def warn_tiny_logits(clean_logits: torch.Tensor) -> int:
