@@ -114,14 +114,32 @@ RAY_BYTES = 512 * 2**20  # the most memory one block of clipped rays may hold
 RAY_ARRAYS = 13  # (K, D) float64-sized arrays a ClippedRays block holds at once
 
 
-def ray_blocks(x: torch.Tensor, directions: torch.Tensor) -> Iterator[ClippedRays]:
-    """:class:`ClippedRays` over consecutive blocks of ``directions`` ``(K, D)``, each within
-    :data:`RAY_BYTES` (one block where it fits: MNIST's 1000 directions of 784 values; 34 at a
-    time for 3x224x224 images, where all 1000 at once held 16 GB)."""
-    dim = int(directions.shape[1]) if directions.ndim == 2 else 1
-    rows = max(1, RAY_BYTES // (RAY_ARRAYS * 8 * dim))
-    for start in range(0, int(directions.shape[0]), rows):
-        yield ClippedRays(x, directions[start : start + rows])
+# torch's CPU normal sampler fills 16 values at a time: blocks of a multiple of 16 values draw
+# exactly the numbers of one draw (and leave the generator in the same state)
+_NORMAL_GROUP = 16
+
+
+def direction_blocks(count: int, dim: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """:func:`uniform_directions` ``(count, dim)`` drawn in consecutive blocks of rows, each within
+    :data:`RAY_BYTES`: the same directions, bit for bit, as one draw, without holding them all
+    (1000 directions of 3x224x224 take 1.2 GB; MNIST's fit in one block)."""
+    rows = max(1, RAY_BYTES // (RAY_ARRAYS * 8 * dim)) // _NORMAL_GROUP * _NORMAL_GROUP
+    rows = max(rows, _NORMAL_GROUP)
+    start = 0
+    while start < count:
+        take = min(rows, count - start)
+        if 0 < (count - start - take) * dim < _NORMAL_GROUP:
+            take = count - start  # a last block under 16 values would be drawn differently
+        yield uniform_directions(take, dim, generator)
+        start += take
+
+
+def ray_blocks(x: torch.Tensor, count: int, generator: torch.Generator) -> Iterator[ClippedRays]:
+    """:class:`ClippedRays` from ``x`` along ``count`` uniform directions, block by block
+    (:func:`direction_blocks`: 32 at a time for 3x224x224 images, where all 1000 at once held
+    16 GB)."""
+    for directions in direction_blocks(count, int(x.numel()), generator):
+        yield ClippedRays(x, directions)
 
 
 def _merged_counts(parts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -426,7 +444,7 @@ def measure_rarity(
         rho = float(l2[i])
         entry: dict[str, Any] = {"l2": rho, "rms": rho / math.sqrt(dim), "scales": {}}
         parts: dict[float, list[dict[str, Any]]] = {scale: [] for scale in cfg.scales}
-        for rays in ray_blocks(originals[i], uniform_directions(cfg.samples, dim, gen)):
+        for rays in ray_blocks(originals[i], cfg.samples, gen):
             for scale in cfg.scales:
                 parts[scale].append(
                     flip_counts(
@@ -438,7 +456,6 @@ def measure_rarity(
             lo, hi = clopper_pearson(counts["flips"], counts["valid"], cfg.confidence)
             entry["scales"][f"{scale:g}"] = {**counts, "ci": [lo, hi]}
         if cfg.ray_directions:
-            directions = uniform_directions(cfg.ray_directions, dim, gen)
             dist = torch.cat(
                 [
                     ray_boundary_distances(
@@ -450,7 +467,7 @@ def measure_rarity(
                         bisect_steps=cfg.bisect_steps,
                         chunk=cfg.chunk,
                     )
-                    for ray_set in ray_blocks(originals[i], directions)
+                    for ray_set in ray_blocks(originals[i], cfg.ray_directions, gen)
                 ]
             )
             ray_all.append(dist / rho)
