@@ -339,14 +339,14 @@ def test_logit_scales_lift_only_small_logits() -> None:
 
 
 def test_logit_scales_lower_only_huge_logits() -> None:
-    """Worked by hand: largest |logit| 4000 -> 1000 / 4000 = 0.25; 1e20 -> 1e-17; exactly the
-    ceiling 1000 and the usual 25 -> exactly 1."""
+    """Worked by hand: largest |logit| 200 -> 50 / 200 = 0.25; 5e20 -> 1e-19; exactly the
+    ceiling 50 and the usual 25 -> exactly 1."""
     from intriguing.attacks.lbfgs import LOGIT_CEILING, logit_scales
 
-    assert LOGIT_CEILING == 1e3
-    logits = torch.tensor([[4000.0, -1.0], [1e20, 0.0], [1000.0, 0.0], [-25.0, 3.0]])
+    assert LOGIT_CEILING == 50.0
+    logits = torch.tensor([[200.0, -1.0], [5e20, 0.0], [50.0, 0.0], [-25.0, 3.0]])
     scales = logit_scales(logits)
-    torch.testing.assert_close(scales[:2], torch.tensor([0.25, 1e-17], dtype=torch.float64))
+    torch.testing.assert_close(scales[:2], torch.tensor([0.25, 1e-19], dtype=torch.float64))
     assert scales[2].item() == 1.0 and scales[3].item() == 1.0
 
 

@@ -211,6 +211,27 @@ def test_large_logits_stay_near_the_exact_optimum(
     assert_matches_oracle(attack, oracle, UNTARGETED_SAMPLE_GAP)
 
 
+@pytest.mark.parametrize("ceiling", [None, 1e3])
+def test_logits_a_hundred_times_larger_keep_the_targeted_attack_near_the_optimum(
+    softmax_model: tuple[nn.Module, torch.Tensor, torch.Tensor],
+    monkeypatch: pytest.MonkeyPatch,
+    ceiling: float | None,
+) -> None:
+    """Logits 100 times the model's (largest |logit| in the hundreds, as a net trained without
+    weight decay may have): the targeted attack stays within SMALL_LOGIT_GAP of the optimum. The
+    comparison can fail: with the former scale-down threshold of 1000 it ends further above."""
+    from intriguing.attacks import lbfgs
+
+    model, pool, pool_labels = softmax_model
+    large = (scaled_copy(model, 100.0), pool, pool_labels)
+    if ceiling is None:
+        run_oracle_comparison(large, 60, "targeted", SMALL_LOGIT_GAP)
+        return
+    monkeypatch.setattr(lbfgs, "LOGIT_CEILING", ceiling)
+    with pytest.raises(AssertionError, match="above the exact optimum"):
+        run_oracle_comparison(large, 60, "targeted", SMALL_LOGIT_GAP)
+
+
 def test_large_logits_without_the_scale_down_are_not_fooled(
     softmax_model: tuple[nn.Module, torch.Tensor, torch.Tensor], monkeypatch: pytest.MonkeyPatch
 ) -> None:
