@@ -46,8 +46,10 @@ COMMANDS = [
 def _bad_paths(tmp: Path) -> dict[str, str]:
     afile = tmp / "a-file"
     afile.write_text("x")
+    (tmp / "dangling").symlink_to(tmp / "nowhere")
     return {
         "file as parent": str(afile / "x.json"),
+        "dangling link": str(tmp / "dangling" / "x.json"),
         "/proc": "/proc/intriguing-test/x.json",
         "deep below a file": str(afile / "sub" / "dir" / "x.json"),
     }
@@ -66,7 +68,7 @@ def test_unwritable_outputs_are_one_error_line_before_any_work(
         assert ("Traceback" not in result.output and result.exception is None) or isinstance(
             result.exception, SystemExit
         )
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # nothing written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "dangling"]  # nothing written
 
 
 @pytest.mark.parametrize(
@@ -425,3 +427,45 @@ def test_every_command_of_the_console_script_checks_its_outputs() -> None:
         assert getattr(command.callback, "_intriguing_outputs_guarded", False), command.name
         if isinstance(command, click.Group):
             pending.extend(command.commands.values())
+
+
+def test_a_relative_out_that_does_not_exist_yet_is_created(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check of the files curves/rarity/recover write into --out compared their absolute
+    parent with the relative --out: a new relative --out (the usual way to type it) was refused
+    as "does not exist; create it first"."""
+    lenet = f"{Path(__file__).resolve().parent / 'fixtures' / 'mymodels.py'}:lenet"
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["curves", lenet, "--n", "1", "--eps", "0.1", "--out", "rel"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.suffix for p in (tmp_path / "rel").iterdir()) == [".json", ".png"]
+
+
+def test_a_tilde_in_an_output_path_is_the_home_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--json=~/x.json`` (the shell expands no ``~`` after ``=``) was checked as ``$HOME/x.json``
+    but written to ``./~/x.json``, creating a folder named ``~``."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+
+    @click.command()
+    @click.option("--json", type=validation.output_file(".json"))
+    def probe(json: Path) -> None:
+        atomic_write_json(json, {"ok": True})
+
+    result = CliRunner().invoke(probe, ["--json=~/x.json"])
+    assert result.exit_code == 0, result.output
+    assert (home / "x.json").is_file() and list(work.iterdir()) == []
+
+
+def test_an_out_that_is_a_link_to_nothing_is_named_before_any_work(tmp_path: Path) -> None:
+    """figure5 and units ran their work, then failed with "cannot write (File exists)"."""
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+    for out in (tmp_path / "gone", tmp_path / "gone" / "run"):
+        with pytest.raises(OutputError, match=r"gone is a symbolic link to .*nowhere, which does"):
+            validation.check_output_dir(out)

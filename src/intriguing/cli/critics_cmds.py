@@ -95,8 +95,8 @@ def _common(func: F) -> F:
         ),
         out_option(
             default=None,
-            help="Run directory (resumable; JSON, markdown and figures go here). Required, except "
-            "for 'curves MODEL'.",
+            help="Run directory (resumable; JSON, markdown and figures go here). Required without "
+            "a MODEL argument; with one, optional (its JSON, and curves' plot, go here).",
         ),
         choice_option(
             "--split",

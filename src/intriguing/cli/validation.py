@@ -105,6 +105,17 @@ def refuse_directory_name(text: str) -> None:
         raise OutputError(f"{text} {'is' if existing else 'names'} a directory; give a file name")
 
 
+def _refuse_dangling_link(absolute: Path, shown: Path) -> None:
+    """OutputError when ``absolute`` or a folder above it is a symbolic link to nothing: the
+    folders could not be created through it (found only when the results were written)."""
+    for part in (absolute, *absolute.parents):
+        if part.is_symlink() and not part.exists():
+            raise OutputError(
+                f"{shown}: {part} is a symbolic link to {os.readlink(part)}, which does not exist; "
+                "create its target or choose another path"
+            )
+
+
 def check_output_dir(path: Path) -> Path:
     """Check that ``path`` is (or can be created as) a writable directory; return it unchanged.
 
@@ -118,6 +129,7 @@ def check_output_dir(path: Path) -> Path:
             f"{str(path)[:60]}...: the files written inside this directory would pass the system's "
             f"{_PATH_MAX}-byte path limit; choose a shorter path"
         )
+    _refuse_dangling_link(absolute, path)
     if absolute.exists():
         if not absolute.is_dir():
             raise OutputError(f"{path} is a file; give a directory")
@@ -148,7 +160,8 @@ def check_output_file(path: Path, created_dirs: tuple[Path, ...] = ()) -> Path:
     if parent.exists() and not parent.is_dir():
         raise OutputError(f"{path}: {parent} is a file, not a directory")
     if not parent.exists():
-        if not any(parent == d or d in parent.parents for d in created_dirs):
+        created = [_check_syntax(d) for d in created_dirs]  # absolute, as parent is
+        if not any(parent == d or d in parent.parents for d in created):
             raise OutputError(
                 f"{path}: directory {parent} does not exist; create it first (nothing is "
                 "created silently)"
@@ -179,13 +192,13 @@ class OutputPath(click.ParamType):
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Path:
         if isinstance(value, Path):
-            path = value
+            path = value.expanduser()
         elif isinstance(value, str):
             if not value.strip():
                 self.fail("an output path is empty; give a file or directory name", param, ctx)
             if "\x00" in value:
                 self.fail(f"{value!r}: an output path cannot contain a NUL byte", param, ctx)
-            path = Path(value)
+            path = Path(value).expanduser()  # the shell leaves ~ alone in --json=~/x.json
         else:
             self.fail(f"{value!r} is not a path", param, ctx)
         try:
