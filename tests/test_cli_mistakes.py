@@ -490,3 +490,29 @@ def test_critics_refuse_an_output_name_taken_by_a_folder_before_the_work(
     result = CliRunner().invoke(cli, [*argv, "--out", str(out)])
     one_line_error(result, f"{taken} is a folder; remove it or choose another --out")
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--tol", "2"], "2.0 is not in the range 0<x<1"),
+        (["--exact-method", "none", "--tol", "0.5"], "--tol: the exact-norm iteration they tune"),
+        (["--exact-method", "none", "--power-iterations", "5"], "--power-iterations: the exact"),
+    ],
+)
+def test_spectral_refuses_iteration_settings_that_would_mislead(
+    argv: list[str], message: str
+) -> None:
+    """--tol 2 stopped the power iteration at once and showed its estimate as converged; with
+    --exact-method none the iteration's settings were ignored silently."""
+    result = CliRunner().invoke(cli, ["spectral", LENET, "--input-shape", "1,28,28", *argv])
+    one_line_error(result, message)
+
+
+def test_report_on_a_critics_run_names_what_the_folder_holds(tmp_path: Path) -> None:
+    """A finished rarity run was called a reproduce run that "has not finished"; rerunning it
+    would never write results.json."""
+    (tmp_path / "steps").mkdir()
+    (tmp_path / "rarity.json").write_text("{}")
+    result = CliRunner().invoke(cli, ["report", str(tmp_path)])
+    one_line_error(result, "holds the results of `intriguing rarity` (rarity.json), not of")

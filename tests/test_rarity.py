@@ -230,6 +230,10 @@ def test_measure_rarity_refuses_bad_input(
     for bad in bad_settings:  # refused when the settings are made, before any work
         with pytest.raises(IntriguingError):
             RarityConfig(**bad)
+    # a repeated scale counted the same directions twice (valid 20 of 10 samples; interval halved)
+    for repeated in ((1.0, 1.0, 2.0), (1.0, 1.0000001)):
+        with pytest.raises(IntriguingError, match="scales list a value twice"):
+            RarityConfig(scales=repeated)
     with pytest.raises(IntriguingError, match="training mode"):
         measure_rarity(model.train(), x, adv, y)
 

@@ -178,6 +178,10 @@ def sealed(document: dict[str, Any]) -> dict[str, Any]:
     return document | {"digest": results_digest(document)}
 
 
+# the results of the step-graph commands that write no results.json (experiments/critics.py)
+STEP_GRAPH_RESULTS = ("rarity.json", "recover.json", "curves.json")
+
+
 def read_results(run_dir: str | os.PathLike[str], schema: str, *, command: str) -> dict[str, Any]:
     """``run_dir/results.json`` of an ``intriguing <command>`` run, checked for its ``schema``.
 
@@ -210,6 +214,12 @@ def read_results(run_dir: str | os.PathLike[str], schema: str, *, command: str) 
         raise IntriguingError(
             f"{path} is a directory, not a results file; remove it and rerun "
             f"`intriguing {command} --out {run_dir}`"
+        )
+    other = [name for name in STEP_GRAPH_RESULTS if (root / name).is_file()]
+    if not path.is_file() and other:
+        raise IntriguingError(
+            f"{run_dir} holds the results of `intriguing {Path(other[0]).stem}` ({other[0]}), not "
+            f"of `intriguing {command}`; give the --out DIR of an `intriguing {command}` run"
         )
     if not path.is_file() and (root / "steps").is_dir():
         raise IntriguingError(

@@ -271,6 +271,11 @@ class RarityConfig:
             raise InvalidInputError(f"samples must be >= 1, got {self.samples}")
         if not self.scales or any(not (math.isfinite(s) and s > 0) for s in self.scales):
             raise InvalidInputError(f"scales must be positive numbers, got {list(self.scales)}")
+        if len({f"{s:g}" for s in self.scales}) != len(self.scales):
+            # each scale's counts are keyed by f"{scale:g}": a repeat counted its directions twice
+            raise InvalidInputError(
+                f"scales list a value twice (as %g): {list(self.scales)}; give each once"
+            )
         if self.ray_directions < 0 or self.grid < 2 or self.bisect_steps < 1:
             raise InvalidInputError(
                 "ray_directions must be >= 0, grid >= 2 and bisect_steps >= 1; "

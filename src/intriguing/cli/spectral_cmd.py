@@ -229,6 +229,23 @@ def _prepared_model(
     return model, layers, input_shape
 
 
+def _refuse_unused_iteration_settings(exact_method: str) -> None:
+    """--power-iterations and --tol tune the exact-norm iteration: refused with --exact-method none
+    (nothing iterates; they would be ignored silently)."""
+    from intriguing.cli.options import typed
+
+    given = [
+        flag
+        for name, flag in (("power_iterations", "--power-iterations"), ("tol", "--tol"))
+        if typed(name)
+    ]
+    if exact_method == "none" and given:
+        raise InvalidInputError(
+            f"{', '.join(given)}: the exact-norm iteration they tune is skipped by --exact-method none; "
+            "drop them or choose power or lanczos"
+        )
+
+
 @click.command("spectral")
 @click.argument("model_name", metavar="MODEL")
 @text_option(
@@ -264,7 +281,7 @@ def _prepared_model(
 )
 @click.option(
     "--tol",
-    type=float_range(min=0, min_open=True),
+    type=float_range(min=0, max=1, min_open=True, max_open=True),
     default=1e-8,
     show_default=True,
     help="Power iteration stops when the estimate changes by less than this (relative); Lanczos: "
@@ -300,6 +317,7 @@ def spectral(
 
     run_device = resolve_device(device)  # refused before any work
     _refuse_unused_seed(model_name, weights)
+    _refuse_unused_iteration_settings(exact_method)
     if n_sandwich and model_name == ALEXNET:
         raise IntriguingError("--sandwich works on the MNIST zoo only, not on alexnet")
     params = {"weights": weights, "normalize": normalize, "dataset": dataset, "data_dir": data_dir}
