@@ -260,3 +260,25 @@ def test_an_attack_result_of_other_examples_is_refused() -> None:
     targeted = LBFGS(progress=False, mode="targeted", max_iter=20, search_steps=3)
     with pytest.raises(InvalidInputError, match=r"targeted attack's; .* untargeted"):
         sandwich(model, images, labels, bound, attack_result=targeted(model, images, labels))
+
+
+def test_a_sequential_ending_in_log_softmax_keeps_the_logits_radii() -> None:
+    """``nn.Sequential(..., nn.LogSoftmax(dim=1))`` was bounded as a chain: its radii were divided
+    by the softmax's 1 + sqrt(K) and it had no pairwise radius, though log_softmax keeps every
+    margin (docs/spectral.md, "Class margins"). By hand: global radius margin / (sqrt(2) sigma)."""
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Flatten(), nn.Linear(36, 5)).eval()
+    with_log = nn.Sequential(nn.Flatten(), nn.Linear(36, 5), nn.LogSoftmax(dim=1)).eval()
+    with_log[1].load_state_dict(plain[1].state_dict())
+    x = torch.rand(6, 1, 6, 6)
+    with torch.no_grad():
+        logits = plain(x)
+    y = logits.argmax(1)
+    sigma = float(torch.linalg.matrix_norm(plain[1].weight.double(), 2))
+    top2 = logits.double().topk(2, dim=1).values
+    by_hand = ((top2[:, 0] - top2[:, 1]) / (math.sqrt(2) * sigma) / 6).numpy()  # RMS over 36
+    radii = certified_radii(with_log, x, y, network_bounds(with_log, (1, 6, 6)))
+    np.testing.assert_allclose(radii.global_, by_hand, rtol=1e-5)
+    expected = certified_radii(plain, x, y, network_bounds(plain, (1, 6, 6)))
+    assert radii.pairwise is not None and expected.pairwise is not None
+    np.testing.assert_allclose(radii.pairwise, expected.pairwise, rtol=1e-9)

@@ -329,9 +329,11 @@ def network_bounds(
     if layers is not None:
         check_chain(model, named, probes)
         bound = _chain_bound(named, shape, options, progress)
-    elif _is_plain_sequential(model) and all(
-        find_rule(m) is not None for _, m in sequential_layers(model)
-    ):
+    elif (
+        _is_plain_sequential(model)
+        and all(find_rule(m) is not None for _, m in sequential_layers(model))
+        and not any(isinstance(m, nn.LogSoftmax) for _, m in sequential_layers(model))
+    ):  # a final LogSoftmax keeps every margin: the graph bounds the logits before it apart
         bound = _chain_bound(sequential_layers(model), shape, options, progress)
     else:
         bound = _from_graph(graph_bound(model, shape, options), shape)
