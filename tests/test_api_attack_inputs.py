@@ -652,3 +652,28 @@ def test_untampered_attack_result_round_trips_exactly(tmp_path: Path) -> None:
         result.settings,
     )
     assert back.summary() == result.summary()
+
+
+@pytest.mark.parametrize(
+    ("n", "labels", "batch_size", "message"),
+    [
+        (-1, None, 2048, "n must be an integer >= 1"),  # kept all but the last correct example
+        (0, None, 2048, "n must be an integer >= 1"),
+        (2.5, None, 2048, "n must be an integer >= 1"),
+        (2, "column", 2048, r"labels must have shape \(6,\)"),  # broadcast into 18 "examples"
+        (2, "float", 2048, "integer class indices"),
+        (2, None, 0, "batch_size must be an integer >= 1"),
+    ],
+)
+def test_select_correct_refuses_what_it_cannot_use(
+    n: Any, labels: str | None, batch_size: int, message: str
+) -> None:
+    from intriguing.models.user import select_correct
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3)).eval()
+    images = torch.rand(6, 1, 2, 2)
+    with torch.no_grad():
+        truth = model(images).argmax(1)
+    given = {None: truth, "column": truth[:, None], "float": truth.float()}[labels]
+    with pytest.raises(InvalidInputError, match=message):
+        select_correct(model, images, given, n, batch_size=batch_size)

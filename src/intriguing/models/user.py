@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import itertools
+import numbers
 import os
 import sys
 import types
@@ -208,6 +209,27 @@ def none_correct(n: int) -> InvalidInputError:
     )
 
 
+def _is_count(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) >= 1
+
+
+def _check_selection(images: object, labels: object, n: object, batch_size: object) -> None:
+    """One line for what :func:`select_correct` cannot use (``n=-1`` kept all but the last correct
+    example; labels ``(N, 1)`` broadcast into ``N x N`` "examples")."""
+    if n is not None and not _is_count(n):
+        raise InvalidInputError(f"n must be an integer >= 1 (or None for all), got {n!r}")
+    if not _is_count(batch_size):
+        raise InvalidInputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if not isinstance(images, torch.Tensor) or not isinstance(labels, torch.Tensor):
+        raise InvalidInputError("images and labels must be torch tensors")
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise InvalidInputError(f"labels must be integer class indices, got {labels.dtype}")
+    if labels.shape != (images.shape[0],):
+        raise InvalidInputError(
+            f"labels must have shape ({images.shape[0]},), one per image; got {tuple(labels.shape)}"
+        )
+
+
 def select_correct(
     model: nn.Module,
     images: torch.Tensor,
@@ -225,8 +247,10 @@ def select_correct(
     examples: the CLI, the reproduction graph and the critics' experiments all call it).
 
     Raises:
-        InvalidInputError: fewer than ``n`` correctly classified examples.
+        InvalidInputError: ``n`` not None nor an integer >= 1, ``batch_size`` not an integer >= 1,
+            labels not integers of shape ``(N,)``, or fewer than ``n`` correct examples.
     """
+    _check_selection(images, labels, n, batch_size)
     keep: list[torch.Tensor] = []
     found = 0
     for start in range(0, len(labels), batch_size):
