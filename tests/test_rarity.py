@@ -226,6 +226,9 @@ def test_measure_rarity_refuses_bad_input(
         {"scales": (-1.0,)},
         {"box": "wrap"},
         {"confidence": 1.5},
+        {"samples": 10.5},  # these three failed inside measure_rarity, after a forward pass
+        {"seed": None},
+        {"scales": "1"},
     ]
     for bad in bad_settings:  # refused when the settings are made, before any work
         with pytest.raises(IntriguingError):

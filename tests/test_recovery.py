@@ -220,3 +220,9 @@ def test_the_attacks_from_the_boundary_do_not_call_a_fine_model_scaled_down() ->
     adv = x + ((d + 0.004)[:, None] * w).reshape(8, 1, DIM).float()  # logits (0, 0.004)
     assert _tiny_logit_warnings(model, x, adv) == 0
     assert _tiny_logit_warnings(_Scaled(model, 1e-3).eval(), x, adv) > 0  # truly scaled down
+
+
+def test_a_misspelled_bootstrap_setting_is_named() -> None:
+    """``confidance=0.9`` raised ``TypeError: auc_confidence_interval() got an unexpected ...``."""
+    with pytest.raises(IntriguingError, match="unknown bootstrap setting.*confidance; valid: conf"):
+        summarise_recovery({}, confidance=0.9)  # type: ignore[call-arg]

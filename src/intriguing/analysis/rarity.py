@@ -49,6 +49,7 @@ correctly classified examples used) is no longer the strict argmax, as in
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
@@ -267,6 +268,16 @@ class RarityConfig:
 
     def __post_init__(self) -> None:
         """Raise InvalidInputError on an unusable setting (at construction, before any work)."""
+        for name in ("samples", "ray_directions", "grid", "bisect_steps", "seed", "chunk"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise InvalidInputError(f"{name} must be an integer, got {value!r}")
+        if not isinstance(self.scales, tuple | list) or not all(
+            isinstance(s, numbers.Real) and not isinstance(s, bool) for s in self.scales
+        ):
+            raise InvalidInputError(f"scales must be a tuple of numbers, got {self.scales!r}")
+        if isinstance(self.confidence, bool) or not isinstance(self.confidence, numbers.Real):
+            raise InvalidInputError(f"confidence must be a number, got {self.confidence!r}")
         if self.samples < 1:
             raise InvalidInputError(f"samples must be >= 1, got {self.samples}")
         if not self.scales or any(not (math.isfinite(s) and s > 0) for s in self.scales):

@@ -19,9 +19,9 @@ original label?" Starting from adversarial examples ``x' = x + r`` of the paper'
 
 Separation is the ROC AUC ``P(S(x') < S(x)) + P(tie) / 2``, computed with the Mann-Whitney U
 statistic (:func:`scipy.stats.mannwhitneyu`; ``AUC = U / (n_clean * n_adv)``), with a percentile
-bootstrap interval (:func:`scipy.stats.bootstrap`) that resamples (clean, adversarial) *pairs*
-because both come from the same images. A failed attack gives ``S = inf`` (no prediction change
-found: ranked as the most clean-looking).
+bootstrap interval (:func:`scipy.stats.bootstrap`) that resamples the clean and the adversarial
+statistics independently (stratified; :func:`auc_confidence_interval` says why not by pairs). A
+failed attack gives ``S = inf`` (no prediction change found: ranked as the most clean-looking).
 
 Conventions: images ``(N, ...)`` float32 in [0, 1]; labels int64 ``(N,)``; distortion is the
 paper's RMS per pixel ``sqrt(sum (a - b)^2 / n)``.
@@ -362,6 +362,13 @@ def summarise_recovery(
     """JSON-ready summary of :func:`recover_and_detect`'s tensors (rates, medians, AUCs); the
     intervals' settings are ``bootstrap`` (:class:`Bootstrap`)."""
     from intriguing.analysis.rarity import clopper_pearson
+
+    unknown = sorted(set(bootstrap) - set(Bootstrap.__annotations__))
+    if unknown:
+        raise InvalidInputError(
+            f"unknown bootstrap setting(s) {', '.join(unknown)}; valid: "
+            f"{', '.join(Bootstrap.__annotations__)}"
+        )
 
     ok = per["recovered"].bool()
     n = int(ok.numel())
