@@ -224,5 +224,7 @@ def test_the_attacks_from_the_boundary_do_not_call_a_fine_model_scaled_down() ->
 
 def test_a_misspelled_bootstrap_setting_is_named() -> None:
     """``confidance=0.9`` raised ``TypeError: auc_confidence_interval() got an unexpected ...``."""
-    with pytest.raises(IntriguingError, match="unknown bootstrap setting.*confidance; valid: conf"):
+    with pytest.raises(
+        IntriguingError, match=r"unknown bootstrap setting.*confidance; valid: conf"
+    ):
         summarise_recovery({}, confidance=0.9)  # type: ignore[call-arg]
