@@ -469,3 +469,24 @@ def test_an_out_that_is_a_link_to_nothing_is_named_before_any_work(tmp_path: Pat
     for out in (tmp_path / "gone", tmp_path / "gone" / "run"):
         with pytest.raises(OutputError, match=r"gone is a symbolic link to .*nowhere, which does"):
             validation.check_output_dir(out)
+
+
+def test_an_unknown_user_after_tilde_is_one_line() -> None:
+    """``--json=~nosuchuser/x.json`` ended in ``RuntimeError: Could not determine home directory``."""
+    with pytest.raises(OutputError, match=r"cannot expand ~no-such-user-9f3 \(no such user"):
+        validation.check_output_file(Path("~no-such-user-9f3/x.json"))
+    result = CliRunner().invoke(cli, ["data", "info", "--json=~no-such-user-9f3/x.json"])
+    assert result.exit_code == 2 and "cannot expand ~no-such-user-9f3" in result.output
+
+
+def test_an_output_file_that_is_a_link_is_written_through_it(tmp_path: Path) -> None:
+    """The atomic rename replaced the link with a regular file and left its target as it was; a
+    link to nothing was replaced silently."""
+    (tmp_path / "target.json").write_text("old")
+    (tmp_path / "link.json").symlink_to("target.json")
+    atomic_write_json(tmp_path / "link.json", {"new": 1})
+    assert (tmp_path / "link.json").is_symlink()
+    assert (tmp_path / "target.json").read_text().startswith("{")
+    (tmp_path / "dead.json").symlink_to(tmp_path / "nowhere" / "x.json")
+    with pytest.raises(OutputError, match=r"dead\.json is a symbolic link to .*which does not exist"):
+        validation.check_output_file(tmp_path / "dead.json")

@@ -70,6 +70,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     :class:`~intriguing.errors.OutputError` (one line) instead of an ``OSError``.
     """
     target = Path(path)
+    if target.is_symlink():  # write the file the link names; renaming onto it would replace it
+        target = Path(os.path.realpath(target))
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")

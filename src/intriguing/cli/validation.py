@@ -52,6 +52,17 @@ def _reason(exc: OSError) -> str:
     return exc.strerror or type(exc).__name__
 
 
+def expand_home(path: Path) -> Path:
+    """``path`` with a leading ``~`` or ``~user`` expanded; OutputError (one line) for an unknown
+    user or an unknown home folder (``Path.expanduser`` raises RuntimeError)."""
+    try:
+        return path.expanduser()
+    except RuntimeError:
+        raise OutputError(
+            f"{path}: cannot expand {path.parts[0]} (no such user, or no home folder)"
+        ) from None
+
+
 def _check_syntax(path: Path) -> Path:
     """Refuse empty paths, NUL bytes, over-long names and system pseudo file systems."""
     text = str(path)
@@ -63,7 +74,7 @@ def _check_syntax(path: Path) -> Path:
         len(os.fsencode(part)) > _NAME_MAX for part in path.parts
     ):
         raise OutputError(f"{text[:60]}...: path or file name too long; choose a shorter one")
-    resolved = Path(os.path.abspath(path.expanduser()))
+    resolved = Path(os.path.abspath(expand_home(path)))
     try:
         real = resolved.resolve()
     except (OSError, RuntimeError):  # a symlink loop
@@ -100,7 +111,7 @@ def refuse_directory_name(text: str) -> None:
     """OutputError when an output file's name is a directory: an existing one, ``.``, ``..``, ``/``
     or a name ending in a separator (a file name is needed; ``Path.with_suffix`` fails on them)."""
     last = text.replace(os.altsep or os.sep, os.sep).rsplit(os.sep, 1)[-1]
-    existing = Path(text).expanduser().is_dir()
+    existing = expand_home(Path(text)).is_dir()
     if existing or last in ("", ".", ".."):
         raise OutputError(f"{text} {'is' if existing else 'names'} a directory; give a file name")
 
@@ -154,6 +165,7 @@ def check_output_file(path: Path, created_dirs: tuple[Path, ...] = ()) -> Path:
     """
     absolute = _check_syntax(path)
     refuse_directory_name(str(path))
+    _refuse_dangling_link(absolute, path)
     if absolute.exists() and not absolute.is_file():
         raise OutputError(f"{path} is not a regular file; give a file name")
     parent = absolute.parent
@@ -192,16 +204,17 @@ class OutputPath(click.ParamType):
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Path:
         if isinstance(value, Path):
-            path = value.expanduser()
+            path = value
         elif isinstance(value, str):
             if not value.strip():
                 self.fail("an output path is empty; give a file or directory name", param, ctx)
             if "\x00" in value:
                 self.fail(f"{value!r}: an output path cannot contain a NUL byte", param, ctx)
-            path = Path(value).expanduser()  # the shell leaves ~ alone in --json=~/x.json
+            path = Path(value)
         else:
             self.fail(f"{value!r} is not a path", param, ctx)
         try:
+            path = expand_home(path)  # the shell leaves ~ alone in --json=~/x.json
             if self.kind == "dir":
                 checked = check_output_dir(path)
                 if ctx is not None:
@@ -281,7 +294,7 @@ class InputPath(click.Path):
 
 def _real(path: Path) -> Path:
     """``path`` absolute, ``~`` expanded and symlinks resolved: the one spelling compared."""
-    return Path(os.path.abspath(path.expanduser())).resolve()
+    return Path(os.path.abspath(expand_home(path))).resolve()
 
 
 def _identity(path: Path) -> tuple[Any, ...]:
@@ -320,7 +333,7 @@ def _written(outputs: Sequence[Output]) -> list[tuple[str, Path]]:
 
 def _check_input(what: str, path: Path, source: Input) -> None:
     """OutputError if the output ``path`` (named ``what``) would replace the input ``source``."""
-    folder = source.path.expanduser().is_dir()
+    folder = expand_home(source.path).is_dir()
     if folder and _inside(path, source.path, source.reads):
         raise OutputError(
             f"{what} would overwrite a file of the {source.flag} folder {source.path}; "
@@ -371,7 +384,7 @@ def refuse_overwrites(outputs: Sequence[Output], inputs: Sequence[Input]) -> Non
                 _check_directory(out, source)
     files = _written(outputs)
     for what, path in files:
-        if path.expanduser().is_dir():  # the option's own name was checked when parsed
+        if expand_home(path).is_dir():  # the option's own name was checked when parsed
             raise OutputError(f"{what} is an existing directory: {path}; remove it or rename")
     seen: dict[tuple[Any, ...], str] = {
         _identity(out.path): f"the {out.flag} directory {out.path}"
