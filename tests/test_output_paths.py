@@ -488,5 +488,7 @@ def test_an_output_file_that_is_a_link_is_written_through_it(tmp_path: Path) -> 
     assert (tmp_path / "link.json").is_symlink()
     assert (tmp_path / "target.json").read_text().startswith("{")
     (tmp_path / "dead.json").symlink_to(tmp_path / "nowhere" / "x.json")
-    with pytest.raises(OutputError, match=r"dead\.json is a symbolic link to .*which does not exist"):
+    with pytest.raises(
+        OutputError, match=r"dead\.json is a symbolic link to .*which does not exist"
+    ):
         validation.check_output_file(tmp_path / "dead.json")

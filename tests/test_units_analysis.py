@@ -202,3 +202,18 @@ def test_report_section_and_verdict_follow_the_stored_numbers() -> None:
     ):
         test.update(p_mannwhitney=p_value, rank_biserial=effect)
         assert phrase in units_verdict(payload)
+
+
+def test_a_layer_constant_over_the_images_is_refused_in_one_line() -> None:
+    """Every direction of a constant layer is dead: the summary held only NaN and the CLI crashed
+    formatting the rotation curve's missing means (a TypeError after the work)."""
+    rng = np.random.default_rng(0)
+    images = rng.random((20, 1, 4, 4)).astype(np.float32)
+    labels = np.arange(20) % 2
+    phi = np.full((20, 6), 0.3, dtype=np.float32)
+    with pytest.raises(InvalidInputError, match=r"same for all 20 images .*every direction is dead"):
+        analyse_units(
+            phi, images, labels, UnitsConfig(k=2, n_directions=4, n_null=100, n_resamples=99)
+        )
+    phi[7, 3] = 0.31  # one image differs: analysed
+    analyse_units(phi, images, labels, UnitsConfig(k=2, n_directions=4, n_null=100, n_resamples=99))

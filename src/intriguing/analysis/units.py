@@ -488,6 +488,22 @@ def check_inputs(
     return y.astype(np.int64), int(y.max()) + 1
 
 
+def _refuse_constant(phi: np.ndarray, block: int = 4096) -> None:
+    """InvalidInputError (one line) when every image has the same activations: every direction is
+    then dead, and no statistic is defined (the summary held only NaN, then the CLI crashed)."""
+    first = np.asarray(phi[:1], dtype=np.float64)
+    for start in range(0, phi.shape[0], block):  # blocks: phi may be memory-mapped
+        if not np.array_equal(
+            np.asarray(phi[start : start + block], dtype=np.float64),
+            np.broadcast_to(first, (min(block, phi.shape[0] - start), phi.shape[1])),
+        ):
+            return
+    raise InvalidInputError(
+        f"the layer's activations are the same for all {phi.shape[0]} images (every direction "
+        "is dead: a constant layer?); choose another layer or other images"
+    )
+
+
 def analyse_units(
     phi: np.ndarray,
     images: np.ndarray,
@@ -507,6 +523,7 @@ def analyse_units(
     y, n_classes = check_inputs(phi, labels, images)
     config.check_image_set(phi.shape[0], y is not None)
     config.check_dimension(phi.shape[1], phi.shape[0])
+    _refuse_constant(phi)
     families_wanted = dirs.check_family_names(list(config.families))
     unit_images = coh.unit_rows(np.asarray(images, dtype=np.float32).reshape(images.shape[0], -1))
     projector = Projector(phi, centre=config.centre, standardise=config.standardise)

@@ -198,7 +198,8 @@ def _print_summary(results: dict[str, Any]) -> None:
     if curve:
         key = "purity" if "purity" in curve else "pixel_cosine"
         pairs = ", ".join(
-            f"{a:g}: {v:.3f}" for a, v in zip(curve["alphas"], curve[key]["mean"], strict=True)
+            f"{a:g}: {'n/a' if v is None else format(v, '.3f')}"
+            for a, v in zip(curve["alphas"], curve[key]["mean"], strict=True)
         )
         click.echo(f"rotation curve ({key} mean by alpha): {pairs}")
     for kind, path in results.get("figures", {}).items():
