@@ -54,12 +54,10 @@ def test_factory_model_on_rgb_folder(user_setup: Path) -> None:
             "user_models_f5:make",
             "--images",
             str(user_setup / "imgs"),
-            "--n",
-            "5",
             "--out",
             str(out),
         ],
-    )
+    )  # the default --n (4) draws the 3 there are
     assert result.exit_code == 0, result.output
     doc = json.loads((out / "figure5.json").read_text())
     assert [r["name"] for r in doc["images"]] == ["img0.png", "img1.png", "img2.png"]
@@ -101,3 +99,31 @@ def test_empty_image_folder_is_refused(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     result = CliRunner().invoke(figure5, ["softmax1", "--images", str(tmp_path / "empty")])
     assert isinstance(result.exception, Exception) and "no image files" in str(result.exception)
+
+
+def test_a_typed_n_above_the_images_is_refused_before_the_attack(user_setup: Path) -> None:
+    """``--n 5`` on 3 images drew 3 without a word (attack refuses the same)."""
+    out = user_setup / "out"
+    argv = ["user_models_f5:make", "--images", str(user_setup / "imgs"), "--n", "5"]
+    result = CliRunner().invoke(figure5, [*argv, "--out", str(out)])
+    assert result.exit_code == 1 and "only 3 images; lower --n to at most 3" in str(
+        result.exception
+    )
+    assert not out.exists()
+
+
+def test_run_figure5_gives_back_the_models_train_eval_flags(tmp_path: Path) -> None:
+    """run_figure5 left a training model (with a frozen, eval-mode BatchNorm) in eval mode."""
+    from intriguing.experiments.figure5 import run_figure5
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2), torch.nn.Flatten(), torch.nn.Linear(8, 3)
+    )
+    model.train()
+    model[1].eval()
+    flags = [m.training for m in model.modules()]
+    run_figure5(
+        model, torch.rand(2, 1, 4, 4), ["a", "b"], tmp_path, attack_settings={"max_iter": 5}
+    )
+    assert [m.training for m in model.modules()] == flags

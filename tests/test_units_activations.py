@@ -157,3 +157,21 @@ def test_numpy_images_and_torchscript_models_are_one_line_errors() -> None:
     ):
         with pytest.raises(InvalidInputError, match="TorchScript module, whose layers take no"):
             call()
+
+
+class _DictLayer(nn.Module):
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"out": x.flatten(1)}
+
+
+def test_a_pooling_reduce_on_a_layer_without_positions_is_refused() -> None:
+    """``reduce="max"`` on a ``(B, D)`` layer was accepted, recorded and did nothing."""
+    model = small_mlp()
+    with pytest.raises(InvalidInputError, match=r"layer '2' returns \(5,\) values per image"):
+        compute_activations(model, "2", images(), reduce="max")
+
+
+def test_a_layer_returning_a_dict_is_named_with_what_to_do() -> None:
+    model = nn.Sequential(_DictLayer()).eval()
+    with pytest.raises(InvalidInputError, match="layer '0' returned a dict, not a tensor; choose"):
+        compute_activations(model, "0", images())

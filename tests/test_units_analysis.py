@@ -211,7 +211,9 @@ def test_a_layer_constant_over_the_images_is_refused_in_one_line() -> None:
     images = rng.random((20, 1, 4, 4)).astype(np.float32)
     labels = np.arange(20) % 2
     phi = np.full((20, 6), 0.3, dtype=np.float32)
-    with pytest.raises(InvalidInputError, match=r"same for all 20 images .*every direction is dead"):
+    with pytest.raises(
+        InvalidInputError, match=r"same for all 20 images .*every direction is dead"
+    ):
         analyse_units(
             phi, images, labels, UnitsConfig(k=2, n_directions=4, n_null=100, n_resamples=99)
         )

@@ -538,9 +538,15 @@ class DataSource:
         return self.images.batch(start, min(stop, len(self.images)))
 
     def take(self, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None, list[str]]:
-        """The first ``n`` (all when None; else an integer >= 1) images, labels and names, decoded."""
+        """The first ``n`` (all when None; else an integer >= 1, at most ``len(self)``) images,
+        labels and names, decoded."""
         check_count_or_none("n", n)
-        count = len(self) if n is None else min(n, len(self))
+        if n is not None and n > len(self):
+            raise InvalidInputError(
+                f"only {len(self)} images in {self.meta.get('path', 'the data')}; lower n (--n) "
+                f"to at most {len(self)}"
+            )
+        count = len(self) if n is None else n
         labels = None if self.labels is None else self.labels[:count]
         return self.batch(0, count), labels, self.names[:count]
 

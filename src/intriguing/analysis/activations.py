@@ -137,18 +137,31 @@ def _as_source(images: torch.Tensor | ImageSource) -> ImageSource:
     return images
 
 
-def _first_tensor(output: object) -> torch.Tensor:
-    """The layer's output tensor (the first tensor of a tuple output)."""
+def _first_tensor(output: object, layer: str = "the chosen layer") -> torch.Tensor:
+    """The layer's output tensor (the first element of a tuple output, when it is a tensor)."""
     if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
         output = output[0]
     if not isinstance(output, torch.Tensor):
-        raise InvalidInputError(f"the chosen layer returned {type(output).__name__}, not a tensor")
+        raise InvalidInputError(
+            f"layer {layer!r} returned a {type(output).__name__} whose first element is not a "
+            "tensor; choose one of its sub-modules whose output is a tensor (see layer_names)"
+            if isinstance(output, (tuple, list))
+            else f"layer {layer!r} returned a {type(output).__name__}, not a tensor; choose one "
+            "of its sub-modules whose output is a tensor (see layer_names)"
+        )
     return output
 
 
-def _flatten_output(output: object, reduce: Reduce) -> torch.Tensor:
-    """``(B, ...)`` layer output -> ``(B, D)`` float32 (first tensor of a tuple output)."""
-    out = _first_tensor(output).detach().float().cpu()
+def _flatten_output(output: torch.Tensor, reduce: Reduce, layer: str) -> torch.Tensor:
+    """``(B, ...)`` layer output -> ``(B, D)`` float32; ``reduce`` mean/max pools each channel of
+    an output with positions ``(B, C, ...)``, and is refused for a ``(B, D)`` one (it would do
+    nothing)."""
+    if reduce != "flatten" and output.ndim <= 2:
+        raise InvalidInputError(
+            f"layer {layer!r} returns {tuple(output.shape[1:])} values per image, no positions to "
+            f"pool: reduce={reduce!r} would do nothing; use 'flatten' (drop --reduce)"
+        )
+    out = output.detach().float().cpu()
     if reduce != "flatten" and out.ndim > 2:
         spatial = out.flatten(2)
         out = spatial.mean(dim=2) if reduce == "mean" else spatial.amax(dim=2)
@@ -178,7 +191,7 @@ def _layer_output(
         _run_model(model, model_input(model, batch))  # float64/bf16 models too
     if not capture.outputs:
         raise InvalidInputError(f"layer {layer!r} was never called in the model's forward pass")
-    output = _first_tensor(capture.outputs[0])
+    output = _first_tensor(capture.outputs[0], layer)
     _check_batch_first(output, len(batch), layer)
     return output
 
@@ -225,7 +238,7 @@ def _check_one_call(
             "nn.Sequential(shared) per call) and choose one of those"
         )
     if calls == 1:
-        _check_batch_first(_first_tensor(capture.outputs[0]), size, layer)
+        _check_batch_first(_first_tensor(capture.outputs[0], layer), size, layer)
 
 
 def iter_activations(
@@ -263,7 +276,7 @@ def iter_activations(
             if start == 0:
                 _check_one_call(model, capture, layer, batch, tuple(output.shape))
         capture.outputs.clear()
-        yield _flatten_output(output, reduce)
+        yield _flatten_output(output, reduce, layer)
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ from intriguing.cli.options import (
     model_options,
     open_user_data,
     seed_option,
+    typed,
     user_data_options,
 )
 from intriguing.cli.validation import output_dir
@@ -211,6 +212,10 @@ def figure5(model: str, n: int, out: Path, seed: int, **params: Any) -> None:
         raise InvalidInputError(f"--n must be at least 1, got {n}")
     torch.set_num_threads(1)
     data = open_user_data(params)
+    if not typed("n"):  # the default draws what there is; a typed --n above it is refused
+        n = min(n, len(data))
+    elif n > len(data):  # before a zoo model trains or the attack runs
+        raise InvalidInputError(f"only {len(data)} images; lower --n to at most {len(data)}")
     check_drawable(data.batch(0, 1))  # before a zoo model trains or the attack runs
     check_out_folder(out)
     net, description = model_from_options(model, params, seed=seed)

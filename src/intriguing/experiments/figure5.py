@@ -128,12 +128,14 @@ def run_figure5(
     from intriguing.attacks import LBFGS
     from intriguing.inputs import model_device
     from intriguing.report.figures import plot_figure5
+    from intriguing.training.trainer import eval_mode
 
     check_drawable(images)
     check_out_folder(out_dir)
     out = Path(out_dir)
     settings = {"threads": 1, **(attack_settings or {})}
-    result = LBFGS(mode="untargeted", **settings)(model.eval(), images.to(model_device(model)))
+    with eval_mode(model):  # each sub-module's train/eval flag is given back afterwards
+        result = LBFGS(mode="untargeted", **settings)(model, images.to(model_device(model)))
     result.save(out / FIGURE5_FILES[2])
     adversarial = result.adversarial.detach().cpu()
     rows = [
