@@ -262,6 +262,12 @@ def test_report_refuses_missing_or_foreign_results(tmp_path: Path) -> None:
         (["--attack", "pgd"], "pgd"),
         # cut to the 1000 test images of mnist-5k silently before
         (["--dataset", "mnist-5k", "--robust-n", "1500"], "exceeds the 1000 test images"),
+        # mnist-5k: 4000 images, 32 minibatches of 128 an epoch; epoch 2 holds 32-63: no refresh
+        (
+            ["--dataset", "mnist-5k", "--variants", "input-pool", "--epochs", "2"]
+            + ["--warmup-epochs", "1", "--refresh-every", "1000"],
+            "no pool refresh would happen (every 1000 minibatches",
+        ),
     ],
 )
 def test_cli_user_mistakes_exit_2(tmp_path: Path, args: list[str], message: str) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 import platform
 import statistics
@@ -346,6 +347,25 @@ def build_steps(spec: AdvTrainRunConfig, load_data: DataLoader) -> list[Step]:
     return steps
 
 
+def check_refreshes(spec: AdvTrainRunConfig, n_train: int) -> None:
+    """InvalidInputError (one line) when a pool variant's pool would never be filled: refreshes
+    come when the run's minibatch counter is a multiple of ``refresh_every``, and none may fall in
+    the pool epochs (``--refresh-every 1000`` with 32 minibatches an epoch ran weight decay alone
+    under a pool variant's name)."""
+    pooled = [v for v in spec.variants if v.endswith("-pool")]
+    if not pooled:
+        return
+    per_epoch = math.ceil(n_train / spec.train.batch_size)
+    start, stop = spec.pool.warmup_epochs * per_epoch, spec.train.epochs * per_epoch
+    every = spec.pool.refresh_every
+    if math.ceil(start / every) * every >= stop:
+        raise InvalidInputError(
+            f"{', '.join(pooled)}: no pool refresh would happen (every {every} minibatches, "
+            f"counted from the start; the pools run from minibatch {start} to {stop}, {per_epoch} "
+            "an epoch), so no adversarial example would be used; lower --refresh-every"
+        )
+
+
 def run_advtrain(
     spec: AdvTrainRunConfig, out: str | os.PathLike[str], **options: Unpack[RunOptions]
 ) -> dict[str, Any]:
@@ -365,6 +385,8 @@ def run_advtrain(
             f"robust_n (--robust-n) {spec.robust_n} exceeds the {len(data.test_labels)} test "
             f"images of {spec.dataset}; give at most {len(data.test_labels)}"
         )
+    n_train = len(data.train_labels)
+    check_refreshes(spec, n_train if spec.train_limit is None else min(n_train, spec.train_limit))
     results = run.run(
         build_steps(spec, load_data), description="advtrain", backend=options.get("backend")
     )
