@@ -270,7 +270,17 @@ def test_verdict_follows_the_numbers() -> None:
     assert "but not in kind" not in verdict(_doc(0.06, 0.03, success=0.5))
     single = _doc(0.06, 0.03)
     single["rows"] = single["rows"][:1]
-    assert verdict(single).startswith("No verdict")
+    assert verdict(single).startswith("No verdict: the run needs tasks with at least two")
+
+
+def test_no_verdict_says_when_the_fewest_class_models_were_never_fooled() -> None:
+    """Both K were attacked, but the 2-class model was fooled on no image: the message said the run
+    lacked two numbers of classes or an attacked family."""
+    doc = _doc(0.06, 0.03)
+    doc["rows"][0].update(success_rate=0.0, distortion={"mean": None})
+    assert verdict(doc).startswith(
+        "No verdict: no distortion ratio can be formed, as the 2-class models were fooled on no"
+    )
 
 
 def test_verdict_quotes_the_fewest_class_models_only() -> None:

@@ -117,12 +117,19 @@ def verdict(doc: Mapping[str, Any]) -> str:
     """
     ratios = distortion_ratios(doc)
     attacked = [r for r in doc["rows"] if r.get("success_rate") is not None]
-    if not ratios or not attacked:
+    ks = sorted({int(r["num_classes"]) for r in doc["rows"]})
+    if len(ks) < 2 or not attacked:
         return (
             "No verdict: the run needs tasks with at least two different numbers of classes "
             "and one attacked family."
         )
-    ks = sorted({int(r["num_classes"]) for r in doc["rows"]})
+    if not ratios:
+        never = sorted({int(r["num_classes"]) for r in attacked if _mean(r) is None})
+        return (
+            "No verdict: no distortion ratio can be formed, as the "
+            f"{' and '.join(f'{k}-class' for k in never)} models were fooled on no image "
+            "(success 0%); attack more images (--n)."
+        )
     overall = _geomean(list(ratios.values()))
     if overall >= LESS_SEVERE:
         size = "less severe in size"
