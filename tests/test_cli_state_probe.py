@@ -100,6 +100,23 @@ def test_eval_of_a_checkpoint_refuses_another_dataset(tiny_checkpoint: Path) -> 
     assert "train_error" in ok.output
 
 
+def test_eval_of_a_checkpoint_without_dataset_uses_its_own(tiny_checkpoint: Path) -> None:
+    """No ``--dataset``: its default (mnist) was refused, the message quoting "--dataset mnist",
+    an option never given; the checkpoint's own dataset is used (as its seed is)."""
+    runner = CliRunner()
+    own = runner.invoke(cli, ["eval", "--checkpoint", str(tiny_checkpoint)])
+    assert own.exit_code == 0, own.output
+    assert "dataset: mnist-5k" in own.stdout and own.stderr.count("NOT match the paper") == 1
+    same = runner.invoke(
+        cli, ["eval", "--checkpoint", str(tiny_checkpoint), "--dataset", "mnist-5k"]
+    )
+    assert own.stdout == same.stdout
+    _one_line_error(
+        runner.invoke(cli, ["eval", "--checkpoint", str(tiny_checkpoint), "--data-dir", "/x"]),
+        "trained on mnist-5k, which reads no folder: --data-dir does nothing",
+    )
+
+
 def test_eval_of_a_checkpoint_refuses_a_seed_it_would_ignore(tiny_checkpoint: Path) -> None:
     """``eval --checkpoint CK --seed 5`` silently evaluated the seed-0 checkpoint."""
     runner = CliRunner()

@@ -115,11 +115,11 @@ def _announce_dataset(ctx: click.Context, param: click.Parameter, value: str) ->
     option's ``Error:`` line stays the only output); the banner replaces the Python warning."""
     _refuse_data_dir_for_mnist5k(value, ctx.params.get("data_dir"))
     if value == "mnist-5k":
-        _banner_at_first_load()
+        banner_at_first_load()
     return value
 
 
-def _banner_at_first_load() -> None:
+def banner_at_first_load() -> None:
     """Show each :class:`~intriguing.data.Mnist5kWarning` of this process as the banner, once."""
     import warnings
 

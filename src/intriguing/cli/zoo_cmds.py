@@ -218,6 +218,7 @@ def _eval_checkpoint(
         raise InvalidInputError(f"{checkpoint} holds {trained.name!r}, not {name!r}")
     own_data = bool(options.get("images_dir") or options.get("tensors_file"))
     given = f"{flag}{checkpoint}"
+    options = _its_own_dataset(given, trained.sidecar, options, own_data)
     _check_checkpoint_options(given, trained.sidecar, options["dataset"], seed, own_data)
     if _custom({k: v for k, v in options.items() if k not in ("dataset", "data_dir")}):
         return _eval_any(str(checkpoint), options, seed)  # --tensors/--images/--weights/...
@@ -261,6 +262,28 @@ def _split_errors(trained: Any, dataset: str, data_dir: Path | None) -> dict[str
         **{f"{split}_error": value for split, value in errors.items()},
         "paper": dict(get_entry(trained.name).paper),
     }
+
+
+def _its_own_dataset(
+    given: str, sidecar: dict[str, Any], options: dict[str, Any], own_data: bool
+) -> dict[str, Any]:
+    """``options`` with the dataset the checkpoint was trained on when ``--dataset`` was not typed
+    (its default, mnist, was refused for an mnist-5k checkpoint, quoting an option never given)."""
+    from intriguing.cli.options import DATASETS, banner_at_first_load, typed
+    from intriguing.errors import InvalidInputError
+
+    identity = sidecar.get("dataset")
+    trained_on = identity.get("dataset") if isinstance(identity, dict) else None
+    if own_data or typed("dataset") or trained_on not in DATASETS:
+        return options
+    if trained_on == "mnist-5k":
+        if options.get("data_dir") is not None:
+            raise InvalidInputError(
+                f"{given} was trained on mnist-5k, which reads no folder: --data-dir does nothing; "
+                "drop it"
+            )
+        banner_at_first_load()
+    return {**options, "dataset": trained_on}
 
 
 def _check_checkpoint_options(
