@@ -264,8 +264,10 @@ def test_report_refuses_missing_or_foreign_results(tmp_path: Path) -> None:
         (["--dataset", "mnist-5k", "--robust-n", "1500"], "exceeds the 1000 test images"),
         # mnist-5k: 4000 images, 32 minibatches of 128 an epoch; epoch 2 holds 32-63: no refresh
         (
-            ["--dataset", "mnist-5k", "--variants", "input-pool", "--epochs", "2"]
-            + ["--warmup-epochs", "1", "--refresh-every", "1000"],
+            [
+                *("--dataset", "mnist-5k", "--variants", "input-pool", "--epochs", "2"),
+                *("--warmup-epochs", "1", "--refresh-every", "1000"),
+            ],
             "no pool refresh would happen (every 1000 minibatches",
         ),
     ],
