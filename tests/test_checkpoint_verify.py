@@ -249,3 +249,12 @@ def test_an_edited_sidecar_config_is_refused_on_an_explicit_path(
     _write_sidecar(entry_a.path, config={**entry_a.sidecar["config"], "iterations": 99})
     with pytest.raises(CheckpointError, match="do not give its key"):
         load_checkpoint(entry_a.path)
+
+
+def test_a_results_file_given_as_a_checkpoint_is_not_to_be_deleted(tmp_path: Path) -> None:
+    """``eval results.json`` (eval's own --json output) said "sidecar lacks [...]; delete the
+    checkpoint and retrain": the user's results file is no checkpoint to delete."""
+    results = tmp_path / "e1.json"
+    results.write_text(json.dumps({"model": "softmax1", "test_error": 0.07}))
+    with pytest.raises(CheckpointError, match=r"is not a checkpoint's sidecar .*intriguing train"):
+        load_checkpoint(results)

@@ -172,6 +172,11 @@ def read_sidecar(path: Path) -> dict[str, Any]:
             f"{sidecar_file}: sidecar is not a JSON object; delete it and retrain"
         )
     missing = [k for k in ("model", "config", "weights_sha256") if k not in data]
+    if "config" in missing and "weights_sha256" in missing:  # e.g. a results file of eval --json
+        raise CheckpointError(
+            f"{sidecar_file} is not a checkpoint's sidecar (no config, no weights_sha256); give "
+            "a checkpoint written by intriguing train (NAME-KEY.safetensors or its .json)"
+        )
     if missing:
         raise CheckpointError(
             f"{sidecar_file}: sidecar lacks {missing}; delete the checkpoint and retrain"
