@@ -19,7 +19,8 @@ RNG are reused), with three optional additions:
   means the space of that layer's output ``h = below(x)``, in which ``above`` (the layers after it)
   is attacked. Sigmoid outputs lie in [0, 1], so the same box-constrained attack applies to the
   sub-network ``above`` with ``h`` as its "image" ``(N, D)``;
-- every ``refresh_every`` minibatches (after ``warmup_epochs`` clean epochs) each pool receives
+- at every minibatch whose number in the run (from the first, warm-up included) is a multiple of
+  ``refresh_every``, after ``warmup_epochs`` clean epochs, each pool receives
   ``round(refresh_fraction * size)`` new examples, made by the refill attack against the *current*
   model from random training images: appended while the pool is not full, then replacing a random
   subset of its entries. Every minibatch of ``B`` clean examples is mixed with ``round(mix * B)``
