@@ -139,7 +139,9 @@ def test_choose_examples_refuses_a_zero_chunk(tensor_data: Any) -> None:
     with pytest.raises(InvalidInputError, match="chunk must be an integer >= 1"):
         choose_examples(model, tensor_data, 2, chunk=0)
     assert len(choose_examples(model, tensor_data, 2, correct_only=False, chunk=3)[0]) == 2
-    assert len(tensor_data.take(None)[0]) == 7 and len(tensor_data.take(9)[0]) == 7
+    assert len(tensor_data.take(None)[0]) == 7 and len(tensor_data.take(7)[0]) == 7
+    with pytest.raises(InvalidInputError, match=r"only 7 images in .*d\.npz; lower n \(--n\) to"):
+        tensor_data.take(9)  # it drew 7 without a word (figure5 --n 9)
 
 
 def test_open_data_refuses_a_split_with_tensors(tmp_path: Path) -> None:
