@@ -155,9 +155,27 @@ def test_ctrl_c_prints_one_line_and_exits_130(
         cli_main.main(["stop"])
     assert caught.value.code == 130
     captured = capsys.readouterr()
-    assert captured.err.strip() == INTERRUPTED and "Aborted" not in captured.err
+    assert captured.err.strip() == "interrupted" and "Aborted" not in captured.err
     result = CliRunner().invoke(cli, ["stop"])
-    assert result.exit_code == 130 and result.stderr.strip() == INTERRUPTED
+    assert result.exit_code == 130 and result.stderr.strip() == "interrupted"
+
+
+@pytest.mark.parametrize(
+    ("argv", "resumable"),
+    [
+        (["reproduce", "--quick"], True),
+        (["rarity", "--models", "softmax1", "--out", "x"], True),
+        (["rarity", "softmax1", "--n", "2"], False),  # a MODEL argument: attacked in memory
+        (["attack", "softmax1"], False),
+        (["eval", "softmax1"], False),
+    ],
+)
+def test_ctrl_c_promises_a_resume_only_where_there_is_one(argv: list[str], resumable: bool) -> None:
+    """attack and eval said "rerun the same command to resume where it stopped"; they keep no
+    run folder, and a rerun starts again."""
+    ctx = cli.make_context("intriguing", list(argv), resilient_parsing=True)
+    expected = INTERRUPTED if resumable else "interrupted"
+    assert cli_main.interrupted_message(ctx) == expected
 
 
 @pytest.mark.parametrize(
@@ -237,7 +255,7 @@ def test_sigint_during_a_command_exits_130_with_one_line() -> None:
         child.send_signal(signal.SIGINT)
         _, err = child.communicate(timeout=60)
     assert child.returncode == 130, err
-    assert err.strip() == INTERRUPTED
+    assert err.strip() == "interrupted"  # a fake command keeps no run folder
 
 
 # --------------------------------------------------------- 3 and 4: spectral, rich text

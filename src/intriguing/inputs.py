@@ -425,12 +425,14 @@ def check_model_input(
     shape = shape_text(images)
     _check_channels(model, images, shape)
     probe = model_input(model, images[:2])
-    logits = _logits(_probe(model, probe, shape), len(probe), shape)
-    # batches of one image too (an attack's, an evaluation's last chunk)
-    alone = _logits(_probe_one(model, probe[:1]), 1, shape)
+    logits = _logits(_probe(model, probe.clone(), shape), len(probe), shape)
     if not bool(torch.isfinite(logits).all()):
         raise InvalidInputError(f"the model returned NaN or infinite logits on the data ({shape})")
-    check_same_logits(logits[0], alone[0])
+    # batches of one image too (an attack's, an evaluation's last chunk); the first and the last
+    # image alone: a forward that mixes the batch may spare its first row (net(x[:1]).expand)
+    for row in {0, len(probe) - 1}:
+        alone = _logits(_probe_one(model, probe[row : row + 1].clone()), 1, shape)
+        check_same_logits(logits[row], alone[0])
     classes = int(logits.shape[1])
     if labels is not None and len(labels) and int(labels.max()) >= classes:
         raise InvalidInputError(
@@ -508,6 +510,11 @@ def _logits(output: Any, n: int, shape: str) -> torch.Tensor:
         raise InvalidInputError(
             f"the model must return floating logits for images {shape}; it returned "
             f"{output.dtype} (return the raw scores, not class indices)"
+        )
+    if output.device.type == "meta":
+        raise InvalidInputError(
+            "the model returned its logits on the meta device (no values); return them on the "
+            "device of its input"
         )
     return output
 
@@ -632,7 +639,11 @@ def _open_folder(
     if size is not None and size < 1:
         raise InvalidInputError(f"--image-size must be at least 1, got {size}")
     source = ImageFolderSource(folder, size=size, mode=mode or "RGB")
-    found = read_labels(labels_file, source.names) if labels_file else folder_labels(source.names)
+    found = (
+        read_labels(labels_file, source.names)
+        if labels_file
+        else folder_labels(source.names, folder)
+    )
     labels = None if found is None else torch.from_numpy(found[0])
     meta = {
         "kind": "folder",

@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import os
 import re
+import unicodedata
 import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -50,12 +52,26 @@ def find_images(folder: str | os.PathLike[str]) -> list[Path]:
     if not root.is_dir():
         raise InvalidInputError(f"{folder}: not a directory; pass a folder of images")
     files = sorted(
-        (p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
+        (p for p in _walk(root) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
         key=lambda p: p.relative_to(root).as_posix(),
     )
     if not files:
         raise InvalidInputError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
     return files
+
+
+def _walk(root: Path) -> Iterator[Path]:
+    """Every file below ``root``, following folder symlinks (a class folder may be a link, as
+    torchvision's ImageFolder allows) but never into a folder already visited (a link loop)."""
+    seen: set[str] = set()
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            subfolders.clear()
+            continue
+        seen.add(real)
+        for name in files:
+            yield Path(folder) / name
 
 
 class ImageFolderSource:
@@ -184,7 +200,9 @@ def _to_chw(image: Image.Image, mode: str) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(array, -1, 0))
 
 
-def folder_labels(names: list[str]) -> tuple[np.ndarray, list[str]] | None:
+def folder_labels(
+    names: list[str], root: str | os.PathLike[str] | None = None
+) -> tuple[np.ndarray, list[str]] | None:
     """Labels from an ImageFolder layout (every name ``class/file``), else None.
 
     Integer class folders (``0/``, ``7/``) keep their value as the label; other names are numbered
@@ -217,7 +235,25 @@ def folder_labels(names: list[str]) -> tuple[np.ndarray, list[str]] | None:
             f"class folders {first}/ and {second}/ are both class {int(first)}: "
             "merge them into one folder"
         )
+    if root is not None and not all(re.fullmatch(r"\d+", v) for v in raw):
+        _refuse_empty_class_folders(Path(root), set(raw))
     return encode_labels(raw)
+
+
+def _refuse_empty_class_folders(root: Path, found: set[str]) -> None:
+    """Named classes are numbered in sorted order: a class folder without images (``dog/``
+    between ``cat/`` and ``zebra/``) would renumber every class after it. Refused, as torchvision's
+    ImageFolder does."""
+    empty = sorted(
+        p.name
+        for p in root.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and p.name not in found
+    )
+    if empty:
+        raise InvalidInputError(
+            f"class folder {empty[0]}/ in {root} holds no images: the classes after it would be "
+            "numbered one lower than the model's; add its images or remove the folder"
+        )
 
 
 def _same_class_folders(raw: list[str]) -> tuple[str, str] | None:
@@ -271,6 +307,7 @@ def read_labels(path: str | os.PathLike[str], names: list[str]) -> tuple[np.ndar
     Every image needs a label (matched by relative path, else by unique file name).
     """
     entries = _parse_label_lines(Path(path))
+    names = [unicodedata.normalize("NFC", name) for name in names]  # macOS writes NFD names
     by_base: dict[str, str | None] = {}
     for key, label in entries.items():
         base = key.rsplit("/", 1)[-1]
@@ -297,7 +334,9 @@ def read_labels(path: str | os.PathLike[str], names: list[str]) -> tuple[np.ndar
             )
         raw.append(value)
     _check_label_kinds(path, names, raw)
-    return encode_labels(raw)
+    # named classes are numbered over every label the file gives, images here or not: a class with
+    # no image in the folder must not renumber the classes after it
+    return encode_labels(raw, entries.values())
 
 
 def _check_label_kinds(path: str | os.PathLike[str], names: list[str], raw: list[str]) -> None:
@@ -364,7 +403,7 @@ def _parse_label_lines(path: Path) -> dict[str, str]:
                 f"or comma), got {line!r}"
             )
         name, label = (_unquoted(found.group(k).strip().strip(",").strip()) for k in (1, 2))
-        name = name.removeprefix("./")
+        name = unicodedata.normalize("NFC", name.removeprefix("./"))
         if name in entries and entries[name] != label:
             raise InvalidInputError(
                 f"{path}:{number}: image {name!r} has label {label!r} here and "
@@ -383,15 +422,18 @@ def _unquoted(text: str) -> str:
     return text
 
 
-def encode_labels(raw: list[str]) -> tuple[np.ndarray, list[str]]:
+def encode_labels(
+    raw: list[str], names: Iterable[str] | None = None
+) -> tuple[np.ndarray, list[str]]:
     """Class indices int64 ``(N,)`` and class names for label strings ``raw``.
 
     All-integer labels keep their values (classes ``"0"`` .. ``str(max)``); otherwise the sorted
-    distinct names are numbered from 0.
+    distinct names are numbered from 0: those of ``names`` (every class the data declares, with or
+    without images here) when given, else of ``raw``.
     """
     if all(re.fullmatch(r"\d+", v) for v in raw):
         ints = np.array([int(v) for v in raw], dtype=np.int64)
         return ints, [str(i) for i in range(int(ints.max()) + 1)]
-    classes = sorted(set(raw))
+    classes = sorted(set(raw) | set(names or ()))
     index = {c: i for i, c in enumerate(classes)}
     return np.array([index[v] for v in raw], dtype=np.int64), classes

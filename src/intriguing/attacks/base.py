@@ -212,6 +212,8 @@ class Attack(ABC):
         clean_logits = self.predict(model, x)
         num_classes = check_logits(clean_logits, n)
         check_same_logits(clean_logits[0], alone[0])
+        if n > 1:  # a forward that mixes the batch may spare its first row (net(x[:1]).expand)
+            check_same_logits(clean_logits[-1], self.predict(model, x[-1:])[0])
         warn_tiny_logits(clean_logits)
         warn_unit_interval_logits(clean_logits)
         if labels is None:

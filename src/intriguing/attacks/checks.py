@@ -198,8 +198,9 @@ def check_same_logits(first: torch.Tensor, second: torch.Tensor) -> None:
         raise InvalidInputError(
             f"the model gives different logits for the same image in two forward passes "
             f"(largest change {gap:.3g}): a random or batch-dependent forward, e.g. "
-            "F.dropout(x, p) without training=self.training, noise, or batch statistics; make "
-            "forward deterministic in eval mode"
+            "F.dropout(x, p) without training=self.training, noise, batch statistics, or a "
+            "forward that changes its input in place (x.mul_(2)); make forward deterministic in "
+            "eval mode"
         )
 
 

@@ -67,6 +67,21 @@ class UserError(click.ClickException):
 
 
 INTERRUPTED = "interrupted; rerun the same command to resume where it stopped"
+STOPPED = "interrupted"  # commands that keep no run folder: a rerun starts again
+# the commands whose --out run folder keeps finished steps; the critics' keep none with a MODEL
+RESUMABLE = frozenset({"reproduce", "advtrain", "classes", "recurrent"})
+RESUMABLE_WITHOUT_MODEL = frozenset({"rarity", "recover", "curves"})
+
+
+def interrupted_message(ctx: click.Context) -> str:
+    """What Ctrl-C prints: the resume hint only for a run that can resume (a critics command
+    given a MODEL, written first as in every example, attacks in memory)."""
+    words = [*ctx.protected_args, *ctx.args]
+    name, rest = (words[0], words[1:]) if words else ("", [])
+    with_model = bool(rest) and not rest[0].startswith("-")
+    if name in RESUMABLE or (name in RESUMABLE_WITHOUT_MODEL and not with_model):
+        return INTERRUPTED
+    return STOPPED
 
 
 class Interrupted(click.ClickException):
@@ -96,6 +111,7 @@ class LazyGroup(click.Group):
         return guard_outputs(command)  # no output may replace an input or another output
 
     def invoke(self, ctx: click.Context) -> Any:
+        on_interrupt = interrupted_message(ctx)  # click empties the arguments once it dispatches
         try:
             return super().invoke(ctx)
         except IntriguingError as exc:
@@ -103,7 +119,7 @@ class LazyGroup(click.Group):
         except click.BadParameter as exc:  # a bad value (range, output path): one line, no usage
             raise UserError(exc.format_message().splitlines()[0]) from None
         except KeyboardInterrupt:  # before click's standalone mode makes it "Aborted!", exit 1
-            raise Interrupted(INTERRUPTED) from None
+            raise Interrupted(on_interrupt) from None
         except OSError as exc:
             if exc.errno not in REFUSED_BY_SYSTEM or exc.filename is None:
                 raise

@@ -171,9 +171,12 @@ def model_dtype(model: nn.Module, fallback: torch.dtype) -> torch.dtype:
 
 
 def model_input(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """``images`` on the model's device, in the dtype of its floating parameters (float64 models)."""
+    """``images`` on the model's device, in the dtype of its floating parameters (float64 models);
+    never the caller's own tensor (a forward that changes its input in place, ``x.mul_(2)``, would
+    change the caller's images)."""
     dtype = model_dtype(model, images.dtype) if images.is_floating_point() else images.dtype
-    return images.to(device=model_device(model), dtype=dtype)
+    moved = images.to(device=model_device(model), dtype=dtype)
+    return moved.clone() if moved.data_ptr() == images.data_ptr() else moved
 
 
 def predict(
