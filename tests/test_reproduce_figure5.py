@@ -127,3 +127,12 @@ def test_run_figure5_gives_back_the_models_train_eval_flags(tmp_path: Path) -> N
         model, torch.rand(2, 1, 4, 4), ["a", "b"], tmp_path, attack_settings={"max_iter": 5}
     )
     assert [m.training for m in model.modules()] == flags
+
+
+def test_labels_are_refused_as_figure5_uses_none(user_setup: Path) -> None:
+    """``--labels`` was read, checked and ignored: figure5 attacks from the model's predictions."""
+    labels = user_setup / "labels.txt"
+    labels.write_text("img0.png 3\nimg1.png 3\nimg2.png 3\n")
+    argv = ["user_models_f5:make", "--images", str(user_setup / "imgs"), "--labels", str(labels)]
+    result = CliRunner().invoke(figure5, [*argv, "--out", str(user_setup / "out")])
+    assert "uses no labels; drop --labels" in str(result.exception)

@@ -210,6 +210,11 @@ def figure5(model: str, n: int, out: Path, seed: int, **params: Any) -> None:
 
     if n < 1:
         raise InvalidInputError(f"--n must be at least 1, got {n}")
+    if params.get("labels_file") is not None:  # read, checked, then thrown away before
+        raise InvalidInputError(
+            "figure5 attacks each image from the model's own prediction and uses no labels; "
+            "drop --labels"
+        )
     torch.set_num_threads(1)
     data = open_user_data(params)
     if not typed("n"):  # the default draws what there is; a typed --n above it is refused
