@@ -393,3 +393,19 @@ def test_a_convolutions_lower_is_its_own_smallest_singular_value_or_none(
         assert layer.lower == pytest.approx(float(svd[min(jac.shape) - 1]), rel=1e-9)
     else:
         assert layer.lower is None and "circular_lower" in layer.details
+
+
+class _CastsToFloat(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.float())
+
+
+def test_a_cast_in_forward_is_named_not_blamed_on_the_shape() -> None:
+    """``x.float()`` broke the float64 copy's next layer, refused as "cannot take input of shape
+    (4,)", a shape that is fine."""
+    with pytest.raises(InvalidInputError, match=r"fails on float64 inputs .*remove casts such as"):
+        network_bounds(_CastsToFloat().eval(), (4,))

@@ -209,9 +209,20 @@ def probe_values(gm: fx.GraphModule, shape: Shape) -> dict[fx.Node, Any]:
         with torch.no_grad():
             recorder.run(x)
     except Exception as exc:  # the user's forward can fail in any way on a wrong shape
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise InvalidInputError(f"the model cannot take input of shape {shape}: {first}") from None
+        raise forward_failure("the model", shape, exc) from None
     return recorder.values
+
+
+def forward_failure(what: str, shape: Shape, exc: Exception) -> InvalidInputError:
+    """The one-line error for a forward pass of the float64 copy that failed: a dtype clash (a
+    cast such as ``x.float()`` in forward) is named as such, anything else as a shape problem."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if "dtype" in first and ("Double" in first or "double" in first):
+        return InvalidInputError(
+            f"{what} fails on float64 inputs ({first}): the bound runs a float64 copy of the "
+            "model; remove casts such as x.float() from forward"
+        )
+    return InvalidInputError(f"{what} cannot take input of shape {shape}: {first}")
 
 
 def check_trace_matches(model: nn.Module, gm: fx.GraphModule, shape: Shape) -> None:
@@ -221,10 +232,7 @@ def check_trace_matches(model: nn.Module, gm: fx.GraphModule, shape: Shape) -> N
         with torch.no_grad():
             expected, got = model(x), gm(x)
     except Exception as exc:  # the user's forward can fail in any way on a wrong shape
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise InvalidInputError(
-            f"{type(model).__name__} cannot take input of shape {shape}: {first}"
-        ) from None
+        raise forward_failure(type(model).__name__, shape, exc) from None
     if not isinstance(expected, torch.Tensor) or not isinstance(got, torch.Tensor):
         raise InvalidInputError("the model must return one tensor (logits) for a spectral bound")
     scale = max(1.0, float(expected.abs().max()))
