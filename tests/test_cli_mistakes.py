@@ -534,3 +534,51 @@ def test_report_on_a_critics_run_names_what_the_folder_holds(tmp_path: Path) -> 
     (tmp_path / "rarity.json").write_text("{}")
     result = CliRunner().invoke(cli, ["report", str(tmp_path)])
     one_line_error(result, "holds the results of `intriguing rarity` (rarity.json), not of")
+
+
+# ------------------------------------------------- image folders: class numbering and names
+def _labels_of(folder: Path, labels_file: Path | None = None) -> tuple[list[int], list[str]]:
+    from intriguing.inputs import open_data
+
+    data = open_data(images=folder, labels_file=labels_file, mode="L")
+    assert data.labels is not None
+    return data.labels.tolist(), list(data.meta["classes"])
+
+
+def test_an_empty_named_class_folder_is_refused(tmp_path: Path) -> None:
+    """``cat/``, an empty ``dog/`` and ``zebra/``: zebra was numbered 1 (the model's dog), so eval
+    printed 50% error for a perfect model and the attack 'fooled' zebras at distortion 0."""
+    grey_pngs(tmp_path, "cat/a.png", "zebra/b.png")
+    (tmp_path / "dog").mkdir()
+    with pytest.raises(InvalidInputError, match=r"class folder dog/ in .* holds no images"):
+        _labels_of(tmp_path)
+    (tmp_path / "dog").rmdir()
+    assert _labels_of(tmp_path) == ([0, 1], ["cat", "zebra"])  # no gap: numbered as present
+
+
+def test_a_labels_files_named_classes_are_numbered_over_all_its_labels(tmp_path: Path) -> None:
+    """The file names cat, dog and zebra but no dog image is here: zebra stays class 2."""
+    folder = grey_pngs(tmp_path / "imgs", "a.png", "b.png")
+    labels = tmp_path / "labels.txt"
+    labels.write_text("a.png cat\nmissing.png dog\nb.png zebra\n")
+    assert _labels_of(folder, labels) == ([0, 2], ["cat", "dog", "zebra"])
+
+
+def test_a_class_folder_that_is_a_link_is_followed_once(tmp_path: Path) -> None:
+    """A symlinked class folder was skipped silently (rglob follows no folder links)."""
+    root = grey_pngs(tmp_path / "root", "cat/a.png", "zebra/b.png")
+    grey_pngs(tmp_path / "elsewhere", "c.png")
+    (root / "dog").symlink_to(tmp_path / "elsewhere")
+    (root / "zebra" / "loop").symlink_to(root / "zebra")  # a link loop is not walked twice
+    assert _labels_of(root) == ([0, 1, 2], ["cat", "dog", "zebra"])
+
+
+def test_a_file_name_matches_its_label_in_either_unicode_form(tmp_path: Path) -> None:
+    """macOS writes names decomposed (NFD); a typed labels file holds them composed (NFC)."""
+    import unicodedata
+
+    name = "m\u00fcde.png"
+    folder = grey_pngs(tmp_path / "imgs", unicodedata.normalize("NFD", name))
+    labels = tmp_path / "labels.txt"
+    labels.write_text(f"{unicodedata.normalize('NFC', name)} 3\n", encoding="utf-8")
+    assert _labels_of(folder, labels)[0] == [3]
