@@ -76,7 +76,8 @@ RESUMABLE_WITHOUT_MODEL = frozenset({"rarity", "recover", "curves"})
 def interrupted_message(ctx: click.Context) -> str:
     """What Ctrl-C prints: the resume hint only for a run that can resume (a critics command
     given a MODEL, written first as in every example, attacks in memory)."""
-    words = [*ctx.protected_args, *ctx.args]
+    # click 8 keeps the subcommand's name apart (its public name for it warns); click 9 in args
+    words = [*getattr(ctx, "_protected_args", []), *ctx.args]
     name, rest = (words[0], words[1:]) if words else ("", [])
     with_model = bool(rest) and not rest[0].startswith("-")
     if name in RESUMABLE or (name in RESUMABLE_WITHOUT_MODEL and not with_model):
