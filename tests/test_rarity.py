@@ -152,13 +152,21 @@ def test_clopper_pearson_closed_forms() -> None:
 
 
 # ----------------------------------------------------------------------------- the measurement
+def _copies(
+    plane: tuple[nn.Module, torch.Tensor, torch.Tensor], n: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``n`` copies of the plane's original, its adversarial just past the boundary, labels 0."""
+    _, x0, w = plane
+    originals = x0.repeat(n, 1).reshape(n, 1, DIM)
+    adversarials = (x0 + (DIST + 0.01) * w).clamp(0, 1).repeat(n, 1).reshape(n, 1, DIM)
+    return originals, adversarials, torch.zeros(n, dtype=torch.int64)
+
+
 def test_measure_rarity_pools_counts_and_compares_ray_distances(
     plane: tuple[nn.Module, torch.Tensor, torch.Tensor],
 ) -> None:
-    model, x0, w = plane
-    originals = x0.repeat(3, 1).reshape(3, 1, DIM)
-    adversarials = (x0 + (DIST + 0.01) * w).clamp(0, 1).repeat(3, 1).reshape(3, 1, DIM)
-    labels = torch.zeros(3, dtype=torch.int64)
+    model = plane[0]
+    originals, adversarials, labels = _copies(plane, 3)
     cfg = RarityConfig(samples=500, scales=(1.0, 2.0), ray_directions=40, seed=5)
     out = measure_rarity(model, originals, adversarials, labels, cfg)
     json.dumps(out, allow_nan=False)
@@ -185,10 +193,8 @@ def test_directions_in_blocks_give_the_same_counts_and_distances(
     3x224x224): the counts and ray distances equal one block's."""
     import intriguing.analysis.rarity as rarity
 
-    model, x0, w = plane
-    originals = x0.repeat(2, 1).reshape(2, 1, DIM)
-    adversarials = (x0 + (DIST + 0.01) * w).clamp(0, 1).repeat(2, 1).reshape(2, 1, DIM)
-    labels = torch.zeros(2, dtype=torch.int64)
+    model = plane[0]
+    originals, adversarials, labels = _copies(plane, 2)
     cfg = RarityConfig(samples=300, scales=(1.0, 2.0), ray_directions=30, seed=5)
     whole = measure_rarity(model, originals, adversarials, labels, cfg)
     monkeypatch.setattr(rarity, "RAY_BYTES", rarity.RAY_ARRAYS * 8 * DIM * 16)  # 16 per block

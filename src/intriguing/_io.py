@@ -13,7 +13,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,18 @@ def _current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def refuse_folder_names(out_dir: str | os.PathLike[str], names: Iterable[str]) -> None:
+    """OutputError (one line) when a file a command will write into ``out_dir`` (``names``,
+    relative) exists there as a folder: found before the work, not when the result is written."""
+    from intriguing.errors import OutputError
+
+    for name in names:
+        if (Path(out_dir) / name).is_dir():
+            raise OutputError(
+                f"{Path(out_dir) / name} is a folder; remove it or choose another --out"
+            )
 
 
 @contextlib.contextmanager

@@ -25,6 +25,7 @@ from typing import Any, TypeVar, cast
 
 import click
 
+from intriguing._io import refuse_folder_names
 from intriguing.cli.options import (
     backend_options,
     choice_option,
@@ -39,7 +40,7 @@ from intriguing.cli.options import (
     user_data_options,
 )
 from intriguing.cli.validation import check_output_file, float_range, output_file
-from intriguing.errors import InvalidInputError, OutputError
+from intriguing.errors import InvalidInputError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -240,9 +241,8 @@ def _check_written(out: Path | None, names: list[str]) -> None:
     (``names``, relative) cannot be written there, e.g. a folder already holds its name."""
     if out is None:
         return
+    refuse_folder_names(out, names)
     for name in names:
-        if (out / name).is_dir():
-            raise OutputError(f"{out / name} is a folder; remove it or choose another --out")
         check_output_file(out / name, created_dirs=(out,))
 
 

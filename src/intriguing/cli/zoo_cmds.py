@@ -264,6 +264,13 @@ def _split_errors(trained: Any, dataset: str, data_dir: Path | None) -> dict[str
     }
 
 
+def _trained_dataset(sidecar: dict[str, Any]) -> str | None:
+    """The dataset name a checkpoint's sidecar says it was trained on (None: not recorded)."""
+    identity = sidecar.get("dataset")
+    name = identity.get("dataset") if isinstance(identity, dict) else None
+    return name if isinstance(name, str) else None
+
+
 def _its_own_dataset(
     given: str, sidecar: dict[str, Any], options: dict[str, Any], own_data: bool
 ) -> dict[str, Any]:
@@ -272,8 +279,7 @@ def _its_own_dataset(
     from intriguing.cli.options import DATASETS, banner_at_first_load, typed
     from intriguing.errors import InvalidInputError
 
-    identity = sidecar.get("dataset")
-    trained_on = identity.get("dataset") if isinstance(identity, dict) else None
+    trained_on = _trained_dataset(sidecar)
     if own_data or typed("dataset") or trained_on not in DATASETS:
         return options
     if trained_on == "mnist-5k":
@@ -302,9 +308,8 @@ def _check_checkpoint_options(
             f"--seed {seed} does not apply to {given} (trained with seed "
             f"{trained_seed}); drop --seed, or evaluate the zoo model by name with --seed"
         )
-    identity = sidecar.get("dataset")
-    trained_on = identity.get("dataset") if isinstance(identity, dict) else None
-    if user_data or not isinstance(trained_on, str) or trained_on == dataset:
+    trained_on = _trained_dataset(sidecar)
+    if user_data or trained_on is None or trained_on == dataset:
         return
     fix = (
         f"pass --dataset {trained_on}"

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from intriguing._io import atomic_write_json
+from intriguing._io import atomic_write_json, refuse_folder_names
 from intriguing.errors import InvalidInputError
 
 MAGNIFY = 10.0  # the paper's x10
@@ -88,13 +88,9 @@ FIGURE5_FILES = ("figure5.png", "figure5.json", "figure5.safetensors", "figure5.
 
 
 def check_out_folder(out_dir: str | os.PathLike[str]) -> None:
-    """InvalidInputError (one line) when a file Figure 5 writes into ``out_dir`` exists there as a
+    """OutputError (one line) when a file Figure 5 writes into ``out_dir`` exists there as a
     folder: found before the attack, not when its result is written."""
-    taken = [name for name in FIGURE5_FILES if (Path(out_dir) / name).is_dir()]
-    if taken:
-        raise InvalidInputError(
-            f"{Path(out_dir) / taken[0]} is a folder; remove it or choose another --out"
-        )
+    refuse_folder_names(out_dir, FIGURE5_FILES)
 
 
 def check_drawable(images: torch.Tensor) -> None:
