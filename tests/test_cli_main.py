@@ -73,3 +73,14 @@ def test_every_registered_command_imports() -> None:
         assert isinstance(
             cli_main.cli.get_command(click.Context(cli_main.cli), name), click.Command
         )
+
+
+@pytest.mark.parametrize(("no_color", "coloured"), [("", True), ("1", False)])
+def test_mnist5k_banner_honours_no_color(
+    fake_commands: None, monkeypatch: pytest.MonkeyPatch, no_color: str, coloured: bool
+) -> None:
+    """https://no-color.org: a non-empty NO_COLOR drops the banner's colour even on a terminal."""
+    monkeypatch.setenv("NO_COLOR", no_color)
+    result = CliRunner().invoke(cli_main.cli, ["which", "--dataset", "mnist-5k"], color=True)
+    assert "NOT match the paper" in result.stderr
+    assert ("\x1b[" in result.stderr) is coloured

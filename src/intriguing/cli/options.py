@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -134,7 +135,10 @@ def banner_at_first_load() -> None:
             show(message, category, *args, **kwargs)
         elif not shown:
             shown = True
-            click.secho(MNIST5K_BANNER, err=True, fg="yellow", bold=True)
+            plain = bool(os.environ.get("NO_COLOR"))  # https://no-color.org: any non-empty value
+            click.secho(
+                MNIST5K_BANNER, err=True, fg="yellow", bold=True, color=False if plain else None
+            )
 
     warnings.showwarning = show_banner
     warnings.simplefilter("always", Mnist5kWarning)
