@@ -233,6 +233,50 @@ def test_units_verdict_says_which_way(p: float, r: float, verdict: str, directio
     assert c["p_value"] == p
 
 
+@pytest.mark.parametrize(
+    ("n_a", "n_b", "p", "r"),
+    [(2, 2, 1.0, 0.0), (3, 3, 0.1, -1.0), (3, 3, 1.0, 0.0), (22, 25, float("nan"), 0.1)],
+)
+def test_units_verdict_is_inconclusive_when_the_test_cannot_fail(
+    n_a: int, n_b: int, p: float, r: float
+) -> None:
+    """With 3 vs 3 directions no data gives a two-sided p below 0.1: 'holds' would be a foregone
+    conclusion. A NaN p is no evidence either way."""
+    run = _units(p, r)
+    run["comparisons"][0].update(n_a=n_a, n_b=n_b)
+    c = claims.units_not_privileged([run])
+    assert c["verdict"] == "inconclusive" and c["parts"][0]["direction"] == "untested"
+    assert "too few to be compared with" in c["statistic"]
+
+
+def test_mannwhitney_smallest_p_is_the_exact_tests_at_complete_separation() -> None:
+    from scipy.stats import mannwhitneyu
+
+    for n_a, n_b in [(1, 1), (2, 3), (3, 3), (4, 4), (5, 3)]:
+        exact = mannwhitneyu(range(n_a), range(100, 100 + n_b), method="exact").pvalue
+        assert stats.mannwhitney_smallest_p(n_a, n_b) == pytest.approx(exact)
+    assert stats.mannwhitney_smallest_p(0, 5) == 1.0
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_distortion_tiny_with_one_success_has_no_interval_and_stores(k: int) -> None:
+    """One success has no standard deviation: its interval was [0, inf], which strict JSON
+    cannot store (the claims step failed at the end of the run)."""
+    import json
+
+    from intriguing._io import json_safe
+
+    paired = {"a": _evidence(1000, 1000, 0.03, 0.01), "b": _evidence(k, 100, 0.02, None)}
+    c = claims.distortion_tiny(ROWS, paired, REFERENCE, "t1-tiny", "Table 1")
+    part = {p["model"]: p for p in c["parts"]}
+    assert (part["b"]["ci"] is None) is (k == 1)
+    if k == 1:
+        assert part["b"]["verdict"] == "inconclusive" and c["verdict"] == "inconclusive"
+        assert c["ci"] == part["a"]["ci"]  # the worst part with an interval
+    assert json.loads(json.dumps(json_safe(c), allow_nan=False)) == json_safe(c)
+    assert all(v is None or np.isfinite(v) for p in c["parts"] for v in (p.get("ci") or []))
+
+
 def test_every_claim_carries_the_schema_fields() -> None:
     table, paired = _transfer({"a": (30, 0), "b": (30, 0)})
     for e in paired.values():

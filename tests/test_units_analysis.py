@@ -199,9 +199,12 @@ def test_report_section_and_verdict_follow_the_stored_numbers() -> None:
         (0.5, 0.1, "statistically indistinguishable from"),
         (0.001, 0.4, "significantly more coherent than"),
         (0.001, -0.4, "significantly less coherent than"),
+        (0.0864, 0.61, "not significantly different from, though by an effect favouring them"),
     ):
         test.update(p_mannwhitney=p_value, rank_biserial=effect)
         assert phrase in units_verdict(payload)
+    test.update(n_a=3, n_b=3, p_mannwhitney=0.1, rank_biserial=1.0)  # the best 3 vs 3 can do
+    assert "too few to be compared" in units_verdict(payload)
 
 
 def test_a_layer_constant_over_the_images_is_refused_in_one_line() -> None:

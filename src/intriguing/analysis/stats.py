@@ -150,6 +150,15 @@ def paired_counts(a: Sequence[bool] | np.ndarray, b: Sequence[bool] | np.ndarray
     )
 
 
+def mannwhitney_smallest_p(n_a: int, n_b: int) -> float:
+    """Smallest two-sided p-value the exact Mann-Whitney test of samples of sizes ``n_a`` and
+    ``n_b`` can give (complete separation: ``2 / C(n_a + n_b, n_a)``, at most 1). When it is not
+    below a level, the test cannot reject at that level whatever the data: 3 vs 3 gives 0.1."""
+    if n_a < 1 or n_b < 1:
+        return 1.0
+    return min(1.0, 2.0 / math.comb(n_a + n_b, n_a))
+
+
 def mean_ci(mean: float, sd: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
     """Student-t interval for a mean from its summary (``sd``: sample standard deviation).
 

@@ -20,6 +20,8 @@ reproduce run (tables, ``paired/<split>/<m>``, ``reference/<split>``, ``units/<m
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -37,6 +39,7 @@ DIRECTION_TEXT = {
     "more": "more coherent than",
     "less": "less coherent than",
     "equally": "not significantly different from",
+    "untested": "too few to be compared with",
 }
 
 
@@ -156,7 +159,7 @@ def distortion_tiny(
             parts.append({"model": r["model"], "verdict": stats.INCONCLUSIVE, "n": 0})
             continue
         lo, hi = stats.mean_ci(float(dist["mean"]), float(dist["sd"] or 0.0), int(dist["n"]))
-        ci = (max(lo, 0.0) / d_hi, hi / d_lo)
+        ci = (max(lo, 0.0) / d_hi, hi / d_lo) if int(dist["n"]) >= 2 else None  # one: no interval
         paper = (r.get("paper") or {}).get("distortion")
         parts.append(
             {
@@ -164,13 +167,16 @@ def distortion_tiny(
                 "n": int(dist["n"]),
                 "mean_distortion": float(dist["mean"]),
                 "ratio": float(dist["mean"]) / float(reference["mean"]),
-                "ci": list(ci),
+                "ci": None if ci is None else list(ci),
                 "paper_ratio": None if paper is None else paper / float(reference["mean"]),
-                "verdict": stats.interval_verdict(ci[0], ci[1], TINY_RATIO, below=True),
+                "verdict": stats.INCONCLUSIVE
+                if ci is None
+                else stats.interval_verdict(ci[0], ci[1], TINY_RATIO, below=True),
             }
         )
     judged = [p for p in parts if "ratio" in p]
-    worst = max(judged, key=lambda p: p["ratio"]) if judged else None
+    with_ci = [p for p in judged if p["ci"] is not None]
+    worst = max(with_ci, key=lambda p: p["ratio"]) if with_ci else None
     paper = [p["paper_ratio"] for p in judged if p["paper_ratio"] is not None]
     paper_text = (
         f"; the paper's own distortions give {min(paper):.2f}-{max(paper):.2f}" if paper else ""
@@ -379,8 +385,15 @@ def _natural_vs_random(run: Mapping[str, Any]) -> Mapping[str, Any] | None:
 def units_direction(test: Mapping[str, Any]) -> tuple[str, str]:
     """(direction, verdict) of one natural-vs-random test: ``more`` / ``less`` coherent (two-sided
     p < ALPHA) or ``equally`` (no significant difference; ``inconclusive`` when the effect
-    favouring units, rank-biserial >= :data:`UNITS_EFFECT`, is too large to call them equal)."""
+    favouring units, rank-biserial >= :data:`UNITS_EFFECT`, is too large to call them equal).
+
+    ``untested`` (inconclusive) when the test cannot fail: too few directions for any data to
+    give p < ALPHA (:func:`~intriguing.analysis.stats.mannwhitney_smallest_p`; 3 vs 3 gives at
+    best 0.1), or a p-value or effect that is not a number."""
     p, r = float(test["p_mannwhitney"]), float(test["rank_biserial"])
+    smallest = stats.mannwhitney_smallest_p(int(test["n_a"]), int(test["n_b"]))
+    if not (math.isfinite(p) and math.isfinite(r)) or smallest >= ALPHA:
+        return "untested", stats.INCONCLUSIVE
     if p < ALPHA:
         return ("more", stats.FAILS) if r > 0 else ("less", stats.HOLDS)
     if r >= UNITS_EFFECT:
@@ -421,7 +434,8 @@ def units_not_privileged(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         f"random directions: fails if units are significantly more coherent (p < {ALPHA:g}); holds "
         f"if they are significantly less coherent or not significantly different with "
         f"rank-biserial r < {UNITS_EFFECT:g}; inconclusive if not significant with r >= "
-        f"{UNITS_EFFECT:g}. Which way the evidence points is stated",
+        f"{UNITS_EFFECT:g}, or if too few directions for any data to give p < {ALPHA:g}. Which "
+        "way the evidence points is stated",
         stats.combine([p["verdict"] for p in parts]),
         "; ".join(
             f"{p['model']}: units {DIRECTION_TEXT[p['direction']]} random directions" for p in parts

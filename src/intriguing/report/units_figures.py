@@ -307,8 +307,23 @@ def _comparison(results: dict[str, Any], a: str, b: str, metric: str) -> dict[st
     return None
 
 
-def units_verdict(results: dict[str, Any], alpha: float = 0.05) -> str:
-    """One sentence on the paper's §3 claim from a stored units JSON (purity if labelled)."""
+RELATIONS = {
+    ("more", "fails"): "significantly more coherent than",
+    ("less", "holds"): "significantly less coherent than",
+    ("equally", "holds"): "statistically indistinguishable from",
+    ("equally", "inconclusive"): (
+        "not significantly different from, though by an effect favouring them too large to call "
+        "them equal,"
+    ),
+    ("untested", "inconclusive"): "too few to be compared (no outcome could reach p < 0.05) with",
+}
+
+
+def units_verdict(results: dict[str, Any]) -> str:
+    """One sentence on the paper's §3 claim from a stored units JSON (purity if labelled), by the
+    rule of :func:`intriguing.experiments.claims.units_direction` (docs/claims.md)."""
+    from intriguing.experiments.claims import units_direction
+
     metric = "purity" if "purity" in results["metrics"] else "pixel_cosine"
     families = results["families"]
     if "natural" not in families or "random" not in families:
@@ -319,12 +334,7 @@ def units_verdict(results: dict[str, Any], alpha: float = 0.05) -> str:
     test = _comparison(results, "natural", "random", metric)
     if test is None:
         return "no verdict: too few directions for a test"
-    if test["p_mannwhitney"] >= alpha:
-        relation = "statistically indistinguishable from"
-    elif test["rank_biserial"] > 0:
-        relation = "significantly more coherent than"
-    else:
-        relation = "significantly less coherent than"
+    relation = RELATIONS[units_direction(test)]
     coherent = min(
         nat["vs_null"].get("frac_beyond_null_p95", 0.0),
         rnd["vs_null"].get("frac_beyond_null_p95", 0.0),
