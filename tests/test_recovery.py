@@ -20,6 +20,7 @@ from torch import nn
 
 from intriguing.analysis.recovery import (
     auc_confidence_interval,
+    auc_score_interval,
     auc_low_is_positive,
     recover_and_detect,
     roc_points,
@@ -59,16 +60,35 @@ def test_roc_points_and_tpr_at_fpr_by_hand() -> None:
     assert tpr_at_fpr(clean, adv, 1.0) == 1.0
 
 
-def test_auc_interval_contains_the_auc_and_is_degenerate_under_perfect_separation() -> None:
+def test_auc_interval_contains_the_auc_and_is_the_score_interval_under_separation() -> None:
     rng = np.random.default_rng(0)
     clean = rng.normal(1.0, 1.0, 200)
     adv = rng.normal(0.0, 1.0, 200)
     auc = auc_low_is_positive(clean, adv)
     lo, hi = auc_confidence_interval(clean, adv, n_resamples=500, seed=1)
     assert lo < auc < hi and lo >= 0.0 and hi <= 1.0 and hi - lo < 0.15
-    assert auc_confidence_interval([5.0, 6.0], [1.0, 2.0]) == (1.0, 1.0)
+    assert auc_confidence_interval([5.0, 6.0], [1.0, 2.0]) == auc_score_interval(1.0, 2, 2)
     sep = separation(clean, adv, n_resamples=200)
     assert sep["auc"] == pytest.approx(auc) and len(sep["roc"]["fpr"]) <= 202
+
+
+def test_auc_score_interval_by_hand_and_never_a_point() -> None:
+    """1 vs 1 separated: (1 - t)^2 <= z^2 t (1 - t) gives t >= 1 / (1 + z^2). The percentile
+    bootstrap gave [1, 1] there and for any separated samples ('95% CI 1.000-1.000' from one
+    pair); a tie between single values gave [0.5, 0.5]."""
+    z2 = 1.959963984540054**2
+    lo, hi = auc_score_interval(1.0, 1, 1)
+    assert lo == pytest.approx(1 / (1 + z2), rel=1e-6) and hi == 1.0
+    assert auc_confidence_interval([1.0], [2.0]) == pytest.approx((0.0, 1 - 1 / (1 + z2)))
+    tie_lo, tie_hi = auc_confidence_interval([1.0], [1.0])
+    assert tie_lo < 0.5 < tie_hi and tie_lo == pytest.approx(1 - tie_hi)
+    widths = [1 - auc_score_interval(1.0, n, n)[0] for n in (1, 3, 10, 100, 1000)]
+    assert all(a > b > 0 for a, b in zip(widths, widths[1:], strict=False))
+    for auc in np.linspace(0.0, 1.0, 11):
+        lo, hi = auc_score_interval(float(auc), 4, 7)
+        assert 0.0 <= lo <= auc <= hi <= 1.0 and hi - lo > 0.1
+    with pytest.raises(IntriguingError):
+        auc_score_interval(1.5, 3, 3)
 
 
 @pytest.mark.parametrize("n", [20, 200])

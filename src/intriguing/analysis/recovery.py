@@ -20,7 +20,8 @@ original label?" Starting from adversarial examples ``x' = x + r`` of the paper'
 Separation is the ROC AUC ``P(S(x') < S(x)) + P(tie) / 2``, computed with the Mann-Whitney U
 statistic (:func:`scipy.stats.mannwhitneyu`; ``AUC = U / (n_clean * n_adv)``), with a percentile
 bootstrap interval (:func:`scipy.stats.bootstrap`) that resamples the clean and the adversarial
-statistics independently (stratified; :func:`auc_confidence_interval` says why not by pairs). A
+statistics independently (stratified; :func:`auc_confidence_interval` says why not by pairs), or
+a score interval (:func:`auc_score_interval`) where every resample would give the same AUC. A
 failed attack gives ``S = inf`` (no prediction change found: ranked as the most clean-looking).
 
 Conventions: images ``(N, ...)`` float32 in [0, 1]; labels int64 ``(N,)``; distortion is the
@@ -105,6 +106,10 @@ def auc_confidence_interval(
     pair drawn ``k`` times would count its own within-image comparison ``k^2`` times, pulling the
     resampled AUCs toward the within-image rate (an interval [0.435, 0.4625] around an AUC of
     0.475 was measured that way).
+
+    Where every resample gives the same AUC (the samples are separated, or one side has a single
+    value) the percentile interval is a point; the score interval :func:`auc_score_interval` is
+    returned instead.
     """
     c = _as_scores(clean, "clean statistic")
     a = _as_scores(adversarial, "adversarial statistic")
@@ -113,9 +118,10 @@ def auc_confidence_interval(
     # rank transform first (AUC only depends on ranks): finite values for the bootstrap
     ranks = stats.rankdata(np.concatenate([c, a]))
     rc, ra = ranks[: c.size], ranks[c.size :]
-    if np.all(rc > ra.max()) or np.all(rc < ra.min()) or (c.size < 2 and a.size < 2):
-        value = auc_low_is_positive(c, a)  # perfect separation stays perfect under resampling
-        return value, value
+    if np.all(rc > ra.max()) or np.all(rc < ra.min()) or min(c.size, a.size) < 2:
+        # every resample gives the same AUC (separation, or a single value on a side): the
+        # percentile interval would be [AUC, AUC], certainty from a handful of values
+        return auc_score_interval(auc_low_is_positive(c, a), a.size, c.size, confidence)
 
     def statistic(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
         u = stats.mannwhitneyu(x, y, axis=axis, alternative="two-sided").statistic
@@ -132,6 +138,44 @@ def auc_confidence_interval(
         rng=np.random.default_rng(seed),
     )
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def auc_score_interval(
+    auc: float, n_adversarial: int, n_clean: int, confidence: float = CONFIDENCE
+) -> tuple[float, float]:
+    """Score interval of an AUC: every ``theta`` in [0, 1] with ``(auc - theta)^2 <= z^2 V(theta)``,
+    ``V`` the Hanley-McNeil (1982) variance of the AUC evaluated at ``theta`` rather than at the
+    estimate (the score idea of Wilson's binomial interval; Newcombe 2006 for the AUC):
+
+        V(theta) = theta (1 - theta) [1 + (n_adv - 1)(1 - theta)/(2 - theta)
+                                        + (n_clean - 1) theta/(1 + theta)] / (n_adv n_clean)
+
+    Unlike the percentile bootstrap it does not collapse when the two samples are separated:
+    1 vs 1 at AUC 1 gives ``[1 / (1 + z^2), 1] = [0.207, 1]``. Used by
+    :func:`auc_confidence_interval` where every resample would give the same AUC.
+    """
+    if not 0.0 <= auc <= 1.0 or n_adversarial < 1 or n_clean < 1:
+        raise InvalidInputError("auc must be in [0, 1] and each sample size >= 1")
+    z = float(stats.norm.ppf(0.5 + confidence / 2))
+
+    def gap(theta: Any) -> Any:  # <= 0 inside the interval
+        t = np.asarray(theta, dtype=np.float64)
+        spread = 1 + (n_adversarial - 1) * (1 - t) / (2 - t) + (n_clean - 1) * t / (1 + t)
+        variance = t * (1 - t) * spread / (n_adversarial * n_clean)
+        return (auc - t) ** 2 - z * z * variance
+
+    grid = np.union1d(np.linspace(0.0, 1.0, 4001), [auc])
+    inside = np.flatnonzero(gap(grid) <= 0.0)  # one run of points around auc (tested)
+    first, last = int(inside[0]), int(inside[-1])
+    lo = 0.0 if first == 0 else _root(gap, grid[first - 1], grid[first])
+    hi = 1.0 if last == grid.size - 1 else _root(gap, grid[last], grid[last + 1])
+    return lo, hi
+
+
+def _root(f: Any, a: float, b: float) -> float:
+    from scipy.optimize import brentq
+
+    return float(brentq(lambda t: float(f(t)), a, b, xtol=1e-12))
 
 
 def roc_points(clean: Any, adversarial: Any, max_points: int = 201) -> dict[str, list[float]]:
