@@ -235,7 +235,9 @@ def test_report_refuses_missing_or_foreign_results(tmp_path: Path) -> None:
     with pytest.raises(IntriguingError, match=r"results\.json not found"):
         render_advtrain(tmp_path)
     (tmp_path / "results.json").write_text(json.dumps({"schema": "intriguing.reproduce/1"}))
-    with pytest.raises(IntriguingError, match="not the results of `intriguing advtrain`"):
+    with pytest.raises(
+        IntriguingError, match="results of `intriguing reproduce`.*not of `intriguing advtrain`"
+    ):
         render_advtrain(tmp_path)
     (tmp_path / "results.json").write_text("{broken")
     with pytest.raises(IntriguingError, match="not valid JSON"):

@@ -185,6 +185,12 @@ def test_report_errors_are_one_line(tmp_path: Path) -> None:
     other = runner.invoke(cli, ["report", str(tmp_path)])
     assert other.exit_code == 2 and "not the results of `intriguing reproduce`" in other.output
     assert len(other.output.strip().splitlines()) == 1
+    for command in ("classes", "recurrent"):  # another command's good run: name it, no "rerun"
+        (tmp_path / "results.json").write_text(json.dumps({"schema": f"intriguing.{command}/1"}))
+        theirs = runner.invoke(cli, ["report", str(tmp_path)])
+        assert theirs.exit_code == 2 and len(theirs.output.strip().splitlines()) == 1
+        assert f"holds the results of `intriguing {command}`" in theirs.output
+        assert "rerun" not in theirs.output
 
 
 def test_reproduce_cli_refuses_bad_options(tmp_path: Path) -> None:

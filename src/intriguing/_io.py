@@ -248,6 +248,13 @@ def read_results(run_dir: str | os.PathLike[str], schema: str, *, command: str) 
     ok = isinstance(found, str) and (
         found.startswith(schema) if schema.endswith("/") else found == schema
     )
+    maker = found.split("/")[0].removeprefix("intriguing.") if isinstance(found, str) else ""
+    if not ok and isinstance(found, str) and found.startswith("intriguing.") and maker != command:
+        raise IntriguingError(
+            f"{path}: holds the results of `intriguing {maker}` (schema {found!r}), not of "
+            f"`intriguing {command}`, which this reads; give the --out DIR of an "
+            f"`intriguing {command}` run (`intriguing {maker}` writes its own report)"
+        )
     if not ok:
         raise IntriguingError(
             f"{path}: not the results of `intriguing {command}` (schema {schema!r}, found {found!r}); "
