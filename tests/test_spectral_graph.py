@@ -647,3 +647,95 @@ def test_unused_layers_without_rules_do_not_matter() -> None:
 
     model = WithLoss().eval()
     assert network_bounds(model, (4,)).lipschitz == pytest.approx(spectral(model.fc.weight))
+
+
+# ------------------------------------------------------------------------------ in-place updates
+class InPlace(nn.Module):
+    """``forward(self, x)`` given as a function of the module's two layers."""
+
+    def __init__(self, forward: Callable[..., torch.Tensor]) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+        self.act = nn.ReLU(inplace=True)
+        self._forward = forward
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward(self, x)
+
+
+def _view_add(m: InPlace, x: torch.Tensor) -> torch.Tensor:
+    h = m.fc(x)
+    first = h[:, :3]
+    first += 100.0 * F.relu(x[:, :3] - 2.0)  # changes h; zero on [0, 1] inputs
+    return h
+
+
+def _alias_add(m: InPlace, x: torch.Tensor) -> torch.Tensor:
+    h = m.fc(x)
+    g = h
+    g += 100.0 * F.relu(x - 2.0)
+    return h
+
+
+def _discarded_inplace(m: InPlace, x: torch.Tensor) -> torch.Tensor:
+    h = m.fc(x)
+    F.leaky_relu(h, 50.0, inplace=True)  # the result is dropped, h itself changed
+    return h
+
+
+def _method_inplace(m: InPlace, x: torch.Tensor) -> torch.Tensor:
+    h = m.fc(x)
+    y = h * 2
+    h.mul_(50.0)
+    return y + h
+
+
+@pytest.mark.parametrize(
+    ("forward", "changer"),
+    [
+        (_view_add, "iadd"),
+        (_alias_add, "iadd"),
+        (_discarded_inplace, "leaky_relu"),
+        (_method_inplace, "mul_"),
+    ],
+)
+def test_a_read_after_an_in_place_change_is_refused(
+    forward: Callable[..., torch.Tensor], changer: str
+) -> None:
+    """torch.fx records ``v += t`` as ``v = v + t``: with ``v`` a view or another name of ``h``
+    the graph left ``h`` unchanged, and the certified bound (0.6) sat far below the model's
+    Lipschitz constant (42, measured by a difference quotient off the probes)."""
+    model = InPlace(forward).eval()
+    with pytest.raises(InvalidInputError, match=f"after '{changer}' changed it in place") as info:
+        network_bounds(model, (6,), options=FAST)
+    assert "\n" not in str(info.value) and "out of place" in str(info.value)
+
+
+def _residual_in_place(m: InPlace, x: torch.Tensor) -> torch.Tensor:
+    out = m.fc(x)
+    out += x  # torchvision's ResNet blocks: nothing reads the old value
+    out /= 2.0
+    return m.fc(m.act(out))
+
+
+def _residual_out_of_place(m: InPlace, x: torch.Tensor) -> torch.Tensor:
+    out = (m.fc(x) + x) / 2.0
+    return m.fc(F.relu(out))
+
+
+def test_in_place_updates_nobody_reads_before_are_bounded_as_out_of_place() -> None:
+    torch.manual_seed(0)
+    in_place = InPlace(_residual_in_place).eval()
+    out_of_place = InPlace(_residual_out_of_place).eval()
+    out_of_place.load_state_dict(in_place.state_dict())
+    a = network_bounds(in_place, (6,), options=FAST)
+    b = network_bounds(out_of_place, (6,), options=FAST)
+    assert a.lipschitz == pytest.approx(b.lipschitz, rel=1e-12)
+    assert a.measured is not None and a.lipschitz >= a.measured.value
+
+
+def test_an_in_place_leaky_relu_with_a_negative_slope_is_refused_before_any_work() -> None:
+    """Its autograd fails: the measured lower bound raised a RuntimeError after the bound."""
+    model = nn.Sequential(nn.Linear(4, 4), nn.LeakyReLU(-0.5, inplace=True), nn.Linear(4, 2))
+    with pytest.raises(InvalidInputError, match=r"'1' \(LeakyReLU.*inplace=False"):
+        network_bounds(model.eval(), (4,), options=FAST)

@@ -368,14 +368,23 @@ def _sequence_repeat(ctx: Ctx, a: Any, b: Any) -> tuple[float, float, float, str
     return factor, factor * lip, factor * exact, "tuple repetition"
 
 
-@function_rule(operator.mul, torch.mul, "mul", operator.imul, operator.truediv, torch.div, "div")
+@function_rule(
+    operator.mul,
+    torch.mul,
+    "mul",
+    operator.imul,
+    operator.truediv,
+    torch.div,
+    "div",
+    operator.itruediv,
+)
 def _scale(ctx: Ctx) -> tuple[float, float, float, str]:
     """A product with (or quotient by) a constant: ``max |c|`` (``1 / min |c|``); a tuple or list
     times ``k`` repeats it (:func:`_sequence_repeat`)."""
     a, b = ctx.arg(0, "input"), ctx.arg(1, "other")
     if ctx.is_sequence(ctx.node):
         return _sequence_repeat(ctx, a, b)
-    divide = target_name(ctx.node.target) in ("truediv", "div")
+    divide = target_name(ctx.node.target) in ("truediv", "div", "itruediv")
     if ctx.node.kwargs.get("rounding_mode") is not None:
         raise ctx.refuse("rounded division is not Lipschitz")
     if divide and ctx.dependent(b):

@@ -349,12 +349,19 @@ _TRAINING_DEPENDENT = (nn.modules.batchnorm._NormBase, nn.modules.dropout._Dropo
 
 def refuse_training_statistics(model: nn.Module) -> None:
     """InvalidInputError (one line) for a normalisation or dropout layer in training mode, before
-    any forward pass: one would update the user's running statistics in place."""
+    any forward pass: one would update the user's running statistics in place. Also for an
+    in-place LeakyReLU with a negative slope, which torch's autograd cannot differentiate (the
+    measured lower bound would fail after the bound's work)."""
     for name, module in model.named_modules():
         if module.training and isinstance(module, _TRAINING_DEPENDENT):
             raise InvalidInputError(
                 f"layer {name!r} ({type(module).__name__}) is in training mode: call model.eval() "
                 "before bounding"
+            )
+        if isinstance(module, nn.LeakyReLU) and module.inplace and module.negative_slope < 0:
+            raise InvalidInputError(
+                f"layer {name!r} (LeakyReLU, negative_slope={module.negative_slope:g}, "
+                "inplace=True) cannot be differentiated by torch's autograd; use inplace=False"
             )
 
 

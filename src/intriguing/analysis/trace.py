@@ -21,6 +21,8 @@ line naming the node (:class:`~intriguing.errors.InvalidInputError`).
 
 from __future__ import annotations
 
+import operator
+
 import math
 import traceback
 from collections.abc import Callable, Sequence
@@ -83,12 +85,35 @@ class GraphBound:
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict, nn.ParameterList, nn.ParameterDict)
 
 
+class _InPlaceProxy(fx.Proxy):
+    """A proxy that records ``x += y`` as ``operator.iadd`` (torch.fx's own falls back to
+    ``x = x + y``). The graph then changes tensors in place where the model does, so a read of
+    the old value through a view or another name (``v = h[:, :5]; v += t; return h``) is seen
+    (:class:`_Recorder`) instead of bounding a graph that leaves ``h`` unchanged."""
+
+    def __iadd__(self, other: Any) -> Any:
+        return self.tracer.create_proxy("call_function", operator.iadd, (self, other), {})
+
+    def __isub__(self, other: Any) -> Any:
+        return self.tracer.create_proxy("call_function", operator.isub, (self, other), {})
+
+    def __imul__(self, other: Any) -> Any:
+        return self.tracer.create_proxy("call_function", operator.imul, (self, other), {})
+
+    def __itruediv__(self, other: Any) -> Any:
+        return self.tracer.create_proxy("call_function", operator.itruediv, (self, other), {})
+
+
 class _Tracer(fx.Tracer):
-    """Layers with a rule are leaves; user modules are traced through; remembers where it failed."""
+    """Layers with a rule are leaves; user modules are traced through; remembers where it failed;
+    augmented assignments are recorded in place (:class:`_InPlaceProxy`)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.failed_in: str | None = None
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _InPlaceProxy(node, self)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return find_rule(m) is not None or super().is_leaf_module(m, module_qualified_name)
@@ -189,14 +214,40 @@ def _user_line(exc: BaseException) -> str:
 
 
 class _Recorder(fx.Interpreter):
+    """Runs the graph and keeps every node's value; refuses a node that reads a tensor after an
+    in-place operation changed it (the graph's edges carry values, the model's memory: such a
+    read is invisible to the bound, which would come out too small)."""
+
     def __init__(self, module: fx.GraphModule) -> None:
         super().__init__(module)
+        self.extra_traceback = False  # errors stay one line ("While executing ..." appended)
         self.values: dict[fx.Node, Any] = {}
+        self._versions: dict[fx.Node, int] = {}  # a tensor's version counter when made
+        self._changed_by: dict[fx.Node, fx.Node] = {}
 
     def run_node(self, n: fx.Node) -> Any:
+        self._refuse_stale_reads(n)
         out = super().run_node(n)
         self.values[n] = out
+        for node, version in self._versions.items():  # views share their base's counter
+            if node not in self._changed_by and self.values[node]._version != version:
+                self._changed_by[node] = n
+        if isinstance(out, torch.Tensor):
+            self._versions[n] = out._version
         return out
+
+    def _refuse_stale_reads(self, n: fx.Node) -> None:
+        read: list[fx.Node] = []
+        fx.node.map_arg((n.args, n.kwargs), read.append)
+        for arg in read:
+            if arg in self._changed_by:
+                where = "the output" if n.op == "output" else f"node {n.name!r}"
+                raise InvalidInputError(
+                    f"{where} reads {arg.name!r} after {self._changed_by[arg].name!r} changed it "
+                    "in place (x += ..., inplace=True, a method ending in _, on it or a view of "
+                    "it), which a spectral bound of the graph cannot follow; make that operation "
+                    "out of place (x = x + ..., inplace=False)"
+                )
 
 
 def probe_values(gm: fx.GraphModule, shape: Shape) -> dict[fx.Node, Any]:
@@ -208,6 +259,8 @@ def probe_values(gm: fx.GraphModule, shape: Shape) -> dict[fx.Node, Any]:
     try:
         with torch.no_grad():
             recorder.run(x)
+    except InvalidInputError:
+        raise
     except Exception as exc:  # the user's forward can fail in any way on a wrong shape
         raise forward_failure("the model", shape, exc) from None
     return recorder.values
