@@ -70,8 +70,16 @@ def _walk(root: Path) -> Iterator[Path]:
             subfolders.clear()
             continue
         seen.add(real)
+        subfolders[:] = [name for name in subfolders if not _hidden(name)]
         for name in files:
-            yield Path(folder) / name
+            if not _hidden(name):
+                yield Path(folder) / name
+
+
+def _hidden(name: str) -> bool:
+    """Names a folder listing skips: hidden ones (``.ipynb_checkpoints``, macOS's ``._x.png``
+    resource forks, ``.DS_Store``) and the ``__MACOSX`` folder of zip archives."""
+    return name.startswith(".") or name == "__MACOSX"
 
 
 class ImageFolderSource:
@@ -149,6 +157,8 @@ def decode_image(path: Path, mode: str) -> Image.Image:
             with Image.open(path) as handle:
                 _check_size(path, handle.size)
                 return _convert(handle, mode, path)
+    except InvalidInputError:  # a ValueError too: ours, already one line naming the file
+        raise
     except Image.DecompressionBombError:
         raise InvalidInputError(
             f"{path}: too many pixels (limit {MAX_PIXELS}); downscale the image first"
@@ -172,6 +182,7 @@ def _check_size(path: Path, size: tuple[int, int]) -> None:
 def _convert(image: Image.Image, mode: str, path: Path) -> Image.Image:
     """``image`` in ``mode``; 16-bit grey becomes ``F`` scaled by 65535, palettes are resolved."""
     if image.mode in _SIXTEEN_BIT:
+        _refuse_wide_integers(image, path)
         values = np.asarray(image).astype(np.float32)
         if values.size and (values.min() < 0 or values.max() > 65535):
             raise InvalidInputError(
@@ -188,6 +199,25 @@ def _convert(image: Image.Image, mode: str, path: Path) -> Image.Image:
     if image.mode in ("P", "PA"):
         image = image.convert("RGBA")  # resolve the palette (and its transparency) first
     return image.convert(mode)
+
+
+def _refuse_wide_integers(image: Image.Image, path: Path) -> None:
+    """Pillow's mode ``I`` holds 32-bit integers: 16-bit data from PNG and PGM/PPM (Pillow scales
+    a PGM's maxval to 65535) or a 16-bit TIFF, but a 32-bit TIFF's pixels have no known full
+    scale (0..255 digits saved as int32 would be divided by 65535: nearly black images)."""
+    if image.mode != "I":
+        return
+    tags = getattr(image, "tag_v2", None)
+    bits = tags.get(258) if tags is not None else None  # TIFF BitsPerSample
+    if bits is None and image.format in ("PNG", "PPM"):
+        return
+    if bits is not None and tuple(bits)[:1] == (16,):
+        return
+    depth = f"{next(iter(bits))}-bit" if bits else "32-bit"
+    raise InvalidInputError(
+        f"{path}: {depth} integer pixels, whose full scale is not known; save it as an 8- or "
+        "16-bit image, or as floating-point pixels in [0, 1]"
+    )
 
 
 def _to_chw(image: Image.Image, mode: str) -> np.ndarray:
@@ -245,9 +275,7 @@ def _refuse_empty_class_folders(root: Path, found: set[str]) -> None:
     between ``cat/`` and ``zebra/``) would renumber every class after it. Refused, as torchvision's
     ImageFolder does."""
     empty = sorted(
-        p.name
-        for p in root.iterdir()
-        if p.is_dir() and not p.name.startswith(".") and p.name not in found
+        p.name for p in root.iterdir() if p.is_dir() and not _hidden(p.name) and p.name not in found
     )
     if empty:
         raise InvalidInputError(
@@ -308,6 +336,7 @@ def read_labels(path: str | os.PathLike[str], names: list[str]) -> tuple[np.ndar
     """
     entries = _parse_label_lines(Path(path))
     names = [unicodedata.normalize("NFC", name) for name in names]  # macOS writes NFD names
+    _drop_header(entries, names)
     by_base: dict[str, str | None] = {}
     for key, label in entries.items():
         base = key.rsplit("/", 1)[-1]
@@ -337,6 +366,34 @@ def read_labels(path: str | os.PathLike[str], names: list[str]) -> tuple[np.ndar
     # named classes are numbered over every label the file gives, images here or not: a class with
     # no image in the folder must not renumber the classes after it
     return encode_labels(raw, entries.values())
+
+
+_HEADER_NAMES = frozenset(
+    {"image", "images", "img", "file", "filename", "file_name", "fname", "path", "filepath"}
+    | {"file_path", "name", "id", "image_id", "image_name", "image_path", "sample"}
+)
+_HEADER_LABELS = frozenset(
+    {"label", "labels", "class", "classes", "class_name", "classname", "class_id", "category"}
+    | {"target", "y"}
+)
+
+
+def _drop_header(entries: dict[str, str], names: list[str]) -> None:
+    """Remove a CSV header (``image,class``) from the parsed ``entries``: a first line that names
+    no image here and whose two fields are column names. Kept, its label would be a class and,
+    sorted among the class names, renumber the classes after it."""
+    if not entries:
+        return
+    name, label = next(iter(entries.items()))
+    bases = {n.rsplit("/", 1)[-1] for n in names}
+    if (
+        name not in names
+        and name not in bases
+        and name.lower() in _HEADER_NAMES
+        and label.lower() in _HEADER_LABELS
+        and len(entries) > 1
+    ):
+        del entries[name]
 
 
 def _check_label_kinds(path: str | os.PathLike[str], names: list[str], raw: list[str]) -> None:
