@@ -236,7 +236,7 @@ def test_report_refuses_missing_or_foreign_results(tmp_path: Path) -> None:
         render_advtrain(tmp_path)
     (tmp_path / "results.json").write_text(json.dumps({"schema": "intriguing.reproduce/1"}))
     with pytest.raises(
-        IntriguingError, match="results of `intriguing reproduce`.*not of `intriguing advtrain`"
+        IntriguingError, match=r"results of `intriguing reproduce`.*not of `intriguing advtrain`"
     ):
         render_advtrain(tmp_path)
     (tmp_path / "results.json").write_text("{broken")

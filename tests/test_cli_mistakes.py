@@ -21,6 +21,7 @@ import pytest
 import torch
 from click.testing import CliRunner, Result
 from PIL import Image
+from torch import nn
 
 from intriguing.analysis import imagefolder
 from intriguing.cli import main as cli_main
@@ -625,3 +626,37 @@ def test_32_bit_integer_images_are_refused_and_16_bit_ones_scaled(tmp_path: Path
     Image.fromarray((values * 257).astype(np.uint16)).save(tmp_path / "deep" / "a.tif")
     image = open_data(images=tmp_path / "deep", mode="L").images[0]
     assert float(np.asarray(image).max()) == pytest.approx(255 * 257 / 65535)
+
+
+def _figure5_on(tmp_path: Path, **arrays: np.ndarray) -> Any:
+    data = tmp_path / "d.npz"
+    np.savez(data, **arrays)
+    (tmp_path / "m.py").write_text(
+        "from torch import nn\n"
+        "def net():\n    return nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.LazyLinear(3))\n"
+    )
+    model, out = f"{tmp_path / 'm.py'}:net", str(tmp_path / "f")
+    argv = ["figure5", model, "--tensors", str(data), "--n", "2", "--out", out]
+    return CliRunner().invoke(cli, argv)
+
+
+def test_figure5_names_channels_last_data(tmp_path: Path) -> None:
+    """It said 'use attack --save for other data'; attack itself says how to fix the layout."""
+    images = np.random.default_rng(0).random((2, 8, 8, 1), dtype=np.float32)
+    one_line_error(_figure5_on(tmp_path, images=images), "looks channels-last", "permute(0, 3")
+
+
+def test_figure5_ignores_a_tensor_files_labels(tmp_path: Path) -> None:
+    """figure5 uses the model's predictions; a label above the model's classes was refused."""
+    images = np.random.default_rng(0).random((2, 1, 8, 8), dtype=np.float32)
+    result = _figure5_on(tmp_path, images=images, labels=np.array([7, 9]))
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "f" / "figure5.png").is_file()
+
+
+def test_a_colour_model_on_grey_tensors_is_told_about_tensors_too() -> None:
+    from intriguing.inputs import check_model_input
+
+    model = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(), nn.LazyLinear(3))
+    with pytest.raises(InvalidInputError, match="store 3-channel images in a tensor file"):
+        check_model_input(model, torch.rand(2, 1, 8, 8), None)

@@ -7,6 +7,7 @@ back to it) and ``d + 2 eps`` (the adversarial pushed twice as far), box inactiv
 
 from __future__ import annotations
 
+import itertools
 import json
 import warnings
 from pathlib import Path
@@ -20,8 +21,8 @@ from torch import nn
 
 from intriguing.analysis.recovery import (
     auc_confidence_interval,
-    auc_score_interval,
     auc_low_is_positive,
+    auc_score_interval,
     recover_and_detect,
     roc_points,
     separation,
@@ -83,7 +84,7 @@ def test_auc_score_interval_by_hand_and_never_a_point() -> None:
     tie_lo, tie_hi = auc_confidence_interval([1.0], [1.0])
     assert tie_lo < 0.5 < tie_hi and tie_lo == pytest.approx(1 - tie_hi)
     widths = [1 - auc_score_interval(1.0, n, n)[0] for n in (1, 3, 10, 100, 1000)]
-    assert all(a > b > 0 for a, b in zip(widths, widths[1:], strict=False))
+    assert all(a > b > 0 for a, b in itertools.pairwise(widths))
     for auc in np.linspace(0.0, 1.0, 11):
         lo, hi = auc_score_interval(float(auc), 4, 7)
         assert 0.0 <= lo <= auc <= hi <= 1.0 and hi - lo > 0.1

@@ -463,7 +463,8 @@ def _check_channels(model: nn.Module, images: torch.Tensor, shape: str) -> None:
             "the data looks channels-last (N, H, W, C): store (N, C, H, W), e.g. "
             "images.permute(0, 3, 1, 2)"
             if images.shape[3] == channels
-            else "for an image folder set the colour mode (--mode, or --image-mode for attack)"
+            else f"store {channels}-channel images in a tensor file, or for an image folder set "
+            "the colour mode (--mode, or --image-mode for attack)"
         )
         raise InvalidInputError(
             f"the model expects {describe_expected(model)} but the data is {shape}; " + hint
@@ -557,15 +558,18 @@ class DataSource:
         labels = None if self.labels is None else self.labels[:count]
         return self.batch(0, count), labels, self.names[:count]
 
-    def fit_to(self, model: nn.Module) -> int:
+    def fit_to(self, model: nn.Module, *, labels: bool = True) -> int:
         """Choose the folder's colour mode from the model (when not given), then probe once.
 
-        Returns the model's number of classes; raises one line on any mismatch.
+        ``labels=False``: a command that uses no labels (figure5) does not check them against
+        the model's classes. Returns the model's number of classes; raises one line on any
+        mismatch.
         """
         if self.kind == "folder" and self.meta.get("mode") is None:
             self.images.mode = _mode_for(model, self.images)
             self.meta["mode"] = self.images.mode
-        return check_model_input(model, self.batch(0, min(2, len(self))), self.labels)
+        probe = self.batch(0, min(2, len(self)))
+        return check_model_input(model, probe, self.labels if labels else None)
 
 
 def _mode_for(model: nn.Module, source: Any) -> str:

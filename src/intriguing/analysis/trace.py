@@ -21,9 +21,8 @@ line naming the node (:class:`~intriguing.errors.InvalidInputError`).
 
 from __future__ import annotations
 
-import operator
-
 import math
+import operator
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass

@@ -224,7 +224,7 @@ def figure5(model: str, n: int, out: Path, seed: int, **params: Any) -> None:
     check_drawable(data.batch(0, 1))  # before a zoo model trains or the attack runs
     check_out_folder(out)
     net, description = model_from_options(model, params, seed=seed)
-    data.fit_to(net)
+    data.fit_to(net, labels=False)  # a tensor file's labels are not used here
     batch, _, names = data.take(n)
     doc = run_figure5(
         net, batch, names, out, description=description, attack_settings={"seed": seed}

@@ -21,7 +21,6 @@ reproduce run (tables, ``paired/<split>/<m>``, ``reference/<split>``, ``units/<m
 from __future__ import annotations
 
 import math
-
 from collections.abc import Mapping, Sequence
 from typing import Any
 

@@ -99,6 +99,12 @@ def check_drawable(images: torch.Tensor) -> None:
     the attack runs."""
     from intriguing.inputs import shape_text
 
+    if images.ndim == 4 and images.shape[1] not in (1, 3) and images.shape[3] in (1, 3):
+        raise InvalidInputError(
+            f"figure5 draws images (N, C, H, W); the data's examples are {shape_text(images)}, "
+            "which looks channels-last (N, H, W, C): store (N, C, H, W), e.g. "
+            "images.permute(0, 3, 1, 2)"
+        )
     if images.ndim != 4 or images.shape[1] not in (1, 3):
         raise InvalidInputError(
             f"figure5 draws images (N, C, H, W) with 1 or 3 channels; the data's examples are "
