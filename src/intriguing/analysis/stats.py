@@ -14,7 +14,7 @@ experiments rely on. Conventions:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -157,6 +157,28 @@ def mannwhitney_smallest_p(n_a: int, n_b: int) -> float:
     if n_a < 1 or n_b < 1:
         return 1.0
     return min(1.0, 2.0 / math.comb(n_a + n_b, n_a))
+
+
+UNITS_EFFECT = 0.3  # §3: a non-significant rank-biserial >= this is "underpowered", not "equal"
+
+
+def units_direction(test: Mapping[str, Any]) -> tuple[str, str]:
+    """(direction, verdict) of one natural-vs-random test: ``more`` / ``less`` coherent (two-sided
+    p < ALPHA) or ``equally`` (no significant difference; ``inconclusive`` when the effect
+    favouring units, rank-biserial >= :data:`UNITS_EFFECT`, is too large to call them equal).
+
+    ``untested`` (inconclusive) when the test cannot fail: too few directions for any data to
+    give p < ALPHA (:func:`mannwhitney_smallest_p`; 3 vs 3 gives at
+    best 0.1), or a p-value or effect that is not a number."""
+    p, r = float(test["p_mannwhitney"]), float(test["rank_biserial"])
+    smallest = mannwhitney_smallest_p(int(test["n_a"]), int(test["n_b"]))
+    if not (math.isfinite(p) and math.isfinite(r)) or smallest >= ALPHA:
+        return "untested", INCONCLUSIVE
+    if p < ALPHA:
+        return ("more", FAILS) if r > 0 else ("less", HOLDS)
+    if r >= UNITS_EFFECT:
+        return "equally", INCONCLUSIVE
+    return "equally", HOLDS
 
 
 def mean_ci(mean: float, sd: float, n: int, confidence: float = 0.95) -> tuple[float, float]:

@@ -20,17 +20,16 @@ reproduce run (tables, ``paired/<split>/<m>``, ``reference/<split>``, ``units/<m
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from intriguing.analysis import stats
+from intriguing.analysis.stats import UNITS_EFFECT, units_direction
 
 ALPHA = stats.ALPHA  # per test, one-sided unless said otherwise
 FOOLED_RATE = 0.95  # "100% error": the success rate's 95% interval must lie at or above this
 TINY_RATIO = 0.25  # "tiny": mean distortion / mean distance between different-class images
 MAJORITY = 0.5  # share of cells that must significantly agree (Clopper-Pearson lower bound)
-UNITS_EFFECT = 0.3  # §3: a non-significant rank-biserial >= this is "underpowered", not "equal"
 FIGURE7_ADV_ACCURACY = 0.05  # Figure 7 "0% accuracy": the interval must lie below this
 PAPER_FIGURE7_ACCURACY = 0.51
 RULES_VERSION = 3  # in the claims step's params: a changed rule re-judges stored runs
@@ -379,25 +378,6 @@ def _natural_vs_random(run: Mapping[str, Any]) -> Mapping[str, Any] | None:
         if c["a"] == "natural" and c["b"] == "random" and c["metric"] == metric:
             return c
     return None
-
-
-def units_direction(test: Mapping[str, Any]) -> tuple[str, str]:
-    """(direction, verdict) of one natural-vs-random test: ``more`` / ``less`` coherent (two-sided
-    p < ALPHA) or ``equally`` (no significant difference; ``inconclusive`` when the effect
-    favouring units, rank-biserial >= :data:`UNITS_EFFECT`, is too large to call them equal).
-
-    ``untested`` (inconclusive) when the test cannot fail: too few directions for any data to
-    give p < ALPHA (:func:`~intriguing.analysis.stats.mannwhitney_smallest_p`; 3 vs 3 gives at
-    best 0.1), or a p-value or effect that is not a number."""
-    p, r = float(test["p_mannwhitney"]), float(test["rank_biserial"])
-    smallest = stats.mannwhitney_smallest_p(int(test["n_a"]), int(test["n_b"]))
-    if not (math.isfinite(p) and math.isfinite(r)) or smallest >= ALPHA:
-        return "untested", stats.INCONCLUSIVE
-    if p < ALPHA:
-        return ("more", stats.FAILS) if r > 0 else ("less", stats.HOLDS)
-    if r >= UNITS_EFFECT:
-        return "equally", stats.INCONCLUSIVE
-    return "equally", stats.HOLDS
 
 
 def units_not_privileged(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

@@ -321,8 +321,8 @@ RELATIONS = {
 
 def units_verdict(results: dict[str, Any]) -> str:
     """One sentence on the paper's §3 claim from a stored units JSON (purity if labelled), by the
-    rule of :func:`intriguing.experiments.claims.units_direction` (docs/claims.md)."""
-    from intriguing.experiments.claims import units_direction
+    rule of :func:`intriguing.analysis.stats.units_direction` (docs/claims.md)."""
+    from intriguing.analysis.stats import units_direction
 
     metric = "purity" if "purity" in results["metrics"] else "pixel_cosine"
     families = results["families"]
