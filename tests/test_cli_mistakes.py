@@ -595,6 +595,18 @@ def test_a_labels_files_csv_header_is_not_a_class(tmp_path: Path, header: str) -
     assert _labels_of(folder, labels) == ([0, 1, 2], ["bird", "deer", "ship"])
 
 
+@pytest.mark.parametrize("header", ["image_file,species", "image,digit"])
+def test_a_header_of_unknown_column_names_is_refused(tmp_path: Path, header: str) -> None:
+    """Column names outside the known ones still became a class and shifted the others."""
+    folder = grey_pngs(tmp_path / "imgs", "a.png", "b.png", "c.png")
+    labels = tmp_path / "labels.csv"
+    labels.write_text(f"{header}\na.png,cat\nb.png,dog\nc.png,zebra\n")
+    with pytest.raises(InvalidInputError, match=r"names no image here .* if it is a header"):
+        _labels_of(folder, labels)
+    labels.write_text(f"{header}\na.png,0\nb.png,1\nc.png,2\n")  # integers keep their values
+    assert _labels_of(folder, labels)[0] == [0, 1, 2]
+
+
 def test_hidden_files_and_folders_are_skipped(tmp_path: Path) -> None:
     """``.ipynb_checkpoints/one.png`` became class 0 and shifted every named class (100% error);
     macOS's ``._a.png`` asked for a label of its own."""
@@ -646,10 +658,12 @@ def test_figure5_names_channels_last_data(tmp_path: Path) -> None:
     one_line_error(_figure5_on(tmp_path, images=images), "looks channels-last", "permute(0, 3")
 
 
-def test_figure5_ignores_a_tensor_files_labels(tmp_path: Path) -> None:
-    """figure5 uses the model's predictions; a label above the model's classes was refused."""
+@pytest.mark.parametrize("labels", [[7, 9], [-1, 0], [0.5, 1.0], [1]])
+def test_figure5_ignores_a_tensor_files_labels(tmp_path: Path, labels: list[float]) -> None:
+    """figure5 uses the model's predictions; labels above the model's classes, negative, float
+    or of the wrong length were refused."""
     images = np.random.default_rng(0).random((2, 1, 8, 8), dtype=np.float32)
-    result = _figure5_on(tmp_path, images=images, labels=np.array([7, 9]))
+    result = _figure5_on(tmp_path, images=images, labels=np.array(labels))
     assert result.exit_code == 0, result.output
     assert (tmp_path / "f" / "figure5.png").is_file()
 

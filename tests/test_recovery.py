@@ -83,6 +83,8 @@ def test_auc_score_interval_by_hand_and_never_a_point() -> None:
     assert auc_confidence_interval([1.0], [2.0]) == pytest.approx((0.0, 1 - 1 / (1 + z2)))
     tie_lo, tie_hi = auc_confidence_interval([1.0], [1.0])
     assert tie_lo < 0.5 < tie_hi and tie_lo == pytest.approx(1 - tie_hi)
+    all_tied = auc_confidence_interval([3.0, 3.0, 3.0], [3.0, 3.0, 3.0])  # was [0.5, 0.5]
+    assert all_tied == auc_score_interval(0.5, 3, 3) and all_tied[0] < 0.2
     widths = [1 - auc_score_interval(1.0, n, n)[0] for n in (1, 3, 10, 100, 1000)]
     assert all(a > b > 0 for a, b in itertools.pairwise(widths))
     for auc in np.linspace(0.0, 1.0, 11):

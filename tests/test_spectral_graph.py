@@ -739,3 +739,45 @@ def test_an_in_place_leaky_relu_with_a_negative_slope_is_refused_before_any_work
     model = nn.Sequential(nn.Linear(4, 4), nn.LeakyReLU(-0.5, inplace=True), nn.Linear(4, 2))
     with pytest.raises(InvalidInputError, match=r"'1' \(LeakyReLU.*inplace=False"):
         network_bounds(model.eval(), (4,), options=FAST)
+
+
+def _chunk_then_add(m: InPlace, x: torch.Tensor) -> torch.Tensor:
+    h = m.fc(x)
+    parts = h.chunk(2, 1)  # a tuple of views of h, read after h changes
+    h += 100.0 * F.relu(x - 2.0)
+    return torch.cat(parts, 1)
+
+
+def test_a_stale_read_through_a_tuple_of_views_is_refused() -> None:
+    """The guard watched tensors only: a tuple node (chunk, split, unbind) passed on whole was
+    bounded without the change, then autograd failed after the work with a traceback."""
+    with pytest.raises(InvalidInputError, match="reads 'chunk' after 'iadd' changed it"):
+        network_bounds(InPlace(_chunk_then_add).eval(), (6,), options=FAST)
+
+
+def _scale_input_in_place(m: InPlace, x: torch.Tensor) -> torch.Tensor:
+    x *= 2.0  # the model changes its own input
+    return m.fc(x)
+
+
+def _residual_augmented(m: InPlace, x: torch.Tensor) -> torch.Tensor:
+    h = m.fc(x)
+    h += m.fc(h)  # autograd saved h for the weights' gradients: measuring it failed
+    return h
+
+
+@pytest.mark.parametrize(
+    ("forward", "factor"), [(_scale_input_in_place, 2.0), (_residual_augmented, None)]
+)
+def test_in_place_forwards_are_bounded_and_measured(
+    forward: Callable[..., torch.Tensor], factor: float | None
+) -> None:
+    """``x *= 2`` on the input changed the shared probe between model(x) and the graph's run
+    ('the traced graph does not compute model(x)'); ``h += f(h)`` made the measured lower bound
+    an autograd traceback."""
+    torch.manual_seed(0)
+    model = InPlace(forward).eval()
+    bound = network_bounds(model, (6,), options=FAST)
+    assert bound.measured is not None and bound.lipschitz >= bound.measured.value > 0
+    if factor is not None:
+        assert bound.lipschitz == pytest.approx(factor * spectral(model.fc.weight), rel=1e-9)

@@ -598,10 +598,12 @@ def open_data(
     split: str = "test",
     image_size: int | None = None,
     mode: str | None = None,
+    tensor_labels: bool = True,
 ) -> DataSource:
     """The data a command works on; cheap checks only (files listed, tensors verified).
 
-    ``mode=None`` lets :meth:`DataSource.fit_to` pick ``L`` or ``RGB`` from the model.
+    ``mode=None`` lets :meth:`DataSource.fit_to` pick ``L`` or ``RGB`` from the model;
+    ``tensor_labels=False`` leaves a tensor file's ``labels`` unread (a command that uses none).
     """
     if images is not None and tensors is not None:
         raise InvalidInputError("give --images or --tensors, not both")
@@ -621,7 +623,7 @@ def open_data(
             raise InvalidInputError(
                 "--image-size applies to --images only; resize the tensors yourself"
             )
-        return load_tensors(tensors)
+        return load_tensors(tensors, labels=tensor_labels)
     return _open_mnist(dataset, data_dir, split)
 
 
@@ -661,9 +663,10 @@ def _open_folder(
     return DataSource("folder", source, labels, source.names, meta)
 
 
-def load_tensors(path: str | os.PathLike[str]) -> DataSource:
+def load_tensors(path: str | os.PathLike[str], *, labels: bool = True) -> DataSource:
     """A ``.safetensors`` / ``.npz`` file with ``images`` ``(N, ...)`` in [0, 1] (images
-    ``(N, C, H, W)``, signals ``(N, C, L)``, feature vectors ``(N, D)``) and ``labels`` ``(N,)``.
+    ``(N, C, H, W)``, signals ``(N, C, L)``, feature vectors ``(N, D)``) and ``labels`` ``(N,)``
+    (neither read nor checked with ``labels=False``).
 
     Raises:
         InvalidInputError: another suffix, a missing ``images`` key, a wrong rank, dtype, range or
@@ -683,10 +686,11 @@ def load_tensors(path: str | os.PathLike[str]) -> DataSource:
             f"--tensors {file}: no 'images' entry (found: {', '.join(sorted(arrays)) or 'none'})"
         )
     images = _check_tensor_images(file, arrays["images"])
-    labels = _check_tensor_labels(file, arrays.get("labels"), len(images))
+    stored = arrays.get("labels") if labels else None
+    checked = _check_tensor_labels(file, stored, len(images))
     meta = {"kind": "tensors", "path": str(file), "n_images": len(images)}
     names = [f"{file.name}[{i}]" for i in range(len(images))]
-    return DataSource("tensors", images, labels, names, meta)
+    return DataSource("tensors", images, checked, names, meta)
 
 
 def _read_arrays(file: Path, suffix: str) -> dict[str, torch.Tensor]:

@@ -363,6 +363,7 @@ def read_labels(path: str | os.PathLike[str], names: list[str]) -> tuple[np.ndar
             )
         raw.append(value)
     _check_label_kinds(path, names, raw)
+    _refuse_unknown_header(path, entries, names, raw)
     # named classes are numbered over every label the file gives, images here or not: a class with
     # no image in the folder must not renumber the classes after it
     return encode_labels(raw, entries.values())
@@ -394,6 +395,26 @@ def _drop_header(entries: dict[str, str], names: list[str]) -> None:
         and len(entries) > 1
     ):
         del entries[name]
+
+
+def _refuse_unknown_header(
+    path: str | os.PathLike[str], entries: dict[str, str], names: list[str], raw: list[str]
+) -> None:
+    """Refuse a first entry that looks like a header :func:`_drop_header` does not know
+    (``image_file,species``): it names no image here and its named label is on no other line.
+    Named classes are numbered over every label in the file, so it would shift the classes."""
+    if all(re.fullmatch(r"\d+", v) for v in raw):
+        return  # integer labels keep their values: an extra entry changes nothing
+    name, label = next(iter(entries.items()))
+    bases = {n.rsplit("/", 1)[-1] for n in names}
+    if name in names or name in bases or label in raw:
+        return
+    if list(entries.values()).count(label) == 1:
+        raise InvalidInputError(
+            f"{path}: the first entry ('{name}' -> '{label}') names no image here and no other "
+            f"line has the class '{label}': if it is a header, remove it (it would be numbered "
+            "as a class and shift the classes after it)"
+        )
 
 
 def _check_label_kinds(path: str | os.PathLike[str], names: list[str], raw: list[str]) -> None:

@@ -55,8 +55,10 @@ class MeasuredLowerBound:
 
 
 def float64_copy(model: nn.Module) -> nn.Module:
-    """A float64, CPU, eval-mode deep copy of ``model`` (the original is untouched)."""
-    return copy.deepcopy(model).to(device="cpu", dtype=torch.float64).eval()
+    """A float64, CPU, eval-mode deep copy of ``model`` (the original is untouched), its
+    parameters without gradients: only input gradients are measured, and autograd would refuse
+    a residual ``x += f(x)`` that it would have to save for the weights' gradients."""
+    return copy.deepcopy(model).to(device="cpu", dtype=torch.float64).eval().requires_grad_(False)
 
 
 def probe_inputs(
@@ -90,16 +92,23 @@ def jacobian_lower_bound(
     """
     result = MeasuredLowerBound(value=0.0)
     with torch.no_grad():
-        outputs = int(fn(inputs[:1]).numel())
-    if outputs <= explicit_outputs:
-        result.per_input = [_explicit_norm(fn, x[None], outputs) for x in inputs]
-        result.iterations = [0] * len(inputs)
-        result.converged = [True] * len(inputs)
-    else:
-        generator = torch.Generator().manual_seed(seed)
-        best, its, converged = _power_iteration(fn, inputs, iterations, tol, generator)
-        result.per_input, result.converged = best, converged
-        result.iterations = [its] * len(inputs)
+        outputs = int(fn(inputs[:1].clone()).numel())  # a forward may change its input in place
+    try:
+        if outputs <= explicit_outputs:
+            result.per_input = [_explicit_norm(fn, x[None], outputs) for x in inputs]
+            result.iterations = [0] * len(inputs)
+            result.converged = [True] * len(inputs)
+        else:
+            generator = torch.Generator().manual_seed(seed)
+            best, its, converged = _power_iteration(fn, inputs, iterations, tol, generator)
+            result.per_input, result.converged = best, converged
+            result.iterations = [its] * len(inputs)
+    except RuntimeError as exc:  # autograd refusing an in-place operation of the forward, ...
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InvalidInputError(
+            f"torch's autograd cannot differentiate the model for the measured lower bound "
+            f"({first}); make the in-place operations of its forward out of place"
+        ) from None
     if not all(math.isfinite(v) for v in result.per_input):
         bad = next(i for i, v in enumerate(result.per_input) if not math.isfinite(v))
         raise InvalidInputError(
@@ -117,7 +126,7 @@ def _explicit_norm(
     copies of ``x`` (examples of a batch are independent), then an SVD."""
     copies = x.expand(outputs, *x.shape[1:]).clone().requires_grad_(True)
     with torch.enable_grad():
-        y = fn(copies).reshape(outputs, outputs)
+        y = fn(copies.clone()).reshape(outputs, outputs)  # clone: a leaf cannot change in place
         (rows,) = torch.autograd.grad(
             y, copies, torch.eye(outputs, dtype=y.dtype), allow_unused=True
         )
@@ -139,7 +148,7 @@ def _power_iteration(
     m = inputs.shape[0]
     x = inputs.clone().requires_grad_(True)
     with torch.enable_grad():
-        y = fn(x)
+        y = fn(x.clone())  # a leaf cannot change in place
         u = torch.zeros_like(y, requires_grad=True)
         (g,) = torch.autograd.grad(y, x, u, create_graph=True, allow_unused=True)
     if g is None or not g.requires_grad:  # the output does not depend on the input
@@ -259,10 +268,10 @@ def check_batch_independent(model: nn.Module, inputs: torch.Tensor, *, rtol: flo
     """
     double = float64_copy(model)
     with torch.no_grad():
-        batched = double(inputs)
+        batched = double(inputs.clone())  # clones: a forward may change its input in place
         if not isinstance(batched, torch.Tensor) or batched.dim() == 0:
             raise InvalidInputError("the model must return one tensor with a batch dimension")
-        single = torch.cat([double(inputs[i : i + 1]) for i in range(len(inputs))])
+        single = torch.cat([double(inputs[i : i + 1].clone()) for i in range(len(inputs))])
     scale = max(1.0, float(batched.abs().max()))
     if single.shape != batched.shape or float((single - batched).abs().max()) > rtol * scale:
         raise InvalidInputError(

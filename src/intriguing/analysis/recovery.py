@@ -107,9 +107,9 @@ def auc_confidence_interval(
     resampled AUCs toward the within-image rate (an interval [0.435, 0.4625] around an AUC of
     0.475 was measured that way).
 
-    Where every resample gives the same AUC (the samples are separated, or one side has a single
-    value) the percentile interval is a point; the score interval :func:`auc_score_interval` is
-    returned instead.
+    Where every resample gives the same AUC (the samples are separated, or every value is tied)
+    the percentile interval is a point; there, and where one side has a single value, the score
+    interval :func:`auc_score_interval` is returned instead.
     """
     c = _as_scores(clean, "clean statistic")
     a = _as_scores(adversarial, "adversarial statistic")
@@ -118,9 +118,11 @@ def auc_confidence_interval(
     # rank transform first (AUC only depends on ranks): finite values for the bootstrap
     ranks = stats.rankdata(np.concatenate([c, a]))
     rc, ra = ranks[: c.size], ranks[c.size :]
-    if np.all(rc > ra.max()) or np.all(rc < ra.min()) or min(c.size, a.size) < 2:
-        # every resample gives the same AUC (separation, or a single value on a side): the
-        # percentile interval would be [AUC, AUC], certainty from a handful of values
+    separated = np.all(rc > ra.max()) or np.all(rc < ra.min())
+    if separated or np.ptp(ranks) == 0 or min(c.size, a.size) < 2:
+        # separated or all tied: every resample gives the same AUC, and the percentile interval
+        # is [AUC, AUC] (certainty from a handful of values); a single value on a side leaves
+        # only the other side's resampling, too little to go by
         return auc_score_interval(auc_low_is_positive(c, a), a.size, c.size, confidence)
 
     def statistic(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:

@@ -221,18 +221,19 @@ class _Recorder(fx.Interpreter):
         super().__init__(module)
         self.extra_traceback = False  # errors stay one line ("While executing ..." appended)
         self.values: dict[fx.Node, Any] = {}
-        self._versions: dict[fx.Node, int] = {}  # a tensor's version counter when made
+        self._versions: dict[fx.Node, tuple[int, ...]] = {}  # version counters when made
         self._changed_by: dict[fx.Node, fx.Node] = {}
 
     def run_node(self, n: fx.Node) -> Any:
         self._refuse_stale_reads(n)
         out = super().run_node(n)
         self.values[n] = out
-        for node, version in self._versions.items():  # views share their base's counter
-            if node not in self._changed_by and self.values[node]._version != version:
+        for node, versions in self._versions.items():  # views share their base's counter
+            if node not in self._changed_by and _versions(self.values[node]) != versions:
                 self._changed_by[node] = n
-        if isinstance(out, torch.Tensor):
-            self._versions[n] = out._version
+        versions = _versions(out)
+        if versions:
+            self._versions[n] = versions
         return out
 
     def _refuse_stale_reads(self, n: fx.Node) -> None:
@@ -247,6 +248,15 @@ class _Recorder(fx.Interpreter):
                     "it), which a spectral bound of the graph cannot follow; make that operation "
                     "out of place (x = x + ..., inplace=False)"
                 )
+
+
+def _versions(value: Any) -> tuple[int, ...]:
+    """The version counters of a tensor, or of the tensors of a tuple or list (``chunk``)."""
+    if isinstance(value, torch.Tensor):
+        return (value._version,)
+    if isinstance(value, list | tuple):
+        return tuple(v._version for v in value if isinstance(v, torch.Tensor))
+    return ()
 
 
 def probe_values(gm: fx.GraphModule, shape: Shape) -> dict[fx.Node, Any]:
@@ -282,7 +292,7 @@ def check_trace_matches(model: nn.Module, gm: fx.GraphModule, shape: Shape) -> N
     x = torch.rand((3, *shape), generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     try:
         with torch.no_grad():
-            expected, got = model(x), gm(x)
+            expected, got = model(x.clone()), gm(x.clone())  # forward may change x in place
     except Exception as exc:  # the user's forward can fail in any way on a wrong shape
         raise forward_failure(type(model).__name__, shape, exc) from None
     if not isinstance(expected, torch.Tensor) or not isinstance(got, torch.Tensor):

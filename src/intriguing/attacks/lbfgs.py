@@ -1086,8 +1086,8 @@ def linear_geometry(
 
 
 def class_temperature_factor(classes: int) -> float:
-    """``min(1, ln 9 / ln(K - 1))``: the default temperatures are divided by it for ``K > 10``
-    classes.
+    """``min(1, ln 9 / ln(K - 1))``: the default temperatures are multiplied by it (lowered) for
+    ``K > 10`` classes.
 
     The cross-entropy's ``T logsumexp_{j != goal}(z_j / T)`` exceeds the largest competing logit
     by up to ``T ln(K - 1)``: 0.22 at ``T = 0.1`` and ``K = 10``, the scale the temperatures were

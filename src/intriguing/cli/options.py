@@ -392,8 +392,9 @@ def refuse_unused_seed(
     )
 
 
-def open_user_data(params: dict[str, Any], *, split: str = "test") -> Any:
-    """:func:`intriguing.inputs.open_data` from the options of :func:`user_data_options`."""
+def open_user_data(params: dict[str, Any], *, split: str = "test", labels: bool = True) -> Any:
+    """:func:`intriguing.inputs.open_data` from the options of :func:`user_data_options`
+    (``labels=False``: a tensor file's labels are not read)."""
     from intriguing.inputs import open_data
 
     return open_data(
@@ -405,6 +406,7 @@ def open_user_data(params: dict[str, Any], *, split: str = "test") -> Any:
         split=split,
         image_size=params.get("image_size"),
         mode=params.get("image_mode"),
+        tensor_labels=labels,
     )
 
 

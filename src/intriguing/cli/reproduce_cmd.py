@@ -216,7 +216,7 @@ def figure5(model: str, n: int, out: Path, seed: int, **params: Any) -> None:
             "drop --labels"
         )
     torch.set_num_threads(1)
-    data = open_user_data(params)
+    data = open_user_data(params, labels=False)  # attacked from the model's predictions
     if not typed("n"):  # the default draws what there is; a typed --n above it is refused
         n = min(n, len(data))
     elif n > len(data):  # before a zoo model trains or the attack runs

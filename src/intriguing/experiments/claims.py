@@ -413,8 +413,8 @@ def units_not_privileged(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         f"random directions: fails if units are significantly more coherent (p < {ALPHA:g}); holds "
         f"if they are significantly less coherent or not significantly different with "
         f"rank-biserial r < {UNITS_EFFECT:g}; inconclusive if not significant with r >= "
-        f"{UNITS_EFFECT:g}, or if too few directions for any data to give p < {ALPHA:g}. Which "
-        "way the evidence points is stated",
+        f"{UNITS_EFFECT:g}, or if too few directions for the exact test to give p < {ALPHA:g}. "
+        "Which way the evidence points is stated",
         stats.combine([p["verdict"] for p in parts]),
         "; ".join(
             f"{p['model']}: units {DIRECTION_TEXT[p['direction']]} random directions" for p in parts

@@ -315,7 +315,9 @@ RELATIONS = {
         "not significantly different from, though by an effect favouring them too large to call "
         "them equal,"
     ),
-    ("untested", "inconclusive"): "too few to be compared (no outcome could reach p < 0.05) with",
+    ("untested", "inconclusive"): (
+        "too few to be compared (at these sizes the exact test's p cannot fall below 0.05) with"
+    ),
 }
 
 
