@@ -394,3 +394,16 @@ def test_cli_tiny_run_writes_results_and_report(tmp_path: Path, mnist_dir: Path)
     assert (out / "classes.md").exists() and (out / "classes.png").exists()
     assert "Fewer classes make the problem" in result.output
     assert np.isfinite(doc["rows"][0]["distortion"]["mean"])
+
+
+def test_a_train_limit_that_misses_a_class_is_refused_before_the_run(
+    tmp_path: Path, mnist_dir: Path
+) -> None:
+    """The first two 3v8 training images are both 3s: the "3v8" model learned one class (49%
+    test error, 0% fooled) and was reported as a normal row."""
+    out = tmp_path / "run"
+    args = ["classes", "--tasks", "3v8", "--families", "softmax", "--n", "1"]
+    result = CliRunner().invoke(cli, [*args, "--train-limit", "2", "--out", str(out)])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert "first 2 training images of task '3v8' hold no 8" in result.output
+    assert not out.exists()

@@ -6,7 +6,7 @@ Images are float32 ``(N, 1, 28, 28)`` in [0, 1]; task labels int64 ``(N,)``.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -80,6 +80,23 @@ class Bench(LazyData):
         if split == "train" and self.config.train_limit is not None:
             index, labels = index[: self.config.train_limit], labels[: self.config.train_limit]
         return index, images[index], labels
+
+    def check_train_limit(self, tasks: Sequence[Task]) -> None:
+        """Refuse (one line, before any training) a ``train_limit`` whose first images of a task
+        miss some of its classes: the model would learn fewer classes than the task has (a "3v8"
+        model that only saw 3s: 49% test error, and 0% fooled as class 8 is out of reach)."""
+        limit = self.config.train_limit
+        if limit is None:
+            return
+        for task in tasks:
+            _, _, labels = self.task_split(task, "train")
+            seen = set(labels.tolist())
+            if len(seen) < task.num_classes:
+                missing = [task.class_names[c] for c in range(task.num_classes) if c not in seen]
+                raise InvalidInputError(
+                    f"--train-limit {limit}: the first {limit} training images of task "
+                    f"{task.name!r} hold no {', '.join(missing)}; raise --train-limit"
+                )
 
     def model(self, root: Path, train_result: Mapping[str, Any]) -> nn.Module:
         """The trained model of a ``train`` step, loaded from its artifact (eval mode)."""

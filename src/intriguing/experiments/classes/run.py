@@ -11,6 +11,7 @@ from intriguing.experiments.classes.bench import Bench, EncoderLoader, load_enco
 from intriguing.experiments.classes.config import ClassesConfig
 from intriguing.experiments.classes.steps import build_steps
 from intriguing.experiments.classes.summary import summarize
+from intriguing.experiments.classes.tasks import parse_tasks
 from intriguing.experiments.rundir import RunDirectory
 from intriguing.report.classes import SCHEMA
 
@@ -39,9 +40,10 @@ def run_classes(
     Raises:
         IntriguingError: bad settings, missing data, an unusable ``out``.
     """
-    run = RunDirectory(out, one_thread=False, schema=SCHEMA)
     loader = options.get("encoder_loader", load_encoder)
     bench = Bench(config.dataset, options.get("data_dir"), config, encoder_loader=loader)
+    bench.check_train_limit(parse_tasks(config.tasks))  # before the run folder is made
+    run = RunDirectory(out, one_thread=False, schema=SCHEMA)
     results = run.run(
         build_steps(config, bench), description="classes", backend=options.get("backend")
     )
