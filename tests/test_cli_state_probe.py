@@ -175,3 +175,13 @@ def test_report_names_a_file_or_an_empty_run_dir_for_what_it_is(tmp_path: Path, 
     target.write_text("x")
     arg, words = (str(target), "is a file") if kind == "file" else ("", "RUN_DIR is empty")
     _one_line_error(CliRunner().invoke(cli, ["report", arg]), words)
+
+
+@pytest.mark.parametrize("factory", ["mynets:soft", "mynets.py:soft"])
+def test_eval_of_a_checkpoint_with_a_factory_names_the_mix_up(
+    tiny_checkpoint: Path, factory: str
+) -> None:
+    """It said "unknown model 'mynets:soft'; available: softmax1, ..." about a working factory."""
+    result = CliRunner().invoke(cli, ["eval", factory, "--checkpoint", str(tiny_checkpoint)])
+    _one_line_error(result, "is a model factory")
+    assert "--weights" in result.output and "unknown model" not in result.output

@@ -213,6 +213,11 @@ def _eval_checkpoint(
     from intriguing.models import get_entry
     from intriguing.training import load_checkpoint
 
+    if name is not None and (":" in name or name.endswith(".py")):
+        raise InvalidInputError(
+            f"--checkpoint holds a zoo model; {name!r} is a model factory: give the checkpoint "
+            "alone (eval --checkpoint FILE), or your factory's weights with --weights FILE"
+        )
     trained = load_checkpoint(checkpoint)
     if name is not None and get_entry(name).name != trained.name:
         raise InvalidInputError(f"{checkpoint} holds {trained.name!r}, not {name!r}")
