@@ -10,6 +10,7 @@ mean distortion and gradient evaluations per example of each setting (``--best``
 
 from __future__ import annotations
 
+import argparse
 import sys
 from typing import Any
 
@@ -30,15 +31,20 @@ SETTINGS: list[dict[str, Any]] = [
 
 
 def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", help="a zoo name, or relu-mlp / relu-cnn")
+    parser.add_argument("n", type=int, help="correctly classified test images")
+    parser.add_argument("--best", action="store_true", help='also target="best" (every class)')
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    name, n = argv[0], int(argv[1])
+    name, n = args.model, args.n
     model = strong_models.load(name) if name.startswith("relu-") else load_model(name)
     data = load_mnist()
     x, y = data.test_images[:3000], data.test_labels[:3000]
     with torch.no_grad():
         keep = model(x).argmax(1) == y
     x, y = x[keep][:n], y[keep][:n]
-    runs = SETTINGS + ([{"target": "best"}] if "--best" in argv else [])
+    runs = SETTINGS + ([{"target": "best"}] if args.best else [])
     for kwargs in runs:
         r = LBFGS(progress=False, **kwargs)(model, x, y)
         ok = r.success

@@ -57,6 +57,26 @@ EQUAL_DISTORTION_RTOL = 1e-3
 console = Console(width=150)
 
 
+# options of the attack benchmark alone: refused unless --only attack (the others take their own)
+ATTACK_ONLY = (
+    "n",
+    "cw_n",
+    "scipy_n",
+    "pairs",
+    "repeats",
+    "joint_n",
+    "models",
+    "model_file",
+    "threads",
+    "no_foolbox",
+    "out",
+)
+
+
+# the other scripts that read MNIST from --data-dir (bench_ray.py runs mnist-5k, which reads none)
+TAKE_DATA_DIR = frozenset({"bench_overhead.py", "bench_strongest.py"})
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small run (100 images, tiny subsets)")
@@ -99,6 +119,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default results/...)")
     args = parser.parse_args(argv)
+    attack_only = [
+        f"--{name.replace('_', '-')}"
+        for name in ATTACK_ONLY
+        if getattr(args, name) != parser.get_default(name)
+    ]
+    if attack_only and args.only != "attack":
+        parser.error(
+            f"{', '.join(attack_only)} set(s) the attack benchmark only (the other bench_*.py "
+            "scripts take their own options and write into benchmarks/results/); add --only attack"
+        )
     defaults = (100, 5, 10, 50) if args.quick else (1000, 100, 50, 100)
     for name, default in zip(("n", "cw_n", "scipy_n", "joint_n"), defaults, strict=True):
         if getattr(args, name) is None:
@@ -576,12 +606,14 @@ def other_benchmarks() -> list[Path]:
     return sorted(path for path in here.glob("bench_*.py") if path.name != "bench_attack.py")
 
 
-def run_other_benchmarks(quick: bool) -> dict[str, int]:
+def run_other_benchmarks(quick: bool, data_dir: str | None = None) -> dict[str, int]:
     """Run every other benchmark script in its own process; returns their exit codes."""
     codes = {}
     for script in other_benchmarks():
         console.rule(f"[bold]{script.name}")
         command = [sys.executable, str(script), *(["--quick"] if quick else [])]
+        if data_dir is not None and script.name in TAKE_DATA_DIR:
+            command += ["--data-dir", data_dir]
         codes[script.name] = subprocess.run(command, check=False).returncode
         if codes[script.name]:
             console.print(f"[red]{script.name} exited with {codes[script.name]}")
@@ -594,7 +626,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.only in ("all", "attack"):
         run_attack_benchmark(args, argv)
     if args.only in ("all", "others"):
-        codes = run_other_benchmarks(args.quick)
+        codes = run_other_benchmarks(args.quick, args.data_dir)
         if any(codes.values()):
             sys.exit(1)
 

@@ -11,6 +11,7 @@ machine extra threads compete with other jobs.
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import sys
@@ -24,7 +25,12 @@ from intriguing.training import load_model
 
 
 def main(argv: list[str]) -> None:
-    name, n, pairs = argv[0], int(argv[1]), int(argv[2])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", help="a zoo name, or relu-mlp / relu-cnn")
+    parser.add_argument("n", type=int, help="correctly classified test images")
+    parser.add_argument("pairs", type=int, help="alternating 1- and 2-thread runs")
+    args = parser.parse_args(argv)
+    name, n, pairs = args.model, args.n, args.pairs
     model = strong_models.load(name) if name.startswith("relu-") else load_model(name)
     data = load_mnist()
     with torch.no_grad():

@@ -179,6 +179,17 @@ def test_recovery_refuses_bad_input() -> None:
 TINY_ATTACK: dict[str, Any] = make_spec("tiny").attack.kwargs()
 
 
+def test_recover_of_a_model_stores_every_example(tmp_path: Path) -> None:
+    """The MODEL path's JSON lacked ``per_example``, which docs/critics.md lists and the zoo
+    path stores."""
+    out = tmp_path / "r.json"
+    argv = ["recover", "softmax1", "--n", "3", "--json", str(out)]
+    result = CliRunner().invoke(cli, [*argv, "--dataset", "mnist-5k"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(out.read_text())
+    assert len(doc["per_example"]["detector_adversarial"]) == doc["n"] == 3
+
+
 def test_recover_experiment_on_a_zoo_model(mnist_dir: Path, tmp_path: Path) -> None:
     from intriguing.experiments.critics import run_critics
 

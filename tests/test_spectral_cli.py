@@ -53,6 +53,13 @@ def test_table_and_json(fake_zoo: None, tmp_path: Path) -> None:
     assert layers[0]["stride"] == "2"
 
 
+def test_exact_norms_not_computed_are_not_shown_as_a_value(fake_zoo: None) -> None:
+    """With --exact-method none the caption's 'with exact norms' printed the certified bound."""
+    result = CliRunner().invoke(cli, ["spectral", "tiny", "--exact-method", "none"])
+    assert result.exit_code == 0, result.output
+    assert "with exact norms = not computed" in " ".join(result.output.split())
+
+
 def test_sandwich_option(fake_zoo: None, tmp_path: Path, mnist_dir: Path) -> None:
     out = tmp_path / "s.json"
     result = CliRunner().invoke(

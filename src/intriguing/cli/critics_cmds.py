@@ -25,7 +25,7 @@ from typing import Any, TypeVar, cast
 
 import click
 
-from intriguing._io import refuse_folder_names
+from intriguing._io import json_safe, refuse_folder_names
 from intriguing.cli.options import (
     backend_options,
     choice_option,
@@ -376,7 +376,12 @@ def recover(
             f"{summary['detector']['auc']:.3f} (95% CI {summary['detector']['auc_ci'][0]:.3f}"
             f"-{summary['detector']['auc_ci'][1]:.3f})"
         )
-        _finish_model(command="recover", payload={**meta, **summary}, common=common)
+        per_example = {k: json_safe(v) for k, v in per.items()}  # as the zoo path stores them
+        _finish_model(
+            command="recover",
+            payload={**meta, **summary, "per_example": per_example},
+            common=common,
+        )
         return
     _run("recover", n, options, common)
 

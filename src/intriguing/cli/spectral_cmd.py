@@ -84,7 +84,7 @@ def _load_alexnet() -> tuple[Any, list[Any]]:
     return model, named
 
 
-def bound_table(bound: Any, title: str) -> Table:
+def bound_table(bound: Any, title: str, *, exact_computed: bool = True) -> Table:
     """A rich table like the paper's Table 5 (plus the non-linear layers' constants)."""
     table = Table(title=title)
     for column in (
@@ -119,10 +119,15 @@ def bound_table(bound: Any, title: str) -> Table:
         )
     structure = "product" if bound.structure == "chain" else "graph bound (sums, concatenations)"
     measured = format_bound(bound.measured.value) if bound.measured is not None else "-"
+    exact = (
+        format_bound(bound.lipschitz_exact_norms)
+        if exact_computed
+        else "not computed (--exact-method none)"
+    )
     table.caption = (
         f"{structure} (certified Lipschitz upper bound) = {format_bound(bound.lipschitz)}; "
         f"measured lower bound (largest Jacobian norm at probe inputs) = {measured}; "
-        f"with exact norms = {format_bound(bound.lipschitz_exact_norms)}. upper: certified; exact: zero-padded "
+        f"with exact norms = {exact}. upper: certified; exact: zero-padded "
         "operator by power iteration (from below; * = not converged); lower: the layer's smallest "
         "singular value (- where not computed: non-linear layers, padded or strided convolutions)"
     )
@@ -342,7 +347,8 @@ def spectral(
             options=options,
             progress=lambda name: status.update(f"bounding layer {name}"),
         )
-    console.print(bound_table(bound, f"{model_name}: frame bounds per layer (input {input_shape})"))
+    title = f"{model_name}: frame bounds per layer (input {input_shape})"
+    console.print(bound_table(bound, title, exact_computed=exact_method != "none"))
     result: dict[str, Any] = {
         "model": model_name,
         "dataset": dataset,
