@@ -75,6 +75,26 @@ def test_hinge_loss_reaches_past_the_margin() -> None:
     assert float(lead[0]) >= 1e-4
 
 
+@pytest.mark.parametrize("mode", ["untargeted", "targeted"])
+def test_kappa_is_the_lead_of_the_returned_points(mode: str) -> None:
+    """kappa was ignored: the kept points and the final ray move aimed at the boundary, so the
+    lead was 0.002 whatever kappa. Here z_1 - z_0 = x_1 + x_2 - 1: leading by kappa = 0.5 from
+    (0.2, 0.3) takes the distance to the line x_1 + x_2 = 1.5, L2 1 / sqrt(2), RMS 0.5 (by hand)."""
+    model = nn.Linear(2, 2)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[0.0, 0.0], [1.0, 1.0]]))
+        model.bias.copy_(torch.tensor([0.0, -1.0]))
+    model.eval()
+    images, labels = torch.tensor([[0.2, 0.3]]), torch.tensor([0])
+    targets = torch.tensor([1]) if mode == "targeted" else None
+    res = LBFGS(loss="margin", kappa=0.5, mode=mode, progress=False)(
+        model, images, labels, targets=targets
+    )
+    with torch.no_grad():
+        lead = float(model(res.adversarial)[0, 1] - model(res.adversarial)[0, 0])
+    assert lead >= 0.5 and float(res.distortion[0]) == pytest.approx(0.5, rel=0.01)
+
+
 @pytest.fixture(scope="module")
 def relu_mlp(fit_on_mnist: FitOnMnist) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """A ReLU 784-64-10 net fitted for a few seconds on 3000 real MNIST images; 60 test images."""

@@ -99,3 +99,27 @@ def test_old_names_stay_importable_and_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.seed = 1  # type: ignore[misc]
     assert specs.SIZES == ("tiny", "quick", "default", "full")
+
+
+@pytest.mark.parametrize(
+    ("setting", "match"),
+    [
+        ({"c_factor": float("inf")}, "c_factor must be a finite number > 1"),
+        ({"ftol": float("nan")}, "ftol must be a finite number > 0"),
+        ({"ftol": -1.0}, "ftol must be a finite number > 0"),
+        ({"pgtol": -1.0}, "pgtol must be a finite number > 0"),
+        ({"kappa": float("inf")}, "kappa must be a finite number >= 0"),
+        ({"refine": "no"}, "refine must be True or False"),
+        ({"seed": "a"}, "seed must be an integer >= 0"),
+        ({"seed": 2**70}, "seed must be below 2\\*\\*63"),
+    ],
+)
+def test_attack_settings_that_ran_long_or_wrong_are_refused_when_made(
+    setting: dict[str, object], match: str
+) -> None:
+    """ftol=nan ran 4428 evaluations per example (35 by default); c_factor=inf 'succeeded' at
+    6x the distortion; kappa=inf failed every example after 1805; refine='no' meant True; a
+    string seed failed inside the call."""
+    with pytest.raises(InvalidInputError, match=match) as info:
+        LBFGSConfig(**setting)  # type: ignore[arg-type]
+    assert "\n" not in str(info.value)

@@ -63,7 +63,7 @@ from intriguing.attacks.base import Attack, AttackBatch, RawAttack
 from intriguing.attacks.checks import AttackWarning
 from intriguing.attacks.lbfgs_config import LBFGSConfig, check_count
 from intriguing.attacks.losses import attack_loss
-from intriguing.attacks.metrics import AIM_FACTOR, success_margin, success_mask
+from intriguing.attacks.metrics import AIM_FACTOR, success_lead, success_margin, success_mask
 from intriguing.attacks.optim import BoxLBFGS
 from intriguing.attacks.result import AttackResult
 from intriguing.attacks.targets import all_targets, choose_targets
@@ -393,6 +393,17 @@ class LBFGS(Attack):
         self._shrink_along_rays(model, images, labels, raw)
         return raw
 
+    def _kept(
+        self, logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None
+    ) -> torch.Tensor:
+        """``(N,)`` bool: points the attack keeps as successes: past the boundary by
+        ``AIM_FACTOR`` success margins and, with ``loss="margin"``, by the logit margin ``kappa``
+        (Carlini-Wagner's confidence: the point must lead by it, not only the loss aim at it)."""
+        kept = success_mask(logits, labels, targets, aim=AIM_FACTOR)
+        if self.loss == "margin" and self.kappa > 0:
+            kept &= success_lead(logits, labels, targets) >= self.kappa
+        return kept
+
     def _shrink_along_rays(
         self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, raw: RawAttack
     ) -> None:
@@ -412,7 +423,7 @@ class LBFGS(Attack):
         for _ in range(RAY_STEPS):
             mid = (lo + hi) / 2
             logits = self.predict(model, (x + mid * step).reshape(-1, *images.shape[1:]))
-            ok = success_mask(logits, labels[rows], targets, aim=AIM_FACTOR)[:, None]
+            ok = self._kept(logits, labels[rows], targets)[:, None]
             hi, lo = torch.where(ok, mid, hi), torch.where(ok, lo, mid)
         moved = (hi < 1.0).squeeze(1)
         shrunk = adv.clone()
@@ -860,7 +871,7 @@ class _Search:
             rows=self.rows_per_call,
         )
         labels = self.labels[example]
-        succ = success_mask(logits, labels, tgt, aim=AIM_FACTOR)
+        succ = self.attack._kept(logits, labels, tgt)
         d2 = self.opt.trial_sq_distance()  # (b,) float64 squared L2 of the trial points
         better = succ & (d2 < self.best_d2[idx])
         if bool(better.any()):

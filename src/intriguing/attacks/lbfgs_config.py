@@ -28,7 +28,9 @@ class LBFGSConfig:
     (targeted ``None`` becomes ``"random"``); ``c_init`` ``None`` (untargeted candidates start at
     their estimated constants, every other problem at 5) or > 0; ``c_rtol`` > 0; ``c_factor`` > 1;
     ``search_steps``, ``memory``, ``max_iter``, ``batch_size`` integers >= 1; ``candidates`` an
-    integer >= 0; ``candidate_ratio`` >= 1. Raises InvalidInputError (one line) otherwise.
+    integer >= 0; ``candidate_ratio`` >= 1; ``kappa`` finite >= 0; ``pgtol``, ``ftol`` finite > 0;
+    ``seed`` an integer in [0, 2**63); ``refine`` a bool. Raises InvalidInputError (one line)
+    otherwise.
     """
 
     mode: str = "untargeted"
@@ -56,8 +58,17 @@ class LBFGSConfig:
         if self.c_init is not None:
             _positive("c_init", self.c_init)
         _positive("c_rtol", self.c_rtol)
-        if not (isinstance(self.c_factor, (int, float)) and self.c_factor > 1.0):
-            raise InvalidInputError(f"c_factor must be > 1, got {self.c_factor!r}")
+        _positive("pgtol", self.pgtol)
+        _positive("ftol", self.ftol)
+        if not _finite(self.kappa):  # check_loss: >= 0
+            raise InvalidInputError(f"kappa must be a finite number >= 0, got {self.kappa!r}")
+        if not (_finite(self.c_factor) and self.c_factor > 1.0):
+            raise InvalidInputError(f"c_factor must be a finite number > 1, got {self.c_factor!r}")
+        if not isinstance(self.refine, bool):
+            raise InvalidInputError(f"refine must be True or False, got {self.refine!r}")
+        check_count("seed", self.seed, 0)
+        if self.seed >= 2**63:
+            raise InvalidInputError(f"seed must be below 2**63, got {self.seed!r}")
         for name in ("search_steps", "memory", "max_iter", "batch_size"):
             check_count(name, getattr(self, name), 1)
         check_count("candidates", self.candidates, 0)
@@ -115,8 +126,12 @@ class LBFGSConfig:
             object.__setattr__(self, name, value)
 
 
+def _finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _positive(name: str, value: float) -> None:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+    if not (_finite(value) and value > 0):
         raise InvalidInputError(f"{name} must be a finite number > 0, got {value!r}")
 
 
