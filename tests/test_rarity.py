@@ -372,3 +372,18 @@ def test_directions_drawn_in_blocks_are_those_of_one_draw(
     assert len(parts) > 1 or count * dim <= rows * dim
     assert torch.equal(torch.cat(parts), whole)
     assert torch.equal(one.get_state(), blocks.get_state())
+
+
+def test_examples_with_a_flip_are_counted_over_examples_that_measured_something() -> None:
+    """At a scale where every direction of every example is unreachable, the share of examples
+    with a flip was '0 of 3, [0, 0.71]' over examples that measured nothing."""
+    from intriguing.analysis.rarity import _pooled
+
+    def example(flips: int, valid: int) -> dict[str, Any]:
+        return {"scales": {"9": {"flips": flips, "valid": valid, "unreachable": 10 - valid}}}
+
+    pooled = _pooled([example(0, 0), example(0, 0), example(0, 0)], "9", 0.95)
+    assert pooled["examples_measured"] == 0 and pooled["examples_with_flip_ci"] == [0.0, 1.0]
+    pooled = _pooled([example(1, 10), example(0, 0), example(0, 4)], "9", 0.95)
+    assert pooled["examples_measured"] == 2
+    assert pooled["examples_with_flip_ci"] == list(clopper_pearson(1, 2, 0.95))

@@ -299,3 +299,23 @@ def test_advtrain_pools_that_never_start_are_refused(tmp_path: Path) -> None:
     with pytest.raises(InvalidInputError, match="hidden-pool"):
         spec_.replace(variants=("hidden-pool",), train=spec_.train.replace(epochs=1))
     one_line_error(run("advtrain", "--mix", "0", "--out", str(tmp_path / "b")), "--mix", "0<x")
+
+
+def test_too_few_correct_images_for_attack_n_names_attack_n(models: Path, tmp_path: Path) -> None:
+    """It said 'lower n (--n) to at most K' with --n already below K."""
+    import numpy as np
+    from torch import nn
+
+    data = tmp_path / "x.npz"
+    images = np.random.default_rng(0).random((6, 1, 28, 28), dtype=np.float32)
+    torch.manual_seed(0)  # the factory's model (_linear)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+    with torch.no_grad():
+        predicted = model(torch.from_numpy(images)).argmax(1).numpy()
+    labels = predicted.copy()
+    labels[2:] = (predicted[2:] + 1) % 10  # exactly two correctly classified
+    np.savez(data, images=images, labels=labels)
+    result = run("rarity", spec(models, "plain"), "--tensors", str(data), "--n", "1",
+                 "--attack-n", "6", "--samples", "2", "--rays", "0")  # fmt: skip
+    one_line_error(result, "lower --attack-n to at most 2")
+    assert "--n)" not in result.output

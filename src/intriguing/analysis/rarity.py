@@ -41,9 +41,10 @@ reported).
 
 Conventions: images ``(N, C, H, W)`` (or any ``(N, ...)``) float32 in [0, 1]; ``D`` values per image
 (784 on MNIST); distances are L2 in the JSON (``rms = l2 / sqrt(D)``, the paper's distortion, is
-given as well). "Changes the label" means the model's clean prediction (the true label on the
-correctly classified examples used) is no longer the strict argmax, as in
-:func:`intriguing.attacks.metrics.success_mask`.
+given as well). "Changes the label" is the package's one success rule,
+:func:`intriguing.attacks.metrics.success_mask`: another class's logit leads the clean prediction's
+(the true label on the correctly classified examples used) by at least ``1e-4 * max(1, max |z|)``,
+so a near-tie is not a flip, as for the attack's own successes.
 """
 
 from __future__ import annotations
@@ -530,10 +531,12 @@ def _summary(values: list[float]) -> dict[str, float | None]:
 
 def _pooled(per: list[dict[str, Any]], scale: str, confidence: float) -> dict[str, Any]:
     """Pooled flip rate over examples (CP interval conditional on the examples), and the share of
-    examples with at least one flip (CP interval over examples)."""
+    examples with at least one flip (CP interval over the examples with a reachable direction at
+    this scale, ``examples_measured``: one whose every direction is unreachable measured nothing)."""
     flips = sum(e["scales"][scale]["flips"] for e in per)
     valid = sum(e["scales"][scale]["valid"] for e in per)
     any_flip = sum(1 for e in per if e["scales"][scale]["flips"] > 0)
+    measured = sum(1 for e in per if e["scales"][scale]["valid"] > 0)  # a reachable direction
     rates = [
         e["scales"][scale]["flips"] / e["scales"][scale]["valid"]
         for e in per
@@ -546,7 +549,8 @@ def _pooled(per: list[dict[str, Any]], scale: str, confidence: float) -> dict[st
         "rate": flips / valid if valid else None,
         "ci": list(clopper_pearson(flips, valid, confidence)),
         "examples_with_flip": any_flip,
-        "examples_with_flip_ci": list(clopper_pearson(any_flip, len(per), confidence)),
+        "examples_measured": measured,
+        "examples_with_flip_ci": list(clopper_pearson(any_flip, measured, confidence)),
         "max_example_rate": max(rates) if rates else None,
         "mean_example_rate": sum(rates) / len(rates) if rates else None,
     }
@@ -560,7 +564,9 @@ def _ray_summary(ratios: list[torch.Tensor], m: int) -> dict[str, Any]:
     finite = torch.isfinite(r)
     # a censored median (no boundary within reach) is larger than every finite one, not dropped
     medians = [_quantiles(x, [0.5])[0] for x in ratios]
-    example_medians = torch.tensor([math.inf if v is None else v for v in medians])
+    example_medians = torch.tensor(
+        [math.inf if v is None else v for v in medians], dtype=torch.float64
+    )
     q10, q50, q90 = _quantiles(r, [0.1, 0.5, 0.9])
     return {
         "directions": int(r.numel()),

@@ -410,7 +410,12 @@ def _model_examples(
     net, description = model_from_options(spec, common, seed=0)
     data.fit_to(net)
     count = min(_attack_n(common["attack_n"], n), len(data))
-    x, y, index, label_source = choose_examples(net, data, count, correct_only=True)
+    try:
+        x, y, index, label_source = choose_examples(net, data, count, correct_only=True)
+    except InvalidInputError as exc:  # it counts --attack-n images when given, not --n
+        if common["attack_n"] is None:
+            raise
+        raise InvalidInputError(str(exc).replace("lower n (--n)", "lower --attack-n")) from None
     attack = _attack(common["max_iter"], common["search_steps"])
     attacker = LBFGS(mode="untargeted", seed=seed, **_lbfgs_settings(attack))
     device = model_device(net)
@@ -468,7 +473,7 @@ def _finish_model(*, command: str, payload: dict[str, Any], common: dict[str, An
     "--norm",
     ["l2", "rms"],
     default="l2",
-    help="With MODEL: l2 = ||x' - x||_2 in [0, 1] pixel space; rms = l2 / sqrt(pixels) (the paper's).",
+    help="With MODEL: l2 = ||x' - x||_2 in [0, 1] pixel space; rms = l2 / sqrt(values per image, C*H*W) (the paper's).",
 )
 @click.option(
     "--plot",

@@ -232,7 +232,7 @@ def render_rarity(payload: Mapping[str, Any], out: Path) -> Section:
             )
         p1 = r["pooled"].get(scales[0], {})
         row[f"examples with a flip at {scales[0]}x"] = (
-            f"{p1.get('examples_with_flip', '—')}/{r['n']}"
+            f"{p1.get('examples_with_flip', '—')}/{p1.get('examples_measured', r['n'])}"
         )
         rays = r["rays"]
         row["ray / adv. distance: median [10%, 90%]"] = (
