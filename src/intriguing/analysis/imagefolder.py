@@ -363,58 +363,39 @@ def read_labels(path: str | os.PathLike[str], names: list[str]) -> tuple[np.ndar
             )
         raw.append(value)
     _check_label_kinds(path, names, raw)
-    _refuse_unknown_header(path, entries, names, raw)
+    _refuse_names_mixed_with_indices(path, entries, raw)
     # named classes are numbered over every label the file gives, images here or not: a class with
     # no image in the folder must not renumber the classes after it
     return encode_labels(raw, entries.values())
 
 
-_HEADER_NAMES = frozenset(
-    {"image", "images", "img", "file", "filename", "file_name", "fname", "path", "filepath"}
-    | {"file_path", "name", "id", "image_id", "image_name", "image_path", "sample"}
-)
-_HEADER_LABELS = frozenset(
-    {"label", "labels", "class", "classes", "class_name", "classname", "class_id", "category"}
-    | {"target", "y"}
-)
-
-
 def _drop_header(entries: dict[str, str], names: list[str]) -> None:
-    """Remove a CSV header (``image,class``) from the parsed ``entries``: a first line that names
-    no image here and whose two fields are column names. Kept, its label would be a class and,
-    sorted among the class names, renumber the classes after it."""
-    if not entries:
+    """Remove a CSV header (``image,class``, ``image_file,species``) from the parsed ``entries``:
+    a first line that names no image here and whose name has no image suffix, so that it can name
+    no image anywhere. Kept, its label would be a class and, sorted among the class names,
+    renumber the classes after it."""
+    if len(entries) < 2:
         return
-    name, label = next(iter(entries.items()))
+    name = next(iter(entries))
     bases = {n.rsplit("/", 1)[-1] for n in names}
-    if (
-        name not in names
-        and name not in bases
-        and name.lower() in _HEADER_NAMES
-        and label.lower() in _HEADER_LABELS
-        and len(entries) > 1
-    ):
+    if name not in names and name not in bases and Path(name).suffix.lower() not in IMAGE_SUFFIXES:
         del entries[name]
 
 
-def _refuse_unknown_header(
-    path: str | os.PathLike[str], entries: dict[str, str], names: list[str], raw: list[str]
+def _refuse_names_mixed_with_indices(
+    path: str | os.PathLike[str], entries: dict[str, str], raw: list[str]
 ) -> None:
-    """Refuse a first entry that looks like a header :func:`_drop_header` does not know
-    (``image_file,species``): it names no image here and its named label is on no other line.
-    Named classes are numbered over every label in the file, so it would shift the classes."""
+    """Named classes are numbered over every label of the file, images here or not: an entry of
+    an absent image with a class index (``stale.png 7``) among class names would become class
+    '7' and shift every named class. Refused, as a mix among the present images is."""
     if all(re.fullmatch(r"\d+", v) for v in raw):
-        return  # integer labels keep their values: an extra entry changes nothing
-    name, label = next(iter(entries.items()))
-    bases = {n.rsplit("/", 1)[-1] for n in names}
-    if name in names or name in bases or label in raw:
-        return
-    if list(entries.values()).count(label) == 1:
-        raise InvalidInputError(
-            f"{path}: the first entry ('{name}' -> '{label}') names no image here and no other "
-            f"line has the class '{label}': if it is a header, remove it (it would be numbered "
-            "as a class and shift the classes after it)"
-        )
+        return  # class indices keep their values: other entries change nothing
+    for name, label in entries.items():
+        if _NUMBER.fullmatch(label) or re.fullmatch(r"-\d+", label):
+            raise InvalidInputError(
+                f"{path}: label {label!r} of {name!r} is a number while the images here have class "
+                "names; use class indices or class names throughout"
+            )
 
 
 def _check_label_kinds(path: str | os.PathLike[str], names: list[str], raw: list[str]) -> None:
