@@ -8,6 +8,7 @@ the boundary, so its results re-verify one example at a time.
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING
 
 import pytest
@@ -93,6 +94,32 @@ def test_kappa_is_the_lead_of_the_returned_points(mode: str) -> None:
     with torch.no_grad():
         lead = float(model(res.adversarial)[0, 1] - model(res.adversarial)[0, 0])
     assert lead >= 0.5 and float(res.distortion[0]) == pytest.approx(0.5, rel=0.01)
+
+
+def test_a_kappa_out_of_reach_is_a_failure() -> None:
+    """Leading by 3 would need x_1 + x_2 = 4, outside the box: the attack reported successes at
+    a smaller lead."""
+    model = nn.Linear(2, 2)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[0.0, 0.0], [1.0, 1.0]]))
+        model.bias.copy_(torch.tensor([0.0, -1.0]))
+    model.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # any note of the optimiser on the failed search
+        res = LBFGS(loss="margin", kappa=3.0, search_steps=3, progress=False)(
+            model, torch.tensor([[0.2, 0.3]]), torch.tensor([0])
+        )
+    assert not bool(res.success[0])
+
+
+def test_numpy_scalars_are_settings_too() -> None:
+    """np.int64 seeds and np.float32 tolerances were refused ('seed must be an integer')."""
+    import numpy as np
+
+    from intriguing.attacks import LBFGSConfig
+
+    config = LBFGSConfig(seed=np.int64(5), ftol=np.float32(1e-3), refine=np.True_)
+    assert (config.seed, config.refine) == (5, True) and type(config.seed) is int
 
 
 @pytest.fixture(scope="module")

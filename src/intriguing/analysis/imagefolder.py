@@ -371,14 +371,18 @@ def read_labels(path: str | os.PathLike[str], names: list[str]) -> tuple[np.ndar
 
 def _drop_header(entries: dict[str, str], names: list[str]) -> None:
     """Remove a CSV header (``image,class``, ``image_file,species``) from the parsed ``entries``:
-    a first line that names no image here and whose name has no image suffix, so that it can name
-    no image anywhere. Kept, its label would be a class and, sorted among the class names,
-    renumber the classes after it."""
+    a first line that names no image here, does not look like a file (no suffix, no folder) and
+    whose label no other line has. Kept, its label would be a class and, sorted among the class
+    names, renumber the classes after it. An absent image's line (``old/photo.heic ant``) stays:
+    named classes are numbered over every label of the file."""
     if len(entries) < 2:
         return
-    name = next(iter(entries))
+    name, label = next(iter(entries.items()))
     bases = {n.rsplit("/", 1)[-1] for n in names}
-    if name not in names and name not in bases and Path(name).suffix.lower() not in IMAGE_SUFFIXES:
+    looks_like_a_file = bool(Path(name).suffix) or "/" in name
+    if name in names or name in bases or looks_like_a_file:
+        return
+    if list(entries.values()).count(label) == 1:
         del entries[name]
 
 

@@ -404,6 +404,18 @@ class LBFGS(Attack):
             kept &= success_lead(logits, labels, targets) >= self.kappa
         return kept
 
+    def verified(
+        self, logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor
+    ) -> torch.Tensor:
+        """The success rule, and with ``loss="margin"`` a lead of ``kappa`` (less one success
+        margin for float noise: the kept points lead by ``kappa`` when found). A ``kappa`` that no
+        point in the box reaches ends as a failure, not as a success at a smaller lead."""
+        success = success_mask(logits, labels, targets)
+        if self.loss == "margin" and self.kappa > 0:
+            lead = success_lead(logits, labels, targets)
+            success &= lead >= self.kappa - success_margin(logits)
+        return success
+
     def _shrink_along_rays(
         self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, raw: RawAttack
     ) -> None:

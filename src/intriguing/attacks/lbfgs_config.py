@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from intriguing.attacks.base import MODES
 from intriguing.attacks.losses import check_loss
@@ -64,7 +67,7 @@ class LBFGSConfig:
             raise InvalidInputError(f"kappa must be a finite number >= 0, got {self.kappa!r}")
         if not (_finite(self.c_factor) and self.c_factor > 1.0):
             raise InvalidInputError(f"c_factor must be a finite number > 1, got {self.c_factor!r}")
-        if not isinstance(self.refine, bool):
+        if not isinstance(self.refine, bool | np.bool_):
             raise InvalidInputError(f"refine must be True or False, got {self.refine!r}")
         check_count("seed", self.seed, 0)
         if self.seed >= 2**63:
@@ -72,7 +75,8 @@ class LBFGSConfig:
         for name in ("search_steps", "memory", "max_iter", "batch_size"):
             check_count(name, getattr(self, name), 1)
         check_count("candidates", self.candidates, 0)
-        if not (isinstance(self.candidate_ratio, (int, float)) and self.candidate_ratio >= 1.0):
+        ratio = self.candidate_ratio
+        if not (isinstance(ratio, numbers.Real) and not isinstance(ratio, bool) and ratio >= 1.0):
             raise InvalidInputError(f"candidate_ratio must be >= 1, got {self.candidate_ratio!r}")
         self._normalise()
 
@@ -120,6 +124,8 @@ class LBFGSConfig:
             if getattr(self, name) is not None:
                 values[name] = float(getattr(self, name))
         values["refine"] = bool(self.refine)
+        for name in ("search_steps", "memory", "max_iter", "batch_size", "seed", "candidates"):
+            values[name] = int(getattr(self, name))  # numpy integers as Python ints
         if self.mode == "targeted" and self.target is None:
             values["target"] = "random"
         for name, value in values.items():
@@ -127,7 +133,12 @@ class LBFGSConfig:
 
 
 def _finite(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite real number (numpy scalars included), not a bool."""
+    return (
+        isinstance(value, numbers.Real)
+        and not isinstance(value, bool | np.bool_)
+        and math.isfinite(float(value))
+    )
 
 
 def _positive(name: str, value: float) -> None:
@@ -136,6 +147,8 @@ def _positive(name: str, value: float) -> None:
 
 
 def check_count(name: str, value: object, least: int) -> None:
-    """InvalidInputError unless ``value`` is an integer (not a bool) >= ``least``."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < least:
+    """InvalidInputError unless ``value`` is an integer (numpy's too; not a bool) >= ``least``."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool | np.bool_):
+        raise InvalidInputError(f"{name} must be an integer >= {least}, got {value!r}")
+    if int(value) < least:
         raise InvalidInputError(f"{name} must be an integer >= {least}, got {value!r}")
