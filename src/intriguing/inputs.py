@@ -749,12 +749,14 @@ def choose_examples(
     *,
     correct_only: bool = True,
     chunk: int = 1024,
+    count_option: str = "n (--n)",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]:
     """The first ``n`` examples of ``data`` (correctly classified ones when ``correct_only``).
 
     Decodes chunk by chunk and stops once ``n`` are found. Data without labels takes the model's
     predictions as labels. Returns ``(images, labels, index, label_source)`` with ``label_source``
-    ``"labels"`` or ``"predictions"``.
+    ``"labels"`` or ``"predictions"``. ``count_option`` names the setting ``n`` came from in the
+    shortage message (``"--attack-n"`` where that limits it).
 
     Raises:
         InvalidInputError: ``n`` not None or an integer >= 1, ``chunk`` not an integer >= 1, or
@@ -783,7 +785,7 @@ def choose_examples(
         if found == 0 and what == "correctly classified":
             raise none_correct(len(data))
         raise InvalidInputError(
-            f"only {found} {what} images among {len(data)}; lower n (--n) to at most {found}"
+            f"only {found} {what} images among {len(data)}; lower {count_option} to at most {found}"
         )
     images = torch.cat([p[0] for p in parts])
     labels = torch.cat([p[1] for p in parts]).long()

@@ -395,7 +395,7 @@ def _refuse_names_mixed_with_indices(
     if all(re.fullmatch(r"\d+", v) for v in raw):
         return  # class indices keep their values: other entries change nothing
     for name, label in entries.items():
-        if _NUMBER.fullmatch(label) or re.fullmatch(r"-\d+", label):
+        if _NUMBER.fullmatch(label):  # signed too: -1, +3, 7.0
             raise InvalidInputError(
                 f"{path}: label {label!r} of {name!r} is a number while the images here have class "
                 "names; use class indices or class names throughout"

@@ -104,10 +104,11 @@ def jacobian_lower_bound(
             result.per_input, result.converged = best, converged
             result.iterations = [its] * len(inputs)
     except RuntimeError as exc:  # autograd refusing an in-place operation of the forward, ...
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        from intriguing.models.user import first_line
+
         raise InvalidInputError(
             f"torch's autograd cannot differentiate the model for the measured lower bound "
-            f"({first}); make the in-place operations of its forward out of place"
+            f"({first_line(exc)}); make the in-place operations of its forward out of place"
         ) from None
     if not all(math.isfinite(v) for v in result.per_input):
         bad = next(i for i, v in enumerate(result.per_input) if not math.isfinite(v))

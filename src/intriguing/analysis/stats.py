@@ -167,9 +167,9 @@ def units_direction(test: Mapping[str, Any]) -> tuple[str, str]:
     p < ALPHA) or ``equally`` (no significant difference; ``inconclusive`` when the effect
     favouring units, rank-biserial >= :data:`UNITS_EFFECT`, is too large to call them equal).
 
-    ``untested`` (inconclusive) when the test cannot fail: too few directions for any data to
-    give p < ALPHA (:func:`mannwhitney_smallest_p`; 3 vs 3 gives at
-    best 0.1), or a p-value or effect that is not a number."""
+    ``untested`` (inconclusive) when the test cannot fail: too few directions for the exact test
+    to give p < ALPHA whatever the data (:func:`mannwhitney_smallest_p`; 3 vs 3 gives at best
+    0.1), or a p-value or effect that is not a number."""
     p, r = float(test["p_mannwhitney"]), float(test["rank_biserial"])
     smallest = mannwhitney_smallest_p(int(test["n_a"]), int(test["n_b"]))
     if not (math.isfinite(p) and math.isfinite(r)) or smallest >= ALPHA:

@@ -393,28 +393,36 @@ class LBFGS(Attack):
         self._shrink_along_rays(model, images, labels, raw)
         return raw
 
+    def _past(
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        targets: torch.Tensor | None,
+        *,
+        searching: bool,
+    ) -> torch.Tensor:
+        """``(N,)`` bool: past the boundary by the success rule's margin (``AIM_FACTOR`` of them
+        while ``searching``) and, with ``loss="margin"``, leading by ``kappa`` (Carlini-Wagner's
+        confidence: the point must lead by it, not only the loss aim at it). Re-verification
+        allows one success margin below ``kappa`` for float noise."""
+        past = success_mask(logits, labels, targets, aim=AIM_FACTOR if searching else 1.0)
+        if self.loss == "margin" and self.kappa > 0:
+            slack = 0.0 if searching else success_margin(logits)
+            past &= success_lead(logits, labels, targets) >= self.kappa - slack
+        return past
+
     def _kept(
         self, logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None
     ) -> torch.Tensor:
-        """``(N,)`` bool: points the attack keeps as successes: past the boundary by
-        ``AIM_FACTOR`` success margins and, with ``loss="margin"``, by the logit margin ``kappa``
-        (Carlini-Wagner's confidence: the point must lead by it, not only the loss aim at it)."""
-        kept = success_mask(logits, labels, targets, aim=AIM_FACTOR)
-        if self.loss == "margin" and self.kappa > 0:
-            kept &= success_lead(logits, labels, targets) >= self.kappa
-        return kept
+        """Points the search keeps as successes and the ray move stops at (:meth:`_past`)."""
+        return self._past(logits, labels, targets, searching=True)
 
     def verified(
         self, logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor
     ) -> torch.Tensor:
-        """The success rule, and with ``loss="margin"`` a lead of ``kappa`` (less one success
-        margin for float noise: the kept points lead by ``kappa`` when found). A ``kappa`` that no
-        point in the box reaches ends as a failure, not as a success at a smaller lead."""
-        success = success_mask(logits, labels, targets)
-        if self.loss == "margin" and self.kappa > 0:
-            lead = success_lead(logits, labels, targets)
-            success &= lead >= self.kappa - success_margin(logits)
-        return success
+        """Re-verified successes (:meth:`_past`): a ``kappa`` that no point in the box reaches
+        ends as a failure, not as a success at a smaller lead."""
+        return self._past(logits, labels, targets, searching=False)
 
     def _shrink_along_rays(
         self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, raw: RawAttack

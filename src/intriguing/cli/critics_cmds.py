@@ -410,12 +410,10 @@ def _model_examples(
     net, description = model_from_options(spec, common, seed=0)
     data.fit_to(net)
     count = min(_attack_n(common["attack_n"], n), len(data))
-    try:
-        x, y, index, label_source = choose_examples(net, data, count, correct_only=True)
-    except InvalidInputError as exc:  # it counts --attack-n images when given, not --n
-        if common["attack_n"] is None:
-            raise
-        raise InvalidInputError(str(exc).replace("lower n (--n)", "lower --attack-n")) from None
+    option = "n (--n)" if common["attack_n"] is None else "--attack-n"  # the count it limits
+    x, y, index, label_source = choose_examples(
+        net, data, count, correct_only=True, count_option=option
+    )
     attack = _attack(common["max_iter"], common["search_steps"])
     attacker = LBFGS(mode="untargeted", seed=seed, **_lbfgs_settings(attack))
     device = model_device(net)
