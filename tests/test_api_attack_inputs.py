@@ -452,11 +452,14 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
-def _reseal(path: Path) -> None:
+def _reseal(path: Path, meta: dict[str, Any] | None = None) -> None:
+    """Write ``meta`` (default: the sidecar as it is) with both hashes recomputed, as a forger would."""
     from intriguing._io import file_sha256
+    from intriguing.attacks.result import sidecar_seal
 
-    meta = json.loads(_sidecar(path).read_text())
+    meta = json.loads(_sidecar(path).read_text()) if meta is None else meta
     meta["tensor_file_sha256"] = file_sha256(path)
+    meta["sidecar_sha256"] = sidecar_seal(meta)
     _sidecar(path).write_text(json.dumps(meta))
 
 
@@ -568,26 +571,59 @@ def test_load_refuses_one_flipped_byte(tmp_path: Path) -> None:
     _load_error(path, r"SHA-256 differs from the tensor_file_sha256 in its \.json sidecar")
 
 
+_SIDECAR_EDITS = {
+    "mode-targeted": ({"mode": "targeted"}, r"mode is targeted but 3 target\(s\) are negative"),
+    "summary-n": ({"summary": {"n": 99}}, r"summary says n = 99 but the tensors give 3"),
+    "summary-distortion": (
+        {"summary": {"mean_distortion": 0.5}},
+        r"summary says mean_distortion = 0\.5 but",
+    ),
+    "summary-mode": ({"summary": {"mode": "targeted"}}, r"summary says mode = 'targeted' but"),
+    "summary-list": ({"summary": [1]}, r"summary is a list, not an object"),
+    "settings-edited": ({"settings": {"max_iter": 1000}}, None),  # only the seal sees it
+    "settings-emptied": ({"settings": {}}, None),
+    "elapsed-edited": ({"elapsed_s": 123.0}, None),
+}
+
+
+def _edited_sidecar(path: Path, key: str) -> dict[str, Any]:
+    meta: dict[str, Any] = json.loads(_sidecar(path).read_text())
+    for field, value in _SIDECAR_EDITS[key][0].items():
+        merge = isinstance(value, dict) and value and isinstance(meta[field], dict)
+        meta[field] = {**meta[field], **value} if merge else value
+    return meta
+
+
+@pytest.mark.parametrize("edit", list(_SIDECAR_EDITS), ids=list(_SIDECAR_EDITS))
+def test_load_refuses_an_edited_sidecar_by_its_seal(tmp_path: Path, edit: str) -> None:
+    path, result = _saved_attack(tmp_path)
+    meta = _edited_sidecar(path, edit)
+    assert meta != json.loads(_sidecar(path).read_text())
+    _sidecar(path).write_text(json.dumps(meta))
+    _load_error(path, r"corrupt attack result: its \.json sidecar was edited after the save")
+
+
 @pytest.mark.parametrize(
-    ("edit", "match"),
-    [
-        ({"mode": "targeted"}, r"mode is targeted but 3 target\(s\) are negative"),
-        ({"summary": {"n": 99}}, r"summary says n = 99 but the tensors give 3"),
-        ({"summary": {"mean_distortion": 0.5}}, r"summary says mean_distortion = 0\.5 but"),
-        ({"summary": {"mode": "targeted"}}, r"summary says mode = 'targeted' but"),
-        ({"summary": [1]}, r"summary is a list, not an object"),
-    ],
-    ids=["mode-targeted", "summary-n", "summary-distortion", "summary-mode", "summary-list"],
+    "edit", [k for k, v in _SIDECAR_EDITS.items() if v[1]], ids=lambda k: f"resealed-{k}"
 )
-def test_load_refuses_an_edited_sidecar(tmp_path: Path, edit: dict[str, Any], match: str) -> None:
+def test_load_refuses_an_inconsistent_sidecar_even_when_resealed(
+    tmp_path: Path, edit: str
+) -> None:
+    path, _ = _saved_attack(tmp_path)
+    meta = _edited_sidecar(path, edit)
+    _reseal(path, meta)
+    match = _SIDECAR_EDITS[edit][1]
+    assert match is not None
+    prefix = "the sidecar's " if "summary" in _SIDECAR_EDITS[edit][0] else ""
+    _load_error(path, f"corrupt attack result: {prefix}{match}")
+
+
+def test_load_refuses_a_sidecar_without_the_seal(tmp_path: Path) -> None:
     path, _ = _saved_attack(tmp_path)
     meta = json.loads(_sidecar(path).read_text())
-    for key, value in edit.items():
-        meta[key] = {**meta[key], **value} if isinstance(value, dict) else value
+    del meta["sidecar_sha256"]
     _sidecar(path).write_text(json.dumps(meta))
-    _load_error(
-        path, f"corrupt attack result: the sidecar's {match}" if "summary" in edit else match
-    )
+    _load_error(path, r"without sidecar_sha256 in its \.json sidecar \(saved by an older version")
 
 
 def test_load_refuses_a_sidecar_without_the_hash(tmp_path: Path) -> None:

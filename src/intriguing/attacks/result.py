@@ -44,6 +44,16 @@ MODES = ("untargeted", "targeted")  # as intriguing.attacks.base.MODES (base imp
 
 # The sidecar's key for the SHA-256 of the tensor file's bytes: ties the pair written by one save.
 HASH_KEY = "tensor_file_sha256"
+# The sidecar's key for the SHA-256 of its own other entries (canonical JSON): seals the settings,
+# mode and elapsed time, which the tensor file's hash does not cover.
+SEAL_KEY = "sidecar_sha256"
+
+
+def sidecar_seal(meta: dict[str, Any]) -> str:
+    """SHA-256 of ``meta``'s entries other than :data:`SEAL_KEY`, as canonical strict JSON."""
+    body = {key: value for key, value in meta.items() if key != SEAL_KEY}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 @dataclass
@@ -133,7 +143,8 @@ class AttackResult:
         result that cannot be stored (or that :meth:`load` would refuse) leaves an earlier result at
         ``path`` untouched. The sidecar, written second, records the SHA-256 of the tensor file's
         bytes (``tensor_file_sha256``): a save killed between the two renames leaves a pair that
-        :meth:`load` refuses. Returns the JSON sidecar's path.
+        :meth:`load` refuses; and it seals its own entries (``sidecar_sha256``), so edited settings
+        are refused too. Returns the JSON sidecar's path.
 
         Raises:
             IntriguingError: a field of the wrong shape or dtype, values :meth:`load` refuses (NaN,
@@ -168,6 +179,7 @@ class AttackResult:
             ) from None
         data = safetensors_bytes(tensors)  # what save_file writes, without its own temporary
         meta[HASH_KEY] = hashlib.sha256(data).hexdigest()
+        meta[SEAL_KEY] = sidecar_seal(meta)
         atomic_write_bytes(target, data)
         atomic_write_text(sidecar, json.dumps(meta, indent=2, allow_nan=False) + "\n")
         return sidecar
@@ -211,16 +223,23 @@ class AttackResult:
         if problem is not None:
             raise IntriguingError(f"{target}: corrupt attack result: {problem}; rerun the attack")
         recorded = meta.get(HASH_KEY)
-        if recorded is None:
-            raise IntriguingError(
-                f"{target}: attack result without {HASH_KEY} in its .json sidecar (saved by an "
-                "older version of intriguing, or not by AttackResult.save); rerun the attack"
-            )
+        for key in (HASH_KEY, SEAL_KEY):
+            if key not in meta:
+                raise IntriguingError(
+                    f"{target}: attack result without {key} in its .json sidecar (saved by an "
+                    "older version of intriguing, or not by AttackResult.save); rerun the attack"
+                )
         if recorded != file_sha256(target):
             raise IntriguingError(
                 f"{target}: corrupt attack result: the file's SHA-256 differs from the "
                 f"{HASH_KEY} in its .json sidecar (the file was edited, or it and the sidecar "
                 "come from two different saves); rerun the attack"
+            )
+        if meta.get(SEAL_KEY) != sidecar_seal(meta):
+            raise IntriguingError(
+                f"{target}: corrupt attack result: its .json sidecar was edited after the save "
+                f"(its {SEAL_KEY} does not match its settings, mode, elapsed_s and summary); "
+                "rerun the attack"
             )
         mode = str(meta["mode"])
         problem = _content_problem(tensors, mode)
