@@ -297,6 +297,21 @@ def test_attack_refuses_a_meta_model() -> None:
         LBFGS()(_mlp().to("meta"), torch.rand(2, 8))
 
 
+@pytest.mark.parametrize("which", ["images", "labels", "targets"])
+def test_attack_refuses_meta_tensors_in_one_line(which: str) -> None:
+    model = _mlp()
+    images = torch.rand(3, 8)
+    labels = model(images).argmax(1)
+    targets = (labels + 1) % 3
+    given = {"images": images, "labels": labels, "targets": targets}
+    given[which] = given[which].to("meta")
+    attack = LBFGS(mode="targeted") if which == "targets" else LBFGS()
+    rest = {"targets": given["targets"]} if which == "targets" else {}
+    with pytest.raises(InvalidInputError, match=rf"^{which} are on the meta device") as info:
+        attack(model, given["images"], given["labels"], **rest)
+    assert "\n" not in str(info.value)
+
+
 def test_lbfgs_refuses_unknown_settings_in_one_line() -> None:
     with pytest.raises(InvalidInputError, match=r"unknown LBFGS setting.*'nonsense'.*max_iter"):
         LBFGS(nonsense=1)

@@ -144,6 +144,23 @@ def test_weights_file_is_loaded_into_the_factory_model(tmp_path: Path) -> None:
     assert json.loads(js.read_text())["correct_only"] is True  # all 3 are correct: weights used
 
 
+def test_a_model_on_the_meta_device_is_refused_or_takes_its_weights(tmp_path: Path) -> None:
+    """A factory building its layers on the meta device (no values) is refused in one line by every
+    command; with --weights the file's tensors become the model's, as for any factory."""
+    tensors = _tensors(tmp_path / "t.safetensors", "mymodels:colour_cnn", (3, 32, 32))
+    for command in ("eval", "attack", "figure5"):
+        result = run(command, "mymodels:colour_cnn_on_meta", "--tensors", str(tensors))
+        one_line_error(result, "the model has no data (meta device): load its weights first")
+    weights = tmp_path / "w.safetensors"
+    real = load_any_model("mymodels:colour_cnn")
+    save_file({k: v.contiguous() for k, v in real.state_dict().items()}, str(weights))
+    js = tmp_path / "e.json"
+    result = run("eval", "mymodels:colour_cnn_on_meta", "--weights", str(weights), "--tensors",
+                 str(tensors), "--json", str(js))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads(js.read_text())["tensors_error"] == 0.0  # labels are colour_cnn's predictions
+
+
 # ------------------------------------------------------------------ units, figure5, curves
 def test_units_on_a_grey_image_folder(tmp_path: Path) -> None:
     folder = _folder(tmp_path / "grey", "L", 28, n=12)

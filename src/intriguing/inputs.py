@@ -33,7 +33,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from intriguing.attacks.checks import check_images, check_same_logits, logits_shape_problem
+from intriguing.attacks.checks import (
+    check_images,
+    check_not_meta,
+    check_same_logits,
+    logits_shape_problem,
+)
 from intriguing.errors import InvalidInputError, UnknownModelError
 from intriguing.models.user import (
     MODEL_FORMS,
@@ -170,7 +175,9 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
             f"--weights {file}: not a readable safetensors file ({first_line(exc)})"
         ) from None
     _check_state(file, model.state_dict(), state)
-    model.load_state_dict(state, strict=True)
+    # a model built on the meta device (shapes only) takes the file's tensors as its own
+    on_meta = any(t.is_meta for t in (*model.parameters(), *model.buffers()))
+    model.load_state_dict(state, strict=True, assign=on_meta)
     return model
 
 
@@ -304,6 +311,7 @@ def finish_model(
     target = resolve_device(device)
     if weights is not None:
         load_weights(model, weights)
+    check_not_meta(model)
     if pair is not None:
         model = with_preprocessing(model, *pair)
     return model.to(target).eval()
@@ -423,6 +431,7 @@ def check_model_input(
     model's expected input and the data's shape on any mismatch, and when a label is ``>= K``.
     """
     shape = shape_text(images)
+    check_not_meta(model)
     _check_channels(model, images, shape)
     probe = model_input(model, images[:2])
     logits = _logits(_probe(model, probe.clone(), shape), len(probe), shape)

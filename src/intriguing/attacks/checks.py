@@ -42,6 +42,7 @@ def check_images(images: object, *, name: str = "images") -> torch.Tensor:
     """
     if not isinstance(images, torch.Tensor):
         raise InvalidInputError(f"{name} must be a torch.Tensor, got {type(images).__name__}")
+    _refuse_meta(images, name)
     if not images.is_floating_point():
         raise InvalidInputError(
             f"{name} must be a floating tensor in [0, 1], got {images.dtype}; divide uint8 pixels by 255"
@@ -68,6 +69,15 @@ def check_images(images: object, *, name: str = "images") -> torch.Tensor:
             "pass unnormalised pixels scaled to [0, 1]"
         )
     return images
+
+
+def _refuse_meta(tensor: torch.Tensor, name: str) -> None:
+    """A tensor on the meta device has a shape but no values: nothing can be measured on it."""
+    if tensor.device.type == "meta":
+        raise InvalidInputError(
+            f"{name} are on the meta device (a shape without values); pass tensors that hold "
+            "data (on cpu or cuda)"
+        )
 
 
 def _shown(value: float) -> str:
@@ -102,6 +112,7 @@ def check_labels(
     """
     if not isinstance(labels, torch.Tensor):
         raise InvalidInputError(f"{name} must be a torch.Tensor, got {type(labels).__name__}")
+    _refuse_meta(labels, name)
     if labels.is_floating_point() or labels.dtype == torch.bool or labels.is_complex():
         raise InvalidInputError(f"{name} must be an integer tensor, got {labels.dtype}")
     if tuple(labels.shape) != (n,):
@@ -385,8 +396,8 @@ def check_not_meta(model: nn.Module) -> None:
     """
     if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
         raise InvalidInputError(
-            "the model has no data (meta device): load its weights first "
-            "(e.g. model.to_empty(device='cpu') then load_state_dict)"
+            "the model has no data (meta device): load its weights first (--weights "
+            "FILE.safetensors, or model.to_empty(device='cpu') then load_state_dict)"
         )
 
 
