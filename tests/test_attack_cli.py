@@ -89,6 +89,33 @@ def test_targeted_fixed_class_and_saved_result(
     assert result.settings["target"] == "next"
 
 
+def test_a_fixed_target_class_passes_over_the_images_of_that_class(
+    patched_loader: list[str], mnist_dir: Path, tmp_path: Path
+) -> None:
+    from intriguing.inputs import open_data
+
+    labels = open_data(dataset="mnist", data_dir=mnist_dir, split="test").labels
+    assert labels is not None
+    target = int(labels[0])  # the first image is of the target class: it must be passed over
+    out, saved = tmp_path / "a.json", tmp_path / "a.safetensors"
+    code, output = run(["attack", "tiny", "--n", "6", "--mode", "targeted", "--target",
+                        str(target), "--all-images", "--data-dir", str(mnist_dir), "--json",
+                        str(out), "--save", str(saved)])  # fmt: skip
+    assert code == 0, output
+    assert f"images of class {target} (the target) passed over" in output
+    payload = json.loads(out.read_text())
+    expected = (labels != target).nonzero().squeeze(1)[:6].tolist()
+    assert payload["indices"] == expected and payload["skipped_label"] == target
+    result = AttackResult.load(saved)
+    assert bool((result.labels != target).all()) and bool((result.targets == target).all())
+    # more images asked for than the data holds outside the target class: one line, exit 2
+    others = int((labels != target).sum())
+    code, output = run(["attack", "tiny", "--n", str(others + 1), "--mode", "targeted",
+                        "--target", str(target), "--all-images", "--data-dir", str(mnist_dir)])  # fmt: skip
+    assert code == 2 and len(output.strip().splitlines()) == 1, output
+    assert f"only {others} suitable images not of class {target} (the target)" in output
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -759,13 +759,15 @@ def choose_examples(
     correct_only: bool = True,
     chunk: int = 1024,
     count_option: str = "n (--n)",
+    skip_label: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]:
     """The first ``n`` examples of ``data`` (correctly classified ones when ``correct_only``).
 
     Decodes chunk by chunk and stops once ``n`` are found. Data without labels takes the model's
     predictions as labels. Returns ``(images, labels, index, label_source)`` with ``label_source``
     ``"labels"`` or ``"predictions"``. ``count_option`` names the setting ``n`` came from in the
-    shortage message (``"--attack-n"`` where that limits it).
+    shortage message (``"--attack-n"`` where that limits it). ``skip_label``: examples with this
+    label are passed over (a targeted attack toward that class has nothing to do on them).
 
     Raises:
         InvalidInputError: ``n`` not None or an integer >= 1, ``chunk`` not an integer >= 1, or
@@ -784,6 +786,9 @@ def choose_examples(
         if correct_only and data.labels is not None:
             x, y, hit = select_correct(model, x, y, None)
             index = index[hit]
+        if skip_label is not None:
+            other = (y != skip_label).nonzero().squeeze(1)
+            x, y, index = x[other], y[other], index[other]
         keep = len(index) if n is None else min(len(index), n - found)
         parts.append((x[:keep], y[:keep], index[:keep]))
         found += keep
@@ -791,8 +796,13 @@ def choose_examples(
             break
     if n is not None and found < n:
         what = "correctly classified" if correct_only and data.labels is not None else "suitable"
-        if found == 0 and what == "correctly classified":
+        if found == 0 and what == "correctly classified" and skip_label is None:
             raise none_correct(len(data))
+        if skip_label is not None:
+            raise InvalidInputError(
+                f"only {found} {what} images not of class {skip_label} (the target) among "
+                f"{len(data)}; lower {count_option} to at most {found} or choose another target"
+            )
         raise InvalidInputError(
             f"only {found} {what} images among {len(data)}; lower {count_option} to at most {found}"
         )

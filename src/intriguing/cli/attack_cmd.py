@@ -39,7 +39,7 @@ from intriguing.cli.validation import output_file
 
 TARGET_HELP = (
     "Targeted: random (default), next, least-likely, best (every class, keep the smallest) or a class "
-    "index. Untargeted: omit it, or 'best' for the minimum over all targets."
+    "index (images of that class are passed over). Untargeted: omit it, or 'best' for the minimum over all targets."
 )
 
 
@@ -117,9 +117,10 @@ def attack(
     from intriguing.attacks import LBFGS
     from intriguing.inputs import choose_examples, model_device
 
+    target = parse_target(target_text)
     attacker = LBFGS(
         mode=mode,
-        target=parse_target(target_text),
+        target=target,
         batch_size=batch_size,
         seed=params["seed"],
         threads=threads,
@@ -127,8 +128,10 @@ def attack(
     data = open_user_data(params, split=split)
     model, _ = model_from_options(model_name, params)
     data.fit_to(model)
+    # a fixed target class: the images of that class have nothing to attack; pass them over
+    skip = target if mode == "targeted" and isinstance(target, int) else None
     images, labels, index, label_source = choose_examples(
-        model, data, n, correct_only=not all_images
+        model, data, n, correct_only=not all_images, skip_label=skip
     )
     device = model_device(model)
     result = attacker(model, images.to(device), labels.to(device))
@@ -137,6 +140,8 @@ def attack(
     verified = verify_successes(model, result)
     where = split if data.kind == "mnist" else data.kind
     click.echo(f"{model_name}: {mode} attack on {summary['n']} {where} images ({device})")
+    if skip is not None:
+        click.echo(f"  images of class {skip} (the target) passed over")
     click.echo(f"  success rate        {summary['success_rate']:.1%}")
     if summary["mean_distortion"] is not None:
         click.echo(f"  mean distortion     {summary['mean_distortion']:.4f} (RMS per pixel)")
@@ -153,6 +158,7 @@ def attack(
             "data": data.kind,
             "split": split if data.kind == "mnist" else None,
             "correct_only": not all_images and label_source == "labels",
+            "skipped_label": skip,
             "labels_from": label_source,
             "indices": index.tolist(),
             "device": str(device),
