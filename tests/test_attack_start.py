@@ -13,6 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -76,10 +78,56 @@ def test_fixed_start_is_still_available(c_init: float) -> None:
     assert bool(res.success.all()) and res.settings["c_init"] == 5.0
 
 
-@pytest.mark.parametrize("bad", [0.0, -1.0, math.inf, math.nan, "5"])
+@pytest.mark.parametrize("bad", [0.0, -1.0, math.inf, math.nan, "5", 1e300, 1e31, 1e-31])
 def test_bad_c_init_is_one_clear_error(bad: object) -> None:
     with pytest.raises(InvalidInputError, match="c_init"):
         LBFGSConfig(c_init=bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("edge", [1e-30, 1e30])
+def test_c_init_at_the_ends_of_its_range_is_accepted(edge: float) -> None:
+    assert LBFGSConfig(c_init=edge).c_init == edge
+
+
+class _TiedTarget(nn.Module):
+    """Linear; classes 0 and 1 share their row, 0 wins every tie: class 1 can never be reached."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = nn.Linear(784, 10)
+        with torch.no_grad():
+            self.lin.weight.mul_(5.0)
+            self.lin.weight[1] = self.lin.weight[0]
+            self.lin.bias[1] = self.lin.bias[0]
+            self.lin.bias[:2] += 10.0  # classes 0 and 1 win on every image
+        self.inputs: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.inputs.append(x.detach().clone())
+        return self.lin(x.flatten(1))
+
+
+def test_an_unreachable_target_fails_cleanly_without_nonsense_trial_points(mnist_dir: Path) -> None:
+    """The search divides c down to ~1e-21 on a target it cannot reach, where the curvature memory
+    gave NaN directions: the model was sent all-NaN images and then blamed for NaN gradients."""
+    import warnings
+
+    from intriguing.data import load_mnist
+
+    model = _TiedTarget().eval()
+    x = load_mnist(data_dir=mnist_dir).test_images[:5].clone()
+    assert bool((model(x).argmax(1) == 0).all())
+    model.inputs.clear()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        res = LBFGS(mode="targeted", progress=False)(
+            model, x, torch.zeros(5, dtype=torch.long), targets=torch.ones(5, dtype=torch.long)
+        )
+    assert not any("NaN" in str(w.message) for w in seen), [str(w.message) for w in seen]
+    assert not bool(res.success.any())
+    assert all(bool(torch.isfinite(inp).all()) for inp in model.inputs)
+    assert float(res.c.min()) >= 1e-30
 
 
 def test_linear_geometry_is_exact_on_an_affine_model() -> None:

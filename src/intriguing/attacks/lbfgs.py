@@ -61,7 +61,7 @@ from torch import nn
 
 from intriguing.attacks.base import Attack, AttackBatch, RawAttack
 from intriguing.attacks.checks import AttackWarning
-from intriguing.attacks.lbfgs_config import LBFGSConfig, check_count
+from intriguing.attacks.lbfgs_config import C_RANGE, LBFGSConfig, check_count
 from intriguing.attacks.losses import attack_loss
 from intriguing.attacks.metrics import AIM_FACTOR, success_lead, success_margin, success_mask
 from intriguing.attacks.optim import BoxLBFGS
@@ -940,6 +940,7 @@ class _Search:
             torch.sqrt(c_succ * torch.where(bracketed, c_fail, c_succ)),
             torch.where(ok, c * step, c / step),
         )
+        new_c = new_c.clamp(*C_RANGE)
         tight = bracketed & (c_fail <= c_succ * (1.0 + a.c_rtol))
         done = tight | (self.stages[slots] >= self.search_steps)
         if self.prune:

@@ -22,6 +22,12 @@ from intriguing.attacks.losses import check_loss
 from intriguing.attacks.targets import check_target_choice
 from intriguing.errors import InvalidInputError
 
+# Every constant the attack's search sets stays in C_RANGE. Beyond it the distance term is already 0
+# or everything at the scale of the loss and its gradient (a pixel moves by ~1/c), and the full
+# gradient ``g + 2 c (x - x0)`` overflows float32 near 1e38 (nonsense trial points that the model
+# would be blamed for). From c = 5 the default search reaches 5 * 3**-55 ~ 3e-26 at the least.
+C_RANGE = (1e-30, 1e30)
+
 
 @dataclass(frozen=True)
 class LBFGSConfig:
@@ -29,7 +35,7 @@ class LBFGSConfig:
 
     Fields, ranges: ``mode`` in ``MODES``; ``target`` a chooser name, a class index or ``None``
     (targeted ``None`` becomes ``"random"``); ``c_init`` ``None`` (untargeted candidates start at
-    their estimated constants, every other problem at 5) or > 0; ``c_rtol`` > 0; ``c_factor`` > 1;
+    their estimated constants, every other problem at 5) or in [1e-30, 1e30]; ``c_rtol`` > 0; ``c_factor`` > 1;
     ``search_steps``, ``memory``, ``max_iter``, ``batch_size`` integers >= 1; ``candidates`` an
     integer >= 0; ``candidate_ratio`` >= 1; ``kappa`` finite >= 0; ``pgtol``, ``ftol`` finite > 0;
     ``seed`` an integer in [0, 2**63); ``refine`` a bool. Raises InvalidInputError (one line)
@@ -60,6 +66,12 @@ class LBFGSConfig:
         check_loss(self.loss, self.kappa, 1.0 if self.temperature is None else self.temperature)
         if self.c_init is not None:
             _positive("c_init", self.c_init)
+            low, high = C_RANGE
+            if not low <= self.c_init <= high:
+                raise InvalidInputError(
+                    f"c_init must lie in [{low:g}, {high:g}] (beyond, the distance term is 0 or "
+                    f"everything at float32 precision), got {self.c_init!r}"
+                )
         _positive("c_rtol", self.c_rtol)
         _positive("pgtol", self.pgtol)
         _positive("ftol", self.ftol)

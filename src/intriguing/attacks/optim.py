@@ -579,7 +579,9 @@ def _first_step(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Initial step lengths ``(B,)`` (1 with memory, else ``min(1, 1 / ||v||)``, computed for those
     rows only); ``d`` with non-descent rows replaced by ``-v``; those rows."""
-    bad = _dot(g, d) >= 0  # numerically not a descent direction: fall back to steepest descent
+    # numerically not a descent direction (g'd >= 0, or NaN where the curvature memory over- or
+    # underflows, as at an absurdly small c): fall back to steepest descent
+    bad = ~(_dot(g, d) < 0)
     alpha = torch.ones_like(has_memory, dtype=torch.float64)
     short = (~has_memory | bad).nonzero().squeeze(1)
     if len(short):
