@@ -611,7 +611,7 @@ def _edited_sidecar(path: Path, key: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize("edit", list(_SIDECAR_EDITS), ids=list(_SIDECAR_EDITS))
 def test_load_refuses_an_edited_sidecar_by_its_seal(tmp_path: Path, edit: str) -> None:
-    path, result = _saved_attack(tmp_path)
+    path, _ = _saved_attack(tmp_path)
     meta = _edited_sidecar(path, edit)
     assert meta != json.loads(_sidecar(path).read_text())
     _sidecar(path).write_text(json.dumps(meta))
@@ -621,9 +621,7 @@ def test_load_refuses_an_edited_sidecar_by_its_seal(tmp_path: Path, edit: str) -
 @pytest.mark.parametrize(
     "edit", [k for k, v in _SIDECAR_EDITS.items() if v[1]], ids=lambda k: f"resealed-{k}"
 )
-def test_load_refuses_an_inconsistent_sidecar_even_when_resealed(
-    tmp_path: Path, edit: str
-) -> None:
+def test_load_refuses_an_inconsistent_sidecar_even_when_resealed(tmp_path: Path, edit: str) -> None:
     path, _ = _saved_attack(tmp_path)
     meta = _edited_sidecar(path, edit)
     _reseal(path, meta)
