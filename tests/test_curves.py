@@ -177,6 +177,36 @@ def test_models_missing_from_the_run_are_attacked_here(fake_run: Path, tmp_path:
     assert "2 models" in doc["verdict"]
 
 
+def test_an_attack_source_of_other_cached_weights_is_redone_not_mixed(
+    mnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resumed --out whose attack was made on weights the cache no longer holds (retrained, or
+    another cache directory) attacks again: the stored adversarials were measured on the new model
+    and silently dropped or mixed (--n 10 became 2)."""
+    budgets = [0.0, 0.5]
+    doc = _curves(tmp_path, None, ["softmax1"], budgets)
+    src = tmp_path / "steps/source/softmax1/test-n5.json"
+    stored = json.loads(src.read_text())["result"]
+    assert stored["weights_sha256"] == cached_weights_sha256("softmax1", _identity(), 0)
+    stamp = src.stat().st_mtime_ns
+    assert _curves(tmp_path, None, ["softmax1"], budgets)["models"] == doc["models"]
+    assert src.stat().st_mtime_ns == stamp  # same weights: reused
+    other = "f" * 64  # the cache now holds other weights under the same checkpoint key
+    for where in ("intriguing.training.api", "intriguing.experiments.critics"):
+        monkeypatch.setattr(f"{where}.cached_weights_sha256", lambda *args: other)
+    _curves(tmp_path, None, ["softmax1"], budgets)
+    assert src.stat().st_mtime_ns != stamp
+    assert json.loads(src.read_text())["result"]["weights_sha256"] == other
+
+
+def _identity() -> Any:
+    from intriguing.data import load_mnist
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return load_mnist(dataset=DATASET).identity
+
+
 def test_a_run_of_another_checkpoint_or_a_broken_run_is_refused(
     fake_run: Path, tmp_path: Path
 ) -> None:

@@ -146,6 +146,7 @@ def attack_source_step(bench: st.Workbench, ctx: StepContext) -> dict[str, Any]:
         "success": [bool(v) for v in result.success.tolist()],
         "attack": p["attack"],
         "elapsed_s": result.elapsed_s,
+        "weights_sha256": cached_weights_sha256(model_name, bench.data.identity, bench.seed),
     }
 
 
@@ -225,7 +226,10 @@ def source_steps(
                 "attack": attack,
                 "checkpoint": checkpoint,
             }
-            steps.append(Step(key, partial(attack_source_step, bench), params))
+            same_weights = partial(st.same_cached_weights, identity, bench.seed, model)
+            steps.append(
+                Step(key, partial(attack_source_step, bench), params, reusable=same_weights)
+            )
         keys[model] = key
     return steps, keys
 

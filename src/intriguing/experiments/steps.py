@@ -122,16 +122,17 @@ def model_steps(bench: Workbench, models: Iterable[str], dataset: str, seed: int
                 "data": data_id,
                 "checkpoint": checkpoint_key(m, identity, seed),
             },
-            reusable=partial(_same_cached_weights, identity, seed, m),
+            reusable=partial(same_cached_weights, identity, seed, m),
         )
         for m in models
     ]
 
 
-def _same_cached_weights(identity: Any, seed: int, name: str, result: Mapping[str, Any]) -> bool:
-    """A stored model step is reused only while the cache holds the very weights it measured: a
-    checkpoint retrained or replaced since (another cache directory, another CPU) recomputes the
-    step, and with it every step downstream, instead of mixing two models' results in one run."""
+def same_cached_weights(identity: Any, seed: int, name: str, result: Mapping[str, Any]) -> bool:
+    """A stored step (a model step, the critics' attack source) is reused only while the cache holds
+    the very weights it measured (its ``weights_sha256``): a checkpoint retrained or replaced since
+    (another cache directory, another CPU) recomputes the step, and with it every step downstream,
+    instead of mixing two models' results in one run."""
     from intriguing.training.api import cached_weights_sha256
 
     return cached_weights_sha256(name, identity, seed) == result.get("weights_sha256")
