@@ -144,6 +144,32 @@ def test_weights_file_is_loaded_into_the_factory_model(tmp_path: Path) -> None:
     assert json.loads(js.read_text())["correct_only"] is True  # all 3 are correct: weights used
 
 
+def test_a_slightly_random_forward_is_refused_before_the_attack(mnist_dir: Path) -> None:
+    """Logit noise of 0.003 (0.03% of the logits, far below the 1% batch-size check) still decides
+    a success's 1e-4 lead: 14 reported successes of which a different 10 held on every rerun."""
+    message = "the model gives different logits for the same images in two identical forward"
+    for command in ("attack", "eval", "curves"):
+        extra = ["--eps", "0.5"] if command == "curves" else []
+        result = run(command, "mymodels:noisy_lenet", "--data-dir", str(mnist_dir), *extra)
+        one_line_error(result, message)
+    from intriguing.attacks import LBFGS
+    from intriguing.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match=message):
+        LBFGS()(load_any_model("mymodels:noisy_lenet"), torch.rand(3, 1, 28, 28))
+
+
+def test_attack_warns_when_successes_do_not_hold_on_a_fresh_pass(
+    mnist_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from intriguing.cli import attack_cmd
+
+    monkeypatch.setattr(attack_cmd, "verify_successes", lambda model, result: 0)
+    result = run("attack", "mymodels:lenet", "--n", "2", "--data-dir", str(mnist_dir))
+    assert result.exit_code == 0, result.output
+    assert "Warning: only 0 of 2 successes hold on a fresh forward pass" in result.output
+
+
 def test_a_model_on_the_meta_device_is_refused_or_takes_its_weights(tmp_path: Path) -> None:
     """A factory building its layers on the meta device (no values) is refused in one line by every
     command; with --weights the file's tensors become the model's, as for any factory."""

@@ -36,6 +36,7 @@ from torch import nn
 from intriguing.attacks.checks import (
     check_images,
     check_not_meta,
+    check_repeatable,
     check_same_logits,
     logits_shape_problem,
 )
@@ -437,6 +438,7 @@ def check_model_input(
     logits = _logits(_probe(model, probe.clone(), shape), len(probe), shape)
     if not bool(torch.isfinite(logits).all()):
         raise InvalidInputError(f"the model returned NaN or infinite logits on the data ({shape})")
+    check_repeatable(logits, _logits(_probe(model, probe.clone(), shape), len(probe), shape))
     # batches of one image too (an attack's, an evaluation's last chunk); the first and the last
     # image alone: a forward that mixes the batch may spare its first row (net(x[:1]).expand)
     for row in {0, len(probe) - 1}:

@@ -41,6 +41,7 @@ from intriguing.attacks.checks import (
     check_logits,
     check_not_meta,
     check_output_type,
+    check_repeatable,
     check_same_logits,
     input_gradient_probe,
     warn_tiny_logits,
@@ -52,6 +53,8 @@ from intriguing.errors import InvalidInputError
 from intriguing.models.user import model_device
 
 MODES = ("untargeted", "targeted")
+# the first images' logits are computed twice, identically, to refuse a random forward
+REPEAT_PROBE = 8
 
 
 @dataclass(frozen=True)
@@ -214,6 +217,8 @@ class Attack(ABC):
         check_same_logits(clean_logits[0], alone[0])
         if n > 1:  # a forward that mixes the batch may spare its first row (net(x[:1]).expand)
             check_same_logits(clean_logits[-1], self.predict(model, x[-1:])[0])
+        few = x[:REPEAT_PROBE]
+        check_repeatable(self.predict(model, few), self.predict(model, few))
         warn_tiny_logits(clean_logits)
         warn_unit_interval_logits(clean_logits)
         if labels is None:

@@ -215,6 +215,29 @@ def check_same_logits(first: torch.Tensor, second: torch.Tensor) -> None:
         )
 
 
+def check_repeatable(first: torch.Tensor, again: torch.Tensor) -> None:
+    """Refuse a model whose logits ``(B, K)`` for the same batch differ between two identical forward
+    passes by more than half the success margin (``SUCCESS_MARGIN / 2`` relative to
+    ``max(1, max |logit|)``): noise that small on logits of usual size passes
+    :func:`check_same_logits`, yet can decide whether a point leads by the margin, so successes
+    would not hold on re-verification. Deterministic models repeat bit for bit on the CPU.
+
+    Raises:
+        InvalidInputError: one line naming the change and the usual causes.
+    """
+    from intriguing.attacks.metrics import SUCCESS_MARGIN
+
+    first, again = first.detach().double().cpu(), again.detach().double().cpu()
+    gap = float((first - again).abs().max())
+    if not gap <= 0.5 * SUCCESS_MARGIN * max(1.0, float(first.abs().max())):
+        raise InvalidInputError(
+            f"the model gives different logits for the same images in two identical forward "
+            f"passes (largest change {gap:.3g}): a random forward (noise such as torch.randn, "
+            "F.dropout(x, p) without training=self.training); make forward deterministic in eval "
+            "mode"
+        )
+
+
 def logits_shape_problem(shape: tuple[int, ...], n: int) -> str | None:
     """Why model outputs of ``shape`` for a batch of ``n`` images are not logits ``(n, K)`` with
     ``K >= 2`` (one line), or None when they are."""

@@ -147,6 +147,13 @@ def attack(
         click.echo(f"  mean distortion     {summary['mean_distortion']:.4f} (RMS per pixel)")
         click.echo(f"  median distortion   {summary['median_distortion']:.4f}")
     click.echo(f"  re-verified         {verified}/{int(result.success.sum())} successes")
+    if verified < int(result.success.sum()):
+        click.echo(
+            f"Warning: only {verified} of {int(result.success.sum())} successes hold on a fresh "
+            "forward pass: the model's forward is not repeatable, so the success rate is not "
+            "reliable",
+            err=True,
+        )
     click.echo(f"  examples/s          {summary['examples_per_s']:.1f}")
     click.echo(f"  grad evals/example  {summary['grad_evals_per_example']:.1f}")
     if save_path is not None:
