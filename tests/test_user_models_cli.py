@@ -170,6 +170,18 @@ def test_attack_warns_when_successes_do_not_hold_on_a_fresh_pass(
     assert "Warning: only 0 of 2 successes hold on a fresh forward pass" in result.output
 
 
+def test_a_train_override_without_return_self_is_analysed(mnist_dir: Path, tmp_path: Path) -> None:
+    """``model.eval()`` is None for such a model; it was refused as 'got NoneType'."""
+    for command in ("eval", "attack"):
+        result = run(command, "mymodels:train_without_return", "--data-dir", str(mnist_dir),
+                     *(["--n", "2"] if command == "attack" else []))  # fmt: skip
+        assert result.exit_code == 0, result.output
+    result = run("spectral", "mymodels:train_without_return", "--input-shape", "1,28,28",
+                 "--exact-method", "none",
+                 "--json", str(tmp_path / "s.json"))  # fmt: skip
+    assert result.exit_code == 0, result.output
+
+
 def test_a_model_on_the_meta_device_is_refused_or_takes_its_weights(tmp_path: Path) -> None:
     """A factory building its layers on the meta device (no values) is refused in one line by every
     command; with --weights the file's tensors become the model's, as for any factory."""

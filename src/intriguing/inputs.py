@@ -43,6 +43,7 @@ from intriguing.attacks.checks import (
 from intriguing.errors import InvalidInputError, UnknownModelError
 from intriguing.models.user import (
     MODEL_FORMS,
+    eval_mode,
     first_line,
     load_factory_model,
     model_device,  # noqa: F401  (re-exported: intriguing.inputs.model_device)
@@ -315,7 +316,7 @@ def finish_model(
     check_not_meta(model)
     if pair is not None:
         model = with_preprocessing(model, *pair)
-    return model.to(target).eval()
+    return eval_mode(model.to(target))
 
 
 def load_any_model(

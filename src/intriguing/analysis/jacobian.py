@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from intriguing.errors import IntriguingError, InvalidInputError
+from intriguing.models.user import eval_mode
 
 Shape = tuple[int, ...]
 EXPLICIT_OUTPUTS = 64  # outputs per example up to which the Jacobian is built whole (exact at x)
@@ -58,7 +59,9 @@ def float64_copy(model: nn.Module) -> nn.Module:
     """A float64, CPU, eval-mode deep copy of ``model`` (the original is untouched), its
     parameters without gradients: only input gradients are measured, and autograd would refuse
     a residual ``x += f(x)`` that it would have to save for the weights' gradients."""
-    return copy.deepcopy(model).to(device="cpu", dtype=torch.float64).eval().requires_grad_(False)
+    return eval_mode(copy.deepcopy(model).to(device="cpu", dtype=torch.float64)).requires_grad_(
+        False
+    )
 
 
 def probe_inputs(
@@ -229,7 +232,7 @@ def check_chain(
     with it). A chain that leaves out, reorders or swaps a layer differs on random inputs.
     """
     double_model, modules = copy.deepcopy((model, [module for _, module in named]))
-    double_model = double_model.to(device="cpu", dtype=torch.float64).eval()
+    double_model = eval_mode(double_model.to(device="cpu", dtype=torch.float64))
     modules = [m.to(device="cpu", dtype=torch.float64) for m in modules]
     with torch.no_grad():
         expected = double_model(inputs)

@@ -40,6 +40,7 @@ from intriguing.analysis.jacobian import (
 )
 from intriguing.analysis.lipschitz import NetworkBound, sequential_layers
 from intriguing.errors import InvalidInputError
+from intriguing.models.user import eval_mode
 
 QUANTILES: tuple[float, ...] = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
 
@@ -101,7 +102,7 @@ def certified_radii(
     images, labels = _check_inputs(images, labels, bound)
     _check_bound_is_of(model, bound)
     measured = _measured_at(model, images, bound)
-    double = copy.deepcopy(model).double().eval()
+    double = eval_mode(copy.deepcopy(model).double())
     with torch.no_grad():
         logits = double(images.double().cpu())
     if logits.dim() != 2 or int(labels.max()) >= logits.shape[1]:

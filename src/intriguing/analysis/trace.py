@@ -41,6 +41,7 @@ from intriguing.analysis.graph_rules import (
 )
 from intriguing.analysis.layer_rules import BoundConfig, Shape, find_rule, no_rule_message
 from intriguing.errors import InvalidInputError
+from intriguing.models.user import eval_mode
 
 PROBE_BATCH = 5  # the probe run uses five examples, so a node that mixes examples shows
 
@@ -348,7 +349,7 @@ def _refuse_called_layers_without_rule(gm: fx.GraphModule) -> None:
 def _double(model: nn.Module) -> nn.Module:
     import copy
 
-    return copy.deepcopy(model).to(device="cpu", dtype=torch.float64).eval()
+    return eval_mode(copy.deepcopy(model).to(device="cpu", dtype=torch.float64))
 
 
 def _output_node(node: fx.Node) -> fx.Node:

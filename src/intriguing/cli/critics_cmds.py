@@ -399,6 +399,7 @@ def _model_examples(
     from intriguing.cli.options import model_from_options, note_label_source, open_user_data
     from intriguing.experiments.steps import reverify
     from intriguing.inputs import choose_examples, model_device
+    from intriguing.models.user import eval_mode
 
     if n < 1:
         raise InvalidInputError(f"--n must be at least 1, got {n}")
@@ -432,7 +433,7 @@ def _model_examples(
         "data": dict(data.meta),
         "positions": index[keep].tolist(),
     }
-    return net.cpu().eval(), x[keep], adv[keep], y[keep], meta
+    return eval_mode(net.cpu()), x[keep], adv[keep], y[keep], meta
 
 
 def _finish_model(*, command: str, payload: dict[str, Any], common: dict[str, Any]) -> None:

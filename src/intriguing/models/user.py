@@ -149,10 +149,17 @@ def load_factory_model(spec: str) -> nn.Module:
         raise InvalidInputError(
             f"model {spec!r}: the factory returned {type(model).__name__}, not an nn.Module"
         )
-    return model.eval()
+    return eval_mode(model)
 
 
 load_user_model = load_factory_model
+
+
+def eval_mode(model: nn.Module) -> nn.Module:
+    """``model`` switched to eval mode, in place. ``model.eval()``'s return value is not used: a
+    ``train()`` override that forgets ``return self`` makes it None."""
+    model.eval()
+    return model
 
 
 def model_device(model: nn.Module, fallback: torch.device | str = "cpu") -> torch.device:
