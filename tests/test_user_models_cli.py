@@ -182,6 +182,28 @@ def test_a_train_override_without_return_self_is_analysed(mnist_dir: Path, tmp_p
     assert result.exit_code == 0, result.output
 
 
+def test_a_forward_that_reshapes_before_its_first_convolution_is_accepted(
+    mnist_dir: Path, tmp_path: Path
+) -> None:
+    """Conv2d(4, ...) after a space-to-depth fold of 1x28x28 images: the channel check refused it
+    before running it ('expects 4-channel images'), in attack, eval and spectral alike."""
+    for command in ("eval", "attack"):
+        result = run(command, "mymodels:space_to_depth", "--data-dir", str(mnist_dir),
+                     *(["--n", "2"] if command == "attack" else []))  # fmt: skip
+        assert result.exit_code == 0, result.output
+    result = run("spectral", "mymodels:space_to_depth", "--input-shape", "1,28,28",
+                 "--exact-method", "none", "--json", str(tmp_path / "s.json"))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    # data that the first convolution really cannot take still gets the channel hint
+    images = torch.rand(2, 3, 28, 28)
+    save_file(
+        {"images": images, "labels": torch.zeros(2, dtype=torch.long)},
+        str(tmp_path / "rgb.safetensors"),
+    )
+    result = run("eval", "mymodels:lenet", "--tensors", str(tmp_path / "rgb.safetensors"))
+    one_line_error(result, "the model expects 1-channel images (N, C, H, W) (first layer Conv2d(1")
+
+
 def test_a_model_on_the_meta_device_is_refused_or_takes_its_weights(tmp_path: Path) -> None:
     """A factory building its layers on the meta device (no values) is refused in one line by every
     command; with --weights the file's tensors become the model's, as for any factory."""

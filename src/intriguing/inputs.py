@@ -461,7 +461,8 @@ def shape_text(images: torch.Tensor) -> str:
 
 
 def _check_channels(model: nn.Module, images: torch.Tensor, shape: str) -> None:
-    """Refuse data whose channels differ from the model's normalisation or first convolution."""
+    """Refuse data whose channels differ from the model's normalisation (which would broadcast one
+    grey channel to three without an error)."""
     means = _normalize_channels(model)
     if means is not None and means > 1 and images.ndim >= 2 and images.shape[1] != means:
         raise InvalidInputError(
@@ -469,18 +470,26 @@ def _check_channels(model: nn.Module, images: torch.Tensor, shape: str) -> None:
             f"{images.shape[1]} ({shape}); give one mean and one std per data channel "
             "(e.g. --normalize 0.1307,0.3081 for grey images, six numbers for RGB)"
         )
-    channels = expected_channels(model)
-    if channels is not None and images.ndim == 4 and images.shape[1] != channels:
-        hint = (
-            "the data looks channels-last (N, H, W, C): store (N, C, H, W), e.g. "
-            "images.permute(0, 3, 1, 2)"
-            if images.shape[3] == channels
-            else f"store {channels}-channel images in a tensor file, or for an image folder set "
-            "the colour mode (--mode, or --image-mode for attack)"
-        )
-        raise InvalidInputError(
-            f"the model expects {describe_expected(model)} but the data is {shape}; " + hint
-        )
+
+
+def _channel_problem(model: nn.Module, probe: torch.Tensor, shape: str) -> str | None:
+    """Why images ``probe`` ``(N, C, H, W)`` cannot be the input of the model's first convolution
+    (the first one its forward calls), with a hint, or None. Asked only after the forward failed:
+    a forward may reshape its input before that convolution."""
+    layer = first_layer(model, probe)
+    if probe.ndim != 4 or not isinstance(layer, _CONVOLUTIONS) or not layer.in_channels:
+        return None
+    channels = int(layer.in_channels)
+    if probe.shape[1] == channels:
+        return None
+    hint = (
+        "the data looks channels-last (N, H, W, C): store (N, C, H, W), e.g. "
+        "images.permute(0, 3, 1, 2)"
+        if probe.shape[3] == channels
+        else f"store {channels}-channel images in a tensor file, or for an image folder set "
+        "the colour mode (--mode, or --image-mode for attack)"
+    )
+    return f"the model expects {_describe_layer(layer)} but the data is {shape}; {hint}"
 
 
 def _probe(model: nn.Module, probe: torch.Tensor, shape: str) -> Any:
@@ -489,8 +498,10 @@ def _probe(model: nn.Module, probe: torch.Tensor, shape: str) -> Any:
         with torch.no_grad():
             return model(probe)
     except Exception as exc:  # any shape error of the user's model
+        problem = _channel_problem(model, probe, shape)
         raise InvalidInputError(
-            f"the model does not accept the data ({shape}): it expects "
+            problem
+            or f"the model does not accept the data ({shape}): it expects "
             f"{describe_expected(model, probe)}; the probe forward raised {first_line(exc)}"
         ) from None
 
