@@ -536,3 +536,30 @@ def test_feature_vectors_and_signals_are_data_too(
         assert bool((model(saved.adversarial).argmax(1) != saved.labels).all())
     normalized = CliRunner().invoke(cli, [*args[:-2], "--normalize", "0.5,0.2"])
     assert normalized.exit_code == 0, normalized.output
+
+
+def test_tensor_files_read_only_images_and_labels(tmp_path: Path) -> None:
+    """Other entries (class names, object metadata, a big-endian statistic) were read and refused
+    the whole file; big-endian images and labels are read in the native byte order."""
+    rng = np.random.default_rng(0)
+    images = rng.random((4, 1, 5, 5), dtype=np.float32)
+    labels = np.array([0, 2, 1, 2])
+    np.savez(tmp_path / "extra.npz", images=images, labels=labels,
+             class_names=np.array(["cat", "dog", "eel"]), meta=np.array({"a": 1}, dtype=object),
+             stats=np.array([1.0, 2.0], dtype=">f8"))  # fmt: skip
+    np.savez(tmp_path / "big.npz", images=images.astype(">f4"), labels=labels.astype(">i8"))
+    for name in ("extra.npz", "big.npz"):
+        data = load_tensors(tmp_path / name)
+        assert torch.equal(data.images, torch.from_numpy(images))
+        assert data.labels is not None and data.labels.tolist() == labels.tolist()
+    save_file({"images": torch.from_numpy(images), "names": torch.arange(3)},
+              str(tmp_path / "t.safetensors"))  # fmt: skip
+    assert load_tensors(tmp_path / "t.safetensors").labels is None
+    # labels that are not numbers: named in one line; left unread where labels are not used
+    np.savez(tmp_path / "words.npz", images=images, labels=np.array(["a", "b", "c", "d"]))
+    with pytest.raises(InvalidInputError, match=r"'labels' is of dtype <U1; store numbers"):
+        load_tensors(tmp_path / "words.npz")
+    assert load_tensors(tmp_path / "words.npz", labels=False).labels is None
+    np.savez(tmp_path / "objects.npz", images=np.array([None] * 4, dtype=object))
+    with pytest.raises(InvalidInputError, match=r"'images' is an object array; store numbers"):
+        load_tensors(tmp_path / "objects.npz")

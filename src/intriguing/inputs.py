@@ -686,10 +686,13 @@ def _open_folder(
     return DataSource("folder", source, labels, source.names, meta)
 
 
+TENSOR_KEYS = ("images", "labels")  # the entries of a --tensors file that are read
+
+
 def load_tensors(path: str | os.PathLike[str], *, labels: bool = True) -> DataSource:
     """A ``.safetensors`` / ``.npz`` file with ``images`` ``(N, ...)`` in [0, 1] (images
     ``(N, C, H, W)``, signals ``(N, C, L)``, feature vectors ``(N, D)``) and ``labels`` ``(N,)``
-    (neither read nor checked with ``labels=False``).
+    (neither read nor checked with ``labels=False``); other entries are left unread.
 
     Raises:
         InvalidInputError: another suffix, a missing ``images`` key, a wrong rank, dtype, range or
@@ -703,10 +706,10 @@ def load_tensors(path: str | os.PathLike[str], *, labels: bool = True) -> DataSo
         )
     if not file.is_file():
         raise InvalidInputError(f"--tensors {file}: file not found")
-    arrays = _read_arrays(file, suffix)
+    arrays, names = _read_arrays(file, suffix, TENSOR_KEYS if labels else TENSOR_KEYS[:1])
     if "images" not in arrays:
         raise InvalidInputError(
-            f"--tensors {file}: no 'images' entry (found: {', '.join(sorted(arrays)) or 'none'})"
+            f"--tensors {file}: no 'images' entry (found: {', '.join(sorted(names)) or 'none'})"
         )
     images = _check_tensor_images(file, arrays["images"])
     stored = arrays.get("labels") if labels else None
@@ -716,7 +719,11 @@ def load_tensors(path: str | os.PathLike[str], *, labels: bool = True) -> DataSo
     return DataSource("tensors", images, checked, names, meta)
 
 
-def _read_arrays(file: Path, suffix: str) -> dict[str, torch.Tensor]:
+def _read_arrays(
+    file: Path, suffix: str, keys: tuple[str, ...]
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The file's entries named in ``keys`` (those present) and the names of all its entries;
+    other entries (class names, metadata) are never read."""
     import zipfile
 
     if suffix == ".npz" and not zipfile.is_zipfile(file):
@@ -727,12 +734,34 @@ def _read_arrays(file: Path, suffix: str) -> dict[str, torch.Tensor]:
     try:
         if suffix == ".npz":
             with np.load(file, allow_pickle=False) as npz:
-                return {key: torch.from_numpy(np.array(npz[key])) for key in npz.files}
-        from safetensors.torch import load_file
+                names = list(npz.files)
+                wanted = [key for key in keys if key in names]
+                return {key: _npz_entry(file, key, npz) for key in wanted}, names
+        from safetensors import safe_open
 
-        return dict(load_file(str(file)))
-    except Exception as exc:  # corrupt zip/header, object arrays (pickles refused), ...
+        with safe_open(str(file), framework="pt") as handle:
+            names = list(handle.keys())
+            wanted = [key for key in keys if key in names]
+            return {key: handle.get_tensor(key) for key in wanted}, names
+    except InvalidInputError:
+        raise
+    except Exception as exc:  # corrupt zip/header, ...
         raise InvalidInputError(f"--tensors {file}: cannot read it ({first_line(exc)})") from None
+
+
+def _npz_entry(file: Path, key: str, npz: Any) -> torch.Tensor:
+    """One numeric ``.npz`` entry as a tensor (big-endian arrays converted to the native order)."""
+    try:
+        array = np.asarray(npz[key])
+    except ValueError:  # numpy refuses object arrays without pickles
+        array = None
+    if array is None or array.dtype.kind not in "biuf":
+        what = "an object array" if array is None else f"of dtype {array.dtype}"
+        raise InvalidInputError(
+            f"--tensors {file}: '{key}' is {what}; store numbers (float images in [0, 1], "
+            "integer labels)"
+        )
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("=")))
 
 
 def _check_tensor_images(file: Path, images: torch.Tensor) -> torch.Tensor:
