@@ -25,7 +25,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def test_passes_match_the_attacks_own_count() -> None:
     """Our attack's gradient evaluations (incl. the K-pass class estimate) + 2 plain predictions,
-    + 1 for the first image and the last: the base class's checks run each alone once."""
+    + 1 for the first image and 2 for the last: the base class's checks run the first alone once
+    and the last alone twice (the second time to refuse a random forward)."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 6)).eval()
     # far-apart originals (disjoint blocks of 9 bright pixels): rows are attributed unambiguously
@@ -38,7 +39,7 @@ def test_passes_match_the_attacks_own_count() -> None:
     result = LBFGS(progress=False)(tracker, x, y)
     assert tracker.unattributed == 0
     probe = torch.zeros(7, dtype=torch.long)
-    probe[0] = probe[-1] = 1
+    probe[0], probe[-1] = 1, 2
     assert torch.equal(tracker.passes, result.grad_evals + 2 + probe)
     final = tracker.curve((10_000,))[0]
     assert final["success_rate"] == 1.0

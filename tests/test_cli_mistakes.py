@@ -701,3 +701,58 @@ def test_a_colour_model_on_grey_tensors_is_told_about_tensors_too() -> None:
     model = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(), nn.LazyLinear(3))
     with pytest.raises(InvalidInputError, match="store 3-channel images in a tensor file"):
         check_model_input(model, torch.rand(2, 1, 8, 8), None)
+
+
+def test_figure5_help_offers_no_labels_it_would_refuse() -> None:
+    shown = CliRunner().invoke(cli, ["figure5", "--help"]).output
+    assert "--labels" not in shown and "no labels used" in shown
+    assert "--labels" in CliRunner().invoke(cli, ["units", "--help"]).output
+
+
+def test_options_for_image_folders_name_the_command_s_own_flag(tmp_path: Path) -> None:
+    data = tmp_path / "d.npz"
+    np.savez(data, images=np.random.default_rng(0).random((2, 1, 28, 28), dtype=np.float32))
+    runs = {
+        ("attack", "--image-mode", "L"): "--image-mode applies to --images only, not to --tensors",
+        ("attack", "--image-size", "8"): "--image-size applies to --images only, not to --tensors",
+        ("units", "--mode", "L"): "--mode applies to --images only, not to --tensors",
+    }
+    for (command, flag, value), message in runs.items():
+        argv = [command, "softmax1", "--tensors", str(data), flag, value]
+        one_line_error(CliRunner().invoke(cli, argv), message)
+
+
+def test_a_typed_count_above_the_data_is_refused_not_lowered(tmp_path: Path) -> None:
+    """rarity/recover lowered a typed --n 5 to the one image of the data and ran; the default
+    count still takes what there is."""
+    torch.manual_seed(0)
+    images = torch.rand(1, 1, 28, 28)
+    (tmp_path / "m.py").write_text(
+        "import torch\nfrom torch import nn\n"
+        "def net():\n    torch.manual_seed(0)\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(784, 3))\n"
+    )
+    from safetensors.torch import save_file
+
+    model = f"{tmp_path / 'm.py'}:net"
+    labels = torch.zeros(1, dtype=torch.long)
+    with torch.no_grad():
+        from intriguing.inputs import load_any_model
+
+        labels = load_any_model(model)(images).argmax(1)
+    save_file({"images": images, "labels": labels}, str(tmp_path / "one.safetensors"))
+    for command in ("rarity", "recover"):
+        argv = [command, model, "--tensors", str(tmp_path / "one.safetensors"), "--n", "5"]
+        one_line_error(CliRunner().invoke(cli, argv), "only 1 correctly classified images among 1")
+
+
+def test_uint64_labels_beyond_int64_are_refused_not_wrapped(tmp_path: Path) -> None:
+    from intriguing.inputs import load_tensors
+
+    images = np.random.default_rng(0).random((2, 1, 4, 4), dtype=np.float32)
+    np.savez(tmp_path / "u.npz", images=images, labels=np.array([1, 2**63 + 1], dtype=np.uint64))
+    with pytest.raises(InvalidInputError, match=r"'labels' holds 9223372036854775809, beyond"):
+        load_tensors(tmp_path / "u.npz")
+    np.savez(tmp_path / "ok.npz", images=images, labels=np.array([1, 2], dtype=np.uint64))
+    data = load_tensors(tmp_path / "ok.npz")
+    assert data.labels is not None and data.labels.tolist() == [1, 2]

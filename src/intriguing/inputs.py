@@ -638,7 +638,10 @@ def open_data(
     if labels_file is not None and images is None:
         raise InvalidInputError("--labels needs --images (a folder of images)")
     if images is None and (image_size is not None or mode is not None):
-        raise InvalidInputError("--image-size and the colour mode (--mode) apply to --images only")
+        raise InvalidInputError(
+            "image_size and the colour mode (--image-size, --mode) apply to a folder of images "
+            "(--images) only"
+        )
     if images is not None:
         return _open_folder(Path(images), labels_file, image_size, mode)
     if tensors is not None:
@@ -787,6 +790,11 @@ def _check_tensor_labels(file: Path, labels: torch.Tensor | None, n: int) -> tor
     if labels.shape != (n,):
         raise InvalidInputError(
             f"--tensors {file}: 'labels' must have shape ({n},), got {tuple(labels.shape)}"
+        )
+    if labels.dtype == torch.uint64 and n and int(labels.numpy().max()) >= 2**63:
+        raise InvalidInputError(
+            f"--tensors {file}: 'labels' holds {int(labels.numpy().max())}, beyond any class "
+            "index; store class indices 0..K-1"
         )
     labels = labels.long()  # first: comparisons are not implemented for uint16/32/64
     if bool((labels < 0).any()):

@@ -117,7 +117,8 @@ class UnitsConfig:
             )
         if "classmean" in self.families and not has_labels:
             raise InvalidInputError(
-                "the classmean family needs labels; drop it or give a labels file"
+                "the classmean family needs labels; drop it, or give labels (a labels file or class "
+                "subfolders for --images, a 'labels' entry in a --tensors file)"
             )
 
     validate = check_image_set  # the old name
@@ -346,7 +347,10 @@ def _build_family(
         )
         return vectors, [f"pc {i + 1}" for i in range(len(vectors))]
     if labels is None:
-        raise InvalidInputError("the classmean family needs labels; drop it or give a labels file")
+        raise InvalidInputError(
+            "the classmean family needs labels; drop it, or give labels (a labels file or class "
+            "subfolders for --images, a 'labels' entry in a --tensors file)"
+        )
     vectors, classes = dirs.classmean_directions(projector.transformed(), labels)
     return vectors, [f"class {c}" for c in classes]
 

@@ -53,8 +53,6 @@ from intriguing.errors import InvalidInputError
 from intriguing.models.user import model_device
 
 MODES = ("untargeted", "targeted")
-# the first images' logits are computed twice, identically, to refuse a random forward
-REPEAT_PROBE = 8
 
 
 @dataclass(frozen=True)
@@ -215,10 +213,10 @@ class Attack(ABC):
         clean_logits = self.predict(model, x)
         num_classes = check_logits(clean_logits, n)
         check_same_logits(clean_logits[0], alone[0])
+        last = self.predict(model, x[-1:])
         if n > 1:  # a forward that mixes the batch may spare its first row (net(x[:1]).expand)
-            check_same_logits(clean_logits[-1], self.predict(model, x[-1:])[0])
-        few = x[:REPEAT_PROBE]
-        check_repeatable(self.predict(model, few), self.predict(model, few))
+            check_same_logits(clean_logits[-1], last[0])
+        check_repeatable(last, self.predict(model, x[-1:]))  # the same pass again: a random forward
         warn_tiny_logits(clean_logits)
         warn_unit_interval_logits(clean_logits)
         if labels is None:

@@ -37,6 +37,7 @@ from intriguing.cli.options import (
     out_option,
     seed_option,
     text_option,
+    typed,
     user_data_options,
 )
 from intriguing.cli.validation import check_output_file, float_range, output_file
@@ -191,7 +192,6 @@ GRAPH_ONLY = (("backend", "--backend"), ("address", "--address"), ("workers", "-
 def _refuse_given(options: tuple[tuple[str, str], ...], usage: str) -> None:
     """Refuse the ``(parameter, flag)`` options given on the command line (not their defaults):
     they would be ignored silently. ``usage`` says where they apply."""
-    from intriguing.cli.options import typed
 
     given = [flag for name, flag in options if typed(name)]
     if given:
@@ -410,7 +410,9 @@ def _model_examples(
     data = open_user_data(common, split=common["split"])
     net, description = model_from_options(spec, common, seed=0)
     data.fit_to(net)
-    count = min(_attack_n(common["attack_n"], n), len(data))
+    count = _attack_n(common["attack_n"], n)
+    if common["attack_n"] is None and not typed("n"):  # the default takes what there is; a
+        count = min(count, len(data))  # typed count above it is refused by choose_examples
     option = "n (--n)" if common["attack_n"] is None else "--attack-n"  # the count it limits
     x, y, index, label_source = choose_examples(
         net, data, count, correct_only=True, count_option=option

@@ -281,28 +281,45 @@ IMAGE_TENSORS_HELP = (
     "A .safetensors or .npz file with 'images' float (N, C, H, W) in [0, 1] (images only) and "
     "optional int 'labels' (N,)."
 )
+UNLABELLED_TENSORS_HELP = (
+    "A .safetensors or .npz file with 'images' float (N, C, H, W) in [0, 1] (images only; "
+    "labels are not read)."
+)
 
 
-def user_data_options(*, mode_flag: str = "--mode", images_only: bool = False) -> Callable[[F], F]:
+def user_data_options(
+    *, mode_flag: str = "--mode", images_only: bool = False, labels: bool = True
+) -> Callable[[F], F]:
     """``--images DIR``, ``--labels FILE``, ``--tensors FILE``, ``--image-size``, ``--mode``.
 
     ``mode_flag`` renames ``--mode`` where a command already uses it (``attack``: ``--image-mode``);
-    ``images_only``: the command takes images only (``units``, ``figure5``), as its help says.
+    ``images_only``: the command takes images only (``units``, ``figure5``), as its help says;
+    ``labels=False``: the command uses no labels (``figure5``): ``--labels`` is hidden from its
+    help (the command refuses it in one line) and the help texts say labels are not read.
     """
+    if labels:
+        images_help = (
+            "A folder of images instead of MNIST: flat (labels from --labels) or one "
+            "subfolder per class (ImageFolder layout)."
+        )
+        tensors_help = IMAGE_TENSORS_HELP if images_only else TENSORS_HELP
+    else:
+        images_help = "A folder of images instead of MNIST (flat or in subfolders; no labels used)."
+        tensors_help = UNLABELLED_TENSORS_HELP
     options = [
         click.option(
             "--images",
             "images_dir",
             type=InputPath(reads=_image_file),
             default=None,
-            help="A folder of images instead of MNIST: flat (labels from --labels) or one "
-            "subfolder per class (ImageFolder layout).",
+            help=images_help,
         ),
         click.option(
             "--labels",
             "labels_file",
             type=click.Path(path_type=Path),
             default=None,
+            hidden=not labels,
             help="Labels for --images: lines '<image> <label>'.",
         ),
         click.option(
@@ -310,7 +327,7 @@ def user_data_options(*, mode_flag: str = "--mode", images_only: bool = False) -
             "tensors_file",
             type=click.Path(dir_okay=False, path_type=Path),
             default=None,
-            help=IMAGE_TENSORS_HELP if images_only else TENSORS_HELP,
+            help=tensors_help,
         ),
         int_option(
             "--image-size",
@@ -395,8 +412,21 @@ def refuse_unused_seed(
 def open_user_data(params: dict[str, Any], *, split: str = "test", labels: bool = True) -> Any:
     """:func:`intriguing.inputs.open_data` from the options of :func:`user_data_options`
     (``labels=False``: a tensor file's labels are not read)."""
+    from intriguing.errors import InvalidInputError
     from intriguing.inputs import open_data
 
+    if params.get("images_dir") is None:  # name the command's own flags (attack: --image-mode)
+        source = "--tensors FILE" if params.get("tensors_file") is not None else "MNIST"
+        if params.get("image_size") is not None:
+            fix = "resize the tensors yourself" if "tensors" in source else "drop it"
+            raise InvalidInputError(
+                f"--image-size applies to --images only, not to {source}; {fix}"
+            )
+        if params.get("image_mode") is not None:
+            raise InvalidInputError(
+                f"{_flag('image_mode')} applies to --images only, not to {source}; drop it "
+                "(tensors and MNIST keep their own channels)"
+            )
     return open_data(
         images=params.get("images_dir"),
         tensors=params.get("tensors_file"),
@@ -408,6 +438,14 @@ def open_user_data(params: dict[str, Any], *, split: str = "test", labels: bool 
         mode=params.get("image_mode"),
         tensor_labels=labels,
     )
+
+
+def _flag(name: str) -> str:
+    """The running command's flag for parameter ``name`` (e.g. ``--image-mode``)."""
+    for param in click.get_current_context().command.params:
+        if param.name == name and param.opts:
+            return str(param.opts[0])
+    return name
 
 
 def missing_labels(data: Any) -> str:

@@ -193,7 +193,7 @@ def report(run_dir: str) -> None:
     help="Directory for figure5.png, figure5.json and figure5.safetensors.",
 )
 @model_options
-@user_data_options(images_only=True)
+@user_data_options(images_only=True, labels=False)
 @data_options
 @seed_option
 def figure5(model: str, n: int, out: Path, seed: int, **params: Any) -> None:
