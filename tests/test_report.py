@@ -403,6 +403,31 @@ def test_report_refuses_figure7_images_of_another_run(run_dir: Path, tmp_path: P
     _one_error_line(_report_of_copy(run_dir, tmp_path, edit), "not the Figure 7 images of this run")
 
 
+def test_report_refuses_a_units_figure_that_is_not_the_run_s(run_dir: Path, tmp_path: Path) -> None:
+    """Another figure (another model's, in the probe) copied over a units figure was embedded under
+    this one's caption."""
+
+    def edit(copy: Path) -> None:
+        import shutil
+
+        figures = next(iter(json.loads((copy / "results.json").read_text())["units"].values()))
+        shutil.copyfile(
+            copy / figures["figures"]["distributions"], copy / figures["figures"]["topk"]
+        )
+
+    _one_error_line(_report_of_copy(run_dir, tmp_path, edit), "units figure of this run")
+
+
+def test_results_json_records_each_units_figure_s_hash(run_dir: Path) -> None:
+    from intriguing._io import file_sha256
+
+    units = json.loads((run_dir / "results.json").read_text())["units"]
+    for run in units.values():
+        assert run["figures"] and set(run["figures_sha256"]) == set(run["figures"])
+        for kind, path in run["figures"].items():
+            assert run["figures_sha256"][kind] == file_sha256(run_dir / path)
+
+
 def test_a_results_path_that_is_a_directory_is_refused_before_the_run(tmp_path: Path) -> None:
     from intriguing.errors import InvalidInputError
     from intriguing.experiments.rundir import RunDirectory
@@ -416,3 +441,15 @@ def test_a_results_path_that_is_a_directory_is_refused_before_the_run(tmp_path: 
         RunDirectory(tmp_path / "b")
     result = CliRunner().invoke(cli, ["report", str(tmp_path / "a")])
     _one_error_line(result, "is a directory, not a results file")
+
+
+@pytest.mark.parametrize(
+    ("share", "shown"),
+    [(1.0, "100.0%"), (0.0, "0.0%"), (0.5, "50.0%"), (56053 / 56054, "99.998%"),
+     (1 / 56054, "0.002%"), (0.123456, "12.3%")],
+)  # fmt: skip
+def test_a_percentage_never_rounds_a_failure_away(share: float, shown: str) -> None:
+    """One failure in a --full run's 56054 attacks read as 100.0% (Table 1's claim is 100%)."""
+    from intriguing.report.render import pct
+
+    assert pct(share) == shown

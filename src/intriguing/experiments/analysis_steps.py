@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from intriguing._io import json_safe
+from intriguing._io import file_sha256, json_safe
 from intriguing.errors import IntriguingError
 
 if TYPE_CHECKING:
@@ -103,6 +103,8 @@ def units_step(bench: Workbench, ctx: StepContext) -> dict[str, Any]:
         kind: Path(path).resolve().relative_to(ctx.store.root.resolve()).as_posix()
         for kind, path in sorted(paths.items())
     }
+    # sealed into results.json with the rest: `report` embeds a figure only if it is this one
+    payload["figures_sha256"] = {kind: file_sha256(path) for kind, path in sorted(paths.items())}
     return json_safe(payload)
 
 

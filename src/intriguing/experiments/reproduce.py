@@ -47,6 +47,9 @@ from intriguing.experiments.rundir import RESULTS_FILE, ReportOptions, RunDirect
 from intriguing.experiments.specs import ReproduceSpec
 from intriguing.report.render import SCHEMA  # the one results.json schema of reproduce
 
+# 2: the units step records its figures' SHA-256 (figures_sha256), which report checks
+UNITS_STEP_VERSION = "2"
+
 
 def _step(
     key: str,
@@ -279,7 +282,13 @@ def _analysis_steps(
             "checkpoint": st.checkpoint_key(model, identity, seed),
         }
         out.append(
-            _step(f"units/{model}", partial(an.units_step, bench), params, after_training(model))
+            _step(
+                f"units/{model}",
+                partial(an.units_step, bench),
+                params,
+                after_training(model),
+                version=UNITS_STEP_VERSION,
+            )
         )
     for model in spec.spectral_models():
         bound_params = {

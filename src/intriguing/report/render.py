@@ -66,7 +66,15 @@ def gap_note(t1: Mapping[str, Any]) -> str:
 
 # --------------------------------------------------------------------------------- formatting
 def pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
+    """A share in [0, 1] as a percentage with one decimal, or more where one would round a share
+    below 1 up to 100.0% or a share above 0 down to 0.0% (1 failure in 56054: 99.998%)."""
+    if value is None:
+        return "-"
+    for digits in range(1, 10):
+        text = f"{100 * value:.{digits}f}"
+        if not (value < 1 and float(text) >= 100) and not (value > 0 and float(text) <= 0):
+            break
+    return f"{text}%"
 
 
 def num(value: float | None, digits: int = 3) -> str:
@@ -642,14 +650,28 @@ def render_figures(run_dir: Path, doc: Mapping[str, Any]) -> dict[str, str]:
 
 
 def units_figure_paths(run_dir: Path, units: Mapping[str, Any]) -> dict[str, str]:
-    """``units:<model>:<kind>`` -> path of the figures the units steps stored (those still there)."""
+    """``units:<model>:<kind>`` -> path of the figures the units steps stored (those still there),
+    each checked against the SHA-256 that the sealed results recorded for it.
+
+    Raises:
+        IntriguingError: a figure that is not the run's (another hash, or none recorded).
+    """
     from intriguing.report.html import inside_run
 
     found: dict[str, str] = {}
     for model, run in units.items():
+        hashes = run.get("figures_sha256") or {}
         for kind, path in (run.get("figures") or {}).items():
-            if inside_run(run_dir, path, "units figure").is_file():
-                found[f"units:{model}:{kind}"] = str(path)
+            file = inside_run(run_dir, path, "units figure")
+            if not file.is_file():
+                continue
+            if file_sha256(file) != hashes.get(kind):
+                raise IntriguingError(
+                    f"{file}: not the {model} units figure of this run (its SHA-256 differs from "
+                    "the one in results.json, or the run predates the check); rerun `intriguing "
+                    "reproduce` with the same options and --out"
+                )
+            found[f"units:{model}:{kind}"] = str(path)
     return found
 
 
