@@ -204,6 +204,30 @@ def test_a_forward_that_reshapes_before_its_first_convolution_is_accepted(
     one_line_error(result, "the model expects 1-channel images (N, C, H, W) (first layer Conv2d(1")
 
 
+def test_grey_images_broadcast_by_a_normalisation_inside_the_model_are_refused(
+    mnist_dir: Path, tmp_path: Path
+) -> None:
+    """Grey MNIST reached an RGB model with (x - mean) / std inside as three equal channels, without
+    an error; a grey model that repeats its input on purpose is still accepted."""
+    for command in ("eval", "attack"):
+        result = run(command, "mymodels:colour_with_normalisation", "--data-dir", str(mnist_dir))
+        one_line_error(result, "the model expects 3-channel images (N, C, H, W)")
+        assert "broadcast it to 3 channels" in result.output
+        result = run(command, "mymodels:grey_to_rgb", "--data-dir", str(mnist_dir),
+                     *(["--n", "2"] if command == "attack" else []))  # fmt: skip
+        assert result.exit_code == 0, result.output
+    # an image folder of grey PNGs: the colour mode is the one the forward accepts (L here)
+    folder = _folder(tmp_path / "grey", "L", 28)
+    result = run("eval", "mymodels:grey_to_rgb", "--images", str(folder))
+    assert result.exit_code == 0, result.output
+    # a wrong image size: the first convolution took the channels, so they are not blamed
+    save_file({"images": torch.rand(2, 1, 32, 32), "labels": torch.zeros(2, dtype=torch.long)},
+              str(tmp_path / "big.safetensors"))  # fmt: skip
+    result = run("eval", "mymodels:grey_to_rgb", "--tensors", str(tmp_path / "big.safetensors"))
+    one_line_error(result, "the model does not accept the data (1x32x32 (C x H x W)): the probe")
+    assert "channel" not in result.output
+
+
 def test_a_model_on_the_meta_device_is_refused_or_takes_its_weights(tmp_path: Path) -> None:
     """A factory building its layers on the meta device (no values) is refused in one line by every
     command; with --weights the file's tensors become the model's, as for any factory."""

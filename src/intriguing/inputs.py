@@ -398,6 +398,64 @@ def first_layer(model: nn.Module, probe: torch.Tensor | None = None) -> nn.Modul
     return (called or layers or [None])[0]
 
 
+# functions that copy values into new channels on purpose (a grey model feeding an RGB backbone):
+# channels made otherwise, by broadcasting arithmetic, come from a per-channel normalisation
+_CHANNEL_COPIES = frozenset(
+    {"repeat", "expand", "expand_as", "tile", "cat", "concat", "concatenate", "stack",
+     "repeat_interleave", "broadcast_to", "hstack", "vstack", "dstack"}
+)  # fmt: skip
+
+
+@dataclass
+class FirstCall:
+    """What the first convolution or linear layer a forward calls received."""
+
+    layer: nn.Module
+    shape: tuple[int, ...]  # of its input
+    copied: bool  # a channel-copying function (repeat, expand, cat, ...) ran before it
+
+
+class _StopForwardError(Exception):
+    """Raised by the pre-hook: nothing after the first layer matters."""
+
+
+def first_call(model: nn.Module, probe: torch.Tensor) -> FirstCall | None:
+    """Run ``model`` on ``probe`` up to its first convolution or linear layer; None when it calls
+    none (or its forward fails before, or it cannot be hooked, as a TorchScript module)."""
+    from torch.overrides import TorchFunctionMode
+
+    names: set[str] = set()
+    found: list[FirstCall] = []
+
+    class Calls(TorchFunctionMode):
+        def __torch_function__(
+            self, func: Any, types: Any, args: Any = (), kwargs: Any = None
+        ) -> Any:
+            names.add(getattr(func, "__name__", ""))
+            return func(*args, **(kwargs or {}))
+
+    def hook(module: nn.Module, inputs: tuple[Any, ...]) -> None:
+        first = inputs[0] if inputs else None
+        if isinstance(first, torch.Tensor):
+            found.append(FirstCall(module, tuple(first.shape), bool(names & _CHANNEL_COPIES)))
+        raise _StopForwardError
+
+    layers = [m for m in model.modules() if isinstance(m, _FIRST_LAYERS)]
+    try:
+        hooks = [m.register_forward_pre_hook(hook) for m in layers]
+    except Exception:  # TorchScript modules take no Python hooks
+        return None
+    try:
+        with torch.no_grad(), Calls():
+            model(probe)
+    except Exception:  # _StopForwardError, or the forward failed before any layer
+        pass
+    finally:
+        for handle in hooks:
+            handle.remove()
+    return found[0] if found else None
+
+
 def _describe_layer(layer: nn.Module) -> str:
     name = type(layer).__name__
     if isinstance(layer, nn.Linear):
@@ -440,6 +498,7 @@ def check_model_input(
     if not bool(torch.isfinite(logits).all()):
         raise InvalidInputError(f"the model returned NaN or infinite logits on the data ({shape})")
     check_repeatable(logits, _logits(_probe(model, probe.clone(), shape), len(probe), shape))
+    _check_not_broadcast(model, probe.clone(), shape)
     # batches of one image too (an attack's, an evaluation's last chunk); the first and the last
     # image alone: a forward that mixes the batch may spare its first row (net(x[:1]).expand)
     for row in {0, len(probe) - 1}:
@@ -473,15 +532,29 @@ def _check_channels(model: nn.Module, images: torch.Tensor, shape: str) -> None:
 
 
 def _channel_problem(model: nn.Module, probe: torch.Tensor, shape: str) -> str | None:
-    """Why images ``probe`` ``(N, C, H, W)`` cannot be the input of the model's first convolution
-    (the first one its forward calls), with a hint, or None. Asked only after the forward failed:
-    a forward may reshape its input before that convolution."""
-    layer = first_layer(model, probe)
-    if probe.ndim != 4 or not isinstance(layer, _CONVOLUTIONS) or not layer.in_channels:
+    """Why images ``probe`` ``(N, C, H, W)`` cannot be the input of the model's first convolution,
+    with a hint, or None. Asked after the forward failed: the channels are blamed only when the
+    first convolution called received the data's channels and wanted others (a forward may reshape
+    its input first), or when the forward failed before any layer and the first registered
+    convolution wants other channels."""
+    if probe.ndim != 4:
+        return None
+    call = first_call(model, probe)
+    if call is None:
+        layer = first_layer(model)
+        received = int(probe.shape[1])
+    else:
+        layer, received = call.layer, call.shape[1] if len(call.shape) > 1 else -1
+    if not isinstance(layer, _CONVOLUTIONS) or not layer.in_channels:
         return None
     channels = int(layer.in_channels)
-    if probe.shape[1] == channels:
+    if received == channels or received != probe.shape[1]:
         return None
+    return _channel_message(layer, probe, shape)
+
+
+def _channel_message(layer: nn.Module, probe: torch.Tensor, shape: str, why: str = "") -> str:
+    channels = int(layer.in_channels)  # type: ignore[arg-type]
     hint = (
         "the data looks channels-last (N, H, W, C): store (N, C, H, W), e.g. "
         "images.permute(0, 3, 1, 2)"
@@ -489,7 +562,22 @@ def _channel_problem(model: nn.Module, probe: torch.Tensor, shape: str) -> str |
         else f"store {channels}-channel images in a tensor file, or for an image folder set "
         "the colour mode (--mode, or --image-mode for attack)"
     )
-    return f"the model expects {_describe_layer(layer)} but the data is {shape}; {hint}"
+    return f"the model expects {_describe_layer(layer)} but the data is {shape}{why}; {hint}"
+
+
+def _check_not_broadcast(model: nn.Module, probe: torch.Tensor, shape: str) -> None:
+    """Refuse grey images that the forward spread over several channels by broadcasting arithmetic
+    (a normalisation with one mean per colour channel inside the model) before its first
+    convolution: the model takes colour images. A forward that copies them on purpose (repeat,
+    expand, cat) is accepted."""
+    if probe.ndim != 4 or probe.shape[1] != 1:
+        return
+    call = first_call(model, probe)
+    if call is None or not isinstance(call.layer, _CONVOLUTIONS) or len(call.shape) != 4:
+        return
+    if call.shape[1] > 1 and not call.copied and math.prod(call.shape[1:]) > probe[0].numel():
+        why = f" (the forward broadcast it to {call.shape[1]} channels, as a normalisation does)"
+        raise InvalidInputError(_channel_message(call.layer, probe, shape, why))
 
 
 def _probe(model: nn.Module, probe: torch.Tensor, shape: str) -> Any:
@@ -499,10 +587,18 @@ def _probe(model: nn.Module, probe: torch.Tensor, shape: str) -> Any:
             return model(probe)
     except Exception as exc:  # any shape error of the user's model
         problem = _channel_problem(model, probe, shape)
+        call = first_call(model, probe)
+        took = (  # its first layer took the data as it came: the failure is further on
+            call is not None
+            and isinstance(call.layer, _CONVOLUTIONS)
+            and len(call.shape) == len(call.layer.kernel_size) + 2
+            and call.shape[1] == call.layer.in_channels
+        )
+        expects = "" if took else f" it expects {describe_expected(model, probe)};"
         raise InvalidInputError(
             problem
-            or f"the model does not accept the data ({shape}): it expects "
-            f"{describe_expected(model, probe)}; the probe forward raised {first_line(exc)}"
+            or f"the model does not accept the data ({shape}):{expects} the probe forward "
+            f"raised {first_line(exc)}"
         ) from None
 
 
@@ -596,11 +692,11 @@ class DataSource:
 
 
 def _mode_for(model: nn.Module, source: Any) -> str:
-    """``L`` or ``RGB``: what the model's first layer states, else whichever a probe accepts."""
-    channels = expected_channels(model)
-    if channels in (1, 3):
-        return "L" if channels == 1 else "RGB"
-    for mode in ("L", "RGB"):
+    """``L`` or ``RGB``: the first that a probe forward accepts, trying first what the model's first
+    registered convolution states (a forward may repeat grey images to three channels before it);
+    the preferred one when neither is accepted (the probe then reports the error)."""
+    order = ("RGB", "L") if expected_channels(model) == 3 else ("L", "RGB")
+    for mode in order:
         source.mode = mode
         try:
             with torch.no_grad():
@@ -608,7 +704,7 @@ def _mode_for(model: nn.Module, source: Any) -> str:
         except Exception:  # this mode does not fit; try the other, then report the probe error
             continue
         return mode
-    return "L"
+    return order[0]
 
 
 def open_data(
