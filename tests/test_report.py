@@ -410,12 +410,21 @@ def test_report_refuses_a_units_figure_that_is_not_the_run_s(run_dir: Path, tmp_
     def edit(copy: Path) -> None:
         import shutil
 
-        figures = next(iter(json.loads((copy / "results.json").read_text())["units"].values()))
-        shutil.copyfile(
-            copy / figures["figures"]["distributions"], copy / figures["figures"]["topk"]
-        )
+        from intriguing._io import sealed
+
+        doc = json.loads((copy / "results.json").read_text())
+        figures = next(iter(doc["units"].values()))["figures"]
+        shutil.copyfile(copy / figures["distributions"], copy / figures["topk"])
+        # and another run's results (sealed: they pass their own check) whose tables differ
+        doc.pop("digest")
+        for row in doc["tables"]["table1"]["rows"]:
+            row["mean_distortion"] = 2 * row["mean_distortion"]
+        (copy / "results.json").write_text(json.dumps(sealed(doc)))
 
     _one_error_line(_report_of_copy(run_dir, tmp_path, edit), "units figure of this run")
+    # refused before any figure was drawn: the run's figures are as the run left them
+    for figure in (run_dir / "figures").glob("*.png"):
+        assert (tmp_path / "run" / "figures" / figure.name).read_bytes() == figure.read_bytes()
 
 
 def test_results_json_records_each_units_figure_s_hash(run_dir: Path) -> None:

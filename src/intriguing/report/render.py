@@ -635,18 +635,20 @@ def render_figures(run_dir: Path, doc: Mapping[str, Any]) -> dict[str, str]:
 
     out = run_dir / "figures"
     tables = doc["tables"]
+    # every stored file is checked before the first figure is drawn: a refused report leaves the
+    # figures of the run as they were
+    figure7 = load_figure7(run_dir, doc["figure7"])
+    units = units_figure_paths(run_dir, doc.get("units") or {})
     made = {
         "distortions": fg.plot_distortions(
             tables["table1"]["rows"] + tables["table3"]["rows"], out / "distortions.png"
         ),
         "table2": fg.plot_transfer(tables["table2"], out / "table2.png", "Table 2"),
         "table4": fg.plot_transfer(tables["table4"], out / "table4.png", "Table 4"),
-        "figure7": fg.plot_figure7(
-            load_figure7(run_dir, doc["figure7"]), doc["figure7"], out / "figure7.png"
-        ),
+        "figure7": fg.plot_figure7(figure7, doc["figure7"], out / "figure7.png"),
     }
     paths = {kind: path.relative_to(run_dir).as_posix() for kind, path in made.items()}
-    return paths | units_figure_paths(run_dir, doc.get("units") or {})
+    return paths | units
 
 
 def units_figure_paths(run_dir: Path, units: Mapping[str, Any]) -> dict[str, str]:
