@@ -293,7 +293,7 @@ def test_train_model_refuses_bad_seeds(seed: Any) -> None:
 
 # ------------------------------------------------------------------- 8. meta device, LBFGS kwargs
 def test_attack_refuses_a_meta_model() -> None:
-    with pytest.raises(InvalidInputError, match=r"no data \(meta device\)"):
+    with pytest.raises(InvalidInputError, match=r"no data \(meta device, e\.g\. 1\.weight\)"):
         LBFGS()(_mlp().to("meta"), torch.rand(2, 8))
 
 

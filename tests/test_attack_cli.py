@@ -114,6 +114,17 @@ def test_a_fixed_target_class_passes_over_the_images_of_that_class(
                         "--target", str(target), "--all-images", "--data-dir", str(mnist_dir)])  # fmt: skip
     assert code == 2 and len(output.strip().splitlines()) == 1, output
     assert f"only {others} suitable images not of class {target} (the target)" in output
+    # every image of the target class: no count to lower, another target to choose
+    from safetensors.torch import save_file
+
+    images = torch.rand(3, 1, 28, 28)
+    with torch.no_grad():
+        predicted = tiny_model()(images).argmax(1)
+    save_file({"images": images[predicted == predicted[0]]}, str(tmp_path / "same.safetensors"))
+    code, output = run(["attack", "tiny", "--mode", "targeted", "--target", str(int(predicted[0])),
+                        "--tensors", str(tmp_path / "same.safetensors"), "--n", "1"])  # fmt: skip
+    assert code == 2 and "is of class" in output and "choose another target" in output, output
+    assert "at most 0" not in output
 
 
 @pytest.mark.parametrize(

@@ -234,7 +234,7 @@ def test_a_model_on_the_meta_device_is_refused_or_takes_its_weights(tmp_path: Pa
     tensors = _tensors(tmp_path / "t.safetensors", "mymodels:colour_cnn", (3, 32, 32))
     for command in ("eval", "attack", "figure5"):
         result = run(command, "mymodels:colour_cnn_on_meta", "--tensors", str(tensors))
-        one_line_error(result, "the model has no data (meta device): load its weights first")
+        one_line_error(result, "the model has no data (meta device, e.g. 0.weight): load its")
     weights = tmp_path / "w.safetensors"
     real = load_any_model("mymodels:colour_cnn")
     save_file({k: v.contiguous() for k, v in real.state_dict().items()}, str(weights))
@@ -243,6 +243,36 @@ def test_a_model_on_the_meta_device_is_refused_or_takes_its_weights(tmp_path: Pa
                  str(tensors), "--json", str(js))  # fmt: skip
     assert result.exit_code == 0, result.output
     assert json.loads(js.read_text())["tensors_error"] == 0.0  # labels are colour_cnn's predictions
+    # weights stored in float64 take the dtype the model was built with, as for any factory
+    save_file({k: v.double().contiguous() for k, v in real.state_dict().items()}, str(weights))
+    from intriguing.inputs import load_any_model as load
+
+    model = load("mymodels:colour_cnn_on_meta", weights=weights)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+def test_a_meta_buffer_no_weights_file_holds_is_named(tmp_path: Path) -> None:
+    from safetensors.torch import save_file as save
+
+    (tmp_path / "m.py").write_text(
+        "import torch\nfrom torch import nn\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.fc = nn.Linear(784, 10)\n"
+        "        self.register_buffer('scale', torch.tensor(1.0), persistent=False)\n"
+        "    def forward(self, x):\n"
+        "        return self.fc(x.flatten(1)) * self.scale\n"
+        "def net():\n"
+        "    with torch.device('meta'):\n"
+        "        return Net()\n"
+    )
+    save(
+        {"fc.weight": torch.zeros(10, 784), "fc.bias": torch.zeros(10)},
+        str(tmp_path / "w.safetensors"),
+    )
+    result = run("eval", f"{tmp_path / 'm.py'}:net", "--weights", str(tmp_path / "w.safetensors"))
+    one_line_error(result, "the model's scale is still on the meta device after loading --weights")
 
 
 # ------------------------------------------------------------------ units, figure5, curves

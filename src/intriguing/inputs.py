@@ -176,9 +176,13 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
         raise InvalidInputError(
             f"--weights {file}: not a readable safetensors file ({first_line(exc)})"
         ) from None
-    _check_state(file, model.state_dict(), state)
-    # a model built on the meta device (shapes only) takes the file's tensors as its own
+    expected = model.state_dict()
+    _check_state(file, expected, state)
+    # a model built on the meta device (shapes only) takes the file's tensors as its own, in the
+    # dtypes it was built with (as load_state_dict's copy gives any other model)
     on_meta = any(t.is_meta for t in (*model.parameters(), *model.buffers()))
+    if on_meta:
+        state = {key: value.to(expected[key].dtype) for key, value in state.items()}
     model.load_state_dict(state, strict=True, assign=on_meta)
     return model
 
@@ -313,7 +317,7 @@ def finish_model(
     target = resolve_device(device)
     if weights is not None:
         load_weights(model, weights)
-    check_not_meta(model)
+    check_not_meta(model, after_weights=weights is not None)
     if pair is not None:
         model = with_preprocessing(model, *pair)
     return eval_mode(model.to(target))
@@ -945,6 +949,11 @@ def choose_examples(
         what = "correctly classified" if correct_only and data.labels is not None else "suitable"
         if found == 0 and what == "correctly classified" and skip_label is None:
             raise none_correct(len(data))
+        if skip_label is not None and found == 0:
+            raise InvalidInputError(
+                f"every {what} image among {len(data)} is of class {skip_label}, the target; "
+                "choose another target"
+            )
         if skip_label is not None:
             raise InvalidInputError(
                 f"only {found} {what} images not of class {skip_label} (the target) among "

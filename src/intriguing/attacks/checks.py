@@ -411,17 +411,28 @@ def warn_unit_interval_logits(clean_logits: torch.Tensor) -> bool:
     return True
 
 
-def check_not_meta(model: nn.Module) -> None:
+def check_not_meta(model: nn.Module, *, after_weights: bool = False) -> None:
     """Refuse a model whose parameters or buffers live on the ``meta`` device (shapes, no data).
 
+    ``after_weights``: a weights file was loaded; what is still on the meta device is in no state
+    dict (a non-persistent buffer) and must be made by the factory.
+
     Raises:
-        InvalidInputError: any parameter or buffer is a meta tensor.
+        InvalidInputError: any parameter or buffer is a meta tensor, naming the first.
     """
-    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+    named = (*model.named_parameters(), *model.named_buffers())
+    meta = [name for name, tensor in named if tensor.is_meta]
+    if not meta:
+        return
+    if after_weights:
         raise InvalidInputError(
-            "the model has no data (meta device): load its weights first (--weights "
-            "FILE.safetensors, or model.to_empty(device='cpu') then load_state_dict)"
+            f"the model's {meta[0]} is still on the meta device after loading --weights (no state "
+            "dict holds it: a non-persistent buffer?); create it on a real device in the factory"
         )
+    raise InvalidInputError(
+        f"the model has no data (meta device, e.g. {meta[0]}): load its weights first (--weights "
+        "FILE.safetensors, or model.to_empty(device='cpu') then load_state_dict)"
+    )
 
 
 def check_nonnegative(name: str, value: object, meaning: str) -> float:
