@@ -161,3 +161,13 @@ def test_eval_needs_a_name_or_checkpoint(runner: CliRunner) -> None:
 def test_train_needs_a_name(runner: CliRunner) -> None:
     result = runner.invoke(cli, ["train"])
     assert result.exit_code == 2
+
+
+def test_the_paper_s_table3_errors_print_as_percentages() -> None:
+    """eval printed the paper's P2 error 2.4% as 'err_p2 0.024' beside our '2.61%'."""
+    from intriguing.cli.zoo_cmds import _paper_value
+
+    assert _paper_value("err_p2", 0.024) == "2.40%"
+    assert _paper_value("err_p1", 0) == "0.00%"
+    assert _paper_value("test_error", 0.02) == "2.00%"
+    assert _paper_value("distortion", 0.062) == "0.062"

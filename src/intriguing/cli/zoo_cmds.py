@@ -326,8 +326,9 @@ def _check_checkpoint_options(
 
 def _paper_value(key: str, value: Any) -> str:
     """A paper number as the table beside it prints ours: errors as percentages, floats rounded."""
-    if key.endswith("_error") and isinstance(value, float):
-        return _percent(value)
+    is_error = key.endswith("_error") or key.startswith("err_")  # Table 3 names them err_p1, err_p2
+    if is_error and isinstance(value, int | float) and not isinstance(value, bool):
+        return _percent(float(value))
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
