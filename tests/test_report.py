@@ -462,3 +462,9 @@ def test_a_percentage_never_rounds_a_failure_away(share: float, shown: str) -> N
     from intriguing.report.render import pct
 
     assert pct(share) == shown
+
+
+def test_the_claims_evidence_never_rounds_a_failure_away() -> None:
+    from intriguing.experiments import claims
+
+    assert claims.pct(56053 / 56054) == "99.998%" and claims.pct(3 / 56054) == "0.01%"

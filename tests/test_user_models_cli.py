@@ -204,17 +204,25 @@ def test_a_forward_that_reshapes_before_its_first_convolution_is_accepted(
     one_line_error(result, "the model expects 1-channel images (N, C, H, W) (first layer Conv2d(1")
 
 
-def test_grey_images_broadcast_by_a_normalisation_inside_the_model_are_refused(
+def test_grey_images_spread_over_colour_channels_inside_the_model_are_noted(
     mnist_dir: Path, tmp_path: Path
 ) -> None:
-    """Grey MNIST reached an RGB model with (x - mean) / std inside as three equal channels, without
-    an error; a grey model that repeats its input on purpose is still accepted."""
-    for command in ("eval", "attack"):
-        result = run(command, "mymodels:colour_with_normalisation", "--data-dir", str(mnist_dir))
-        one_line_error(result, "the model expects 3-channel images (N, C, H, W)")
-        assert "broadcast it to 3 channels" in result.output
-        result = run(command, "mymodels:grey_to_rgb", "--data-dir", str(mnist_dir),
-                     *(["--n", "2"] if command == "attack" else []))  # fmt: skip
+    """Grey MNIST reaches an RGB model with (x - mean) / std inside as three channels: a warning
+    (grey images are valid colour images, and a grey model may repeat them on purpose, which the
+    result cannot tell apart), not a refusal; channels made otherwise raise no warning."""
+    import warnings
+
+    from intriguing.inputs import InputWarning
+
+    warning = r"receives the 1x28x28 \(C x H x W\) data spread over 3 channels by the forward"
+    for spec in ("mymodels:colour_with_normalisation", "mymodels:grey_to_rgb"):
+        with pytest.warns(InputWarning, match=warning):
+            result = run("eval", spec, "--data-dir", str(mnist_dir))
+        assert result.exit_code == 0, result.output
+    for spec in ("mymodels:space_to_depth", "mymodels:lenet"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", InputWarning)
+            result = run("eval", spec, "--data-dir", str(mnist_dir))
         assert result.exit_code == 0, result.output
     # an image folder of grey PNGs: the colour mode is the one the forward accepts (L here)
     folder = _folder(tmp_path / "grey", "L", 28)
@@ -226,6 +234,30 @@ def test_grey_images_broadcast_by_a_normalisation_inside_the_model_are_refused(
     result = run("eval", "mymodels:grey_to_rgb", "--tensors", str(tmp_path / "big.safetensors"))
     one_line_error(result, "the model does not accept the data (1x32x32 (C x H x W)): the probe")
     assert "channel" not in result.output
+
+
+def test_a_functional_first_convolution_is_not_blamed_on_a_later_module(tmp_path: Path) -> None:
+    """F.conv2d with a 3-channel weight first, nn.Conv2d(8, ...) next: the refusal named the
+    latter ('store 8-channel images'); PyTorch's own message names the real channels."""
+    (tmp_path / "f.py").write_text(
+        "import torch\nimport torch.nn.functional as F\nfrom torch import nn\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.w = nn.Parameter(torch.randn(8, 3, 3, 3))\n"
+        "        self.conv = nn.Conv2d(8, 4, 3)\n"
+        "        self.fc = nn.Linear(4 * 24 * 24, 10)\n"
+        "    def forward(self, x):\n"
+        "        return self.fc(self.conv(F.conv2d(x, self.w)).flatten(1))\n"
+        "def net():\n    return Net()\n"
+    )
+    save_file({"images": torch.rand(2, 1, 28, 28), "labels": torch.zeros(2, dtype=torch.long)},
+              str(tmp_path / "grey.safetensors"))  # fmt: skip
+    result = run(
+        "eval", f"{tmp_path / 'f.py'}:net", "--tensors", str(tmp_path / "grey.safetensors")
+    )
+    one_line_error(result, "the probe forward raised RuntimeError")
+    assert "8-channel" not in result.output and "to have 3 channels" in result.output
 
 
 def test_a_model_on_the_meta_device_is_refused_or_takes_its_weights(tmp_path: Path) -> None:

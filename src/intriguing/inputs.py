@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -402,21 +403,16 @@ def first_layer(model: nn.Module, probe: torch.Tensor | None = None) -> nn.Modul
     return (called or layers or [None])[0]
 
 
-# functions that copy values into new channels on purpose (a grey model feeding an RGB backbone):
-# channels made otherwise, by broadcasting arithmetic, come from a per-channel normalisation
-_CHANNEL_COPIES = frozenset(
-    {"repeat", "expand", "expand_as", "tile", "cat", "concat", "concatenate", "stack",
-     "repeat_interleave", "broadcast_to", "hstack", "vstack", "dstack"}
-)  # fmt: skip
-
-
 @dataclass
 class FirstCall:
-    """What the first convolution or linear layer a forward calls received."""
+    """The first convolution or linear layer a forward calls, and the tensor it received."""
 
     layer: nn.Module
-    shape: tuple[int, ...]  # of its input
-    copied: bool  # a channel-copying function (repeat, expand, cat, ...) ran before it
+    received: torch.Tensor  # its input, detached
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.received.shape)
 
 
 class _StopForwardError(Exception):
@@ -424,24 +420,14 @@ class _StopForwardError(Exception):
 
 
 def first_call(model: nn.Module, probe: torch.Tensor) -> FirstCall | None:
-    """Run ``model`` on ``probe`` up to its first convolution or linear layer; None when it calls
+    """Run ``model`` on ``probe`` up to its first convolution or linear module; None when it calls
     none (or its forward fails before, or it cannot be hooked, as a TorchScript module)."""
-    from torch.overrides import TorchFunctionMode
-
-    names: set[str] = set()
     found: list[FirstCall] = []
-
-    class Calls(TorchFunctionMode):
-        def __torch_function__(
-            self, func: Any, types: Any, args: Any = (), kwargs: Any = None
-        ) -> Any:
-            names.add(getattr(func, "__name__", ""))
-            return func(*args, **(kwargs or {}))
 
     def hook(module: nn.Module, inputs: tuple[Any, ...]) -> None:
         first = inputs[0] if inputs else None
         if isinstance(first, torch.Tensor):
-            found.append(FirstCall(module, tuple(first.shape), bool(names & _CHANNEL_COPIES)))
+            found.append(FirstCall(module, first.detach().clone()))
         raise _StopForwardError
 
     layers = [m for m in model.modules() if isinstance(m, _FIRST_LAYERS)]
@@ -450,7 +436,7 @@ def first_call(model: nn.Module, probe: torch.Tensor) -> FirstCall | None:
     except Exception:  # TorchScript modules take no Python hooks
         return None
     try:
-        with torch.no_grad(), Calls():
+        with torch.no_grad():
             model(probe)
     except Exception:  # _StopForwardError, or the forward failed before any layer
         pass
@@ -458,6 +444,10 @@ def first_call(model: nn.Module, probe: torch.Tensor) -> FirstCall | None:
         for handle in hooks:
             handle.remove()
     return found[0] if found else None
+
+
+class InputWarning(UserWarning):
+    """Data that the model accepts but that may not be what it was made for."""
 
 
 def _describe_layer(layer: nn.Module) -> str:
@@ -502,7 +492,7 @@ def check_model_input(
     if not bool(torch.isfinite(logits).all()):
         raise InvalidInputError(f"the model returned NaN or infinite logits on the data ({shape})")
     check_repeatable(logits, _logits(_probe(model, probe.clone(), shape), len(probe), shape))
-    _check_not_broadcast(model, probe.clone(), shape)
+    _warn_if_spread(model, probe.clone(), shape)
     # batches of one image too (an attack's, an evaluation's last chunk); the first and the last
     # image alone: a forward that mixes the batch may spare its first row (net(x[:1]).expand)
     for row in {0, len(probe) - 1}:
@@ -538,23 +528,15 @@ def _check_channels(model: nn.Module, images: torch.Tensor, shape: str) -> None:
 def _channel_problem(model: nn.Module, probe: torch.Tensor, shape: str) -> str | None:
     """Why images ``probe`` ``(N, C, H, W)`` cannot be the input of the model's first convolution,
     with a hint, or None. Asked after the forward failed: the channels are blamed only when the
-    first convolution called received the data's channels and wanted others (a forward may reshape
-    its input first), or when the forward failed before any layer and the first registered
-    convolution wants other channels."""
-    if probe.ndim != 4:
+    first convolution module called received the data's channels and wanted others (a forward
+    may reshape its input, or convolve it functionally, first)."""
+    call = first_call(model, probe) if probe.ndim == 4 else None
+    if call is None or not isinstance(call.layer, _CONVOLUTIONS) or not call.layer.in_channels:
         return None
-    call = first_call(model, probe)
-    if call is None:
-        layer = first_layer(model)
-        received = int(probe.shape[1])
-    else:
-        layer, received = call.layer, call.shape[1] if len(call.shape) > 1 else -1
-    if not isinstance(layer, _CONVOLUTIONS) or not layer.in_channels:
+    received = call.shape[1] if len(call.shape) > 1 else -1
+    if received == call.layer.in_channels or received != probe.shape[1]:
         return None
-    channels = int(layer.in_channels)
-    if received == channels or received != probe.shape[1]:
-        return None
-    return _channel_message(layer, probe, shape)
+    return _channel_message(call.layer, probe, shape)
 
 
 def _channel_message(layer: nn.Module, probe: torch.Tensor, shape: str, why: str = "") -> str:
@@ -569,19 +551,43 @@ def _channel_message(layer: nn.Module, probe: torch.Tensor, shape: str, why: str
     return f"the model expects {_describe_layer(layer)} but the data is {shape}{why}; {hint}"
 
 
-def _check_not_broadcast(model: nn.Module, probe: torch.Tensor, shape: str) -> None:
-    """Refuse grey images that the forward spread over several channels by broadcasting arithmetic
-    (a normalisation with one mean per colour channel inside the model) before its first
-    convolution: the model takes colour images. A forward that copies them on purpose (repeat,
-    expand, cat) is accepted."""
+def _warn_if_spread(model: nn.Module, probe: torch.Tensor, shape: str) -> None:
+    """Warn when one-channel images reach the model's first convolution as several channels that
+    are each ``a_c x + b_c`` of the image (a normalisation with one mean per colour channel inside
+    the model broadcasts them so, as does ``x.repeat(1, 3, 1, 1)`` on purpose): the model may be
+    made for colour images. A warning, not a refusal: grey images are valid colour images, and
+    the forward's intent cannot be told from its result."""
     if probe.ndim != 4 or probe.shape[1] != 1:
         return
     call = first_call(model, probe)
     if call is None or not isinstance(call.layer, _CONVOLUTIONS) or len(call.shape) != 4:
         return
-    if call.shape[1] > 1 and not call.copied and math.prod(call.shape[1:]) > probe[0].numel():
-        why = f" (the forward broadcast it to {call.shape[1]} channels, as a normalisation does)"
-        raise InvalidInputError(_channel_message(call.layer, probe, shape, why))
+    received = call.received.double()
+    if (
+        received.shape[1] < 2
+        or received.shape[2:] != probe.shape[2:]
+        or len(received) != len(probe)
+    ):
+        return
+    x = probe[:, 0].double().flatten()
+    if float(x.std()) == 0.0:
+        return
+    design = torch.stack((x, torch.ones_like(x)), 1)
+    for c in range(received.shape[1]):
+        channel = received[:, c].flatten()
+        fit = torch.linalg.lstsq(design, channel[:, None]).solution
+        residual = float((design @ fit).squeeze(1).sub(channel).abs().max())
+        if residual > 1e-4 * (1.0 + float(channel.abs().max())):
+            return
+    channels = received.shape[1]
+    warnings.warn(
+        f"the model's first convolution, {type(call.layer).__name__}({call.layer.in_channels}, "
+        f"...), receives the {shape} data spread over {channels} channels by the forward (as a "
+        f"normalisation with {channels} means inside the model does); if the model is made for "
+        f"{channels}-channel images, give such images",
+        InputWarning,
+        stacklevel=3,
+    )
 
 
 def _probe(model: nn.Module, probe: torch.Tensor, shape: str) -> Any:
@@ -593,10 +599,11 @@ def _probe(model: nn.Module, probe: torch.Tensor, shape: str) -> Any:
         problem = _channel_problem(model, probe, shape)
         call = first_call(model, probe)
         took = (  # its first layer took the data as it came: the failure is further on
-            call is not None
-            and isinstance(call.layer, _CONVOLUTIONS)
+            isinstance(call.layer, _CONVOLUTIONS)
             and len(call.shape) == len(call.layer.kernel_size) + 2
             and call.shape[1] == call.layer.in_channels
+            if call is not None
+            else True  # failed before any module layer: PyTorch's message says more than we can
         )
         expects = "" if took else f" it expects {describe_expected(model, probe)};"
         raise InvalidInputError(

@@ -25,6 +25,7 @@ from typing import Any
 
 from intriguing.analysis import stats
 from intriguing.analysis.stats import UNITS_EFFECT, units_direction
+from intriguing.report.blocks import pct
 
 ALPHA = stats.ALPHA  # per test, one-sided unless said otherwise
 FOOLED_RATE = 0.95  # "100% error": the success rate's 95% interval must lie at or above this
@@ -94,10 +95,6 @@ def _every_model_claim(
         evidence=evidence,
         parts=parts,
     )
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
 
 
 # ------------------------------------------------------------------------- Tables 1 and 3
@@ -258,7 +255,7 @@ def transfer_beats_noise(
         cells,
         f"noise stddev {', '.join(f'{s:g}' for s in stddevs)}; "
         + ", ".join(
-            f"{c['source']}->{c['target']} {_pct(c['a'] / c['n'])} vs {_pct(c['b'] / c['n'])}"
+            f"{c['source']}->{c['target']} {pct(c['a'] / c['n'])} vs {pct(c['b'] / c['n'])}"
             for c in cells
             if c["n"]
         ),
@@ -288,7 +285,7 @@ def amplified_beats_noise(
         "stddev on the same images",
         cells,
         ", ".join(
-            f"{c['source']}->{c['target']} {_pct(c['a'] / c['n'])} vs {_pct(c['b'] / c['n'])}"
+            f"{c['source']}->{c['target']} {pct(c['a'] / c['n'])} vs {pct(c['b'] / c['n'])}"
             for c in cells
             if c["n"]
         ),
@@ -362,11 +359,11 @@ def figure7_noise_vs_adversarial(
         n=sum(p["n"] for p in parts if p["part"] == "adversarial accuracy"),
         p_value=p_max,
         evidence="; ".join(
-            f"{p['model']} {p['part']} {_pct(p['accuracy'] or 0.0)}"
-            + (f" (test images {_pct(p['test_accuracy'] or 0.0)})" if "test_accuracy" in p else "")
+            f"{p['model']} {p['part']} {pct(p['accuracy'] or 0.0)}"
+            + (f" (test images {pct(p['test_accuracy'] or 0.0)})" if "test_accuracy" in p else "")
             for p in parts
         )
-        + f"; paper: 0% and {_pct(PAPER_FIGURE7_ACCURACY)}",
+        + f"; paper: 0% and {pct(PAPER_FIGURE7_ACCURACY)}",
         parts=parts,
     )
 

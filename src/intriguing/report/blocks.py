@@ -84,3 +84,15 @@ def markdown_table(
     lines = ["| " + " | ".join(escape(h) for h in header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(escape(cell) for cell in row) + " |" for row in rows]
     return lines
+
+
+def pct(value: float | None) -> str:
+    """A share in [0, 1] as a percentage with one decimal, or more where one would round a share
+    below 1 up to 100.0% or a share above 0 down to 0.0% (1 failure in 56054: 99.998%)."""
+    if value is None:
+        return "-"
+    for digits in range(1, 10):
+        text = f"{100 * value:.{digits}f}"
+        if not (value < 1 and float(text) >= 100) and not (value > 0 and float(text) <= 0):
+            break
+    return f"{text}%"

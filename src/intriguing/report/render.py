@@ -27,6 +27,7 @@ from intriguing.report.blocks import (
     Heading,
     Para,
     Table,
+    pct,
 )
 from intriguing.report.markdown import to_markdown
 
@@ -65,18 +66,6 @@ def gap_note(t1: Mapping[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------------- formatting
-def pct(value: float | None) -> str:
-    """A share in [0, 1] as a percentage with one decimal, or more where one would round a share
-    below 1 up to 100.0% or a share above 0 down to 0.0% (1 failure in 56054: 99.998%)."""
-    if value is None:
-        return "-"
-    for digits in range(1, 10):
-        text = f"{100 * value:.{digits}f}"
-        if not (value < 1 and float(text) >= 100) and not (value > 0 and float(text) <= 0):
-            break
-    return f"{text}%"
-
-
 def num(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
