@@ -260,6 +260,84 @@ def test_a_functional_first_convolution_is_not_blamed_on_a_later_module(tmp_path
     assert "8-channel" not in result.output and "to have 3 channels" in result.output
 
 
+def test_an_image_folder_keeps_its_colour_for_a_model_whose_first_conv_is_registered_late(
+    tmp_path: Path,
+) -> None:
+    """The first registered convolution (the head, 8 channels) chose nothing, and grey, which the
+    forward also accepts by broadcasting, was tried first: colour images were read as grey."""
+    from intriguing.inputs import open_data
+
+    data = open_data(images=_folder(tmp_path / "rgb", "RGB", 28))
+    data.fit_to(load_any_model("mymodels:late_stem"))
+    assert data.meta["mode"] == "RGB" and tuple(data.batch(0, 1).shape) == (1, 3, 28, 28)
+    grey = open_data(images=_folder(tmp_path / "grey", "L", 32))
+    grey.fit_to(load_any_model("mymodels:colour_cnn"))  # an RGB model: grey images as RGB
+    assert grey.meta["mode"] == "RGB"
+
+
+def test_failed_probes_name_the_real_problem(tmp_path: Path) -> None:
+    """Channels-last data into an RGB model whose normalisation fails before any convolution keeps
+    the permute hint; a Linear-first model whose first layer took the data is not told what it
+    'expects'; TorchScript's error gives its last line, which names the problem."""
+    last = tmp_path / "last.safetensors"
+    save_file({"images": torch.rand(2, 28, 28, 3), "labels": torch.zeros(2, dtype=torch.long)},
+              str(last))  # fmt: skip
+    one_line_error(run("eval", "mymodels:colour_with_normalisation", "--tensors", str(last)),
+                   "the data looks channels-last (N, H, W, C)")  # fmt: skip
+    one_line_error(
+        run("eval", "mymodels:colour_cnn", "--normalize", "0.5,0.5,0.5,0.2,0.2,0.2", "--tensors",
+            str(last)),
+        "the normalisation has 3 channels but the data is 28x28x3 (C x H x W): the data looks "
+        "channels-last",
+    )  # fmt: skip
+    grey = tmp_path / "grey.safetensors"
+    save_file({"images": torch.rand(2, 1, 28, 28), "labels": torch.zeros(2, dtype=torch.long)},
+              str(grey))  # fmt: skip
+    result = run("eval", "mymodels:mlp_with_bug", "--tensors", str(grey))
+    one_line_error(result, "the probe forward raised RuntimeError: mat1 and mat2 shapes")
+    assert "it expects" not in result.output
+    scripted = tmp_path / "s.py"
+    scripted.write_text(
+        "import torch\nfrom torch import nn\n"
+        "def net():\n    torch.manual_seed(0)\n"
+        "    return torch.jit.script(nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(),"
+        " nn.Linear(4 * 26 * 26, 10)).eval())\n"
+    )
+    rgb = tmp_path / "rgb.safetensors"
+    save_file({"images": torch.rand(2, 3, 28, 28), "labels": torch.zeros(2, dtype=torch.long)},
+              str(rgb))  # fmt: skip
+    result = run("eval", f"{scripted}:net", "--tensors", str(rgb))
+    one_line_error(result, "to have 1 channels, but got 3 channels instead")
+
+
+def test_the_spread_warning_survives_a_batch_wrapper_a_resize_and_half_precision() -> None:
+    """The channels are tested against each other, not against the image: a test-time
+    augmentation wrapper (doubled batch), a resize before the model and float16 still warn."""
+    from intriguing.inputs import InputWarning, check_model_input
+
+    inner = load_any_model("mymodels:colour_with_normalisation")
+
+    class Twice(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            both = self.inner(torch.cat([x, x.flip(3)]))
+            return (both[: len(x)] + both[len(x) :]) / 2
+
+    class Resized(Twice):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(torch.nn.functional.interpolate(x, size=(28, 28)))
+
+    images = torch.rand(2, 1, 28, 28)
+    for model, data in ((Twice(), images), (Resized(), torch.rand(2, 1, 20, 20))):
+        with pytest.warns(InputWarning, match="spread over 3 channels"):
+            check_model_input(model.eval(), data)
+    with pytest.warns(InputWarning, match="spread over 3 channels"):
+        check_model_input(load_any_model("mymodels:colour_with_normalisation").half(), images)
+
+
 def test_a_model_on_the_meta_device_is_refused_or_takes_its_weights(tmp_path: Path) -> None:
     """A factory building its layers on the meta device (no values) is refused in one line by every
     command; with --weights the file's tensors become the model's, as for any factory."""

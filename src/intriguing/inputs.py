@@ -518,6 +518,11 @@ def _check_channels(model: nn.Module, images: torch.Tensor, shape: str) -> None:
     grey channel to three without an error)."""
     means = _normalize_channels(model)
     if means is not None and means > 1 and images.ndim >= 2 and images.shape[1] != means:
+        if images.ndim == 4 and images.shape[3] == means:
+            raise InvalidInputError(
+                f"the normalisation has {means} channels but the data is {shape}: the data looks "
+                "channels-last (N, H, W, C); store (N, C, H, W), e.g. images.permute(0, 3, 1, 2)"
+            )
         raise InvalidInputError(
             f"the normalisation has {means} channels (means, stds) but the data has "
             f"{images.shape[1]} ({shape}); give one mean and one std per data channel "
@@ -527,11 +532,21 @@ def _check_channels(model: nn.Module, images: torch.Tensor, shape: str) -> None:
 
 def _channel_problem(model: nn.Module, probe: torch.Tensor, shape: str) -> str | None:
     """Why images ``probe`` ``(N, C, H, W)`` cannot be the input of the model's first convolution,
-    with a hint, or None. Asked after the forward failed: the channels are blamed only when the
-    first convolution module called received the data's channels and wanted others (a forward
-    may reshape its input, or convolve it functionally, first)."""
-    call = first_call(model, probe) if probe.ndim == 4 else None
-    if call is None or not isinstance(call.layer, _CONVOLUTIONS) or not call.layer.in_channels:
+    with a hint, or None. Asked after the forward failed: the channels are blamed when the first
+    convolution module called received the data's channels and wanted others (a forward may
+    reshape its input, or convolve it functionally, first), or, when the forward failed before
+    any module layer, when the data looks channels-last for the first registered convolution."""
+    if probe.ndim != 4:
+        return None
+    call = first_call(model, probe)
+    if call is None:
+        layer = first_layer(model)
+        if isinstance(layer, _CONVOLUTIONS) and layer.in_channels:
+            channels = int(layer.in_channels)
+            if probe.shape[1] != channels and probe.shape[3] == channels:
+                return _channel_message(layer, probe, shape)
+        return None
+    if not isinstance(call.layer, _CONVOLUTIONS) or not call.layer.in_channels:
         return None
     received = call.shape[1] if len(call.shape) > 1 else -1
     if received == call.layer.in_channels or received != probe.shape[1]:
@@ -553,33 +568,29 @@ def _channel_message(layer: nn.Module, probe: torch.Tensor, shape: str, why: str
 
 def _warn_if_spread(model: nn.Module, probe: torch.Tensor, shape: str) -> None:
     """Warn when one-channel images reach the model's first convolution as several channels that
-    are each ``a_c x + b_c`` of the image (a normalisation with one mean per colour channel inside
-    the model broadcasts them so, as does ``x.repeat(1, 3, 1, 1)`` on purpose): the model may be
-    made for colour images. A warning, not a refusal: grey images are valid colour images, and
-    the forward's intent cannot be told from its result."""
+    are each ``a_c y + b_c`` of the first (a normalisation with one mean per colour channel inside
+    the model broadcasts grey images so, as does ``x.repeat(1, 3, 1, 1)`` on purpose): the model
+    may be made for colour images. A warning, not a refusal: grey images are valid colour images,
+    and the forward's intent cannot be told from its result."""
     if probe.ndim != 4 or probe.shape[1] != 1:
         return
     call = first_call(model, probe)
     if call is None or not isinstance(call.layer, _CONVOLUTIONS) or len(call.shape) != 4:
         return
-    received = call.received.double()
-    if (
-        received.shape[1] < 2
-        or received.shape[2:] != probe.shape[2:]
-        or len(received) != len(probe)
-    ):
-        return
-    x = probe[:, 0].double().flatten()
-    if float(x.std()) == 0.0:
-        return
-    design = torch.stack((x, torch.ones_like(x)), 1)
-    for c in range(received.shape[1]):
-        channel = received[:, c].flatten()
-        fit = torch.linalg.lstsq(design, channel[:, None]).solution
-        residual = float((design @ fit).squeeze(1).sub(channel).abs().max())
-        if residual > 1e-4 * (1.0 + float(channel.abs().max())):
-            return
+    received = call.received
     channels = received.shape[1]
+    if channels < 2:
+        return
+    tolerance = max(1e-4, 4 * torch.finfo(received.dtype).eps)
+    values = received.double().transpose(0, 1).flatten(1)  # (C, everything else)
+    first = values[0]
+    if float(first.std()) <= tolerance * float(first.abs().max()):
+        return  # a constant first channel: every channel is "affine" in it, which tells nothing
+    design = torch.stack((first, torch.ones_like(first)), 1)
+    fit = torch.linalg.lstsq(design, values[1:].T).solution  # (2, C - 1)
+    residual = (design @ fit - values[1:].T).abs().amax(0)
+    if bool((residual > tolerance * (1.0 + values[1:].abs().amax(1))).any()):
+        return
     warnings.warn(
         f"the model's first convolution, {type(call.layer).__name__}({call.layer.in_channels}, "
         f"...), receives the {shape} data spread over {channels} channels by the forward (as a "
@@ -598,19 +609,35 @@ def _probe(model: nn.Module, probe: torch.Tensor, shape: str) -> Any:
     except Exception as exc:  # any shape error of the user's model
         problem = _channel_problem(model, probe, shape)
         call = first_call(model, probe)
-        took = (  # its first layer took the data as it came: the failure is further on
-            isinstance(call.layer, _CONVOLUTIONS)
-            and len(call.shape) == len(call.layer.kernel_size) + 2
-            and call.shape[1] == call.layer.in_channels
-            if call is not None
-            else True  # failed before any module layer: PyTorch's message says more than we can
-        )
-        expects = "" if took else f" it expects {describe_expected(model, probe)};"
+        expects = "" if _took(call) else f" it expects {describe_expected(model, probe)};"
         raise InvalidInputError(
             problem
             or f"the model does not accept the data ({shape}):{expects} the probe forward "
-            f"raised {first_line(exc)}"
+            f"raised {_error_line(exc)}"
         ) from None
+
+
+def _took(call: FirstCall | None) -> bool:
+    """Whether the first layer the forward called took the data as it came (the failure is then
+    further on); True when none was called (PyTorch's message says more than ours could)."""
+    if call is None:
+        return True
+    layer = call.layer
+    if isinstance(layer, _CONVOLUTIONS):
+        return len(call.shape) == len(layer.kernel_size) + 2 and call.shape[1] == layer.in_channels
+    if isinstance(layer, nn.Linear):
+        return len(call.shape) >= 1 and call.shape[-1] == layer.in_features
+    return False
+
+
+def _error_line(exc: BaseException) -> str:
+    """The line of a forward's error that names the problem: the first, or for TorchScript's
+    interpreter (whose first line only says that an operation failed) the last."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if lines and "TorchScript interpreter" in lines[0]:
+        name = type(exc).__name__
+        return lines[-1] if lines[-1].startswith(f"{name}:") else f"{name}: {lines[-1]}"
+    return first_line(exc)
 
 
 def _probe_one(model: nn.Module, probe: torch.Tensor) -> Any:
@@ -703,10 +730,16 @@ class DataSource:
 
 
 def _mode_for(model: nn.Module, source: Any) -> str:
-    """``L`` or ``RGB``: the first that a probe forward accepts, trying first what the model's first
-    registered convolution states (a forward may repeat grey images to three channels before it);
-    the preferred one when neither is accepted (the probe then reports the error)."""
-    order = ("RGB", "L") if expected_channels(model) == 3 else ("L", "RGB")
+    """``L`` or ``RGB`` for an image folder: the first that the model's forward accepts, trying
+    first what its first registered convolution takes when that is 1 or 3 channels, else the
+    folder's own colour (its first image's); a model with lazy layers, whose first forward fixes
+    their size, gets the folder's own. When neither is accepted, the first tried (the probe then
+    reports the error)."""
+    native = _native_mode(source)
+    if any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
+        return native
+    stated = {1: "L", 3: "RGB"}.get(expected_channels(model) or 0, native)
+    order = (stated, "L" if stated == "RGB" else "RGB")
     for mode in order:
         source.mode = mode
         try:
@@ -716,6 +749,17 @@ def _mode_for(model: nn.Module, source: Any) -> str:
             continue
         return mode
     return order[0]
+
+
+def _native_mode(source: Any) -> str:
+    """``L`` when the folder's first image is grey (modes 1, L, LA, I, F), else ``RGB``."""
+    from PIL import Image
+
+    try:
+        with Image.open(source.files[0]) as image:
+            return "L" if image.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "F") else "RGB"
+    except Exception:  # unreadable: decoding reports it in one line later
+        return "RGB"
 
 
 def open_data(
