@@ -17,6 +17,7 @@ import torch
 from click.testing import CliRunner, Result
 from PIL import Image
 from safetensors.torch import save_file
+from torch import nn
 
 from intriguing.attacks import AttackResult
 from intriguing.cli import main
@@ -284,6 +285,8 @@ def test_failed_probes_name_the_real_problem(tmp_path: Path) -> None:
               str(last))  # fmt: skip
     one_line_error(run("eval", "mymodels:colour_with_normalisation", "--tensors", str(last)),
                    "the data looks channels-last (N, H, W, C)")  # fmt: skip
+    one_line_error(run("eval", "mymodels:late_stem", "--tensors", str(last)),
+                   "which looks channels-last (N, H, W, C)")  # fmt: skip
     one_line_error(
         run("eval", "mymodels:colour_cnn", "--normalize", "0.5,0.5,0.5,0.2,0.2,0.2", "--tensors",
             str(last)),
@@ -336,6 +339,58 @@ def test_the_spread_warning_survives_a_batch_wrapper_a_resize_and_half_precision
             check_model_input(model.eval(), data)
     with pytest.warns(InputWarning, match="spread over 3 channels"):
         check_model_input(load_any_model("mymodels:colour_with_normalisation").half(), images)
+
+
+def test_colour_is_kept_for_mixed_folders_and_models_with_a_grey_conv_registered_first(
+    tmp_path: Path,
+) -> None:
+    """A grey first image made a mixed folder grey; a one-channel attention conv registered
+    before an RGB stem made a colour folder grey (the normalisation broadcast the grey probe)."""
+    import warnings
+
+    from intriguing.inputs import InputWarning, check_model_input, open_data
+
+    mixed = tmp_path / "mixed"
+    _folder(mixed / "a", "L", 28, n=1, classes=False)
+    _folder(mixed / "b", "RGB", 28, n=3, classes=False)
+    lazy = nn.Sequential(nn.LazyConv2d(4, 3), nn.Flatten(), nn.LazyLinear(10)).eval()
+    data = open_data(images=mixed)
+    data.fit_to(lazy)
+    assert data.meta["mode"] == "RGB"
+
+    class AttentionFirst(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attention = nn.Conv2d(1, 1, 7, padding=3)  # registered first, used later
+            self.stem = nn.Conv2d(3, 4, 3, padding=1)
+            self.register_buffer("mean", torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1))
+            self.fc = nn.Linear(4 * 28 * 28, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.relu(self.stem(x - self.mean))
+            h = h * torch.sigmoid(self.attention(h.mean(1, keepdim=True)))
+            out: torch.Tensor = self.fc(h.flatten(1))
+            return out
+
+    colour = open_data(images=_folder(tmp_path / "rgb", "RGB", 28))
+    colour.fit_to(AttentionFirst().eval())
+    assert colour.meta["mode"] == "RGB"
+
+    class MaskChannel(nn.Module):
+        """A grey model that adds a constant plane as a second channel: no spread warning."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(2, 4, 3)
+            self.fc = nn.Linear(4 * 26 * 26, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out: torch.Tensor = self.fc(self.conv(torch.cat([x, torch.ones_like(x)], 1)).flatten(1))
+            return out
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InputWarning)
+        check_model_input(MaskChannel().eval(), torch.rand(2, 1, 28, 28))
 
 
 def test_a_model_on_the_meta_device_is_refused_or_takes_its_weights(tmp_path: Path) -> None:

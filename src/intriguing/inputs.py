@@ -545,6 +545,11 @@ def _channel_problem(model: nn.Module, probe: torch.Tensor, shape: str) -> str |
             channels = int(layer.in_channels)
             if probe.shape[1] != channels and probe.shape[3] == channels:
                 return _channel_message(layer, probe, shape)
+        if probe.shape[1] > 4 and probe.shape[3] in (1, 3, 4):  # e.g. 28x28x3: H x W x C
+            return (
+                f"the model does not accept the data ({shape}), which looks channels-last "
+                "(N, H, W, C): store (N, C, H, W), e.g. images.permute(0, 3, 1, 2)"
+            )
         return None
     if not isinstance(call.layer, _CONVOLUTIONS) or not call.layer.in_channels:
         return None
@@ -586,6 +591,9 @@ def _warn_if_spread(model: nn.Module, probe: torch.Tensor, shape: str) -> None:
     first = values[0]
     if float(first.std()) <= tolerance * float(first.abs().max()):
         return  # a constant first channel: every channel is "affine" in it, which tells nothing
+    spread = values.amax(1) - values.amin(1)
+    if bool((spread <= tolerance * (1.0 + values.abs().amax(1))).any()):
+        return  # a constant channel (a mask, a bias plane) is no copy of the image
     design = torch.stack((first, torch.ones_like(first)), 1)
     fit = torch.linalg.lstsq(design, values[1:].T).solution  # (2, C - 1)
     residual = (design @ fit - values[1:].T).abs().amax(0)
@@ -730,16 +738,16 @@ class DataSource:
 
 
 def _mode_for(model: nn.Module, source: Any) -> str:
-    """``L`` or ``RGB`` for an image folder: the first that the model's forward accepts, trying
-    first what its first registered convolution takes when that is 1 or 3 channels, else the
-    folder's own colour (its first image's); a model with lazy layers, whose first forward fixes
-    their size, gets the folder's own. When neither is accepted, the first tried (the probe then
-    reports the error)."""
+    """``L`` or ``RGB`` for an image folder: the first that the model's forward accepts, ``RGB``
+    first when the folder holds colour images or the model's first registered convolution takes
+    3 channels (colour is never dropped where the model accepts it), else ``L`` first; a model
+    with lazy layers, whose first forward fixes their size, gets the folder's own colour. When
+    neither is accepted, the first tried (the probe then reports the error)."""
     native = _native_mode(source)
     if any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
         return native
-    stated = {1: "L", 3: "RGB"}.get(expected_channels(model) or 0, native)
-    order = (stated, "L" if stated == "RGB" else "RGB")
+    colour_first = native == "RGB" or expected_channels(model) == 3
+    order = ("RGB", "L") if colour_first else ("L", "RGB")
     for mode in order:
         source.mode = mode
         try:
@@ -751,15 +759,23 @@ def _mode_for(model: nn.Module, source: Any) -> str:
     return order[0]
 
 
+# image files whose header is read to tell a grey folder from a colour one
+NATIVE_MODE_FILES = 256
+
+
 def _native_mode(source: Any) -> str:
-    """``L`` when the folder's first image is grey (modes 1, L, LA, I, F), else ``RGB``."""
+    """``RGB`` when any of the folder's first :data:`NATIVE_MODE_FILES` images is in colour (by
+    its header), else ``L`` (modes 1, L, LA, I, F)."""
     from PIL import Image
 
-    try:
-        with Image.open(source.files[0]) as image:
-            return "L" if image.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "F") else "RGB"
-    except Exception:  # unreadable: decoding reports it in one line later
-        return "RGB"
+    for file in source.files[:NATIVE_MODE_FILES]:
+        try:
+            with Image.open(file) as image:
+                if image.mode not in ("1", "L", "LA", "I", "I;16", "I;16B", "F"):
+                    return "RGB"
+        except Exception:  # unreadable: decoding reports it in one line later
+            continue
+    return "L"
 
 
 def open_data(
