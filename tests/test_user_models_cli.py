@@ -286,7 +286,28 @@ def test_failed_probes_name_the_real_problem(tmp_path: Path) -> None:
     one_line_error(run("eval", "mymodels:colour_with_normalisation", "--tensors", str(last)),
                    "the data looks channels-last (N, H, W, C)")  # fmt: skip
     one_line_error(run("eval", "mymodels:late_stem", "--tensors", str(last)),
-                   "which looks channels-last (N, H, W, C)")  # fmt: skip
+                   "(if the data is channels-last (N, H, W, C), store (N, C, H, W)")  # fmt: skip
+    # (N, 8, 8, 3) feature maps that an 8-channel first convolution takes: the model's own error,
+    # no channels-last guess
+    maps = tmp_path / "maps.safetensors"
+    save_file({"images": torch.rand(2, 8, 8, 3), "labels": torch.zeros(2, dtype=torch.long)},
+              str(maps))  # fmt: skip
+    (tmp_path / "f8.py").write_text(
+        "import torch\nfrom torch import nn\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.conv = nn.Conv2d(8, 4, 1)\n"
+        "        self.fc = nn.Linear(4 * 8 * 3, 10)\n"
+        "    def forward(self, x):\n"
+        "        if x.shape[-1] != x.shape[-2]:\n"
+        "            raise ValueError('square maps only')\n"
+        "        return self.fc(self.conv(x).flatten(1))\n"
+        "def net():\n    return Net()\n"
+    )
+    result = run("eval", f"{tmp_path / 'f8.py'}:net", "--tensors", str(maps))
+    one_line_error(result, "raised ValueError: square maps only")
+    assert "channels-last" not in result.output
     one_line_error(
         run("eval", "mymodels:colour_cnn", "--normalize", "0.5,0.5,0.5,0.2,0.2,0.2", "--tensors",
             str(last)),
@@ -391,6 +412,24 @@ def test_colour_is_kept_for_mixed_folders_and_models_with_a_grey_conv_registered
     with warnings.catch_warnings():
         warnings.simplefilter("error", InputWarning)
         check_model_input(MaskChannel().eval(), torch.rand(2, 1, 28, 28))
+
+    class ColourAndMask(nn.Module):
+        """An RGB model with its normalisation inside and a mask plane: grey data still warns."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("mean", torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1))
+            self.conv = nn.Conv2d(4, 4, 3)
+            self.fc = nn.Linear(4 * 26 * 26, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = x - self.mean
+            h = torch.cat([torch.ones_like(h[:, :1]), h], 1)
+            out: torch.Tensor = self.fc(self.conv(h).flatten(1))
+            return out
+
+    with pytest.warns(InputWarning, match="spread over 4 channels"):
+        check_model_input(ColourAndMask().eval(), torch.rand(2, 1, 28, 28))
 
 
 def test_a_model_on_the_meta_device_is_refused_or_takes_its_weights(tmp_path: Path) -> None:

@@ -545,11 +545,6 @@ def _channel_problem(model: nn.Module, probe: torch.Tensor, shape: str) -> str |
             channels = int(layer.in_channels)
             if probe.shape[1] != channels and probe.shape[3] == channels:
                 return _channel_message(layer, probe, shape)
-        if probe.shape[1] > 4 and probe.shape[3] in (1, 3, 4):  # e.g. 28x28x3: H x W x C
-            return (
-                f"the model does not accept the data ({shape}), which looks channels-last "
-                "(N, H, W, C): store (N, C, H, W), e.g. images.permute(0, 3, 1, 2)"
-            )
         return None
     if not isinstance(call.layer, _CONVOLUTIONS) or not call.layer.in_channels:
         return None
@@ -588,12 +583,11 @@ def _warn_if_spread(model: nn.Module, probe: torch.Tensor, shape: str) -> None:
         return
     tolerance = max(1e-4, 4 * torch.finfo(received.dtype).eps)
     values = received.double().transpose(0, 1).flatten(1)  # (C, everything else)
-    first = values[0]
-    if float(first.std()) <= tolerance * float(first.abs().max()):
-        return  # a constant first channel: every channel is "affine" in it, which tells nothing
     spread = values.amax(1) - values.amin(1)
-    if bool((spread <= tolerance * (1.0 + values.abs().amax(1))).any()):
-        return  # a constant channel (a mask, a bias plane) is no copy of the image
+    values = values[spread > tolerance * (1.0 + values.abs().amax(1))]  # constant planes: masks
+    if len(values) < 2:
+        return
+    first = values[0]
     design = torch.stack((first, torch.ones_like(first)), 1)
     fit = torch.linalg.lstsq(design, values[1:].T).solution  # (2, C - 1)
     residual = (design @ fit - values[1:].T).abs().amax(0)
@@ -621,8 +615,24 @@ def _probe(model: nn.Module, probe: torch.Tensor, shape: str) -> Any:
         raise InvalidInputError(
             problem
             or f"the model does not accept the data ({shape}):{expects} the probe forward "
-            f"raised {_error_line(exc)}"
+            f"raised {_error_line(exc)}{_channels_last_note(model, probe, call)}"
         ) from None
+
+
+def _channels_last_note(model: nn.Module, probe: torch.Tensor, call: FirstCall | None) -> str:
+    """A hint after the forward's own error when it failed before any module layer on data shaped
+    like ``H x W x C`` (C in 1, 3, 4) that the first registered convolution does not take as is."""
+    if (
+        call is not None
+        or probe.ndim != 4
+        or probe.shape[1] <= 4
+        or probe.shape[3] not in (1, 3, 4)
+    ):
+        return ""
+    layer = first_layer(model)
+    if isinstance(layer, _CONVOLUTIONS) and layer.in_channels == probe.shape[1]:
+        return ""
+    return " (if the data is channels-last (N, H, W, C), store (N, C, H, W): images.permute(0, 3, 1, 2))"
 
 
 def _took(call: FirstCall | None) -> bool:
