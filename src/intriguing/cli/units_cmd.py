@@ -264,7 +264,9 @@ def _print_summary(results: dict[str, Any]) -> None:
     "--reduce",
     ["flatten", "mean", "max"],
     default="flatten",
-    help="Conv feature maps: keep every coordinate, or pool each channel over space.",
+    help="Outputs (B, C, ...): keep every coordinate, or pool each channel (axis 1) over the "
+    "axes after it. A transformer's (B, tokens, features) output would be pooled over its "
+    "features: keep flatten there.",
 )
 @int_option("--batch-size", 1, 100_000, default=500, help="Images per forward pass.")
 @click.option(
