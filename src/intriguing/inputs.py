@@ -386,21 +386,12 @@ def _normalize_channels(model: nn.Module) -> int | None:
 
 def first_layer(model: nn.Module, probe: torch.Tensor | None = None) -> nn.Module | None:
     """The model's first convolution or linear layer: the first one its forward calls on
-    ``probe`` (even if the forward then fails), else (no probe, or none called) the first one
-    registered."""
-    layers = [m for m in model.modules() if isinstance(m, _FIRST_LAYERS)]
-    called: list[nn.Module] = []
-    if probe is not None and layers:
-        hooks = [m.register_forward_pre_hook(lambda m, _: called.append(m)) for m in layers]
-        try:
-            with torch.no_grad():
-                model(probe)
-        except Exception:  # the probe that failed: only the layers called before matter
-            pass
-        finally:
-            for hook in hooks:
-                hook.remove()
-    return (called or layers or [None])[0]
+    ``probe`` (:func:`first_call`; even if the forward then fails), else (no probe, or none
+    called) the first one registered."""
+    call = None if probe is None else first_call(model, probe)
+    if call is not None:
+        return call.layer
+    return next((m for m in model.modules() if isinstance(m, _FIRST_LAYERS)), None)
 
 
 @dataclass
@@ -530,15 +521,17 @@ def _check_channels(model: nn.Module, images: torch.Tensor, shape: str) -> None:
         )
 
 
-def _channel_problem(model: nn.Module, probe: torch.Tensor, shape: str) -> str | None:
+def _channel_problem(
+    model: nn.Module, probe: torch.Tensor, shape: str, call: FirstCall | None
+) -> str | None:
     """Why images ``probe`` ``(N, C, H, W)`` cannot be the input of the model's first convolution,
     with a hint, or None. Asked after the forward failed: the channels are blamed when the first
     convolution module called received the data's channels and wanted others (a forward may
     reshape its input, or convolve it functionally, first), or, when the forward failed before
-    any module layer, when the data looks channels-last for the first registered convolution."""
+    any module layer, when the data looks channels-last for the first registered convolution.
+    ``call``: :func:`first_call` on ``probe``."""
     if probe.ndim != 4:
         return None
-    call = first_call(model, probe)
     if call is None:
         layer = first_layer(model)
         if isinstance(layer, _CONVOLUTIONS) and layer.in_channels:
@@ -554,7 +547,7 @@ def _channel_problem(model: nn.Module, probe: torch.Tensor, shape: str) -> str |
     return _channel_message(call.layer, probe, shape)
 
 
-def _channel_message(layer: nn.Module, probe: torch.Tensor, shape: str, why: str = "") -> str:
+def _channel_message(layer: nn.Module, probe: torch.Tensor, shape: str) -> str:
     channels = int(layer.in_channels)  # type: ignore[arg-type]
     hint = (
         "the data looks channels-last (N, H, W, C): store (N, C, H, W), e.g. "
@@ -563,7 +556,7 @@ def _channel_message(layer: nn.Module, probe: torch.Tensor, shape: str, why: str
         else f"store {channels}-channel images in a tensor file, or for an image folder set "
         "the colour mode (--mode, or --image-mode for attack)"
     )
-    return f"the model expects {_describe_layer(layer)} but the data is {shape}{why}; {hint}"
+    return f"the model expects {_describe_layer(layer)} but the data is {shape}; {hint}"
 
 
 def _warn_if_spread(model: nn.Module, probe: torch.Tensor, shape: str) -> None:
@@ -609,9 +602,11 @@ def _probe(model: nn.Module, probe: torch.Tensor, shape: str) -> Any:
         with torch.no_grad():
             return model(probe)
     except Exception as exc:  # any shape error of the user's model
-        problem = _channel_problem(model, probe, shape)
         call = first_call(model, probe)
-        expects = "" if _took(call) else f" it expects {describe_expected(model, probe)};"
+        problem = _channel_problem(model, probe, shape, call)
+        expects = (
+            "" if call is None or _took(call) else f" it expects {_describe_layer(call.layer)};"
+        )
         raise InvalidInputError(
             problem
             or f"the model does not accept the data ({shape}):{expects} the probe forward "

@@ -192,6 +192,14 @@ def check_logits(outputs: object, n: int) -> int:
 STABLE_LOGITS = 1e-2
 
 
+def _relative_change(first: torch.Tensor, second: torch.Tensor) -> tuple[float, float]:
+    """The largest change between two logit tensors, relative to ``max(1, max |first|)`` (NaN when
+    it is not finite, so that no tolerance passes it), and absolute (for the message)."""
+    first, second = first.detach().double().cpu(), second.detach().double().cpu()
+    gap = float((first - second).abs().max())
+    return gap / max(1.0, float(first.abs().max())), gap
+
+
 def check_same_logits(first: torch.Tensor, second: torch.Tensor) -> None:
     """Refuse a model whose logits ``(K,)`` for one image differ between two forward passes
     (``first``: in a batch with other images, ``second``: alone) by more than ``STABLE_LOGITS``.
@@ -203,12 +211,11 @@ def check_same_logits(first: torch.Tensor, second: torch.Tensor) -> None:
     Raises:
         InvalidInputError: one line naming the change and the usual causes.
     """
-    first, second = first.detach().double().cpu(), second.detach().double().cpu()
-    gap = float((first - second).abs().max())
-    if not gap <= STABLE_LOGITS * max(1.0, float(first.abs().max())):
+    gap = _relative_change(first, second)
+    if not gap[0] <= STABLE_LOGITS:
         raise InvalidInputError(
             f"the model gives different logits for the same image in two forward passes "
-            f"(largest change {gap:.3g}): a random or batch-dependent forward, e.g. "
+            f"(largest change {gap[1]:.3g}): a random or batch-dependent forward, e.g. "
             "F.dropout(x, p) without training=self.training, noise, batch statistics, or a "
             "forward that changes its input in place (x.mul_(2)); make forward deterministic in "
             "eval mode"
@@ -227,12 +234,11 @@ def check_repeatable(first: torch.Tensor, again: torch.Tensor) -> None:
     """
     from intriguing.attacks.metrics import SUCCESS_MARGIN
 
-    first, again = first.detach().double().cpu(), again.detach().double().cpu()
-    gap = float((first - again).abs().max())
-    if not gap <= 0.5 * SUCCESS_MARGIN * max(1.0, float(first.abs().max())):
+    gap = _relative_change(first, again)
+    if not gap[0] <= 0.5 * SUCCESS_MARGIN:
         raise InvalidInputError(
             f"the model gives different logits for the same images in two identical forward "
-            f"passes (largest change {gap:.3g}): a random forward (noise such as torch.randn, "
+            f"passes (largest change {gap[1]:.3g}): a random forward (noise such as torch.randn, "
             "F.dropout(x, p) without training=self.training); make forward deterministic in eval "
             "mode"
         )
