@@ -236,10 +236,13 @@ def test_large_logits_without_the_scale_down_are_not_fooled(
     softmax_model: tuple[nn.Module, torch.Tensor, torch.Tensor], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The comparison above can fail: without the scale-down the c-search cannot reach constants
-    1e20 times the usual within its stages."""
-    from intriguing.attacks import lbfgs
+    1e20 times the usual within its stages. Shown on the torch step, the one a GPU runs: the fused
+    CPU kernels accumulate their dot products in float64, where ``g'd`` of such gradients does
+    not overflow, and get through."""
+    from intriguing.attacks import lbfgs, optim
 
     monkeypatch.setattr(lbfgs, "LOGIT_CEILING", math.inf)
+    monkeypatch.setattr(optim, "_fused_supported", lambda device, dtype: False)
     model, pool, pool_labels = softmax_model
     images, labels = correctly_classified(model, pool, pool_labels, 10)
     attack = LBFGS(mode="untargeted", progress=False)(scaled_copy(model, 1e20), images, labels)

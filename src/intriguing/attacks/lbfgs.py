@@ -698,7 +698,9 @@ class _Trouble:
         optimiser found the loss and gradient finite (:class:`StepEvents`, no extra pass over
         ``grad``); ``clean``: the problems start at the clean images."""
         if clean and bool(stuck.any()):
-            self.zero[example[(grad.abs().amax(1) == 0) & stuck]] = True
+            rows = stuck.nonzero().squeeze(1)
+            flat = grad.index_select(0, rows).abs().amax(1) == 0
+            self.zero[example[rows[flat]]] = True
         if not bool(finite.all()):
             self.nonfinite[example[~finite]] = True
 
@@ -838,7 +840,7 @@ class _Search:
         probs = self._eligible(len(free)) if self.left and len(free) else free[:0]
         take = len(probs)
         if take == 0:
-            if self.left == 0 and 2 * (self.opt.capacity - len(free)) <= self.opt.capacity:
+            if self.left == 0 and self.opt.compaction_pays(len(free)):
                 keep = self.opt.compact()
                 for name in self._SLOT_STATE:
                     setattr(self, name, getattr(self, name)[keep])
@@ -907,8 +909,9 @@ class _Search:
         if self.left and self.problems.lead is not None:  # head starts (LEAD_HEAD_START)
             self.started[example[self.opt.evaluations[idx] >= LEAD_HEAD_START]] = True
         self.succ_cur[idx[events.accepted]] = succ[events.accepted]
-        done_now = idx[self.best_d2[idx] == 0]  # already adversarial: nothing to minimise
-        converged = idx[events.converged & (self.best_d2[idx] > 0)]
+        best_d2 = self.best_d2[idx]
+        done_now = idx[best_d2 == 0]  # already adversarial: nothing to minimise
+        converged = idx[events.converged & (best_d2 > 0)]
         finished = 0
         if len(done_now):
             self._retire(done_now)
@@ -923,18 +926,13 @@ class _Search:
         c = self.opt.c[slots]
         ok = self.succ_cur[slots]
         self.started[self.problems.example[self.slot_problem[slots]]] = True
-        self.c_succ[slots] = torch.where(
-            ok, torch.maximum(self.c_succ[slots], c), self.c_succ[slots]
-        )
-        self.c_fail[slots] = torch.where(
-            ok, self.c_fail[slots], torch.minimum(self.c_fail[slots], c)
-        )
-        self.stages[slots] += 1
         c_succ, c_fail = self.c_succ[slots], self.c_fail[slots]
+        c_succ = torch.where(ok, torch.maximum(c_succ, c), c_succ)
+        c_fail = torch.where(ok, c_fail, torch.minimum(c_fail, c))
+        stages = self.stages[slots] + 1
+        self.c_succ[slots], self.c_fail[slots], self.stages[slots] = c_succ, c_fail, stages
         bracketed = (c_succ > 0) & torch.isfinite(c_fail)
-        step = torch.pow(
-            self.c_factor, self.stages[slots].double()
-        )  # accelerating: f, f^2, f^3, ...
+        step = torch.pow(self.c_factor, stages.double())  # accelerating: f, f^2, f^3, ...
         new_c = torch.where(
             bracketed,
             torch.sqrt(c_succ * torch.where(bracketed, c_fail, c_succ)),
@@ -942,7 +940,7 @@ class _Search:
         )
         new_c = new_c.clamp(*C_RANGE)
         tight = bracketed & (c_fail <= c_succ * (1.0 + a.c_rtol))
-        done = tight | (self.stages[slots] >= self.search_steps)
+        done = tight | (stages >= self.search_steps)
         if self.prune:
             done |= self._beaten(slots, ok)
         if bool(done.any()):
@@ -950,7 +948,7 @@ class _Search:
         go_on = slots[~done]
         if len(go_on):
             self.opt.set_c(go_on, new_c[~done])
-            found = (self.c_succ[go_on] > 0).double()
+            found = (c_succ[~done] > 0).double()
             self.opt.set_ftol(go_on, a.ftol * (found + (1.0 - found) * SEARCH_FTOL_FACTOR))
         return int(done.sum())
 

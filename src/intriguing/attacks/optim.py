@@ -41,10 +41,18 @@ Changing ``c`` keeps the memory valid: the stored ``y`` is split as ``y = y_L + 
 loss-gradient difference, so a slot's pairs are re-expressed for the new ``c`` from ``S`` and ``Y_L``
 (and their small Gram matrices) without touching the ``(B, m, D)`` tensors; pairs that fail the
 curvature test under the new ``c`` are ignored.
+
+On a CPU the per-slot work of :meth:`BoxLBFGS.observe` and of the directions runs in the compiled
+kernels of :mod:`intriguing.attacks.fused` (``fused=True``, the default there): the same formulas
+and decisions, one slot at a time while its rows are in the cache, several times faster than the
+eager torch step on small models; elsewhere (GPU) the torch step below runs.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -101,6 +109,9 @@ class BoxLBFGS:
         ftol: relative-decrease tolerance (per slot: :meth:`set_ftol` changes it until the next
             :meth:`load`).
         device, dtype: of the ``(B, D)`` state (float32 for images).
+        fused: run the step's dense work in the compiled CPU kernels of
+            :mod:`~intriguing.attacks.fused` (same formulas, several times faster on a CPU; sums
+            round differently). ``None`` (default): on a CPU with float32 or float64 state.
     """
 
     _STATE = (
@@ -148,11 +159,17 @@ class BoxLBFGS:
         ftol: float = 1e-6,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
+        fused: bool | None = None,
     ) -> None:
         self.capacity, self.dim, self.m = capacity, dim, memory
         self.lower, self.upper = float(lower), float(upper)
         self.max_iter, self.max_ls, self.pgtol, self.ftol = max_iter, max_ls, pgtol, ftol
         dev = torch.device(device)
+        self.fused = _fused_supported(dev, dtype) if fused is None else bool(fused)
+        if self.fused and not _fused_supported(dev, dtype):
+            raise ValueError(
+                f"fused=True needs a CPU device and float32 or float64 state, got {dev} {dtype}"
+            )
         f64, i64, flag = torch.float64, torch.long, torch.bool
 
         def zeros(*shape: int, kind: torch.dtype = dtype) -> torch.Tensor:
@@ -255,7 +272,9 @@ class BoxLBFGS:
         Directions due (after an accepted step or a ``c`` change) are computed here, all at once.
         """
         due = self.need_dir & self.active & ~self.waiting
-        if bool(due.any()):
+        if self.fused:
+            self._direction_fused(due)
+        elif bool(due.any()):
             rows = due.nonzero().squeeze(1)
             if 8 * len(rows) <= self.capacity:
                 self._flush_pairs()
@@ -278,15 +297,28 @@ class BoxLBFGS:
         idx = self._evaluated
         if idx is None:
             raise RuntimeError("trial_sq_distance() called without a preceding trial()")
-        r2t = self._trial_r2()
+        r2t = self._trial_r2(idx)
         return r2t if len(idx) == self.capacity else r2t[idx]
 
-    def _trial_r2(self) -> torch.Tensor:
-        """``||xt - anchor||^2`` ``(B,)`` float64 over all slots, cached until the next trial."""
+    def _trial_r2(self, idx: torch.Tensor) -> torch.Tensor:
+        """``||xt - anchor||^2`` ``(B,)`` float64 (over all slots; with ``fused``, over the
+        evaluated slots ``idx`` only, the others 0), cached until the next trial."""
         if self._r2t is None:
-            rt = torch.sub(self.xt, self.anchor, out=self._buf("r"))
-            self._r2t = _dot(rt, rt)
+            if self.fused:
+                self._r2t = torch.zeros(self.capacity, dtype=torch.float64)
+                _kernels().trial_sq_distances(
+                    self.xt.numpy(), self.anchor.numpy(), idx.numpy(), self._r2t.numpy()
+                )
+            else:
+                rt = torch.sub(self.xt, self.anchor, out=self._buf("r"))
+                self._r2t = _dot(rt, rt)
         return self._r2t
+
+    def compaction_pays(self, free: int) -> bool:
+        """Whether :meth:`compact` would save work with ``free`` slots free: the torch step works
+        densely over every slot, so at half occupancy; the fused kernels visit only the slots
+        they evaluate, so never."""
+        return not self.fused and 2 * (self.capacity - free) <= self.capacity
 
     def compact(self) -> torch.Tensor:
         """Drop the free slots from the state; returns the kept slots' old indices ``(k,)``."""
@@ -316,6 +348,8 @@ class BoxLBFGS:
         B, D = self.capacity, self.dim
         grad = grad.reshape(len(idx), D).to(self.x.dtype)
         loss = loss.detach().to(torch.float64)
+        if self.fused:
+            return self._observe_fused(idx, loss, grad.detach().contiguous())
         if len(idx) == B:
             G, L = grad, loss
             ev = torch.ones(B, device=grad.device, dtype=torch.bool)
@@ -327,7 +361,7 @@ class BoxLBFGS:
             ev = torch.zeros(B, device=grad.device, dtype=torch.bool)
             ev[idx] = True
         c = self.c
-        r2t = self._trial_r2()
+        r2t = self._trial_r2(idx)
         self._r2t = None
         f_new = L + c * r2t
         f_old = self.fl + c * self.r2
@@ -385,6 +419,76 @@ class BoxLBFGS:
             self._backtrack(retry, f_old, f_new, g)
         self.waiting |= converged
         return StepEvents(accepted=accepted[idx], converged=converged[idx], finite=finite[idx])
+
+    def _observe_fused(
+        self, idx: torch.Tensor, loss: torch.Tensor, grad: torch.Tensor
+    ) -> StepEvents:
+        """:meth:`observe` in one call of :func:`fused.observe_rows` (the same decisions)."""
+        r2t = self._trial_r2(idx)
+        self._r2t = None
+        events = torch.zeros(3, len(idx), dtype=torch.bool)
+        _kernels().observe_rows(
+            idx.numpy(),
+            loss.contiguous().numpy(),
+            grad.numpy(),
+            (
+                *self._numpy("x", "xt", "d", "gl", "anchor", "pair"),
+                self._buf("g").numpy(),
+                self._buf("free").numpy(),
+                self.c.numpy(),
+                r2t.numpy(),
+                *self._numpy("fl", "r2", "gtd", "alpha", "ftol_slot"),
+            ),
+            self._numpy("evaluations", "iterations", "stage_iters", "ls_steps"),
+            self._numpy("fresh", "need_dir", "pair_due", "waiting", "_g_valid"),
+            (
+                self.lower,
+                self.upper,
+                ETA,
+                CURVATURE_EPS,
+                float(self.pgtol),
+                int(self.max_iter),
+                int(self.max_ls),
+            ),
+            events.numpy(),
+        )
+        return StepEvents(accepted=events[0], converged=events[1], finite=events[2])
+
+    def _numpy(self, *names: str) -> tuple[Any, ...]:
+        """The named state tensors seen as NumPy arrays (shared memory, for the kernels)."""
+        return tuple(getattr(self, name).numpy() for name in names)
+
+    def _direction_fused(self, due: torch.Tensor) -> None:
+        """The pending pairs into the memory and the directions and trial points of the ``due``
+        slots ``(B,)``, in :func:`fused.direction_rows` (:meth:`trial`'s work with ``fused``)."""
+        if not bool((due | self.pair_due).any()):
+            return
+        _kernels().direction_rows(
+            due.numpy(),
+            self.pair_due.numpy(),
+            self.x.numpy(),
+            self.xt.numpy(),
+            self.d.numpy(),
+            self.anchor.numpy(),
+            self.gl.numpy(),
+            self._buf("g").numpy(),
+            self._buf("free").numpy(),
+            self._g_valid.numpy(),
+            self.pair.numpy(),
+            self.mem.numpy(),
+            self.time.numpy(),
+            self.clock.numpy(),
+            self.SS.numpy(),
+            self.SYl.numpy(),
+            self.YlYl.numpy(),
+            self.c.numpy(),
+            self.alpha.numpy(),
+            self.gtd.numpy(),
+            self.lower,
+            self.upper,
+            CURVATURE_EPS,
+        )
+        self.pair_due = torch.zeros_like(self.pair_due)
 
     def _accept_trials(self, accepted: torch.Tensor, kept: torch.Tensor) -> None:
         """``x <- xt`` in the ``accepted`` rows ``(B,)`` (``kept`` ``(k,)``: the others). Mostly
@@ -544,6 +648,35 @@ class BoxLBFGS:
         self._set_trial(mask, new, g)
 
 
+def _fused_supported(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether :mod:`~intriguing.attacks.fused`'s kernels can hold this state (CPU, float32/64)
+    and can be imported."""
+    return device.type == "cpu" and dtype in (torch.float32, torch.float64) and _fused_importable()
+
+
+@functools.cache
+def _fused_importable() -> bool:
+    """Whether the kernels import (numba installed and working); warns once when they do not."""
+    try:
+        _kernels()
+    except ImportError as exc:
+        warnings.warn(
+            f"the optimiser's fused CPU kernels are unavailable ({exc}); it runs its torch step, "
+            "the same results several times slower on small models: install numba "
+            "(python -m pip install -c constraints.txt numba)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return False
+    return True
+
+
+def _kernels() -> Any:
+    """The compiled kernels' module, imported on first use (numba's import and first compilation
+    cost about a second; later runs load the compiled code from numba's cache)."""
+    return importlib.import_module("intriguing.attacks.fused")
+
+
 def _gradient(
     gl: torch.Tensor, diff: torch.Tensor, c: torch.Tensor, out: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -677,7 +810,7 @@ def minimize_box(
         x0: ``(B, D)`` starting points.
         c, anchor: the optional quadratic term (scalar or ``(B,)``; anchor defaults to ``x0``).
         options: :class:`BoxLBFGS`'s keyword settings (``memory``, ``lower``, ``upper``,
-            ``max_iter``, ``max_ls``, ``pgtol``, ``ftol``); ``max_iter``, ``pgtol`` and ``ftol``
+            ``max_iter``, ``max_ls``, ``pgtol``, ``ftol``, ``fused``); ``max_iter``, ``pgtol`` and ``ftol``
             default to :data:`MINIMIZE_DEFAULTS` (run to convergence), the rest to BoxLBFGS's.
 
     Returns:
