@@ -228,3 +228,22 @@ def test_without_numba_the_torch_step_runs_with_one_warning(
         assert bool(((res.x >= 0) & (res.x <= 1)).all())
     finally:
         optim._fused_importable.cache_clear()
+
+
+def test_kernels_that_cannot_cache_fall_back_to_the_torch_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """numba refuses ``cache=True`` with a RuntimeError where no cache folder is writable: the
+    same warning and fallback, naming NUMBA_CACHE_DIR."""
+    from intriguing.attacks import optim
+
+    def no_locator() -> None:
+        raise RuntimeError("cannot cache function 'observe_rows': no locator available")
+
+    monkeypatch.setattr(optim, "_kernels", no_locator)
+    optim._fused_importable.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="NUMBA_CACHE_DIR"):
+            assert not BoxLBFGS(2, 3).fused
+    finally:
+        optim._fused_importable.cache_clear()

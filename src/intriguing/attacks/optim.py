@@ -642,14 +642,16 @@ def _fused_supported(device: torch.device, dtype: torch.dtype) -> bool:
 
 @functools.cache
 def _fused_importable() -> bool:
-    """Whether the kernels import (numba installed and working); warns once when they do not."""
+    """Whether the kernels import (numba installed and working, a writable cache for its
+    compiled code); warns once when they do not."""
     try:
         _kernels()
-    except ImportError as exc:
+    except (ImportError, RuntimeError, OSError) as exc:  # numba missing or broken; no cache
         warnings.warn(
-            f"the optimiser's fused CPU kernels are unavailable ({exc}); it runs its torch step, "
-            "the same results several times slower on small models: install numba "
-            "(python -m pip install -c constraints.txt numba)",
+            f"the optimiser's fused CPU kernels are unavailable ({type(exc).__name__}: {exc}); "
+            "it runs its torch step, the same results several times slower on small models: "
+            "install numba (python -m pip install -c constraints.txt numba) or, if its cache "
+            "cannot be written, point NUMBA_CACHE_DIR at a writable folder",
             RuntimeWarning,
             stacklevel=2,
         )
