@@ -18,6 +18,7 @@ import os
 import statistics
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,6 +26,8 @@ import torch
 import strong_models
 from intriguing._io import atomic_write_json
 from intriguing.attacks import LBFGS, AttackResult, optim
+from intriguing.cli.validation import check_output_file
+from intriguing.errors import IntriguingError
 
 
 @contextmanager
@@ -103,6 +106,11 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.n < 1 or args.rounds < 1:
         p.exit(2, "error: --n and --rounds must be >= 1\n")
+    if args.json:
+        try:  # before any attack: a result that cannot be written is known now
+            check_output_file(Path(args.json))
+        except IntriguingError as exc:
+            p.exit(2, f"error: --json {exc}\n")
     names = [m for m in args.models.split(",") if m]
     if not names:
         p.exit(2, "error: name at least one model\n")

@@ -40,15 +40,24 @@ def test_table_rows() -> None:
     )
 
 
-@pytest.mark.parametrize("args", [["softmax1", "--n", "0"], ["softmax1", "--rounds", "0"], [","]])
+@pytest.mark.parametrize(
+    ("args", "names"),
+    [
+        (["softmax1", "--n", "0"], "--n"),
+        (["softmax1", "--rounds", "0"], "--rounds"),
+        ([","], "model"),
+        (["softmax1", "--json", "/no/such/folder/out.json"], "--json"),
+        (["softmax1", "--json", "/tmp"], "--json"),
+    ],
+)
 def test_bad_arguments_exit_2_with_one_line(
-    args: list[str], capsys: pytest.CaptureFixture[str]
+    args: list[str], names: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit) as stop:
         fused_step.main(args)
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err
+    assert err.startswith("error: ") and "\n" not in err and names in err
 
 
 def test_unknown_model_exits_2_with_one_line(

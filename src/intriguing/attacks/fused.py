@@ -120,15 +120,7 @@ def observe_rows(
         if stepped:
             iterations[b] += 1
             stage_iters[b] += 1
-        two_c = dt(2.0 * cb)
-        top = dt(0.0)
-        for j in range(D):
-            xj = x[b, j]
-            gj = gl[b, j] + two_c * (xj - anchor[b, j])
-            g[b, j] = gj
-            p = abs(min(max(xj - gj, lo), hi) - xj)
-            free[b, j] = dt(p > 0)
-            top = max(top, p)
+        top = _gradient_row(b, cb, x, gl, anchor, g, free, lo, hi)
         g_valid[b] = True
         scale = max(abs(f_old), abs(f_new), 1.0)
         done = (stepped and f_old - f_new <= ftol_slot[b] * scale) or top <= pgtol
@@ -146,23 +138,47 @@ def observe_rows(
 
 
 @_jit
+def _gradient_row(b, cb, x, gl, anchor, g, free, lo, hi):
+    """Row ``b``'s full gradient ``g = gl + 2 c (x - anchor)`` and free-variable mask (1.0 where
+    a projected gradient step moves the variable, else 0.0); returns the projected gradient's
+    infinity norm ``max |clip(x - g) - x|``."""
+    dt = x.dtype.type
+    two_c = dt(2.0 * cb)
+    top = dt(0.0)
+    for j in range(x.shape[1]):
+        xj = x[b, j]
+        gj = gl[b, j] + two_c * (xj - anchor[b, j])
+        g[b, j] = gj
+        p = abs(min(max(xj - gj, lo), hi) - xj)
+        free[b, j] = dt(p > 0)
+        top = max(top, p)
+    return top
+
+
+@_jit
+def _set_trial_row(b, step, x, xt, d, g, alpha, gtd, lo, hi):
+    """Row ``b``'s step length ``alpha = step``, trial point ``xt = clip(x + alpha d)`` and
+    ``gtd = g'(xt - x)``."""
+    alpha[b] = step
+    step_t = x.dtype.type(step)
+    acc = 0.0
+    for j in range(x.shape[1]):
+        xj = x[b, j]
+        t = min(max(xj + step_t * d[b, j], lo), hi)
+        xt[b, j] = t
+        acc += np.float64(g[b, j]) * np.float64(t - xj)
+    gtd[b] = acc
+
+
+@_jit
 def _backtrack(b, f_old, f_new, x, xt, d, g, alpha, gtd, lo, hi):
     """Shrink row ``b``'s step by safeguarded quadratic interpolation into ``[0.1, 0.5]`` of it
-    and set its new trial point ``xt = clip(x + alpha d)`` and ``gtd = g'(xt - x)``."""
+    and set its new trial point (:func:`_set_trial_row`)."""
     a, slope = alpha[b], gtd[b]
     denom = 2.0 * (f_new - f_old - slope)
     interp = -slope * a / denom if denom != 0.0 else math.inf
     new = interp if math.isfinite(interp) and denom > 0 else 0.5 * a
-    new = min(max(new, 0.1 * a), 0.5 * a)
-    alpha[b] = new
-    step = x.dtype.type(new)
-    acc = 0.0
-    for j in range(x.shape[1]):
-        xj = x[b, j]
-        t = min(max(xj + step * d[b, j], lo), hi)
-        xt[b, j] = t
-        acc += np.float64(g[b, j]) * np.float64(t - xj)
-    gtd[b] = acc
+    _set_trial_row(b, min(max(new, 0.1 * a), 0.5 * a), x, xt, d, g, alpha, gtd, lo, hi)
 
 
 @_jit
@@ -293,13 +309,8 @@ def direction_rows(
             continue
         vv = 0.0
         if direct:
-            if not g_valid[b]:
-                two_c = dt(2.0 * c[b])
-                for j in range(D):
-                    xj = x[b, j]
-                    gj = gl[b, j] + two_c * (xj - anchor[b, j])
-                    g[b, j] = gj
-                    free[b, j] = dt(min(max(xj - gj, lo), hi) != xj)
+            if not g_valid[b]:  # x or c changed since observe_rows
+                _gradient_row(b, c[b], x, gl, anchor, g, free, lo, hi)
                 g_valid[b] = True
             for j in range(D):
                 vj = g[b, j] * free[b, j]
@@ -314,6 +325,9 @@ def direction_rows(
             for j in range(D):
                 mem[b, k, j] = pair[b, 0, j]
                 mem[b, m + k, j] = pair[b, 1, j]
+        # one pass over each memory row pair for whichever products are due (three loops rather
+        # than one with all six sums, which would compute sums a slot with only a pair or only a
+        # direction due does not need)
         for i in range(m):
             sS = dt(0.0)  # s' s_i
             sY = dt(0.0)  # s' yl_i
@@ -390,12 +404,4 @@ def direction_rows(
         if bad or not has_memory:
             norm = math.sqrt(vv)
             step = min(1.0 / norm, 1.0) if norm > 0 else 1.0
-        alpha[b] = step
-        step_t = dt(step)
-        acc = 0.0
-        for j in range(D):
-            xj = x[b, j]
-            t = min(max(xj + step_t * d[b, j], lo), hi)
-            xt[b, j] = t
-            acc += np.float64(g[b, j]) * np.float64(t - xj)
-        gtd[b] = acc
+        _set_trial_row(b, step, x, xt, d, g, alpha, gtd, lo, hi)

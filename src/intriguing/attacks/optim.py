@@ -165,11 +165,13 @@ class BoxLBFGS:
         self.lower, self.upper = float(lower), float(upper)
         self.max_iter, self.max_ls, self.pgtol, self.ftol = max_iter, max_ls, pgtol, ftol
         dev = torch.device(device)
-        self.fused = _fused_supported(dev, dtype) if fused is None else bool(fused)
-        if self.fused and not _fused_supported(dev, dtype):
+        supported = _fused_supported(dev, dtype)
+        if fused and not supported:
             raise ValueError(
-                f"fused=True needs a CPU device and float32 or float64 state, got {dev} {dtype}"
+                "fused=True needs a CPU device, float32 or float64 state and a working numba, "
+                f"got {dev} {dtype}"
             )
+        self.fused = supported if fused is None else bool(fused)
         f64, i64, flag = torch.float64, torch.long, torch.bool
 
         def zeros(*shape: int, kind: torch.dtype = dtype) -> torch.Tensor:
@@ -349,7 +351,7 @@ class BoxLBFGS:
         grad = grad.reshape(len(idx), D).to(self.x.dtype)
         loss = loss.detach().to(torch.float64)
         if self.fused:
-            return self._observe_fused(idx, loss, grad.detach().contiguous())
+            return self._observe_fused(idx, loss, grad)
         if len(idx) == B:
             G, L = grad, loss
             ev = torch.ones(B, device=grad.device, dtype=torch.bool)
@@ -423,14 +425,15 @@ class BoxLBFGS:
     def _observe_fused(
         self, idx: torch.Tensor, loss: torch.Tensor, grad: torch.Tensor
     ) -> StepEvents:
-        """:meth:`observe` in one call of :func:`fused.observe_rows` (the same decisions)."""
+        """:meth:`observe` in one call of :func:`fused.observe_rows` (the same decisions); the
+        kernel reads ``loss`` and ``grad`` as contiguous arrays."""
         r2t = self._trial_r2(idx)
         self._r2t = None
         events = torch.zeros(3, len(idx), dtype=torch.bool)
         _kernels().observe_rows(
             idx.numpy(),
             loss.contiguous().numpy(),
-            grad.numpy(),
+            grad.detach().contiguous().numpy(),
             (
                 *self._numpy("x", "xt", "d", "gl", "anchor", "pair"),
                 self._buf("g").numpy(),
@@ -474,7 +477,7 @@ class BoxLBFGS:
             self.upper,
             CURVATURE_EPS,
         )
-        self.pair_due = torch.zeros_like(self.pair_due)
+        self.pair_due.zero_()
 
     def _accept_trials(self, accepted: torch.Tensor, kept: torch.Tensor) -> None:
         """``x <- xt`` in the ``accepted`` rows ``(B,)`` (``kept`` ``(k,)``: the others). Mostly
