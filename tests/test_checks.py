@@ -224,6 +224,25 @@ def test_non_finite_input_gradients_are_warned_about_once() -> None:
     assert _attack_warnings(SqrtInput().net, x) == []  # the same model without sqrt: no warning
 
 
+def test_a_problem_with_a_non_finite_start_stops_after_one_evaluation() -> None:
+    """No constant moves a problem whose loss gradient at its start point is NaN or infinite:
+    every direction from it is NaN and every line-search step evaluated it again (or a point
+    along a stale direction from the slot's previous problem). Before: 1805 evaluations per
+    example untargeted (every candidate, then every fallback class, 10 stages each of 20 line
+    search steps), 200 targeted; now one per problem, plus the class estimate."""
+    torch.manual_seed(0)
+    x = torch.rand(5, 6)
+    x[:, 0] = 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AttackWarning)
+        targeted = LBFGS(mode="targeted", progress=False)(SqrtInput().eval(), x)
+        untargeted = LBFGS(progress=False)(SqrtInput().eval(), x)
+    assert targeted.grad_evals.tolist() == [1] * 5
+    assert not targeted.success.any() and not untargeted.success.any()
+    # the estimate (at most 5 classes) and one evaluation per class tried (9)
+    assert int(untargeted.grad_evals.max()) <= 5 + 9
+
+
 def test_the_zero_gradient_warning_is_given_once_per_attack() -> None:
     """With 10 classes the untargeted attack runs its candidates, then a fallback search for the
     classes they did not try: each search warned, so the warning printed twice."""

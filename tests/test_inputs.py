@@ -180,6 +180,26 @@ def test_palette_and_alpha_pngs_are_read_through_their_palette(tmp_path: Path) -
     assert batch[2, :, 0, 0].round().tolist() == [200, 200, 200]
 
 
+def test_exif_orientation_is_applied_and_a_broken_tag_is_ignored(tmp_path: Path) -> None:
+    """A camera photo stored sideways with EXIF orientation 6 ("turn 90 degrees clockwise to
+    view") is read upright, as viewers show it; a tag Pillow cannot use leaves it as stored."""
+    stored = np.arange(2 * 3, dtype=np.uint8).reshape(2, 3) * 40  # H 2, W 3 as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored, "L").save(tmp_path / "a_turned.png", exif=exif)
+    exif[0x0112] = 1  # "as stored"
+    Image.fromarray(np.rot90(stored, -1).copy(), "L").save(tmp_path / "b_upright.png", exif=exif)
+    batch = open_data(images=tmp_path, mode="L").batch(0, 2)[:, 0] * 255
+    upright = np.rot90(stored, -1)  # clockwise: H 3, W 2
+    np.testing.assert_array_equal(batch[0].round().numpy(), upright)
+    np.testing.assert_array_equal(batch[1].round().numpy(), upright)
+    (tmp_path / "bad").mkdir()
+    exif[0x0112] = 99  # not an orientation
+    Image.fromarray(stored, "L").save(tmp_path / "bad" / "c.png", exif=exif)
+    got = open_data(images=tmp_path / "bad", mode="L").batch(0, 1)[0, 0] * 255
+    np.testing.assert_array_equal(got.round().numpy(), stored)
+
+
 def _png_header_only(path: Path, width: int, height: int) -> None:
     """A PNG whose header claims ``width x height`` (no pixel data is ever needed to refuse it)."""
 

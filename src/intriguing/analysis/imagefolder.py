@@ -5,7 +5,8 @@ image files (searched recursively, sorted by relative path) can play that role:
 
 - images are decoded lazily with Pillow, batch by batch, to float32 ``(B, C, H, W)`` in ``[0, 1]``
   (``C = 3`` for ``mode="RGB"``, ``1`` for ``"L"``); 16-bit PNGs (``I;16``) are scaled by 65535,
-  palette images go through their palette, alpha is dropped; images over :data:`MAX_PIXELS` pixels
+  palette images go through their palette, alpha is dropped; a photo whose EXIF orientation tag
+  says it is stored sideways or mirrored is turned upright first; images over :data:`MAX_PIXELS` pixels
   are refused before they are decoded;
 - with ``size=S`` each image is resized so that its shorter side is ``S`` and centre-cropped to
   ``S x S``; without it all images must already share one size;
@@ -33,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from intriguing.errors import DataError, InvalidInputError
 from intriguing.progress import track
@@ -156,7 +157,7 @@ def decode_image(path: Path, mode: str) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as handle:
                 _check_size(path, handle.size)
-                return _convert(handle, mode, path)
+                return _convert(_upright(handle), mode, path)
     except InvalidInputError:  # a ValueError too: ours, already one line naming the file
         raise
     except Image.DecompressionBombError:
@@ -166,6 +167,16 @@ def decode_image(path: Path, mode: str) -> Image.Image:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         # ValueError: a colour space Pillow cannot convert (a CIELAB TIFF to RGB or L)
         raise DataError(f"{path}: cannot read the image ({exc}); remove or replace it") from None
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """``image`` turned as its EXIF orientation tag says (camera photos are stored sideways with
+    the tag; viewers and torchvision-style loaders show them upright). An unreadable tag leaves
+    the image as stored, as viewers do."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # a malformed EXIF block (Pillow raises several kinds); the pixels are fine
+        return image
 
 
 def _check_size(path: Path, size: tuple[int, int]) -> None:

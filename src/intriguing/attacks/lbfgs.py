@@ -910,8 +910,12 @@ class _Search:
             self.started[example[self.opt.evaluations[idx] >= LEAD_HEAD_START]] = True
         self.succ_cur[idx[events.accepted]] = succ[events.accepted]
         best_d2 = self.best_d2[idx]
-        done_now = idx[best_d2 == 0]  # already adversarial: nothing to minimise
-        converged = idx[events.converged & (best_d2 > 0)]
+        # already adversarial: nothing to minimise; or a loss or gradient that is not finite at
+        # the start point: no direction leads from it (its line search would walk the slot's
+        # stale direction), whatever the constant
+        hopeless = fresh & ~events.finite
+        done_now = idx[(best_d2 == 0) | hopeless]
+        converged = idx[events.converged & (best_d2 > 0) & ~hopeless]
         finished = 0
         if len(done_now):
             self._retire(done_now)
