@@ -207,7 +207,11 @@ def test_directions_in_blocks_give_the_same_counts_and_distances(
             assert a["scales"][scale]["mean_norm"] == pytest.approx(
                 b["scales"][scale]["mean_norm"], rel=1e-12
             )
-    assert blocks["rays"]["ratios_sample"] == whole["rays"]["ratios_sample"]
+    # stored rounded to 4 decimals: a block's forward sums in another order (the CPU's matmul
+    # kernels depend on the batch), which can move a ratio across a rounding edge (5.2579 / 5.258)
+    assert blocks["rays"]["ratios_sample"] == pytest.approx(
+        whole["rays"]["ratios_sample"], rel=0, abs=1.01e-4
+    )
 
 
 def test_measure_rarity_refuses_bad_input(
