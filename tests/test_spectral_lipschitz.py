@@ -409,3 +409,36 @@ def test_a_cast_in_forward_is_named_not_blamed_on_the_shape() -> None:
     (4,)", a shape that is fine."""
     with pytest.raises(InvalidInputError, match=r"fails on float64 inputs .*remove casts such as"):
         network_bounds(_CastsToFloat().eval(), (4,))
+
+
+class _PlainTensorKernel(nn.Module):
+    """A blur kernel kept as a plain attribute, not a buffer: ``.double()`` leaves it float32."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.k = torch.ones(1, 1, 3, 3) / 9
+        self.fc = nn.Linear(16, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(nn.functional.conv2d(x, self.k, padding=1).flatten(1))
+
+
+class _Detached(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.detach() * 5)
+
+
+def test_a_plain_tensor_attribute_and_a_detach_name_their_cause() -> None:
+    """Both were refused with the wrong cause (a probe): the float32 attribute as "cannot take
+    input of shape (1, 4, 4)", the ``.detach()`` as an in-place operation to make out of place."""
+    model = _PlainTensorKernel().eval()
+    assert model(torch.rand(2, 1, 4, 4)).shape == (2, 2)  # the shape is fine
+    with pytest.raises(InvalidInputError, match=r"float64 inputs .*register_buffer") as info:
+        network_bounds(model, (1, 4, 4))
+    assert "input of shape" not in str(info.value)
+    with pytest.raises(InvalidInputError, match=r"cut off from its input: remove \.detach\(\)"):
+        network_bounds(_Detached().eval(), (4,))

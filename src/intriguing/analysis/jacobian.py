@@ -109,9 +109,16 @@ def jacobian_lower_bound(
     except RuntimeError as exc:  # autograd refusing an in-place operation of the forward, ...
         from intriguing.models.user import first_line
 
+        cause = first_line(exc)
+        fix = (
+            "its output is cut off from its input: remove .detach(), torch.no_grad() or "
+            "non-differentiable steps (argmax, .item()) from its forward"
+            if "does not require grad" in cause
+            else "make the in-place operations of its forward out of place"
+        )
         raise InvalidInputError(
             f"torch's autograd cannot differentiate the model for the measured lower bound "
-            f"({first_line(exc)}); make the in-place operations of its forward out of place"
+            f"({cause}); {fix}"
         ) from None
     if not all(math.isfinite(v) for v in result.per_input):
         bad = next(i for i, v in enumerate(result.per_input) if not math.isfinite(v))

@@ -278,12 +278,15 @@ def probe_values(gm: fx.GraphModule, shape: Shape) -> dict[fx.Node, Any]:
 
 def forward_failure(what: str, shape: Shape, exc: Exception) -> InvalidInputError:
     """The one-line error for a forward pass of the float64 copy that failed: a dtype clash (a
-    cast such as ``x.float()`` in forward) is named as such, anything else as a shape problem."""
+    cast such as ``x.float()`` in forward, or a float32 tensor kept as a plain attribute, which
+    ``.double()`` does not convert) is named as such, anything else as a shape problem."""
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    if "dtype" in first and ("Double" in first or "double" in first):
+    clash = "dtype" in first or "scalar type" in first or "Float" in first
+    if clash and ("Double" in first or "double" in first):
         return InvalidInputError(
             f"{what} fails on float64 inputs ({first}): the bound runs a float64 copy of the "
-            "model; remove casts such as x.float() from forward"
+            "model; remove casts such as x.float() from forward, and register tensors that "
+            "forward uses as buffers (self.register_buffer) so that the copy converts them"
         )
     return InvalidInputError(f"{what} cannot take input of shape {shape}: {first}")
 

@@ -324,8 +324,9 @@ def units(
 ) -> None:
     """Top-k images along units vs random directions, and how label-coherent they are (§3).
 
-    MODEL is a zoo name (e.g. Conv, N100-100-10) or package.module:factory for your own model
-    (with --images DIR for a folder of images). See docs/units.md for the JSON schema.
+    MODEL is a zoo name (e.g. Conv, N100-100-10), package.module:factory or file.py:factory for
+    your own model (with --images DIR for a folder of images). See docs/units.md for the JSON
+    schema.
     """
     from intriguing._io import atomic_write_json
     from intriguing.analysis.activations import compute_activations
