@@ -130,7 +130,8 @@ def test_a_fixed_target_class_passes_over_the_images_of_that_class(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--target", "next"], "needs mode='targeted'"),
+        (["--target", "next"], "--target next needs --mode targeted"),
+        (["--target", "3"], "--target 3 needs --mode targeted"),
         (["--mode", "targeted", "--target", "closest"], "unknown target chooser"),
         (["--mode", "targeted", "--target", "12"], "out of range"),
         (["--n", "100000"], "lower n (--n)"),

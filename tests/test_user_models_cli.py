@@ -524,6 +524,24 @@ def test_curves_robust_accuracy_at_budgets(tmp_path: Path) -> None:
     assert rms.exit_code == 0 and "eps 0.01" in rms.output
 
 
+def test_curves_out_keeps_its_json_and_plot_a_pair(tmp_path: Path) -> None:
+    """A second run into the same --out with --plot elsewhere left the first run's plot beside
+    the second run's JSON (found by a probe)."""
+    tensors = _tensors(tmp_path / "t.npz.safetensors", "mymodels:lenet", (1, 28, 28), n=3)
+    out, other = tmp_path / "out", tmp_path / "other.png"
+    common = ["curves", "mymodels:lenet", "--tensors", str(tensors), "--max-iter", "20"]
+    first = run(*common, "--n", "3", "--eps", "1,2", "--out", str(out))
+    assert first.exit_code == 0, first.output
+    in_out = out / "curves-mymodels_lenet.png"
+    before = in_out.read_bytes()
+    second = run(*common, "--n", "2", "--eps", "3", "--out", str(out), "--plot", str(other))
+    assert second.exit_code == 0, second.output
+    payload = json.loads((out / "curves-mymodels_lenet.json").read_text())
+    assert payload["eps"] == [3.0] and payload["plot"] == str(other)
+    assert in_out.read_bytes() != before  # redrawn for the second run
+    assert other.read_bytes() == in_out.read_bytes()
+
+
 # --------------------------------------------------------------------------------- spectral
 def test_spectral_user_models_run_or_refuse_cleanly(tmp_path: Path) -> None:
     js = tmp_path / "s.json"

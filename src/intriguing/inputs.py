@@ -516,8 +516,9 @@ def _check_channels(model: nn.Module, images: torch.Tensor, shape: str) -> None:
             )
         raise InvalidInputError(
             f"the normalisation has {means} channels (means, stds) but the data has "
-            f"{images.shape[1]} ({shape}); give one mean and one std per data channel "
-            "(e.g. --normalize 0.1307,0.3081 for grey images, six numbers for RGB)"
+            f"{images.shape[1]} ({shape}); give one mean and one std per data channel, or one "
+            "of each for every channel (e.g. --normalize 0.1307,0.3081 for grey images, six "
+            "numbers for RGB)"
         )
 
 

@@ -36,6 +36,7 @@ from intriguing.cli.options import (
     text_option,
 )
 from intriguing.cli.validation import output_file
+from intriguing.errors import InvalidInputError
 
 TARGET_HELP = (
     "Targeted: random (default), next, least-likely, best (every class, keep the smallest) or a class "
@@ -118,6 +119,11 @@ def attack(
     from intriguing.inputs import choose_examples, model_device
 
     target = parse_target(target_text)
+    if mode == "untargeted" and target not in (None, "best"):
+        raise InvalidInputError(
+            f"--target {target_text} needs --mode targeted; untargeted takes no --target, or "
+            "--target best (the minimum over every target class)"
+        )
     attacker = LBFGS(
         mode=mode,
         target=target,

@@ -481,7 +481,7 @@ def _finish_model(*, command: str, payload: dict[str, Any], common: dict[str, An
     "plot_path",
     type=output_file(".png"),
     default=None,
-    help="With MODEL: write the robust-accuracy plot (PNG) here (default: into --out, if given).",
+    help="With MODEL: write the robust-accuracy plot (PNG) here (with --out, also into it).",
 )
 @_common
 def curves(
@@ -547,8 +547,9 @@ def _model_curves(
     )
     if n < 1:
         raise InvalidInputError(f"--n must be at least 1, got {n}")
-    names = [f"curves-{_slug(spec)}.json", *([] if plot_path else [f"curves-{_slug(spec)}.png"])]
-    _check_written(common["out"], names)
+    # --out DIR always holds the JSON and its plot as a pair (--plot FILE is a further copy): a plot
+    # left in DIR by an earlier run beside this run's JSON would mix two runs' results
+    _check_written(common["out"], [f"curves-{_slug(spec)}.json", f"curves-{_slug(spec)}.png"])
     torch.set_num_threads(1)
     data = open_user_data(common, split=common["split"])
     net, description = model_from_options(spec, common, seed=0)
@@ -567,11 +568,14 @@ def _model_curves(
     }
     _print_robust(payload)
     out = common["out"]
-    target = plot_path or (out / f"curves-{_slug(spec)}.png" if out is not None else None)
-    if target is not None:
+    targets = [out / f"curves-{_slug(spec)}.png"] if out is not None else []
+    if plot_path is not None and plot_path not in targets:
+        targets.append(plot_path)
+    for target in targets:
         _plot_robust(payload, target)
-        payload["plot"] = str(target)
         click.echo(f"plot: {target}")
+    if targets:
+        payload["plot"] = str(targets[-1])
     if out is not None:
         atomic_write_json(out / f"curves-{_slug(spec)}.json", payload)
         click.echo(f"results: {out / f'curves-{_slug(spec)}.json'}")

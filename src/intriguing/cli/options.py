@@ -259,8 +259,8 @@ def model_options(func: F) -> F:
         default=None,
         callback=_check_normalize,
         help="Per-channel input normalisation applied before the model, means first then stds: "
-        "0.1307,0.3081 (grey) or 0.485,0.456,0.406,0.229,0.224,0.225 (RGB). Attacks and "
-        "budgets stay in [0, 1] pixel space.",
+        "0.1307,0.3081 (grey) or 0.485,0.456,0.406,0.229,0.224,0.225 (RGB); one mean and one "
+        "std apply to every channel. Attacks and budgets stay in [0, 1] pixel space.",
         metavar="MEANS,STDS",
     )(func)
     func = click.option(
