@@ -231,3 +231,42 @@ def test_rejected_rows_keep_their_iterate_and_accepted_rows_move() -> None:
         assert torch.equal(opt.x[bad], before[bad])
         assert torch.equal(opt.x[~bad], trial[~bad])
         assert not torch.equal(trial[~bad], before[~bad])  # the accepted rows did move
+
+
+def _quadratic(idx: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return ((x - 2.0) ** 2).sum(1), 2 * (x - 2.0)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"memory": 0}, "memory must be an integer >= 1"),  # crashed the interpreter (fused)
+        ({"memory": -1}, "memory must be an integer >= 1"),
+        ({"memory": 0, "fused": False}, "memory must be an integer >= 1"),
+        ({"max_iter": 0}, "max_iter must be an integer >= 1"),
+        ({"max_ls": 2.5}, "max_ls must be an integer >= 1"),
+        ({"lower": 1.0, "upper": 0.0}, "lower < upper"),
+        ({"lower": float("nan")}, "lower must be a finite number"),
+        ({"pgtol": 0.0}, "pgtol must be a finite number > 0"),
+        ({"ftol": float("inf")}, "ftol must be a finite number > 0"),
+    ],
+)
+def test_settings_no_state_can_hold_are_refused(options: dict, message: str) -> None:
+    """Found by a probe: ``memory=0`` sized the fused kernels' work arrays at nothing and they
+    wrote past them (glibc aborted the interpreter); an empty box returned a point outside it."""
+    with pytest.raises(ValueError, match=message) as info:
+        minimize_box(_quadratic, torch.full((2, 3), 0.5), **options)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("x0", "message"),
+    [
+        (torch.tensor([0.5]), r"x0 must be \(B, D\)"),
+        (torch.tensor([[float("nan"), 0.5]]), "NaN or infinite"),
+    ],
+)
+def test_minimize_box_refuses_a_bad_start(x0: torch.Tensor, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        minimize_box(_quadratic, x0)
+    assert minimize_box(_quadratic, torch.zeros(0, 3)).x.shape == (0, 3)  # no problems: fine

@@ -255,3 +255,11 @@ def test_the_zero_gradient_warning_is_given_once_per_attack() -> None:
         "3 example(s) have an exactly zero input gradient at the clean image (saturated model); "
         "the attack cannot move them"
     ]
+
+
+@pytest.mark.parametrize("config", [{"mode": "targeted"}, "targeted"])
+def test_a_config_that_is_not_an_lbfgs_config_is_one_line(config: object) -> None:
+    """``LBFGS("targeted")`` raised dataclasses' "must be called with a dataclass type"."""
+    with pytest.raises(InvalidInputError, match=r"config must be an LBFGSConfig.*keywords") as info:
+        LBFGS(config)  # type: ignore[arg-type]
+    assert "\n" not in str(info.value)

@@ -67,6 +67,7 @@ from intriguing.attacks.metrics import AIM_FACTOR, success_lead, success_margin,
 from intriguing.attacks.optim import BoxLBFGS
 from intriguing.attacks.result import AttackResult
 from intriguing.attacks.targets import all_targets, choose_targets
+from intriguing.errors import InvalidInputError
 from intriguing.progress import make_progress
 
 if TYPE_CHECKING:
@@ -287,6 +288,11 @@ class LBFGS(Attack):
         **overrides: Any,
     ) -> None:
         """``config`` (default :class:`LBFGSConfig`) with keyword ``overrides`` of its fields."""
+        if config is not None and not isinstance(config, LBFGSConfig):
+            raise InvalidInputError(
+                f"config must be an LBFGSConfig, got {type(config).__name__}; pass settings as "
+                "keywords, e.g. LBFGS(mode='targeted')"
+            )
         config = config if config is not None else LBFGSConfig()
         LBFGSConfig.check_names(overrides, also=("threads", "progress"))
         self.config = dataclasses.replace(config, **overrides) if overrides else config

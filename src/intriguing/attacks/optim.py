@@ -52,6 +52,8 @@ from __future__ import annotations
 
 import functools
 import importlib
+import math
+import numbers
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -112,6 +114,11 @@ class BoxLBFGS:
         fused: run the step's dense work in the compiled CPU kernels of
             :mod:`~intriguing.attacks.fused` (same formulas, several times faster on a CPU; sums
             round differently). ``None`` (default): on a CPU with float32 or float64 state.
+
+    Raises:
+        ValueError: ``capacity`` < 0, ``dim``, ``memory``, ``max_iter`` or ``max_ls`` < 1 (or
+            not integers), a box without ``lower < upper`` (finite), ``pgtol`` or ``ftol`` not
+            finite and > 0, or ``fused=True`` where the kernels cannot run.
     """
 
     _STATE = (
@@ -161,6 +168,7 @@ class BoxLBFGS:
         dtype: torch.dtype = torch.float32,
         fused: bool | None = None,
     ) -> None:
+        _check_settings(capacity, dim, memory, lower, upper, max_iter, max_ls, pgtol, ftol)
         self.capacity, self.dim, self.m = capacity, dim, memory
         self.lower, self.upper = float(lower), float(upper)
         self.max_iter, self.max_ls, self.pgtol, self.ftol = max_iter, max_ls, pgtol, ftol
@@ -637,6 +645,38 @@ class BoxLBFGS:
         self._set_trial(mask, new, g)
 
 
+def _check_settings(
+    capacity: int,
+    dim: int,
+    memory: int,
+    lower: float,
+    upper: float,
+    max_iter: int,
+    max_ls: int,
+    pgtol: float,
+    ftol: float,
+) -> None:
+    """ValueError (one line) for settings no optimiser state can hold: ``memory = 0`` sized the
+    fused kernels' work arrays at nothing, and they wrote past them (a crashed interpreter)."""
+    for name, value, least in (
+        ("capacity", capacity, 0),
+        ("dim", dim, 1),
+        ("memory", memory, 1),
+        ("max_iter", max_iter, 1),
+        ("max_ls", max_ls, 1),
+    ):
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < least:
+            raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+    for name, bound in (("lower", lower), ("upper", upper)):
+        if not (isinstance(bound, numbers.Real) and math.isfinite(bound)):
+            raise ValueError(f"{name} must be a finite number, got {bound!r}")
+    if not lower < upper:
+        raise ValueError(f"the box needs lower < upper, got lower={lower!r}, upper={upper!r}")
+    for name, tol in (("pgtol", pgtol), ("ftol", ftol)):
+        if not (isinstance(tol, numbers.Real) and math.isfinite(tol) and tol > 0):
+            raise ValueError(f"{name} must be a finite number > 0, got {tol!r}")
+
+
 def _fused_supported(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether :mod:`~intriguing.attacks.fused`'s kernels can hold this state (CPU, float32/64)
     and can be imported."""
@@ -806,7 +846,14 @@ def minimize_box(
 
     Returns:
         The final iterates, objective values and per-problem iteration/evaluation counts.
+
+    Raises:
+        ValueError: ``x0`` not ``(B, D)`` or not finite, or a setting :class:`BoxLBFGS` refuses.
     """
+    if x0.ndim != 2:
+        raise ValueError(f"x0 must be (B, D): one row per problem, got shape {tuple(x0.shape)}")
+    if not bool(torch.isfinite(x0).all()):
+        raise ValueError("x0 holds NaN or infinite values; start from finite points")
     B, D = x0.shape
     settings = {**MINIMIZE_DEFAULTS, **options}
     opt = BoxLBFGS(B, D, device=x0.device, dtype=x0.dtype, **settings)
