@@ -239,6 +239,10 @@ def test_report_from_the_tiny_run(tiny_run: tuple[Path, dict]) -> None:
     text = paths["markdown"].read_text()
     assert "**Verdict.**" in text and "| 3v8 | 2 | mlp |" in text
     assert paths["figure"].read_bytes()[:4] == b"\x89PNG"
+    # the updates are rounded up to whole epochs per task, and --n is an upper limit (a probe
+    # found "the same for every task" and "the first 70000 test images" above 878 attacked)
+    assert "rounded up to whole epochs" in text and "on up to the first" in text
+    assert "the same for every task" not in text
 
 
 # ---------------------------------------------------------------------------------- report

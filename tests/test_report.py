@@ -427,6 +427,17 @@ def test_report_refuses_a_units_figure_that_is_not_the_run_s(run_dir: Path, tmp_
         assert (tmp_path / "run" / "figures" / figure.name).read_bytes() == figure.read_bytes()
 
 
+def test_report_refuses_a_missing_units_figure(run_dir: Path, tmp_path: Path) -> None:
+    """A deleted units figure was left out of the report without a word (found by a probe)."""
+
+    def edit(copy: Path) -> None:
+        doc = json.loads((copy / "results.json").read_text())
+        figures = next(iter(doc["units"].values()))["figures"]
+        (copy / figures["topk"]).unlink()
+
+    _one_error_line(_report_of_copy(run_dir, tmp_path, edit), "units figure of this run is missing")
+
+
 def test_results_json_records_each_units_figure_s_hash(run_dir: Path) -> None:
     from intriguing._io import file_sha256
 

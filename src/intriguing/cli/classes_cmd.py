@@ -64,7 +64,8 @@ def _summary_table(doc: dict[str, Any]) -> Any:
     1,
     10_000_000,
     default=4700,
-    help="Adam updates per model, the same for every task (4700 = 10 MNIST epochs).",
+    help="Adam updates per model, rounded up to whole epochs of each task's training images "
+    "(4700 = 10 MNIST epochs).",
 )
 @int_option(
     "--train-limit",

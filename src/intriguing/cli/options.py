@@ -162,7 +162,8 @@ def data_options(func: F) -> F:
         "--data-dir",
         type=InputPath(file_okay=False, reads=_mnist_file),
         default=None,
-        help="Directory with the four MNIST IDX files (else $INTRIGUING_DATA_DIR, the cache, a download).",
+        help="Directory with the four MNIST IDX files (else $INTRIGUING_DATA_DIR, the cache, a "
+        "download; 'data info' never downloads).",
         callback=_check_data_dir,
     )(func)
     func = click.option(

@@ -399,9 +399,10 @@ def classes_markdown(doc: Mapping[str, Any], figure: str | None = FIGURE) -> str
         "",
         f"Tasks: {tasks}. "
         f"Every model is trained on the task's training images with minibatch Adam "
-        f"({cfg['updates']} updates of {cfg['batch_size']} images, the same for every task) and the "
-        f"zoo's weight decay; untargeted L-BFGS (§4.1) on the first {cfg['n']} test images of the "
-        f"task that the model classifies correctly ({cfg['dataset']}, seed {cfg['seed']}). "
+        f"(at least {cfg['updates']} updates of {cfg['batch_size']} images, rounded up to whole "
+        f"epochs of the task's training images) and the zoo's weight decay; untargeted L-BFGS "
+        f"(§4.1) on up to the first {cfg['n']} test images of the task that the model classifies "
+        f"correctly (the tables count them) ({cfg['dataset']}, seed {cfg['seed']}). "
         "Distortion is the paper's RMS per pixel over successful examples; intervals are 95% "
         f"percentile bootstraps ({cfg['bootstrap']} resamples) and Wilson intervals for rates.",
         "",

@@ -641,11 +641,12 @@ def render_figures(run_dir: Path, doc: Mapping[str, Any]) -> dict[str, str]:
 
 
 def units_figure_paths(run_dir: Path, units: Mapping[str, Any]) -> dict[str, str]:
-    """``units:<model>:<kind>`` -> path of the figures the units steps stored (those still there),
-    each checked against the SHA-256 that the sealed results recorded for it.
+    """``units:<model>:<kind>`` -> path of the figures the units steps stored, each checked
+    against the SHA-256 that the sealed results recorded for it.
 
     Raises:
-        IntriguingError: a figure that is not the run's (another hash, or none recorded).
+        IntriguingError: a recorded figure that is missing (the report would drop it without a
+            word) or not the run's (another hash, or none recorded).
     """
     from intriguing.report.html import inside_run
 
@@ -655,7 +656,10 @@ def units_figure_paths(run_dir: Path, units: Mapping[str, Any]) -> dict[str, str
         for kind, path in (run.get("figures") or {}).items():
             file = inside_run(run_dir, path, "units figure")
             if not file.is_file():
-                continue
+                raise IntriguingError(
+                    f"{file}: the {model} units figure of this run is missing; rerun "
+                    "`intriguing reproduce` with the same options and --out"
+                )
             if file_sha256(file) != hashes.get(kind):
                 raise IntriguingError(
                     f"{file}: not the {model} units figure of this run (its SHA-256 differs from "

@@ -21,9 +21,9 @@ class ClassesConfig:
         tasks: task names (see :func:`get_task`).
         families: model families (see :data:`FAMILIES`).
         n: test images attacked per task and family (the first ``n`` the model gets right).
-        updates: Adam minibatch updates per model, the same for every task (epochs =
-            ``ceil(updates * batch_size / task training images)``): a small task gets more epochs,
-            not fewer steps.
+        updates: Adam minibatch updates per model, rounded up to whole epochs of the task (epochs
+            = ``ceil(updates * batch_size / task training images)``; each task gets at least
+            ``updates``, up to one epoch more): a small task gets more epochs, not fewer steps.
         batch_size: minibatch size.
         train_limit: use only the first ``train_limit`` task training images (None: all).
         restricted: run the 10-class comparison when ``all`` is among the tasks.
