@@ -105,6 +105,18 @@ def test_non_integer_seed_in_a_sidecar_is_a_clean_error(
         load_checkpoint(entry_a.path)
 
 
+@pytest.mark.parametrize(("name", "value"), [("wall_time_s", "abc"), ("test_error", -0.1)])
+def test_a_sidecar_metric_that_is_not_a_number_is_refused(
+    entry_a: api_module.TrainedModel, name: str, value: object
+) -> None:
+    """``train`` printed an edited ``wall_time_s: abc`` and wrote it to --json (a probe)."""
+    metrics = dict(load_checkpoint(entry_a.path).sidecar["metrics"])
+    metrics[name] = value
+    _write_sidecar(entry_a.path, metrics=metrics)
+    with pytest.raises(CheckpointError, match=f"sidecar metric '{name}' is .*not a number >= 0"):
+        load_checkpoint(entry_a.path)
+
+
 def test_a_sidecar_seed_edited_away_from_its_config_is_refused(
     entry_a: api_module.TrainedModel,
 ) -> None:

@@ -197,6 +197,10 @@ _SIDECAR_TYPES: dict[str, type | tuple[type, ...]] = {
 }
 
 
+# metrics shown or written by `train` as they are stored (the errors are measured again)
+_NUMERIC_METRICS = ("train_error", "test_error", "wall_time_s", "cpu_time_s")
+
+
 def _check_sidecar_types(data: dict[str, Any], sidecar_file: Path) -> None:
     """Every known field of the right JSON type; ``seed`` a (non-bool) integer, the same as the
     training config's ``seed`` where the sidecar has one."""
@@ -205,6 +209,14 @@ def _check_sidecar_types(data: dict[str, Any], sidecar_file: Path) -> None:
             raise CheckpointError(
                 f"{sidecar_file}: sidecar field {name!r} has the wrong type; delete the "
                 "checkpoint and retrain"
+            )
+    metrics = data.get("metrics") or {}
+    for name in _NUMERIC_METRICS:
+        value = metrics.get(name, 0.0)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+            raise CheckpointError(
+                f"{sidecar_file}: sidecar metric {name!r} is {value!r}, not a number >= 0 "
+                "(edited?); delete the checkpoint and retrain"
             )
     seed = data.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int):
