@@ -58,6 +58,7 @@ def test_figures_by_hand() -> None:
         (["Conv", "--settings", '{"ftol": -1}'], "ftol"),
         (["Conv", "--settings", '{"no_such": 1}'], "no_such"),
         (["Conv", "--json", "/no/such/folder/out.json"], "--json"),
+        (["Conv", "--json", "/tmp"], "--json"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(

@@ -59,9 +59,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from intriguing.attacks.arguments import check_count
 from intriguing.attacks.base import Attack, AttackBatch, RawAttack
 from intriguing.attacks.checks import AttackWarning
-from intriguing.attacks.lbfgs_config import C_RANGE, LBFGSConfig, check_count
+from intriguing.attacks.lbfgs_config import C_RANGE, LBFGSConfig
 from intriguing.attacks.losses import attack_loss
 from intriguing.attacks.metrics import AIM_FACTOR, success_lead, success_margin, success_mask
 from intriguing.attacks.optim import BoxLBFGS

@@ -9,7 +9,6 @@ declared here only. See :class:`~intriguing.attacks.lbfgs.LBFGS` for what each s
 from __future__ import annotations
 
 import dataclasses
-import math
 import numbers
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from intriguing.attacks.arguments import check_count, check_positive, is_finite_number
 from intriguing.attacks.base import MODES
 from intriguing.attacks.losses import check_loss
 from intriguing.attacks.targets import check_target_choice
@@ -27,6 +27,8 @@ from intriguing.errors import InvalidInputError
 # gradient ``g + 2 c (x - x0)`` overflows float32 near 1e38 (nonsense trial points that the model
 # would be blamed for). From c = 5 the default search reaches 5 * 3**-55 ~ 3e-26 at the least.
 C_RANGE = (1e-30, 1e30)
+# the targets untargeted mode takes: none (the untargeted loss or its candidates) or every class
+UNTARGETED_TARGETS = (None, "best")
 
 
 @dataclass(frozen=True)
@@ -65,19 +67,19 @@ class LBFGSConfig:
         self._check_goal()
         check_loss(self.loss, self.kappa, 1.0 if self.temperature is None else self.temperature)
         if self.c_init is not None:
-            _positive("c_init", self.c_init)
+            check_positive("c_init", self.c_init)
             low, high = C_RANGE
             if not low <= self.c_init <= high:
                 raise InvalidInputError(
                     f"c_init must lie in [{low:g}, {high:g}] (beyond, the distance term is 0 or "
                     f"everything at float32 precision), got {self.c_init!r}"
                 )
-        _positive("c_rtol", self.c_rtol)
-        _positive("pgtol", self.pgtol)
-        _positive("ftol", self.ftol)
-        if not _finite(self.kappa):  # check_loss: >= 0
+        check_positive("c_rtol", self.c_rtol)
+        check_positive("pgtol", self.pgtol)
+        check_positive("ftol", self.ftol)
+        if not is_finite_number(self.kappa):  # check_loss: >= 0
             raise InvalidInputError(f"kappa must be a finite number >= 0, got {self.kappa!r}")
-        if not (_finite(self.c_factor) and self.c_factor > 1.0):
+        if not (is_finite_number(self.c_factor) and self.c_factor > 1.0):
             raise InvalidInputError(f"c_factor must be a finite number > 1, got {self.c_factor!r}")
         if not isinstance(self.refine, bool | np.bool_):
             raise InvalidInputError(f"refine must be True or False, got {self.refine!r}")
@@ -111,7 +113,7 @@ class LBFGSConfig:
     def _check_goal(self) -> None:
         if self.mode not in MODES:
             raise InvalidInputError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
-        if self.mode == "untargeted" and self.target not in (None, "best"):
+        if self.mode == "untargeted" and self.target not in UNTARGETED_TARGETS:
             raise InvalidInputError(
                 f"target={self.target!r} needs mode='targeted'; untargeted mode takes target=None "
                 "or 'best'"
@@ -142,25 +144,3 @@ class LBFGSConfig:
             values["target"] = "random"
         for name, value in values.items():
             object.__setattr__(self, name, value)
-
-
-def _finite(value: object) -> bool:
-    """A finite real number (numpy scalars included), not a bool."""
-    return (
-        isinstance(value, numbers.Real)
-        and not isinstance(value, bool | np.bool_)
-        and math.isfinite(float(value))
-    )
-
-
-def _positive(name: str, value: float) -> None:
-    if not (_finite(value) and value > 0):
-        raise InvalidInputError(f"{name} must be a finite number > 0, got {value!r}")
-
-
-def check_count(name: str, value: object, least: int) -> None:
-    """InvalidInputError unless ``value`` is an integer (numpy's too; not a bool) >= ``least``."""
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool | np.bool_):
-        raise InvalidInputError(f"{name} must be an integer >= {least}, got {value!r}")
-    if int(value) < least:
-        raise InvalidInputError(f"{name} must be an integer >= {least}, got {value!r}")

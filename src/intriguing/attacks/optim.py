@@ -52,14 +52,15 @@ from __future__ import annotations
 
 import functools
 import importlib
-import math
-import numbers
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from intriguing.attacks.arguments import check_count, check_finite, check_positive
+from intriguing.errors import InvalidInputError
 
 ETA = 1e-4  # Armijo sufficient-decrease constant
 CURVATURE_EPS = 1e-10
@@ -656,25 +657,25 @@ def _check_settings(
     pgtol: float,
     ftol: float,
 ) -> None:
-    """ValueError (one line) for settings no optimiser state can hold: ``memory = 0`` sized the
-    fused kernels' work arrays at nothing, and they wrote past them (a crashed interpreter)."""
-    for name, value, least in (
-        ("capacity", capacity, 0),
-        ("dim", dim, 1),
-        ("memory", memory, 1),
-        ("max_iter", max_iter, 1),
-        ("max_ls", max_ls, 1),
+    """InvalidInputError (a ValueError; one line) for settings no optimiser state can hold:
+    ``memory = 0`` sized the fused kernels' work arrays at nothing, and they wrote past them (a
+    crashed interpreter)."""
+    check_count("capacity", capacity, 0)
+    for name, count in (
+        ("dim", dim),
+        ("memory", memory),
+        ("max_iter", max_iter),
+        ("max_ls", max_ls),
     ):
-        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < least:
-            raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
-    for name, bound in (("lower", lower), ("upper", upper)):
-        if not (isinstance(bound, numbers.Real) and math.isfinite(bound)):
-            raise ValueError(f"{name} must be a finite number, got {bound!r}")
+        check_count(name, count, 1)
+    check_finite("lower", lower)
+    check_finite("upper", upper)
     if not lower < upper:
-        raise ValueError(f"the box needs lower < upper, got lower={lower!r}, upper={upper!r}")
-    for name, tol in (("pgtol", pgtol), ("ftol", ftol)):
-        if not (isinstance(tol, numbers.Real) and math.isfinite(tol) and tol > 0):
-            raise ValueError(f"{name} must be a finite number > 0, got {tol!r}")
+        raise InvalidInputError(
+            f"the box needs lower < upper, got lower={lower!r}, upper={upper!r}"
+        )
+    check_positive("pgtol", pgtol)
+    check_positive("ftol", ftol)
 
 
 def _fused_supported(device: torch.device, dtype: torch.dtype) -> bool:

@@ -24,7 +24,7 @@ from typing import Any
 
 import click
 
-from intriguing.attacks.lbfgs_config import LBFGSConfig
+from intriguing.attacks.lbfgs_config import UNTARGETED_TARGETS, LBFGSConfig
 from intriguing.cli.options import (
     choice_option,
     flag_option,
@@ -119,7 +119,7 @@ def attack(
     from intriguing.inputs import choose_examples, model_device
 
     target = parse_target(target_text)
-    if mode == "untargeted" and target not in (None, "best"):
+    if mode == "untargeted" and target not in UNTARGETED_TARGETS:  # LBFGSConfig's rule, in flags
         raise InvalidInputError(
             f"--target {target_text} needs --mode targeted; untargeted takes no --target, or "
             "--target best (the minimum over every target class)"

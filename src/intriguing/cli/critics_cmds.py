@@ -19,13 +19,14 @@ print one ``Error: ...`` line and exit with 2. See docs/critics.md.
 from __future__ import annotations
 
 import math
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import click
 
-from intriguing._io import json_safe, refuse_folder_names
+from intriguing._io import atomic_path, json_safe, refuse_folder_names
 from intriguing.cli.options import (
     backend_options,
     choice_option,
@@ -571,10 +572,13 @@ def _model_curves(
     targets = [out / f"curves-{_slug(spec)}.png"] if out is not None else []
     if plot_path is not None and plot_path not in targets:
         targets.append(plot_path)
-    for target in targets:
-        _plot_robust(payload, target)
-        click.echo(f"plot: {target}")
     if targets:
+        _plot_robust(payload, targets[0])  # drawn once, copied to the other place
+        for target in targets[1:]:
+            with atomic_path(target) as tmp:
+                shutil.copyfile(targets[0], tmp)
+        for target in targets:
+            click.echo(f"plot: {target}")
         payload["plot"] = str(targets[-1])
     if out is not None:
         atomic_write_json(out / f"curves-{_slug(spec)}.json", payload)
