@@ -1,5 +1,6 @@
 """``benchmarks/step_profile.py``, ``shard_size.py``, ``chunk_rows.py``, ``softmax1_oracle.py``,
-``logit_scale.py``, ``estimate_classes.py``, ``prune_beaten.py``, ``lead_first.py`` and ``ray_shrink.py``: the drain table worked out by hand, and bad arguments refused with one line and
+``logit_scale.py``, ``estimate_classes.py``, ``prune_beaten.py``, ``lead_first.py``, ``ray_shrink.py``
+and ``candidate_smoothing.py``: the drain table worked out by hand, and bad arguments refused with one line and
 exit code 2 before any model is loaded or attacked."""
 
 from __future__ import annotations
@@ -93,6 +94,11 @@ def test_shard_configs_parse_and_bad_ones_exit_2(capsys: pytest.CaptureFixture[s
         ("lead_first", ["no-such-model"], "error:"),
         ("ray_shrink", ["softmax1", "--n", "0"], "error: --n must be >= 1"),
         ("ray_shrink", ["no-such-model"], "error:"),
+        ("candidate_smoothing", ["softmax1", "--n", "0"], "error: --n must be >= 1"),
+        ("candidate_smoothing", ["softmax1", "--values", "1,0"], "error: --values '1,0'"),
+        ("candidate_smoothing", ["softmax1", "--values", "nan"], "error: --values 'nan'"),
+        ("candidate_smoothing", ["softmax1", "--values", "inf"], "error: --values 'inf'"),
+        ("candidate_smoothing", ["no-such-model"], "error:"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(

@@ -28,6 +28,7 @@ from intriguing.experiments.classes import (
     wilson,
 )
 from intriguing.report.classes import (
+    classes_markdown,
     distortion_ratios,
     load_classes_results,
     verdict,
@@ -264,6 +265,27 @@ def _doc(d2: float, d10: float, success: float = 1.0) -> dict[str, Any]:
         "tasks": [{"name": "3v8", "num_classes": 2}, {"name": "all", "num_classes": 10}],
         "rows": [row("3v8", 2, d2), row("all", 10, d10)],
     }
+
+
+def test_a_one_family_run_says_there_is_no_transfer() -> None:
+    """One family per task: the transfer section printed its heading and an empty table (a probe)."""
+    doc = _doc(0.06, 0.03)
+    doc["config"] = {
+        "updates": 100,
+        "batch_size": 50,
+        "n": 10,
+        "dataset": "mnist",
+        "seed": 0,
+        "bootstrap": 100,
+    }
+    for task in doc["tasks"]:
+        task["description"] = task["name"]
+    for row in doc["rows"]:
+        row.update(train_error=0.01, test_error=0.02, attacked=True, n_attacked=10)
+    text = classes_markdown(doc, figure=None)
+    section = text.split("### Transfer between the task's models", 1)[1]
+    assert section.lstrip().startswith("None: each task has one model family")
+    assert "| task | K | made for |" not in text
 
 
 def test_verdict_follows_the_numbers() -> None:

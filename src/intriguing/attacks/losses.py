@@ -11,6 +11,9 @@ Both losses are functions of a margin ``d`` between the goal class and the best 
   gradient points at the nearest competing class rather than a softmax-weighted blend of classes,
   so that the boundary point the c-search finds is closer to the minimum-distortion one; ``T > 0``
   keeps the loss smooth for L-BFGS.
+- ``smoothing`` ``S`` (``"ce"`` only; default ``T``): the loss is ``S softplus(d / S)`` of the same
+  ``d``. ``T`` decides which competitors count, ``S`` only how smoothly the loss approaches the
+  boundary: on the boundary (``d = 0``) the gradient is ``grad(d) / 2`` for every ``S``.
 - ``"margin"`` (Carlini-Wagner's hinge on logits): ``other = max_{j != goal} z_j`` and
   ``loss = max(d + kappa, 0)``; ``kappa >= 0`` asks for a margin beyond the decision boundary.
 """
@@ -44,6 +47,7 @@ def attack_loss(
     kappa: float = 0.0,
     temperature: float = 1.0,
     lead: torch.Tensor | float = 0.0,
+    smoothing: torch.Tensor | float | None = None,
 ) -> torch.Tensor:
     """Per-example loss ``(N,)`` from logits ``(N, K)``.
 
@@ -57,6 +61,8 @@ def attack_loss(
         lead: ``(N,)`` or scalar logit lead the attack aims for (the success rule's margin,
             :func:`intriguing.attacks.metrics.success_margin`): the loss is a function of
             ``d + lead``, so the hinge does not go flat before a point counts as a success.
+        smoothing: the softplus temperature ``S`` of ``"ce"``, a number or ``(N,)`` per row
+            (``None``: ``temperature``).
     """
     own = logits.gather(1, goal[:, None]).squeeze(1)
     masked = logits.scatter(1, goal[:, None], float("-inf"))
@@ -64,5 +70,6 @@ def attack_loss(
     other = temperature * (masked / temperature).logsumexp(1) if ce else masked.amax(1)
     d = torch.where(untargeted, own - other, other - own) + lead
     if kind == "ce":
-        return temperature * F.softplus(d / temperature)
+        soft = temperature if smoothing is None else smoothing
+        return soft * F.softplus(d / soft)
     return (d + kappa).clamp(min=0.0)

@@ -412,14 +412,21 @@ def classes_markdown(doc: Mapping[str, Any], figure: str | None = FIGURE) -> str
     ]
     if figure:
         lines += [f"![distortion vs number of classes]({figure})", ""]
-    lines += [
-        "### Transfer between the task's models",
-        "",
-        "Share of the successful adversarial examples made for one model that another model of the "
-        "same task misclassifies, over the images that model classifies correctly when clean.",
-        "",
-        *transfer_table(doc),
-    ]
+    transfer = transfer_table(doc)
+    lines += ["### Transfer between the task's models", ""]
+    if len(transfer) > 3:  # a header, its rule and the blank line: no rows
+        lines += [
+            "Share of the successful adversarial examples made for one model that another model "
+            "of the same task misclassifies, over the images that model classifies correctly when "
+            "clean.",
+            "",
+            *transfer,
+        ]
+    else:
+        lines += [
+            "None: each task has one model family, so there is no other model to transfer to.",
+            "",
+        ]
     restricted = restricted_table(doc)
     if len(restricted) > 3:
         lines += [
