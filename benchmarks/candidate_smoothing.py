@@ -14,27 +14,18 @@ Distortions and counts are exact (no timing). Bad arguments exit 2 with one line
 from __future__ import annotations
 
 import argparse
-import math
 
 import torch
 
 import intriguing.attacks.lbfgs as lbfgs
 import strong_models
 from intriguing.attacks import LBFGS, AttackResult
-from prune_beaten import row
+from prune_beaten import compare_table
 
 
 def parse_values(text: str) -> list[float]:
-    """``"0.5,1"`` -> ``[0.5, 1.0]``: comma-separated finite numbers > 0; ValueError otherwise."""
-    try:
-        values = [float(item) for item in text.split(",")]
-    except ValueError:
-        values = []
-    if not values or not all(v > 0.0 and math.isfinite(v) for v in values):
-        raise ValueError(
-            f"--values {text!r} must be comma-separated finite numbers > 0, e.g. 0.5,1"
-        )
-    return values
+    """``"0.5,1"`` -> ``[0.5, 1.0]``; ValueError with the reason."""
+    return strong_models.number_list(text, "--values", "0.5,1", positive=True)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -57,16 +48,8 @@ def attack(
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    torch.set_num_threads(1)
-    setups = strong_models.untargeted_setups(args.models, args.data_dir, args.n, args.split)
-    print(f"{args.n} first correctly classified {args.split} images per model, 1 thread")
-    print("| model | S | success | mean RMS | evals/ex | largest ratio | smallest | worse >0.1% |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name, (model, x, y) in setups.items():
-        base = attack(model, x, y, None)
-        print(row(name, "off (S = T)", base, base), flush=True)
-        for value in args.values:
-            print(row(name, f"{value:g}", attack(model, x, y, value), base), flush=True)
+    variants = [(f"{value:g}", value) for value in args.values]
+    compare_table(args, "S", "off (S = T)", variants, attack)
 
 
 if __name__ == "__main__":

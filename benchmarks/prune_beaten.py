@@ -16,6 +16,7 @@ with one line before any work.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 import torch
 
@@ -60,20 +61,34 @@ def row(name: str, label: str, result: AttackResult, base: AttackResult) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+def compare_table(
+    args: argparse.Namespace,
+    column: str,
+    off: str,
+    variants: list[tuple[str, float]],
+    attack: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, float | None], AttackResult],
+) -> None:
+    """Print, per model of ``args``, the attack with its change off (``attack(..., None)``) and at
+    each ``(label, value)`` of ``variants``, as rows (:func:`row`) under a ``column`` header."""
     torch.set_num_threads(1)
     setups = strong_models.untargeted_setups(args.models, args.data_dir, args.n, args.split)
     print(f"{args.n} first correctly classified {args.split} images per model, 1 thread")
     print(
-        "| model | rule | success | mean RMS | evals/ex | largest ratio | smallest | worse >0.1% |"
+        f"| model | {column} | success | mean RMS | evals/ex | largest ratio | smallest | "
+        "worse >0.1% |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for name, (model, x, y) in setups.items():
         base = attack(model, x, y, None)
-        print(row(name, "off", base, base), flush=True)
-        for factor in args.factors:
-            print(row(name, f"factor {factor:g}", attack(model, x, y, factor), base), flush=True)
+        print(row(name, off, base, base), flush=True)
+        for label, value in variants:
+            print(row(name, label, attack(model, x, y, value), base), flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    variants = [(f"factor {factor:g}", factor) for factor in args.factors]
+    compare_table(args, "rule", "off", variants, attack)
 
 
 if __name__ == "__main__":

@@ -220,17 +220,22 @@ def parse_checked(
     return args
 
 
-def number_list(text: str, option: str, example: str, *, allow_inf: bool = False) -> list[float]:
-    """``"1,1.05"`` -> ``[1.0, 1.05]`` for a benchmark option: comma-separated numbers >= 1 (and
-    ``inf`` when ``allow_inf``); ValueError naming ``option`` and an ``example`` otherwise."""
+def number_list(
+    text: str, option: str, example: str, *, allow_inf: bool = False, positive: bool = False
+) -> list[float]:
+    """``"1,1.05"`` -> ``[1.0, 1.05]`` for a benchmark option: comma-separated numbers >= 1 (> 0
+    when ``positive``; and ``inf`` when ``allow_inf``); ValueError naming ``option`` and an
+    ``example`` otherwise."""
     try:
         values = [float(item) for item in text.split(",")]
     except ValueError:
         values = []
     top = math.inf if allow_inf else math.nextafter(math.inf, 0.0)
-    if not values or not all(1.0 <= v <= top for v in values):  # NaN fails every comparison
+    low = math.nextafter(0.0, 1.0) if positive else 1.0
+    if not values or not all(low <= v <= top for v in values):  # NaN fails every comparison
         also = " or inf" if allow_inf else ""
+        bound = "> 0" if positive else ">= 1"
         raise ValueError(
-            f"{option} {text!r} must be comma-separated numbers >= 1{also}, e.g. {example}"
+            f"{option} {text!r} must be comma-separated numbers {bound}{also}, e.g. {example}"
         )
     return values
