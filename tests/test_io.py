@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from intriguing._io import atomic_path, atomic_write_json, read_json, sealed
+from intriguing._io import atomic_path, atomic_write_bytes, atomic_write_json, read_json, sealed
 from intriguing.errors import IntriguingError
 
 
@@ -19,6 +19,31 @@ def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> No
         raise RuntimeError("killed mid-write")
     assert read_json(target) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
+
+
+def test_a_write_removes_the_temporaries_of_killed_writers_only(tmp_path: Path) -> None:
+    """A writer killed by SIGKILL leaves its hidden temporary; the next write of the same file
+    removes it (a probe found a SIGKILLed advtrain's ``.tmp`` figure left after a rerun), but not a
+    running process's, another host's or another file's."""
+    import subprocess
+    import sys
+
+    from intriguing._io import _temporary_prefix
+
+    target = tmp_path / "figure.png"
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # its pid no longer runs
+    prefix = _temporary_prefix(target)
+    dead = tmp_path / f"{prefix}{child.pid}.abc123.tmp"
+    alive = tmp_path / f"{prefix}{os.getpid()}.def456.tmp"
+    elsewhere = tmp_path / f".figure.png.otherhost.{child.pid}.ghi789.tmp"
+    other_file = tmp_path / f"{_temporary_prefix(tmp_path / 'other.png')}{child.pid}.jkl012.tmp"
+    for leftover in (dead, alive, elsewhere, other_file):
+        leftover.write_bytes(b"half")
+    atomic_write_bytes(target, b"png")
+    assert target.read_bytes() == b"png"
+    assert not dead.exists()
+    assert alive.exists() and elsewhere.exists() and other_file.exists()
 
 
 def test_written_files_are_readable_by_others(tmp_path: Path) -> None:

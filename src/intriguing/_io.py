@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import socket
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -79,14 +80,19 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     On an exception the temporary file is removed and ``path`` is left untouched. Missing parent
     directories are created (the CLI refuses missing parents of files beforehand, see
     :mod:`intriguing.cli.validation`); a directory that cannot be written raises
-    :class:`~intriguing.errors.OutputError` (one line) instead of an ``OSError``.
+    :class:`~intriguing.errors.OutputError` (one line) instead of an ``OSError``. The temporary's
+    name holds this host and process (``.<name>.<host>.<pid>.<random>.tmp``): a process killed
+    while writing (SIGKILL runs no cleanup) leaves its temporary behind, and the next successful
+    write of ``path`` removes the ones of this host whose process no longer runs.
     """
     target = Path(path)
     if target.is_symlink():  # write the file the link names; renaming onto it would replace it
         target = Path(os.path.realpath(target))
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        fd, tmp_name = tempfile.mkstemp(
+            dir=target.parent, prefix=f"{_temporary_prefix(target)}{os.getpid()}.", suffix=".tmp"
+        )
     except OSError as exc:
         raise _output_error(target, exc) from None
     os.close(fd)
@@ -102,9 +108,42 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             os.replace(tmp, target)
         except OSError as exc:
             raise _output_error(target, exc) from None
+        _remove_dead_temporaries(target)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _temporary_prefix(target: Path) -> str:
+    """``.<name>.<host>.``: the start of :func:`atomic_path`'s temporaries for ``target`` here."""
+    host = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in socket.gethostname())
+    return f".{target.name}.{host or 'host'}."
+
+
+def _remove_dead_temporaries(target: Path) -> None:
+    """Remove the temporaries of ``target`` left by processes of this host that no longer run
+    (killed while writing); those of running processes and of other hosts are left alone."""
+    prefix = _temporary_prefix(target)
+    with contextlib.suppress(OSError):
+        for entry in target.parent.iterdir():
+            name = entry.name
+            if not (name.startswith(prefix) and name.endswith(".tmp")):
+                continue
+            pid = name[len(prefix) :].split(".", 1)[0]
+            if pid.isdigit() and not _process_runs(int(pid)):
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+
+
+def _process_runs(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (signal 0: no signal is sent)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, but another user's (PermissionError), or cannot tell
+        return True
+    return True
 
 
 def _output_error(target: Path, exc: OSError) -> Exception:
