@@ -240,6 +240,8 @@ def markdown(report: dict[str, Any]) -> str:
         "per example, counted by the model wrapper.",
         "",
         *_budget_table(report.get("budget", {})),
+        "",
+        *_budget_verdict(report.get("budget", {})),
     ]
     return "\n".join(lines) + "\n"
 
@@ -299,6 +301,49 @@ def _budget_table(budget: dict[str, Any]) -> list[str]:
             lines.append(
                 f"| {name} | {method} | " + " | ".join(cells) + f" | {r['passes_mean']:.0f} |"
             )
+    return lines
+
+
+def budget_losses(budget: dict[str, Any]) -> tuple[int, list[tuple[str, int, str, float, float]]]:
+    """Issue 18's budget rule at full precision: at each (model, budget) point ours must have the
+    lowest mean distortion among the peers that fool at least as many examples. Returns the number
+    of points and, per lost point, ``(model, budget, peer, ours, peer's)`` for the lowest such
+    peer."""
+    points, losses = 0, []
+    for name, res in budget.items():
+        if OURS not in res:
+            continue
+        for ours in res[OURS]["curve"]:
+            points += 1
+            mine = ours["mean_distortion"]
+            rivals = [
+                (c["mean_distortion"], method)
+                for method, r in res.items()
+                if method != OURS
+                for c in r["curve"]
+                if c["budget"] == ours["budget"]
+                and c["mean_distortion"] is not None
+                and c["success_rate"] >= ours["success_rate"]
+                and (mine is None or c["mean_distortion"] < mine)
+            ]
+            if rivals:
+                theirs, method = min(rivals)
+                losses.append((name, ours["budget"], method, mine, theirs))
+    return points, losses
+
+
+def _budget_verdict(budget: dict[str, Any]) -> list[str]:
+    points, losses = budget_losses(budget)
+    if points == 0:
+        return []
+    lines = [
+        f"Budget rule (lowest among the peers that fool at least as many, full precision): ours "
+        f"holds at {points - len(losses)} of {points} points."
+    ]
+    lines += [
+        f"- lost: {name} at {b} passes, ours {_f(mine, 6)} against {method} {theirs:.6f}"
+        for name, b, method, mine, theirs in losses
+    ]
     return lines
 
 
