@@ -133,3 +133,33 @@ def test_targeted_mode_and_the_untargeted_loss_keep_the_sharp_loss(
     LBFGS(candidates=0, progress=False)(model, x, y)
     LBFGS(target="best", progress=False)(model, x, y)
     assert seen and all(s is None for s in seen)
+
+
+def test_per_row_smoothing_survives_the_split_into_model_calls() -> None:
+    """``_evaluate`` runs the model on ``rows`` rows at a time: a per-row ``smoothing`` is split
+    with them (a whole-batch tensor against a 2-row chunk would not broadcast)."""
+    torch.manual_seed(1)
+    model = affine(40.0)
+    x = torch.rand(5, 16)
+    goal = (model(x).argmax(1) + 1) % 5
+    targeted = torch.zeros(5, dtype=torch.bool)
+    smoothing = torch.tensor([1.0, 0.1, 1.0, 0.5, 0.1], dtype=torch.float64)
+    attack = LBFGS(progress=False)
+    whole = attack._evaluate(model, x, (16,), goal, targeted, 0.1, rows=512, smoothing=smoothing)
+    parts = attack._evaluate(model, x, (16,), goal, targeted, 0.1, rows=2, smoothing=smoothing)
+    for a, b in zip(whole, parts, strict=True):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+    each = [
+        attack._evaluate(
+            model,
+            x[i : i + 1],
+            (16,),
+            goal[i : i + 1],
+            targeted[:1],
+            0.1,
+            rows=1,
+            smoothing=float(smoothing[i]),
+        )[1]
+        for i in range(5)
+    ]
+    assert torch.allclose(whole[1], torch.cat(each), rtol=1e-5, atol=1e-6)

@@ -245,8 +245,9 @@ class LBFGS(Attack):
             about 0.8% to the class-choice residue (see docs/attack.md).
         candidates: untargeted mode (``target=None``): how many classes to attack as targeted
             problems (competitors blended at temperature 0.1, softplus temperature
-            ``CANDIDATE_SMOOTHING`` = 1 unless the example's logits are rescaled), chosen per example by DeepFool's linearised distance
-            ``(z_y - z_k) / ||grad(z_y - z_k)||`` at the clean image, over the
+            ``CANDIDATE_SMOOTHING`` = 1 unless the example's logits are rescaled), chosen per
+            example by DeepFool's linearised distance ``(z_y - z_k) / ||grad(z_y - z_k)||`` at the
+            clean image, over the
             ``E = min(K - 1, ESTIMATE_CLASSES)`` classes of largest logit (:func:`linear_geometry`;
             one forward and ``E`` backward passes, counted as ``E`` gradient evaluations); the
             nearest class is searched first and the others join after its first stage or

@@ -71,5 +71,7 @@ def attack_loss(
     d = torch.where(untargeted, own - other, other - own) + lead
     if kind == "ce":
         soft = temperature if smoothing is None else smoothing
+        if isinstance(soft, torch.Tensor):
+            soft = soft.to(d.dtype)  # the loss keeps the logits' dtype
         return soft * F.softplus(d / soft)
     return (d + kappa).clamp(min=0.0)
