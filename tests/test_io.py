@@ -38,12 +38,25 @@ def test_a_write_removes_the_temporaries_of_killed_writers_only(tmp_path: Path) 
     alive = tmp_path / f"{prefix}{os.getpid()}.def456.tmp"
     elsewhere = tmp_path / f".figure.png.otherhost.{child.pid}.ghi789.tmp"
     other_file = tmp_path / f"{_temporary_prefix(tmp_path / 'other.png')}{child.pid}.jkl012.tmp"
-    for leftover in (dead, alive, elsewhere, other_file):
+    # a live temporary of another target whose name extends this one's by ".<host>.<dead pid>"
+    # (a probe: the pid was read from the wrong field and the live file deleted)
+    longer = tmp_path / f"figure.png.{prefix.split('.')[-2]}.{child.pid}"
+    extended = tmp_path / f"{_temporary_prefix(longer)}{os.getpid()}.mno345.tmp"
+    for leftover in (dead, alive, elsewhere, other_file, extended):
         leftover.write_bytes(b"half")
     atomic_write_bytes(target, b"png")
     assert target.read_bytes() == b"png"
     assert not dead.exists()
-    assert alive.exists() and elsewhere.exists() and other_file.exists()
+    assert alive.exists() and elsewhere.exists() and other_file.exists() and extended.exists()
+
+
+def test_a_temporary_removed_under_the_writer_is_one_line(tmp_path: Path) -> None:
+    from intriguing.errors import OutputError
+
+    with pytest.raises(OutputError, match="cannot write"), atomic_path(tmp_path / "r.bin") as tmp:
+        tmp.write_bytes(b"x")
+        tmp.unlink()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_written_files_are_readable_by_others(tmp_path: Path) -> None:

@@ -101,12 +101,12 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         # after the writer: mkstemp makes 0600, and so do writers that replace the file with their
         # own temporary (safetensors' save_file); results are meant to be shared
-        os.chmod(tmp, 0o666 & ~_current_umask())
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
         try:
+            os.chmod(tmp, 0o666 & ~_current_umask())
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
             os.replace(tmp, target)
-        except OSError as exc:
+        except OSError as exc:  # the temporary removed or the disk full under the writer
             raise _output_error(target, exc) from None
         _remove_dead_temporaries(target)
     finally:
@@ -129,8 +129,12 @@ def _remove_dead_temporaries(target: Path) -> None:
             name = entry.name
             if not (name.startswith(prefix) and name.endswith(".tmp")):
                 continue
-            pid = name[len(prefix) :].split(".", 1)[0]
-            if pid.isdigit() and not _process_runs(int(pid)):
+            # exactly <pid>.<random>.tmp (mkstemp's random part has no dot): a longer name
+            # belongs to another target whose name extends this one's
+            rest = name[len(prefix) : -len(".tmp")].split(".")
+            if len(rest) != 2 or not rest[0].isdigit():
+                continue
+            if not _process_runs(int(rest[0])):
                 with contextlib.suppress(OSError):
                     entry.unlink()
 
