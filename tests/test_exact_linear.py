@@ -316,3 +316,30 @@ def test_dual_and_primal_agree_on_mnist(mnist_dir: object) -> None:
         dual = solve_targeted_qp(x[i], classifier, target)
         primal = solve_targeted_qp_slsqp(x[i], classifier, target)
         assert dual.l2 == pytest.approx(primal.l2, rel=1e-6)
+
+
+def test_blas_threads_follow_torchs_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NumPy/SciPy's BLAS ignores torch.set_num_threads: a 1000-class model ran at 196% of a core
+    under one torch thread. The solver now runs with BLAS limited to torch's thread count."""
+    from threadpoolctl import threadpool_info
+
+    from intriguing.attacks import exact_linear
+
+    seen: list[int] = []
+    solve = exact_linear.solve_targeted_qp
+
+    def spy(*args: object, **kwargs: object) -> object:
+        seen.extend(p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas")
+        return solve(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(exact_linear, "solve_targeted_qp", spy)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(8, 3)).eval()
+    x = torch.rand(2, 8)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        exact_linear.exact_linear_attack(model, x, model(x).argmax(1), progress=False)
+    finally:
+        torch.set_num_threads(before)
+    assert seen and set(seen) == {1}
