@@ -14,6 +14,7 @@ Distortions and counts are exact (no timing). Bad arguments exit 2 with one line
 from __future__ import annotations
 
 import argparse
+from unittest import mock
 
 import torch
 
@@ -38,12 +39,8 @@ def attack(
     model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, smoothing: float | None
 ) -> AttackResult:
     """The default attack with the candidates' softplus temperature ``smoothing`` (None: T)."""
-    saved = lbfgs.CANDIDATE_SMOOTHING
-    lbfgs.CANDIDATE_SMOOTHING = smoothing  # type: ignore[assignment]
-    try:
+    with mock.patch.object(lbfgs, "CANDIDATE_SMOOTHING", smoothing):
         return LBFGS(progress=False)(model, x, y)
-    finally:
-        lbfgs.CANDIDATE_SMOOTHING = saved
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from unittest import mock
 
 import torch
 
@@ -40,13 +41,11 @@ def attack(
     model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, factor: float | None
 ) -> AttackResult:
     """The default attack with the rule at ``factor`` (None: without the rule)."""
-    saved = lbfgs.PRUNE_BEATEN, lbfgs.PRUNE_FACTOR
-    lbfgs.PRUNE_BEATEN = factor is not None
-    lbfgs.PRUNE_FACTOR = 1.0 if factor is None else factor
-    try:
+    with (
+        mock.patch.object(lbfgs, "PRUNE_BEATEN", factor is not None),
+        mock.patch.object(lbfgs, "PRUNE_FACTOR", 1.0 if factor is None else factor),
+    ):
         return LBFGS(progress=False)(model, x, y)
-    finally:
-        lbfgs.PRUNE_BEATEN, lbfgs.PRUNE_FACTOR = saved
 
 
 def row(name: str, label: str, result: AttackResult, base: AttackResult) -> str:
